@@ -1,0 +1,9 @@
+//! SQL front end: values and types shared by every crate, Larder's own statements,
+//! normalization into a query id, the cacheability check, and lowering into a [`plan::CachePlan`].
+//! No I/O lives here.
+
+pub mod numeric;
+pub mod plan;
+pub mod value;
+
+pub use value::{Column, Key, Row, SqlType, TableSchema, Value};
