@@ -1,1 +1,44 @@
-fn main() {}
+//! The `larder` binary: parse configuration, set up logging, run until SIGTERM/SIGINT.
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use larder_server::config::{Config, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    init_logging(cfg.log_format);
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+            let _ = tx.send(true);
+        });
+        larder_server::run::run(cfg, rx).await
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("LARDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Compact => builder.compact().init(),
+        LogFormat::Full => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

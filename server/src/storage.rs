@@ -1,0 +1,410 @@
+//! RocksDB storage: base-table rows, table and cache metadata, and the replication position.
+//!
+//! Invariant: the position and the rows it covers are written in one `WriteBatch`, so after a
+//! crash (even `kill -9`) the stored rows are exactly those of every transaction up to the
+//! stored position: resuming from it neither loses nor repeats a change.
+//!
+//! Layout (column families):
+//! - `rows`: `table_id (u32 BE) ++ encode_key(key columns)` -> `count (u32 LE) ++ encode_row(row)`.
+//!   Keyless tables (REPLICA IDENTITY FULL) use the whole row as key; `count` holds duplicates.
+//! - `meta`: `pos` -> position (u64 BE); `table/<id>` -> table record; `cache/<name>` -> cache record;
+//!   `next_table_id` -> u32.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use larder_sql::rowcodec::{decode_row, encode_key, encode_row};
+use larder_sql::{Row, TableSchema, Value};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use thiserror::Error;
+
+const CF_ROWS: &str = "rows";
+const CF_META: &str = "meta";
+const KEY_POSITION: &[u8] = b"pos";
+const KEY_NEXT_TABLE_ID: &[u8] = b"next_table_id";
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt stored record {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("replication position would move backwards: stored {stored}, new {new}")]
+    PositionBackwards { stored: u64, new: u64 },
+}
+
+pub type TableId = u32;
+
+/// Everything Larder must know about a table to resume without a resnapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTable {
+    pub id: TableId,
+    /// Upstream relation id (Postgres OID).
+    pub upstream_oid: u32,
+    pub schema: TableSchema,
+}
+
+/// A cache definition, persisted so caches survive restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCache {
+    pub name: String,
+    pub query_id: String,
+    /// The SELECT as the user wrote it (re-lowered at start).
+    pub query: String,
+    pub always: bool,
+}
+
+pub struct Storage {
+    db: DB,
+}
+
+impl Storage {
+    pub fn open(dir: &Path) -> Result<Storage, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        let cfs = [CF_ROWS, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(Storage { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both families are created at open; their absence is a programming error.
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    pub fn position(&self) -> Result<Option<u64>, StorageError> {
+        match self.db.get_cf(self.cf(CF_META), KEY_POSITION)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                |_| StorageError::Corrupt { what: "position".into(), detail: format!("{} bytes", bytes.len()) },
+            )?))),
+        }
+    }
+
+    pub fn tables(&self) -> Result<Vec<StoredTable>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"table/") {
+            let (k, v) = item?;
+            if !k.starts_with(b"table/") {
+                break;
+            }
+            out.push(decode_table(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn caches(&self) -> Result<Vec<StoredCache>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"cache/") {
+            let (k, v) = item?;
+            if !k.starts_with(b"cache/") {
+                break;
+            }
+            out.push(decode_cache(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_cache(&self, cache: &StoredCache) -> Result<(), StorageError> {
+        let key = format!("cache/{}", cache.name);
+        self.db.put_cf(self.cf(CF_META), key.as_bytes(), encode_cache(cache))?;
+        Ok(())
+    }
+
+    pub fn delete_cache(&self, name: &str) -> Result<(), StorageError> {
+        self.db.delete_cf(self.cf(CF_META), format!("cache/{name}").as_bytes())?;
+        Ok(())
+    }
+
+    pub fn allocate_table_id(&self) -> Result<TableId, StorageError> {
+        let cf = self.cf(CF_META);
+        let next = match self.db.get_cf(cf, KEY_NEXT_TABLE_ID)? {
+            Some(b) if b.len() == 4 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            Some(b) => {
+                return Err(StorageError::Corrupt { what: "next_table_id".into(), detail: format!("{} bytes", b.len()) })
+            }
+            None => 1,
+        };
+        self.db.put_cf(cf, KEY_NEXT_TABLE_ID, (next + 1).to_be_bytes())?;
+        Ok(next)
+    }
+
+    /// Every row of a table, each repeated by its multiplicity.
+    pub fn scan_table(&self, id: TableId) -> Result<Vec<Row>, StorageError> {
+        let prefix = id.to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_ROWS), IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (count, row) = decode_stored_row(&v)?;
+            for _ in 0..count {
+                out.push(row.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn count_rows(&self, id: TableId) -> Result<u64, StorageError> {
+        let prefix = id.to_be_bytes();
+        let mut n = 0u64;
+        let iter = self.db.iterator_cf(self.cf(CF_ROWS), IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn begin(&self) -> Txn<'_> {
+        Txn { storage: self, batch: WriteBatch::default(), overlay: HashMap::new(), cleared: Vec::new() }
+    }
+}
+
+/// One upstream transaction's writes, applied atomically together with its position.
+/// Reads see the transaction's own earlier writes (the overlay) before the database.
+pub struct Txn<'a> {
+    storage: &'a Storage,
+    batch: WriteBatch,
+    overlay: HashMap<Vec<u8>, Option<(u32, Row)>>,
+    /// Tables cleared earlier in this transaction: their stored rows no longer count.
+    cleared: Vec<TableId>,
+}
+
+impl<'a> Txn<'a> {
+    fn row_key(table: &StoredTable, row: &[Value]) -> Vec<u8> {
+        let mut key = table.id.to_be_bytes().to_vec();
+        if table.schema.key.is_empty() {
+            encode_key(row, &mut key);
+        } else {
+            let parts: Vec<Value> = table.schema.key.iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)).collect();
+            encode_key(&parts, &mut key);
+        }
+        key
+    }
+
+    fn load(&mut self, key: &[u8]) -> Result<Option<(u32, Row)>, StorageError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        if self.cleared.iter().any(|t| key.starts_with(&t.to_be_bytes())) {
+            return Ok(None);
+        }
+        match self.storage.db.get_cf(self.storage.cf(CF_ROWS), key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode_stored_row(&bytes)?)),
+        }
+    }
+
+    fn store(&mut self, key: Vec<u8>, value: Option<(u32, Row)>) {
+        let cf = self.storage.cf(CF_ROWS);
+        match &value {
+            Some((count, row)) => {
+                debug_assert!(*count > 0);
+                let mut bytes = count.to_le_bytes().to_vec();
+                encode_row(row, &mut bytes);
+                self.batch.put_cf(cf, &key, bytes);
+            }
+            None => self.batch.delete_cf(cf, &key),
+        }
+        self.overlay.insert(key, value);
+    }
+
+    /// The stored row with the same identity as `probe` (key columns, or the whole row).
+    pub fn get(&mut self, table: &StoredTable, probe: &[Value]) -> Result<Option<Row>, StorageError> {
+        let key = Self::row_key(table, probe);
+        Ok(self.load(&key)?.map(|(_, row)| row))
+    }
+
+    /// Insert a row. For keyed tables an existing row with the same key is replaced and
+    /// returned (so the dataflow can retract it).
+    pub fn insert(&mut self, table: &StoredTable, row: Row) -> Result<Option<Row>, StorageError> {
+        assert_eq!(row.len(), table.schema.columns.len(), "row shape checked before it is written");
+        let key = Self::row_key(table, &row);
+        let existing = self.load(&key)?;
+        if table.schema.key.is_empty() {
+            let count = existing.map(|(c, _)| c).unwrap_or(0);
+            self.store(key, Some((count + 1, row)));
+            Ok(None)
+        } else {
+            self.store(key, Some((1, row)));
+            Ok(existing.map(|(_, r)| r))
+        }
+    }
+
+    /// Delete the row identified by `probe`; returns the full stored row if there was one.
+    pub fn delete(&mut self, table: &StoredTable, probe: &[Value]) -> Result<Option<Row>, StorageError> {
+        let key = Self::row_key(table, probe);
+        match self.load(&key)? {
+            None => Ok(None),
+            Some((count, row)) => {
+                if count > 1 {
+                    self.store(key, Some((count - 1, row.clone())));
+                } else {
+                    self.store(key, None);
+                }
+                Ok(Some(row))
+            }
+        }
+    }
+
+    /// Remove every row of a table (TRUNCATE, or before a resnapshot).
+    pub fn clear_table(&mut self, table: TableId) {
+        let cf = self.storage.cf(CF_ROWS);
+        let start = table.to_be_bytes();
+        let end = (table + 1).to_be_bytes();
+        self.batch.delete_range_cf(cf, start, end);
+        self.overlay.retain(|k, _| !k.starts_with(&start));
+        self.cleared.push(table);
+    }
+
+    pub fn put_table(&mut self, table: &StoredTable) {
+        let key = format!("table/{:010}", table.id);
+        self.batch.put_cf(self.storage.cf(CF_META), key.as_bytes(), encode_table(table));
+    }
+
+    pub fn delete_table(&mut self, id: TableId) {
+        let key = format!("table/{id:010}");
+        self.batch.delete_cf(self.storage.cf(CF_META), key.as_bytes());
+        self.clear_table(id);
+    }
+
+    /// Write everything, together with the new position, atomically.
+    pub fn commit(mut self, position: Option<u64>) -> Result<(), StorageError> {
+        if let Some(new) = position {
+            if let Some(stored) = self.storage.position()? {
+                if new < stored {
+                    return Err(StorageError::PositionBackwards { stored, new });
+                }
+            }
+            self.batch.put_cf(self.storage.cf(CF_META), KEY_POSITION, new.to_be_bytes());
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(false);
+        self.storage.db.write_opt(std::mem::take(&mut self.batch), &opts)?;
+        Ok(())
+    }
+}
+
+fn decode_stored_row(bytes: &[u8]) -> Result<(u32, Row), StorageError> {
+    let corrupt = |detail: String| StorageError::Corrupt { what: "row".into(), detail };
+    if bytes.len() < 4 {
+        return Err(corrupt(format!("{} bytes", bytes.len())));
+    }
+    let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let row = decode_row(&bytes[4..]).map_err(|e| corrupt(e.to_string()))?;
+    if count == 0 {
+        return Err(corrupt("zero multiplicity".into()));
+    }
+    Ok((count, row))
+}
+
+// Metadata records are encoded as rows of values with the same codec as table rows.
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn encode_table(t: &StoredTable) -> Vec<u8> {
+    let columns = t
+        .schema
+        .columns
+        .iter()
+        .map(|c| {
+            Value::Array(vec![
+                Value::Text(c.name.clone()),
+                Value::Int(c.type_oid as i64),
+                Value::Int(c.typmod as i64),
+            ])
+        })
+        .collect();
+    let key = t.schema.key.iter().map(|&k| Value::Int(k as i64)).collect();
+    let record = vec![
+        Value::Int(t.id as i64),
+        Value::Int(t.upstream_oid as i64),
+        Value::Text(t.schema.schema.clone()),
+        Value::Text(t.schema.name.clone()),
+        Value::Array(columns),
+        Value::Array(key),
+    ];
+    let mut out = Vec::new();
+    encode_row(&record, &mut out);
+    out
+}
+
+fn decode_table(bytes: &[u8]) -> Result<StoredTable, StorageError> {
+    let corrupt = |detail: &str| StorageError::Corrupt { what: "table record".into(), detail: detail.into() };
+    let r = decode_row(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    let [id, oid, schema, name, Value::Array(cols), Value::Array(key)] = r.as_slice() else {
+        return Err(corrupt("shape"));
+    };
+    let mut columns = Vec::with_capacity(cols.len());
+    for c in cols {
+        let Value::Array(parts) = c else { return Err(corrupt("column")) };
+        let [n, o, m] = parts.as_slice() else { return Err(corrupt("column shape")) };
+        let type_oid = int(o).ok_or_else(|| corrupt("type oid"))? as u32;
+        let ty = larder_sql::pgtypes::type_from_oid(type_oid).ok_or_else(|| corrupt("unknown type oid"))?;
+        columns.push(larder_sql::Column {
+            name: text(n).ok_or_else(|| corrupt("column name"))?,
+            ty,
+            type_oid,
+            typmod: int(m).ok_or_else(|| corrupt("typmod"))? as i32,
+        });
+    }
+    let key = key.iter().map(|k| int(k).map(|i| i as usize)).collect::<Option<Vec<_>>>().ok_or_else(|| corrupt("key"))?;
+    Ok(StoredTable {
+        id: int(id).ok_or_else(|| corrupt("id"))? as TableId,
+        upstream_oid: int(oid).ok_or_else(|| corrupt("oid"))? as u32,
+        schema: TableSchema {
+            schema: text(schema).ok_or_else(|| corrupt("schema"))?,
+            name: text(name).ok_or_else(|| corrupt("name"))?,
+            columns,
+            key,
+        },
+    })
+}
+
+fn encode_cache(c: &StoredCache) -> Vec<u8> {
+    let record = vec![
+        Value::Text(c.name.clone()),
+        Value::Text(c.query_id.clone()),
+        Value::Text(c.query.clone()),
+        Value::Bool(c.always),
+    ];
+    let mut out = Vec::new();
+    encode_row(&record, &mut out);
+    out
+}
+
+fn decode_cache(bytes: &[u8]) -> Result<StoredCache, StorageError> {
+    let corrupt = |detail: &str| StorageError::Corrupt { what: "cache record".into(), detail: detail.into() };
+    let r = decode_row(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    let [name, id, query, Value::Bool(always)] = r.as_slice() else {
+        return Err(corrupt("shape"));
+    };
+    Ok(StoredCache {
+        name: text(name).ok_or_else(|| corrupt("name"))?,
+        query_id: text(id).ok_or_else(|| corrupt("query id"))?,
+        query: text(query).ok_or_else(|| corrupt("query"))?,
+        always: *always,
+    })
+}
