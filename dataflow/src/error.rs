@@ -1,0 +1,75 @@
+//! Error types of the dataflow layer.
+//!
+//! Three kinds of failure are kept apart on purpose: a bad plan or bad input to the graph
+//! ([`GraphError`]) is the caller's bug; an expression that cannot be evaluated
+//! ([`EvalError`]) is data-dependent and turns into *poison* inside the dataflow (never a wrong
+//! row); a read that cannot be answered from the cache ([`ReadError`]) tells the server to send
+//! the query upstream instead.
+
+use thiserror::Error;
+
+/// Why an expression could not be evaluated on a row. Inside the dataflow this never
+/// surfaces as an error: the affected reader key is poisoned instead.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum EvalError {
+    #[error("{0} out of range")]
+    OutOfRange(&'static str),
+    #[error("division by zero")]
+    DivisionByZero,
+    #[error("type mismatch: {0}")]
+    TypeMismatch(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("parameter slot {0} must hold exactly one value here")]
+    ParamNotSingle(usize),
+    #[error("parameter slot {0} was not supplied")]
+    ParamMissing(usize),
+    #[error("column {0} is out of range for the row")]
+    ColumnOutOfRange(usize),
+}
+
+/// A plan that the dataflow cannot build, or misuse of the graph API.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum GraphError {
+    #[error("table {0} is already registered")]
+    TableExists(u64),
+    #[error("table {0} is not registered")]
+    UnknownTable(u64),
+    #[error("table {schema}.{name} is not registered")]
+    UnknownTableRef { schema: String, name: String },
+    #[error("table {0} still has caches")]
+    TableInUse(u64),
+    #[error("cache {0} does not exist")]
+    UnknownCache(u64),
+    #[error("cache {0} is already bootstrapped")]
+    AlreadyReady(u64),
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    #[error("row has {got} columns, table {table} has {want}")]
+    RowArity { table: u64, got: usize, want: usize },
+    #[error("too many caches (max {0})")]
+    TooManyCaches(usize),
+}
+
+/// Why a read could not be answered from the cache. Every variant means "ask upstream".
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ReadError {
+    /// A row that could affect this read failed to evaluate (overflow, unsupported, ...),
+    /// or the cache saw a delete it could not match.
+    #[error("cache entry is poisoned")]
+    Poisoned,
+    /// The cache is still being filled from the base table.
+    #[error("cache is not ready")]
+    NotReady,
+    /// The IN lists expand to more key combinations than allowed.
+    #[error("too many key combinations ({combinations}, max {max})")]
+    TooManyKeys { combinations: usize, max: usize },
+    /// The residual predicate failed on a row, or the parameters are unusable.
+    #[error("evaluation failed: {0}")]
+    Eval(#[from] EvalError),
+    /// The cache was removed from the graph.
+    #[error("cache was removed")]
+    Gone,
+}
