@@ -12,6 +12,18 @@ apt_install() {
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    stop_packaged_services
+}
+
+# Debian's postgresql/mariadb packages start system services on install; the tests and scripts
+# use their own throwaway servers, so stop those (best effort, never fatal).
+stop_packaged_services() {
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    local svc
+    for svc in postgresql mariadb mysql; do
+        $sudo service "$svc" stop >/dev/null 2>&1 || true
+    done
 }
 
 pip_install() {

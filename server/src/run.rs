@@ -1,13 +1,20 @@
 //! Starting and stopping one Larder process.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use larder_replication::PgSource;
+use larder_sql::normalize::normalize;
+use larder_sql::statement::Dialect as SqlDialect;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Dialect};
+use crate::controller::{Controller, ProxiedQueries};
+use crate::core::Core;
+use crate::storage::Storage;
 
 /// Run until a shutdown signal arrives on `shutdown` (true), then stop gracefully.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -17,7 +24,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     }
 }
 
-async fn run_postgres(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let upstream = larder_adapter::UpstreamConfig::from_url(&cfg.upstream_db_url)
         .context("parsing --upstream-db-url")?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
@@ -26,6 +33,12 @@ async fn run_postgres(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         ),
         _ => None,
     };
+    let database = upstream
+        .dbname
+        .clone()
+        .or_else(|| upstream.user.clone())
+        .unwrap_or_else(|| "postgres".into());
+    let upstream_display = format!("{}:{}/{}", upstream.host, upstream.port, database);
     let proxy_cfg = Arc::new(larder_adapter::PgProxyConfig {
         listen: cfg.address,
         upstream,
@@ -40,7 +53,140 @@ async fn run_postgres(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         .await
         .with_context(|| format!("binding {}", cfg.address))?;
     info!(address = %cfg.address, "accepting Postgres clients");
-    larder_adapter::serve(listener, proxy_cfg, shutdown).await?;
+
+    if cfg.proxy_only {
+        larder_adapter::serve(listener, proxy_cfg, shutdown).await?;
+        info!("stopped");
+        return Ok(());
+    }
+
+    std::fs::create_dir_all(&cfg.storage_dir)
+        .with_context(|| format!("creating --storage-dir {}", cfg.storage_dir.display()))?;
+    let storage_path = cfg.storage_dir.join(format!("{}.db", larder_replication::pg::object_name(&cfg.deployment)));
+    let storage = Storage::open(&storage_path).with_context(|| format!("opening storage at {}", storage_path.display()))?;
+    let (core, rebuild_rx) = Core::new(storage);
+    crate::replicator::load_stored_tables(&core).context("loading stored tables")?;
+    let source = Arc::new(
+        PgSource::new(&cfg.upstream_db_url, &cfg.deployment, &cfg.replication_tables)
+            .context("configuring replication")?,
+    );
+    let controller = Arc::new(Controller {
+        core: core.clone(),
+        source: Some(source.clone()),
+        proxied: ProxiedQueries::default(),
+        database,
+        upstream_display,
+        c_collation: AtomicBool::new(false),
+        connections: AtomicU64::new(0),
+    });
+    tokio::spawn(start_replication(controller.clone(), source.clone(), rebuild_rx));
+
+    let backend: Arc<dyn larder_adapter::cache::CacheBackend> = Arc::new(crate::backend::Backend::new(controller.clone()));
+    let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
+    let serve = larder_adapter::serve_with(listener, proxy_cfg, shutdown.clone(), backend);
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r?,
+        _ = shutdown.wait_for(|s| *s) => {
+            core.status.shutting_down.store(true, Ordering::SeqCst);
+            serve.await?;
+        }
+    }
+    core.status.shutting_down.store(true, Ordering::SeqCst);
+    if let Err(e) = core.storage.flush_wal() {
+        warn!(error = %e, "flushing storage at shutdown");
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Replication start-up runs in the background so the proxy serves from the first second;
+/// caches become available once their tables are online.
+async fn start_replication(
+    controller: Arc<Controller>,
+    source: Arc<PgSource>,
+    rebuild_rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
+) {
+    let core = controller.core.clone();
+    let mut backoff_ms = 500u64;
+    loop {
+        match crate::replicator::start(core.clone(), source.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                error!(error = %e, retry_in_ms = backoff_ms, "replication could not start");
+                core.set_last_error(e.to_string());
+                core.set_replication_status(&format!("Not started: {e}"));
+                if core.is_shutting_down() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(30_000);
+            }
+        }
+    }
+    match source.client().await {
+        Ok(client) => {
+            if let Ok(row) = client
+                .query_one("SELECT datcollate IN ('C', 'POSIX') FROM pg_database WHERE datname = current_database()", &[])
+                .await
+            {
+                controller.c_collation.store(row.get::<_, bool>(0), Ordering::SeqCst);
+            }
+        }
+        Err(e) => warn!(error = %e, "could not read the database collation; text ordering will not be cached"),
+    }
+    restore_caches(&controller).await;
+    rebuild_caches_forever(controller, rebuild_rx).await;
+}
+
+/// Rebuild the caches stored by an earlier run.
+async fn restore_caches(controller: &Controller) {
+    let stored = match controller.core.storage.caches() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "reading stored caches");
+            return;
+        }
+    };
+    for c in stored {
+        let normalized = match normalize(&c.query, SqlDialect::Postgres) {
+            Ok(n) => n,
+            Err(e) => {
+                error!(cache = %c.name, error = %e, "stored cache no longer parses; skipping");
+                continue;
+            }
+        };
+        match controller.build_cache(&c.name, &c.query, &normalized, c.always).await {
+            Ok(entry) => {
+                info!(cache = %c.name, "cache restored");
+                controller.core.caches.insert(entry);
+            }
+            Err(e) => error!(cache = %c.name, error = %e, "could not restore cache"),
+        }
+    }
+}
+
+/// Rebuild the caches of tables that came back online after a shape change.
+async fn rebuild_caches_forever(controller: Arc<Controller>, mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+    while let Some(oid) = rx.recv().await {
+        for cache in controller.core.caches.all().into_iter().filter(|c| c.table_oid == oid && c.invalid_reason().is_some()) {
+            let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
+                Ok(n) => n,
+                Err(e) => {
+                    cache.invalidate(&format!("cannot be rebuilt: {e}"));
+                    continue;
+                }
+            };
+            match controller.build_cache(&cache.name, &cache.query, &normalized, cache.always).await {
+                Ok(entry) => {
+                    info!(cache = %cache.name, "cache rebuilt after a table change");
+                    controller.core.caches.insert(entry);
+                }
+                Err(e) => {
+                    warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");
+                    cache.invalidate(&format!("its table changed and it cannot be rebuilt: {e}"));
+                }
+            }
+        }
+    }
 }

@@ -166,7 +166,36 @@ impl Storage {
     }
 
     pub fn begin(&self) -> Txn<'_> {
-        Txn { storage: self, batch: WriteBatch::default(), overlay: HashMap::new(), cleared: Vec::new() }
+        Txn {
+            storage: self,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            cleared: Vec::new(),
+            position: None,
+        }
+    }
+
+    /// Remove every row, table record and the position (before a fresh snapshot). Cache
+    /// definitions stay: they are rebuilt on the new data.
+    pub fn wipe(&self) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
+        batch.delete_cf(self.cf(CF_META), KEY_POSITION);
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"table/") {
+            let (k, _) = item?;
+            if !k.starts_with(b"table/") {
+                break;
+            }
+            batch.delete_cf(self.cf(CF_META), k);
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Make everything written so far durable (before acknowledging a position upstream).
+    pub fn flush_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
     }
 }
 
@@ -178,6 +207,7 @@ pub struct Txn<'a> {
     overlay: HashMap<Vec<u8>, Option<(u32, Row)>>,
     /// Tables cleared earlier in this transaction: their stored rows no longer count.
     cleared: Vec<TableId>,
+    position: Option<u64>,
 }
 
 impl<'a> Txn<'a> {
@@ -278,9 +308,14 @@ impl<'a> Txn<'a> {
         self.clear_table(id);
     }
 
-    /// Write everything, together with the new position, atomically.
-    pub fn commit(mut self, position: Option<u64>) -> Result<(), StorageError> {
-        if let Some(new) = position {
+    /// Move the replication position with this transaction.
+    pub fn set_position(&mut self, position: u64) {
+        self.position = Some(position);
+    }
+
+    /// Write everything, together with the new position if one was set, atomically.
+    pub fn commit(mut self) -> Result<(), StorageError> {
+        if let Some(new) = self.position {
             if let Some(stored) = self.storage.position()? {
                 if new < stored {
                     return Err(StorageError::PositionBackwards { stored, new });

@@ -2,8 +2,14 @@
 //! normalization into a query id, the cacheability check, and lowering into a [`plan::CachePlan`].
 //! No I/O lives here.
 
+pub mod error;
+pub mod lower;
+pub mod normalize;
 pub mod numeric;
+pub mod pgtypes;
 pub mod plan;
+pub mod rowcodec;
+pub mod statement;
 pub mod value;
 
 pub use value::{Column, Key, Row, SqlType, TableSchema, Value};

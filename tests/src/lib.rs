@@ -124,7 +124,11 @@ pub fn larder_binary() -> PathBuf {
 fn build_larder() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("LARDER_BIN") {
         let p = PathBuf::from(p);
-        anyhow::ensure!(is_executable(&p), "LARDER_BIN={} is not executable", p.display());
+        anyhow::ensure!(
+            is_executable(&p),
+            "LARDER_BIN={} is not executable",
+            p.display()
+        );
         return Ok(p);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))

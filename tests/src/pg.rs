@@ -4,6 +4,7 @@
 //! When the tests run as root, initdb/postgres run as the `postgres` OS user (they refuse root).
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -77,7 +78,8 @@ impl PgServer {
     pub fn shared() -> &'static PgServer {
         static SHARED: OnceLock<PgServer> = OnceLock::new();
         SHARED.get_or_init(|| {
-            PgServer::start_inner(true).unwrap_or_else(|e| panic!("starting shared Postgres: {e:#}"))
+            PgServer::start_inner(true)
+                .unwrap_or_else(|e| panic!("starting shared Postgres: {e:#}"))
         })
     }
 
@@ -129,8 +131,8 @@ impl PgServer {
                     break;
                 }
                 Err(e) => {
-                    let port_clash = supervise::read_log(&server.log_path)
-                        .contains("Address already in use");
+                    let port_clash =
+                        supervise::read_log(&server.log_path).contains("Address already in use");
                     last_err = Some(e);
                     if !port_clash {
                         break;
@@ -203,7 +205,7 @@ impl PgServer {
              max_connections = 300\n\
              shared_buffers = 32MB\n\
              fsync = off\n\
-             synchronous_commit = off\n\
+             synchronous_commit = on\n\
              full_page_writes = off\n\
              TimeZone = 'UTC'\n\
              log_timezone = 'UTC'\n\
@@ -330,6 +332,8 @@ impl PgServer {
     }
 
     /// Fast shutdown (SIGINT); data and port are kept for [`PgServer::start_again`].
+    /// Use it on an owned server ([`PgServer::start`]), never on [`PgServer::shared`], which
+    /// other tests run against concurrently.
     pub fn stop(&self) -> Result<()> {
         match self.proc.stop_with(libc::SIGINT, Duration::from_secs(30)) {
             Some(_) => Ok(()),
@@ -360,7 +364,17 @@ impl Drop for PgServer {
 pub(crate) fn run_psql(url: &str, sql: &str) -> Result<String> {
     let psql = crate::require_binary("psql");
     let mut child = Command::new(psql)
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", "-"])
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-f",
+            "-",
+        ])
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PGTZ", "UTC")
         .env_remove("PGSERVICE")

@@ -160,10 +160,7 @@ impl TempDir {
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = base.join(format!(
-            "{DIR_PREFIX}{}-{n}-{kind}",
-            std::process::id()
-        ));
+        let path = base.join(format!("{DIR_PREFIX}{}-{n}-{kind}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }

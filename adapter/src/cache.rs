@@ -1,0 +1,75 @@
+//! The adapter's view of the cache. The server implements [`CacheBackend`]; the adapter only
+//! asks it for a cache by query id, reads from it, and hands it Larder's own statements.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use larder_sql::statement::LarderStatement;
+use larder_sql::{Row, SqlType, Value};
+
+/// A result column exactly as the upstream describes it (for RowDescription).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultColumn {
+    pub name: String,
+    pub table_oid: u32,
+    pub column_id: i16,
+    pub type_oid: u32,
+    pub type_len: i16,
+    pub typmod: i32,
+    pub ty: SqlType,
+}
+
+/// A small result of text values, for Larder's own statements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextTable {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Command tag for statements without rows (e.g. `DROP CACHE`).
+    pub tag: Option<String>,
+}
+
+/// A failed Larder statement, with the SQLSTATE the client sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementError {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+/// Why a cache could not answer; the query then goes upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Miss {
+    pub reason: String,
+}
+
+/// One cache, as the router sees it.
+pub trait CachedQuery: Send + Sync {
+    fn query_id(&self) -> &str;
+    /// Created `ALWAYS`: also serves inside explicit transactions.
+    fn always(&self) -> bool;
+    /// Upstream relation the cache reads (for `search_path` checks).
+    fn table_oid(&self) -> u32;
+    fn table_schema(&self) -> &str;
+    fn table_name(&self) -> &str;
+    fn columns(&self) -> &[ResultColumn];
+    /// Type of each parameter slot of the normalized query.
+    fn param_types(&self) -> &[SqlType];
+    /// Rows of the result for these parameter values (one list per slot); counts a hit.
+    fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, Miss>;
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the server offers the adapter.
+pub trait CacheBackend: Send + Sync + 'static {
+    /// The upstream database whose tables are replicated; other sessions are proxied only.
+    fn database(&self) -> &str;
+    fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>>;
+    /// A SELECT shape went upstream (for `SHOW PROXIED QUERIES`).
+    fn record_proxied(&self, query_id: &str, normalized_text: &str);
+    /// Runs one of Larder's own statements (may take a while: `CREATE CACHE`).
+    fn execute(&self, stmt: LarderStatement) -> BoxFuture<Result<TextTable, StatementError>>;
+    /// Sessions opened and closed (for `SHOW LARDER STATUS`).
+    fn session_opened(&self) {}
+    fn session_closed(&self) {}
+}

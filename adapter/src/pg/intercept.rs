@@ -1,0 +1,342 @@
+//! The hook where a later layer (the cache) can answer client messages locally.
+//!
+//! Every complete client message passes through [`Interceptor::on_client_messages`] after
+//! authentication, in batches (all complete messages read in one socket read), before anything is
+//! forwarded. The default ([`PassThrough`]) forwards the batch unchanged with one copy.
+//!
+//! Ordering: responses to the client must come in request order even when some requests are
+//! answered locally. The session tracks *sync points*: every forwarded `Query`, `Sync` or
+//! `FunctionCall` is answered by exactly one upstream `ReadyForQuery`. A local response passed to
+//! [`Dispatch::respond`] is queued behind all sync points forwarded before it and written to the
+//! client right after the upstream's ReadyForQuery for the last of them. So an interceptor must
+//! answer locally only whole units ending at a sync point (e.g. `Query`, or
+//! `Bind/Describe/Execute/Sync`), including the final ReadyForQuery in its response.
+//! [`ResponseMode::Discard`] lets it forward messages whose responses the client must not see
+//! (e.g. re-creating upstream a statement the client prepared while being served locally).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+
+use super::messages::{frontend_tag, FrameIter, RawFrame, TransactionStatus};
+use crate::AdapterError;
+
+/// What Larder knows about a client session; read-only for interceptors.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    pub(crate) peer: SocketAddr,
+    pub(crate) user: String,
+    pub(crate) database: String,
+    pub(crate) startup_params: Vec<(String, String)>,
+    pub(crate) parameters: HashMap<String, String>,
+    pub(crate) transaction_status: TransactionStatus,
+    pub(crate) authenticated: bool,
+    pub(crate) client_tls: bool,
+}
+
+impl SessionState {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        startup_params: Vec<(String, String)>,
+        client_tls: bool,
+    ) -> Self {
+        let get = |k: &str| {
+            startup_params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        let user = get("user").unwrap_or_default();
+        // Postgres defaults the database to the user name.
+        let database = get("database").unwrap_or_else(|| user.clone());
+        SessionState {
+            peer,
+            user,
+            database,
+            startup_params,
+            parameters: HashMap::new(),
+            transaction_status: TransactionStatus::Idle,
+            authenticated: false,
+            client_tls,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The user the client authenticated as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The database of this session.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The parameters of the client's StartupMessage as forwarded upstream.
+    pub fn startup_params(&self) -> &[(String, String)] {
+        &self.startup_params
+    }
+
+    /// A server-reported run-time parameter (`TimeZone`, `DateStyle`, `server_version`,
+    /// `client_encoding`, `IntervalStyle`, `standard_conforming_strings`, ...), kept current
+    /// from ParameterStatus messages.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// All server-reported parameters.
+    pub fn parameters(&self) -> &HashMap<String, String> {
+        &self.parameters
+    }
+
+    /// Transaction status from the latest ReadyForQuery.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.transaction_status
+    }
+
+    /// True once the upstream sent the first ReadyForQuery.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// True when the client reached Larder over TLS.
+    pub fn client_tls(&self) -> bool {
+        self.client_tls
+    }
+}
+
+/// The complete client messages of one read, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientBatch<'a> {
+    pub(crate) raw: &'a [u8],
+}
+
+impl<'a> ClientBatch<'a> {
+    /// The messages; each was already validated (known type, sane length).
+    pub fn iter(&self) -> impl Iterator<Item = RawFrame<'a>> + 'a {
+        FrameIter::new(self.raw, usize::MAX).map_while(Result::ok)
+    }
+
+    /// All messages as encoded on the wire.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+/// How the upstream responses to forwarded messages are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// Relay them to the client.
+    Relay,
+    /// Drop them, up to and including each sync point's ReadyForQuery. Asynchronous messages
+    /// (ParameterStatus, NotificationResponse) are still relayed.
+    Discard,
+}
+
+/// One expected response unit, in client order.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// Relay upstream output up to the next ReadyForQuery.
+    Relay,
+    /// Drop upstream output up to the next ReadyForQuery.
+    Discard,
+    /// Bytes produced by Larder, written once everything before it is out.
+    Local(Bytes),
+}
+
+/// Buffers and ordering state shared by the two directions of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Pipeline {
+    pub upstream_out: BytesMut,
+    pub client_out: BytesMut,
+    pub slots: VecDeque<Slot>,
+    /// Extended-protocol messages were forwarded since the last sync point.
+    pub unsynced: bool,
+    /// The client's Terminate was forwarded.
+    pub terminated: bool,
+}
+
+impl Pipeline {
+    /// Number of forwarded sync points still waiting for their ReadyForQuery.
+    pub fn pending_sync_points(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !matches!(s, Slot::Local(_)))
+            .count()
+    }
+
+    /// Appends leading local responses to the client output.
+    pub fn drain_local_front(&mut self) {
+        while let Some(Slot::Local(_)) = self.slots.front() {
+            if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+                self.client_out.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+/// What an interceptor can do with client messages.
+pub struct Dispatch<'a> {
+    pub(crate) pipe: &'a mut Pipeline,
+}
+
+impl Dispatch<'_> {
+    /// Forwards one client message unchanged, relaying its responses.
+    pub fn forward(&mut self, msg: &RawFrame<'_>) {
+        self.send_upstream(msg.raw, ResponseMode::Relay);
+    }
+
+    /// Forwards the whole batch unchanged (the pass-through fast path).
+    pub fn forward_all(&mut self, batch: &ClientBatch<'_>) {
+        self.send_upstream(batch.raw, ResponseMode::Relay);
+    }
+
+    /// Sends complete, well-formed frontend messages upstream (forwarded or synthesized).
+    pub fn send_upstream(&mut self, raw: &[u8], mode: ResponseMode) {
+        let pipe = &mut *self.pipe;
+        pipe.upstream_out.extend_from_slice(raw);
+        let mut it = FrameIter::new(raw, usize::MAX);
+        for msg in it.by_ref().map_while(Result::ok) {
+            match msg.frame.tag {
+                frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
+                    pipe.slots.push_back(match mode {
+                        ResponseMode::Relay => Slot::Relay,
+                        ResponseMode::Discard => Slot::Discard,
+                    });
+                    pipe.unsynced = false;
+                }
+                frontend_tag::PARSE
+                | frontend_tag::BIND
+                | frontend_tag::DESCRIBE
+                | frontend_tag::EXECUTE
+                | frontend_tag::CLOSE
+                | frontend_tag::FLUSH => pipe.unsynced = true,
+                frontend_tag::TERMINATE => pipe.terminated = true,
+                _ => {}
+            }
+        }
+        debug_assert_eq!(
+            it.consumed(),
+            raw.len(),
+            "send_upstream needs whole messages"
+        );
+    }
+
+    /// Answers the client locally. `response` must be complete backend messages ending with
+    /// ReadyForQuery; it is written after the responses to everything forwarded before.
+    pub fn respond(&mut self, response: Bytes) {
+        if self.pipe.slots.is_empty() {
+            self.pipe.client_out.extend_from_slice(&response);
+        } else {
+            self.pipe.slots.push_back(Slot::Local(response));
+        }
+    }
+
+    /// Sync points forwarded earlier whose ReadyForQuery has not arrived yet.
+    pub fn pending_sync_points(&self) -> usize {
+        self.pipe.pending_sync_points()
+    }
+
+    /// True when extended-protocol messages were forwarded without a Sync yet: their responses
+    /// are not delimited by a ReadyForQuery, so a local answer now could interleave with them.
+    pub fn has_unsynced(&self) -> bool {
+        self.pipe.unsynced
+    }
+}
+
+/// Sees every client message after authentication and decides what happens to it.
+pub trait Interceptor: Send {
+    /// Called once per read with all complete client messages. The default forwards them.
+    /// An error ends the session (the client gets a FATAL error).
+    fn on_client_messages(
+        &mut self,
+        session: &SessionState,
+        batch: &ClientBatch<'_>,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Result<(), AdapterError> {
+        let _ = session;
+        dispatch.forward_all(batch);
+        Ok(())
+    }
+}
+
+/// Creates the interceptor of each new session.
+pub trait InterceptorFactory: Send + Sync {
+    /// Called after the client's StartupMessage, before authentication.
+    fn create(&self, session: &SessionState) -> Box<dyn Interceptor>;
+}
+
+/// Forwards everything: the plain transparent proxy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassThrough;
+
+impl Interceptor for PassThrough {}
+
+impl InterceptorFactory for PassThrough {
+    fn create(&self, _session: &SessionState) -> Box<dyn Interceptor> {
+        Box::new(PassThrough)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::messages::{Bind, Encode, Execute, Query, Sync};
+
+    #[test]
+    fn sync_points_and_local_ordering() {
+        let mut pipe = Pipeline::default();
+        let mut raw = BytesMut::new();
+        Query {
+            sql: "SELECT 1".into(),
+        }
+        .encode(&mut raw);
+        Bind {
+            portal: String::new(),
+            statement: "s".into(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+        .encode(&mut raw);
+        Execute {
+            portal: String::new(),
+            max_rows: 0,
+        }
+        .encode(&mut raw);
+        {
+            let mut d = Dispatch { pipe: &mut pipe };
+            let batch = ClientBatch { raw: &raw };
+            assert_eq!(batch.iter().count(), 3);
+            d.forward_all(&batch);
+            assert_eq!(d.pending_sync_points(), 1);
+        }
+        assert!(pipe.unsynced);
+        let mut sync = BytesMut::new();
+        Sync.encode(&mut sync);
+        let mut d = Dispatch { pipe: &mut pipe };
+        d.send_upstream(&sync, ResponseMode::Discard);
+        d.respond(Bytes::from_static(b"local"));
+        assert_eq!(pipe.pending_sync_points(), 2);
+        assert!(!pipe.unsynced);
+        assert!(
+            pipe.client_out.is_empty(),
+            "local answer waits for earlier responses"
+        );
+        pipe.slots.pop_front();
+        pipe.drain_local_front();
+        assert!(pipe.client_out.is_empty());
+        pipe.slots.pop_front();
+        pipe.drain_local_front();
+        assert_eq!(&pipe.client_out[..], b"local");
+        // With nothing pending, a local answer goes out at once.
+        let mut d = Dispatch { pipe: &mut pipe };
+        d.respond(Bytes::from_static(b"!"));
+        assert_eq!(&pipe.client_out[..], b"local!");
+    }
+}

@@ -1,0 +1,829 @@
+//! Routing: which client statements are answered from a cache and which go upstream.
+//!
+//! [`CacheRouter`] is the [`InterceptorFactory`] the server installs. Per session it keeps:
+//! - the prepared statements the client created (text, declared parameter types, whether the
+//!   upstream has them: a statement first answered locally is re-created upstream, invisibly,
+//!   before anything that needs it is forwarded);
+//! - a memo from SQL text to its normalized shape (query id + parameter sources);
+//! - how unqualified table names resolve under the session's `search_path` (asked of the
+//!   upstream with `to_regclass`, forgotten whenever the session runs something that could
+//!   change it, and refreshed after [`RESOLUTION_TTL_MS`]);
+//! - where the previous statement was answered, for `EXPLAIN LAST STATEMENT`.
+//!
+//! A unit is answered locally only when it is whole (a `Query`, or `[Parse] Bind [Describe]
+//! Execute Sync` on the unnamed portal), nothing forwarded earlier is still in flight, the
+//! transaction state allows it, and the cache can answer. Everything else is forwarded
+//! unchanged. A cache that cannot answer is never an error for the client: the statement goes
+//! upstream and the reason is remembered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use larder_sql::normalize::{from_table, normalize, resolve_params, ParamSource};
+use larder_sql::pgtypes::{self, TimeZoneSetting};
+use larder_sql::statement::{classify, parse_larder_statement, Dialect, LarderStatement, StatementKind, TransactionKind};
+use larder_sql::{SqlType, Value};
+
+use super::intercept::{ClientBatch, Dispatch, Interceptor, InterceptorFactory, ResponseMode, SessionState};
+use super::messages::{
+    frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode, ErrorResponse, Execute,
+    FieldDescription, NoData, ParameterDescription, Parse, ParseComplete, Query, RawFrame, ReadyForQuery,
+    RowDescription, Sync, Target, TransactionStatus,
+};
+use crate::cache::{CacheBackend, CachedQuery, StatementError, TextTable};
+use crate::AdapterError;
+
+/// How long a `search_path` resolution is trusted without asking again.
+pub const RESOLUTION_TTL_MS: u64 = 1_000;
+/// Bounds on per-session memory.
+const STATEMENTS_MAX: usize = 10_000;
+const SHAPES_MAX: usize = 1_024;
+const RESOLUTIONS_MAX: usize = 256;
+const TEXT_OID: u32 = 25;
+
+pub struct CacheRouter {
+    backend: Arc<dyn CacheBackend>,
+}
+
+impl CacheRouter {
+    pub fn new(backend: Arc<dyn CacheBackend>) -> CacheRouter {
+        CacheRouter { backend }
+    }
+}
+
+impl InterceptorFactory for CacheRouter {
+    fn create(&self, session: &SessionState) -> Box<dyn Interceptor> {
+        self.backend.session_opened();
+        Box::new(RouterSession {
+            eligible_db: session.database() == self.backend.database(),
+            backend: self.backend.clone(),
+            statements: HashMap::new(),
+            shapes: HashMap::new(),
+            resolutions: HashMap::new(),
+            capture: None,
+            last: Last { destination: "upstream", reason: "no statement yet".into() },
+        })
+    }
+}
+
+/// The normalized form of a SELECT text.
+struct Shape {
+    query_id: String,
+    text: String,
+    params: Vec<ParamSource>,
+    /// The table name when the query does not qualify it (needs `search_path` resolution).
+    unqualified: Option<String>,
+}
+
+enum Kind {
+    /// One of Larder's own statements.
+    Larder(LarderStatement),
+    /// A SELECT that a cache might answer.
+    Select(Arc<Shape>),
+    /// Anything else.
+    Other,
+}
+
+struct Statement {
+    sql: String,
+    param_types: Vec<u32>,
+    /// Whether the upstream has this statement prepared.
+    on_upstream: bool,
+    kind: Arc<Kind>,
+}
+
+struct Resolution {
+    oid: Option<u32>,
+    at: Instant,
+}
+
+struct Last {
+    destination: &'static str,
+    reason: String,
+}
+
+struct RouterSession {
+    backend: Arc<dyn CacheBackend>,
+    eligible_db: bool,
+    statements: HashMap<String, Statement>,
+    shapes: HashMap<String, Arc<Kind>>,
+    resolutions: HashMap<String, Resolution>,
+    /// The table name whose resolution is being asked upstream.
+    capture: Option<String>,
+    last: Last,
+}
+
+impl Drop for RouterSession {
+    fn drop(&mut self) {
+        self.backend.session_closed();
+    }
+}
+
+impl Interceptor for RouterSession {
+    fn on_client_messages(
+        &mut self,
+        session: &SessionState,
+        batch: &ClientBatch<'_>,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Result<(), AdapterError> {
+        let msgs: Vec<RawFrame<'_>> = batch.iter().collect();
+        let mut i = 0;
+        while i < msgs.len() {
+            let tag = msgs[i].frame.tag;
+            match tag {
+                frontend_tag::QUERY => {
+                    self.on_query(session, &msgs[i], dispatch);
+                    i += 1;
+                }
+                frontend_tag::PARSE
+                | frontend_tag::BIND
+                | frontend_tag::DESCRIBE
+                | frontend_tag::EXECUTE
+                | frontend_tag::CLOSE
+                | frontend_tag::FLUSH => {
+                    match msgs[i..].iter().position(|m| m.frame.tag == frontend_tag::SYNC) {
+                        Some(n) => {
+                            self.on_unit(session, &msgs[i..=i + n], dispatch);
+                            i += n + 1;
+                        }
+                        None => {
+                            // The client waits (Flush) before its Sync: forward as is.
+                            self.forward_unit(&msgs[i..], dispatch);
+                            i = msgs.len();
+                        }
+                    }
+                }
+                _ => {
+                    dispatch.forward(&msgs[i]);
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {
+        let Some(name) = self.capture.take() else { return };
+        let oid = first_value(response).and_then(|v| v.parse::<u32>().ok());
+        if self.resolutions.len() >= RESOLUTIONS_MAX {
+            self.resolutions.clear();
+        }
+        self.resolutions.insert(name, Resolution { oid, at: Instant::now() });
+    }
+}
+
+impl RouterSession {
+    fn kind_of(&mut self, sql: &str) -> Arc<Kind> {
+        if let Some(k) = self.shapes.get(sql) {
+            return k.clone();
+        }
+        let kind = Arc::new(match parse_larder_statement(sql, Dialect::Postgres) {
+            Some(Ok(stmt)) => Kind::Larder(stmt),
+            Some(Err(_)) => Kind::Other,
+            None if classify(sql) == StatementKind::Select => match normalize(sql, Dialect::Postgres) {
+                Ok(n) => {
+                    let unqualified = match from_table(&n.query) {
+                        Some((None, name)) => Some(name),
+                        _ => None,
+                    };
+                    Kind::Select(Arc::new(Shape { query_id: n.query_id, text: n.text, params: n.params, unqualified }))
+                }
+                Err(_) => Kind::Other,
+            },
+            None => Kind::Other,
+        });
+        if self.shapes.len() >= SHAPES_MAX {
+            self.shapes.clear();
+        }
+        // Larder statements carry whole parsed queries; don't memo them.
+        if !matches!(*kind, Kind::Larder(_)) {
+            self.shapes.insert(sql.to_string(), kind.clone());
+        }
+        kind
+    }
+
+    // ---- simple query protocol ----
+
+    fn on_query(&mut self, session: &SessionState, msg: &RawFrame<'_>, dispatch: &mut Dispatch<'_>) {
+        let Ok(q) = Query::decode(&msg.frame) else {
+            dispatch.forward(msg);
+            return;
+        };
+        let kind = self.kind_of(&q.sql);
+        match &*kind {
+            Kind::Larder(stmt) => {
+                let stmt = stmt.clone();
+                self.run_larder(session, stmt, None, dispatch);
+            }
+            Kind::Select(shape) => match self.try_cache(session, shape, None, dispatch) {
+                Ok((cache, rows)) => {
+                    let mut out = BytesMut::new();
+                    let formats = Formats::all_text();
+                    row_description(cache.columns(), &formats).encode(&mut out);
+                    self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out);
+                    finish(&mut out, rows.len(), session);
+                    self.hit(cache.query_id());
+                    dispatch.respond(out.freeze());
+                }
+                Err(reason) => {
+                    self.miss(shape, reason);
+                    self.watch_forwarded(&q.sql);
+                    dispatch.forward(msg);
+                }
+            },
+            Kind::Other => {
+                self.watch_forwarded(&q.sql);
+                self.last = Last { destination: "upstream", reason: "not a cacheable SELECT".into() };
+                dispatch.forward(msg);
+            }
+        }
+    }
+
+    // ---- extended query protocol ----
+
+    /// `msgs` ends with Sync.
+    fn on_unit(&mut self, session: &SessionState, msgs: &[RawFrame<'_>], dispatch: &mut Dispatch<'_>) {
+        if let Some(local) = self.unit_shape(msgs) {
+            if self.answer_unit(session, &local, dispatch) {
+                return;
+            }
+        }
+        self.forward_unit(msgs, dispatch);
+    }
+
+    /// Recognizes `[Parse] Bind [Describe P] Execute Sync` on the unnamed portal, and
+    /// `[Parse] Describe S Sync` (for Larder statements).
+    fn unit_shape(&mut self, msgs: &[RawFrame<'_>]) -> Option<LocalUnit> {
+        let mut it = msgs.iter().peekable();
+        let mut parse = None;
+        if it.peek()?.frame.tag == frontend_tag::PARSE {
+            parse = Some(Parse::decode(&it.next()?.frame).ok()?);
+        }
+        let next = it.next()?;
+        if next.frame.tag == frontend_tag::DESCRIBE {
+            let d = Describe::decode(&next.frame).ok()?;
+            if d.target != Target::Statement || it.next()?.frame.tag != frontend_tag::SYNC || it.next().is_some() {
+                return None;
+            }
+            return Some(LocalUnit { parse, statement: d.name, bind: None, describe: true, describe_statement: true });
+        }
+        if next.frame.tag != frontend_tag::BIND {
+            return None;
+        }
+        let name = bind_statement_name(next.frame.body)?;
+        // Only decode the Bind when the statement could be answered locally.
+        let kind = match &parse {
+            Some(p) if p.name == name => self.kind_of(&p.query),
+            Some(_) => return None,
+            None => self.statements.get(&name)?.kind.clone(),
+        };
+        if matches!(*kind, Kind::Other) {
+            return None;
+        }
+        let bind = Bind::decode(&next.frame).ok()?;
+        if !bind.portal.is_empty() {
+            return None;
+        }
+        let mut describe = false;
+        let mut m = it.next()?;
+        if m.frame.tag == frontend_tag::DESCRIBE {
+            let d = Describe::decode(&m.frame).ok()?;
+            if d.target != Target::Portal || !d.name.is_empty() {
+                return None;
+            }
+            describe = true;
+            m = it.next()?;
+        }
+        if m.frame.tag != frontend_tag::EXECUTE {
+            return None;
+        }
+        let e = Execute::decode(&m.frame).ok()?;
+        if !e.portal.is_empty() || e.max_rows != 0 {
+            return None;
+        }
+        if it.next()?.frame.tag != frontend_tag::SYNC || it.next().is_some() {
+            return None;
+        }
+        Some(LocalUnit { parse, statement: name, bind: Some(bind), describe, describe_statement: false })
+    }
+
+    /// Answers a recognized unit locally if possible; false means "forward it".
+    fn answer_unit(&mut self, session: &SessionState, unit: &LocalUnit, dispatch: &mut Dispatch<'_>) -> bool {
+        let (sql, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
+            (Some(p), _) => (p.query.clone(), p.param_types.clone()),
+            (None, Some(s)) => (s.sql.clone(), s.param_types.clone()),
+            (None, None) => return false,
+        };
+        let kind = self.kind_of(&sql);
+        let mut out = BytesMut::new();
+        if unit.parse.is_some() {
+            ParseComplete.encode(&mut out);
+        }
+        match &*kind {
+            Kind::Larder(stmt) => {
+                if unit.describe_statement {
+                    ParameterDescription { types: vec![] }.encode(&mut out);
+                    larder_row_description(stmt).encode(&mut out);
+                    ReadyForQuery { status: session.transaction_status() }.encode(&mut out);
+                    dispatch.respond(out.freeze());
+                } else {
+                    BindComplete.encode(&mut out);
+                    let stmt = stmt.clone();
+                    self.run_larder(session, stmt, Some((out, unit.describe)), dispatch);
+                }
+            }
+            Kind::Select(shape) => {
+                let Some(bind) = &unit.bind else { return false };
+                match self.try_cache(session, shape, Some((bind, &param_types)), dispatch) {
+                    Ok((cache, rows)) => {
+                        let formats = Formats::new(&bind.result_formats);
+                        BindComplete.encode(&mut out);
+                        if unit.describe {
+                            row_description(cache.columns(), &formats).encode(&mut out);
+                        }
+                        self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out);
+                        finish(&mut out, rows.len(), session);
+                        self.hit(cache.query_id());
+                        dispatch.respond(out.freeze());
+                    }
+                    Err(reason) => {
+                        self.miss(shape, reason);
+                        return false;
+                    }
+                }
+            }
+            Kind::Other => return false,
+        }
+        if let Some(p) = &unit.parse {
+            // Answered locally: the upstream does not have this statement (yet).
+            self.remember(p, false);
+        }
+        true
+    }
+
+    /// Forwards messages unchanged, keeping track of statements; re-creates upstream any
+    /// statement the client prepared while being answered locally.
+    fn forward_unit(&mut self, msgs: &[RawFrame<'_>], dispatch: &mut Dispatch<'_>) {
+        for m in msgs {
+            match m.frame.tag {
+                frontend_tag::PARSE => {
+                    if let Ok(p) = Parse::decode(&m.frame) {
+                        self.watch_forwarded(&p.query);
+                        self.remember(&p, true);
+                    }
+                }
+                frontend_tag::BIND => {
+                    if let Some(name) = bind_statement_name(m.frame.body) {
+                        self.ensure_upstream(&name, dispatch);
+                    }
+                }
+                frontend_tag::DESCRIBE => {
+                    if let Ok(Describe { target: Target::Statement, name }) = Describe::decode(&m.frame) {
+                        self.ensure_upstream(&name, dispatch);
+                    }
+                }
+                frontend_tag::CLOSE => {
+                    if let Ok(Close { target: Target::Statement, name }) = Close::decode(&m.frame) {
+                        self.statements.remove(&name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for m in msgs {
+            dispatch.forward(m);
+        }
+    }
+
+    fn remember(&mut self, p: &Parse, on_upstream: bool) {
+        if self.statements.len() >= STATEMENTS_MAX && !self.statements.contains_key(&p.name) {
+            // Keep memory bounded: forget local-only knowledge; upstream-held ones are harmless.
+            self.statements.retain(|_, s| !s.on_upstream);
+        }
+        let kind = self.kind_of(&p.query);
+        self.statements.insert(
+            p.name.clone(),
+            Statement { sql: p.query.clone(), param_types: p.param_types.clone(), on_upstream, kind },
+        );
+    }
+
+    fn ensure_upstream(&mut self, name: &str, dispatch: &mut Dispatch<'_>) {
+        let Some(stmt) = self.statements.get_mut(name) else { return };
+        if stmt.on_upstream {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        Parse { name: name.to_string(), query: stmt.sql.clone(), param_types: stmt.param_types.clone() }.encode(&mut buf);
+        Sync.encode(&mut buf);
+        dispatch.send_upstream(&buf, ResponseMode::Discard);
+        stmt.on_upstream = true;
+    }
+
+    // ---- the cache path ----
+
+    /// Decides whether `shape` can be answered locally and reads it.
+    fn try_cache(
+        &mut self,
+        session: &SessionState,
+        shape: &Shape,
+        bound: Option<(&Bind, &Vec<u32>)>,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Result<(Arc<dyn CachedQuery>, Vec<Vec<Value>>), String> {
+        if !self.eligible_db {
+            return Err(format!("database {} is not the replicated database", session.database()));
+        }
+        let cache = self
+            .backend
+            .lookup(&shape.query_id)
+            .ok_or_else(|| format!("no cache for query {}", shape.query_id))?;
+        if dispatch.pending_sync_points() > 0 || dispatch.unsynced() {
+            return Err("earlier statements of the session are still in flight".into());
+        }
+        match session.transaction_status() {
+            TransactionStatus::Idle => {}
+            TransactionStatus::InTransaction if cache.always() => {}
+            TransactionStatus::InTransaction => {
+                return Err("inside a transaction (the cache was not created ALWAYS)".into())
+            }
+            TransactionStatus::Failed => return Err("the transaction has failed".into()),
+        }
+        if let Some(name) = &shape.unqualified {
+            self.check_resolution(session, name, cache.as_ref(), dispatch)?;
+        }
+        let tz = session.parameter("TimeZone").and_then(TimeZoneSetting::from_name);
+        let needs_tz = cache.columns().iter().any(|c| c.ty == SqlType::TimestampTz)
+            || cache.param_types().iter().any(|t| *t == SqlType::TimestampTz);
+        if needs_tz && tz.is_none() {
+            return Err("the session TimeZone is not UTC or a fixed offset".into());
+        }
+        let params = match bound {
+            None => {
+                if shape.params.iter().any(has_placeholder) {
+                    return Err("placeholders in a simple query".into());
+                }
+                resolve_params(&shape.params, &|_| None, cache.param_types()).map_err(|e| e.to_string())?
+            }
+            Some((bind, declared)) => {
+                let values = decode_bind(bind, declared, &shape.params, cache.param_types())?;
+                resolve_params(&shape.params, &|n| values.get(n.wrapping_sub(1)).cloned().flatten(), cache.param_types())
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let rows = cache.read(&params).map_err(|m| m.reason)?;
+        Ok((cache, rows))
+    }
+
+    /// The unqualified table name must resolve, for this session, to the cache's table.
+    fn check_resolution(
+        &mut self,
+        session: &SessionState,
+        name: &str,
+        cache: &dyn CachedQuery,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Result<(), String> {
+        let fresh = self.resolutions.get(name).map(|r| (r.oid, r.at.elapsed().as_millis() as u64 <= RESOLUTION_TTL_MS));
+        match fresh {
+            Some((oid, true)) => {
+                if oid == Some(cache.table_oid()) {
+                    Ok(())
+                } else {
+                    Err(format!("{name} resolves to another relation under this session's search_path"))
+                }
+            }
+            _ => {
+                if self.capture.is_none() && session.transaction_status() != TransactionStatus::Failed {
+                    let mut buf = BytesMut::new();
+                    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+                    Query { sql: format!("SELECT pg_catalog.to_regclass('{}')::oid", quoted.replace('\'', "''")) }
+                        .encode(&mut buf);
+                    dispatch.capture(&buf);
+                    self.capture = Some(name.to_string());
+                }
+                Err("resolving the table name under this session's search_path".into())
+            }
+        }
+    }
+
+    fn encode_rows(
+        &self,
+        session: &SessionState,
+        cache: &dyn CachedQuery,
+        rows: &[Vec<Value>],
+        formats: &Formats,
+        out: &mut BytesMut,
+    ) {
+        let tz = session.parameter("TimeZone").and_then(TimeZoneSetting::from_name).unwrap_or(TimeZoneSetting::Utc);
+        let columns = cache.columns();
+        let mut text = String::new();
+        let mut bin = Vec::new();
+        for row in rows {
+            out.put_u8(b'D');
+            let at = out.len();
+            out.put_i32(0);
+            out.put_i16(columns.len() as i16);
+            for (i, col) in columns.iter().enumerate() {
+                let v = row.get(i).unwrap_or(&Value::Null);
+                if v.is_null() {
+                    out.put_i32(-1);
+                    continue;
+                }
+                let bytes: &[u8] = if formats.is_binary(i) {
+                    bin.clear();
+                    if pgtypes::encode_binary(&col.ty, v, &mut bin).is_err() {
+                        out.put_i32(-1);
+                        continue;
+                    }
+                    &bin
+                } else {
+                    text.clear();
+                    if pgtypes::write_text(&col.ty, v, tz, &mut text).is_err() {
+                        out.put_i32(-1);
+                        continue;
+                    }
+                    text.as_bytes()
+                };
+                out.put_i32(bytes.len() as i32);
+                out.put_slice(bytes);
+            }
+            let len = (out.len() - at) as i32;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+
+    fn hit(&mut self, query_id: &str) {
+        self.last = Last { destination: "cache", reason: format!("answered by the cache of {query_id}") };
+    }
+
+    fn miss(&mut self, shape: &Shape, reason: String) {
+        self.backend.record_proxied(&shape.query_id, &shape.text);
+        self.last = Last { destination: "upstream", reason };
+    }
+
+    /// Forget `search_path` resolutions when a forwarded statement could change them.
+    fn watch_forwarded(&mut self, sql: &str) {
+        if self.resolutions.is_empty() {
+            return;
+        }
+        let forget = match classify(sql) {
+            StatementKind::Set | StatementKind::Other => true,
+            StatementKind::Transaction(TransactionKind::Rollback | TransactionKind::RollbackToSavepoint) => true,
+            StatementKind::Select => sql.len() < 64 * 1024 && sql.to_ascii_lowercase().contains("search_path"),
+            _ => false,
+        };
+        if forget {
+            self.resolutions.clear();
+        }
+    }
+
+    // ---- Larder's own statements ----
+
+    /// Runs a Larder statement and answers with its rows. `extended` carries the bytes
+    /// already produced (ParseComplete/BindComplete) and whether a Describe asked for the
+    /// row description.
+    fn run_larder(
+        &mut self,
+        session: &SessionState,
+        stmt: LarderStatement,
+        extended: Option<(BytesMut, bool)>,
+        dispatch: &mut Dispatch<'_>,
+    ) {
+        let status = session.transaction_status();
+        let (prefix, describe) = match extended {
+            Some((out, describe)) => (out, describe),
+            None => (BytesMut::new(), true),
+        };
+        if let LarderStatement::ExplainLastStatement = stmt {
+            let table = TextTable {
+                columns: vec!["query_destination".into(), "reason".into()],
+                rows: vec![vec![Some(self.last.destination.to_string()), Some(self.last.reason.clone())]],
+                tag: None,
+            };
+            dispatch.respond(encode_text_table(prefix, Ok(table), describe, status));
+            return;
+        }
+        self.last = Last { destination: "larder", reason: "Larder statement".into() };
+        let fut = self.backend.execute(stmt);
+        dispatch.respond_later(Box::pin(async move { encode_text_table(prefix, fut.await, describe, status) }));
+    }
+}
+
+struct LocalUnit {
+    parse: Option<Parse>,
+    statement: String,
+    bind: Option<Bind>,
+    describe: bool,
+    describe_statement: bool,
+}
+
+/// Result format codes of a Bind.
+struct Formats<'a>(&'a [i16]);
+
+impl<'a> Formats<'a> {
+    fn new(codes: &'a [i16]) -> Self {
+        Formats(codes)
+    }
+    fn all_text() -> Formats<'static> {
+        Formats(&[])
+    }
+    fn is_binary(&self, i: usize) -> bool {
+        match self.0 {
+            [] => false,
+            [one] => *one == 1,
+            many => many.get(i).copied() == Some(1),
+        }
+    }
+}
+
+fn has_placeholder(p: &ParamSource) -> bool {
+    match p {
+        ParamSource::Placeholder(_) => true,
+        ParamSource::List(items) => items.iter().any(has_placeholder),
+        ParamSource::Literal(_) => false,
+    }
+}
+
+/// The statement name of a Bind, without decoding its parameters.
+fn bind_statement_name(body: &[u8]) -> Option<String> {
+    let portal_end = body.iter().position(|b| *b == 0)?;
+    let rest = &body[portal_end + 1..];
+    let stmt_end = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..stmt_end]).ok().map(str::to_string)
+}
+
+/// Decodes the bound values, each with the type of the slot its placeholder fills (or the
+/// type the client declared in Parse).
+fn decode_bind(
+    bind: &Bind,
+    declared: &[u32],
+    params: &[ParamSource],
+    slot_types: &[SqlType],
+) -> Result<Vec<Option<Value>>, String> {
+    let mut placeholder_type: HashMap<usize, SqlType> = HashMap::new();
+    fn walk(p: &ParamSource, ty: &SqlType, out: &mut HashMap<usize, SqlType>) {
+        match p {
+            ParamSource::Placeholder(n) => {
+                out.entry(*n).or_insert_with(|| ty.clone());
+            }
+            ParamSource::List(items) => items.iter().for_each(|i| walk(i, ty, out)),
+            ParamSource::Literal(_) => {}
+        }
+    }
+    for (p, ty) in params.iter().zip(slot_types) {
+        walk(p, ty, &mut placeholder_type);
+    }
+    let binary = |i: usize| match bind.param_formats.as_slice() {
+        [] => false,
+        [one] => *one == 1,
+        many => many.get(i).copied() == Some(1),
+    };
+    bind.params
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let Some(raw) = raw else { return Ok(Some(Value::Null)) };
+            let declared_ty = declared.get(i).copied().filter(|o| *o != 0).and_then(pgtypes::type_from_oid);
+            let ty = declared_ty.or_else(|| placeholder_type.get(&(i + 1)).cloned());
+            if binary(i) {
+                let ty = ty.ok_or_else(|| format!("unknown type for binary parameter ${}", i + 1))?;
+                pgtypes::decode_binary(&ty, raw).map(Some).map_err(|e| e.to_string())
+            } else {
+                let s = std::str::from_utf8(raw).map_err(|_| "parameter is not valid UTF-8".to_string())?;
+                Ok(Some(Value::Text(s.to_string())))
+            }
+        })
+        .collect()
+}
+
+fn row_description(columns: &[crate::cache::ResultColumn], formats: &Formats) -> RowDescription {
+    RowDescription {
+        fields: columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| FieldDescription {
+                name: c.name.clone(),
+                table_oid: c.table_oid,
+                column_attr: c.column_id,
+                type_oid: c.type_oid,
+                type_size: c.type_len,
+                type_modifier: c.typmod,
+                format: if formats.is_binary(i) { 1 } else { 0 },
+            })
+            .collect(),
+    }
+}
+
+fn finish(out: &mut BytesMut, rows: usize, session: &SessionState) {
+    CommandComplete { tag: format!("SELECT {rows}") }.encode(out);
+    ReadyForQuery { status: session.transaction_status() }.encode(out);
+}
+
+/// Columns of each Larder statement's result (for Describe before execution).
+fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] {
+    match stmt {
+        LarderStatement::CreateCache { .. } => &["query_id", "name", "query", "cache_type"],
+        LarderStatement::ExplainCreateCache { .. } => &["query_id", "query", "supported"],
+        LarderStatement::ShowCaches { .. } => &["query_id", "name", "query", "properties", "count"],
+        LarderStatement::ShowProxiedQueries { .. } => &["query_id", "query", "supported", "count"],
+        LarderStatement::ExplainLastStatement => &["query_destination", "reason"],
+        LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
+        LarderStatement::ShowTables => &["table", "status", "description"],
+        LarderStatement::DropCache { .. } | LarderStatement::DropAllCaches | LarderStatement::DropAllProxiedQueries => &[],
+    }
+}
+
+fn larder_row_description(stmt: &LarderStatement) -> Box<dyn EncodeDyn> {
+    let cols = larder_columns(stmt);
+    if cols.is_empty() {
+        Box::new(NoData)
+    } else {
+        Box::new(text_row_description(cols.iter().map(|c| c.to_string())))
+    }
+}
+
+trait EncodeDyn {
+    fn encode(&self, out: &mut BytesMut);
+}
+
+impl<T: Encode> EncodeDyn for T {
+    fn encode(&self, out: &mut BytesMut) {
+        Encode::encode(self, out)
+    }
+}
+
+fn text_row_description(names: impl Iterator<Item = String>) -> RowDescription {
+    RowDescription {
+        fields: names
+            .map(|name| FieldDescription {
+                name,
+                table_oid: 0,
+                column_attr: 0,
+                type_oid: TEXT_OID,
+                type_size: -1,
+                type_modifier: -1,
+                format: 0,
+            })
+            .collect(),
+    }
+}
+
+fn encode_text_table(
+    mut out: BytesMut,
+    result: Result<TextTable, StatementError>,
+    describe: bool,
+    status: TransactionStatus,
+) -> Bytes {
+    match result {
+        Ok(table) => {
+            if table.columns.is_empty() {
+                if describe {
+                    NoData.encode(&mut out);
+                }
+                CommandComplete { tag: table.tag.unwrap_or_else(|| "OK".into()) }.encode(&mut out);
+            } else {
+                if describe {
+                    text_row_description(table.columns.iter().cloned()).encode(&mut out);
+                }
+                for row in &table.rows {
+                    out.put_u8(b'D');
+                    let at = out.len();
+                    out.put_i32(0);
+                    out.put_i16(row.len() as i16);
+                    for v in row {
+                        match v {
+                            None => out.put_i32(-1),
+                            Some(s) => {
+                                out.put_i32(s.len() as i32);
+                                out.put_slice(s.as_bytes());
+                            }
+                        }
+                    }
+                    let len = (out.len() - at) as i32;
+                    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                CommandComplete { tag: format!("SELECT {}", table.rows.len()) }.encode(&mut out);
+            }
+        }
+        Err(e) => {
+            // Drop whatever was prepared (Parse/BindComplete stay: they did succeed).
+            ErrorResponse::error(e.sqlstate, e.message).encode(&mut out);
+        }
+    }
+    ReadyForQuery { status }.encode(&mut out);
+    out.freeze()
+}
+
+/// The first column of the first DataRow of a captured simple-query response.
+fn first_value(response: &[u8]) -> Option<String> {
+    use super::messages::{DataRow, FrameIter};
+    for m in FrameIter::new(response, usize::MAX) {
+        let m = m.ok()?;
+        if m.frame.tag == b'D' {
+            let row = DataRow::decode(&m.frame).ok()?;
+            let v = row.values.first()?.as_ref()?;
+            return std::str::from_utf8(v).ok().map(str::to_string);
+        }
+    }
+    None
+}

@@ -1,0 +1,962 @@
+//! One client session: startup negotiation (TLS, GSSENC refusal, cancel requests), the
+//! authentication pass-through and the message relay.
+//!
+//! The relay is a single poll loop per session ([`Relay::poll_relay`]) that owns both sockets,
+//! all buffers and the session state, so there are no locks, channels or extra tasks on the hot
+//! path. Each direction has an input buffer (complete messages are cut from it) and an output
+//! buffer (all complete messages of a read are forwarded with one write). The two directions
+//! never block each other: a slow client only stops Larder reading from the upstream once the
+//! client's output buffer passes a high-water mark, and vice versa, so pipelining clients and
+//! COPY cannot deadlock through the proxy.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
+use tracing::{debug, warn};
+
+use super::cancel::{forward_cancel, CancelKeyGuard, CancelRegistry, CancelTarget};
+use super::conn::Conn;
+use super::intercept::{ClientBatch, Dispatch, InterceptorFactory, Pipeline, SessionState, Slot};
+use super::messages::{
+    backend_tag, frontend_tag, peek_frame, peek_header, Authentication, BackendKeyData,
+    CancelRequest, Decode, Encode, ErrorResponse, FrameIter, ProtocolError, ReadyForQuery,
+    SaslInitialResponse, StartupMessage, StartupPacket, Terminate,
+};
+use super::upstream::UpstreamConnector;
+use super::{Interceptor, PgProxyConfig};
+use crate::AdapterError;
+
+/// Initial/extra capacity reserved for reads from the client.
+const CLIENT_READ_CHUNK_BYTES: usize = 8 * 1024;
+/// Initial/extra capacity reserved for reads from the upstream (result sets are larger).
+const UPSTREAM_READ_CHUNK_BYTES: usize = 32 * 1024;
+/// Reserve more before a read when less than this is free.
+const READ_SPARE_MIN_BYTES: usize = 1024;
+/// Stop reading a side while the output towards the other side holds this much.
+const OUT_HIGH_WATER_BYTES: usize = 512 * 1024;
+/// Buffers grown past this (by one huge message) are replaced once empty.
+const BUFFER_SHRINK_ABOVE_BYTES: usize = 1 << 20;
+/// Upstream messages can be as large as a 1 GiB row plus overhead; the upstream is trusted.
+const UPSTREAM_MESSAGE_SIZE_MAX_BYTES: usize = (1 << 30) + (1 << 20);
+/// How long a closing session may take to flush its last messages.
+const CLOSE_FLUSH_TIMEOUT_MS: u64 = 5_000;
+/// SSLRequest/GSSENCRequest packets allowed before the StartupMessage.
+const NEGOTIATION_PACKETS_MAX: usize = 4;
+/// First byte of a TLS ClientHello record (direct TLS, `sslnegotiation=direct`).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// State shared by all sessions of one `serve` call.
+pub(crate) struct Shared {
+    pub cfg: Arc<PgProxyConfig>,
+    pub connector: UpstreamConnector,
+    pub cancels: Arc<CancelRegistry>,
+    pub sessions: Arc<Semaphore>,
+    pub interceptors: Arc<dyn InterceptorFactory>,
+}
+
+/// What the first packets of a connection asked for.
+enum Negotiated {
+    Startup { conn: Conn, startup: StartupMessage },
+    Cancel(CancelRequest),
+}
+
+/// Handles one accepted connection from start to end. Never panics on client input.
+pub(crate) async fn handle_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    handshake_permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + Duration::from_millis(shared.cfg.startup_timeout_ms);
+    let negotiated = match timeout_at(deadline, negotiate(&shared, tcp)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "startup negotiation failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "startup negotiation timed out");
+            return;
+        }
+    };
+    drop(handshake_permit);
+    match negotiated {
+        Negotiated::Cancel(req) => handle_cancel(&shared, &req, peer).await,
+        Negotiated::Startup { conn, startup } => {
+            if *shutdown.borrow() {
+                reject(conn, "57P03", "the database system is shutting down").await;
+                return;
+            }
+            let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
+                warn!(%peer, max_connections = shared.cfg.max_connections, "too many clients");
+                reject(conn, "53300", "sorry, too many clients already").await;
+                return;
+            };
+            run_session(&shared, conn, startup, peer, deadline, shutdown).await;
+            drop(permit);
+        }
+    }
+}
+
+/// Sends a FATAL error to a client that will not get a session, then closes.
+async fn reject(mut conn: Conn, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    ErrorResponse::fatal(code, message).encode(&mut buf);
+    let send = async {
+        conn.write_all(&buf).await?;
+        conn.flush().await?;
+        conn.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS), send).await;
+}
+
+async fn handle_cancel(shared: &Shared, req: &CancelRequest, peer: SocketAddr) {
+    match shared.cancels.lookup(req) {
+        Some(target) => match forward_cancel(&shared.connector, target).await {
+            Ok(()) => debug!(%peer, "cancel request forwarded"),
+            Err(e) => warn!(%peer, error = %e, "could not forward cancel request"),
+        },
+        None => debug!(%peer, "cancel request with unknown key ignored"),
+    }
+}
+
+/// Reads one startup-phase packet with exact reads, so nothing that follows an SSLRequest is
+/// consumed before the TLS handshake.
+async fn read_startup_packet(conn: &mut Conn) -> Result<StartupPacket, AdapterError> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).await?;
+    let total = StartupPacket::peek_len(&len)?.ok_or(ProtocolError::Truncated("packet length"))?;
+    let mut body = vec![0u8; total - 4];
+    conn.read_exact(&mut body).await?;
+    Ok(StartupPacket::decode_body(&body)?)
+}
+
+async fn accept_tls(tls: &Arc<rustls::ServerConfig>, tcp: TcpStream) -> Result<Conn, AdapterError> {
+    let stream = tokio_rustls::TlsAcceptor::from(tls.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| AdapterError::Tls(format!("client TLS handshake: {e}")))?;
+    Ok(Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))))
+}
+
+async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, AdapterError> {
+    let mut conn = match &shared.cfg.tls {
+        Some(tls) => {
+            let mut first = [0u8; 1];
+            let n = tcp.peek(&mut first).await?;
+            if n == 1 && first[0] == TLS_HANDSHAKE_RECORD {
+                accept_tls(tls, tcp).await?
+            } else {
+                Conn::Plain(tcp)
+            }
+        }
+        None => Conn::Plain(tcp),
+    };
+    for _ in 0..NEGOTIATION_PACKETS_MAX {
+        let packet = match read_startup_packet(&mut conn).await {
+            Ok(p) => p,
+            Err(AdapterError::Protocol(e)) => {
+                let code = match e {
+                    ProtocolError::UnsupportedProtocol { .. } => "0A000",
+                    _ => "08P01",
+                };
+                let mut buf = BytesMut::new();
+                ErrorResponse::fatal(code, format!("invalid startup packet: {e}")).encode(&mut buf);
+                let _ = conn.write_all(&buf).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        match packet {
+            StartupPacket::Ssl => {
+                conn = match (conn, &shared.cfg.tls) {
+                    (Conn::Plain(mut tcp), Some(tls)) => {
+                        tcp.write_all(b"S").await?;
+                        accept_tls(tls, tcp).await?
+                    }
+                    (Conn::Plain(mut tcp), None) => {
+                        tcp.write_all(b"N").await?;
+                        Conn::Plain(tcp)
+                    }
+                    (Conn::Tls(_), _) => {
+                        return Err(ProtocolError::Invalid("SSLRequest inside TLS").into())
+                    }
+                };
+            }
+            StartupPacket::GssEnc => conn.write_all(b"N").await?,
+            StartupPacket::Cancel(req) => return Ok(Negotiated::Cancel(req)),
+            StartupPacket::Startup(startup) => return Ok(Negotiated::Startup { conn, startup }),
+        }
+    }
+    Err(ProtocolError::Invalid("too many negotiation packets").into())
+}
+
+/// Connects upstream, forwards the startup message and relays until the session ends.
+async fn run_session(
+    shared: &Arc<Shared>,
+    client: Conn,
+    mut startup: StartupMessage,
+    peer: SocketAddr,
+    deadline: Instant,
+    shutdown: watch::Receiver<bool>,
+) {
+    if startup.param("database").is_none() {
+        if let Some(db) = &shared.cfg.upstream.dbname {
+            startup.set_param("database", db);
+        }
+    }
+    let state = SessionState::new(peer, startup.params.clone(), client.is_tls());
+    let up = match timeout_at(deadline, shared.connector.connect()).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            let message = match &e {
+                AdapterError::UpstreamConnect { .. } => format!("larder: {e}"),
+                other => format!(
+                    "larder: could not connect to upstream {}: {other}",
+                    shared.cfg.upstream.address()
+                ),
+            };
+            warn!(%peer, upstream = %shared.cfg.upstream.address(), error = %e,
+                "could not connect to upstream");
+            reject(client, "08006", &message).await;
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, upstream = %shared.cfg.upstream.address(), "upstream connect timed out");
+            let message = format!(
+                "larder: could not connect to upstream {}: timed out",
+                shared.cfg.upstream.address()
+            );
+            reject(client, "08006", &message).await;
+            return;
+        }
+    };
+    debug!(%peer, user = %state.user(), database = %state.database(),
+        client_tls = state.client_tls(), upstream_tls = up.tls, "session started");
+    let interceptor = shared.interceptors.create(&state);
+    let mut relay = Relay::new(shared.clone(), client, up, state, interceptor, deadline);
+    startup.encode(&mut relay.pipe.upstream_out);
+    let started = Instant::now();
+    let reason = drive(relay, shutdown).await;
+    debug!(%peer, reason = %reason, duration_ms = started.elapsed().as_millis() as u64,
+        "session closed");
+}
+
+/// Runs the relay while watching the shutdown signal.
+async fn drive(mut relay: Relay, mut shutdown: watch::Receiver<bool>) -> CloseReason {
+    let requested = AtomicBool::new(*shutdown.borrow_and_update());
+    let mut watching = !requested.load(Ordering::Relaxed);
+    let mut fut = pin!(std::future::poll_fn(|cx| {
+        if requested.load(Ordering::Relaxed) {
+            relay.shutdown_requested = true;
+        }
+        relay.poll_relay(cx)
+    }));
+    loop {
+        tokio::select! {
+            biased;
+            reason = &mut fut => return reason,
+            changed = shutdown.changed(), if watching => match changed {
+                Ok(()) => {
+                    if *shutdown.borrow_and_update() {
+                        requested.store(true, Ordering::Relaxed);
+                        watching = false;
+                    }
+                }
+                // The sender is gone: no shutdown can be signalled any more.
+                Err(_) => watching = false,
+            },
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum CloseReason {
+    ClientTerminated,
+    ClientEof,
+    ClientGone(io::Error),
+    ClientProtocol(ProtocolError),
+    UpstreamEof,
+    UpstreamGone(io::Error),
+    UpstreamProtocol(ProtocolError),
+    StartupTimeout,
+    IdleTimeout { in_transaction: bool },
+    Shutdown,
+    Interceptor(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientTerminated => write!(f, "client terminated"),
+            CloseReason::ClientEof => write!(f, "client closed the connection"),
+            CloseReason::ClientGone(e) => write!(f, "client connection failed: {e}"),
+            CloseReason::ClientProtocol(e) => write!(f, "client protocol violation: {e}"),
+            CloseReason::UpstreamEof => write!(f, "upstream closed the connection"),
+            CloseReason::UpstreamGone(e) => write!(f, "upstream connection failed: {e}"),
+            CloseReason::UpstreamProtocol(e) => write!(f, "upstream protocol violation: {e}"),
+            CloseReason::StartupTimeout => write!(f, "startup timed out"),
+            CloseReason::IdleTimeout { .. } => write!(f, "idle timeout"),
+            CloseReason::Shutdown => write!(f, "shutdown"),
+            CloseReason::Interceptor(e) => write!(f, "interceptor failed: {e}"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// The FATAL error the client gets, if any.
+    fn client_error(&self) -> Option<ErrorResponse> {
+        Some(match self {
+            CloseReason::ClientTerminated
+            | CloseReason::ClientEof
+            | CloseReason::ClientGone(_)
+            | CloseReason::UpstreamEof => return None,
+            CloseReason::ClientProtocol(e) => {
+                ErrorResponse::fatal("08P01", format!("invalid frontend message: {e}"))
+            }
+            CloseReason::UpstreamGone(e) => {
+                ErrorResponse::fatal("08006", format!("larder: lost connection to upstream: {e}"))
+            }
+            CloseReason::UpstreamProtocol(e) => ErrorResponse::fatal(
+                "08P01",
+                format!("larder: invalid message from upstream: {e}"),
+            ),
+            CloseReason::StartupTimeout => {
+                ErrorResponse::fatal("57014", "canceling authentication due to timeout")
+            }
+            CloseReason::IdleTimeout {
+                in_transaction: false,
+            } => ErrorResponse::fatal(
+                "57P05",
+                "terminating connection due to idle-session timeout",
+            ),
+            CloseReason::IdleTimeout {
+                in_transaction: true,
+            } => ErrorResponse::fatal(
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout",
+            ),
+            CloseReason::Shutdown => ErrorResponse::fatal(
+                "57P01",
+                "terminating connection due to administrator command",
+            ),
+            CloseReason::Interceptor(e) => {
+                ErrorResponse::fatal("XX000", format!("larder: internal error: {e}"))
+            }
+        })
+    }
+}
+
+/// What the session timer is currently armed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerMode {
+    Off,
+    Startup,
+    Idle,
+    Closing,
+}
+
+/// The relay state of one session (see the module docs).
+struct Relay {
+    shared: Arc<Shared>,
+    client: Conn,
+    upstream: Conn,
+    upstream_addr: SocketAddr,
+    upstream_tls: bool,
+    /// Bytes read from the client, not yet cut into messages.
+    cbuf: BytesMut,
+    /// Bytes read from the upstream, not yet cut into messages.
+    ubuf: BytesMut,
+    pipe: Pipeline,
+    client_flush_pending: bool,
+    upstream_flush_pending: bool,
+    client_alive: bool,
+    upstream_alive: bool,
+    client_shutdown_done: bool,
+    state: SessionState,
+    interceptor: Box<dyn Interceptor>,
+    cancel_key: Option<CancelKeyGuard>,
+    closing: Option<CloseReason>,
+    shutdown_requested: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_mode: TimerMode,
+    startup_deadline: Instant,
+    idle_timeout: Option<Duration>,
+    last_activity: Instant,
+}
+
+impl Relay {
+    fn new(
+        shared: Arc<Shared>,
+        client: Conn,
+        up: super::upstream::UpstreamConn,
+        state: SessionState,
+        interceptor: Box<dyn Interceptor>,
+        startup_deadline: Instant,
+    ) -> Self {
+        let idle_timeout = match shared.cfg.idle_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        Relay {
+            shared,
+            client,
+            upstream: up.conn,
+            upstream_addr: up.addr,
+            upstream_tls: up.tls,
+            cbuf: BytesMut::with_capacity(CLIENT_READ_CHUNK_BYTES),
+            ubuf: BytesMut::with_capacity(UPSTREAM_READ_CHUNK_BYTES),
+            pipe: Pipeline::default(),
+            client_flush_pending: false,
+            upstream_flush_pending: false,
+            client_alive: true,
+            upstream_alive: true,
+            client_shutdown_done: false,
+            state,
+            interceptor,
+            cancel_key: None,
+            closing: None,
+            shutdown_requested: false,
+            timer: Box::pin(sleep_until(startup_deadline)),
+            timer_mode: TimerMode::Startup,
+            startup_deadline,
+            idle_timeout,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Waiting for the client with nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.state.authenticated
+            && self.pipe.slots.is_empty()
+            && !self.pipe.unsynced
+            && self.cbuf.is_empty()
+    }
+
+    fn touch(&mut self) {
+        if self.idle_timeout.is_some() {
+            self.last_activity = Instant::now();
+        }
+    }
+
+    fn arm_timer(&mut self, mode: TimerMode, at: Instant) {
+        self.timer_mode = mode;
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Stops reading, queues the final messages for both sides and arms the flush deadline.
+    fn start_close(&mut self, reason: CloseReason) {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.client_alive {
+            if let Some(err) = reason.client_error() {
+                err.encode(&mut self.pipe.client_out);
+            }
+        } else {
+            self.pipe.client_out.clear();
+        }
+        if self.upstream_alive {
+            if !self.pipe.terminated {
+                Terminate.encode(&mut self.pipe.upstream_out);
+                self.pipe.terminated = true;
+            }
+        } else {
+            self.pipe.upstream_out.clear();
+        }
+        let at = Instant::now() + Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS);
+        self.arm_timer(TimerMode::Closing, at);
+        self.closing = Some(reason);
+    }
+
+    /// The whole session as one poll function; returns when the session is over.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        loop {
+            let upstream_drained = self.poll_upstream_out(cx);
+            let client_drained = self.poll_client_out(cx);
+            if self.closing.is_some() {
+                return self.poll_closing(cx, upstream_drained && client_drained);
+            }
+            let mut progress = false;
+
+            if self.upstream_alive && self.pipe.client_out.len() < OUT_HIGH_WATER_BYTES {
+                reserve_for_read(
+                    &mut self.ubuf,
+                    UPSTREAM_READ_CHUNK_BYTES,
+                    UPSTREAM_MESSAGE_SIZE_MAX_BYTES,
+                );
+                match poll_read_buf(&mut self.upstream, &mut self.ubuf, cx) {
+                    Poll::Ready(Ok(0)) => {
+                        self.upstream_alive = false;
+                        self.start_close(CloseReason::UpstreamEof);
+                        continue;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.touch();
+                        if let Err(e) = self.process_upstream() {
+                            self.start_close(CloseReason::UpstreamProtocol(e));
+                            continue;
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.upstream_alive = false;
+                        self.start_close(CloseReason::UpstreamGone(e));
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if self.client_alive
+                && !self.pipe.terminated
+                && self.pipe.upstream_out.len() < OUT_HIGH_WATER_BYTES
+            {
+                let max = self.shared.cfg.message_size_max_bytes;
+                reserve_for_read(&mut self.cbuf, CLIENT_READ_CHUNK_BYTES, max);
+                match poll_read_buf(&mut self.client, &mut self.cbuf, cx) {
+                    Poll::Ready(Ok(0)) => {
+                        self.client_alive = false;
+                        self.start_close(CloseReason::ClientEof);
+                        continue;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.touch();
+                        if let Err(reason) = self.process_client() {
+                            self.start_close(reason);
+                            continue;
+                        }
+                        if self.pipe.terminated {
+                            self.start_close(CloseReason::ClientTerminated);
+                            continue;
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.client_alive = false;
+                        self.start_close(CloseReason::ClientGone(e));
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if self.shutdown_requested && self.is_idle() {
+                self.start_close(CloseReason::Shutdown);
+                continue;
+            }
+            if let Some(reason) = self.poll_timer(cx) {
+                self.start_close(reason);
+                continue;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Writes pending output to the upstream; true when nothing is left (or it is gone).
+    fn poll_upstream_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.upstream_alive {
+            return true;
+        }
+        match poll_drain(
+            &mut self.upstream,
+            &mut self.pipe.upstream_out,
+            &mut self.upstream_flush_pending,
+            cx,
+        ) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                self.upstream_alive = false;
+                self.pipe.upstream_out.clear();
+                self.start_close(CloseReason::UpstreamGone(e));
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Writes pending output to the client; true when nothing is left (or it is gone).
+    fn poll_client_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.client_alive {
+            return true;
+        }
+        match poll_drain(
+            &mut self.client,
+            &mut self.pipe.client_out,
+            &mut self.client_flush_pending,
+            cx,
+        ) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                self.client_alive = false;
+                self.pipe.client_out.clear();
+                self.start_close(CloseReason::ClientGone(e));
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    fn poll_closing(&mut self, cx: &mut Context<'_>, drained: bool) -> Poll<CloseReason> {
+        if drained {
+            if self.client_alive
+                && !self.client_shutdown_done
+                && Pin::new(&mut self.client).poll_shutdown(cx).is_ready()
+            {
+                self.client_shutdown_done = true;
+            }
+            if !self.client_alive || self.client_shutdown_done {
+                return Poll::Ready(self.take_close_reason());
+            }
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(self.take_close_reason()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn take_close_reason(&mut self) -> CloseReason {
+        self.closing
+            .take()
+            .unwrap_or(CloseReason::Interceptor("close without reason".into()))
+    }
+
+    /// Polls the startup/idle timer; returns a reason to close when it expired.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<CloseReason> {
+        let want = if !self.state.authenticated {
+            TimerMode::Startup
+        } else if self.idle_timeout.is_some() {
+            TimerMode::Idle
+        } else {
+            TimerMode::Off
+        };
+        if want != self.timer_mode {
+            match (want, self.idle_timeout) {
+                (TimerMode::Startup, _) => self.arm_timer(want, self.startup_deadline),
+                (TimerMode::Idle, Some(idle)) => self.arm_timer(want, self.last_activity + idle),
+                _ => self.timer_mode = want,
+            }
+        }
+        if self.timer_mode == TimerMode::Off || self.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        match (self.timer_mode, self.idle_timeout) {
+            (TimerMode::Startup, _) => Some(CloseReason::StartupTimeout),
+            (TimerMode::Idle, Some(idle)) => {
+                // The deadline moves lazily: re-arm only when the old one fires.
+                let now = Instant::now();
+                let due = self.last_activity + idle;
+                if now >= due && self.is_idle() {
+                    return Some(CloseReason::IdleTimeout {
+                        in_transaction: self.state.transaction_status
+                            != super::messages::TransactionStatus::Idle,
+                    });
+                }
+                let next = if now >= due { now + idle } else { due };
+                self.timer.as_mut().reset(next);
+                let _ = self.timer.as_mut().poll(cx);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Cuts complete client messages from `cbuf`, validates them and hands them to the
+    /// interceptor (or, before authentication, forwards them directly).
+    fn process_client(&mut self) -> Result<(), CloseReason> {
+        let max = self.shared.cfg.message_size_max_bytes;
+        let mut it = FrameIter::new(&self.cbuf, max);
+        for item in it.by_ref() {
+            let msg = item.map_err(CloseReason::ClientProtocol)?;
+            if !frontend_tag::is_known(msg.frame.tag) {
+                return Err(CloseReason::ClientProtocol(ProtocolError::UnexpectedTag(
+                    msg.frame.tag as char,
+                )));
+            }
+        }
+        let complete = it.consumed();
+        if complete == 0 {
+            return Ok(());
+        }
+        let batch = ClientBatch {
+            raw: &self.cbuf[..complete],
+        };
+        let mut dispatch = Dispatch {
+            pipe: &mut self.pipe,
+        };
+        if self.state.authenticated {
+            self.interceptor
+                .on_client_messages(&self.state, &batch, &mut dispatch)
+                .map_err(|e| CloseReason::Interceptor(e.to_string()))?;
+        } else {
+            // Authentication messages carry secrets: never shown to the interceptor.
+            if self.upstream_tls && self.state.client_tls {
+                warn_on_channel_binding_downgrade(&batch, self.state.peer());
+            }
+            dispatch.forward_all(&batch);
+        }
+        self.cbuf.advance(complete);
+        Ok(())
+    }
+
+    /// Cuts complete upstream messages from `ubuf`, tracks session state and relays them.
+    fn process_upstream(&mut self) -> Result<(), ProtocolError> {
+        let mut ubuf = std::mem::take(&mut self.ubuf);
+        let result = self.relay_upstream(&ubuf);
+        if let Ok(consumed) = result {
+            ubuf.advance(consumed);
+        }
+        self.ubuf = ubuf;
+        result.map(|_| ())
+    }
+
+    /// Relays the complete messages at the start of `buf`; returns the bytes consumed.
+    ///
+    /// Messages are copied to the client output in runs; a run is cut only where a message is
+    /// replaced (BackendKeyData, SASL mechanisms), dropped (discarded responses) or followed by
+    /// queued local responses.
+    fn relay_upstream(&mut self, buf: &[u8]) -> Result<usize, ProtocolError> {
+        let mut pos = 0;
+        let mut run_start = 0;
+        while let Some(h) = peek_frame(&buf[pos..], UPSTREAM_MESSAGE_SIZE_MAX_BYTES)? {
+            let end = pos + h.total_len;
+            let body = &buf[pos + 5..end];
+            let discarding =
+                self.state.authenticated && matches!(self.pipe.slots.front(), Some(Slot::Discard));
+            let mut relay = !discarding;
+            let mut replacement: Option<BytesMut> = None;
+            match h.tag {
+                backend_tag::READY_FOR_QUERY => {
+                    self.state.transaction_status = ReadyForQuery::decode_body(body)?.status;
+                    if self.state.authenticated {
+                        let slot = self.pipe.slots.pop_front();
+                        debug_assert!(!matches!(slot, Some(Slot::Local(_))));
+                    } else {
+                        self.state.authenticated = true;
+                        debug!(peer = %self.state.peer(), user = %self.state.user(),
+                            database = %self.state.database(),
+                            server_version = self.state.parameter("server_version").unwrap_or(""),
+                            "session authenticated");
+                    }
+                    let upto = if relay { end } else { pos };
+                    self.pipe
+                        .client_out
+                        .extend_from_slice(&buf[run_start..upto]);
+                    run_start = end;
+                    self.pipe.drain_local_front();
+                    pos = end;
+                    continue;
+                }
+                backend_tag::PARAMETER_STATUS => {
+                    self.track_parameter(body);
+                    relay = true;
+                }
+                backend_tag::NOTIFICATION_RESPONSE => relay = true,
+                backend_tag::BACKEND_KEY_DATA if !self.state.authenticated => {
+                    replacement = Some(self.issue_cancel_key(body)?);
+                }
+                backend_tag::AUTHENTICATION if !self.state.authenticated => {
+                    replacement = strip_channel_binding(body)?;
+                }
+                _ => {}
+            }
+            if !relay || replacement.is_some() {
+                self.pipe.client_out.extend_from_slice(&buf[run_start..pos]);
+                if let Some(r) = replacement {
+                    self.pipe.client_out.extend_from_slice(&r);
+                }
+                run_start = end;
+            }
+            pos = end;
+        }
+        self.pipe.client_out.extend_from_slice(&buf[run_start..pos]);
+        Ok(pos)
+    }
+
+    /// Records a ParameterStatus value (TimeZone, DateStyle, client_encoding, ...).
+    fn track_parameter(&mut self, body: &[u8]) {
+        let mut parts = body.split(|b| *b == 0);
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let name = String::from_utf8_lossy(name);
+        let value = String::from_utf8_lossy(value);
+        if self.state.parameters.get(name.as_ref()).map(String::as_str) != Some(value.as_ref()) {
+            self.state
+                .parameters
+                .insert(name.into_owned(), value.into_owned());
+        }
+    }
+
+    /// Replaces the upstream's BackendKeyData with a Larder-issued key mapped to it.
+    fn issue_cancel_key(&mut self, body: &[u8]) -> Result<BytesMut, ProtocolError> {
+        let upstream_key = BackendKeyData::decode_body(body)?;
+        let target = CancelTarget {
+            addr: self.upstream_addr,
+            tls: self.upstream_tls,
+            upstream_pid: upstream_key.process_id,
+            upstream_secret: upstream_key.secret_key,
+        };
+        let mut out = BytesMut::new();
+        match self.shared.cancels.register(target) {
+            Ok((key, guard)) => {
+                key.encode(&mut out);
+                self.cancel_key = Some(guard);
+            }
+            // Without a key the client simply cannot cancel; the session still works.
+            Err(e) => warn!(error = %e, "could not issue a cancel key"),
+        }
+        Ok(out)
+    }
+}
+
+/// A client on TLS that supports SCRAM channel binding but was not offered it (Larder strips
+/// `-PLUS`) says so with the GS2 flag `y`; a TLS upstream then rejects the login as a possible
+/// downgrade attack ("SCRAM channel binding negotiation error"). Passing authentication through
+/// cannot fix that (the flag is covered by the client proof), so explain it in the log.
+fn warn_on_channel_binding_downgrade(batch: &ClientBatch<'_>, peer: SocketAddr) {
+    for msg in batch
+        .iter()
+        .filter(|m| m.frame.tag == frontend_tag::PASSWORD)
+    {
+        if let Ok(init) = SaslInitialResponse::decode(&msg.frame) {
+            if init.data.as_deref().is_some_and(|d| d.starts_with(b"y,")) {
+                warn!(%peer, "client over TLS announced SCRAM channel binding; the TLS upstream \
+                    will reject it (channel binding cannot pass through a proxy): set \
+                    channel_binding=disable on the client, or connect to Larder without TLS, \
+                    or use sslmode=disable upstream");
+            }
+        }
+    }
+}
+
+/// Removes `SCRAM-SHA-256-PLUS` (channel binding) from an AuthenticationSASL message: the
+/// client's TLS channel ends at Larder, so binding to it can never verify upstream.
+fn strip_channel_binding(body: &[u8]) -> Result<Option<BytesMut>, ProtocolError> {
+    if body.len() < 4 || body[..4] != Authentication::CODE_SASL.to_be_bytes() {
+        return Ok(None);
+    }
+    let Authentication::Sasl { mechanisms } = Authentication::decode_body(body)? else {
+        return Ok(None);
+    };
+    let kept: Vec<String> = mechanisms
+        .iter()
+        .filter(|m| !m.ends_with("-PLUS"))
+        .cloned()
+        .collect();
+    if kept.len() == mechanisms.len() || kept.is_empty() {
+        return Ok(None);
+    }
+    let mut out = BytesMut::new();
+    Authentication::Sasl { mechanisms: kept }.encode(&mut out);
+    Ok(Some(out))
+}
+
+/// Makes room for the next read: the rest of a partially buffered large message at once, or a
+/// chunk when little space is left; replaces buffers a huge message left oversized.
+fn reserve_for_read(buf: &mut BytesMut, chunk: usize, size_max_bytes: usize) {
+    if buf.is_empty() && buf.capacity() > BUFFER_SHRINK_ABOVE_BYTES {
+        *buf = BytesMut::with_capacity(chunk);
+        return;
+    }
+    let missing = match peek_header(buf, size_max_bytes) {
+        Ok(Some(h)) if h.total_len > buf.len() => h.total_len - buf.len(),
+        _ => 0,
+    };
+    let spare = buf.capacity() - buf.len();
+    if spare < READ_SPARE_MIN_BYTES || spare < missing {
+        buf.reserve(missing.max(chunk));
+    }
+}
+
+/// One non-blocking read into `buf`'s spare capacity.
+fn poll_read_buf(
+    conn: &mut Conn,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let fut = pin!(conn.read_buf(buf));
+    fut.poll(cx)
+}
+
+/// Writes all of `out` and flushes; `Ready(Ok)` once nothing is pending.
+fn poll_drain(
+    conn: &mut Conn,
+    out: &mut BytesMut,
+    flush_pending: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !out.is_empty() {
+        let n = ready!(Pin::new(&mut *conn).poll_write(cx, out))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        out.advance(n);
+        *flush_pending = true;
+    }
+    if out.capacity() > BUFFER_SHRINK_ABOVE_BYTES {
+        *out = BytesMut::new();
+    }
+    if *flush_pending {
+        ready!(Pin::new(&mut *conn).poll_flush(cx))?;
+        *flush_pending = false;
+    }
+    Poll::Ready(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_only_plus_mechanisms() {
+        let mut buf = BytesMut::new();
+        Authentication::Sasl {
+            mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()],
+        }
+        .encode(&mut buf);
+        let out = strip_channel_binding(&buf[5..]).unwrap().unwrap();
+        assert_eq!(
+            Authentication::decode_body(&out[5..]).unwrap(),
+            Authentication::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into()]
+            }
+        );
+        let mut plain = BytesMut::new();
+        Authentication::Md5Password { salt: [1, 2, 3, 4] }.encode(&mut plain);
+        assert!(strip_channel_binding(&plain[5..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn reserve_makes_room_for_partial_message() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"d\0\x01\0\x04");
+        reserve_for_read(&mut buf, 1024, 1 << 20);
+        assert!(buf.capacity() > 65536);
+        let mut big = BytesMut::with_capacity(4 << 20);
+        reserve_for_read(&mut big, 1024, 1 << 20);
+        assert!(big.capacity() < (4 << 20));
+    }
+
+    #[allow(dead_code)]
+    fn _assert_send(relay: Relay, rx: watch::Receiver<bool>) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(drive(relay, rx));
+    }
+}

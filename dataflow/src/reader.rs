@@ -1,0 +1,470 @@
+//! Readers: the materialized end of a cache, read concurrently with the single writer.
+//!
+//! State lives in a `left-right` pair: the writer (the graph) appends [`ReaderOp`]s to the
+//! hidden copy and swaps on `publish`; readers enter the visible copy without taking any
+//! lock and never wait for the writer (the writer waits for readers to leave the old copy).
+//! Rows are shared between the two copies through `Arc`, so each row is stored once.
+//!
+//! A `left_right::ReadHandle` is not `Sync`, and creating one takes a mutex that `publish`
+//! also holds. [`ReaderHandle`] is therefore a cheap `Arc` around a `ReadHandleFactory`, and
+//! each thread keeps its own `ReadHandle` per reader in a thread-local map: a cache hit costs a
+//! thread-local hash lookup and an epoch increment, no lock. Entries whose writer is gone are
+//! swept whenever a thread creates a new entry, which bounds the map by the live readers.
+//!
+//! Per key, rows are a multiset (`row -> count`) in a `BTreeMap` ordered by the plan's
+//! `ORDER BY` with a structural tie-break, so `LIMIT` is applied at read time and stays
+//! correct under deletes. Poison (rows whose evaluation failed) is counted per key and for
+//! the whole reader, and clears when the offending rows are deleted. A delete that finds no
+//! row drives a count negative; such a key is treated as poisoned too, because the cache can
+//! no longer vouch for it.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::{btree_map, hash_map, BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use larder_sql::plan::{OrderKey, OutputColumn};
+use larder_sql::value::{Key, Row, Value};
+use left_right::{Absorb, ReadHandle, ReadHandleFactory};
+
+use crate::error::ReadError;
+use crate::eval::CompiledExpr;
+use crate::order::SortedRow;
+
+/// Default bound on the number of key combinations one read may expand to.
+pub const READ_KEY_COMBINATIONS_MAX: usize = 10_000;
+
+/// Rows of one reader key.
+#[derive(Clone, Debug, Default)]
+struct KeyRows {
+    /// Row -> multiplicity. Counts are never zero; negative counts mark unmatched deletes.
+    rows: BTreeMap<SortedRow, i64>,
+    /// Net count of rows that failed to evaluate and map to this key.
+    poison: i64,
+    /// Number of rows whose count is negative.
+    negative: u32,
+}
+
+impl KeyRows {
+    fn is_poisoned(&self) -> bool {
+        self.poison != 0 || self.negative != 0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.poison == 0
+    }
+}
+
+/// One copy of a reader's data.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReaderState {
+    ready: bool,
+    /// Net count of rows whose reader key could not be computed.
+    poison_all: i64,
+    keys: HashMap<Key, KeyRows>,
+    /// Rows with positive counts, counted with multiplicity.
+    row_count: u64,
+    poisoned_keys: u64,
+}
+
+/// A change to a reader's state. Applied identically to both copies.
+#[derive(Clone, Debug)]
+pub(crate) enum ReaderOp {
+    Row { key: Key, row: SortedRow, diff: i64 },
+    Poison { key: Option<Key>, diff: i64 },
+    Ready,
+}
+
+impl ReaderState {
+    fn apply(&mut self, op: ReaderOp) {
+        match op {
+            ReaderOp::Row { key, row, diff } => self.apply_row(key, row, diff),
+            ReaderOp::Poison { key: None, diff } => self.poison_all += diff,
+            ReaderOp::Poison {
+                key: Some(key),
+                diff,
+            } => self.update_key(key, |entry| entry.poison += diff),
+            ReaderOp::Ready => self.ready = true,
+        }
+    }
+
+    fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
+        let mut positive_delta: i64 = 0;
+        self.update_key(key, |entry| {
+            let (old, new) = match entry.rows.entry(row) {
+                btree_map::Entry::Occupied(mut o) => {
+                    let old = *o.get();
+                    let new = old.saturating_add(diff);
+                    if new == 0 {
+                        o.remove();
+                    } else {
+                        *o.get_mut() = new;
+                    }
+                    (old, new)
+                }
+                btree_map::Entry::Vacant(v) => {
+                    if diff != 0 {
+                        v.insert(diff);
+                    }
+                    (0, diff)
+                }
+            };
+            if old < 0 && new >= 0 {
+                entry.negative = entry.negative.saturating_sub(1);
+            } else if old >= 0 && new < 0 {
+                entry.negative = entry.negative.saturating_add(1);
+            }
+            positive_delta = new.max(0) - old.max(0);
+        });
+        self.row_count = self.row_count.saturating_add_signed(positive_delta);
+    }
+
+    /// Runs `f` on the key's entry (created if missing), keeping the poisoned-key count and
+    /// dropping the entry when it becomes empty.
+    fn update_key(&mut self, key: Key, f: impl FnOnce(&mut KeyRows)) {
+        let (was_poisoned, is_poisoned) = match self.keys.entry(key) {
+            hash_map::Entry::Occupied(mut o) => {
+                let was = o.get().is_poisoned();
+                f(o.get_mut());
+                let is = o.get().is_poisoned();
+                if o.get().is_empty() {
+                    o.remove();
+                }
+                (was, is)
+            }
+            hash_map::Entry::Vacant(v) => {
+                let mut entry = KeyRows::default();
+                f(&mut entry);
+                let is = entry.is_poisoned();
+                if !entry.is_empty() {
+                    v.insert(entry);
+                }
+                (false, is)
+            }
+        };
+        match (was_poisoned, is_poisoned) {
+            (false, true) => self.poisoned_keys += 1,
+            (true, false) => self.poisoned_keys = self.poisoned_keys.saturating_sub(1),
+            _ => {}
+        }
+    }
+}
+
+impl Absorb<ReaderOp> for ReaderState {
+    fn absorb_first(&mut self, operation: &mut ReaderOp, _other: &Self) {
+        self.apply(operation.clone());
+    }
+
+    fn absorb_second(&mut self, operation: ReaderOp, _other: &Self) {
+        self.apply(operation);
+    }
+
+    fn sync_with(&mut self, first: &Self) {
+        *self = first.clone();
+    }
+}
+
+/// The read side of a plan: everything a read needs besides the data.
+#[derive(Debug)]
+pub(crate) struct ReadSpec {
+    pub(crate) key_params: Vec<usize>,
+    pub(crate) residual: Option<CompiledExpr>,
+    pub(crate) order: Arc<[OrderKey]>,
+    pub(crate) offset: usize,
+    pub(crate) limit: Option<usize>,
+    pub(crate) output: Vec<OutputColumn>,
+    pub(crate) key_combinations_max: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Process-unique id: the thread-local handle map is keyed by it.
+    id: u64,
+    factory: ReadHandleFactory<ReaderState>,
+    spec: ReadSpec,
+}
+
+static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<u64, Rc<ReadHandle<ReaderState>>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Counters describing a reader's contents (for `SHOW CACHES` and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    pub ready: bool,
+    /// Distinct keys held (including keys that only carry poison).
+    pub keys: u64,
+    /// Rows held, counted with multiplicity.
+    pub rows: u64,
+    pub poisoned_keys: u64,
+    /// The whole reader is poisoned (a row's key could not be computed).
+    pub poisoned_all: bool,
+}
+
+/// A cheap, cloneable, thread-safe handle for reading one cache.
+#[derive(Clone, Debug)]
+pub struct ReaderHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReaderHandle {
+    pub(crate) fn new(factory: ReadHandleFactory<ReaderState>, spec: ReadSpec) -> ReaderHandle {
+        ReaderHandle {
+            shared: Arc::new(Shared {
+                id: NEXT_READER_ID.fetch_add(1, AtomicOrdering::Relaxed),
+                factory,
+                spec,
+            }),
+        }
+    }
+
+    /// Output columns of every row [`read`](Self::read) returns.
+    pub fn output_columns(&self) -> &[OutputColumn] {
+        &self.shared.spec.output
+    }
+
+    /// Whether the cache has been bootstrapped and published.
+    pub fn is_ready(&self) -> bool {
+        self.with_state(|s| s.ready).unwrap_or(false)
+    }
+
+    /// Current counters, or `None` once the cache was removed.
+    pub fn stats(&self) -> Option<ReaderStats> {
+        self.with_state(|s| ReaderStats {
+            ready: s.ready,
+            keys: s.keys.len() as u64,
+            rows: s.row_count,
+            poisoned_keys: s.poisoned_keys,
+            poisoned_all: s.poison_all != 0,
+        })
+        .ok()
+    }
+
+    /// Number of distinct keys held (0 once removed).
+    pub fn key_count(&self) -> u64 {
+        self.stats().map_or(0, |s| s.keys)
+    }
+
+    /// Number of rows held, with multiplicity (0 once removed).
+    pub fn row_count(&self) -> u64 {
+        self.stats().map_or(0, |s| s.rows)
+    }
+
+    /// Answers the query for `params` (one `Vec` per parameter slot; several values in a key
+    /// slot mean an `IN` list). Returns rows of [`output_columns`](Self::output_columns).
+    pub fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, ReadError> {
+        let spec = &self.shared.spec;
+        let keys = lookup_keys(spec, params)?;
+        self.with_state(|state| read_state(spec, state, &keys, params))?
+    }
+
+    /// Runs `f` on the currently published copy without blocking.
+    fn with_state<R>(&self, f: impl FnOnce(&ReaderState) -> R) -> Result<R, ReadError> {
+        let shared = &self.shared;
+        let local = HANDLES.try_with(|map| {
+            let mut map = map.borrow_mut();
+            if let Some(h) = map.get(&shared.id) {
+                return Rc::clone(h);
+            }
+            map.retain(|_, h| !h.was_dropped());
+            let h = Rc::new(shared.factory.handle());
+            map.insert(shared.id, Rc::clone(&h));
+            h
+        });
+        // During thread teardown the thread-local is gone: use a one-off handle.
+        let handle = match local {
+            Ok(h) => h,
+            Err(_) => Rc::new(shared.factory.handle()),
+        };
+        let guard = handle.enter().ok_or(ReadError::Gone)?;
+        Ok(f(&guard))
+    }
+}
+
+/// The distinct keys a read must look up: the cartesian product of the key slots' values,
+/// skipping combinations with a NULL (`col = NULL` never matches).
+fn lookup_keys(spec: &ReadSpec, params: &[Vec<Value>]) -> Result<Vec<Key>, ReadError> {
+    let mut slots = Vec::with_capacity(spec.key_params.len());
+    let mut combinations: usize = 1;
+    for &slot in &spec.key_params {
+        let values = params
+            .get(slot)
+            .ok_or(ReadError::Eval(crate::error::EvalError::ParamMissing(slot)))?;
+        combinations = combinations.saturating_mul(values.len());
+        slots.push(values.as_slice());
+    }
+    if combinations > spec.key_combinations_max {
+        return Err(ReadError::TooManyKeys {
+            combinations,
+            max: spec.key_combinations_max,
+        });
+    }
+    let mut keys = Vec::with_capacity(combinations);
+    let mut seen: HashSet<Key> = HashSet::new();
+    let mut index = vec![0usize; slots.len()];
+    for _ in 0..combinations {
+        let values: Vec<&Value> = slots.iter().zip(&index).map(|(s, &i)| &s[i]).collect();
+        if !values.iter().any(|v| v.is_null()) {
+            let key = Key::from_values(values);
+            if combinations == 1 || seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        // Advance the odometer (last slot fastest).
+        for pos in (0..index.len()).rev() {
+            index[pos] += 1;
+            if index[pos] < slots[pos].len() {
+                break;
+            }
+            index[pos] = 0;
+        }
+    }
+    Ok(keys)
+}
+
+fn read_state(
+    spec: &ReadSpec,
+    state: &ReaderState,
+    keys: &[Key],
+    params: &[Vec<Value>],
+) -> Result<Vec<Row>, ReadError> {
+    if !state.ready {
+        return Err(ReadError::NotReady);
+    }
+    if state.poison_all != 0 {
+        return Err(ReadError::Poisoned);
+    }
+    let mut sources: Vec<&KeyRows> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(entry) = state.keys.get(key) {
+            if entry.is_poisoned() {
+                return Err(ReadError::Poisoned);
+            }
+            sources.push(entry);
+        }
+    }
+    let mut out = Collector::new(spec, params);
+    if spec.order.is_empty() || sources.len() <= 1 {
+        'all: for src in &sources {
+            for (row, &count) in &src.rows {
+                if !out.offer(row, count)? {
+                    break 'all;
+                }
+            }
+        }
+    } else {
+        merge_sorted(&sources, &mut out)?;
+    }
+    Ok(out.rows)
+}
+
+/// Applies residual, offset, limit and output projection to rows offered in final order.
+struct Collector<'a> {
+    spec: &'a ReadSpec,
+    params: &'a [Vec<Value>],
+    skip: usize,
+    remaining: usize,
+    rows: Vec<Row>,
+}
+
+impl<'a> Collector<'a> {
+    fn new(spec: &'a ReadSpec, params: &'a [Vec<Value>]) -> Self {
+        Collector {
+            spec,
+            params,
+            skip: spec.offset,
+            remaining: spec.limit.unwrap_or(usize::MAX),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Offers `count` copies of a row; returns `false` once the limit is reached.
+    fn offer(&mut self, row: &SortedRow, count: i64) -> Result<bool, ReadError> {
+        if self.remaining == 0 {
+            return Ok(false);
+        }
+        if count <= 0 {
+            return Ok(true);
+        }
+        if let Some(residual) = &self.spec.residual {
+            if residual.eval_predicate(&row.row, self.params)? != Some(true) {
+                return Ok(true);
+            }
+        }
+        let mut copies = usize::try_from(count).unwrap_or(usize::MAX);
+        let skipped = copies.min(self.skip);
+        self.skip -= skipped;
+        copies -= skipped;
+        let take = copies.min(self.remaining);
+        for _ in 0..take {
+            let projected = self
+                .spec
+                .output
+                .iter()
+                .map(|c| row.row.get(c.column).cloned().unwrap_or(Value::Null))
+                .collect();
+            self.rows.push(projected);
+        }
+        self.remaining -= take;
+        Ok(self.remaining > 0)
+    }
+}
+
+/// Head of one key's sorted rows inside the k-way merge (a min-heap via reversed order).
+struct Head<'a> {
+    row: &'a SortedRow,
+    count: i64,
+    source: usize,
+}
+
+impl PartialEq for Head<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head<'_> {}
+
+impl PartialOrd for Head<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .row
+            .cmp(self.row)
+            .then_with(|| other.source.cmp(&self.source))
+    }
+}
+
+/// Merges the keys' already sorted rows, stopping as soon as the limit is reached.
+fn merge_sorted(sources: &[&KeyRows], out: &mut Collector<'_>) -> Result<(), ReadError> {
+    let mut iters: Vec<_> = sources.iter().map(|s| s.rows.iter()).collect();
+    let mut heap = BinaryHeap::with_capacity(iters.len());
+    for (source, it) in iters.iter_mut().enumerate() {
+        if let Some((row, &count)) = it.next() {
+            heap.push(Head { row, count, source });
+        }
+    }
+    while let Some(head) = heap.pop() {
+        if !out.offer(head.row, head.count)? {
+            break;
+        }
+        if let Some((row, &count)) = iters[head.source].next() {
+            heap.push(Head {
+                row,
+                count,
+                source: head.source,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! Postgres source: publication + logical replication slot (pgoutput), exported-snapshot COPY,
+//! then the change stream.
+//!
+//! Life cycle, as the server drives it:
+//! 1. [`PgSource::check_prerequisites`], [`PgSource::ensure_publication`].
+//! 2. [`PgSource::open`] with the stored position (if any):
+//!    * slot exists + position stored -> [`OpenOutcome::Resume`];
+//!    * slot missing -> the slot is created with an exported snapshot -> [`OpenOutcome::Fresh`]
+//!      (a stored position is then useless: the caller must discard its data);
+//!    * slot exists, nothing stored -> [`ReplicationError::SlotExistsWithoutPosition`]; the
+//!      caller logs it, calls [`PgSource::drop_slot`] and opens again.
+//! 3. Fresh only: [`PgSource::discover_tables`] and [`PgSource::snapshot`] while the
+//!    [`FreshSlot`] is alive (its walsender connection keeps the exported snapshot valid).
+//! 4. [`PgSource::stream`] with the outcome: one [`ChangeBatch`] per upstream transaction. The
+//!    caller reports what it has durably applied through a `watch` channel; only that is
+//!    confirmed to Postgres, so WAL is retained exactly until Larder no longer needs it.
+//!
+//! Naming: the publication and the slot are both called `larder_<deployment>` with the
+//! deployment name lower-cased and every character outside `[a-z0-9_]` replaced by `_`.
+//!
+//! Publication: `FOR ALL TABLES` when the role is a superuser (it must be, for that form), so
+//! tables created later are replicated without operator action. Otherwise, with a table filter
+//! of literal names, `FOR TABLE` those tables (the role must own them). Pitfall of
+//! `FOR ALL TABLES`: upstream UPDATE/DELETE on a table with neither a primary key nor a replica
+//! identity then fail ("cannot update table ... because it does not have a replica identity");
+//! such tables need `REPLICA IDENTITY FULL` (or a key) before Larder is deployed.
+//!
+//! Runtime: pg_walstream's walsender connection issues its commands (slot creation, start)
+//! synchronously via `block_in_place` on a multi-thread tokio runtime (on a current-thread
+//! runtime it uses a worker thread and blocks the caller while a command runs). Use the
+//! multi-thread runtime.
+
+mod conn;
+mod copy_text;
+mod discovery;
+mod filter;
+mod lsn;
+mod prereq;
+mod snapshot;
+mod stream;
+
+use std::fmt;
+use std::time::Duration;
+
+use pg_walstream::{PgReplicationConnection, ReplicationSlotOptions, SlotType};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, Config};
+use tracing::{info, warn};
+
+pub use discovery::DiscoveredTable;
+pub use filter::TableFilter;
+pub use lsn::Lsn;
+pub use snapshot::{SnapshotBatch, SnapshotSink, SnapshotSummary};
+pub use stream::ChangeBatch;
+
+use crate::error::ReplicationError;
+
+/// Tunables; every buffer Larder fills from upstream data is bounded by one of these.
+#[derive(Clone, Debug)]
+pub struct PgSourceOptions {
+    /// Rows per [`SnapshotBatch`].
+    pub snapshot_batch_rows_max: usize,
+    /// Approximate decoded bytes per [`SnapshotBatch`].
+    pub snapshot_batch_bytes_max: usize,
+    /// Longest single COPY row accepted.
+    pub copy_row_bytes_max: usize,
+    /// Largest upstream transaction held in memory (approximate: sum of the column texts).
+    /// A larger transaction stops the stream with [`ReplicationError::TransactionTooLarge`]
+    /// (fatal): transactions are never split, so the server can apply each atomically.
+    pub stream_transaction_bytes_max: usize,
+    /// How often the applied position is reported to Postgres.
+    pub status_interval_ms: u64,
+}
+
+impl Default for PgSourceOptions {
+    fn default() -> Self {
+        PgSourceOptions {
+            snapshot_batch_rows_max: 1_000,
+            snapshot_batch_bytes_max: 8 << 20,
+            copy_row_bytes_max: 256 << 20,
+            stream_transaction_bytes_max: 256 << 20,
+            status_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Session settings that fix the text output format of values (snapshot COPY and pgoutput
+/// alike) to the one `pgtypes::parse_text` reads, whatever the server's defaults are.
+const SESSION_SETTINGS: [&str; 5] = [
+    "SET DateStyle = 'ISO, MDY'",
+    "SET TimeZone = 'UTC'",
+    "SET extra_float_digits = 1",
+    "SET bytea_output = 'hex'",
+    "SET IntervalStyle = 'postgres'",
+];
+
+/// A Postgres upstream for one Larder deployment.
+pub struct PgSource {
+    config: Config,
+    replication_conninfo: String,
+    /// Publication and slot name.
+    name: String,
+    filter: TableFilter,
+    options: PgSourceOptions,
+}
+
+impl fmt::Debug for PgSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No conninfo: it carries the password.
+        f.debug_struct("PgSource")
+            .field("name", &self.name)
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of [`PgSource::open`].
+#[derive(Debug)]
+pub enum OpenOutcome {
+    /// Stream from the caller's stored position (end LSN of the last applied transaction).
+    Resume { start_lsn: Lsn },
+    /// The slot was just created: snapshot every table, then stream.
+    Fresh(FreshSlot),
+}
+
+/// A just-created slot with its exported snapshot. Keep it alive until the snapshot COPYs are
+/// done (dropping it closes the walsender session, which invalidates the snapshot), then hand
+/// it to [`PgSource::stream`] inside [`OpenOutcome::Fresh`].
+pub struct FreshSlot {
+    /// Exported snapshot name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+    /// The position the snapshot is consistent at: the snapshot holds every transaction
+    /// committed before it, the stream every transaction after it. Store it as the position
+    /// once the snapshot is applied.
+    pub consistent_point: Lsn,
+    conn: Box<PgReplicationConnection>,
+}
+
+impl fmt::Debug for FreshSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreshSlot")
+            .field("snapshot", &self.snapshot)
+            .field("consistent_point", &self.consistent_point)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `larder_<deployment>`, restricted to `[a-z0-9_]` and Postgres' 63-byte name limit.
+pub fn object_name(deployment: &str) -> String {
+    let mut s = String::from("larder_");
+    s.extend(deployment.chars().map(|c| {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    s.truncate(63);
+    s
+}
+
+impl PgSource {
+    /// `url`: a libpq-style URL or key/value string (`sslmode` disable/prefer/require).
+    /// `table_filter`: `table` / `schema.table` patterns with `*`; empty = every table.
+    pub fn new(
+        url: &str,
+        deployment: &str,
+        table_filter: &[String],
+    ) -> Result<PgSource, ReplicationError> {
+        if deployment.is_empty() {
+            return Err(ReplicationError::InvalidConfig(
+                "the deployment name is empty".into(),
+            ));
+        }
+        let config: Config = url
+            .parse()
+            .map_err(|e| ReplicationError::InvalidConfig(format!("upstream URL: {e}")))?;
+        let replication_conninfo = conn::replication_conninfo(&config)?;
+        Ok(PgSource {
+            config,
+            replication_conninfo,
+            name: object_name(deployment),
+            filter: TableFilter::new(table_filter)?,
+            options: PgSourceOptions::default(),
+        })
+    }
+
+    /// Replaces the tunables; zero sizes/intervals are raised to 1.
+    pub fn with_options(mut self, mut options: PgSourceOptions) -> PgSource {
+        options.snapshot_batch_rows_max = options.snapshot_batch_rows_max.max(1);
+        options.status_interval_ms = options.status_interval_ms.max(1);
+        self.options = options;
+        self
+    }
+
+    pub fn slot_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn publication_name(&self) -> &str {
+        &self.name
+    }
+
+    /// An SQL session with the output settings `pgtypes::parse_text` expects.
+    pub async fn client(&self) -> Result<Client, ReplicationError> {
+        let client = conn::connect(&self.config).await?;
+        client
+            .batch_execute(&SESSION_SETTINGS.join("; "))
+            .await
+            .map_err(ReplicationError::pg("setting session parameters"))?;
+        Ok(client)
+    }
+
+    /// Checks wal_level, the REPLICATION attribute, and free slots / WAL senders.
+    pub async fn check_prerequisites(&self) -> Result<(), ReplicationError> {
+        let client = self.client().await?;
+        prereq::check(&client, &self.name).await.map(|_| ())
+    }
+
+    /// Creates the publication if it does not exist (see the module docs for which form).
+    /// An existing publication is left as it is.
+    pub async fn ensure_publication(&self) -> Result<(), ReplicationError> {
+        let client = self.client().await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+                &[&self.name],
+            )
+            .await
+            .map_err(ReplicationError::pg("looking up the publication"))?
+            .is_some();
+        if exists {
+            return Ok(());
+        }
+        let superuser: bool = client
+            .query_one(
+                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(ReplicationError::pg("reading the role"))?
+            .get(0);
+        let sql = if superuser {
+            format!("CREATE PUBLICATION {} FOR ALL TABLES", self.name)
+        } else {
+            let tables = self.filter.literal_tables().filter(|t| !t.is_empty());
+            let Some(tables) = tables else {
+                return Err(ReplicationError::PublicationNotCreatable {
+                    publication: self.name.clone(),
+                    detail: "FOR ALL TABLES needs a superuser and no literal table filter is \
+                             configured"
+                        .into(),
+                });
+            };
+            let list: Vec<String> = tables
+                .iter()
+                .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+                .collect();
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                self.name,
+                list.join(", ")
+            )
+        };
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                info!(publication = %self.name, all_tables = superuser, "created publication");
+                Ok(())
+            }
+            Err(e) if e.code().is_some_and(|c| c.code() == "42710") => Ok(()), // raced
+            Err(e) if e.code().is_some_and(|c| c.code() == "42501") => {
+                Err(ReplicationError::PublicationNotCreatable {
+                    publication: self.name.clone(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(e) => Err(ReplicationError::pg("creating the publication")(e)),
+        }
+    }
+
+    /// The slot's `confirmed_flush_lsn`, or `None` when the slot does not exist.
+    pub async fn slot_confirmed_flush(&self) -> Result<Option<Lsn>, ReplicationError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, database::text, current_database()::text \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .map_err(ReplicationError::pg("looking up the replication slot"))?;
+        let Some(row) = row else { return Ok(None) };
+        let database: Option<String> = row.get(1);
+        let current: String = row.get(2);
+        if database.as_deref() != Some(current.as_str()) {
+            return Err(ReplicationError::InvalidConfig(format!(
+                "replication slot '{}' exists for database {:?}, not '{current}': choose another \
+                 deployment name",
+                self.name, database
+            )));
+        }
+        let lsn: Option<String> = row.get(0);
+        Ok(Some(
+            lsn.as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(Lsn::ZERO),
+        ))
+    }
+
+    /// Drops the slot; returns whether it existed. Fails (retryable) while a session uses it.
+    pub async fn drop_slot(&self) -> Result<bool, ReplicationError> {
+        let client = self.client().await?;
+        let dropped = client
+            .query(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .map_err(ReplicationError::pg("dropping the replication slot"))?;
+        if !dropped.is_empty() {
+            info!(slot = %self.name, "dropped replication slot");
+        }
+        Ok(!dropped.is_empty())
+    }
+
+    /// Decides between resuming and a fresh start; see the module docs.
+    pub async fn open(&self, stored: Option<Lsn>) -> Result<OpenOutcome, ReplicationError> {
+        match (self.slot_confirmed_flush().await?, stored) {
+            (Some(confirmed), Some(start_lsn)) => {
+                if start_lsn < confirmed {
+                    warn!(slot = %self.name, %start_lsn, %confirmed,
+                        "stored position is behind the slot; Postgres resumes at the slot");
+                }
+                Ok(OpenOutcome::Resume { start_lsn })
+            }
+            (Some(_), None) => Err(ReplicationError::SlotExistsWithoutPosition {
+                slot: self.name.clone(),
+            }),
+            (None, stored) => {
+                if let Some(lsn) = stored {
+                    warn!(slot = %self.name, stored = %lsn,
+                        "replication slot is gone; the stored position cannot be resumed, \
+                         taking a fresh snapshot");
+                }
+                self.create_slot().map(OpenOutcome::Fresh)
+            }
+        }
+    }
+
+    /// Opens a walsender session with the output settings `pgtypes::parse_text` expects.
+    fn replication_connection(&self) -> Result<PgReplicationConnection, ReplicationError> {
+        let mut conn = PgReplicationConnection::connect(&self.replication_conninfo)?;
+        for set in SESSION_SETTINGS {
+            conn.exec(set)?;
+        }
+        Ok(conn)
+    }
+
+    fn create_slot(&self) -> Result<FreshSlot, ReplicationError> {
+        let mut conn = self.replication_connection()?;
+        let options = ReplicationSlotOptions {
+            snapshot: Some("export".into()),
+            ..Default::default()
+        };
+        let result = conn.create_replication_slot_with_options(
+            &self.name,
+            SlotType::Logical,
+            Some("pgoutput"),
+            &options,
+        )?;
+        let consistent_point: Lsn = result
+            .get_value(0, 1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no LSN".into())
+            })?;
+        let snapshot = result
+            .get_value(0, 2)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+            })?;
+        info!(slot = %self.name, %consistent_point, %snapshot, "created replication slot");
+        Ok(FreshSlot {
+            snapshot,
+            consistent_point,
+            conn: Box::new(conn),
+        })
+    }
+
+    /// Every table of the publication with its shape and replication status.
+    pub async fn discover_tables(&self) -> Result<Vec<DiscoveredTable>, ReplicationError> {
+        let client = self.client().await?;
+        discovery::discover(&client, &self.name, &self.filter).await
+    }
+
+    /// Copies every `Replicated` table of `tables` as of `fresh`'s snapshot into `sink`.
+    pub async fn snapshot<S: SnapshotSink>(
+        &self,
+        fresh: &FreshSlot,
+        tables: &[DiscoveredTable],
+        sink: &mut S,
+    ) -> Result<SnapshotSummary, ReplicationError> {
+        let client = self.client().await?;
+        snapshot::run(&client, &fresh.snapshot, tables, sink, &self.options).await
+    }
+
+    /// Copies one table as it is now (after its shape changed); see `snapshot::run_now`.
+    /// The table is described afresh from the catalog; returns the WAL position of the copy.
+    pub async fn copy_table_now<S: SnapshotSink>(
+        &self,
+        oid: u32,
+        sink: &mut S,
+    ) -> Result<(DiscoveredTable, Lsn), ReplicationError> {
+        let client = self.client().await?;
+        let table = discovery::discover(&client, &self.name, &self.filter)
+            .await?
+            .into_iter()
+            .find(|t| t.relation.oid == oid)
+            .ok_or_else(|| ReplicationError::Protocol(format!("relation {oid} no longer exists")))?;
+        let lsn = snapshot::run_now(&client, &table, sink, &self.options).await?;
+        Ok((table, lsn))
+    }
+
+    /// Streams committed transactions after `from` into `out` until `out` is closed (returns
+    /// `Ok`) or an error occurs. `applied` carries the end LSN of the last batch the caller has
+    /// durably applied (or the consistent point after a snapshot); it must never go backwards.
+    pub async fn stream(
+        &self,
+        from: OpenOutcome,
+        applied: watch::Receiver<Lsn>,
+        out: mpsc::Sender<ChangeBatch>,
+    ) -> Result<(), ReplicationError> {
+        let (conn, start) = match from {
+            OpenOutcome::Fresh(f) => (*f.conn, f.consistent_point),
+            OpenOutcome::Resume { start_lsn } => (self.replication_connection()?, start_lsn),
+        };
+        let streamer = stream::Streamer::new(
+            self,
+            conn,
+            start,
+            applied,
+            out,
+            Duration::from_millis(self.options.status_interval_ms),
+        );
+        streamer.run().await
+    }
+
+    pub(crate) fn filter(&self) -> &TableFilter {
+        &self.filter
+    }
+
+    pub(crate) fn options(&self) -> &PgSourceOptions {
+        &self.options
+    }
+}
+
+/// Double-quotes an identifier.
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_sanitized() {
+        assert_eq!(object_name("Prod-EU.1"), "larder_prod_eu_1");
+        assert_eq!(object_name(&"x".repeat(100)).len(), 63);
+    }
+}

@@ -1,0 +1,510 @@
+//! The change stream: `START_REPLICATION ... LOGICAL` with pgoutput protocol 1, decoded into
+//! one [`ChangeBatch`] per upstream transaction.
+//!
+//! pg_walstream provides the walsender connection and the pgoutput message parser; this module
+//! owns everything with semantics: relation tracking, row decoding, skipping already-applied
+//! transactions, and acknowledgement.
+//!
+//! * Relations: pgoutput sends a Relation message before a table's first change in a session
+//!   and after each shape change. They are always forwarded as [`Change::Relation`] (inside the
+//!   batch of the transaction that carried them). If the carrying transaction is skipped, the
+//!   cached relation is forwarded before the table's next change instead.
+//! * Skipping: transactions whose commit record starts before the start position (the end LSN
+//!   of the last applied transaction, or the snapshot's consistent point) are dropped, so a
+//!   restart never applies a transaction twice.
+//! * Acknowledgement: every `status_interval` (and whenever Postgres asks) a standby status
+//!   update reports write = last received, flush = apply = the caller's applied position. The
+//!   applied position must never go backwards; emitted commit positions strictly increase.
+//! * Back-pressure: the output channel is bounded; while it is full, status updates keep being
+//!   sent so the walsender does not time the session out.
+//! * Memory: one transaction is buffered whole (see `stream_transaction_bytes_max`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use larder_sql::{Row, Value};
+use pg_walstream::{
+    parse_keepalive_message, CancellationToken, ColumnInfo, LogicalReplicationMessage,
+    LogicalReplicationParser, PgReplicationConnection, TupleData,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval, Interval, MissedTickBehavior};
+use tokio_postgres::Client;
+use tracing::{debug, info};
+
+use super::discovery::{build_relation, relation_extras, RawColumn};
+use super::{Lsn, PgSource};
+use crate::change::{Change, NewRow, OldRow, RelationInfo, ReplicaIdentity};
+use crate::error::ReplicationError;
+use crate::pgtypes;
+
+/// One committed upstream transaction; apply it atomically, then report `commit_lsn` as
+/// applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeBatch {
+    /// End LSN of the transaction's commit record: the position to store and acknowledge.
+    pub commit_lsn: Lsn,
+    /// Possibly empty (a transaction that only touched filtered-out tables still advances the
+    /// position).
+    pub changes: Vec<Change>,
+}
+
+/// Status updates are sent at least this often even when nothing moved (Postgres' default
+/// `wal_sender_timeout` is 60 s).
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Per-column overhead counted against the transaction byte budget.
+const COLUMN_OVERHEAD_BYTES: usize = 16;
+/// XLogData header: 'w', start LSN, end LSN, send time.
+const XLOGDATA_HEADER_BYTES: usize = 25;
+
+struct Txn {
+    skip: bool,
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+pub(crate) struct Streamer<'a> {
+    source: &'a PgSource,
+    conn: PgReplicationConnection,
+    start: Lsn,
+    parser: LogicalReplicationParser,
+    catalog: Option<Client>,
+    relations: HashMap<u32, RelationInfo>,
+    /// Relations already forwarded in this session (in their current shape).
+    emitted: HashSet<u32>,
+    txn: Option<Txn>,
+    last_commit: Lsn,
+    received: Lsn,
+    applied: Lsn,
+    applied_rx: watch::Receiver<Lsn>,
+    last_status: Option<(Lsn, Lsn, Instant)>,
+    out: mpsc::Sender<ChangeBatch>,
+    tick: Interval,
+}
+
+impl<'a> Streamer<'a> {
+    pub(crate) fn new(
+        source: &'a PgSource,
+        conn: PgReplicationConnection,
+        start: Lsn,
+        applied_rx: watch::Receiver<Lsn>,
+        out: mpsc::Sender<ChangeBatch>,
+        status_interval: Duration,
+    ) -> Streamer<'a> {
+        let mut tick = interval(status_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Streamer {
+            source,
+            conn,
+            start,
+            parser: LogicalReplicationParser::with_protocol_version(1),
+            catalog: None,
+            relations: HashMap::new(),
+            emitted: HashSet::new(),
+            txn: None,
+            last_commit: start,
+            received: start,
+            applied: Lsn::ZERO,
+            applied_rx,
+            last_status: None,
+            out,
+            tick,
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<(), ReplicationError> {
+        let publication = self.source.publication_name().to_string();
+        self.conn.start_replication(
+            self.source.slot_name(),
+            self.start.0,
+            &[
+                ("proto_version", "1"),
+                ("publication_names", publication.as_str()),
+            ],
+        )?;
+        info!(slot = %self.source.slot_name(), start = %self.start, "replication started");
+        let token = CancellationToken::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.out.closed() => {
+                    info!(slot = %self.source.slot_name(), "change consumer gone; stopping");
+                    let _ = self.send_status(true).await;
+                    return Ok(());
+                }
+                _ = self.tick.tick() => self.send_status(false).await?,
+                data = self.conn.get_copy_data_async(&token) => {
+                    if !self.handle_frame(data?).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns `false` when the consumer is gone.
+    async fn handle_frame(&mut self, data: Bytes) -> Result<bool, ReplicationError> {
+        match data.first() {
+            Some(b'w') => {
+                if data.len() < XLOGDATA_HEADER_BYTES {
+                    return Err(ReplicationError::Protocol("short XLogData message".into()));
+                }
+                let wal_end = u64::from_be_bytes(data[9..17].try_into().unwrap_or([0; 8]));
+                self.received = self.received.max(Lsn(wal_end));
+                let body = data.slice(XLOGDATA_HEADER_BYTES..);
+                if body.is_empty() {
+                    return Ok(true);
+                }
+                let msg = self.parser.parse_wal_message_bytes(body)?;
+                self.handle_message(msg.message).await
+            }
+            Some(b'k') => {
+                let k = parse_keepalive_message(&data)?;
+                self.received = self.received.max(Lsn(k.wal_end));
+                if k.reply_requested {
+                    self.send_status(true).await?;
+                }
+                Ok(true)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    async fn handle_message(
+        &mut self,
+        msg: LogicalReplicationMessage,
+    ) -> Result<bool, ReplicationError> {
+        use LogicalReplicationMessage as M;
+        match msg {
+            M::Begin { final_lsn, .. } => {
+                if self.txn.is_some() {
+                    return Err(ReplicationError::Protocol(
+                        "BEGIN inside a transaction".into(),
+                    ));
+                }
+                let skip = Lsn(final_lsn) < self.start;
+                if skip {
+                    debug!(commit = %Lsn(final_lsn), start = %self.start, "skipping applied transaction");
+                }
+                self.txn = Some(Txn {
+                    skip,
+                    changes: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            M::Commit { end_lsn, .. } => return self.commit(Lsn(end_lsn)).await,
+            M::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                replica_identity,
+                columns,
+            } => {
+                let rel = self
+                    .relation_from_message(
+                        relation_id,
+                        &namespace,
+                        &relation_name,
+                        replica_identity,
+                        &columns,
+                    )
+                    .await?;
+                self.relations.insert(relation_id, rel.clone());
+                self.emitted.remove(&relation_id);
+                if let Some(txn) = self.txn.as_mut().filter(|t| !t.skip) {
+                    txn.changes.push(Change::Relation(rel));
+                    self.emitted.insert(relation_id);
+                }
+            }
+            M::Insert { relation_id, tuple } => {
+                if let Some(rel) = self.touch(relation_id)? {
+                    let (row, _) = decode_tuple(&rel, &tuple, false)?;
+                    self.push(tuple_bytes(&tuple), Change::Insert { rel: rel.oid, row })?;
+                }
+            }
+            M::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                key_type,
+            } => {
+                if let Some(rel) = self.touch(relation_id)? {
+                    let old = match (old_tuple.as_ref(), key_type) {
+                        (Some(t), kind) => Some(old_row(&rel, t, kind)?),
+                        (None, _) => None,
+                    };
+                    let (row, unchanged_toast) = decode_tuple(&rel, &new_tuple, true)?;
+                    let bytes = tuple_bytes(&new_tuple) + old_tuple.as_ref().map_or(0, tuple_bytes);
+                    let new = NewRow {
+                        row,
+                        unchanged_toast,
+                    };
+                    self.push(
+                        bytes,
+                        Change::Update {
+                            rel: rel.oid,
+                            old,
+                            new,
+                        },
+                    )?;
+                }
+            }
+            M::Delete {
+                relation_id,
+                old_tuple,
+                key_type,
+            } => {
+                if let Some(rel) = self.touch(relation_id)? {
+                    let old = old_row(&rel, &old_tuple, Some(key_type))?;
+                    self.push(
+                        tuple_bytes(&old_tuple),
+                        Change::Delete { rel: rel.oid, old },
+                    )?;
+                }
+            }
+            M::Truncate { relation_ids, .. } => {
+                let mut rels = Vec::with_capacity(relation_ids.len());
+                for id in relation_ids {
+                    if let Some(rel) = self.touch(id)? {
+                        rels.push(rel.oid);
+                    }
+                }
+                if !rels.is_empty() {
+                    self.push(rels.len() * 4, Change::Truncate { rels })?;
+                }
+            }
+            M::Type { .. } | M::Origin { .. } | M::Message { .. } => {}
+            other => {
+                return Err(ReplicationError::Protocol(format!(
+                    "unexpected pgoutput message for protocol version 1: {other:?}"
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    /// For a change of `relation_id` in the current transaction: `None` when the transaction is
+    /// skipped or the table is not replicated; otherwise the relation, forwarded first if this
+    /// session has not forwarded it yet.
+    fn touch(&mut self, relation_id: u32) -> Result<Option<RelationInfo>, ReplicationError> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(ReplicationError::Protocol(
+                "row change outside a transaction".into(),
+            ));
+        };
+        if txn.skip {
+            return Ok(None);
+        }
+        let rel = self.relations.get(&relation_id).ok_or_else(|| {
+            ReplicationError::Protocol(format!("change for unknown relation {relation_id}"))
+        })?;
+        if self.emitted.insert(relation_id) {
+            txn.changes.push(Change::Relation(rel.clone()));
+        }
+        Ok(rel.status.is_replicated().then(|| rel.clone()))
+    }
+
+    fn push(&mut self, bytes: usize, change: Change) -> Result<(), ReplicationError> {
+        let limit = self.source.options().stream_transaction_bytes_max;
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| ReplicationError::Protocol("change outside a transaction".into()))?;
+        txn.bytes += bytes;
+        if txn.bytes > limit {
+            return Err(ReplicationError::TransactionTooLarge { limit_bytes: limit });
+        }
+        txn.changes.push(change);
+        Ok(())
+    }
+
+    async fn commit(&mut self, end: Lsn) -> Result<bool, ReplicationError> {
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| ReplicationError::Protocol("COMMIT without BEGIN".into()))?;
+        if txn.skip {
+            return Ok(true);
+        }
+        if end <= self.last_commit {
+            return Err(ReplicationError::PositionRegressed {
+                previous: self.last_commit,
+                new: end,
+            });
+        }
+        self.last_commit = end;
+        let mut batch = Some(ChangeBatch {
+            commit_lsn: end,
+            changes: txn.changes,
+        });
+        // Wait for room in the channel, but keep the walsender session alive meanwhile.
+        let out = self.out.clone();
+        loop {
+            tokio::select! {
+                permit = out.reserve() => {
+                    return match permit {
+                        Ok(p) => {
+                            if let Some(b) = batch.take() {
+                                p.send(b);
+                            }
+                            Ok(true)
+                        }
+                        Err(_) => Ok(false),
+                    };
+                }
+                _ = self.tick.tick() => self.send_status(false).await?,
+            }
+        }
+    }
+
+    async fn relation_from_message(
+        &mut self,
+        oid: u32,
+        namespace: &str,
+        name: &str,
+        identity_byte: u8,
+        columns: &[ColumnInfo],
+    ) -> Result<RelationInfo, ReplicationError> {
+        let identity = ReplicaIdentity::from_pg_byte(identity_byte).ok_or_else(|| {
+            ReplicationError::Protocol(format!("unknown replica identity {identity_byte}"))
+        })?;
+        let mut raw: Vec<RawColumn> = columns
+            .iter()
+            .map(|c| RawColumn {
+                name: c.name.to_string(),
+                type_oid: c.type_id,
+                typmod: c.type_modifier,
+                type_name: None,
+            })
+            .collect();
+        let mut key: Vec<usize> = (0..columns.len())
+            .filter(|i| columns[*i].is_key())
+            .collect();
+        let unknown_types = raw
+            .iter()
+            .any(|c| pgtypes::type_from_oid(c.type_oid).is_none());
+        // REPLICA IDENTITY FULL flags every column; the real key (if any) is in the catalog.
+        if identity == ReplicaIdentity::Full || unknown_types {
+            let client = self.catalog().await?;
+            let (primary, names) = relation_extras(client, oid, &raw).await?;
+            if identity == ReplicaIdentity::Full {
+                key = primary;
+            }
+            for c in raw.iter_mut() {
+                c.type_name = names.get(&c.type_oid).cloned();
+            }
+        }
+        Ok(build_relation(
+            oid,
+            namespace,
+            name,
+            identity,
+            raw,
+            key,
+            self.source.filter(),
+        ))
+    }
+
+    async fn catalog(&mut self) -> Result<&Client, ReplicationError> {
+        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            self.catalog = Some(self.source.client().await?);
+        }
+        self.catalog
+            .as_ref()
+            .ok_or_else(|| ReplicationError::Protocol("catalog connection missing".into()))
+    }
+
+    /// Reports positions to Postgres; without `force`, only when something moved or the
+    /// heartbeat is due.
+    async fn send_status(&mut self, force: bool) -> Result<(), ReplicationError> {
+        let applied = *self.applied_rx.borrow_and_update();
+        if applied < self.applied {
+            return Err(ReplicationError::PositionRegressed {
+                previous: self.applied,
+                new: applied,
+            });
+        }
+        self.applied = applied;
+        // Never claim more than was received (the caller may store a position ahead of what
+        // this session has seen, e.g. the start position itself).
+        let flush = applied.min(self.received);
+        let due = match self.last_status {
+            None => true,
+            Some((r, f, at)) => {
+                r != self.received || f != flush || at.elapsed() >= STATUS_HEARTBEAT
+            }
+        };
+        if !(force || due) {
+            return Ok(());
+        }
+        self.conn
+            .send_standby_status_update(self.received.0, flush.0, flush.0, false)
+            .await?;
+        self.last_status = Some((self.received, flush, Instant::now()));
+        debug!(received = %self.received, flushed = %flush, "sent standby status");
+        Ok(())
+    }
+}
+
+fn tuple_bytes(t: &TupleData) -> usize {
+    t.columns
+        .iter()
+        .map(|c| c.as_bytes().len() + COLUMN_OVERHEAD_BYTES)
+        .sum()
+}
+
+fn old_row(
+    rel: &RelationInfo,
+    tuple: &TupleData,
+    kind: Option<char>,
+) -> Result<OldRow, ReplicationError> {
+    let (row, _) = decode_tuple(rel, tuple, true)?;
+    Ok(match kind {
+        Some('O') => OldRow::Full(row),
+        _ => OldRow::Key(row),
+    })
+}
+
+/// Decodes a pgoutput tuple; returns the row and the indices of unchanged-TOAST columns.
+fn decode_tuple(
+    rel: &RelationInfo,
+    tuple: &TupleData,
+    allow_unchanged: bool,
+) -> Result<(Row, Vec<usize>), ReplicationError> {
+    let table = || format!("{}.{}", rel.schema.schema, rel.schema.name);
+    if tuple.columns.len() != rel.schema.columns.len() {
+        return Err(ReplicationError::Protocol(format!(
+            "tuple for {} has {} columns, relation has {}",
+            table(),
+            tuple.columns.len(),
+            rel.schema.columns.len()
+        )));
+    }
+    let mut unchanged = Vec::new();
+    let mut row = Vec::with_capacity(tuple.columns.len());
+    for (i, (data, col)) in tuple.columns.iter().zip(&rel.schema.columns).enumerate() {
+        let decode_err = |message: String| ReplicationError::Decode {
+            table: table(),
+            column: col.name.clone(),
+            message,
+        };
+        let value = if data.is_null() {
+            Value::Null
+        } else if data.is_unchanged() {
+            if !allow_unchanged {
+                return Err(decode_err("unchanged TOAST value in an insert".into()));
+            }
+            unchanged.push(i);
+            Value::Null
+        } else if data.is_text() {
+            let text = std::str::from_utf8(data.as_bytes())
+                .map_err(|e| decode_err(format!("not UTF-8: {e}")))?;
+            pgtypes::parse_text(&col.ty, text).map_err(|e| decode_err(e.to_string()))?
+        } else {
+            return Err(decode_err("binary tuple data was not requested".into()));
+        };
+        row.push(value);
+    }
+    Ok((row, unchanged))
+}

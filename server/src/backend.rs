@@ -1,0 +1,110 @@
+//! The server side of the adapter's cache trait: lookups, reads, Larder statements.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use larder_adapter::cache::{BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementError, TextTable};
+use larder_dataflow::ReadError;
+use larder_sql::statement::LarderStatement;
+use larder_sql::{Row, SqlType, Value};
+
+use crate::controller::{Controller, ControllerError};
+use crate::core::CacheEntry;
+
+pub struct Backend {
+    controller: Arc<Controller>,
+}
+
+impl Backend {
+    pub fn new(controller: Arc<Controller>) -> Backend {
+        Backend { controller }
+    }
+}
+
+impl CachedQuery for CacheEntry {
+    fn query_id(&self) -> &str {
+        &self.query_id
+    }
+    fn always(&self) -> bool {
+        self.always
+    }
+    fn table_oid(&self) -> u32 {
+        self.table_oid
+    }
+    fn table_schema(&self) -> &str {
+        &self.table_schema
+    }
+    fn table_name(&self) -> &str {
+        &self.table_name
+    }
+    fn columns(&self) -> &[ResultColumn] {
+        &self.columns
+    }
+    fn param_types(&self) -> &[SqlType] {
+        &self.plan.param_types
+    }
+    fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, Miss> {
+        if !self.serving.load(Ordering::Acquire) {
+            let reason = self.invalid_reason().unwrap_or_else(|| "the cache is not serving".into());
+            return Err(Miss { reason });
+        }
+        match self.reader.read(params) {
+            Ok(rows) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(rows)
+            }
+            Err(e) => Err(Miss { reason: read_error_reason(&e) }),
+        }
+    }
+}
+
+fn read_error_reason(e: &ReadError) -> String {
+    match e {
+        ReadError::NotReady => "the cache is still being filled".into(),
+        ReadError::Poisoned => "the cache cannot compute this result exactly".into(),
+        other => format!("the cache could not answer: {other}"),
+    }
+}
+
+impl CacheBackend for Backend {
+    fn database(&self) -> &str {
+        &self.controller.database
+    }
+
+    fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>> {
+        let entry: Arc<dyn CachedQuery> = self.controller.core.caches.get(query_id)?;
+        Some(entry)
+    }
+
+    fn record_proxied(&self, query_id: &str, normalized_text: &str) {
+        self.controller.proxied.record(query_id, normalized_text);
+    }
+
+    fn execute(&self, stmt: LarderStatement) -> BoxFuture<Result<TextTable, StatementError>> {
+        let controller = self.controller.clone();
+        Box::pin(async move {
+            match controller.execute(stmt).await {
+                Ok(t) => Ok(TextTable { columns: t.columns, rows: t.rows, tag: t.tag }),
+                Err(e) => Err(StatementError { sqlstate: sqlstate(&e), message: e.to_string() }),
+            }
+        })
+    }
+
+    fn session_opened(&self) {
+        self.controller.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn session_closed(&self) {
+        self.controller.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn sqlstate(e: &ControllerError) -> &'static str {
+    match e {
+        ControllerError::Unsupported(_) => "0A000",
+        ControllerError::NotFound(_) => "42704",
+        ControllerError::Invalid(_) => "42710",
+        ControllerError::Unavailable(_) => "55000",
+        ControllerError::Internal(_) => "XX000",
+    }
+}

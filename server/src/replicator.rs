@@ -1,0 +1,474 @@
+//! Keeps RocksDB and the dataflow in step with the upstream: start-up (prerequisites,
+//! publication, slot, snapshot), then applying one upstream transaction at a time.
+//!
+//! Each transaction is applied under the dataflow lock: storage batch (rows + position) is
+//! committed first, then the same changes go through the graph, then the graph publishes. A
+//! `CREATE CACHE` takes the same lock to scan storage, so a new cache sees exactly the rows of
+//! the position it starts from.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_dataflow::{Change as DfChange, TableId as DfTableId};
+use larder_replication::{
+    Change, ChangeBatch, DiscoveredTable, Lsn, OldRow, OpenOutcome, PgSource, RelationInfo,
+    ReplicationError, SnapshotBatch, SnapshotSink, TableStatus,
+};
+use larder_sql::Row;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::core::Core;
+use crate::storage::{StorageError, StoredTable, Txn};
+use crate::tables::{TableEntry, TableState};
+
+/// Upper bound of transactions waiting between the stream reader and the applier.
+const APPLY_QUEUE_MAX: usize = 64;
+/// How often applied positions are flushed to disk and acknowledged upstream.
+const ACK_INTERVAL_MS: u64 = 500;
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("dataflow: {0}")]
+    Dataflow(String),
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicationError),
+}
+
+/// Start replication: returns once the snapshot (if any) is in RocksDB and streaming runs in
+/// the background. Retries the stream with backoff when the connection drops.
+pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyError> {
+    source.check_prerequisites().await?;
+    source.ensure_publication().await?;
+    let stored = core.storage.position()?.map(Lsn);
+    let outcome = match source.open(stored).await {
+        Err(ReplicationError::SlotExistsWithoutPosition { slot }) => {
+            warn!(%slot, "replication slot exists but Larder has no stored position: recreating it");
+            source.drop_slot().await?;
+            source.open(None).await?
+        }
+        other => other?,
+    };
+    let outcome = match outcome {
+        OpenOutcome::Fresh(fresh) => {
+            core.set_replication_status("Snapshotting");
+            let tables = source.discover_tables().await?;
+            let start = fresh.consistent_point;
+            initial_snapshot(&core, &source, &fresh, &tables).await?;
+            let mut txn = core.storage.begin();
+            txn.set_position(start.0);
+            txn.commit()?;
+            core.status.applied_lsn.store(start.0, Ordering::SeqCst);
+            info!(position = %start, "snapshot complete");
+            OpenOutcome::Fresh(fresh)
+        }
+        resume @ OpenOutcome::Resume { .. } => {
+            let OpenOutcome::Resume { start_lsn } = &resume else { unreachable!() };
+            info!(position = %start_lsn, "resuming replication from the stored position");
+            core.status.applied_lsn.store(start_lsn.0, Ordering::SeqCst);
+            resume
+        }
+    };
+    core.set_replication_status("Streaming");
+    tokio::spawn(stream_forever(core, source, outcome));
+    Ok(())
+}
+
+/// Load the tables Larder already has (after a restart) into the registry and the graph.
+pub fn load_stored_tables(core: &Core) -> Result<(), ApplyError> {
+    let stored = core.storage.tables()?;
+    let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+    let mut tables = core.tables.write().expect("tables lock poisoned");
+    for t in stored {
+        graph
+            .add_table(DfTableId(t.id as u64), t.schema.clone())
+            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+        tables.insert(TableEntry {
+            oid: t.upstream_oid,
+            schema: t.schema.clone(),
+            stored: Some(t),
+            state: TableState::Online,
+        });
+    }
+    Ok(())
+}
+
+struct StorageSink<'a> {
+    core: &'a Core,
+}
+
+impl SnapshotSink for StorageSink<'_> {
+    async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
+        let core = self.core;
+        let stored = {
+            let tables = core.tables.read().expect("tables lock poisoned");
+            tables.get(batch.rel).and_then(|t| t.stored.clone())
+        };
+        let Some(table) = stored else {
+            return Err(format!("snapshot rows for unknown relation {}", batch.rel));
+        };
+        let mut txn = core.storage.begin();
+        for row in batch.rows {
+            check_row(&table, &row).map_err(|e| e.to_string())?;
+            txn.insert(&table, row).map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        let mut tables = core.tables.write().expect("tables lock poisoned");
+        if let Some(entry) = tables.get_mut(batch.rel) {
+            entry.state = if batch.table_done {
+                info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
+                TableState::Online
+            } else {
+                TableState::Snapshotting { rows_done: batch.rows_done, rows_estimated: batch.rows_estimated }
+            };
+        }
+        Ok(())
+    }
+}
+
+async fn initial_snapshot(
+    core: &Core,
+    source: &PgSource,
+    fresh: &larder_replication::FreshSlot,
+    tables: &[DiscoveredTable],
+) -> Result<(), ApplyError> {
+    // Start from nothing: whatever was stored belongs to an older slot.
+    core.storage.wipe()?;
+    {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        *graph = larder_dataflow::Graph::new();
+        let mut registry = core.tables.write().expect("tables lock poisoned");
+        *registry = Default::default();
+        let mut txn = core.storage.begin();
+        for t in tables {
+            let entry = register_relation(core, &mut txn, &mut graph, &t.relation, TableState::Snapshotting { rows_done: 0, rows_estimated: t.estimated_rows })?;
+            registry.insert(entry);
+        }
+        txn.commit()?;
+    }
+    let summary = source.snapshot(fresh, tables, &mut StorageSink { core }).await?;
+    info!(tables = summary.tables, rows = summary.rows, "snapshot copied");
+    Ok(())
+}
+
+/// A registry entry for a relation; replicated ones get a storage id and a graph table.
+fn register_relation(
+    core: &Core,
+    txn: &mut Txn<'_>,
+    graph: &mut larder_dataflow::Graph,
+    rel: &RelationInfo,
+    state: TableState,
+) -> Result<TableEntry, ApplyError> {
+    let name = format!("{}.{}", rel.schema.schema, rel.schema.name);
+    match &rel.status {
+        TableStatus::NotReplicated { reason } => {
+            info!(table = %name, %reason, "table not replicated");
+            Ok(TableEntry { oid: rel.oid, schema: rel.schema.clone(), stored: None, state: TableState::NotReplicated { reason: reason.clone() } })
+        }
+        TableStatus::Replicated => {
+            let stored = StoredTable { id: core.storage.allocate_table_id()?, upstream_oid: rel.oid, schema: rel.schema.clone() };
+            txn.put_table(&stored);
+            graph
+                .add_table(DfTableId(stored.id as u64), stored.schema.clone())
+                .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+            Ok(TableEntry { oid: rel.oid, schema: rel.schema.clone(), stored: Some(stored), state })
+        }
+    }
+}
+
+async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutcome) {
+    let (ack_tx, ack_rx) = watch::channel(Lsn(core.status.applied_lsn.load(Ordering::SeqCst)));
+    tokio::spawn(ack_loop(core.clone(), ack_tx));
+    let mut next = Some(first);
+    let mut backoff_ms = 100u64;
+    loop {
+        let outcome = match next.take() {
+            Some(o) => o,
+            None => OpenOutcome::Resume { start_lsn: Lsn(core.status.applied_lsn.load(Ordering::SeqCst)) },
+        };
+        let (tx, rx) = mpsc::channel::<ChangeBatch>(APPLY_QUEUE_MAX);
+        let applier = {
+            let core = core.clone();
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || apply_loop(&core, &source, rx))
+        };
+        let result = source.stream(outcome, ack_rx.clone(), tx).await;
+        let applied = applier.await;
+        match (&result, applied) {
+            (_, Ok(Err(e))) => {
+                error!(error = %e, "applying replicated changes failed; replication stopped");
+                core.set_last_error(format!("applying changes: {e}"));
+                core.set_replication_status("Stopped: apply error");
+                return;
+            }
+            (Err(e), _) => {
+                warn!(error = %e, retry_in_ms = backoff_ms, "replication stream ended; reconnecting");
+                core.set_last_error(format!("replication stream: {e}"));
+                core.set_replication_status("Reconnecting");
+            }
+            (Ok(()), _) => {
+                warn!(retry_in_ms = backoff_ms, "replication stream closed; reconnecting");
+                core.set_replication_status("Reconnecting");
+            }
+        }
+        if core.is_shutting_down() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(10_000);
+        if let Ok(outcome) = source.open(Some(Lsn(core.status.applied_lsn.load(Ordering::SeqCst)))).await {
+            core.set_replication_status("Streaming");
+            backoff_ms = 100;
+            next = Some(outcome);
+        }
+    }
+}
+
+/// Flushes RocksDB's WAL and then tells the upstream it may release WAL up to there.
+async fn ack_loop(core: Arc<Core>, ack: watch::Sender<Lsn>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(ACK_INTERVAL_MS));
+    loop {
+        interval.tick().await;
+        let applied = core.status.applied_lsn.load(Ordering::SeqCst);
+        if applied <= ack.borrow().0 {
+            if ack.is_closed() && core.is_shutting_down() {
+                return;
+            }
+            continue;
+        }
+        let flushed = {
+            let core = core.clone();
+            tokio::task::spawn_blocking(move || core.storage.flush_wal()).await
+        };
+        match flushed {
+            Ok(Ok(())) => {
+                ack.send_replace(Lsn(applied));
+            }
+            Ok(Err(e)) => warn!(error = %e, "flushing the storage WAL failed"),
+            Err(e) => warn!(error = %e, "flush task failed"),
+        }
+    }
+}
+
+fn apply_loop(core: &Core, source: &PgSource, mut rx: mpsc::Receiver<ChangeBatch>) -> Result<(), ApplyError> {
+    while let Some(batch) = rx.blocking_recv() {
+        apply_batch(core, source, batch)?;
+    }
+    Ok(())
+}
+
+/// Apply one upstream transaction to storage and the dataflow.
+pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result<(), ApplyError> {
+    let position = batch.commit_lsn.0;
+    let applied = core.status.applied_lsn.load(Ordering::SeqCst);
+    if position <= applied {
+        // Already applied before a restart or reconnect: never apply a change twice.
+        return Ok(());
+    }
+    let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+    let mut txn = core.storage.begin();
+    let mut rebuild = Vec::new();
+    let mut pending: Vec<(u32, Vec<DfChange>)> = Vec::new();
+    let mut push = |table: u32, c: DfChange| match pending.last_mut() {
+        Some((t, v)) if *t == table => v.push(c),
+        _ => pending.push((table, vec![c])),
+    };
+    for change in batch.changes {
+        match change {
+            Change::Relation(rel) => {
+                let oid = rel.oid;
+                handle_relation(core, source, &mut txn, &mut graph, rel, position)?;
+                if core.tables.read().expect("tables lock poisoned").get(oid).is_some_and(|t| t.state == TableState::Online) {
+                    rebuild.push(oid);
+                }
+            }
+            Change::Insert { rel, row } => {
+                let Some(table) = replicated(core, rel) else { continue };
+                check_row(&table, &row)?;
+                if let Some(old) = txn.insert(&table, row.clone())? {
+                    push(table.id, DfChange::Delete(old));
+                }
+                push(table.id, DfChange::Insert(row));
+            }
+            Change::Update { rel, old, new } => {
+                let Some(table) = replicated(core, rel) else { continue };
+                let probe = match &old {
+                    Some(OldRow::Key(r)) | Some(OldRow::Full(r)) => r.clone(),
+                    None => new.row.clone(),
+                };
+                let existing = txn.delete(&table, &probe)?;
+                let mut row = new.row;
+                if !new.unchanged_toast.is_empty() {
+                    let Some(existing) = &existing else {
+                        return Err(ApplyError::Dataflow(format!(
+                            "update of a row Larder does not have in {}.{} with unchanged TOAST values",
+                            table.schema.schema, table.schema.name
+                        )));
+                    };
+                    for &i in &new.unchanged_toast {
+                        row[i] = existing[i].clone();
+                    }
+                }
+                check_row(&table, &row)?;
+                if let Some(e) = existing {
+                    push(table.id, DfChange::Delete(e));
+                }
+                if let Some(replaced) = txn.insert(&table, row.clone())? {
+                    push(table.id, DfChange::Delete(replaced));
+                }
+                push(table.id, DfChange::Insert(row));
+            }
+            Change::Delete { rel, old } => {
+                let Some(table) = replicated(core, rel) else { continue };
+                if let Some(existing) = txn.delete(&table, old.row())? {
+                    push(table.id, DfChange::Delete(existing));
+                }
+            }
+            Change::Truncate { rels } => {
+                for rel in rels {
+                    let Some(table) = replicated(core, rel) else { continue };
+                    // Retract what the dataflow holds, then clear storage.
+                    for row in core.storage.scan_table(table.id)? {
+                        push(table.id, DfChange::Delete(row));
+                    }
+                    txn.clear_table(table.id);
+                }
+            }
+        }
+    }
+    txn.set_position(position);
+    txn.commit()?;
+    for (table, changes) in pending {
+        graph
+            .apply(DfTableId(table as u64), &changes)
+            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+    }
+    graph.publish();
+    core.status.applied_lsn.store(position, Ordering::SeqCst);
+    drop(graph);
+    finish_catch_up(core, position);
+    for oid in rebuild {
+        core.request_rebuild(oid);
+    }
+    Ok(())
+}
+
+fn replicated(core: &Core, rel: u32) -> Option<StoredTable> {
+    let tables = core.tables.read().expect("tables lock poisoned");
+    let entry = tables.get(rel)?;
+    entry.stored.clone()
+}
+
+/// A row is checked before it is written: one value per column.
+fn check_row(table: &StoredTable, row: &Row) -> Result<(), ApplyError> {
+    if row.len() != table.schema.columns.len() {
+        return Err(ApplyError::Dataflow(format!(
+            "row of {} values for {}.{} with {} columns",
+            row.len(),
+            table.schema.schema,
+            table.schema.name,
+            table.schema.columns.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A relation message: a new table, or a known one whose shape may have changed.
+fn handle_relation(
+    core: &Core,
+    source: &PgSource,
+    txn: &mut Txn<'_>,
+    graph: &mut larder_dataflow::Graph,
+    rel: RelationInfo,
+    position: u64,
+) -> Result<(), ApplyError> {
+    let known = core.tables.read().expect("tables lock poisoned").get(rel.oid).cloned();
+    let Some(entry) = known else {
+        // Created after the slot: its rows all come from the stream.
+        let entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
+        info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), "new table picked up from the change stream");
+        core.tables.write().expect("tables lock poisoned").insert(entry);
+        return Ok(());
+    };
+    if entry.schema == rel.schema && entry.stored.is_some() == rel.status.is_replicated() {
+        return Ok(());
+    }
+    let reason = format!("table {}.{} changed shape upstream", entry.schema.schema, entry.schema.name);
+    warn!(%reason, "schema change: caches on the table stop serving and the table is copied again");
+    for cache in core.caches.all().into_iter().filter(|c| c.table_oid == rel.oid) {
+        cache.invalidate(&reason);
+        let _ = graph.remove_cache(cache.cache_id);
+    }
+    if let Some(stored) = &entry.stored {
+        txn.delete_table(stored.id);
+        graph
+            .remove_table(DfTableId(stored.id as u64))
+            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+    }
+    let mut new_entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
+    if let Some(stored) = new_entry.stored.clone() {
+        if stored.schema.key.is_empty() {
+            // Replaying the stream over a fresh copy is only idempotent with a key.
+            txn.delete_table(stored.id);
+            let _ = graph.remove_table(DfTableId(stored.id as u64));
+            new_entry.stored = None;
+            new_entry.state = TableState::NotReplicated {
+                reason: "its shape changed and it has no primary key, so it cannot be copied again while streaming".into(),
+            };
+        } else {
+            let (rows, copy_lsn) = copy_now(source, rel.oid)?;
+            for row in rows {
+                check_row(&stored, &row)?;
+                txn.insert(&stored, row)?;
+            }
+            new_entry.state = if copy_lsn.0 > position {
+                TableState::CatchingUp { until_lsn: copy_lsn.0 }
+            } else {
+                TableState::Online
+            };
+            info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), copy_position = %copy_lsn, "table copied again after a shape change");
+        }
+    }
+    core.tables.write().expect("tables lock poisoned").insert(new_entry);
+    Ok(())
+}
+
+/// Copy a table as of now, from the applier thread (the stream waits meanwhile).
+fn copy_now(source: &PgSource, oid: u32) -> Result<(Vec<Row>, Lsn), ApplyError> {
+    struct Collect(Vec<Row>);
+    impl SnapshotSink for Collect {
+        async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
+            self.0.extend(batch.rows);
+            Ok(())
+        }
+    }
+    let mut sink = Collect(Vec::new());
+    let (_, lsn) = tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
+    Ok((sink.0, lsn))
+}
+
+/// Tables whose catch-up position has been reached become Online; their caches get rebuilt.
+fn finish_catch_up(core: &Core, position: u64) {
+    let mut done = Vec::new();
+    {
+        let mut tables = core.tables.write().expect("tables lock poisoned");
+        let oids: Vec<u32> = tables.all().map(|t| t.oid).collect();
+        for oid in oids {
+            if let Some(t) = tables.get_mut(oid) {
+                if let TableState::CatchingUp { until_lsn } = t.state {
+                    if until_lsn <= position {
+                        t.state = TableState::Online;
+                        done.push(oid);
+                    }
+                }
+            }
+        }
+    }
+    for oid in done {
+        core.request_rebuild(oid);
+    }
+}
