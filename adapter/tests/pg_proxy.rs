@@ -705,16 +705,19 @@ type Seen = Arc<Mutex<Vec<(Option<String>, TransactionStatus, String)>>>;
 #[derive(Default)]
 struct Recorder {
     seen: Seen,
+    captured: Arc<Mutex<Vec<String>>>,
 }
 
 struct RecordingInterceptor {
     seen: Seen,
+    captured: Arc<Mutex<Vec<String>>>,
 }
 
 impl InterceptorFactory for Recorder {
     fn create(&self, _session: &SessionState) -> Box<dyn Interceptor> {
         Box::new(RecordingInterceptor {
             seen: self.seen.clone(),
+            captured: self.captured.clone(),
         })
     }
 }
@@ -723,7 +726,14 @@ impl InterceptorFactory for Recorder {
 /// the test reads back, proving it ran upstream).
 const MAGIC: &str = "SELECT set_config('larder.magic', 'ran', false)";
 
+/// Answered later (asynchronously) while a query of the interceptor's own is captured.
+const LATER: &str = "SELECT 'later'";
+
 fn local_answer() -> Bytes {
+    local_answer_with("local")
+}
+
+fn local_answer_with(value: &'static str) -> Bytes {
     let mut b = BytesMut::new();
     RowDescription {
         fields: vec![FieldDescription {
@@ -738,7 +748,7 @@ fn local_answer() -> Bytes {
     }
     .encode(&mut b);
     DataRow {
-        values: vec![Some(Bytes::from_static(b"local"))],
+        values: vec![Some(Bytes::from_static(value.as_bytes()))],
     }
     .encode(&mut b);
     CommandComplete {
@@ -771,7 +781,18 @@ impl Interceptor for RecordingInterceptor {
                 session.transaction_status(),
                 sql.clone(),
             ));
-            if sql == MAGIC {
+            if sql == LATER {
+                let mut own = BytesMut::new();
+                Query {
+                    sql: "SELECT 40 + 2".into(),
+                }
+                .encode(&mut own);
+                dispatch.capture(&own);
+                dispatch.respond_later(Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    local_answer_with("later")
+                }));
+            } else if sql == MAGIC {
                 dispatch.send_upstream(msg.raw, ResponseMode::Discard);
                 dispatch.respond(local_answer());
             } else {
@@ -780,6 +801,19 @@ impl Interceptor for RecordingInterceptor {
         }
         Ok(())
     }
+
+    fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {
+        let mut buf = BytesMut::from(response);
+        while let Ok(Some(frame)) = Frame::parse(&mut buf, 1 << 20) {
+            if let Ok(row) = DataRow::decode(&frame.as_ref()) {
+                let v = row.values[0].as_deref().unwrap_or_default();
+                self.captured
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,6 +821,7 @@ async fn interceptor_sees_state_and_local_answers_stay_in_order() -> Result<()> 
     let db = create_db("proxy_intercept").await?;
     let recorder = Recorder::default();
     let seen = recorder.seen.clone();
+    let captured = recorder.captured.clone();
     let proxy = Proxy::start_with(&db, |_| {}, Some(Arc::new(recorder))).await?;
     let (client, _c) = proxy.connect(&db).await?;
     client
@@ -817,6 +852,18 @@ async fn interceptor_sees_state_and_local_answers_stay_in_order() -> Result<()> 
         .query_one("SELECT current_setting('larder.magic')", &[])
         .await?;
     assert_eq!(magic.get::<_, String>(0), "ran");
+
+    // An asynchronous local answer between two forwarded queries, while the interceptor's own
+    // query is captured.
+    let (a, b, c) = tokio::join!(
+        client.simple_query("SELECT 'before' FROM pg_sleep(0.1)"),
+        client.simple_query(LATER),
+        client.simple_query("SELECT 'after'"),
+    );
+    assert_eq!(value(a)?, "before");
+    assert_eq!(value(b)?, "later");
+    assert_eq!(value(c)?, "after");
+    assert_eq!(*captured.lock().unwrap(), vec!["42".to_string()]);
 
     let seen = seen.lock().unwrap().clone();
     let find = |sql: &str| seen.iter().find(|(_, _, s)| s == sql).cloned();

@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use larder_adapter::cache::{BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementError, TextTable};
+use larder_adapter::cache::{
+    BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementError, TextTable,
+};
 use larder_dataflow::ReadError;
 use larder_sql::statement::LarderStatement;
 use larder_sql::{Row, SqlType, Value};
@@ -45,7 +47,9 @@ impl CachedQuery for CacheEntry {
     }
     fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, Miss> {
         if !self.serving.load(Ordering::Acquire) {
-            let reason = self.invalid_reason().unwrap_or_else(|| "the cache is not serving".into());
+            let reason = self
+                .invalid_reason()
+                .unwrap_or_else(|| "the cache is not serving".into());
             return Err(Miss { reason });
         }
         match self.reader.read(params) {
@@ -53,7 +57,9 @@ impl CachedQuery for CacheEntry {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Ok(rows)
             }
-            Err(e) => Err(Miss { reason: read_error_reason(&e) }),
+            Err(e) => Err(Miss {
+                reason: read_error_reason(&e),
+            }),
         }
     }
 }
@@ -84,8 +90,15 @@ impl CacheBackend for Backend {
         let controller = self.controller.clone();
         Box::pin(async move {
             match controller.execute(stmt).await {
-                Ok(t) => Ok(TextTable { columns: t.columns, rows: t.rows, tag: t.tag }),
-                Err(e) => Err(StatementError { sqlstate: sqlstate(&e), message: e.to_string() }),
+                Ok(t) => Ok(TextTable {
+                    columns: t.columns,
+                    rows: t.rows,
+                    tag: t.tag,
+                }),
+                Err(e) => Err(StatementError {
+                    sqlstate: sqlstate(&e),
+                    message: e.to_string(),
+                }),
             }
         })
     }

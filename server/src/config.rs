@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "larder", version, about = "A caching proxy for PostgreSQL and MySQL")]
+#[command(
+    name = "larder",
+    version,
+    about = "A caching proxy for PostgreSQL and MySQL"
+)]
 pub struct Config {
     /// Upstream database URL; the scheme picks the dialect (postgresql://, postgres://, mysql://).
     #[arg(long, env = "UPSTREAM_DB_URL")]

@@ -28,7 +28,11 @@ pub struct Table {
 
 impl Table {
     fn new(columns: &[&str]) -> Table {
-        Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new(), tag: None }
+        Table {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+            tag: None,
+        }
     }
 
     fn push(&mut self, row: Vec<String>) {
@@ -36,7 +40,10 @@ impl Table {
     }
 
     fn done(tag: &str) -> Table {
-        Table { tag: Some(tag.to_string()), ..Table::default() }
+        Table {
+            tag: Some(tag.to_string()),
+            ..Table::default()
+        }
     }
 }
 
@@ -75,17 +82,30 @@ impl ProxiedQueries {
         if let Some(q) = map.get_mut(query_id) {
             q.count += 1;
         } else if map.len() < PROXIED_QUERIES_MAX {
-            map.insert(query_id.to_string(), ProxiedQuery { text: text.to_string(), count: 1 });
+            map.insert(
+                query_id.to_string(),
+                ProxiedQuery {
+                    text: text.to_string(),
+                    count: 1,
+                },
+            );
         }
     }
 
     fn text_of(&self, query_id: &str) -> Option<String> {
-        self.map.lock().expect("proxied lock poisoned").get(query_id).map(|q| q.text.clone())
+        self.map
+            .lock()
+            .expect("proxied lock poisoned")
+            .get(query_id)
+            .map(|q| q.text.clone())
     }
 
     fn snapshot(&self) -> Vec<(String, String, u64)> {
         let map = self.map.lock().expect("proxied lock poisoned");
-        let mut v: Vec<_> = map.iter().map(|(id, q)| (id.clone(), q.text.clone(), q.count)).collect();
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(id, q)| (id.clone(), q.text.clone(), q.count))
+            .collect();
         v.sort();
         v
     }
@@ -119,13 +139,16 @@ impl Catalog for RegistryCatalog<'_> {
         let usable = |t: &&crate::tables::TableEntry| t.stored.is_some() && t.schema.name == name;
         let found = match schema {
             Some(s) => tables.all().find(|t| usable(t) && t.schema.schema == s),
-            None => tables.all().find(|t| usable(t) && t.schema.schema == "public").or_else(|| {
-                let mut it = tables.all().filter(usable);
-                match (it.next(), it.next()) {
-                    (Some(one), None) => Some(one),
-                    _ => None,
-                }
-            }),
+            None => tables
+                .all()
+                .find(|t| usable(t) && t.schema.schema == "public")
+                .or_else(|| {
+                    let mut it = tables.all().filter(usable);
+                    match (it.next(), it.next()) {
+                        (Some(one), None) => Some(one),
+                        _ => None,
+                    }
+                }),
         };
         found.map(|t| t.schema.clone())
     }
@@ -134,7 +157,11 @@ impl Catalog for RegistryCatalog<'_> {
 impl Controller {
     pub async fn execute(&self, stmt: LarderStatement) -> Result<Table, ControllerError> {
         match stmt {
-            LarderStatement::CreateCache { always, name, source } => self.create_cache(always, name, source).await,
+            LarderStatement::CreateCache {
+                always,
+                name,
+                source,
+            } => self.create_cache(always, name, source).await,
             LarderStatement::ExplainCreateCache { source } => self.explain_create_cache(source),
             LarderStatement::DropCache { name } => self.drop_cache(&name),
             LarderStatement::DropAllCaches => {
@@ -148,9 +175,11 @@ impl Controller {
                 Ok(Table::done("DROP ALL PROXIED QUERIES"))
             }
             LarderStatement::ShowCaches { query_id } => Ok(self.show_caches(query_id.as_deref())),
-            LarderStatement::ShowProxiedQueries { supported_only, query_id, limit } => {
-                Ok(self.show_proxied(supported_only, query_id.as_deref(), limit))
-            }
+            LarderStatement::ShowProxiedQueries {
+                supported_only,
+                query_id,
+                limit,
+            } => Ok(self.show_proxied(supported_only, query_id.as_deref(), limit)),
             LarderStatement::ShowStatus => Ok(self.show_status()),
             LarderStatement::ShowTables => Ok(self.show_tables()),
             LarderStatement::ShowVersion => Ok(show_version()),
@@ -165,29 +194,40 @@ impl Controller {
             CacheSource::Select { query, text } => Ok((text, normalize_query(*query))),
             CacheSource::QueryId(id) => {
                 if let Some(c) = self.core.caches.get(&id) {
-                    let q = parse_select(&c.query, Dialect::Postgres).map_err(|e| ControllerError::Invalid(e.to_string()))?;
+                    let q = parse_select(&c.query, Dialect::Postgres)
+                        .map_err(|e| ControllerError::Invalid(e.to_string()))?;
                     return Ok((c.query.clone(), normalize_query(q)));
                 }
-                let text = self
-                    .proxied
-                    .text_of(&id)
-                    .ok_or_else(|| ControllerError::NotFound(format!("no query with id {id} has been seen")))?;
-                let q = parse_select(&text, Dialect::Postgres)
-                    .map_err(|_| ControllerError::Unsupported(format!("query {id} is not a SELECT")))?;
+                let text = self.proxied.text_of(&id).ok_or_else(|| {
+                    ControllerError::NotFound(format!("no query with id {id} has been seen"))
+                })?;
+                let q = parse_select(&text, Dialect::Postgres).map_err(|_| {
+                    ControllerError::Unsupported(format!("query {id} is not a SELECT"))
+                })?;
                 Ok((text, normalize_query(q)))
             }
         }
     }
 
     /// Lowering plus the checks that need live state; `Err` carries the reason.
-    fn check_supported(&self, normalized: &Normalized) -> Result<(larder_sql::plan::CachePlan, crate::tables::TableEntry), ControllerError> {
+    fn check_supported(
+        &self,
+        normalized: &Normalized,
+    ) -> Result<(larder_sql::plan::CachePlan, crate::tables::TableEntry), ControllerError> {
         let plan = lower(&normalized.query, &RegistryCatalog { core: &self.core })
             .map_err(|u| ControllerError::Unsupported(u.reason))?;
         let entry = {
             let tables = self.core.tables.read().expect("tables lock poisoned");
-            tables.by_name(&plan.table.schema, &plan.table.name).cloned()
+            tables
+                .by_name(&plan.table.schema, &plan.table.name)
+                .cloned()
         }
-        .ok_or_else(|| ControllerError::Unsupported(format!("table {}.{} is not replicated", plan.table.schema, plan.table.name)))?;
+        .ok_or_else(|| {
+            ControllerError::Unsupported(format!(
+                "table {}.{} is not replicated",
+                plan.table.schema, plan.table.name
+            ))
+        })?;
         match &entry.state {
             TableState::Online => {}
             TableState::NotReplicated { reason } => {
@@ -228,19 +268,31 @@ impl Controller {
         Ok(t)
     }
 
-    async fn create_cache(&self, always: bool, name: Option<String>, source: CacheSource) -> Result<Table, ControllerError> {
+    async fn create_cache(
+        &self,
+        always: bool,
+        name: Option<String>,
+        source: CacheSource,
+    ) -> Result<Table, ControllerError> {
         let (text, normalized) = self.source_query(source)?;
         if let Some(existing) = self.core.caches.get(&normalized.query_id) {
             return Ok(cache_row(&existing));
         }
         let name = name.unwrap_or_else(|| normalized.query_id.clone());
         if self.core.caches.by_name_or_id(&name).is_some() {
-            return Err(ControllerError::Invalid(format!("a cache named {name} already exists")));
+            return Err(ControllerError::Invalid(format!(
+                "a cache named {name} already exists"
+            )));
         }
         let entry = self.build_cache(&name, &text, &normalized, always).await?;
         self.core
             .storage
-            .put_cache(&StoredCache { name: name.clone(), query_id: normalized.query_id.clone(), query: text.clone(), always })
+            .put_cache(&StoredCache {
+                name: name.clone(),
+                query_id: normalized.query_id.clone(),
+                query: text.clone(),
+                always,
+            })
             .map_err(|e| ControllerError::Internal(e.to_string()))?;
         info!(cache = %name, query_id = %normalized.query_id, "cache created");
         let row = cache_row(&entry);
@@ -249,7 +301,13 @@ impl Controller {
     }
 
     /// Describe upstream, add to the dataflow, fill from storage.
-    pub async fn build_cache(&self, name: &str, text: &str, normalized: &Normalized, always: bool) -> Result<Arc<CacheEntry>, ControllerError> {
+    pub async fn build_cache(
+        &self,
+        name: &str,
+        text: &str,
+        normalized: &Normalized,
+        always: bool,
+    ) -> Result<Arc<CacheEntry>, ControllerError> {
         let (plan, table) = self.check_supported(normalized)?;
         let columns = self.describe(&normalized.text).await?;
         if columns.len() != plan.output.len() {
@@ -259,13 +317,21 @@ impl Controller {
                 plan.output.len()
             )));
         }
-        let stored = table.stored.clone().ok_or_else(|| ControllerError::Internal("table without storage".into()))?;
+        let stored = table
+            .stored
+            .clone()
+            .ok_or_else(|| ControllerError::Internal("table without storage".into()))?;
         let core = self.core.clone();
         let plan_for_graph = plan.clone();
         let (cache_id, reader) = tokio::task::spawn_blocking(move || {
             let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            let rows = core.storage.scan_table(stored.id).map_err(|e| ControllerError::Internal(e.to_string()))?;
-            let (id, reader) = graph.add_cache(&plan_for_graph).map_err(|e| ControllerError::Internal(e.to_string()))?;
+            let rows = core
+                .storage
+                .scan_table(stored.id)
+                .map_err(|e| ControllerError::Internal(e.to_string()))?;
+            let (id, reader) = graph
+                .add_cache(&plan_for_graph)
+                .map_err(|e| ControllerError::Internal(e.to_string()))?;
             if let Err(e) = graph.bootstrap(id, rows) {
                 let _ = graph.remove_cache(id);
                 return Err(ControllerError::Internal(e.to_string()));
@@ -295,18 +361,30 @@ impl Controller {
 
     /// The result columns exactly as the upstream describes them.
     async fn describe(&self, normalized_text: &str) -> Result<Vec<ResultColumn>, ControllerError> {
-        let source = self.source.as_ref().ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
-        let client = source.client().await.map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?;
-        let stmt = client
-            .prepare(normalized_text)
+        let source = self
+            .source
+            .as_ref()
+            .ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
+        let client = source
+            .client()
             .await
-            .map_err(|e| ControllerError::Unsupported(format!("the upstream rejects the query: {}", db_error_text(&e))))?;
+            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?;
+        let stmt = client.prepare(normalized_text).await.map_err(|e| {
+            ControllerError::Unsupported(format!(
+                "the upstream rejects the query: {}",
+                db_error_text(&e)
+            ))
+        })?;
         stmt.columns()
             .iter()
             .map(|c| {
                 let oid = c.type_().oid();
                 let ty = pgtypes::type_from_oid(oid).ok_or_else(|| {
-                    ControllerError::Unsupported(format!("result column {} has type {}, which Larder cannot serve", c.name(), c.type_().name()))
+                    ControllerError::Unsupported(format!(
+                        "result column {} has type {}, which Larder cannot serve",
+                        c.name(),
+                        c.type_().name()
+                    ))
                 })?;
                 Ok(ResultColumn {
                     name: c.name().to_string(),
@@ -332,7 +410,10 @@ impl Controller {
             let mut graph = self.core.dataflow.lock().expect("dataflow lock poisoned");
             let _ = graph.remove_cache(entry.cache_id);
         }
-        self.core.storage.delete_cache(&entry.name).map_err(|e| ControllerError::Internal(e.to_string()))?;
+        self.core
+            .storage
+            .delete_cache(&entry.name)
+            .map_err(|e| ControllerError::Internal(e.to_string()))?;
         info!(cache = %entry.name, "cache dropped");
         Ok(Table::done("DROP CACHE"))
     }
@@ -348,12 +429,23 @@ impl Controller {
             if let Some(reason) = c.invalid_reason() {
                 props.push(format!("not serving: {reason}"));
             }
-            t.push(vec![c.query_id.clone(), c.name.clone(), c.query.clone(), props.join(", "), c.hits.load(Ordering::Relaxed).to_string()]);
+            t.push(vec![
+                c.query_id.clone(),
+                c.name.clone(),
+                c.query.clone(),
+                props.join(", "),
+                c.hits.load(Ordering::Relaxed).to_string(),
+            ]);
         }
         t
     }
 
-    fn show_proxied(&self, supported_only: bool, query_id: Option<&str>, limit: Option<u64>) -> Table {
+    fn show_proxied(
+        &self,
+        supported_only: bool,
+        query_id: Option<&str>,
+        limit: Option<u64>,
+    ) -> Table {
         let mut t = Table::new(&["query_id", "query", "supported", "count"]);
         for (id, text, count) in self.proxied.snapshot() {
             if query_id.is_some_and(|q| q != id) {
@@ -389,22 +481,55 @@ impl Controller {
         let repl = status.replication.lock().expect("status lock").clone();
         let snapshot = {
             let tables = self.core.tables.read().expect("tables lock poisoned");
-            if tables.all().any(|t| matches!(t.state, TableState::Snapshotting { .. } | TableState::CatchingUp { .. })) {
+            if tables.all().any(|t| {
+                matches!(
+                    t.state,
+                    TableState::Snapshotting { .. } | TableState::CatchingUp { .. }
+                )
+            }) {
                 "In Progress"
             } else {
                 "Completed"
             }
         };
-        t.push(vec!["Database Connection".into(), if repl == "Streaming" { "Connected".into() } else { repl.clone() }]);
+        t.push(vec![
+            "Database Connection".into(),
+            if repl == "Streaming" {
+                "Connected".into()
+            } else {
+                repl.clone()
+            },
+        ]);
         t.push(vec!["Upstream".into(), self.upstream_display.clone()]);
-        t.push(vec!["Connection Count".into(), self.connections.load(Ordering::Relaxed).to_string()]);
+        t.push(vec![
+            "Connection Count".into(),
+            self.connections.load(Ordering::Relaxed).to_string(),
+        ]);
         t.push(vec!["Snapshot Status".into(), snapshot.into()]);
-        t.push(vec!["Replication Status".into(), if repl.is_empty() { "Not started".into() } else { repl }]);
-        t.push(vec!["Replication Offset".into(), format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)]);
-        t.push(vec!["Caches".into(), self.core.caches.all().len().to_string()]);
+        t.push(vec![
+            "Replication Status".into(),
+            if repl.is_empty() {
+                "Not started".into()
+            } else {
+                repl
+            },
+        ]);
+        t.push(vec![
+            "Replication Offset".into(),
+            format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
+        ]);
+        t.push(vec![
+            "Caches".into(),
+            self.core.caches.all().len().to_string(),
+        ]);
         t.push(vec![
             "Last Error".into(),
-            status.last_error.lock().expect("status lock").clone().unwrap_or_default(),
+            status
+                .last_error
+                .lock()
+                .expect("status lock")
+                .clone()
+                .unwrap_or_default(),
         ]);
         t
     }
@@ -416,7 +541,11 @@ impl Controller {
             .all()
             .map(|e| {
                 let (status, description) = e.state.describe();
-                vec![format!("\"{}\".\"{}\"", e.schema.schema, e.schema.name), status, description]
+                vec![
+                    format!("\"{}\".\"{}\"", e.schema.schema, e.schema.name),
+                    status,
+                    description,
+                ]
             })
             .collect();
         rows.sort();
@@ -429,15 +558,26 @@ impl Controller {
 
 fn cache_row(c: &CacheEntry) -> Table {
     let mut t = Table::new(&["query_id", "name", "query", "cache_type"]);
-    t.push(vec![c.query_id.clone(), c.name.clone(), c.query.clone(), "deep".into()]);
+    t.push(vec![
+        c.query_id.clone(),
+        c.name.clone(),
+        c.query.clone(),
+        "deep".into(),
+    ]);
     t
 }
 
 fn show_version() -> Table {
     let mut t = Table::new(&["name", "value"]);
     t.push(vec!["version".into(), env!("CARGO_PKG_VERSION").into()]);
-    t.push(vec!["commit".into(), option_env!("LARDER_GIT_COMMIT").unwrap_or("unknown").into()]);
-    t.push(vec!["platform".into(), format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)]);
+    t.push(vec![
+        "commit".into(),
+        option_env!("LARDER_GIT_COMMIT").unwrap_or("unknown").into(),
+    ]);
+    t.push(vec![
+        "platform".into(),
+        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+    ]);
     t
 }
 
@@ -445,17 +585,34 @@ fn show_version() -> Table {
 fn orders_or_ranges_text(plan: &larder_sql::plan::CachePlan, table: &TableSchema) -> bool {
     use larder_sql::plan::{BinaryOp, Expr};
     use larder_sql::SqlType;
-    let is_text = |t: &SqlType| matches!(t, SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name);
-    if plan.order_by.iter().any(|k| plan.materialized_types.get(k.column).is_some_and(is_text)) {
+    let is_text = |t: &SqlType| {
+        matches!(
+            t,
+            SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name
+        )
+    };
+    if plan
+        .order_by
+        .iter()
+        .any(|k| plan.materialized_types.get(k.column).is_some_and(is_text))
+    {
         return true;
     }
     fn ranges(e: &Expr) -> bool {
         match e {
-            Expr::Binary { op, left, right, .. } => {
-                matches!(op, BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq) || ranges(left) || ranges(right)
+            Expr::Binary {
+                op, left, right, ..
+            } => {
+                matches!(
+                    op,
+                    BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq
+                ) || ranges(left)
+                    || ranges(right)
             }
             Expr::Between { .. } => true,
-            Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => ranges(expr),
+            Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => {
+                ranges(expr)
+            }
             Expr::InList { expr, list, .. } => ranges(expr) || list.iter().any(ranges),
             Expr::Like { expr, pattern, .. } => ranges(expr) || ranges(pattern),
             Expr::Func { args, .. } => args.iter().any(ranges),
@@ -463,8 +620,10 @@ fn orders_or_ranges_text(plan: &larder_sql::plan::CachePlan, table: &TableSchema
         }
     }
     // Conservative: any range comparison on a table or plan with text columns.
-    let touches_text = plan.materialized_types.iter().any(is_text) || table.columns.iter().any(|c| is_text(&c.ty));
-    touches_text && (plan.filter.as_ref().is_some_and(ranges) || plan.residual.as_ref().is_some_and(ranges))
+    let touches_text =
+        plan.materialized_types.iter().any(is_text) || table.columns.iter().any(|c| is_text(&c.ty));
+    touches_text
+        && (plan.filter.as_ref().is_some_and(ranges) || plan.residual.as_ref().is_some_and(ranges))
 }
 
 fn db_error_text(e: &tokio_postgres::Error) -> String {

@@ -56,24 +56,42 @@ pub struct CacheRegistry {
 
 impl CacheRegistry {
     pub fn get(&self, query_id: &str) -> Option<Arc<CacheEntry>> {
-        self.by_id.read().expect("cache registry poisoned").get(query_id).cloned()
+        self.by_id
+            .read()
+            .expect("cache registry poisoned")
+            .get(query_id)
+            .cloned()
     }
 
     pub fn by_name_or_id(&self, name: &str) -> Option<Arc<CacheEntry>> {
         let map = self.by_id.read().expect("cache registry poisoned");
-        map.get(name).cloned().or_else(|| map.values().find(|c| c.name == name).cloned())
+        map.get(name)
+            .cloned()
+            .or_else(|| map.values().find(|c| c.name == name).cloned())
     }
 
     pub fn insert(&self, entry: Arc<CacheEntry>) {
-        self.by_id.write().expect("cache registry poisoned").insert(entry.query_id.clone(), entry);
+        self.by_id
+            .write()
+            .expect("cache registry poisoned")
+            .insert(entry.query_id.clone(), entry);
     }
 
     pub fn remove(&self, query_id: &str) -> Option<Arc<CacheEntry>> {
-        self.by_id.write().expect("cache registry poisoned").remove(query_id)
+        self.by_id
+            .write()
+            .expect("cache registry poisoned")
+            .remove(query_id)
     }
 
     pub fn all(&self) -> Vec<Arc<CacheEntry>> {
-        let mut v: Vec<_> = self.by_id.read().expect("cache registry poisoned").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .by_id
+            .read()
+            .expect("cache registry poisoned")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -113,7 +131,11 @@ impl Core {
     }
 
     pub fn set_replication_status(&self, s: &str) {
-        *self.status.replication.lock().expect("status lock poisoned") = s.to_string();
+        *self
+            .status
+            .replication
+            .lock()
+            .expect("status lock poisoned") = s.to_string();
     }
 
     pub fn set_last_error(&self, e: String) {

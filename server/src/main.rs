@@ -32,9 +32,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("LARDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // pg_walstream logs every standby status update at info level.
+    let filter = EnvFilter::try_from_env("LARDER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pg_walstream=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Compact => builder.compact().init(),

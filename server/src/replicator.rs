@@ -67,7 +67,9 @@ pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyEr
             OpenOutcome::Fresh(fresh)
         }
         resume @ OpenOutcome::Resume { .. } => {
-            let OpenOutcome::Resume { start_lsn } = &resume else { unreachable!() };
+            let OpenOutcome::Resume { start_lsn } = &resume else {
+                unreachable!()
+            };
             info!(position = %start_lsn, "resuming replication from the stored position");
             core.status.applied_lsn.store(start_lsn.0, Ordering::SeqCst);
             resume
@@ -123,7 +125,10 @@ impl SnapshotSink for StorageSink<'_> {
                 info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
                 TableState::Online
             } else {
-                TableState::Snapshotting { rows_done: batch.rows_done, rows_estimated: batch.rows_estimated }
+                TableState::Snapshotting {
+                    rows_done: batch.rows_done,
+                    rows_estimated: batch.rows_estimated,
+                }
             };
         }
         Ok(())
@@ -145,13 +150,28 @@ async fn initial_snapshot(
         *registry = Default::default();
         let mut txn = core.storage.begin();
         for t in tables {
-            let entry = register_relation(core, &mut txn, &mut graph, &t.relation, TableState::Snapshotting { rows_done: 0, rows_estimated: t.estimated_rows })?;
+            let entry = register_relation(
+                core,
+                &mut txn,
+                &mut graph,
+                &t.relation,
+                TableState::Snapshotting {
+                    rows_done: 0,
+                    rows_estimated: t.estimated_rows,
+                },
+            )?;
             registry.insert(entry);
         }
         txn.commit()?;
     }
-    let summary = source.snapshot(fresh, tables, &mut StorageSink { core }).await?;
-    info!(tables = summary.tables, rows = summary.rows, "snapshot copied");
+    let summary = source
+        .snapshot(fresh, tables, &mut StorageSink { core })
+        .await?;
+    info!(
+        tables = summary.tables,
+        rows = summary.rows,
+        "snapshot copied"
+    );
     Ok(())
 }
 
@@ -167,15 +187,31 @@ fn register_relation(
     match &rel.status {
         TableStatus::NotReplicated { reason } => {
             info!(table = %name, %reason, "table not replicated");
-            Ok(TableEntry { oid: rel.oid, schema: rel.schema.clone(), stored: None, state: TableState::NotReplicated { reason: reason.clone() } })
+            Ok(TableEntry {
+                oid: rel.oid,
+                schema: rel.schema.clone(),
+                stored: None,
+                state: TableState::NotReplicated {
+                    reason: reason.clone(),
+                },
+            })
         }
         TableStatus::Replicated => {
-            let stored = StoredTable { id: core.storage.allocate_table_id()?, upstream_oid: rel.oid, schema: rel.schema.clone() };
+            let stored = StoredTable {
+                id: core.storage.allocate_table_id()?,
+                upstream_oid: rel.oid,
+                schema: rel.schema.clone(),
+            };
             txn.put_table(&stored);
             graph
                 .add_table(DfTableId(stored.id as u64), stored.schema.clone())
                 .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
-            Ok(TableEntry { oid: rel.oid, schema: rel.schema.clone(), stored: Some(stored), state })
+            Ok(TableEntry {
+                oid: rel.oid,
+                schema: rel.schema.clone(),
+                stored: Some(stored),
+                state,
+            })
         }
     }
 }
@@ -188,7 +224,9 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
     loop {
         let outcome = match next.take() {
             Some(o) => o,
-            None => OpenOutcome::Resume { start_lsn: Lsn(core.status.applied_lsn.load(Ordering::SeqCst)) },
+            None => OpenOutcome::Resume {
+                start_lsn: Lsn(core.status.applied_lsn.load(Ordering::SeqCst)),
+            },
         };
         let (tx, rx) = mpsc::channel::<ChangeBatch>(APPLY_QUEUE_MAX);
         let applier = {
@@ -211,7 +249,10 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
                 core.set_replication_status("Reconnecting");
             }
             (Ok(()), _) => {
-                warn!(retry_in_ms = backoff_ms, "replication stream closed; reconnecting");
+                warn!(
+                    retry_in_ms = backoff_ms,
+                    "replication stream closed; reconnecting"
+                );
                 core.set_replication_status("Reconnecting");
             }
         }
@@ -220,7 +261,10 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
         }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         backoff_ms = (backoff_ms * 2).min(10_000);
-        if let Ok(outcome) = source.open(Some(Lsn(core.status.applied_lsn.load(Ordering::SeqCst)))).await {
+        if let Ok(outcome) = source
+            .open(Some(Lsn(core.status.applied_lsn.load(Ordering::SeqCst))))
+            .await
+        {
             core.set_replication_status("Streaming");
             backoff_ms = 100;
             next = Some(outcome);
@@ -254,7 +298,11 @@ async fn ack_loop(core: Arc<Core>, ack: watch::Sender<Lsn>) {
     }
 }
 
-fn apply_loop(core: &Core, source: &PgSource, mut rx: mpsc::Receiver<ChangeBatch>) -> Result<(), ApplyError> {
+fn apply_loop(
+    core: &Core,
+    source: &PgSource,
+    mut rx: mpsc::Receiver<ChangeBatch>,
+) -> Result<(), ApplyError> {
     while let Some(batch) = rx.blocking_recv() {
         apply_batch(core, source, batch)?;
     }
@@ -282,12 +330,20 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
             Change::Relation(rel) => {
                 let oid = rel.oid;
                 handle_relation(core, source, &mut txn, &mut graph, rel, position)?;
-                if core.tables.read().expect("tables lock poisoned").get(oid).is_some_and(|t| t.state == TableState::Online) {
+                if core
+                    .tables
+                    .read()
+                    .expect("tables lock poisoned")
+                    .get(oid)
+                    .is_some_and(|t| t.state == TableState::Online)
+                {
                     rebuild.push(oid);
                 }
             }
             Change::Insert { rel, row } => {
-                let Some(table) = replicated(core, rel) else { continue };
+                let Some(table) = replicated(core, rel) else {
+                    continue;
+                };
                 check_row(&table, &row)?;
                 if let Some(old) = txn.insert(&table, row.clone())? {
                     push(table.id, DfChange::Delete(old));
@@ -295,7 +351,9 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 push(table.id, DfChange::Insert(row));
             }
             Change::Update { rel, old, new } => {
-                let Some(table) = replicated(core, rel) else { continue };
+                let Some(table) = replicated(core, rel) else {
+                    continue;
+                };
                 let probe = match &old {
                     Some(OldRow::Key(r)) | Some(OldRow::Full(r)) => r.clone(),
                     None => new.row.clone(),
@@ -323,14 +381,18 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 push(table.id, DfChange::Insert(row));
             }
             Change::Delete { rel, old } => {
-                let Some(table) = replicated(core, rel) else { continue };
+                let Some(table) = replicated(core, rel) else {
+                    continue;
+                };
                 if let Some(existing) = txn.delete(&table, old.row())? {
                     push(table.id, DfChange::Delete(existing));
                 }
             }
             Change::Truncate { rels } => {
                 for rel in rels {
-                    let Some(table) = replicated(core, rel) else { continue };
+                    let Some(table) = replicated(core, rel) else {
+                        continue;
+                    };
                     // Retract what the dataflow holds, then clear storage.
                     for row in core.storage.scan_table(table.id)? {
                         push(table.id, DfChange::Delete(row));
@@ -386,20 +448,36 @@ fn handle_relation(
     rel: RelationInfo,
     position: u64,
 ) -> Result<(), ApplyError> {
-    let known = core.tables.read().expect("tables lock poisoned").get(rel.oid).cloned();
+    let known = core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .get(rel.oid)
+        .cloned();
     let Some(entry) = known else {
         // Created after the slot: its rows all come from the stream.
         let entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
         info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), "new table picked up from the change stream");
-        core.tables.write().expect("tables lock poisoned").insert(entry);
+        core.tables
+            .write()
+            .expect("tables lock poisoned")
+            .insert(entry);
         return Ok(());
     };
     if entry.schema == rel.schema && entry.stored.is_some() == rel.status.is_replicated() {
         return Ok(());
     }
-    let reason = format!("table {}.{} changed shape upstream", entry.schema.schema, entry.schema.name);
+    let reason = format!(
+        "table {}.{} changed shape upstream",
+        entry.schema.schema, entry.schema.name
+    );
     warn!(%reason, "schema change: caches on the table stop serving and the table is copied again");
-    for cache in core.caches.all().into_iter().filter(|c| c.table_oid == rel.oid) {
+    for cache in core
+        .caches
+        .all()
+        .into_iter()
+        .filter(|c| c.table_oid == rel.oid)
+    {
         cache.invalidate(&reason);
         let _ = graph.remove_cache(cache.cache_id);
     }
@@ -426,14 +504,19 @@ fn handle_relation(
                 txn.insert(&stored, row)?;
             }
             new_entry.state = if copy_lsn.0 > position {
-                TableState::CatchingUp { until_lsn: copy_lsn.0 }
+                TableState::CatchingUp {
+                    until_lsn: copy_lsn.0,
+                }
             } else {
                 TableState::Online
             };
             info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), copy_position = %copy_lsn, "table copied again after a shape change");
         }
     }
-    core.tables.write().expect("tables lock poisoned").insert(new_entry);
+    core.tables
+        .write()
+        .expect("tables lock poisoned")
+        .insert(new_entry);
     Ok(())
 }
 
@@ -447,7 +530,8 @@ fn copy_now(source: &PgSource, oid: u32) -> Result<(Vec<Row>, Lsn), ApplyError> 
         }
     }
     let mut sink = Collect(Vec::new());
-    let (_, lsn) = tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
+    let (_, lsn) =
+        tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
     Ok((sink.0, lsn))
 }
 

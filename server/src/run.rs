@@ -62,13 +62,21 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
 
     std::fs::create_dir_all(&cfg.storage_dir)
         .with_context(|| format!("creating --storage-dir {}", cfg.storage_dir.display()))?;
-    let storage_path = cfg.storage_dir.join(format!("{}.db", larder_replication::pg::object_name(&cfg.deployment)));
-    let storage = Storage::open(&storage_path).with_context(|| format!("opening storage at {}", storage_path.display()))?;
+    let storage_path = cfg.storage_dir.join(format!(
+        "{}.db",
+        larder_replication::pg::object_name(&cfg.deployment)
+    ));
+    let storage = Storage::open(&storage_path)
+        .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     let (core, rebuild_rx) = Core::new(storage);
     crate::replicator::load_stored_tables(&core).context("loading stored tables")?;
     let source = Arc::new(
-        PgSource::new(&cfg.upstream_db_url, &cfg.deployment, &cfg.replication_tables)
-            .context("configuring replication")?,
+        PgSource::new(
+            &cfg.upstream_db_url,
+            &cfg.deployment,
+            &cfg.replication_tables,
+        )
+        .context("configuring replication")?,
     );
     let controller = Arc::new(Controller {
         core: core.clone(),
@@ -79,9 +87,14 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         c_collation: AtomicBool::new(false),
         connections: AtomicU64::new(0),
     });
-    tokio::spawn(start_replication(controller.clone(), source.clone(), rebuild_rx));
+    tokio::spawn(start_replication(
+        controller.clone(),
+        source.clone(),
+        rebuild_rx,
+    ));
 
-    let backend: Arc<dyn larder_adapter::cache::CacheBackend> = Arc::new(crate::backend::Backend::new(controller.clone()));
+    let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
+        Arc::new(crate::backend::Backend::new(controller.clone()));
     let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
     let serve = larder_adapter::serve_with(listener, proxy_cfg, shutdown.clone(), backend);
     tokio::pin!(serve);
@@ -156,7 +169,10 @@ async fn restore_caches(controller: &Controller) {
                 continue;
             }
         };
-        match controller.build_cache(&c.name, &c.query, &normalized, c.always).await {
+        match controller
+            .build_cache(&c.name, &c.query, &normalized, c.always)
+            .await
+        {
             Ok(entry) => {
                 info!(cache = %c.name, "cache restored");
                 controller.core.caches.insert(entry);
@@ -167,9 +183,18 @@ async fn restore_caches(controller: &Controller) {
 }
 
 /// Rebuild the caches of tables that came back online after a shape change.
-async fn rebuild_caches_forever(controller: Arc<Controller>, mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+async fn rebuild_caches_forever(
+    controller: Arc<Controller>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
+) {
     while let Some(oid) = rx.recv().await {
-        for cache in controller.core.caches.all().into_iter().filter(|c| c.table_oid == oid && c.invalid_reason().is_some()) {
+        for cache in controller
+            .core
+            .caches
+            .all()
+            .into_iter()
+            .filter(|c| c.table_oid == oid && c.invalid_reason().is_some())
+        {
             let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
                 Ok(n) => n,
                 Err(e) => {
@@ -177,7 +202,10 @@ async fn rebuild_caches_forever(controller: Arc<Controller>, mut rx: tokio::sync
                     continue;
                 }
             };
-            match controller.build_cache(&cache.name, &cache.query, &normalized, cache.always).await {
+            match controller
+                .build_cache(&cache.name, &cache.query, &normalized, cache.always)
+                .await
+            {
                 Ok(entry) => {
                     info!(cache = %cache.name, "cache rebuilt after a table change");
                     controller.core.caches.insert(entry);

@@ -73,15 +73,23 @@ impl Storage {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Both families are created at open; their absence is a programming error.
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     pub fn position(&self) -> Result<Option<u64>, StorageError> {
         match self.db.get_cf(self.cf(CF_META), KEY_POSITION)? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
-                |_| StorageError::Corrupt { what: "position".into(), detail: format!("{} bytes", bytes.len()) },
-            )?))),
+            Some(bytes) => Ok(Some(u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt {
+                        what: "position".into(),
+                        detail: format!("{} bytes", bytes.len()),
+                    })?,
+            ))),
         }
     }
 
@@ -111,12 +119,14 @@ impl Storage {
 
     pub fn put_cache(&self, cache: &StoredCache) -> Result<(), StorageError> {
         let key = format!("cache/{}", cache.name);
-        self.db.put_cf(self.cf(CF_META), key.as_bytes(), encode_cache(cache))?;
+        self.db
+            .put_cf(self.cf(CF_META), key.as_bytes(), encode_cache(cache))?;
         Ok(())
     }
 
     pub fn delete_cache(&self, name: &str) -> Result<(), StorageError> {
-        self.db.delete_cf(self.cf(CF_META), format!("cache/{name}").as_bytes())?;
+        self.db
+            .delete_cf(self.cf(CF_META), format!("cache/{name}").as_bytes())?;
         Ok(())
     }
 
@@ -125,11 +135,15 @@ impl Storage {
         let next = match self.db.get_cf(cf, KEY_NEXT_TABLE_ID)? {
             Some(b) if b.len() == 4 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
             Some(b) => {
-                return Err(StorageError::Corrupt { what: "next_table_id".into(), detail: format!("{} bytes", b.len()) })
+                return Err(StorageError::Corrupt {
+                    what: "next_table_id".into(),
+                    detail: format!("{} bytes", b.len()),
+                })
             }
             None => 1,
         };
-        self.db.put_cf(cf, KEY_NEXT_TABLE_ID, (next + 1).to_be_bytes())?;
+        self.db
+            .put_cf(cf, KEY_NEXT_TABLE_ID, (next + 1).to_be_bytes())?;
         Ok(next)
     }
 
@@ -137,7 +151,10 @@ impl Storage {
     pub fn scan_table(&self, id: TableId) -> Result<Vec<Row>, StorageError> {
         let prefix = id.to_be_bytes();
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(CF_ROWS), IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ROWS),
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
@@ -154,7 +171,10 @@ impl Storage {
     pub fn count_rows(&self, id: TableId) -> Result<u64, StorageError> {
         let prefix = id.to_be_bytes();
         let mut n = 0u64;
-        let iter = self.db.iterator_cf(self.cf(CF_ROWS), IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ROWS),
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
         for item in iter {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
@@ -216,7 +236,12 @@ impl<'a> Txn<'a> {
         if table.schema.key.is_empty() {
             encode_key(row, &mut key);
         } else {
-            let parts: Vec<Value> = table.schema.key.iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)).collect();
+            let parts: Vec<Value> = table
+                .schema
+                .key
+                .iter()
+                .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
+                .collect();
             encode_key(&parts, &mut key);
         }
         key
@@ -226,7 +251,11 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        if self.cleared.iter().any(|t| key.starts_with(&t.to_be_bytes())) {
+        if self
+            .cleared
+            .iter()
+            .any(|t| key.starts_with(&t.to_be_bytes()))
+        {
             return Ok(None);
         }
         match self.storage.db.get_cf(self.storage.cf(CF_ROWS), key)? {
@@ -250,7 +279,11 @@ impl<'a> Txn<'a> {
     }
 
     /// The stored row with the same identity as `probe` (key columns, or the whole row).
-    pub fn get(&mut self, table: &StoredTable, probe: &[Value]) -> Result<Option<Row>, StorageError> {
+    pub fn get(
+        &mut self,
+        table: &StoredTable,
+        probe: &[Value],
+    ) -> Result<Option<Row>, StorageError> {
         let key = Self::row_key(table, probe);
         Ok(self.load(&key)?.map(|(_, row)| row))
     }
@@ -258,7 +291,11 @@ impl<'a> Txn<'a> {
     /// Insert a row. For keyed tables an existing row with the same key is replaced and
     /// returned (so the dataflow can retract it).
     pub fn insert(&mut self, table: &StoredTable, row: Row) -> Result<Option<Row>, StorageError> {
-        assert_eq!(row.len(), table.schema.columns.len(), "row shape checked before it is written");
+        assert_eq!(
+            row.len(),
+            table.schema.columns.len(),
+            "row shape checked before it is written"
+        );
         let key = Self::row_key(table, &row);
         let existing = self.load(&key)?;
         if table.schema.key.is_empty() {
@@ -272,7 +309,11 @@ impl<'a> Txn<'a> {
     }
 
     /// Delete the row identified by `probe`; returns the full stored row if there was one.
-    pub fn delete(&mut self, table: &StoredTable, probe: &[Value]) -> Result<Option<Row>, StorageError> {
+    pub fn delete(
+        &mut self,
+        table: &StoredTable,
+        probe: &[Value],
+    ) -> Result<Option<Row>, StorageError> {
         let key = Self::row_key(table, probe);
         match self.load(&key)? {
             None => Ok(None),
@@ -299,12 +340,17 @@ impl<'a> Txn<'a> {
 
     pub fn put_table(&mut self, table: &StoredTable) {
         let key = format!("table/{:010}", table.id);
-        self.batch.put_cf(self.storage.cf(CF_META), key.as_bytes(), encode_table(table));
+        self.batch.put_cf(
+            self.storage.cf(CF_META),
+            key.as_bytes(),
+            encode_table(table),
+        );
     }
 
     pub fn delete_table(&mut self, id: TableId) {
         let key = format!("table/{id:010}");
-        self.batch.delete_cf(self.storage.cf(CF_META), key.as_bytes());
+        self.batch
+            .delete_cf(self.storage.cf(CF_META), key.as_bytes());
         self.clear_table(id);
     }
 
@@ -321,17 +367,23 @@ impl<'a> Txn<'a> {
                     return Err(StorageError::PositionBackwards { stored, new });
                 }
             }
-            self.batch.put_cf(self.storage.cf(CF_META), KEY_POSITION, new.to_be_bytes());
+            self.batch
+                .put_cf(self.storage.cf(CF_META), KEY_POSITION, new.to_be_bytes());
         }
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(false);
-        self.storage.db.write_opt(std::mem::take(&mut self.batch), &opts)?;
+        self.storage
+            .db
+            .write_opt(std::mem::take(&mut self.batch), &opts)?;
         Ok(())
     }
 }
 
 fn decode_stored_row(bytes: &[u8]) -> Result<(u32, Row), StorageError> {
-    let corrupt = |detail: String| StorageError::Corrupt { what: "row".into(), detail };
+    let corrupt = |detail: String| StorageError::Corrupt {
+        what: "row".into(),
+        detail,
+    };
     if bytes.len() < 4 {
         return Err(corrupt(format!("{} bytes", bytes.len())));
     }
@@ -387,17 +439,25 @@ fn encode_table(t: &StoredTable) -> Vec<u8> {
 }
 
 fn decode_table(bytes: &[u8]) -> Result<StoredTable, StorageError> {
-    let corrupt = |detail: &str| StorageError::Corrupt { what: "table record".into(), detail: detail.into() };
+    let corrupt = |detail: &str| StorageError::Corrupt {
+        what: "table record".into(),
+        detail: detail.into(),
+    };
     let r = decode_row(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let [id, oid, schema, name, Value::Array(cols), Value::Array(key)] = r.as_slice() else {
         return Err(corrupt("shape"));
     };
     let mut columns = Vec::with_capacity(cols.len());
     for c in cols {
-        let Value::Array(parts) = c else { return Err(corrupt("column")) };
-        let [n, o, m] = parts.as_slice() else { return Err(corrupt("column shape")) };
+        let Value::Array(parts) = c else {
+            return Err(corrupt("column"));
+        };
+        let [n, o, m] = parts.as_slice() else {
+            return Err(corrupt("column shape"));
+        };
         let type_oid = int(o).ok_or_else(|| corrupt("type oid"))? as u32;
-        let ty = larder_sql::pgtypes::type_from_oid(type_oid).ok_or_else(|| corrupt("unknown type oid"))?;
+        let ty = larder_sql::pgtypes::type_from_oid(type_oid)
+            .ok_or_else(|| corrupt("unknown type oid"))?;
         columns.push(larder_sql::Column {
             name: text(n).ok_or_else(|| corrupt("column name"))?,
             ty,
@@ -405,7 +465,11 @@ fn decode_table(bytes: &[u8]) -> Result<StoredTable, StorageError> {
             typmod: int(m).ok_or_else(|| corrupt("typmod"))? as i32,
         });
     }
-    let key = key.iter().map(|k| int(k).map(|i| i as usize)).collect::<Option<Vec<_>>>().ok_or_else(|| corrupt("key"))?;
+    let key = key
+        .iter()
+        .map(|k| int(k).map(|i| i as usize))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| corrupt("key"))?;
     Ok(StoredTable {
         id: int(id).ok_or_else(|| corrupt("id"))? as TableId,
         upstream_oid: int(oid).ok_or_else(|| corrupt("oid"))? as u32,
@@ -431,7 +495,10 @@ fn encode_cache(c: &StoredCache) -> Vec<u8> {
 }
 
 fn decode_cache(bytes: &[u8]) -> Result<StoredCache, StorageError> {
-    let corrupt = |detail: &str| StorageError::Corrupt { what: "cache record".into(), detail: detail.into() };
+    let corrupt = |detail: &str| StorageError::Corrupt {
+        what: "cache record".into(),
+        detail: detail.into(),
+    };
     let r = decode_row(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let [name, id, query, Value::Bool(always)] = r.as_slice() else {
         return Err(corrupt("shape"));

@@ -10,7 +10,10 @@ use crate::storage::StoredTable;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TableState {
     /// Being copied from the snapshot.
-    Snapshotting { rows_done: u64, rows_estimated: Option<u64> },
+    Snapshotting {
+        rows_done: u64,
+        rows_estimated: Option<u64>,
+    },
     /// Snapshot done (or created after the slot): follows the change stream.
     Online,
     /// Copied again after a shape change; the stream is being applied up to the copy's
@@ -23,10 +26,16 @@ pub enum TableState {
 impl TableState {
     pub fn describe(&self) -> (String, String) {
         match self {
-            TableState::Snapshotting { rows_done, rows_estimated } => {
+            TableState::Snapshotting {
+                rows_done,
+                rows_estimated,
+            } => {
                 let progress = match rows_estimated {
                     Some(total) if *total > 0 => {
-                        format!("{rows_done} of ~{total} rows ({:.0}%)", (*rows_done as f64 / *total as f64 * 100.0).min(100.0))
+                        format!(
+                            "{rows_done} of ~{total} rows ({:.0}%)",
+                            (*rows_done as f64 / *total as f64 * 100.0).min(100.0)
+                        )
                     }
                     _ => format!("{rows_done} rows"),
                 };
@@ -35,7 +44,11 @@ impl TableState {
             TableState::Online => ("Online".into(), String::new()),
             TableState::CatchingUp { until_lsn } => (
                 "Snapshotting".into(),
-                format!("copied again after a shape change; catching up to {:X}/{:X}", until_lsn >> 32, until_lsn & 0xffff_ffff),
+                format!(
+                    "copied again after a shape change; catching up to {:X}/{:X}",
+                    until_lsn >> 32,
+                    until_lsn & 0xffff_ffff
+                ),
             ),
             TableState::NotReplicated { reason } => ("Not Replicated".into(), reason.clone()),
         }
@@ -75,7 +88,9 @@ impl TableRegistry {
     }
 
     pub fn by_name(&self, schema: &str, name: &str) -> Option<&TableEntry> {
-        self.by_oid.values().find(|t| t.schema.schema == schema && t.schema.name == name)
+        self.by_oid
+            .values()
+            .find(|t| t.schema.schema == schema && t.schema.name == name)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &TableEntry> {
@@ -83,6 +98,8 @@ impl TableRegistry {
     }
 
     pub fn by_table_id(&self, id: u32) -> Option<&TableEntry> {
-        self.by_oid.values().find(|t| t.stored.as_ref().map(|s| s.id) == Some(id))
+        self.by_oid
+            .values()
+            .find(|t| t.stored.as_ref().map(|s| s.id) == Some(id))
     }
 }

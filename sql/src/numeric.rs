@@ -50,12 +50,19 @@ pub fn cmp_decimal_text(a: &str, b: &str) -> Option<Ordering> {
     }
     let a = canonical_decimal(a)?;
     let b = canonical_decimal(b)?;
-    let (an, a) = a.strip_prefix('-').map_or((false, a.as_str()), |r| (true, r));
-    let (bn, b) = b.strip_prefix('-').map_or((false, b.as_str()), |r| (true, r));
+    let (an, a) = a
+        .strip_prefix('-')
+        .map_or((false, a.as_str()), |r| (true, r));
+    let (bn, b) = b
+        .strip_prefix('-')
+        .map_or((false, b.as_str()), |r| (true, r));
     let mag = |x: &str, y: &str| -> Ordering {
         let (xi, xf) = x.split_once('.').unwrap_or((x, ""));
         let (yi, yf) = y.split_once('.').unwrap_or((y, ""));
-        xi.len().cmp(&yi.len()).then_with(|| xi.cmp(yi)).then_with(|| xf.cmp(yf))
+        xi.len()
+            .cmp(&yi.len())
+            .then_with(|| xi.cmp(yi))
+            .then_with(|| xf.cmp(yf))
     };
     Some(match (an, bn) {
         (false, false) => mag(a, b),

@@ -13,6 +13,22 @@
 //! * temp directories left behind by a killed test process are swept by the next test process.
 //!
 //! Missing binaries make tests panic with an install hint; nothing is ever skipped silently.
+//!
+//! Typical use in an integration test:
+//!
+//! ```no_run
+//! use larder_testkit::{LarderProcess, PgServer};
+//! let pg = PgServer::shared();                       // one server per test process
+//! let db = pg.create_database("mytest").unwrap();     // a fresh database per test
+//! pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+//! let larder = LarderProcess::spawn(&["--upstream-db-url", &pg.url(&db)], &[]).unwrap();
+//! let client_url = larder.pg_url(pg.admin_user(), pg.admin_password(), &db);
+//! # let _ = client_url;
+//! ```
+//!
+//! Environment knobs: `PG_BIN_DIR` (Postgres server binaries), `LARDER_BIN` (use a prebuilt
+//! `larder` instead of building it), `LARDER_TESTKIT_TMP` (where temp dirs go; default the
+//! system temp dir).
 
 mod larder;
 mod mariadb;

@@ -220,6 +220,7 @@ impl PgServer {
             "# larder-testkit: password auth over TCP only\n\
              local   all          all                        scram-sha-256\n\
              host    all          larder_md5  127.0.0.1/32   md5\n\
+             host    all          larder_plain 127.0.0.1/32  password\n\
              host    all          all         127.0.0.1/32   scram-sha-256\n\
              host    replication  all         127.0.0.1/32   scram-sha-256\n",
         )?;

@@ -282,6 +282,43 @@ async fn upstream_authentication_errors_reach_the_client() {
         .get(0);
     assert_eq!(who, "larder_app");
 
+    // MD5 and cleartext password methods (pg_hba entries of the harness) pass through too.
+    let db3 = db.clone();
+    blocking(move || {
+        pg.psql(
+            &db3,
+            "DO $$ BEGIN \
+               SET LOCAL password_encryption = 'md5'; \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'larder_md5') \
+               THEN CREATE ROLE larder_md5 LOGIN PASSWORD 'md5_pw'; END IF; \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'larder_plain') \
+               THEN CREATE ROLE larder_plain LOGIN PASSWORD 'plain_pw'; END IF; END $$;",
+        )
+        .unwrap()
+    })
+    .await;
+    for (user, pw) in [("larder_md5", "md5_pw"), ("larder_plain", "plain_pw")] {
+        let ok = format!("postgresql://{user}:{pw}@127.0.0.1:{port}/{db}");
+        let c = connect_within(&ok)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e:?}"));
+        let who: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user);
+        let bad = format!("postgresql://{user}:nope@127.0.0.1:{port}/{db}");
+        let err = connect_within(&bad)
+            .await
+            .expect_err("wrong password accepted");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {err:?}"
+        );
+    }
+
     // The right credentials still work afterwards.
     let c = connect_within(&proxy_url(pg, &larder, &db)).await.unwrap();
     assert_eq!(one(&c, "SELECT 1::int8").await, 1);

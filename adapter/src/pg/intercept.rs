@@ -12,10 +12,16 @@
 //! answer locally only whole units ending at a sync point (e.g. `Query`, or
 //! `Bind/Describe/Execute/Sync`), including the final ReadyForQuery in its response.
 //! [`ResponseMode::Discard`] lets it forward messages whose responses the client must not see
-//! (e.g. re-creating upstream a statement the client prepared while being served locally).
+//! (e.g. re-creating upstream a statement the client prepared while being served locally), and
+//! [`Dispatch::capture`] sends a query of its own whose response goes to
+//! [`Interceptor::on_captured`] instead of the client. [`Dispatch::respond_later`] queues a
+//! local answer that is computed asynchronously (it is polled by the session, in order).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 
@@ -136,17 +142,49 @@ pub enum ResponseMode {
     /// Drop them, up to and including each sync point's ReadyForQuery. Asynchronous messages
     /// (ParameterStatus, NotificationResponse) are still relayed.
     Discard,
+    /// Collect them, up to and including each sync point's ReadyForQuery, and hand them to
+    /// [`Interceptor::on_captured`]. Asynchronous messages are still relayed.
+    Capture,
 }
 
+/// A local answer computed asynchronously: complete backend messages ending with
+/// ReadyForQuery.
+pub type LocalResponse = Pin<Box<dyn Future<Output = Bytes> + Send + 'static>>;
+
+/// Most bytes collected for one captured response; the rest is dropped.
+pub const CAPTURE_SIZE_MAX_BYTES: usize = 1 << 20;
+
 /// One expected response unit, in client order.
-#[derive(Debug)]
 pub(crate) enum Slot {
     /// Relay upstream output up to the next ReadyForQuery.
     Relay,
     /// Drop upstream output up to the next ReadyForQuery.
     Discard,
+    /// Collect upstream output up to the next ReadyForQuery for the interceptor.
+    Capture,
     /// Bytes produced by Larder, written once everything before it is out.
     Local(Bytes),
+    /// Bytes Larder is still computing; written when ready and everything before it is out.
+    Later(LocalResponse),
+}
+
+impl Slot {
+    /// True for slots answered by an upstream ReadyForQuery.
+    fn is_sync_point(&self) -> bool {
+        matches!(self, Slot::Relay | Slot::Discard | Slot::Capture)
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Relay => write!(f, "Relay"),
+            Slot::Discard => write!(f, "Discard"),
+            Slot::Capture => write!(f, "Capture"),
+            Slot::Local(b) => write!(f, "Local({} bytes)", b.len()),
+            Slot::Later(_) => write!(f, "Later"),
+        }
+    }
 }
 
 /// Buffers and ordering state shared by the two directions of a session.
@@ -159,24 +197,38 @@ pub(crate) struct Pipeline {
     pub unsynced: bool,
     /// The client's Terminate was forwarded.
     pub terminated: bool,
+    /// The response being captured for the interceptor.
+    pub captured: BytesMut,
 }
 
 impl Pipeline {
     /// Number of forwarded sync points still waiting for their ReadyForQuery.
     pub fn pending_sync_points(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| !matches!(s, Slot::Local(_)))
-            .count()
+        self.slots.iter().filter(|s| s.is_sync_point()).count()
     }
 
-    /// Appends leading local responses to the client output.
+    /// Appends leading ready local responses to the client output.
     pub fn drain_local_front(&mut self) {
         while let Some(Slot::Local(_)) = self.slots.front() {
             if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
                 self.client_out.extend_from_slice(&bytes);
             }
         }
+    }
+
+    /// Polls a pending local response at the front; true if one completed.
+    pub fn poll_later_front(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while let Some(Slot::Later(fut)) = self.slots.front_mut() {
+            let Poll::Ready(bytes) = fut.as_mut().poll(cx) else {
+                break;
+            };
+            self.slots.pop_front();
+            self.client_out.extend_from_slice(&bytes);
+            self.drain_local_front();
+            progress = true;
+        }
+        progress
     }
 }
 
@@ -207,6 +259,7 @@ impl Dispatch<'_> {
                     pipe.slots.push_back(match mode {
                         ResponseMode::Relay => Slot::Relay,
                         ResponseMode::Discard => Slot::Discard,
+                        ResponseMode::Capture => Slot::Capture,
                     });
                     pipe.unsynced = false;
                 }
@@ -237,6 +290,18 @@ impl Dispatch<'_> {
         }
     }
 
+    /// Answers the client locally with bytes computed asynchronously (same rules as
+    /// [`Dispatch::respond`]); the session polls the future once everything before it is out.
+    pub fn respond_later(&mut self, response: LocalResponse) {
+        self.pipe.slots.push_back(Slot::Later(response));
+    }
+
+    /// Sends Larder's own complete messages (ending with a sync point) upstream; the response
+    /// goes to [`Interceptor::on_captured`] instead of the client.
+    pub fn capture(&mut self, raw: &[u8]) {
+        self.send_upstream(raw, ResponseMode::Capture);
+    }
+
     /// Sync points forwarded earlier whose ReadyForQuery has not arrived yet.
     pub fn pending_sync_points(&self) -> usize {
         self.pipe.pending_sync_points()
@@ -244,7 +309,7 @@ impl Dispatch<'_> {
 
     /// True when extended-protocol messages were forwarded without a Sync yet: their responses
     /// are not delimited by a ReadyForQuery, so a local answer now could interleave with them.
-    pub fn has_unsynced(&self) -> bool {
+    pub fn unsynced(&self) -> bool {
         self.pipe.unsynced
     }
 }
@@ -262,6 +327,12 @@ pub trait Interceptor: Send {
         let _ = session;
         dispatch.forward_all(batch);
         Ok(())
+    }
+
+    /// Receives the upstream response (all messages up to and including ReadyForQuery, at most
+    /// [`CAPTURE_SIZE_MAX_BYTES`]) to messages sent with [`Dispatch::capture`], in order.
+    fn on_captured(&mut self, session: &SessionState, response: &[u8]) {
+        let _ = (session, response);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod upstream;
 mod cancel;
 mod conn;
 mod proxy;
+mod route;
 mod session;
 mod tls;
 
@@ -25,9 +26,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use intercept::{
-    ClientBatch, Dispatch, Interceptor, InterceptorFactory, PassThrough, ResponseMode, SessionState,
+    ClientBatch, Dispatch, Interceptor, InterceptorFactory, LocalResponse, PassThrough,
+    ResponseMode, SessionState, CAPTURE_SIZE_MAX_BYTES,
 };
 pub use proxy::{serve, serve_with};
+pub use route::{CacheRouter, RESOLUTION_TTL_MS};
 pub use tls::load_tls_config;
 pub use upstream::{SslMode, UpstreamConfig};
 

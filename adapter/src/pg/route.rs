@@ -23,14 +23,18 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use larder_sql::normalize::{from_table, normalize, resolve_params, ParamSource};
 use larder_sql::pgtypes::{self, TimeZoneSetting};
-use larder_sql::statement::{classify, parse_larder_statement, Dialect, LarderStatement, StatementKind, TransactionKind};
+use larder_sql::statement::{
+    classify, parse_larder_statement, Dialect, LarderStatement, StatementKind, TransactionKind,
+};
 use larder_sql::{SqlType, Value};
 
-use super::intercept::{ClientBatch, Dispatch, Interceptor, InterceptorFactory, ResponseMode, SessionState};
+use super::intercept::{
+    ClientBatch, Dispatch, Interceptor, InterceptorFactory, ResponseMode, SessionState,
+};
 use super::messages::{
-    frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode, ErrorResponse, Execute,
-    FieldDescription, NoData, ParameterDescription, Parse, ParseComplete, Query, RawFrame, ReadyForQuery,
-    RowDescription, Sync, Target, TransactionStatus,
+    frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode,
+    ErrorResponse, Execute, FieldDescription, NoData, ParameterDescription, Parse, ParseComplete,
+    Query, RawFrame, ReadyForQuery, RowDescription, Sync, Target, TransactionStatus,
 };
 use crate::cache::{CacheBackend, CachedQuery, StatementError, TextTable};
 use crate::AdapterError;
@@ -63,7 +67,10 @@ impl InterceptorFactory for CacheRouter {
             shapes: HashMap::new(),
             resolutions: HashMap::new(),
             capture: None,
-            last: Last { destination: "upstream", reason: "no statement yet".into() },
+            last: Last {
+                destination: "upstream",
+                reason: "no statement yet".into(),
+            },
         })
     }
 }
@@ -143,7 +150,10 @@ impl Interceptor for RouterSession {
                 | frontend_tag::EXECUTE
                 | frontend_tag::CLOSE
                 | frontend_tag::FLUSH => {
-                    match msgs[i..].iter().position(|m| m.frame.tag == frontend_tag::SYNC) {
+                    match msgs[i..]
+                        .iter()
+                        .position(|m| m.frame.tag == frontend_tag::SYNC)
+                    {
                         Some(n) => {
                             self.on_unit(session, &msgs[i..=i + n], dispatch);
                             i += n + 1;
@@ -165,12 +175,20 @@ impl Interceptor for RouterSession {
     }
 
     fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {
-        let Some(name) = self.capture.take() else { return };
+        let Some(name) = self.capture.take() else {
+            return;
+        };
         let oid = first_value(response).and_then(|v| v.parse::<u32>().ok());
         if self.resolutions.len() >= RESOLUTIONS_MAX {
             self.resolutions.clear();
         }
-        self.resolutions.insert(name, Resolution { oid, at: Instant::now() });
+        self.resolutions.insert(
+            name,
+            Resolution {
+                oid,
+                at: Instant::now(),
+            },
+        );
     }
 }
 
@@ -182,16 +200,23 @@ impl RouterSession {
         let kind = Arc::new(match parse_larder_statement(sql, Dialect::Postgres) {
             Some(Ok(stmt)) => Kind::Larder(stmt),
             Some(Err(_)) => Kind::Other,
-            None if classify(sql) == StatementKind::Select => match normalize(sql, Dialect::Postgres) {
-                Ok(n) => {
-                    let unqualified = match from_table(&n.query) {
-                        Some((None, name)) => Some(name),
-                        _ => None,
-                    };
-                    Kind::Select(Arc::new(Shape { query_id: n.query_id, text: n.text, params: n.params, unqualified }))
+            None if classify(sql) == StatementKind::Select => {
+                match normalize(sql, Dialect::Postgres) {
+                    Ok(n) => {
+                        let unqualified = match from_table(&n.query) {
+                            Some((None, name)) => Some(name),
+                            _ => None,
+                        };
+                        Kind::Select(Arc::new(Shape {
+                            query_id: n.query_id,
+                            text: n.text,
+                            params: n.params,
+                            unqualified,
+                        }))
+                    }
+                    Err(_) => Kind::Other,
                 }
-                Err(_) => Kind::Other,
-            },
+            }
             None => Kind::Other,
         });
         if self.shapes.len() >= SHAPES_MAX {
@@ -206,7 +231,12 @@ impl RouterSession {
 
     // ---- simple query protocol ----
 
-    fn on_query(&mut self, session: &SessionState, msg: &RawFrame<'_>, dispatch: &mut Dispatch<'_>) {
+    fn on_query(
+        &mut self,
+        session: &SessionState,
+        msg: &RawFrame<'_>,
+        dispatch: &mut Dispatch<'_>,
+    ) {
         let Ok(q) = Query::decode(&msg.frame) else {
             dispatch.forward(msg);
             return;
@@ -235,7 +265,10 @@ impl RouterSession {
             },
             Kind::Other => {
                 self.watch_forwarded(&q.sql);
-                self.last = Last { destination: "upstream", reason: "not a cacheable SELECT".into() };
+                self.last = Last {
+                    destination: "upstream",
+                    reason: "not a cacheable SELECT".into(),
+                };
                 dispatch.forward(msg);
             }
         }
@@ -244,7 +277,12 @@ impl RouterSession {
     // ---- extended query protocol ----
 
     /// `msgs` ends with Sync.
-    fn on_unit(&mut self, session: &SessionState, msgs: &[RawFrame<'_>], dispatch: &mut Dispatch<'_>) {
+    fn on_unit(
+        &mut self,
+        session: &SessionState,
+        msgs: &[RawFrame<'_>],
+        dispatch: &mut Dispatch<'_>,
+    ) {
         if let Some(local) = self.unit_shape(msgs) {
             if self.answer_unit(session, &local, dispatch) {
                 return;
@@ -264,10 +302,19 @@ impl RouterSession {
         let next = it.next()?;
         if next.frame.tag == frontend_tag::DESCRIBE {
             let d = Describe::decode(&next.frame).ok()?;
-            if d.target != Target::Statement || it.next()?.frame.tag != frontend_tag::SYNC || it.next().is_some() {
+            if d.target != Target::Statement
+                || it.next()?.frame.tag != frontend_tag::SYNC
+                || it.next().is_some()
+            {
                 return None;
             }
-            return Some(LocalUnit { parse, statement: d.name, bind: None, describe: true, describe_statement: true });
+            return Some(LocalUnit {
+                parse,
+                statement: d.name,
+                bind: None,
+                describe: true,
+                describe_statement: true,
+            });
         }
         if next.frame.tag != frontend_tag::BIND {
             return None;
@@ -306,11 +353,22 @@ impl RouterSession {
         if it.next()?.frame.tag != frontend_tag::SYNC || it.next().is_some() {
             return None;
         }
-        Some(LocalUnit { parse, statement: name, bind: Some(bind), describe, describe_statement: false })
+        Some(LocalUnit {
+            parse,
+            statement: name,
+            bind: Some(bind),
+            describe,
+            describe_statement: false,
+        })
     }
 
     /// Answers a recognized unit locally if possible; false means "forward it".
-    fn answer_unit(&mut self, session: &SessionState, unit: &LocalUnit, dispatch: &mut Dispatch<'_>) -> bool {
+    fn answer_unit(
+        &mut self,
+        session: &SessionState,
+        unit: &LocalUnit,
+        dispatch: &mut Dispatch<'_>,
+    ) -> bool {
         let (sql, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
             (Some(p), _) => (p.query.clone(), p.param_types.clone()),
             (None, Some(s)) => (s.sql.clone(), s.param_types.clone()),
@@ -325,8 +383,11 @@ impl RouterSession {
             Kind::Larder(stmt) => {
                 if unit.describe_statement {
                     ParameterDescription { types: vec![] }.encode(&mut out);
-                    larder_row_description(stmt).encode(&mut out);
-                    ReadyForQuery { status: session.transaction_status() }.encode(&mut out);
+                    encode_larder_row_description(stmt, &mut out);
+                    ReadyForQuery {
+                        status: session.transaction_status(),
+                    }
+                    .encode(&mut out);
                     dispatch.respond(out.freeze());
                 } else {
                     BindComplete.encode(&mut out);
@@ -380,12 +441,20 @@ impl RouterSession {
                     }
                 }
                 frontend_tag::DESCRIBE => {
-                    if let Ok(Describe { target: Target::Statement, name }) = Describe::decode(&m.frame) {
+                    if let Ok(Describe {
+                        target: Target::Statement,
+                        name,
+                    }) = Describe::decode(&m.frame)
+                    {
                         self.ensure_upstream(&name, dispatch);
                     }
                 }
                 frontend_tag::CLOSE => {
-                    if let Ok(Close { target: Target::Statement, name }) = Close::decode(&m.frame) {
+                    if let Ok(Close {
+                        target: Target::Statement,
+                        name,
+                    }) = Close::decode(&m.frame)
+                    {
                         self.statements.remove(&name);
                     }
                 }
@@ -405,17 +474,29 @@ impl RouterSession {
         let kind = self.kind_of(&p.query);
         self.statements.insert(
             p.name.clone(),
-            Statement { sql: p.query.clone(), param_types: p.param_types.clone(), on_upstream, kind },
+            Statement {
+                sql: p.query.clone(),
+                param_types: p.param_types.clone(),
+                on_upstream,
+                kind,
+            },
         );
     }
 
     fn ensure_upstream(&mut self, name: &str, dispatch: &mut Dispatch<'_>) {
-        let Some(stmt) = self.statements.get_mut(name) else { return };
+        let Some(stmt) = self.statements.get_mut(name) else {
+            return;
+        };
         if stmt.on_upstream {
             return;
         }
         let mut buf = BytesMut::new();
-        Parse { name: name.to_string(), query: stmt.sql.clone(), param_types: stmt.param_types.clone() }.encode(&mut buf);
+        Parse {
+            name: name.to_string(),
+            query: stmt.sql.clone(),
+            param_types: stmt.param_types.clone(),
+        }
+        .encode(&mut buf);
         Sync.encode(&mut buf);
         dispatch.send_upstream(&buf, ResponseMode::Discard);
         stmt.on_upstream = true;
@@ -432,7 +513,10 @@ impl RouterSession {
         dispatch: &mut Dispatch<'_>,
     ) -> Result<(Arc<dyn CachedQuery>, Vec<Vec<Value>>), String> {
         if !self.eligible_db {
-            return Err(format!("database {} is not the replicated database", session.database()));
+            return Err(format!(
+                "database {} is not the replicated database",
+                session.database()
+            ));
         }
         let cache = self
             .backend
@@ -452,9 +536,14 @@ impl RouterSession {
         if let Some(name) = &shape.unqualified {
             self.check_resolution(session, name, cache.as_ref(), dispatch)?;
         }
-        let tz = session.parameter("TimeZone").and_then(TimeZoneSetting::from_name);
+        let tz = session
+            .parameter("TimeZone")
+            .and_then(TimeZoneSetting::from_name);
         let needs_tz = cache.columns().iter().any(|c| c.ty == SqlType::TimestampTz)
-            || cache.param_types().iter().any(|t| *t == SqlType::TimestampTz);
+            || cache
+                .param_types()
+                .iter()
+                .any(|t| *t == SqlType::TimestampTz);
         if needs_tz && tz.is_none() {
             return Err("the session TimeZone is not UTC or a fixed offset".into());
         }
@@ -463,12 +552,17 @@ impl RouterSession {
                 if shape.params.iter().any(has_placeholder) {
                     return Err("placeholders in a simple query".into());
                 }
-                resolve_params(&shape.params, &|_| None, cache.param_types()).map_err(|e| e.to_string())?
+                resolve_params(&shape.params, &|_| None, cache.param_types())
+                    .map_err(|e| e.to_string())?
             }
             Some((bind, declared)) => {
                 let values = decode_bind(bind, declared, &shape.params, cache.param_types())?;
-                resolve_params(&shape.params, &|n| values.get(n.wrapping_sub(1)).cloned().flatten(), cache.param_types())
-                    .map_err(|e| e.to_string())?
+                resolve_params(
+                    &shape.params,
+                    &|n| values.get(n.wrapping_sub(1)).cloned().flatten(),
+                    cache.param_types(),
+                )
+                .map_err(|e| e.to_string())?
             }
         };
         let rows = cache.read(&params).map_err(|m| m.reason)?;
@@ -483,21 +577,35 @@ impl RouterSession {
         cache: &dyn CachedQuery,
         dispatch: &mut Dispatch<'_>,
     ) -> Result<(), String> {
-        let fresh = self.resolutions.get(name).map(|r| (r.oid, r.at.elapsed().as_millis() as u64 <= RESOLUTION_TTL_MS));
+        let fresh = self.resolutions.get(name).map(|r| {
+            (
+                r.oid,
+                r.at.elapsed().as_millis() as u64 <= RESOLUTION_TTL_MS,
+            )
+        });
         match fresh {
             Some((oid, true)) => {
                 if oid == Some(cache.table_oid()) {
                     Ok(())
                 } else {
-                    Err(format!("{name} resolves to another relation under this session's search_path"))
+                    Err(format!(
+                        "{name} resolves to another relation under this session's search_path"
+                    ))
                 }
             }
             _ => {
-                if self.capture.is_none() && session.transaction_status() != TransactionStatus::Failed {
+                if self.capture.is_none()
+                    && session.transaction_status() != TransactionStatus::Failed
+                {
                     let mut buf = BytesMut::new();
                     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-                    Query { sql: format!("SELECT pg_catalog.to_regclass('{}')::oid", quoted.replace('\'', "''")) }
-                        .encode(&mut buf);
+                    Query {
+                        sql: format!(
+                            "SELECT pg_catalog.to_regclass('{}')::oid",
+                            quoted.replace('\'', "''")
+                        ),
+                    }
+                    .encode(&mut buf);
                     dispatch.capture(&buf);
                     self.capture = Some(name.to_string());
                 }
@@ -514,7 +622,10 @@ impl RouterSession {
         formats: &Formats,
         out: &mut BytesMut,
     ) {
-        let tz = session.parameter("TimeZone").and_then(TimeZoneSetting::from_name).unwrap_or(TimeZoneSetting::Utc);
+        let tz = session
+            .parameter("TimeZone")
+            .and_then(TimeZoneSetting::from_name)
+            .unwrap_or(TimeZoneSetting::Utc);
         let columns = cache.columns();
         let mut text = String::new();
         let mut bin = Vec::new();
@@ -553,12 +664,18 @@ impl RouterSession {
     }
 
     fn hit(&mut self, query_id: &str) {
-        self.last = Last { destination: "cache", reason: format!("answered by the cache of {query_id}") };
+        self.last = Last {
+            destination: "cache",
+            reason: format!("answered by the cache of {query_id}"),
+        };
     }
 
     fn miss(&mut self, shape: &Shape, reason: String) {
         self.backend.record_proxied(&shape.query_id, &shape.text);
-        self.last = Last { destination: "upstream", reason };
+        self.last = Last {
+            destination: "upstream",
+            reason,
+        };
     }
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.
@@ -568,8 +685,12 @@ impl RouterSession {
         }
         let forget = match classify(sql) {
             StatementKind::Set | StatementKind::Other => true,
-            StatementKind::Transaction(TransactionKind::Rollback | TransactionKind::RollbackToSavepoint) => true,
-            StatementKind::Select => sql.len() < 64 * 1024 && sql.to_ascii_lowercase().contains("search_path"),
+            StatementKind::Transaction(
+                TransactionKind::Rollback | TransactionKind::RollbackToSavepoint,
+            ) => true,
+            StatementKind::Select => {
+                sql.len() < 64 * 1024 && sql.to_ascii_lowercase().contains("search_path")
+            }
             _ => false,
         };
         if forget {
@@ -597,15 +718,23 @@ impl RouterSession {
         if let LarderStatement::ExplainLastStatement = stmt {
             let table = TextTable {
                 columns: vec!["query_destination".into(), "reason".into()],
-                rows: vec![vec![Some(self.last.destination.to_string()), Some(self.last.reason.clone())]],
+                rows: vec![vec![
+                    Some(self.last.destination.to_string()),
+                    Some(self.last.reason.clone()),
+                ]],
                 tag: None,
             };
             dispatch.respond(encode_text_table(prefix, Ok(table), describe, status));
             return;
         }
-        self.last = Last { destination: "larder", reason: "Larder statement".into() };
+        self.last = Last {
+            destination: "larder",
+            reason: "Larder statement".into(),
+        };
         let fut = self.backend.execute(stmt);
-        dispatch.respond_later(Box::pin(async move { encode_text_table(prefix, fut.await, describe, status) }));
+        dispatch.respond_later(Box::pin(async move {
+            encode_text_table(prefix, fut.await, describe, status)
+        }));
     }
 }
 
@@ -649,7 +778,9 @@ fn bind_statement_name(body: &[u8]) -> Option<String> {
     let portal_end = body.iter().position(|b| *b == 0)?;
     let rest = &body[portal_end + 1..];
     let stmt_end = rest.iter().position(|b| *b == 0)?;
-    std::str::from_utf8(&rest[..stmt_end]).ok().map(str::to_string)
+    std::str::from_utf8(&rest[..stmt_end])
+        .ok()
+        .map(str::to_string)
 }
 
 /// Decodes the bound values, each with the type of the slot its placeholder fills (or the
@@ -682,14 +813,24 @@ fn decode_bind(
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let Some(raw) = raw else { return Ok(Some(Value::Null)) };
-            let declared_ty = declared.get(i).copied().filter(|o| *o != 0).and_then(pgtypes::type_from_oid);
+            let Some(raw) = raw else {
+                return Ok(Some(Value::Null));
+            };
+            let declared_ty = declared
+                .get(i)
+                .copied()
+                .filter(|o| *o != 0)
+                .and_then(pgtypes::type_from_oid);
             let ty = declared_ty.or_else(|| placeholder_type.get(&(i + 1)).cloned());
             if binary(i) {
-                let ty = ty.ok_or_else(|| format!("unknown type for binary parameter ${}", i + 1))?;
-                pgtypes::decode_binary(&ty, raw).map(Some).map_err(|e| e.to_string())
+                let ty =
+                    ty.ok_or_else(|| format!("unknown type for binary parameter ${}", i + 1))?;
+                pgtypes::decode_binary(&ty, raw)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
             } else {
-                let s = std::str::from_utf8(raw).map_err(|_| "parameter is not valid UTF-8".to_string())?;
+                let s = std::str::from_utf8(raw)
+                    .map_err(|_| "parameter is not valid UTF-8".to_string())?;
                 Ok(Some(Value::Text(s.to_string())))
             }
         })
@@ -715,8 +856,14 @@ fn row_description(columns: &[crate::cache::ResultColumn], formats: &Formats) ->
 }
 
 fn finish(out: &mut BytesMut, rows: usize, session: &SessionState) {
-    CommandComplete { tag: format!("SELECT {rows}") }.encode(out);
-    ReadyForQuery { status: session.transaction_status() }.encode(out);
+    CommandComplete {
+        tag: format!("SELECT {rows}"),
+    }
+    .encode(out);
+    ReadyForQuery {
+        status: session.transaction_status(),
+    }
+    .encode(out);
 }
 
 /// Columns of each Larder statement's result (for Describe before execution).
@@ -729,26 +876,19 @@ fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] {
         LarderStatement::ExplainLastStatement => &["query_destination", "reason"],
         LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
         LarderStatement::ShowTables => &["table", "status", "description"],
-        LarderStatement::DropCache { .. } | LarderStatement::DropAllCaches | LarderStatement::DropAllProxiedQueries => &[],
+        LarderStatement::DropCache { .. }
+        | LarderStatement::DropAllCaches
+        | LarderStatement::DropAllProxiedQueries => &[],
     }
 }
 
-fn larder_row_description(stmt: &LarderStatement) -> Box<dyn EncodeDyn> {
+/// RowDescription (or NoData) of a Larder statement, before it runs.
+fn encode_larder_row_description(stmt: &LarderStatement, out: &mut BytesMut) {
     let cols = larder_columns(stmt);
     if cols.is_empty() {
-        Box::new(NoData)
+        NoData.encode(out);
     } else {
-        Box::new(text_row_description(cols.iter().map(|c| c.to_string())))
-    }
-}
-
-trait EncodeDyn {
-    fn encode(&self, out: &mut BytesMut);
-}
-
-impl<T: Encode> EncodeDyn for T {
-    fn encode(&self, out: &mut BytesMut) {
-        Encode::encode(self, out)
+        text_row_description(cols.iter().map(|c| c.to_string())).encode(out);
     }
 }
 
@@ -780,7 +920,10 @@ fn encode_text_table(
                 if describe {
                     NoData.encode(&mut out);
                 }
-                CommandComplete { tag: table.tag.unwrap_or_else(|| "OK".into()) }.encode(&mut out);
+                CommandComplete {
+                    tag: table.tag.unwrap_or_else(|| "OK".into()),
+                }
+                .encode(&mut out);
             } else {
                 if describe {
                     text_row_description(table.columns.iter().cloned()).encode(&mut out);
@@ -802,7 +945,10 @@ fn encode_text_table(
                     let len = (out.len() - at) as i32;
                     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
                 }
-                CommandComplete { tag: format!("SELECT {}", table.rows.len()) }.encode(&mut out);
+                CommandComplete {
+                    tag: format!("SELECT {}", table.rows.len()),
+                }
+                .encode(&mut out);
             }
         }
         Err(e) => {

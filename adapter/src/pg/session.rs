@@ -27,7 +27,10 @@ use tracing::{debug, warn};
 
 use super::cancel::{forward_cancel, CancelKeyGuard, CancelRegistry, CancelTarget};
 use super::conn::Conn;
-use super::intercept::{ClientBatch, Dispatch, InterceptorFactory, Pipeline, SessionState, Slot};
+use super::intercept::{
+    ClientBatch, Dispatch, InterceptorFactory, Pipeline, ResponseMode, SessionState, Slot,
+    CAPTURE_SIZE_MAX_BYTES,
+};
 use super::messages::{
     backend_tag, frontend_tag, peek_frame, peek_header, Authentication, BackendKeyData,
     CancelRequest, Decode, Encode, ErrorResponse, FrameIter, ProtocolError, ReadyForQuery,
@@ -493,7 +496,12 @@ impl Relay {
             }
             let mut progress = false;
 
-            if self.upstream_alive && self.pipe.client_out.len() < OUT_HIGH_WATER_BYTES {
+            let upstream_backlog = if self.waiting_for_local_answer() {
+                self.ubuf.len()
+            } else {
+                self.pipe.client_out.len()
+            };
+            if self.upstream_alive && upstream_backlog < OUT_HIGH_WATER_BYTES {
                 reserve_for_read(
                     &mut self.ubuf,
                     UPSTREAM_READ_CHUNK_BYTES,
@@ -555,6 +563,14 @@ impl Relay {
                 }
             }
 
+            if self.pipe.poll_later_front(cx) {
+                progress = true;
+                // Upstream output held behind the local answer can flow now.
+                if let Err(e) = self.process_upstream() {
+                    self.start_close(CloseReason::UpstreamProtocol(e));
+                    continue;
+                }
+            }
             if self.shutdown_requested && self.is_idle() {
                 self.start_close(CloseReason::Shutdown);
                 continue;
@@ -735,31 +751,32 @@ impl Relay {
         let mut pos = 0;
         let mut run_start = 0;
         while let Some(h) = peek_frame(&buf[pos..], UPSTREAM_MESSAGE_SIZE_MAX_BYTES)? {
+            if self.waiting_for_local_answer() {
+                // Everything the upstream sends now answers later requests: hold it until the
+                // local answer in front of them is out.
+                break;
+            }
             let end = pos + h.total_len;
             let body = &buf[pos + 5..end];
-            let discarding =
-                self.state.authenticated && matches!(self.pipe.slots.front(), Some(Slot::Discard));
-            let mut relay = !discarding;
+            let front = match self.pipe.slots.front() {
+                Some(Slot::Discard) if self.state.authenticated => Some(ResponseMode::Discard),
+                Some(Slot::Capture) if self.state.authenticated => Some(ResponseMode::Capture),
+                _ => None,
+            };
+            let mut relay = front.is_none();
             let mut replacement: Option<BytesMut> = None;
             match h.tag {
                 backend_tag::READY_FOR_QUERY => {
                     self.state.transaction_status = ReadyForQuery::decode_body(body)?.status;
-                    if self.state.authenticated {
-                        let slot = self.pipe.slots.pop_front();
-                        debug_assert!(!matches!(slot, Some(Slot::Local(_))));
-                    } else {
-                        self.state.authenticated = true;
-                        debug!(peer = %self.state.peer(), user = %self.state.user(),
-                            database = %self.state.database(),
-                            server_version = self.state.parameter("server_version").unwrap_or(""),
-                            "session authenticated");
-                    }
                     let upto = if relay { end } else { pos };
                     self.pipe
                         .client_out
                         .extend_from_slice(&buf[run_start..upto]);
                     run_start = end;
-                    self.pipe.drain_local_front();
+                    if front == Some(ResponseMode::Capture) {
+                        self.capture(&buf[pos..end]);
+                    }
+                    self.on_ready_for_query();
                     pos = end;
                     continue;
                 }
@@ -781,12 +798,55 @@ impl Relay {
                 if let Some(r) = replacement {
                     self.pipe.client_out.extend_from_slice(&r);
                 }
+                if !relay && front == Some(ResponseMode::Capture) {
+                    self.capture(&buf[pos..end]);
+                }
                 run_start = end;
             }
             pos = end;
         }
         self.pipe.client_out.extend_from_slice(&buf[run_start..pos]);
         Ok(pos)
+    }
+
+    /// True while an asynchronously computed local answer is the next thing the client gets.
+    fn waiting_for_local_answer(&self) -> bool {
+        self.state.authenticated && matches!(self.pipe.slots.front(), Some(Slot::Later(_)))
+    }
+
+    /// Collects a captured response message (bounded).
+    fn capture(&mut self, msg: &[u8]) {
+        if self.pipe.captured.len() + msg.len() <= CAPTURE_SIZE_MAX_BYTES {
+            self.pipe.captured.extend_from_slice(msg);
+        }
+    }
+
+    /// Completes the response unit at the front: startup, or the oldest sync point.
+    fn on_ready_for_query(&mut self) {
+        if !self.state.authenticated {
+            self.state.authenticated = true;
+            debug!(peer = %self.state.peer(), user = %self.state.user(),
+                database = %self.state.database(),
+                server_version = self.state.parameter("server_version").unwrap_or(""),
+                "session authenticated");
+            return;
+        }
+        match self.pipe.slots.pop_front() {
+            Some(Slot::Capture) => {
+                let captured = std::mem::take(&mut self.pipe.captured);
+                self.interceptor.on_captured(&self.state, &captured);
+                self.pipe.captured = captured;
+                self.pipe.captured.clear();
+            }
+            Some(Slot::Relay | Slot::Discard) => {}
+            Some(slot) => {
+                // Local answers are never left at the front (they are drained at once).
+                debug_assert!(false, "ReadyForQuery with {slot:?} at the front");
+                self.pipe.slots.push_front(slot);
+            }
+            None => debug!(peer = %self.state.peer(), "ReadyForQuery without a pending request"),
+        }
+        self.pipe.drain_local_front();
     }
 
     /// Records a ParameterStatus value (TimeZone, DateStyle, client_encoding, ...).

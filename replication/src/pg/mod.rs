@@ -419,7 +419,9 @@ impl PgSource {
             .await?
             .into_iter()
             .find(|t| t.relation.oid == oid)
-            .ok_or_else(|| ReplicationError::Protocol(format!("relation {oid} no longer exists")))?;
+            .ok_or_else(|| {
+                ReplicationError::Protocol(format!("relation {oid} no longer exists"))
+            })?;
         let lsn = snapshot::run_now(&client, &table, sink, &self.options).await?;
         Ok((table, lsn))
     }
