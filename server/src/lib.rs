@@ -11,6 +11,7 @@
 //! writer); when anything is off, the statement goes upstream instead.
 
 pub mod backend;
+pub mod catalog_watch;
 pub mod config;
 pub mod controller;
 pub mod core;

@@ -455,6 +455,21 @@ fn handle_relation(
         .get(rel.oid)
         .cloned();
     let Some(entry) = known else {
+        // A table of the same name under another oid was dropped and re-created.
+        let replaced = core
+            .tables
+            .read()
+            .expect("tables lock poisoned")
+            .by_name(&rel.schema.schema, &rel.schema.name)
+            .cloned();
+        if let Some(old) = replaced {
+            let reason = format!(
+                "table {}.{} was dropped and re-created upstream",
+                rel.schema.schema, rel.schema.name
+            );
+            warn!(%reason, "caches on the old table stop serving");
+            forget_table(core, txn, graph, &old, &reason)?;
+        }
         // Created after the slot: its rows all come from the stream.
         let entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
         info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), "new table picked up from the change stream");
@@ -472,21 +487,7 @@ fn handle_relation(
         entry.schema.schema, entry.schema.name
     );
     warn!(%reason, "schema change: caches on the table stop serving and the table is copied again");
-    for cache in core
-        .caches
-        .all()
-        .into_iter()
-        .filter(|c| c.table_oid == rel.oid)
-    {
-        cache.invalidate(&reason);
-        let _ = graph.remove_cache(cache.cache_id);
-    }
-    if let Some(stored) = &entry.stored {
-        txn.delete_table(stored.id);
-        graph
-            .remove_table(DfTableId(stored.id as u64))
-            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
-    }
+    forget_table(core, txn, graph, &entry, &reason)?;
     let mut new_entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
     if let Some(stored) = new_entry.stored.clone() {
         if stored.schema.key.is_empty() {
@@ -517,6 +518,37 @@ fn handle_relation(
         .write()
         .expect("tables lock poisoned")
         .insert(new_entry);
+    Ok(())
+}
+
+/// Drop what Larder holds of a table: its caches stop serving (they are rebuilt by name once
+/// the table is online again), its rows, its graph node and its registry entry.
+fn forget_table(
+    core: &Core,
+    txn: &mut Txn<'_>,
+    graph: &mut larder_dataflow::Graph,
+    entry: &TableEntry,
+    reason: &str,
+) -> Result<(), ApplyError> {
+    for cache in core
+        .caches
+        .all()
+        .into_iter()
+        .filter(|c| c.table_oid == entry.oid)
+    {
+        cache.invalidate(reason);
+        let _ = graph.remove_cache(cache.cache_id);
+    }
+    if let Some(stored) = &entry.stored {
+        txn.delete_table(stored.id);
+        graph
+            .remove_table(DfTableId(stored.id as u64))
+            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+    }
+    core.tables
+        .write()
+        .expect("tables lock poisoned")
+        .remove(entry.oid);
     Ok(())
 }
 

@@ -149,6 +149,7 @@ async fn start_replication(
         Err(e) => warn!(error = %e, "could not read the database collation; text ordering will not be cached"),
     }
     restore_caches(&controller).await;
+    tokio::spawn(crate::catalog_watch::run(core.clone(), source.clone()));
     rebuild_caches_forever(controller, rebuild_rx).await;
 }
 
@@ -188,13 +189,22 @@ async fn rebuild_caches_forever(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
 ) {
     while let Some(oid) = rx.recv().await {
-        for cache in controller
+        let Some((schema, name)) = controller
             .core
-            .caches
-            .all()
-            .into_iter()
-            .filter(|c| c.table_oid == oid && c.invalid_reason().is_some())
-        {
+            .tables
+            .read()
+            .expect("tables lock poisoned")
+            .get(oid)
+            .map(|t| (t.schema.schema.clone(), t.schema.name.clone()))
+        else {
+            continue;
+        };
+        let stale = controller.core.caches.all().into_iter().filter(|c| {
+            c.table_schema == schema
+                && c.table_name == name
+                && (c.invalid_reason().is_some() || c.table_oid != oid)
+        });
+        for cache in stale {
             let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
                 Ok(n) => n,
                 Err(e) => {

@@ -165,9 +165,27 @@ impl<'a> Streamer<'a> {
                 if k.reply_requested {
                     self.send_status(true).await?;
                 }
+                self.heartbeat(Lsn(k.wal_end));
                 Ok(true)
             }
             _ => Ok(true),
+        }
+    }
+
+    /// A keepalive outside a transaction: every transaction of ours that committed before
+    /// `wal_end` has been streamed, so the position may advance there even when those
+    /// transactions touched nothing we replicate (or other databases). Sent as an empty batch;
+    /// skipped when the consumer is busy (the next keepalive carries it).
+    fn heartbeat(&mut self, wal_end: Lsn) {
+        if self.txn.is_some() || wal_end <= self.last_commit || wal_end < self.start {
+            return;
+        }
+        if let Ok(permit) = self.out.try_reserve() {
+            self.last_commit = wal_end;
+            permit.send(ChangeBatch {
+                commit_lsn: wal_end,
+                changes: Vec::new(),
+            });
         }
     }
 

@@ -1,0 +1,99 @@
+"""Commit-to-visible prober for benches/visibility.
+
+Every INTERVAL_MS it writes a unique, increasing value to a probe key directly upstream
+(autocommit), notes the time the commit returned, then polls the key through Larder with a
+prepared statement (answered by the cache) until the new value shows up. The delay between the
+commit returning and the value being read through Larder is the commit-to-visible latency.
+
+Prints one line: "p50_ms p99_ms max_ms probes timeouts cache_hits_ok".
+"""
+
+import argparse
+import sys
+import time
+
+import psycopg
+
+POLL_TIMEOUT_S = 5.0
+LATENCIES_MAX = 1_000_000
+
+
+def percentile(sorted_vals, q):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_vals:
+        return float("nan")
+    rank = max(1, int(round(q / 100.0 * len(sorted_vals) + 0.5)))
+    return sorted_vals[min(rank, len(sorted_vals)) - 1]
+
+
+def probe_once(writer, reader, key, value):
+    """Write `value` to `key` upstream; return the seconds until Larder serves it, or None."""
+    writer.execute("UPDATE kv SET v = %s WHERE k = %s", (value, key))
+    committed = time.perf_counter()
+    deadline = committed + POLL_TIMEOUT_S
+    while True:
+        row = reader.execute("SELECT v FROM kv WHERE k = %s", (key,), prepare=True).fetchone()
+        now = time.perf_counter()
+        if row is not None and row[0] >= value:
+            return now - committed
+        if now > deadline:
+            return None
+
+
+def served_by_cache(reader, key):
+    reader.execute("SELECT v FROM kv WHERE k = %s", (key,), prepare=True).fetchone()
+    row = reader.execute("EXPLAIN LAST STATEMENT").fetchone()
+    return row is not None and row[0] == "cache"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--direct", required=True)
+    p.add_argument("--through", required=True)
+    p.add_argument("--duration-s", type=float, default=10.0)
+    p.add_argument("--interval-ms", type=float, default=10.0)
+    p.add_argument("--keys", type=int, default=10, help="probe keys 1..KEYS, used in turn")
+    args = p.parse_args()
+
+    writer = psycopg.connect(args.direct, autocommit=True)
+    reader = psycopg.connect(args.through, autocommit=True, prepare_threshold=0)
+    # Warm up: resolve the table name for this session, make sure the reads hit the cache.
+    for k in range(1, args.keys + 1):
+        reader.execute("SELECT v FROM kv WHERE k = %s", (k,), prepare=True).fetchone()
+    if not served_by_cache(reader, 1):
+        print("reads through larder are not served by the cache", file=sys.stderr)
+        return 1
+    start_value = writer.execute("SELECT coalesce(max(v), 0) FROM kv").fetchone()[0]
+
+    latencies_ms, timeouts = [], 0
+    interval_s = args.interval_ms / 1000.0
+    end = time.perf_counter() + args.duration_s
+    next_at = time.perf_counter()
+    n = 0
+    while time.perf_counter() < end and len(latencies_ms) < LATENCIES_MAX:
+        n += 1
+        key = 1 + n % args.keys
+        delay = probe_once(writer, reader, key, start_value + n)
+        if delay is None:
+            timeouts += 1
+        else:
+            latencies_ms.append(delay * 1000.0)
+        next_at += interval_s
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            next_at = time.perf_counter()
+    ok = served_by_cache(reader, 1)
+
+    latencies_ms.sort()
+    print(
+        f"{percentile(latencies_ms, 50):.2f} {percentile(latencies_ms, 99):.2f} "
+        f"{(latencies_ms[-1] if latencies_ms else float('nan')):.2f} "
+        f"{len(latencies_ms)} {timeouts} {'yes' if ok else 'no'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+//! Watches the upstream catalog for shape changes the change stream does not announce.
+//!
+//! Logical replication carries no DDL: after `ALTER TABLE ... ADD COLUMN` the new shape only
+//! arrives with the table's next change, and `DROP TABLE` or a rename never arrives at all.
+//! Until then a cache on that table would serve rows of the old shape. So every
+//! [`POLL_INTERVAL_MS`] the replicated tables' columns and names are compared with what Larder
+//! holds; on any difference the caches on that table stop serving (they go upstream), and they
+//! are rebuilt once the stream delivers the new shape (see `replicator::handle_relation`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_replication::PgSource;
+use tracing::{debug, warn};
+
+use crate::core::Core;
+
+pub const POLL_INTERVAL_MS: u64 = 1_000;
+
+/// (schema, name, columns as (name, type oid, typmod)).
+type Shape = (String, String, Vec<(String, u32, i32)>);
+
+pub async fn run(core: Arc<Core>, source: Arc<PgSource>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+    let mut client = None;
+    loop {
+        interval.tick().await;
+        if core.is_shutting_down() {
+            return;
+        }
+        if client.is_none() {
+            client = source.client().await.ok();
+        }
+        let Some(c) = &client else { continue };
+        match check_once(&core, c).await {
+            Ok(()) => {}
+            Err(e) => {
+                debug!(error = %e, "catalog check failed; reconnecting next time");
+                client = None;
+            }
+        }
+    }
+}
+
+async fn check_once(
+    core: &Core,
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    let held: Vec<(u32, Shape)> = {
+        let tables = core.tables.read().expect("tables lock poisoned");
+        tables
+            .all()
+            .filter(|t| t.stored.is_some())
+            .map(|t| {
+                let cols = t
+                    .schema
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid, c.typmod))
+                    .collect();
+                (
+                    t.oid,
+                    (t.schema.schema.clone(), t.schema.name.clone(), cols),
+                )
+            })
+            .collect()
+    };
+    // Only tables some cache reads matter: the others are fixed by their next change.
+    let watched: Vec<u32> = {
+        let caches = core.caches.all();
+        held.iter()
+            .map(|(oid, _)| *oid)
+            .filter(|oid| caches.iter().any(|c| c.table_oid == *oid))
+            .collect()
+    };
+    if watched.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname, c.relname, a.attname, a.atttypid, a.atttypmod \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+               AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             WHERE c.oid = ANY($1) ORDER BY c.oid, a.attnum",
+            &[&watched],
+        )
+        .await?;
+    let mut upstream: HashMap<u32, Shape> = HashMap::new();
+    for r in rows {
+        let oid: u32 = r.get(0);
+        let entry = upstream
+            .entry(oid)
+            .or_insert_with(|| (r.get(1), r.get(2), Vec::new()));
+        entry.2.push((r.get(3), r.get(4), r.get(5)));
+    }
+    for (oid, shape) in held.into_iter().filter(|(oid, _)| watched.contains(oid)) {
+        let reason = match upstream.get(&oid) {
+            None => format!("table {}.{} was dropped upstream", shape.0, shape.1),
+            Some(now) if *now != shape => format!(
+                "table {}.{} changed upstream; the cache is rebuilt with the table's next change",
+                shape.0, shape.1
+            ),
+            Some(_) => continue,
+        };
+        for cache in core.caches.all().into_iter().filter(|c| c.table_oid == oid) {
+            if cache.invalid_reason().is_none() {
+                warn!(cache = %cache.name, %reason, "cache stops serving");
+                cache.invalidate(&reason);
+            }
+        }
+    }
+    Ok(())
+}
