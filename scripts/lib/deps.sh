@@ -4,7 +4,8 @@
 apt_install() {
     local missing=()
     for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "==> installing: ${missing[*]}"
