@@ -369,12 +369,11 @@ impl RouterSession {
         unit: &LocalUnit,
         dispatch: &mut Dispatch<'_>,
     ) -> bool {
-        let (sql, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
-            (Some(p), _) => (p.query.clone(), p.param_types.clone()),
-            (None, Some(s)) => (s.sql.clone(), s.param_types.clone()),
+        let (kind, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
+            (Some(p), _) => (self.kind_of(&p.query), p.param_types.clone()),
+            (None, Some(s)) => (s.kind.clone(), s.param_types.clone()),
             (None, None) => return false,
         };
-        let kind = self.kind_of(&sql);
         let mut out = BytesMut::new();
         if unit.parse.is_some() {
             ParseComplete.encode(&mut out);
@@ -546,6 +545,10 @@ impl RouterSession {
                 .any(|t| *t == SqlType::TimestampTz);
         if needs_tz && tz.is_none() {
             return Err("the session TimeZone is not UTC or a fixed offset".into());
+        }
+        let iso_dates = session.parameter("DateStyle").is_none_or(|d| d.starts_with("ISO"));
+        if !iso_dates && cache.columns().iter().any(|c| is_datetime(&c.ty)) {
+            return Err("the session DateStyle is not ISO".into());
         }
         let params = match bound {
             None => {
@@ -762,6 +765,14 @@ impl<'a> Formats<'a> {
             [one] => *one == 1,
             many => many.get(i).copied() == Some(1),
         }
+    }
+}
+
+fn is_datetime(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Date | SqlType::Time | SqlType::Timestamp | SqlType::TimestampTz => true,
+        SqlType::Array(inner) => is_datetime(inner),
+        _ => false,
     }
 }
 
