@@ -67,6 +67,7 @@ impl InterceptorFactory for CacheRouter {
             shapes: HashMap::new(),
             resolutions: HashMap::new(),
             capture: None,
+            custom_output: custom_output_at_startup(session.startup_params()),
             last: Last {
                 destination: "upstream",
                 reason: "no statement yet".into(),
@@ -119,6 +120,8 @@ struct RouterSession {
     resolutions: HashMap<String, Resolution>,
     /// The table name whose resolution is being asked upstream.
     capture: Option<String>,
+    /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
+    custom_output: bool,
     last: Last,
 }
 
@@ -546,7 +549,17 @@ impl RouterSession {
         if needs_tz && tz.is_none() {
             return Err("the session TimeZone is not UTC or a fixed offset".into());
         }
-        let iso_dates = session.parameter("DateStyle").is_none_or(|d| d.starts_with("ISO"));
+        if self.custom_output
+            && cache
+                .columns()
+                .iter()
+                .any(|c| affected_by_output_settings(&c.ty))
+        {
+            return Err("the session changed extra_float_digits or bytea_output".into());
+        }
+        let iso_dates = session
+            .parameter("DateStyle")
+            .is_none_or(|d| d.starts_with("ISO"));
         if !iso_dates && cache.columns().iter().any(|c| is_datetime(&c.ty)) {
             return Err("the session DateStyle is not ISO".into());
         }
@@ -683,10 +696,19 @@ impl RouterSession {
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.
     fn watch_forwarded(&mut self, sql: &str) {
+        let kind = classify(sql);
+        // Output settings Larder cannot see (they are not reported by the server): once the
+        // session touches them, caches with affected column types are not used any more.
+        if matches!(kind, StatementKind::Set | StatementKind::Select) && sql.len() < 64 * 1024 {
+            let lower = sql.to_ascii_lowercase();
+            if lower.contains("extra_float_digits") || lower.contains("bytea_output") {
+                self.custom_output = true;
+            }
+        }
         if self.resolutions.is_empty() {
             return;
         }
-        let forget = match classify(sql) {
+        let forget = match kind {
             StatementKind::Set | StatementKind::Other => true,
             StatementKind::Transaction(
                 TransactionKind::Rollback | TransactionKind::RollbackToSavepoint,
@@ -765,6 +787,25 @@ impl<'a> Formats<'a> {
             [one] => *one == 1,
             many => many.get(i).copied() == Some(1),
         }
+    }
+}
+
+/// Startup parameters that change how floats or bytea print (pgjdbc sends
+/// `extra_float_digits=3`, which prints like the default).
+fn custom_output_at_startup(params: &[(String, String)]) -> bool {
+    params.iter().any(|(k, v)| match k.as_str() {
+        "extra_float_digits" => v.trim().parse::<i32>().map_or(true, |n| n < 1),
+        "bytea_output" => !v.eq_ignore_ascii_case("hex"),
+        "options" => v.contains("extra_float_digits") || v.contains("bytea_output"),
+        _ => false,
+    })
+}
+
+fn affected_by_output_settings(ty: &SqlType) -> bool {
+    match ty {
+        SqlType::Float4 | SqlType::Float8 | SqlType::Bytea => true,
+        SqlType::Array(inner) => affected_by_output_settings(inner),
+        _ => false,
     }
 }
 
