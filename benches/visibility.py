@@ -5,7 +5,14 @@ Every INTERVAL_MS it writes a unique, increasing value to a probe key directly u
 prepared statement (answered by the cache) until the new value shows up. The delay between the
 commit returning and the value being read through Larder is the commit-to-visible latency.
 
-Prints one line: "p50_ms p99_ms max_ms probes timeouts cache_hits_ok".
+Larder re-checks how a session resolves an unqualified table name once a second, and that read
+goes upstream (where the new value is always visible); a probe whose final read was answered
+upstream says nothing about the cache, so EXPLAIN LAST STATEMENT is asked after each probe's
+final read (outside the timed part) and such probes are left out and counted.
+
+Prints one line: "p50_ms p99_ms max_ms probes timeouts served_by_cache polls hits_delta upstream"
+where polls counts the reads through Larder during the probes, hits_delta the growth of the
+cache's hit count meanwhile, and upstream the probes left out.
 """
 
 import argparse
@@ -27,23 +34,40 @@ def percentile(sorted_vals, q):
 
 
 def probe_once(writer, reader, key, value):
-    """Write `value` to `key` upstream; return the seconds until Larder serves it, or None."""
+    """Write `value` to `key` upstream; return (seconds until Larder serves it or None, polls).
+
+    The seconds are None on a timeout, "upstream" if the final read was not a cache hit."""
     writer.execute("UPDATE kv SET v = %s WHERE k = %s", (value, key))
     committed = time.perf_counter()
     deadline = committed + POLL_TIMEOUT_S
+    polls = 0
     while True:
+        polls += 1
         row = reader.execute("SELECT v FROM kv WHERE k = %s", (key,), prepare=True).fetchone()
         now = time.perf_counter()
         if row is not None and row[0] >= value:
-            return now - committed
+            if not last_was_cache(reader):
+                return "upstream", polls
+            return now - committed, polls
         if now > deadline:
-            return None
+            return None, polls
+
+
+def last_was_cache(reader):
+    # Not prepared: Larder answers its own statements only when they are not named statements.
+    row = reader.execute("EXPLAIN LAST STATEMENT", prepare=False).fetchone()
+    return row is not None and row[0] == "cache"
 
 
 def served_by_cache(reader, key):
     reader.execute("SELECT v FROM kv WHERE k = %s", (key,), prepare=True).fetchone()
-    row = reader.execute("EXPLAIN LAST STATEMENT").fetchone()
-    return row is not None and row[0] == "cache"
+    return last_was_cache(reader)
+
+
+def cache_hits(reader):
+    """Total hit count over all caches (SHOW CACHES column `count`)."""
+    rows = reader.execute("SHOW CACHES", prepare=False).fetchall()
+    return sum(int(r[4]) for r in rows)
 
 
 def main():
@@ -65,7 +89,8 @@ def main():
         return 1
     start_value = writer.execute("SELECT coalesce(max(v), 0) FROM kv").fetchone()[0]
 
-    latencies_ms, timeouts = [], 0
+    latencies_ms, timeouts, upstream, polls_total = [], 0, 0, 0
+    hits_before = cache_hits(reader)
     interval_s = args.interval_ms / 1000.0
     end = time.perf_counter() + args.duration_s
     next_at = time.perf_counter()
@@ -73,9 +98,12 @@ def main():
     while time.perf_counter() < end and len(latencies_ms) < LATENCIES_MAX:
         n += 1
         key = 1 + n % args.keys
-        delay = probe_once(writer, reader, key, start_value + n)
+        delay, polls = probe_once(writer, reader, key, start_value + n)
+        polls_total += polls
         if delay is None:
             timeouts += 1
+        elif delay == "upstream":
+            upstream += 1
         else:
             latencies_ms.append(delay * 1000.0)
         next_at += interval_s
@@ -84,13 +112,14 @@ def main():
             time.sleep(pause)
         else:
             next_at = time.perf_counter()
+    hits_delta = cache_hits(reader) - hits_before
     ok = served_by_cache(reader, 1)
 
     latencies_ms.sort()
     print(
         f"{percentile(latencies_ms, 50):.2f} {percentile(latencies_ms, 99):.2f} "
         f"{(latencies_ms[-1] if latencies_ms else float('nan')):.2f} "
-        f"{len(latencies_ms)} {timeouts} {'yes' if ok else 'no'}"
+        f"{len(latencies_ms)} {timeouts} {'yes' if ok else 'no'} {polls_total} {hits_delta} {upstream}"
     )
     return 0
 

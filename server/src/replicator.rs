@@ -26,6 +26,8 @@ use crate::tables::{TableEntry, TableState};
 
 /// Upper bound of transactions waiting between the stream reader and the applier.
 const APPLY_QUEUE_MAX: usize = 64;
+/// Snapshot progress is logged every this many rows of a table.
+const SNAPSHOT_LOG_EVERY_ROWS: u64 = 100_000;
 /// How often applied positions are flushed to disk and acknowledged upstream.
 const ACK_INTERVAL_MS: u64 = 500;
 
@@ -37,6 +39,23 @@ pub enum ApplyError {
     Dataflow(String),
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+}
+
+impl ApplyError {
+    /// Errors only an operator can fix (settings, privileges, slots): Larder stops and says
+    /// what to change instead of retrying forever.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::Replication(
+                ReplicationError::WalLevelNotLogical { .. }
+                    | ReplicationError::MissingReplicationPrivilege { .. }
+                    | ReplicationError::NoFreeReplicationSlots { .. }
+                    | ReplicationError::PublicationNotCreatable { .. }
+                    | ReplicationError::InvalidConfig(_)
+            )
+        )
+    }
 }
 
 /// Start replication: returns once the snapshot (if any) is in RocksDB and streaming runs in
@@ -121,6 +140,20 @@ impl SnapshotSink for StorageSink<'_> {
         txn.commit().map_err(|e| e.to_string())?;
         let mut tables = core.tables.write().expect("tables lock poisoned");
         if let Some(entry) = tables.get_mut(batch.rel) {
+            let before = match entry.state {
+                TableState::Snapshotting { rows_done, .. } => rows_done,
+                _ => 0,
+            };
+            if !batch.table_done
+                && batch.rows_done / SNAPSHOT_LOG_EVERY_ROWS > before / SNAPSHOT_LOG_EVERY_ROWS
+            {
+                info!(
+                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
+                    rows_done = batch.rows_done,
+                    rows_estimated = batch.rows_estimated.unwrap_or(0),
+                    "snapshot progress"
+                );
+            }
             entry.state = if batch.table_done {
                 info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
                 TableState::Online

@@ -87,10 +87,12 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         c_collation: AtomicBool::new(false),
         connections: AtomicU64::new(0),
     });
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
         controller.clone(),
         source.clone(),
         rebuild_rx,
+        fatal_tx,
     ));
 
     let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
@@ -103,6 +105,10 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         _ = shutdown.wait_for(|s| *s) => {
             core.status.shutting_down.store(true, Ordering::SeqCst);
             serve.await?;
+        }
+        Some(message) = fatal_rx.recv() => {
+            core.status.shutting_down.store(true, Ordering::SeqCst);
+            bail!("{message}");
         }
     }
     core.status.shutting_down.store(true, Ordering::SeqCst);
@@ -119,12 +125,20 @@ async fn start_replication(
     controller: Arc<Controller>,
     source: Arc<PgSource>,
     rebuild_rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
+    fatal: tokio::sync::mpsc::Sender<String>,
 ) {
     let core = controller.core.clone();
     let mut backoff_ms = 500u64;
     loop {
         match crate::replicator::start(core.clone(), source.clone()).await {
             Ok(()) => break,
+            Err(e) if e.needs_operator() => {
+                error!(error = %e, "replication prerequisites are not met; stopping");
+                let _ = fatal
+                    .send(format!("cannot replicate from the upstream: {e}"))
+                    .await;
+                return;
+            }
             Err(e) => {
                 error!(error = %e, retry_in_ms = backoff_ms, "replication could not start");
                 core.set_last_error(e.to_string());
