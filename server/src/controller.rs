@@ -214,6 +214,9 @@ impl Controller {
         &self,
         normalized: &Normalized,
     ) -> Result<(larder_sql::plan::CachePlan, crate::tables::TableEntry), ControllerError> {
+        if let Some((schema, name)) = larder_sql::normalize::from_table(&normalized.query) {
+            self.refuse_not_replicated(schema.as_deref(), &name)?;
+        }
         let plan = lower(&normalized.query, &RegistryCatalog { core: &self.core })
             .map_err(|u| ControllerError::Unsupported(u.reason))?;
         let entry = {
@@ -251,6 +254,28 @@ impl Controller {
             ));
         }
         Ok((plan, entry))
+    }
+
+    /// A table Larder knows but does not replicate: say why, before lowering says "unknown".
+    fn refuse_not_replicated(&self, schema: Option<&str>, name: &str) -> Result<(), ControllerError> {
+        let tables = self.core.tables.read().expect("tables lock poisoned");
+        let candidates: Vec<_> = tables
+            .all()
+            .filter(|t| t.schema.name == name && schema.is_none_or(|s| s == t.schema.schema))
+            .collect();
+        let chosen = candidates
+            .iter()
+            .find(|t| t.schema.schema == "public")
+            .or_else(|| if candidates.len() == 1 { candidates.first() } else { None });
+        if let Some(t) = chosen {
+            if let TableState::NotReplicated { reason } = &t.state {
+                return Err(ControllerError::Unsupported(format!(
+                    "table {}.{} is not replicated: {reason}",
+                    t.schema.schema, t.schema.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn explain_create_cache(&self, source: CacheSource) -> Result<Table, ControllerError> {

@@ -353,11 +353,7 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
     let mut txn = core.storage.begin();
     let mut rebuild = Vec::new();
-    let mut pending: Vec<(u32, Vec<DfChange>)> = Vec::new();
-    let mut push = |table: u32, c: DfChange| match pending.last_mut() {
-        Some((t, v)) if *t == table => v.push(c),
-        _ => pending.push((table, vec![c])),
-    };
+    let mut pending = Pending::default();
     for change in batch.changes {
         match change {
             Change::Relation(rel) => {
@@ -379,9 +375,9 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 };
                 check_row(&table, &row)?;
                 if let Some(old) = txn.insert(&table, row.clone())? {
-                    push(table.id, DfChange::Delete(old));
+                    pending.push(table.id, DfChange::Delete(old));
                 }
-                push(table.id, DfChange::Insert(row));
+                pending.push(table.id, DfChange::Insert(row));
             }
             Change::Update { rel, old, new } => {
                 let Some(table) = replicated(core, rel) else {
@@ -406,19 +402,19 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 }
                 check_row(&table, &row)?;
                 if let Some(e) = existing {
-                    push(table.id, DfChange::Delete(e));
+                    pending.push(table.id, DfChange::Delete(e));
                 }
                 if let Some(replaced) = txn.insert(&table, row.clone())? {
-                    push(table.id, DfChange::Delete(replaced));
+                    pending.push(table.id, DfChange::Delete(replaced));
                 }
-                push(table.id, DfChange::Insert(row));
+                pending.push(table.id, DfChange::Insert(row));
             }
             Change::Delete { rel, old } => {
                 let Some(table) = replicated(core, rel) else {
                     continue;
                 };
                 if let Some(existing) = txn.delete(&table, old.row())? {
-                    push(table.id, DfChange::Delete(existing));
+                    pending.push(table.id, DfChange::Delete(existing));
                 }
             }
             Change::Truncate { rels } => {
@@ -426,9 +422,12 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                     let Some(table) = replicated(core, rel) else {
                         continue;
                     };
-                    // Retract what the dataflow holds, then clear storage.
+                    // Dropping this transaction's pending changes of the table (including an
+                    // earlier truncate's retractions) leaves the dataflow at the committed rows,
+                    // which storage still holds until this transaction commits.
+                    pending.drop_table(table.id);
                     for row in core.storage.scan_table(table.id)? {
-                        push(table.id, DfChange::Delete(row));
+                        pending.push(table.id, DfChange::Delete(row));
                     }
                     txn.clear_table(table.id);
                 }
@@ -437,7 +436,7 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
     }
     txn.set_position(position);
     txn.commit()?;
-    for (table, changes) in pending {
+    for (table, changes) in pending.0 {
         graph
             .apply(DfTableId(table as u64), &changes)
             .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
@@ -450,6 +449,25 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
         core.request_rebuild(oid);
     }
     Ok(())
+}
+
+/// Dataflow changes of one transaction, grouped in runs per table (order matters within a
+/// table: a delete must follow the insert it retracts).
+#[derive(Default)]
+struct Pending(Vec<(u32, Vec<DfChange>)>);
+
+impl Pending {
+    fn push(&mut self, table: u32, c: DfChange) {
+        match self.0.last_mut() {
+            Some((t, v)) if *t == table => v.push(c),
+            _ => self.0.push((table, vec![c])),
+        }
+    }
+
+    /// Forget this transaction's changes to `table` (a truncate cancels them).
+    fn drop_table(&mut self, table: u32) {
+        self.0.retain(|(t, _)| *t != table);
+    }
 }
 
 fn replicated(core: &Core, rel: u32) -> Option<StoredTable> {

@@ -579,6 +579,38 @@ async fn binary_hex(client: &Client, sql: &str, id: i32) -> String {
     out
 }
 
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Waits until Larder's replication offset reaches Postgres' current WAL position.
+async fn wait_consistent(direct: &Client, larder: &Client) {
+    let row = direct
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn");
+    let target = parse_lsn(row.get::<_, &str>(0)).expect("lsn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let msgs = larder
+            .simple_query("SHOW LARDER STATUS")
+            .await
+            .expect("status");
+        let offset = msgs.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.get(0) == Some("Replication Offset") => {
+                r.get(1).and_then(parse_lsn)
+            }
+            _ => None,
+        });
+        if offset.is_some_and(|o| o >= target) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "larder did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn explain_last(client: &Client) -> String {
     match client.simple_query("EXPLAIN LAST STATEMENT").await {
         Err(e) => db_error(&e),
@@ -1015,7 +1047,7 @@ async fn multidimensional_and_offset_arrays_are_not_altered() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_consistent(&direct, &cached).await;
     let mut diffs = Vec::new();
     for id in 1..=5 {
         let sql = simple_sql(q, id);

@@ -736,9 +736,10 @@ impl RouterSession {
         dispatch: &mut Dispatch<'_>,
     ) {
         let status = session.transaction_status();
-        let (prefix, describe) = match extended {
-            Some((out, describe)) => (out, describe),
-            None => (BytesMut::new(), true),
+        let (prefix, header) = match extended {
+            Some((out, true)) => (out, Header::Described),
+            Some((out, false)) => (out, Header::Bare),
+            None => (BytesMut::new(), Header::Simple),
         };
         if let LarderStatement::ExplainLastStatement = stmt {
             let table = TextTable {
@@ -749,7 +750,7 @@ impl RouterSession {
                 ]],
                 tag: None,
             };
-            dispatch.respond(encode_text_table(prefix, Ok(table), describe, status));
+            dispatch.respond(encode_text_table(prefix, Ok(table), header, status));
             return;
         }
         self.last = Last {
@@ -758,9 +759,20 @@ impl RouterSession {
         };
         let fut = self.backend.execute(stmt);
         dispatch.respond_later(Box::pin(async move {
-            encode_text_table(prefix, fut.await, describe, status)
+            encode_text_table(prefix, fut.await, header, status)
         }));
     }
+}
+
+/// What precedes the rows of a Larder statement's answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// Simple protocol: RowDescription when there are rows, nothing otherwise.
+    Simple,
+    /// Extended protocol with Describe: RowDescription or NoData.
+    Described,
+    /// Extended protocol without Describe: nothing.
+    Bare,
 }
 
 struct LocalUnit {
@@ -963,13 +975,13 @@ fn text_row_description(names: impl Iterator<Item = String>) -> RowDescription {
 fn encode_text_table(
     mut out: BytesMut,
     result: Result<TextTable, StatementError>,
-    describe: bool,
+    header: Header,
     status: TransactionStatus,
 ) -> Bytes {
     match result {
         Ok(table) => {
             if table.columns.is_empty() {
-                if describe {
+                if header == Header::Described {
                     NoData.encode(&mut out);
                 }
                 CommandComplete {
@@ -977,7 +989,7 @@ fn encode_text_table(
                 }
                 .encode(&mut out);
             } else {
-                if describe {
+                if header != Header::Bare {
                     text_row_description(table.columns.iter().cloned()).encode(&mut out);
                 }
                 for row in &table.rows {
@@ -1113,7 +1125,7 @@ mod tests {
             rows: vec![vec![Some("1".into())], vec![None]],
             tag: None,
         };
-        let out = encode_text_table(BytesMut::new(), Ok(table), true, TransactionStatus::Idle);
+        let out = encode_text_table(BytesMut::new(), Ok(table), Header::Simple, TransactionStatus::Idle);
         let tags: Vec<u8> = super::super::messages::FrameIter::new(&out, usize::MAX)
             .map(|m| m.unwrap().frame.tag)
             .collect();
@@ -1125,7 +1137,7 @@ mod tests {
         let out = encode_text_table(
             BytesMut::new(),
             Err(err),
-            true,
+            Header::Simple,
             TransactionStatus::InTransaction,
         );
         let tags: Vec<u8> = super::super::messages::FrameIter::new(&out, usize::MAX)
