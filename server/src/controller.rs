@@ -125,6 +125,9 @@ pub struct Controller {
     /// True when text ordering in the upstream database is bytewise ("C" collation).
     pub c_collation: AtomicBool,
     pub connections: AtomicU64,
+    /// Stored caches that could not be built (yet), with the reason; retried whenever a
+    /// table comes online, listed by `SHOW CACHES`.
+    pub unbuilt: Mutex<Vec<(StoredCache, String)>>,
 }
 
 /// Tables visible to lowering: the replicated, online ones. An unqualified name resolves to
@@ -167,6 +170,16 @@ impl Controller {
             LarderStatement::DropAllCaches => {
                 for c in self.core.caches.all() {
                     self.drop_cache(&c.query_id)?;
+                }
+                let unbuilt: Vec<String> = self
+                    .unbuilt
+                    .lock()
+                    .expect("unbuilt lock poisoned")
+                    .iter()
+                    .map(|(c, _)| c.name.clone())
+                    .collect();
+                for name in unbuilt {
+                    self.drop_cache(&name)?;
                 }
                 Ok(Table::done("DROP ALL CACHES"))
             }
@@ -257,7 +270,11 @@ impl Controller {
     }
 
     /// A table Larder knows but does not replicate: say why, before lowering says "unknown".
-    fn refuse_not_replicated(&self, schema: Option<&str>, name: &str) -> Result<(), ControllerError> {
+    fn refuse_not_replicated(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<(), ControllerError> {
         let tables = self.core.tables.read().expect("tables lock poisoned");
         let candidates: Vec<_> = tables
             .all()
@@ -266,7 +283,13 @@ impl Controller {
         let chosen = candidates
             .iter()
             .find(|t| t.schema.schema == "public")
-            .or_else(|| if candidates.len() == 1 { candidates.first() } else { None });
+            .or_else(|| {
+                if candidates.len() == 1 {
+                    candidates.first()
+                } else {
+                    None
+                }
+            });
         if let Some(t) = chosen {
             if let TableState::NotReplicated { reason } = &t.state {
                 return Err(ControllerError::Unsupported(format!(
@@ -425,6 +448,20 @@ impl Controller {
     }
 
     fn drop_cache(&self, name: &str) -> Result<Table, ControllerError> {
+        {
+            let mut unbuilt = self.unbuilt.lock().expect("unbuilt lock poisoned");
+            if let Some(i) = unbuilt
+                .iter()
+                .position(|(c, _)| c.name == name || c.query_id == name)
+            {
+                let (c, _) = unbuilt.remove(i);
+                self.core
+                    .storage
+                    .delete_cache(&c.name)
+                    .map_err(|e| ControllerError::Internal(e.to_string()))?;
+                return Ok(Table::done("DROP CACHE"));
+            }
+        }
         let entry = self
             .core
             .caches
@@ -462,7 +499,47 @@ impl Controller {
                 c.hits.load(Ordering::Relaxed).to_string(),
             ]);
         }
+        for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {
+            if query_id.is_some_and(|id| id != c.query_id) {
+                continue;
+            }
+            let mut props = if c.always {
+                vec!["always".to_string()]
+            } else {
+                vec![]
+            };
+            props.push(format!("not serving: {reason}"));
+            t.push(vec![
+                c.query_id.clone(),
+                c.name.clone(),
+                c.query.clone(),
+                props.join(", "),
+                "0".into(),
+            ]);
+        }
         t
+    }
+
+    /// Try again to build the stored caches that could not be built; keeps the failures.
+    pub async fn retry_unbuilt(&self) {
+        let pending = std::mem::take(&mut *self.unbuilt.lock().expect("unbuilt lock poisoned"));
+        for (c, _) in pending {
+            let result = match larder_sql::normalize::normalize(&c.query, Dialect::Postgres) {
+                Ok(n) => self.build_cache(&c.name, &c.query, &n, c.always).await,
+                Err(e) => Err(ControllerError::Invalid(e.to_string())),
+            };
+            match result {
+                Ok(entry) => {
+                    info!(cache = %c.name, "cache built");
+                    self.core.caches.insert(entry);
+                }
+                Err(e) => self
+                    .unbuilt
+                    .lock()
+                    .expect("unbuilt lock poisoned")
+                    .push((c, e.to_string())),
+            }
+        }
     }
 
     fn show_proxied(

@@ -102,8 +102,23 @@ pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyEr
 /// Load the tables Larder already has (after a restart) into the registry and the graph.
 pub fn load_stored_tables(core: &Core) -> Result<(), ApplyError> {
     let stored = core.storage.tables()?;
+    let skipped = core.storage.skipped_tables()?;
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
     let mut tables = core.tables.write().expect("tables lock poisoned");
+    for (oid, schema, name, reason) in skipped {
+        tables.insert(TableEntry {
+            oid,
+            // Columns are unknown until the stream describes the table again.
+            schema: larder_sql::TableSchema {
+                schema,
+                name,
+                columns: Vec::new(),
+                key: Vec::new(),
+            },
+            stored: None,
+            state: TableState::NotReplicated { reason },
+        });
+    }
     for t in stored {
         graph
             .add_table(DfTableId(t.id as u64), t.schema.clone())
@@ -220,6 +235,7 @@ fn register_relation(
     match &rel.status {
         TableStatus::NotReplicated { reason } => {
             info!(table = %name, %reason, "table not replicated");
+            txn.put_skipped(rel.oid, &rel.schema.schema, &rel.schema.name, reason);
             Ok(TableEntry {
                 oid: rel.oid,
                 schema: rel.schema.clone(),
@@ -530,8 +546,28 @@ fn handle_relation(
             .insert(entry);
         return Ok(());
     };
-    if entry.schema == rel.schema && entry.stored.is_some() == rel.status.is_replicated() {
-        return Ok(());
+    match (entry.stored.is_some(), rel.status.is_replicated()) {
+        (true, true) if entry.schema == rel.schema => return Ok(()),
+        (false, false) => {
+            // Still not replicated (perhaps for another reason): just remember the news.
+            let reason = match &rel.status {
+                TableStatus::NotReplicated { reason } => reason.clone(),
+                TableStatus::Replicated => unreachable!("matched as not replicated"),
+            };
+            txn.put_skipped(rel.oid, &rel.schema.schema, &rel.schema.name, &reason);
+            let updated = TableEntry {
+                oid: rel.oid,
+                schema: rel.schema.clone(),
+                stored: None,
+                state: TableState::NotReplicated { reason },
+            };
+            core.tables
+                .write()
+                .expect("tables lock poisoned")
+                .insert(updated);
+            return Ok(());
+        }
+        _ => {}
     }
     let reason = format!(
         "table {}.{} changed shape upstream",
@@ -589,6 +625,9 @@ fn forget_table(
     {
         cache.invalidate(reason);
         let _ = graph.remove_cache(cache.cache_id);
+    }
+    if entry.stored.is_none() {
+        txn.delete_skipped(entry.oid);
     }
     if let Some(stored) = &entry.stored {
         txn.delete_table(stored.id);

@@ -86,6 +86,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         upstream_display,
         c_collation: AtomicBool::new(false),
         connections: AtomicU64::new(0),
+        unbuilt: std::sync::Mutex::new(Vec::new()),
     });
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
@@ -192,7 +193,14 @@ async fn restore_caches(controller: &Controller) {
                 info!(cache = %c.name, "cache restored");
                 controller.core.caches.insert(entry);
             }
-            Err(e) => error!(cache = %c.name, error = %e, "could not restore cache"),
+            Err(e) => {
+                warn!(cache = %c.name, error = %e, "cache not restored yet; retried when its table is online");
+                controller
+                    .unbuilt
+                    .lock()
+                    .expect("unbuilt lock poisoned")
+                    .push((c, e.to_string()));
+            }
         }
     }
 }
@@ -203,6 +211,7 @@ async fn rebuild_caches_forever(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
 ) {
     while let Some(oid) = rx.recv().await {
+        controller.retry_unbuilt().await;
         let Some((schema, name)) = controller
             .core
             .tables

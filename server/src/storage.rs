@@ -117,6 +117,32 @@ impl Storage {
         Ok(out)
     }
 
+    /// Tables known upstream but not replicated: `(oid, schema, name, reason)`.
+    pub fn skipped_tables(&self) -> Result<Vec<(u32, String, String, String)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"skip/") {
+            let (k, v) = item?;
+            if !k.starts_with(b"skip/") {
+                break;
+            }
+            let corrupt = |d: &str| StorageError::Corrupt {
+                what: "skipped table".into(),
+                detail: d.into(),
+            };
+            let r = decode_row(&v).map_err(|e| corrupt(&e.to_string()))?;
+            let [oid, schema, name, reason] = r.as_slice() else {
+                return Err(corrupt("shape"));
+            };
+            out.push((
+                int(oid).ok_or_else(|| corrupt("oid"))? as u32,
+                text(schema).ok_or_else(|| corrupt("schema"))?,
+                text(name).ok_or_else(|| corrupt("name"))?,
+                text(reason).ok_or_else(|| corrupt("reason"))?,
+            ));
+        }
+        Ok(out)
+    }
+
     pub fn put_cache(&self, cache: &StoredCache) -> Result<(), StorageError> {
         let key = format!("cache/{}", cache.name);
         self.db
@@ -201,12 +227,14 @@ impl Storage {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_cf(self.cf(CF_META), KEY_POSITION);
-        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"table/") {
-            let (k, _) = item?;
-            if !k.starts_with(b"table/") {
-                break;
+        for prefix in [&b"table/"[..], &b"skip/"[..]] {
+            for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
+                let (k, _) = item?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                batch.delete_cf(self.cf(CF_META), k);
             }
-            batch.delete_cf(self.cf(CF_META), k);
         }
         self.db.write(batch)?;
         Ok(())
@@ -336,6 +364,30 @@ impl<'a> Txn<'a> {
         self.batch.delete_range_cf(cf, start, end);
         self.overlay.retain(|k, _| !k.starts_with(&start));
         self.cleared.push(table);
+    }
+
+    /// Remember a table that is not replicated (so a restart knows it existed).
+    pub fn put_skipped(&mut self, oid: u32, schema: &str, name: &str, reason: &str) {
+        let record = vec![
+            Value::Int(oid as i64),
+            Value::Text(schema.to_string()),
+            Value::Text(name.to_string()),
+            Value::Text(reason.to_string()),
+        ];
+        let mut bytes = Vec::new();
+        encode_row(&record, &mut bytes);
+        self.batch.put_cf(
+            self.storage.cf(CF_META),
+            format!("skip/{oid:010}").as_bytes(),
+            bytes,
+        );
+    }
+
+    pub fn delete_skipped(&mut self, oid: u32) {
+        self.batch.delete_cf(
+            self.storage.cf(CF_META),
+            format!("skip/{oid:010}").as_bytes(),
+        );
     }
 
     pub fn put_table(&mut self, table: &StoredTable) {

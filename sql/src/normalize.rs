@@ -918,3 +918,138 @@ pub fn from_table(query: &Query) -> Option<(Option<String>, String)> {
         _ => None,
     }
 }
+
+/// Functions that cannot change session settings (such as `search_path`): Postgres builtins
+/// commonly seen in application queries.
+const SETTINGS_SAFE_FUNCTIONS: &[&str] = &[
+    "abs",
+    "array_agg",
+    "array_length",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_date",
+    "current_timestamp",
+    "date_part",
+    "date_trunc",
+    "dense_rank",
+    "every",
+    "exists",
+    "extract",
+    "first_value",
+    "floor",
+    "format",
+    "greatest",
+    "json_agg",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_build_object",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "localtimestamp",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nullif",
+    "position",
+    "power",
+    "random",
+    "rank",
+    "regexp_replace",
+    "replace",
+    "right",
+    "round",
+    "row_number",
+    "rpad",
+    "rtrim",
+    "sign",
+    "split_part",
+    "sqrt",
+    "statement_timestamp",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "to_char",
+    "to_date",
+    "to_number",
+    "to_timestamp",
+    "trim",
+    "trunc",
+    "upper",
+];
+
+/// Whether running `query` could change session settings: it calls a function that is not a
+/// known builtin (a user function may call `set_config`).
+pub fn may_change_settings(query: &Query) -> bool {
+    use sqlparser::ast::{ObjectNamePart, Visit, Visitor};
+    struct Calls(bool);
+    impl Visitor for Calls {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                let parts: Vec<String> = f
+                    .name
+                    .0
+                    .iter()
+                    .map(|p| match p {
+                        ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+                        _ => String::new(),
+                    })
+                    .collect();
+                let builtin = match parts.as_slice() {
+                    [name] => SETTINGS_SAFE_FUNCTIONS.contains(&name.as_str()),
+                    [schema, name] => {
+                        schema == "pg_catalog" && SETTINGS_SAFE_FUNCTIONS.contains(&name.as_str())
+                    }
+                    _ => false,
+                };
+                if !builtin {
+                    self.0 = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Calls(false);
+    let _ = query.visit(&mut v);
+    v.0
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn user_functions_may_change_settings() {
+        let q = |s: &str| parse_select(s, Dialect::Postgres).unwrap();
+        assert!(!may_change_settings(&q(
+            "SELECT count(*), max(a) FROM t WHERE lower(b) = 'x'"
+        )));
+        assert!(may_change_settings(&q("SELECT use_b()")));
+        assert!(may_change_settings(&q(
+            "SELECT set_config('search_path', 'b', false)"
+        )));
+        assert!(may_change_settings(&q("SELECT public.f(1) FROM t")));
+        assert!(!may_change_settings(&q("SELECT pg_catalog.now()")));
+    }
+}

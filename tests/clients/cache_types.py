@@ -8,6 +8,7 @@ modifier carries varchar(n) / numeric(p,s)). Values are loaded as raw bytes in t
 binary format, so nothing is parsed or normalized on the client side.
 
 usage: cache_types.py URL QUERY ID [ID...] [--explain]
+       cache_types.py --larder-statements URL
   QUERY uses %s for the id. With --explain, prints "DEST <destination> <reason>" after each
   read (EXPLAIN LAST STATEMENT), which only Larder understands.
 """
@@ -39,7 +40,25 @@ class RawBinary(Loader):
         return bytes(data)
 
 
+def larder_statements(url):
+    """Larder's own statements through libpq's prepared-statement path: `prepare=True` makes
+    psycopg send a named Parse + Sync (PQsendPrepare) first, then Bind/Describe/Execute/Sync.
+    Prints one line per statement: OK with the row count, or the error."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.cursor()
+        for sql in ["EXPLAIN LAST STATEMENT", "SHOW CACHES", "SHOW LARDER STATUS"]:
+            for prepare in (False, True):
+                try:
+                    cur.execute(sql, prepare=prepare)
+                    print(f"OK prepare={prepare} {sql}: {len(cur.fetchall())} rows")
+                except psycopg.Error as e:
+                    print(f"ERROR prepare={prepare} {sql}: {e}".splitlines()[0])
+
+
 def main():
+    if sys.argv[1] == "--larder-statements":
+        larder_statements(sys.argv[2])
+        return
     args = [a for a in sys.argv[1:] if a != "--explain"]
     explain = "--explain" in sys.argv
     url, query, ids = args[0], args[1], [int(i) for i in args[2:]]
@@ -63,7 +82,7 @@ def main():
                             shown = "NULL" if v is None else v.hex()
                             print(f"  {d.name}={shown}")
                     if explain:
-                        cur.execute("EXPLAIN LAST STATEMENT")
+                        cur.execute("EXPLAIN LAST STATEMENT", prepare=False)
                         dest, reason = (
                             v.decode() if isinstance(v, bytes) else v for v in cur.fetchone()
                         )

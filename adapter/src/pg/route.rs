@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use larder_sql::normalize::{from_table, normalize, resolve_params, ParamSource};
+use larder_sql::normalize::{
+    from_table, may_change_settings, normalize, resolve_params, ParamSource,
+};
 use larder_sql::pgtypes::{self, TimeZoneSetting};
 use larder_sql::statement::{
     classify, parse_larder_statement, Dialect, LarderStatement, StatementKind, TransactionKind,
@@ -83,6 +85,8 @@ struct Shape {
     params: Vec<ParamSource>,
     /// The table name when the query does not qualify it (needs `search_path` resolution).
     unqualified: Option<String>,
+    /// Running it upstream could change session settings (it calls a user function).
+    may_change_settings: bool,
 }
 
 enum Kind {
@@ -215,6 +219,7 @@ impl RouterSession {
                             text: n.text,
                             params: n.params,
                             unqualified,
+                            may_change_settings: may_change_settings(&n.query),
                         }))
                     }
                     Err(_) => Kind::Other,
@@ -713,9 +718,12 @@ impl RouterSession {
             StatementKind::Transaction(
                 TransactionKind::Rollback | TransactionKind::RollbackToSavepoint,
             ) => true,
-            StatementKind::Select => {
-                sql.len() < 64 * 1024 && sql.to_ascii_lowercase().contains("search_path")
-            }
+            // A SELECT that Larder could not parse, or one calling a user function, may have
+            // changed settings (`SELECT set_config(...)`, a function that sets search_path).
+            StatementKind::Select => match &*self.kind_of(sql) {
+                Kind::Select(shape) => shape.may_change_settings,
+                _ => true,
+            },
             _ => false,
         };
         if forget {
@@ -1125,7 +1133,12 @@ mod tests {
             rows: vec![vec![Some("1".into())], vec![None]],
             tag: None,
         };
-        let out = encode_text_table(BytesMut::new(), Ok(table), Header::Simple, TransactionStatus::Idle);
+        let out = encode_text_table(
+            BytesMut::new(),
+            Ok(table),
+            Header::Simple,
+            TransactionStatus::Idle,
+        );
         let tags: Vec<u8> = super::super::messages::FrameIter::new(&out, usize::MAX)
             .map(|m| m.unwrap().frame.tag)
             .collect();
