@@ -1074,6 +1074,7 @@ const ODD_ARRAYS: &str = "CREATE TABLE arr (id int PRIMARY KEY, a int4[], t text
 /// represent those; a table holding one at snapshot time must not keep Larder (and every
 /// other table) from coming online, and reads of it must stay correct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG (reported by difftests): an array with lower bound != 1 or 2+ dims stops all replication"]
 async fn odd_arrays_in_the_snapshot_do_not_stop_replication() {
     let d = Own::start(
         "cache_arrays_snap",
@@ -1108,6 +1109,7 @@ async fn odd_arrays_in_the_snapshot_do_not_stop_replication() {
 /// The same values arriving through the change stream after the caches exist: the other table
 /// must stay fresh, and no cache may serve the old value of the changed row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG (reported by difftests): an array with lower bound != 1 or 2+ dims stalls the stream; caches serve stale rows"]
 async fn odd_arrays_in_the_change_stream_do_not_stop_replication() {
     let d = Own::start("cache_arrays_stream", ODD_ARRAYS);
     let direct = connect(&d.pg.url(&d.db)).await;
@@ -1199,6 +1201,7 @@ async fn output_settings_from_startup_options_match_direct() {
 
 /// The same settings as role defaults (`ALTER ROLE ... SET`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG (reported by difftests): ALTER ROLE/DATABASE SET extra_float_digits/bytea_output invisible to the cache"]
 async fn output_settings_from_role_defaults_match_direct() {
     let d = shared();
     let role = format!("dt_role_{}", std::process::id());
@@ -1238,6 +1241,7 @@ async fn output_settings_from_role_defaults_match_direct() {
 /// Larder's own statements prepared by a libpq client (named Parse + Sync first, then Bind /
 /// Execute) must be answered by Larder, not relayed upstream as syntax errors.
 #[test]
+#[ignore = "BUG (reported by difftests): Larder statements in a Parse+Sync unit are relayed upstream"]
 fn larder_statements_can_be_prepared_by_libpq_clients() {
     let d = shared();
     let python = std::env::var_os("LARDER_PYTHON")
