@@ -111,4 +111,9 @@ pub enum Change {
     Truncate {
         rels: Vec<u32>,
     },
+    /// The relation's definition changed (ALTER, DROP) in this transaction, as announced by
+    /// Larder's event trigger. Logical replication itself carries no DDL.
+    SchemaChanged {
+        rel: u32,
+    },
 }

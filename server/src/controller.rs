@@ -122,8 +122,6 @@ pub struct Controller {
     /// The upstream database whose tables are replicated.
     pub database: String,
     pub upstream_display: String,
-    /// True when text ordering in the upstream database is bytewise ("C" collation).
-    pub c_collation: AtomicBool,
     pub connections: AtomicU64,
     /// Stored caches that could not be built (yet), with the reason; retried whenever a
     /// table comes online, listed by `SHOW CACHES`.
@@ -261,7 +259,9 @@ impl Controller {
                 )))
             }
         }
-        if !self.c_collation.load(Ordering::SeqCst) && orders_or_ranges_text(&plan, &entry.schema) {
+        if !self.core.c_collation.load(Ordering::SeqCst)
+            && orders_or_ranges_text(&plan, &entry.schema)
+        {
             return Err(ControllerError::Unsupported(
                 "ordering or range comparison of text needs the upstream database to use the C collation".into(),
             ));

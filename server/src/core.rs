@@ -112,6 +112,8 @@ pub struct Core {
     pub tables: RwLock<TableRegistry>,
     pub caches: CacheRegistry,
     pub status: Status,
+    /// True when text ordering in the upstream database is bytewise (libc "C" collation).
+    pub c_collation: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild_tx: mpsc::UnboundedSender<u32>,
 }
@@ -125,6 +127,7 @@ impl Core {
             tables: RwLock::new(TableRegistry::default()),
             caches: CacheRegistry::default(),
             status: Status::default(),
+            c_collation: AtomicBool::new(false),
             rebuild_tx: tx,
         };
         (Arc::new(core), rx)

@@ -63,6 +63,17 @@ impl ApplyError {
 pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyError> {
     source.check_prerequisites().await?;
     source.ensure_publication().await?;
+    match source.ensure_ddl_announcements().await {
+        Ok(true) => info!("DDL is announced in the change stream (event triggers installed)"),
+        Ok(false) => warn!(
+            "the replication role is not a superuser: DDL is noticed by polling the catalog only"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not install the DDL event triggers; DDL is noticed by polling")
+        }
+    }
+    core.c_collation
+        .store(text_order_is_bytewise(&source).await, Ordering::SeqCst);
     let stored = core.storage.position()?.map(Lsn);
     let outcome = match source.open(stored).await {
         Err(ReplicationError::SlotExistsWithoutPosition { slot }) => {
@@ -97,6 +108,27 @@ pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyEr
     core.set_replication_status("Streaming");
     tokio::spawn(stream_forever(core, source, outcome));
     Ok(())
+}
+
+/// Whether the database's default text ordering is bytewise (libc "C"/"POSIX"; an ICU
+/// default is not, whatever `datcollate` says).
+async fn text_order_is_bytewise(source: &PgSource) -> bool {
+    let Ok(client) = source.client().await else {
+        return false;
+    };
+    let with_provider = "SELECT datcollate IN ('C', 'POSIX') AND datlocprovider = 'c' \
+                         FROM pg_catalog.pg_database WHERE datname = current_database()";
+    let without = "SELECT datcollate IN ('C', 'POSIX') \
+                   FROM pg_catalog.pg_database WHERE datname = current_database()";
+    match client.query_one(with_provider, &[]).await {
+        Ok(row) => row.get(0),
+        // Before Postgres 15 there is no ICU default (no datlocprovider column).
+        Err(_) => client
+            .query_one(without, &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false),
+    }
 }
 
 /// Load the tables Larder already has (after a restart) into the registry and the graph.
@@ -389,7 +421,11 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 let Some(table) = replicated(core, rel) else {
                     continue;
                 };
-                check_row(&table, &row)?;
+                if let Err(e) = check_row(&table, &row) {
+                    pending.drop_table(table.id);
+                    quarantine(core, &mut txn, &mut graph, rel, &e.to_string())?;
+                    continue;
+                }
                 if let Some(old) = txn.insert(&table, row.clone())? {
                     pending.push(table.id, DfChange::Delete(old));
                 }
@@ -405,18 +441,26 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 };
                 let existing = txn.delete(&table, &probe)?;
                 let mut row = new.row;
-                if !new.unchanged_toast.is_empty() {
-                    let Some(existing) = &existing else {
-                        return Err(ApplyError::Dataflow(format!(
-                            "update of a row Larder does not have in {}.{} with unchanged TOAST values",
-                            table.schema.schema, table.schema.name
-                        )));
-                    };
-                    for &i in &new.unchanged_toast {
-                        row[i] = existing[i].clone();
+                let fits = match (&existing, new.unchanged_toast.is_empty()) {
+                    (_, true) => check_row(&table, &row).map_err(|e| e.to_string()),
+                    (Some(existing), false) if existing.len() == row.len() => {
+                        for &i in &new.unchanged_toast {
+                            if let (Some(slot), Some(v)) = (row.get_mut(i), existing.get(i)) {
+                                *slot = v.clone();
+                            }
+                        }
+                        check_row(&table, &row).map_err(|e| e.to_string())
                     }
+                    _ => Err(
+                        "an update with unchanged TOAST values of a row Larder does not have"
+                            .to_string(),
+                    ),
+                };
+                if let Err(detail) = fits {
+                    pending.drop_table(table.id);
+                    quarantine(core, &mut txn, &mut graph, rel, &detail)?;
+                    continue;
                 }
-                check_row(&table, &row)?;
                 if let Some(e) = existing {
                     pending.push(table.id, DfChange::Delete(e));
                 }
@@ -431,6 +475,38 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 };
                 if let Some(existing) = txn.delete(&table, old.row())? {
                     pending.push(table.id, DfChange::Delete(existing));
+                }
+            }
+            Change::SchemaChanged { rel } => {
+                let entry = core
+                    .tables
+                    .read()
+                    .expect("tables lock poisoned")
+                    .get(rel)
+                    .cloned();
+                let Some(entry) = entry else {
+                    // Not a table Larder holds (a new table arrives with its first change).
+                    continue;
+                };
+                if let Some(stored) = &entry.stored {
+                    pending.drop_table(stored.id);
+                }
+                let reason = format!(
+                    "table {}.{} was altered or dropped upstream",
+                    entry.schema.schema, entry.schema.name
+                );
+                warn!(%reason, "DDL in the change stream: caches on the table stop serving and it is copied again");
+                recopy(
+                    core, source, &mut txn, &mut graph, &entry, None, &reason, position,
+                )?;
+                if core
+                    .tables
+                    .read()
+                    .expect("tables lock poisoned")
+                    .get(rel)
+                    .is_some_and(|t| t.state == TableState::Online)
+                {
+                    rebuild.push(rel);
                 }
             }
             Change::Truncate { rels } => {
@@ -574,19 +650,73 @@ fn handle_relation(
         entry.schema.schema, entry.schema.name
     );
     warn!(%reason, "schema change: caches on the table stop serving and the table is copied again");
-    forget_table(core, txn, graph, &entry, &reason)?;
+    recopy(
+        core,
+        source,
+        txn,
+        graph,
+        &entry,
+        Some(&rel),
+        &reason,
+        position,
+    )
+}
+
+/// Replace what Larder holds of a table by the table as the upstream has it now: its caches
+/// stop serving, it is copied again (keyed tables only: replaying the stream over a copy is
+/// idempotent only with a key), and it waits until the stream passes the copy's position.
+/// `stream_shape` is the shape the stream announced; when the catalog is already ahead of it
+/// (more DDL followed), nothing is held until the stream announces the newer shape.
+#[allow(clippy::too_many_arguments)]
+fn recopy(
+    core: &Core,
+    source: &PgSource,
+    txn: &mut Txn<'_>,
+    graph: &mut larder_dataflow::Graph,
+    entry: &TableEntry,
+    stream_shape: Option<&RelationInfo>,
+    reason: &str,
+    position: u64,
+) -> Result<(), ApplyError> {
+    forget_table(core, txn, graph, entry, reason)?;
+    let name = format!("{}.{}", entry.schema.schema, entry.schema.name);
+    let Some((rel, rows, copy_lsn)) = copy_now(source, entry.oid)? else {
+        info!(table = %name, "table dropped upstream");
+        return Ok(());
+    };
+    if stream_shape.is_some_and(|s| s.schema != rel.schema) {
+        let waiting = TableEntry {
+            oid: rel.oid,
+            schema: stream_shape
+                .map(|s| s.schema.clone())
+                .unwrap_or_else(|| rel.schema.clone()),
+            stored: None,
+            state: TableState::NotReplicated {
+                reason: "its shape is changing; it is copied again at its next change".into(),
+            },
+        };
+        core.tables
+            .write()
+            .expect("tables lock poisoned")
+            .insert(waiting);
+        return Ok(());
+    }
     let mut new_entry = register_relation(core, txn, graph, &rel, TableState::Online)?;
     if let Some(stored) = new_entry.stored.clone() {
         if stored.schema.key.is_empty() {
-            // Replaying the stream over a fresh copy is only idempotent with a key.
             txn.delete_table(stored.id);
             let _ = graph.remove_table(DfTableId(stored.id as u64));
             new_entry.stored = None;
             new_entry.state = TableState::NotReplicated {
-                reason: "its shape changed and it has no primary key, so it cannot be copied again while streaming".into(),
+                reason: "its shape changed and it has no primary key; Larder copies such tables only in a fresh snapshot (drop the replication slot and restart Larder)".into(),
             };
+            txn.put_skipped(
+                rel.oid,
+                &rel.schema.schema,
+                &rel.schema.name,
+                "its shape changed and it has no primary key",
+            );
         } else {
-            let (rows, copy_lsn) = copy_now(source, rel.oid)?;
             for row in rows {
                 check_row(&stored, &row)?;
                 txn.insert(&stored, row)?;
@@ -598,13 +728,44 @@ fn handle_relation(
             } else {
                 TableState::Online
             };
-            info!(table = %format!("{}.{}", rel.schema.schema, rel.schema.name), copy_position = %copy_lsn, "table copied again after a shape change");
+            info!(table = %name, copy_position = %copy_lsn, "table copied again after a shape change");
         }
     }
     core.tables
         .write()
         .expect("tables lock poisoned")
         .insert(new_entry);
+    Ok(())
+}
+
+/// Rows arrived that do not fit the shape Larder holds: stop holding the table (its caches go
+/// upstream) until the stream announces its shape again.
+fn quarantine(
+    core: &Core,
+    txn: &mut Txn<'_>,
+    graph: &mut larder_dataflow::Graph,
+    rel: u32,
+    detail: &str,
+) -> Result<(), ApplyError> {
+    let Some(entry) = core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .get(rel)
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let reason = format!("rows arrived in a shape Larder does not hold ({detail}); waiting for the table's next shape change");
+    warn!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), %reason, "table quarantined");
+    forget_table(core, txn, graph, &entry, &reason)?;
+    let mut held = entry.clone();
+    held.stored = None;
+    held.state = TableState::NotReplicated { reason };
+    core.tables
+        .write()
+        .expect("tables lock poisoned")
+        .insert(held);
     Ok(())
 }
 
@@ -643,7 +804,10 @@ fn forget_table(
 }
 
 /// Copy a table as of now, from the applier thread (the stream waits meanwhile).
-fn copy_now(source: &PgSource, oid: u32) -> Result<(Vec<Row>, Lsn), ApplyError> {
+fn copy_now(
+    source: &PgSource,
+    oid: u32,
+) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {
     struct Collect(Vec<Row>);
     impl SnapshotSink for Collect {
         async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
@@ -652,9 +816,9 @@ fn copy_now(source: &PgSource, oid: u32) -> Result<(Vec<Row>, Lsn), ApplyError> 
         }
     }
     let mut sink = Collect(Vec::new());
-    let (_, lsn) =
+    let copied =
         tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
-    Ok((sink.0, lsn))
+    Ok(copied.map(|(table, lsn)| (table.relation, sink.0, lsn)))
 }
 
 /// Tables whose catch-up position has been reached become Online; their caches get rebuilt.

@@ -1,6 +1,6 @@
 //! Starting and stopping one Larder process.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -84,7 +84,6 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         proxied: ProxiedQueries::default(),
         database,
         upstream_display,
-        c_collation: AtomicBool::new(false),
         connections: AtomicU64::new(0),
         unbuilt: std::sync::Mutex::new(Vec::new()),
     });
@@ -151,17 +150,6 @@ async fn start_replication(
                 backoff_ms = (backoff_ms * 2).min(30_000);
             }
         }
-    }
-    match source.client().await {
-        Ok(client) => {
-            if let Ok(row) = client
-                .query_one("SELECT datcollate IN ('C', 'POSIX') FROM pg_database WHERE datname = current_database()", &[])
-                .await
-            {
-                controller.c_collation.store(row.get::<_, bool>(0), Ordering::SeqCst);
-            }
-        }
-        Err(e) => warn!(error = %e, "could not read the database collation; text ordering will not be cached"),
     }
     restore_caches(&controller).await;
     tokio::spawn(crate::catalog_watch::run(core.clone(), source.clone()));

@@ -160,7 +160,67 @@ pub fn object_name(deployment: &str) -> String {
     s
 }
 
+/// Prefix of the logical messages Larder's event trigger emits for every table whose
+/// definition changes or that is dropped (content: the table's oid).
+pub const DDL_MESSAGE_PREFIX: &str = "larder_ddl";
+
+/// Installs (idempotently) the event triggers that announce DDL in the change stream. Shared by
+/// every Larder deployment of the database.
+const DDL_TRIGGER_SQL: &str = r#"
+CREATE OR REPLACE FUNCTION public.larder_ddl_announce() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE r record;
+BEGIN
+  IF TG_EVENT = 'sql_drop' THEN
+    FOR r IN SELECT objid FROM pg_event_trigger_dropped_objects()
+             WHERE classid = 'pg_catalog.pg_class'::regclass AND objsubid = 0 LOOP
+      PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
+    END LOOP;
+  ELSE
+    FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
+             WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
+      PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
+    END LOOP;
+  END IF;
+END
+$fn$;
+DO $do$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'larder_ddl_end') THEN
+    CREATE EVENT TRIGGER larder_ddl_end ON ddl_command_end
+      EXECUTE FUNCTION public.larder_ddl_announce();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'larder_ddl_drop') THEN
+    CREATE EVENT TRIGGER larder_ddl_drop ON sql_drop
+      EXECUTE FUNCTION public.larder_ddl_announce();
+  END IF;
+END
+$do$;
+"#;
+
 impl PgSource {
+    /// Installs the DDL event triggers when the role may (superuser). Returns whether DDL is
+    /// announced in the stream; without it, shape changes are noticed by polling the catalog.
+    pub async fn ensure_ddl_announcements(&self) -> Result<bool, ReplicationError> {
+        let client = self.client().await?;
+        let superuser: bool = client
+            .query_one(
+                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(ReplicationError::pg("reading the role"))?
+            .get(0);
+        if !superuser {
+            return Ok(false);
+        }
+        client
+            .batch_execute(DDL_TRIGGER_SQL)
+            .await
+            .map_err(ReplicationError::pg("installing the DDL event triggers"))?;
+        Ok(true)
+    }
+
     /// `url`: a libpq-style URL or key/value string (`sslmode` disable/prefer/require).
     /// `table_filter`: `table` / `schema.table` patterns with `*`; empty = every table.
     pub fn new(
@@ -408,22 +468,26 @@ impl PgSource {
     }
 
     /// Copies one table as it is now (after its shape changed); see `snapshot::run_now`.
-    /// The table is described afresh from the catalog; returns the WAL position of the copy.
+    /// The table is described afresh from the catalog; returns it with the WAL position of the
+    /// copy (no rows are copied when it is not replicated), or `None` when it no longer exists.
     pub async fn copy_table_now<S: SnapshotSink>(
         &self,
         oid: u32,
         sink: &mut S,
-    ) -> Result<(DiscoveredTable, Lsn), ReplicationError> {
+    ) -> Result<Option<(DiscoveredTable, Lsn)>, ReplicationError> {
         let client = self.client().await?;
-        let table = discovery::discover(&client, &self.name, &self.filter)
+        let Some(table) = discovery::discover(&client, &self.name, &self.filter)
             .await?
             .into_iter()
             .find(|t| t.relation.oid == oid)
-            .ok_or_else(|| {
-                ReplicationError::Protocol(format!("relation {oid} no longer exists"))
-            })?;
+        else {
+            return Ok(None);
+        };
+        if !table.relation.status.is_replicated() {
+            return Ok(Some((table, Lsn::ZERO)));
+        }
         let lsn = snapshot::run_now(&client, &table, sink, &self.options).await?;
-        Ok((table, lsn))
+        Ok(Some((table, lsn)))
     }
 
     /// Streams committed transactions after `from` into `out` until `out` is closed (returns

@@ -121,6 +121,8 @@ impl<'a> Streamer<'a> {
             &[
                 ("proto_version", "1"),
                 ("publication_names", publication.as_str()),
+                // Logical messages (PG 14+) carry DDL announcements from the event trigger.
+                ("messages", "true"),
             ],
         )?;
         info!(slot = %self.source.slot_name(), start = %self.start, "replication started");
@@ -292,7 +294,20 @@ impl<'a> Streamer<'a> {
                     self.push(rels.len() * 4, Change::Truncate { rels })?;
                 }
             }
-            M::Type { .. } | M::Origin { .. } | M::Message { .. } => {}
+            M::Message {
+                prefix, content, ..
+            } => {
+                // Emitted by Larder's event trigger inside the DDL's own transaction.
+                if prefix == super::DDL_MESSAGE_PREFIX && self.txn.is_some() {
+                    let oid = std::str::from_utf8(&content)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    if let Some(rel) = oid {
+                        self.push(8, Change::SchemaChanged { rel })?;
+                    }
+                }
+            }
+            M::Type { .. } | M::Origin { .. } => {}
             other => {
                 return Err(ReplicationError::Protocol(format!(
                     "unexpected pgoutput message for protocol version 1: {other:?}"
