@@ -163,7 +163,9 @@ impl Controller {
                 name,
                 source,
             } => self.create_cache(always, name, source).await,
-            LarderStatement::ExplainCreateCache { source } => self.explain_create_cache(source),
+            LarderStatement::ExplainCreateCache { source } => {
+                self.explain_create_cache(source).await
+            }
             LarderStatement::DropCache { name } => self.drop_cache(&name),
             LarderStatement::DropAllCaches => {
                 for c in self.core.caches.all() {
@@ -259,11 +261,13 @@ impl Controller {
                 )))
             }
         }
-        if !self.core.c_collation.load(Ordering::SeqCst)
-            && orders_or_ranges_text(&plan, &entry.schema)
+        if plan
+            .order_by
+            .iter()
+            .any(|k| plan.materialized_types.get(k.column) == Some(&larder_sql::SqlType::Bpchar))
         {
             return Err(ControllerError::Unsupported(
-                "ordering or range comparison of text needs the upstream database to use the C collation".into(),
+                "ORDER BY on a char(n) column is not supported yet (trailing spaces are insignificant)".into(),
             ));
         }
         Ok((plan, entry))
@@ -301,13 +305,17 @@ impl Controller {
         Ok(())
     }
 
-    fn explain_create_cache(&self, source: CacheSource) -> Result<Table, ControllerError> {
+    async fn explain_create_cache(&self, source: CacheSource) -> Result<Table, ControllerError> {
         let (_, normalized) = self.source_query(source)?;
         let supported = if self.core.caches.get(&normalized.query_id).is_some() {
             "cached".to_string()
         } else {
-            match self.check_supported(&normalized) {
-                Ok(_) => "yes".to_string(),
+            let checked = match self.check_supported(&normalized) {
+                Ok((plan, entry)) => self.check_collations(&plan, &entry).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => "yes".to_string(),
                 Err(e) => format!("no: {e}"),
             }
         };
@@ -357,6 +365,7 @@ impl Controller {
         always: bool,
     ) -> Result<Arc<CacheEntry>, ControllerError> {
         let (plan, table) = self.check_supported(normalized)?;
+        self.check_collations(&plan, &table).await?;
         let columns = self.describe(&normalized.text).await?;
         if columns.len() != plan.output.len() {
             return Err(ControllerError::Internal(format!(
@@ -405,6 +414,54 @@ impl Controller {
             invalid: Mutex::new(None),
             serving: AtomicBool::new(true),
         }))
+    }
+
+    /// Text compares and sorts by its collation. Larder compares bytes, which is right for
+    /// every deterministic collation's equality and for ordering under "C"/"POSIX" (or a
+    /// database default that is bytewise); anything else is refused with the column named.
+    async fn check_collations(
+        &self,
+        plan: &larder_sql::plan::CachePlan,
+        table: &crate::tables::TableEntry,
+    ) -> Result<(), ControllerError> {
+        let source = self
+            .source
+            .as_ref()
+            .ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
+        let client = source
+            .client()
+            .await
+            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?;
+        let rows = client
+            .query(
+                "SELECT a.attname::text, co.collname::text, co.collprovider::text, co.collisdeterministic \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table.oid],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(format!("reading collations: {}", db_error_text(&e))))?;
+        let text_order = orders_or_ranges_text(plan, &table.schema);
+        let db_bytewise = self.core.c_collation.load(Ordering::SeqCst);
+        for r in rows {
+            let (column, collation, provider, deterministic): (String, String, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if !deterministic {
+                return Err(ControllerError::Unsupported(format!(
+                    "column {column} uses the nondeterministic collation {collation}"
+                )));
+            }
+            let bytewise =
+                collation == "C" || collation == "POSIX" || (provider == "d" && db_bytewise);
+            if text_order && !bytewise {
+                return Err(ControllerError::Unsupported(format!(
+                    "ordering or range comparison of text needs the C collation (column {column} uses {})",
+                    if provider == "d" { "the database default".to_string() } else { collation }
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The result columns exactly as the upstream describes them.
@@ -685,47 +742,74 @@ fn show_version() -> Table {
 
 /// Whether the plan sorts by, or range-compares, a text value (collation-dependent).
 fn orders_or_ranges_text(plan: &larder_sql::plan::CachePlan, table: &TableSchema) -> bool {
-    use larder_sql::plan::{BinaryOp, Expr};
+    use larder_sql::plan::{BinaryOp, Expr, Func};
     use larder_sql::SqlType;
-    let is_text = |t: &SqlType| {
+    fn is_text_type(t: &SqlType) -> bool {
         matches!(
             t,
             SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name
-        )
-    };
-    if plan
-        .order_by
-        .iter()
-        .any(|k| plan.materialized_types.get(k.column).is_some_and(is_text))
-    {
-        return true;
+        ) || matches!(t, SqlType::Array(inner) if is_text_type(inner))
     }
-    fn ranges(e: &Expr) -> bool {
+    /// Whether `e` yields text, given the types of the columns it reads.
+    fn yields_text(e: &Expr, cols: &[SqlType]) -> bool {
+        match e {
+            Expr::Column(i) => cols.get(*i).is_some_and(is_text_type),
+            Expr::Literal(v) => matches!(v, larder_sql::Value::Text(_)),
+            Expr::Binary {
+                op: BinaryOp::Concat,
+                ..
+            } => true,
+            Expr::Binary { ty, .. } | Expr::Cast { ty, .. } => is_text_type(ty),
+            Expr::Func {
+                func: Func::Coalesce,
+                args,
+            } => args.iter().any(|a| yields_text(a, cols)),
+            _ => false,
+        }
+    }
+    /// Whether `e` contains a range comparison (or BETWEEN) of text.
+    fn ranges(e: &Expr, cols: &[SqlType]) -> bool {
         match e {
             Expr::Binary {
                 op, left, right, ..
             } => {
-                matches!(
+                let range = matches!(
                     op,
                     BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq
-                ) || ranges(left)
-                    || ranges(right)
+                );
+                (range && (yields_text(left, cols) || yields_text(right, cols)))
+                    || ranges(left, cols)
+                    || ranges(right, cols)
             }
-            Expr::Between { .. } => true,
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                yields_text(expr, cols)
+                    || yields_text(low, cols)
+                    || yields_text(high, cols)
+                    || ranges(expr, cols)
+            }
             Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => {
-                ranges(expr)
+                ranges(expr, cols)
             }
-            Expr::InList { expr, list, .. } => ranges(expr) || list.iter().any(ranges),
-            Expr::Like { expr, pattern, .. } => ranges(expr) || ranges(pattern),
-            Expr::Func { args, .. } => args.iter().any(ranges),
+            Expr::InList { expr, list, .. } => {
+                ranges(expr, cols) || list.iter().any(|l| ranges(l, cols))
+            }
+            Expr::Like { expr, pattern, .. } => ranges(expr, cols) || ranges(pattern, cols),
+            Expr::Func { args, .. } => args.iter().any(|a| ranges(a, cols)),
             Expr::Column(_) | Expr::Literal(_) | Expr::Param(_) => false,
         }
     }
-    // Conservative: any range comparison on a table or plan with text columns.
-    let touches_text =
-        plan.materialized_types.iter().any(is_text) || table.columns.iter().any(|c| is_text(&c.ty));
-    touches_text
-        && (plan.filter.as_ref().is_some_and(ranges) || plan.residual.as_ref().is_some_and(ranges))
+    let base: Vec<SqlType> = table.columns.iter().map(|c| c.ty.clone()).collect();
+    plan.order_by.iter().any(|k| {
+        plan.materialized_types
+            .get(k.column)
+            .is_some_and(is_text_type)
+    }) || plan.filter.as_ref().is_some_and(|f| ranges(f, &base))
+        || plan
+            .residual
+            .as_ref()
+            .is_some_and(|r| ranges(r, &plan.materialized_types))
 }
 
 fn db_error_text(e: &tokio_postgres::Error) -> String {

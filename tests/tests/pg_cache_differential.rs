@@ -1922,6 +1922,12 @@ async fn create_cache_when_collation_known(larder: &Client, select: &str) {
                     .as_db_error()
                     .map(|d| d.message().to_string())
                     .unwrap_or_default();
+                let refused = e.as_db_error().is_some_and(|d| d.code().code() == "0A000");
+                if refused && !msg.contains("C collation") {
+                    // Refusing is correct too: the probes then go upstream.
+                    eprintln!("cache refused: {select}: {msg}");
+                    return;
+                }
                 if !msg.contains("C collation") {
                     panic!("CREATE CACHE FROM {select}: {e:?}");
                 }
@@ -1938,7 +1944,6 @@ async fn create_cache_when_collation_known(larder: &Client, select: &str) {
 /// `SHOW LARDER STATUS` says "Streaming" before Larder has read the database collation; a
 /// CREATE CACHE ordering text in that window is refused although the database uses "C".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): c_collation is read after Streaming is reported"]
 async fn create_cache_right_after_streaming_accepts_text_ordering() {
     let d = Deployment::start(
         "diff_race",
@@ -1971,7 +1976,6 @@ const WORDS: &str = "('apple'), ('Apple'), ('Banana'), ('banana'), ('b'), ('B'),
 /// A column with an ICU collation sorts and compares linguistically; the cache must not answer
 /// ORDER BY or range comparisons on it bytewise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): column COLLATE (ICU) ignored; text ORDER BY/ranges answered bytewise"]
 async fn text_ordering_follows_a_column_collation() {
     let d = Deployment::start(
         "diff_coll",
@@ -2005,7 +2009,6 @@ async fn text_ordering_follows_a_column_collation() {
 /// Under a nondeterministic (case-insensitive) collation `'apple' = 'APPLE'`: equality lookups
 /// in a cache must not be bytewise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): nondeterministic collation ignored; equality answered bytewise"]
 async fn equality_follows_a_nondeterministic_collation() {
     let d = Deployment::start(
         "diff_ndcoll",
@@ -2037,7 +2040,6 @@ async fn equality_follows_a_nondeterministic_collation() {
 
 /// A database whose default collation comes from ICU (`datcollate` still says "C").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): ICU database default collation passes the datcollate=C check"]
 async fn text_ordering_follows_an_icu_database_default() {
     let d = Deployment::start_with(
         "diff_icudb",
@@ -2069,7 +2071,6 @@ async fn text_ordering_follows_an_icu_database_default() {
 /// char(n) compares with trailing spaces stripped (`'ab'` < `'ab\t'`), so ordering padded
 /// values bytewise is wrong when a value holds a character below the space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): ORDER BY char(n) compares padded values bytewise"]
 async fn char_n_ordering_ignores_trailing_spaces() {
     let d = Deployment::start(
         "diff_bpchar",
@@ -2100,7 +2101,6 @@ async fn char_n_ordering_ignores_trailing_spaces() {
 /// Postgres compares across types (int4 = int8, int4 = numeric, text = bpchar); the cache must
 /// not truncate or reinterpret the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): a bpchar-declared parameter keeps its trailing spaces against a text column"]
 async fn declared_parameter_types_match_postgres() {
     use tokio_postgres::types::Type;
     let d = Deployment::start(

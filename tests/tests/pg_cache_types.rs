@@ -1241,7 +1241,6 @@ async fn output_settings_from_role_defaults_match_direct() {
 /// Larder's own statements prepared by a libpq client (named Parse + Sync first, then Bind /
 /// Execute) must be answered by Larder, not relayed upstream as syntax errors.
 #[test]
-#[ignore = "BUG (reported by difftests): Larder statements in a Parse+Sync unit are relayed upstream"]
 fn larder_statements_can_be_prepared_by_libpq_clients() {
     let d = shared();
     let python = std::env::var_os("LARDER_PYTHON")

@@ -308,6 +308,18 @@ impl RouterSession {
             parse = Some(Parse::decode(&it.next()?.frame).ok()?);
         }
         let next = it.next()?;
+        if next.frame.tag == frontend_tag::SYNC {
+            // `Parse Sync`: a prepare (libpq's PQprepare); answered locally only for Larder's
+            // own statements, which the upstream would not understand.
+            let p = parse.filter(|_| it.next().is_none())?;
+            return Some(LocalUnit {
+                statement: p.name.clone(),
+                parse: Some(p),
+                bind: None,
+                describe: false,
+                describe_statement: false,
+            });
+        }
         if next.frame.tag == frontend_tag::DESCRIBE {
             let d = Describe::decode(&next.frame).ok()?;
             if d.target != Target::Statement
@@ -388,6 +400,17 @@ impl RouterSession {
         }
         match &*kind {
             Kind::Larder(stmt) => {
+                if unit.bind.is_none() && !unit.describe_statement {
+                    ReadyForQuery {
+                        status: session.transaction_status(),
+                    }
+                    .encode(&mut out);
+                    dispatch.respond(out.freeze());
+                    if let Some(p) = &unit.parse {
+                        self.remember(p, false);
+                    }
+                    return true;
+                }
                 if unit.describe_statement {
                     ParameterDescription { types: vec![] }.encode(&mut out);
                     encode_larder_row_description(stmt, &mut out);
@@ -888,12 +911,27 @@ fn decode_bind(
             let Some(raw) = raw else {
                 return Ok(Some(Value::Null));
             };
-            let declared_ty = declared
-                .get(i)
-                .copied()
-                .filter(|o| *o != 0)
-                .and_then(pgtypes::type_from_oid);
-            let ty = declared_ty.or_else(|| placeholder_type.get(&(i + 1)).cloned());
+            let slot_ty = placeholder_type.get(&(i + 1)).cloned();
+            let declared_oid = declared.get(i).copied().filter(|o| *o != 0);
+            let declared_ty = match declared_oid {
+                None => None,
+                Some(oid) => {
+                    let ty = pgtypes::type_from_oid(oid)
+                        .ok_or_else(|| format!("parameter ${} is declared with type oid {oid}", i + 1))?;
+                    if let Some(slot) = &slot_ty {
+                        if !compares_alike(&ty, slot) {
+                            return Err(format!(
+                                "parameter ${} is declared as {}, which compares differently from {}",
+                                i + 1,
+                                pgtypes::type_name(&ty),
+                                pgtypes::type_name(slot)
+                            ));
+                        }
+                    }
+                    Some(ty)
+                }
+            };
+            let ty = declared_ty.or(slot_ty);
             if binary(i) {
                 let ty =
                     ty.ok_or_else(|| format!("unknown type for binary parameter ${}", i + 1))?;
@@ -907,6 +945,20 @@ fn decode_bind(
             }
         })
         .collect()
+}
+
+/// Whether a value declared as `declared` compares with a `slot` column exactly as Larder
+/// compares it (same type family, no implicit conversion with other semantics, such as
+/// bpchar dropping trailing spaces).
+fn compares_alike(declared: &SqlType, slot: &SqlType) -> bool {
+    use SqlType::*;
+    let int_like = |t: &SqlType| matches!(t, Int2 | Int4 | Int8 | Numeric);
+    let float = |t: &SqlType| matches!(t, Float4 | Float8);
+    let text = |t: &SqlType| matches!(t, Text | Varchar);
+    declared == slot
+        || (int_like(declared) && int_like(slot))
+        || (float(declared) && float(slot))
+        || (text(declared) && text(slot))
 }
 
 fn row_description(columns: &[crate::cache::ResultColumn], formats: &Formats) -> RowDescription {
