@@ -69,6 +69,12 @@ pub trait CacheBackend: Send + Sync + 'static {
     fn record_proxied(&self, query_id: &str, normalized_text: &str);
     /// Runs one of Larder's own statements (may take a while: `CREATE CACHE`).
     fn execute(&self, stmt: LarderStatement) -> BoxFuture<Result<TextTable, StatementError>>;
+    /// Whether role or database defaults (`ALTER ROLE/DATABASE ... SET`) change how floats or
+    /// bytea print for sessions of this user in this database.
+    fn custom_output_for(&self, user: &str, database: &str) -> bool {
+        let _ = (user, database);
+        false
+    }
     /// Sessions opened and closed (for `SHOW LARDER STATUS`).
     fn session_opened(&self) {}
     fn session_closed(&self) {}

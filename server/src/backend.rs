@@ -103,6 +103,18 @@ impl CacheBackend for Backend {
         })
     }
 
+    fn custom_output_for(&self, user: &str, database: &str) -> bool {
+        let overrides = self
+            .controller
+            .core
+            .output_overrides
+            .read()
+            .expect("overrides lock poisoned");
+        overrides
+            .iter()
+            .any(|(r, d)| (r.is_empty() || r == user) && (d.is_empty() || d == database))
+    }
+
     fn session_opened(&self) {
         self.controller.connections.fetch_add(1, Ordering::Relaxed);
     }

@@ -47,6 +47,7 @@ async fn check_once(
     core: &Core,
     client: &tokio_postgres::Client,
 ) -> Result<(), tokio_postgres::Error> {
+    check_output_overrides(core, client).await?;
     let held: Vec<(u32, Shape)> = {
         let tables = core.tables.read().expect("tables lock poisoned");
         tables
@@ -112,5 +113,42 @@ async fn check_once(
             }
         }
     }
+    Ok(())
+}
+
+/// Role and database defaults that change how floats or bytea print (`ALTER ROLE/DATABASE
+/// ... SET`): sessions they apply to are not answered from caches with such columns.
+async fn check_output_overrides(
+    core: &Core,
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT coalesce(r.rolname::text, ''), coalesce(d.datname::text, ''), s.setconfig \
+             FROM pg_catalog.pg_db_role_setting s \
+             LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
+             LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase",
+            &[],
+        )
+        .await?;
+    let mut overrides = Vec::new();
+    for r in rows {
+        let settings: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+        let custom = settings.iter().any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k.trim().to_ascii_lowercase().as_str() {
+                "extra_float_digits" => v.trim().parse::<i32>().map_or(true, |d| d < 1),
+                "bytea_output" => !v.trim().eq_ignore_ascii_case("hex"),
+                _ => false,
+            }
+        });
+        if custom {
+            overrides.push((r.get(0), r.get(1)));
+        }
+    }
+    *core
+        .output_overrides
+        .write()
+        .expect("overrides lock poisoned") = overrides;
     Ok(())
 }

@@ -112,6 +112,8 @@ pub struct Core {
     pub tables: RwLock<TableRegistry>,
     pub caches: CacheRegistry,
     pub status: Status,
+    /// `(role, database)` pairs ("" = any) whose defaults change float or bytea output.
+    pub output_overrides: RwLock<Vec<(String, String)>>,
     /// True when text ordering in the upstream database is bytewise (libc "C" collation).
     pub c_collation: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
@@ -127,6 +129,7 @@ impl Core {
             tables: RwLock::new(TableRegistry::default()),
             caches: CacheRegistry::default(),
             status: Status::default(),
+            output_overrides: RwLock::new(Vec::new()),
             c_collation: AtomicBool::new(false),
             rebuild_tx: tx,
         };

@@ -1201,7 +1201,6 @@ async fn output_settings_from_startup_options_match_direct() {
 
 /// The same settings as role defaults (`ALTER ROLE ... SET`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): ALTER ROLE/DATABASE SET extra_float_digits/bytea_output invisible to the cache"]
 async fn output_settings_from_role_defaults_match_direct() {
     let d = shared();
     let role = format!("dt_role_{}", std::process::id());
@@ -1213,6 +1212,8 @@ async fn output_settings_from_role_defaults_match_direct() {
         ),
     )
     .expect("create role");
+    // Larder reads role and database defaults with its catalog poll (every second).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let direct = connect(&format!(
         "postgresql://{role}:pw{role}@127.0.0.1:{}/{}",
         d.pg.port(),

@@ -83,8 +83,9 @@ struct Shape {
     query_id: String,
     text: String,
     params: Vec<ParamSource>,
-    /// The table name when the query does not qualify it (needs `search_path` resolution).
-    unqualified: Option<String>,
+    /// The table name, quoted, when the query does not qualify it: how it resolves under the
+    /// session's `search_path` is asked of the upstream before a cache answers.
+    table: Option<String>,
     /// Running it upstream could change session settings (it calls a user function).
     may_change_settings: bool,
 }
@@ -185,7 +186,13 @@ impl Interceptor for RouterSession {
         let Some(name) = self.capture.take() else {
             return;
         };
-        let oid = first_value(response).and_then(|v| v.parse::<u32>().ok());
+        let row = first_row(response).unwrap_or_default();
+        let value = |i: usize| row.get(i).cloned().flatten();
+        let oid = value(0).and_then(|v| v.parse::<u32>().ok());
+        // Role and database defaults of these settings are invisible otherwise.
+        let float_digits = value(1).and_then(|v| v.trim().parse::<i32>().ok());
+        let bytea = value(2);
+        self.custom_output = float_digits.is_none_or(|d| d < 1) || bytea.as_deref() != Some("hex");
         if self.resolutions.len() >= RESOLUTIONS_MAX {
             self.resolutions.clear();
         }
@@ -210,15 +217,18 @@ impl RouterSession {
             None if classify(sql) == StatementKind::Select => {
                 match normalize(sql, Dialect::Postgres) {
                     Ok(n) => {
-                        let unqualified = match from_table(&n.query) {
-                            Some((None, name)) => Some(name),
+                        // Only unqualified names depend on the session's search_path.
+                        let table = match from_table(&n.query) {
+                            Some((None, name)) => {
+                                Some(format!("\"{}\"", name.replace('"', "\"\"")))
+                            }
                             _ => None,
                         };
                         Kind::Select(Arc::new(Shape {
                             query_id: n.query_id,
                             text: n.text,
                             params: n.params,
-                            unqualified,
+                            table,
                             may_change_settings: may_change_settings(&n.query),
                         }))
                     }
@@ -563,7 +573,7 @@ impl RouterSession {
             }
             TransactionStatus::Failed => return Err("the transaction has failed".into()),
         }
-        if let Some(name) = &shape.unqualified {
+        if let Some(name) = &shape.table {
             self.check_resolution(session, name, cache.as_ref(), dispatch)?;
         }
         let tz = session
@@ -577,7 +587,11 @@ impl RouterSession {
         if needs_tz && tz.is_none() {
             return Err("the session TimeZone is not UTC or a fixed offset".into());
         }
-        if self.custom_output
+        let custom_output = self.custom_output
+            || self
+                .backend
+                .custom_output_for(session.user(), session.database());
+        if custom_output
             && cache
                 .columns()
                 .iter()
@@ -613,7 +627,8 @@ impl RouterSession {
         Ok((cache, rows))
     }
 
-    /// The unqualified table name must resolve, for this session, to the cache's table.
+    /// The table name must resolve, for this session, to the cache's table; the same capture
+    /// also reads the session's output settings the server does not report.
     fn check_resolution(
         &mut self,
         session: &SessionState,
@@ -642,11 +657,12 @@ impl RouterSession {
                     && session.transaction_status() != TransactionStatus::Failed
                 {
                     let mut buf = BytesMut::new();
-                    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
                     Query {
                         sql: format!(
-                            "SELECT pg_catalog.to_regclass('{}')::oid",
-                            quoted.replace('\'', "''")
+                            "SELECT pg_catalog.to_regclass('{}')::oid, \
+                             pg_catalog.current_setting('extra_float_digits'), \
+                             pg_catalog.current_setting('bytea_output')",
+                            name.replace('\'', "''")
                         ),
                     }
                     .encode(&mut buf);
@@ -1084,15 +1100,22 @@ fn encode_text_table(
     out.freeze()
 }
 
-/// The first column of the first DataRow of a captured simple-query response.
-fn first_value(response: &[u8]) -> Option<String> {
+/// The values of the first DataRow of a captured simple-query response.
+fn first_row(response: &[u8]) -> Option<Vec<Option<String>>> {
     use super::messages::{DataRow, FrameIter};
     for m in FrameIter::new(response, usize::MAX) {
         let m = m.ok()?;
         if m.frame.tag == b'D' {
             let row = DataRow::decode(&m.frame).ok()?;
-            let v = row.values.first()?.as_ref()?;
-            return std::str::from_utf8(v).ok().map(str::to_string);
+            return Some(
+                row.values
+                    .iter()
+                    .map(|v| {
+                        v.as_ref()
+                            .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
+                    })
+                    .collect(),
+            );
         }
     }
     None
