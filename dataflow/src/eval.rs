@@ -462,6 +462,7 @@ pub(crate) fn kind_name(v: &Value) -> &'static str {
         Value::Uuid(_) => "uuid",
         Value::Json(_) => "json",
         Value::Array(_) => "array",
+        Value::Unrepresentable(_) => "unrepresentable value",
     }
 }
 

@@ -28,6 +28,7 @@ fn kind_rank(v: &Value) -> u8 {
         Value::Uuid(_) => 11,
         Value::Json(_) => 12,
         Value::Array(_) => 13,
+        Value::Unrepresentable(_) => 14,
     }
 }
 
@@ -47,6 +48,7 @@ pub fn structural_cmp(a: &Value, b: &Value) -> Ordering {
         }
         (Uuid(x), Uuid(y)) => x.cmp(y),
         (Array(x), Array(y)) => structural_cmp_row(x, y),
+        (Unrepresentable(x), Unrepresentable(y)) => x.cmp(y),
         _ => kind_rank(a).cmp(&kind_rank(b)),
     }
 }

@@ -107,6 +107,7 @@ fn value_kind(v: &Value) -> &'static str {
         Value::Uuid(_) => "uuid",
         Value::Json(_) => "json",
         Value::Array(_) => "array",
+        Value::Unrepresentable(_) => "unrepresentable",
     }
 }
 

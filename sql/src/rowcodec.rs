@@ -35,6 +35,7 @@ const TAG_TIMESTAMPTZ: u8 = 11;
 const TAG_UUID: u8 = 12;
 const TAG_JSON: u8 = 13;
 const TAG_ARRAY: u8 = 14;
+const TAG_UNREPRESENTABLE: u8 = 15;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowCodecError {
@@ -110,6 +111,7 @@ fn encode_value(v: &Value, out: &mut Vec<u8>) {
             out.extend_from_slice(u);
         }
         Value::Json(s) => put_bytes(out, TAG_JSON, s.as_bytes()),
+        Value::Unrepresentable(s) => put_bytes(out, TAG_UNREPRESENTABLE, s.as_bytes()),
         Value::Array(items) => {
             out.push(TAG_ARRAY);
             put_varint(out, items.len() as u64);
@@ -234,6 +236,7 @@ impl<'a> Reader<'a> {
                     .map_err(|_| RowCodecError::Truncated)?,
             ),
             TAG_JSON => Value::Json(self.string()?),
+            TAG_UNREPRESENTABLE => Value::Unrepresentable(self.string()?),
             TAG_ARRAY => {
                 if depth >= NESTING_MAX {
                     return Err(RowCodecError::TooDeep);

@@ -62,6 +62,10 @@ pub enum Value {
     Json(String),
     /// Elements of a one-dimensional array; `Value::Null` for NULL elements.
     Array(Vec<Value>),
+    /// A value the upstream has but Larder cannot represent exactly (e.g. an array whose lower
+    /// bound is not 1), kept as the upstream's text. It is stored so replication never stops
+    /// on it, compares with nothing, and cannot be encoded: a read that needs it goes upstream.
+    Unrepresentable(String),
 }
 
 impl Value {
@@ -203,7 +207,7 @@ impl KeyPart {
             Value::Uuid(u) => KeyPart::Bytes(u.to_vec()),
             Value::Date(d) => KeyPart::Int(*d as i64),
             Value::Time(t) | Value::Timestamp(t) | Value::TimestampTz(t) => KeyPart::Int(*t),
-            Value::Array(_) => KeyPart::Other(format!("{v:?}")),
+            Value::Array(_) | Value::Unrepresentable(_) => KeyPart::Other(format!("{v:?}")),
         }
     }
 }

@@ -1074,7 +1074,6 @@ const ODD_ARRAYS: &str = "CREATE TABLE arr (id int PRIMARY KEY, a int4[], t text
 /// represent those; a table holding one at snapshot time must not keep Larder (and every
 /// other table) from coming online, and reads of it must stay correct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): an array with lower bound != 1 or 2+ dims stops all replication"]
 async fn odd_arrays_in_the_snapshot_do_not_stop_replication() {
     let d = Own::start(
         "cache_arrays_snap",
@@ -1109,7 +1108,6 @@ async fn odd_arrays_in_the_snapshot_do_not_stop_replication() {
 /// The same values arriving through the change stream after the caches exist: the other table
 /// must stay fresh, and no cache may serve the old value of the changed row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (reported by difftests): an array with lower bound != 1 or 2+ dims stalls the stream; caches serve stale rows"]
 async fn odd_arrays_in_the_change_stream_do_not_stop_replication() {
     let d = Own::start("cache_arrays_stream", ODD_ARRAYS);
     let direct = connect(&d.pg.url(&d.db)).await;

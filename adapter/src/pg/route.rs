@@ -270,10 +270,17 @@ impl RouterSession {
                     let mut out = BytesMut::new();
                     let formats = Formats::all_text();
                     row_description(cache.columns(), &formats).encode(&mut out);
-                    self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out);
-                    finish(&mut out, rows.len(), session);
-                    self.hit(cache.query_id());
-                    dispatch.respond(out.freeze());
+                    match self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out) {
+                        Ok(()) => {
+                            finish(&mut out, rows.len(), session);
+                            self.hit(cache.query_id());
+                            dispatch.respond(out.freeze());
+                        }
+                        Err(reason) => {
+                            self.miss(shape, reason);
+                            dispatch.forward(msg);
+                        }
+                    }
                 }
                 Err(reason) => {
                     self.miss(shape, reason);
@@ -444,7 +451,12 @@ impl RouterSession {
                         if unit.describe {
                             row_description(cache.columns(), &formats).encode(&mut out);
                         }
-                        self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out);
+                        if let Err(reason) =
+                            self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out)
+                        {
+                            self.miss(shape, reason);
+                            return false;
+                        }
                         finish(&mut out, rows.len(), session);
                         self.hit(cache.query_id());
                         dispatch.respond(out.freeze());
@@ -681,7 +693,7 @@ impl RouterSession {
         rows: &[Vec<Value>],
         formats: &Formats,
         out: &mut BytesMut,
-    ) {
+    ) -> Result<(), String> {
         let tz = session
             .parameter("TimeZone")
             .and_then(TimeZoneSetting::from_name)
@@ -702,16 +714,14 @@ impl RouterSession {
                 }
                 let bytes: &[u8] = if formats.is_binary(i) {
                     bin.clear();
-                    if pgtypes::encode_binary(&col.ty, v, &mut bin).is_err() {
-                        out.put_i32(-1);
-                        continue;
+                    if let Err(e) = pgtypes::encode_binary(&col.ty, v, &mut bin) {
+                        return Err(format!("column {} cannot be encoded: {e}", col.name));
                     }
                     &bin
                 } else {
                     text.clear();
-                    if pgtypes::write_text(&col.ty, v, tz, &mut text).is_err() {
-                        out.put_i32(-1);
-                        continue;
+                    if let Err(e) = pgtypes::write_text(&col.ty, v, tz, &mut text) {
+                        return Err(format!("column {} cannot be encoded: {e}", col.name));
                     }
                     text.as_bytes()
                 };
@@ -721,6 +731,7 @@ impl RouterSession {
             let len = (out.len() - at) as i32;
             out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
+        Ok(())
     }
 
     fn hit(&mut self, query_id: &str) {

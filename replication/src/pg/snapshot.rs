@@ -234,13 +234,10 @@ pub(crate) fn parse_copy_row(rel: &RelationInfo, line: &[u8]) -> Result<Row, Rep
         .zip(&rel.schema.columns)
         .map(|(f, col)| match f {
             None => Ok(Value::Null),
-            Some(text) => {
-                pgtypes::parse_text(&col.ty, &text).map_err(|e| ReplicationError::Decode {
-                    table: table(),
-                    column: col.name.clone(),
-                    message: e.to_string(),
-                })
-            }
+            // A value Larder cannot represent never stops replication: it is kept as text
+            // and any cache read that needs it goes upstream.
+            Some(text) => Ok(pgtypes::parse_text(&col.ty, &text)
+                .unwrap_or_else(|_| Value::Unrepresentable(text.to_string()))),
         })
         .collect()
 }

@@ -533,7 +533,9 @@ fn decode_tuple(
         } else if data.is_text() {
             let text = std::str::from_utf8(data.as_bytes())
                 .map_err(|e| decode_err(format!("not UTF-8: {e}")))?;
-            pgtypes::parse_text(&col.ty, text).map_err(|e| decode_err(e.to_string()))?
+            // A value Larder cannot represent never stops replication (see snapshot.rs).
+            pgtypes::parse_text(&col.ty, text)
+                .unwrap_or_else(|_| Value::Unrepresentable(text.to_string()))
         } else {
             return Err(decode_err("binary tuple data was not requested".into()));
         };
