@@ -424,14 +424,7 @@ impl Controller {
         plan: &larder_sql::plan::CachePlan,
         table: &crate::tables::TableEntry,
     ) -> Result<(), ControllerError> {
-        let source = self
-            .source
-            .as_ref()
-            .ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
-        let client = source
-            .client()
-            .await
-            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?;
+        let client = self.upstream_client().await?;
         let rows = client
             .query(
                 "SELECT a.attname::text, co.collname::text, co.collprovider::text, co.collisdeterministic \
@@ -464,16 +457,21 @@ impl Controller {
         Ok(())
     }
 
-    /// The result columns exactly as the upstream describes them.
-    async fn describe(&self, normalized_text: &str) -> Result<Vec<ResultColumn>, ControllerError> {
+    /// A fresh SQL session on the upstream, with the settings replication uses.
+    async fn upstream_client(&self) -> Result<tokio_postgres::Client, ControllerError> {
         let source = self
             .source
             .as_ref()
             .ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
-        let client = source
+        source
             .client()
             .await
-            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?;
+            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))
+    }
+
+    /// The result columns exactly as the upstream describes them.
+    async fn describe(&self, normalized_text: &str) -> Result<Vec<ResultColumn>, ControllerError> {
+        let client = self.upstream_client().await?;
         let stmt = client.prepare(normalized_text).await.map_err(|e| {
             ControllerError::Unsupported(format!(
                 "the upstream rejects the query: {}",

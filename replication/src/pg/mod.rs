@@ -203,14 +203,7 @@ impl PgSource {
     /// announced in the stream; without it, shape changes are noticed by polling the catalog.
     pub async fn ensure_ddl_announcements(&self) -> Result<bool, ReplicationError> {
         let client = self.client().await?;
-        let superuser: bool = client
-            .query_one(
-                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .map_err(ReplicationError::pg("reading the role"))?
-            .get(0);
+        let superuser = is_superuser(&client).await?;
         if !superuser {
             return Ok(false);
         }
@@ -293,14 +286,7 @@ impl PgSource {
         if exists {
             return Ok(());
         }
-        let superuser: bool = client
-            .query_one(
-                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .map_err(ReplicationError::pg("reading the role"))?
-            .get(0);
+        let superuser = is_superuser(&client).await?;
         let sql = if superuser {
             format!("CREATE PUBLICATION {} FOR ALL TABLES", self.name)
         } else {
@@ -521,6 +507,18 @@ impl PgSource {
     pub(crate) fn options(&self) -> &PgSourceOptions {
         &self.options
     }
+}
+
+/// Whether the session's role is a superuser (needed for `FOR ALL TABLES` and event triggers).
+async fn is_superuser(client: &Client) -> Result<bool, ReplicationError> {
+    Ok(client
+        .query_one(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(ReplicationError::pg("reading the role"))?
+        .get(0))
 }
 
 /// Double-quotes an identifier.
