@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "REPLICATION_TABLES", value_delimiter = ',')]
     pub replication_tables: Vec<String>,
 
+    /// Remove this deployment's replication slot, publication, storage (and the DDL event
+    /// triggers when no other Larder deployment uses the database), then exit.
+    #[arg(long, env = "CLEANUP", default_value_t = false)]
+    pub cleanup: bool,
+
     /// Run as a plain proxy: no replication and no caches.
     #[arg(long, env = "PROXY_ONLY", default_value_t = false)]
     pub proxy_only: bool,

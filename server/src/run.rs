@@ -24,7 +24,35 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     }
 }
 
+/// `--cleanup`: remove what this deployment created upstream and on disk.
+async fn clean_up(cfg: &Config) -> anyhow::Result<()> {
+    let source = PgSource::new(
+        &cfg.upstream_db_url,
+        &cfg.deployment,
+        &cfg.replication_tables,
+    )
+    .context("configuring replication")?;
+    let removed = source.clean_up().await.context("cleaning up upstream")?;
+    for what in &removed {
+        info!(%what, "removed");
+    }
+    let storage_path = cfg.storage_dir.join(format!(
+        "{}.db",
+        larder_replication::pg::object_name(&cfg.deployment)
+    ));
+    if storage_path.exists() {
+        std::fs::remove_dir_all(&storage_path)
+            .with_context(|| format!("removing {}", storage_path.display()))?;
+        info!(path = %storage_path.display(), "removed storage");
+    }
+    info!(deployment = %cfg.deployment, "clean-up done");
+    Ok(())
+}
+
 async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if cfg.cleanup {
+        return clean_up(&cfg).await;
+    }
     let upstream = larder_adapter::UpstreamConfig::from_url(&cfg.upstream_db_url)
         .context("parsing --upstream-db-url")?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {

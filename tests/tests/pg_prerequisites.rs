@@ -70,3 +70,83 @@ fn wal_level_not_logical_stops_larder_and_names_the_setting() {
         "the message must name wal_level; log:\n{log}"
     );
 }
+
+/// `--cleanup` removes what a deployment created: its slot, its publication, the DDL event
+/// triggers (no other Larder deployment uses the database) and its storage.
+#[test]
+fn cleanup_removes_slot_publication_triggers_and_storage() {
+    let pg = PgServer::shared();
+    let db = pg.create_database("cleanup").unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
+    let storage = std::env::temp_dir().join(format!("larder-cleanup-{}", std::process::id()));
+    let storage_arg = storage.display().to_string();
+    let url = pg.url(&db);
+    let args = [
+        "--upstream-db-url",
+        url.as_str(),
+        "--deployment",
+        "cleanme",
+        "--storage-dir",
+        &storage_arg,
+    ];
+    let larder = LarderProcess::spawn(&args, &[]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let count = |sql: &str| pg.psql(&db, sql).unwrap().trim().to_string();
+    let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'larder_cleanme'";
+    let publication = "SELECT count(*) FROM pg_publication WHERE pubname = 'larder_cleanme'";
+    let triggers = "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'larder_ddl%'";
+    while count(slot) != "1" || count(triggers) != "2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "larder did not set up; log:\n{}",
+            larder.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(publication), "1");
+    larder.sigterm();
+    let status = larder
+        .wait_exit(Duration::from_secs(30))
+        .expect("larder stops on SIGTERM");
+    assert!(status.success());
+    assert!(storage.exists(), "storage was created");
+
+    let mut cleanup_args = args.to_vec();
+    cleanup_args.push("--cleanup");
+    let (success, log) = run_cleanup(&cleanup_args);
+    assert!(success, "cleanup must succeed; log:\n{log}");
+    assert_eq!(count(slot), "0", "slot left behind; log:\n{log}");
+    assert_eq!(
+        count(publication),
+        "0",
+        "publication left behind; log:\n{log}"
+    );
+    assert_eq!(
+        count(triggers),
+        "0",
+        "event triggers left behind; log:\n{log}"
+    );
+    assert!(
+        !storage.join("larder_cleanme.db").exists(),
+        "storage left behind; log:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&storage);
+}
+
+/// Runs `larder` to completion (it exits by itself) and returns (success, output).
+fn run_cleanup(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(larder_testkit::larder_binary())
+        .args(args)
+        .output()
+        .expect("running larder --cleanup");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

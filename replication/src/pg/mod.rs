@@ -199,6 +199,62 @@ $do$;
 "#;
 
 impl PgSource {
+    /// Removes what this deployment created upstream: its slot, its publication, and the DDL
+    /// event triggers when no other Larder slot remains in the database. Returns what was
+    /// removed, for the operator.
+    pub async fn clean_up(&self) -> Result<Vec<String>, ReplicationError> {
+        let mut removed = Vec::new();
+        if self.drop_slot().await? {
+            removed.push(format!("replication slot {}", self.name));
+        }
+        let client = self.client().await?;
+        let dropped = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+                &[&self.name],
+            )
+            .await
+            .map_err(ReplicationError::pg("looking up the publication"))?
+            .is_some();
+        if dropped {
+            client
+                .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(&self.name)))
+                .await
+                .map_err(ReplicationError::pg("dropping the publication"))?;
+            removed.push(format!("publication {}", self.name));
+        }
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name LIKE 'larder\\_%' AND database = current_database()",
+                &[],
+            )
+            .await
+            .map_err(ReplicationError::pg("looking for other Larder slots"))?
+            .get(0);
+        let triggers: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_event_trigger \
+                 WHERE evtname IN ('larder_ddl_end', 'larder_ddl_drop')",
+                &[],
+            )
+            .await
+            .map_err(ReplicationError::pg("looking up the event triggers"))?
+            .get(0);
+        if others == 0 && triggers > 0 {
+            client
+                .batch_execute(
+                    "DROP EVENT TRIGGER IF EXISTS larder_ddl_end; \
+                     DROP EVENT TRIGGER IF EXISTS larder_ddl_drop; \
+                     DROP FUNCTION IF EXISTS public.larder_ddl_announce()",
+                )
+                .await
+                .map_err(ReplicationError::pg("dropping the DDL event triggers"))?;
+            removed.push("DDL event triggers".to_string());
+        }
+        Ok(removed)
+    }
+
     /// Installs the DDL event triggers when the role may (superuser). Returns whether DDL is
     /// announced in the stream; without it, shape changes are noticed by polling the catalog.
     pub async fn ensure_ddl_announcements(&self) -> Result<bool, ReplicationError> {
