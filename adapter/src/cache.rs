@@ -75,6 +75,10 @@ pub trait CacheBackend: Send + Sync + 'static {
         let _ = (user, database);
         false
     }
+    /// The upstream WAL position replication has applied (for read-your-DDL barriers).
+    fn applied_position(&self) -> u64 {
+        u64::MAX
+    }
     /// Sessions opened and closed (for `SHOW LARDER STATUS`).
     fn session_opened(&self) {}
     fn session_closed(&self) {}

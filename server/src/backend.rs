@@ -115,6 +115,14 @@ impl CacheBackend for Backend {
             .any(|(r, d)| (r.is_empty() || r == user) && (d.is_empty() || d == database))
     }
 
+    fn applied_position(&self) -> u64 {
+        self.controller
+            .core
+            .status
+            .applied_lsn
+            .load(Ordering::SeqCst)
+    }
+
     fn session_opened(&self) {
         self.controller.connections.fetch_add(1, Ordering::Relaxed);
     }

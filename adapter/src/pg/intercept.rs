@@ -307,6 +307,17 @@ impl Dispatch<'_> {
         self.pipe.pending_sync_points()
     }
 
+    /// Client statements forwarded earlier whose ReadyForQuery has not arrived yet (Larder's own
+    /// discarded or captured statements do not count: they change no session state the
+    /// interceptor relies on).
+    pub fn pending_client_statements(&self) -> usize {
+        self.pipe
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Relay))
+            .count()
+    }
+
     /// True when extended-protocol messages were forwarded without a Sync yet: their responses
     /// are not delimited by a ReadyForQuery, so a local answer now could interleave with them.
     pub fn unsynced(&self) -> bool {

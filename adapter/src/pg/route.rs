@@ -43,6 +43,8 @@ use crate::AdapterError;
 
 /// How long a `search_path` resolution is trusted without asking again.
 pub const RESOLUTION_TTL_MS: u64 = 1_000;
+/// Past the TTL a resolution is still used while a refresh is under way, up to this age.
+pub const RESOLUTION_STALE_MAX_MS: u64 = 5_000;
 /// Bounds on per-session memory.
 const STATEMENTS_MAX: usize = 10_000;
 const SHAPES_MAX: usize = 1_024;
@@ -70,6 +72,9 @@ impl InterceptorFactory for CacheRouter {
             resolutions: HashMap::new(),
             capture: None,
             custom_output: custom_output_at_startup(session.startup_params()),
+            captures: std::collections::VecDeque::new(),
+            ddl_barrier_lsn: None,
+            ddl_in_transaction: false,
             last: Last {
                 destination: "upstream",
                 reason: "no statement yet".into(),
@@ -107,6 +112,14 @@ struct Statement {
     kind: Arc<Kind>,
 }
 
+/// What a captured response answers.
+enum CaptureKind {
+    /// `to_regclass` of a table name plus output settings.
+    Resolution,
+    /// `pg_current_wal_lsn()` after this session's DDL.
+    WalPosition,
+}
+
 struct Resolution {
     oid: Option<u32>,
     at: Instant,
@@ -125,6 +138,14 @@ struct RouterSession {
     resolutions: HashMap<String, Resolution>,
     /// The table name whose resolution is being asked upstream.
     capture: Option<String>,
+    /// Captures sent upstream, in order (their responses arrive in the same order).
+    captures: std::collections::VecDeque<CaptureKind>,
+    /// The session ran DDL (or committed a transaction that did): no cache answers until
+    /// replication has applied the upstream up to this WAL position. `Some(0)` while the
+    /// position is still being asked for.
+    ddl_barrier_lsn: Option<u64>,
+    /// DDL was forwarded inside the current transaction (its commit needs a new barrier).
+    ddl_in_transaction: bool,
     /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
     custom_output: bool,
     last: Last,
@@ -168,7 +189,7 @@ impl Interceptor for RouterSession {
                         }
                         None => {
                             // The client waits (Flush) before its Sync: forward as is.
-                            self.forward_unit(&msgs[i..], dispatch);
+                            let _ = self.forward_unit(&msgs[i..], dispatch);
                             i = msgs.len();
                         }
                     }
@@ -183,6 +204,17 @@ impl Interceptor for RouterSession {
     }
 
     fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {
+        match self.captures.pop_front() {
+            Some(CaptureKind::WalPosition) => {
+                let lsn = first_row(response)
+                    .and_then(|r| r.into_iter().next().flatten())
+                    .and_then(|t| parse_lsn(&t));
+                // Unknown position: keep refusing cache answers until the next DDL capture.
+                self.ddl_barrier_lsn = Some(lsn.unwrap_or(u64::MAX));
+                return;
+            }
+            Some(CaptureKind::Resolution) | None => {}
+        }
         let Some(name) = self.capture.take() else {
             return;
         };
@@ -295,6 +327,7 @@ impl RouterSession {
                     reason: "not a cacheable SELECT".into(),
                 };
                 dispatch.forward(msg);
+                self.ddl_barrier_after(session, &q.sql, dispatch);
             }
         }
     }
@@ -313,7 +346,9 @@ impl RouterSession {
                 return;
             }
         }
-        self.forward_unit(msgs, dispatch);
+        if let Some(sql) = self.forward_unit(msgs, dispatch) {
+            self.ddl_barrier_after(session, &sql, dispatch);
+        }
     }
 
     /// Recognizes `[Parse] Bind [Describe P] Execute Sync` on the unnamed portal, and
@@ -478,7 +513,14 @@ impl RouterSession {
 
     /// Forwards messages unchanged, keeping track of statements; re-creates upstream any
     /// statement the client prepared while being answered locally.
-    fn forward_unit(&mut self, msgs: &[RawFrame<'_>], dispatch: &mut Dispatch<'_>) {
+    /// Returns the text of a statement the unit executes that may change a table's shape or
+    /// end a transaction (for the DDL barrier).
+    fn forward_unit(
+        &mut self,
+        msgs: &[RawFrame<'_>],
+        dispatch: &mut Dispatch<'_>,
+    ) -> Option<String> {
+        let mut executed = None;
         for m in msgs {
             match m.frame.tag {
                 frontend_tag::PARSE => {
@@ -490,6 +532,14 @@ impl RouterSession {
                 frontend_tag::BIND => {
                     if let Some(name) = bind_statement_name(m.frame.body) {
                         self.ensure_upstream(&name, dispatch);
+                        if let Some(stmt) = self.statements.get(&name) {
+                            if matches!(
+                                classify(&stmt.sql),
+                                StatementKind::Other | StatementKind::Transaction(_)
+                            ) {
+                                executed = Some(stmt.sql.clone());
+                            }
+                        }
                     }
                 }
                 frontend_tag::DESCRIBE => {
@@ -516,6 +566,7 @@ impl RouterSession {
         for m in msgs {
             dispatch.forward(m);
         }
+        executed
     }
 
     fn remember(&mut self, p: &Parse, on_upstream: bool) {
@@ -574,7 +625,13 @@ impl RouterSession {
             .backend
             .lookup(&shape.query_id)
             .ok_or_else(|| format!("no cache for query {}", shape.query_id))?;
-        if dispatch.pending_sync_points() > 0 || dispatch.unsynced() {
+        if let Some(barrier) = self.ddl_barrier_lsn {
+            if barrier == 0 || self.backend.applied_position() < barrier {
+                return Err("waiting for replication to apply this session's DDL".into());
+            }
+            self.ddl_barrier_lsn = None;
+        }
+        if dispatch.pending_client_statements() > 0 || dispatch.unsynced() {
             return Err("earlier statements of the session are still in flight".into());
         }
         match session.transaction_status() {
@@ -648,14 +705,18 @@ impl RouterSession {
         cache: &dyn CachedQuery,
         dispatch: &mut Dispatch<'_>,
     ) -> Result<(), String> {
-        let fresh = self.resolutions.get(name).map(|r| {
-            (
-                r.oid,
-                r.at.elapsed().as_millis() as u64 <= RESOLUTION_TTL_MS,
-            )
-        });
-        match fresh {
-            Some((oid, true)) => {
+        let known = self
+            .resolutions
+            .get(name)
+            .map(|r| (r.oid, r.at.elapsed().as_millis() as u64));
+        match known {
+            // Trusted for RESOLUTION_TTL_MS; after that still used (this session's own SET, DDL
+            // and rollbacks forget it at once) while a refresh is asked for, up to
+            // RESOLUTION_STALE_MAX_MS.
+            Some((oid, age_ms)) if age_ms <= RESOLUTION_STALE_MAX_MS => {
+                if age_ms > RESOLUTION_TTL_MS {
+                    self.ask_resolution(session, name, dispatch);
+                }
                 if oid == Some(cache.table_oid()) {
                     Ok(())
                 } else {
@@ -665,25 +726,31 @@ impl RouterSession {
                 }
             }
             _ => {
-                if self.capture.is_none()
-                    && session.transaction_status() != TransactionStatus::Failed
-                {
-                    let mut buf = BytesMut::new();
-                    Query {
-                        sql: format!(
-                            "SELECT pg_catalog.to_regclass('{}')::oid, \
-                             pg_catalog.current_setting('extra_float_digits'), \
-                             pg_catalog.current_setting('bytea_output')",
-                            name.replace('\'', "''")
-                        ),
-                    }
-                    .encode(&mut buf);
-                    dispatch.capture(&buf);
-                    self.capture = Some(name.to_string());
-                }
+                self.ask_resolution(session, name, dispatch);
                 Err("resolving the table name under this session's search_path".into())
             }
         }
+    }
+
+    /// Asks the upstream how `name` resolves for this session (and its output settings),
+    /// unless a question is already out.
+    fn ask_resolution(&mut self, session: &SessionState, name: &str, dispatch: &mut Dispatch<'_>) {
+        if self.capture.is_some() || session.transaction_status() == TransactionStatus::Failed {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        Query {
+            sql: format!(
+                "SELECT pg_catalog.to_regclass('{}')::oid, \
+                 pg_catalog.current_setting('extra_float_digits'), \
+                 pg_catalog.current_setting('bytea_output')",
+                name.replace('\'', "''")
+            ),
+        }
+        .encode(&mut buf);
+        dispatch.capture(&buf);
+        self.captures.push_back(CaptureKind::Resolution);
+        self.capture = Some(name.to_string());
     }
 
     fn encode_rows(
@@ -747,6 +814,46 @@ impl RouterSession {
             destination: "upstream",
             reason,
         };
+    }
+
+    /// After forwarding `sql`: DDL (or the commit of a transaction that ran DDL) sets a barrier
+    /// at the upstream's WAL position once it is done; the capture is queued behind it.
+    fn ddl_barrier_after(
+        &mut self,
+        session: &SessionState,
+        sql: &str,
+        dispatch: &mut Dispatch<'_>,
+    ) {
+        let kind = classify(sql);
+        // A multi-statement string may hold DDL after a first harmless statement.
+        let multi = is_multi_statement(sql);
+        let ddl = kind == StatementKind::Other || multi;
+        if multi {
+            self.ddl_in_transaction = true;
+        }
+        let ends_transaction = matches!(
+            kind,
+            StatementKind::Transaction(TransactionKind::Commit | TransactionKind::Rollback)
+        );
+        let in_transaction = session.transaction_status() != TransactionStatus::Idle;
+        if ddl && in_transaction {
+            self.ddl_in_transaction = true;
+        }
+        if ends_transaction && !multi {
+            if !std::mem::take(&mut self.ddl_in_transaction) {
+                return;
+            }
+        } else if !ddl {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        Query {
+            sql: "SELECT pg_catalog.pg_current_wal_lsn()::text".into(),
+        }
+        .encode(&mut buf);
+        dispatch.capture(&buf);
+        self.captures.push_back(CaptureKind::WalPosition);
+        self.ddl_barrier_lsn = Some(0);
     }
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.
@@ -876,6 +983,26 @@ fn affected_by_output_settings(ty: &SqlType) -> bool {
         SqlType::Float4 | SqlType::Float8 | SqlType::Bytea => true,
         SqlType::Array(inner) => affected_by_output_settings(inner),
         _ => false,
+    }
+}
+
+/// `X/Y` (hex) as Postgres prints an LSN.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Whether a simple-query string holds more than one statement (text after a `;`). Quotes
+/// are not parsed: a `;` inside a literal only makes this conservative.
+fn is_multi_statement(sql: &str) -> bool {
+    match sql.find(';') {
+        Some(i) => {
+            sql[i + 1..]
+                .trim_matches(|c: char| c.is_whitespace() || c == ';')
+                .len()
+                > 0
+        }
+        None => false,
     }
 }
 
@@ -1197,6 +1324,16 @@ mod tests {
         // Binary without any known type is refused rather than guessed.
         let err = decode_bind(&bind, &[], &[], &[]).unwrap_err();
         assert!(err.contains("unknown type"), "{err}");
+    }
+
+    #[test]
+    fn lsn_and_multi_statement_helpers() {
+        assert_eq!(parse_lsn("0/154B308"), Some(0x154B308));
+        assert_eq!(parse_lsn("1A/0"), Some(0x1A << 32));
+        assert_eq!(parse_lsn("nope"), None);
+        assert!(!is_multi_statement("SELECT 1"));
+        assert!(!is_multi_statement("SELECT 1;  ;\n"));
+        assert!(is_multi_statement("BEGIN; ALTER TABLE t ADD c int"));
     }
 
     #[test]
