@@ -828,25 +828,22 @@ fn float_arith(op: ArithOp, a: f64, b: f64, single: bool) -> Result<f64, EvalErr
 }
 
 fn eval_neg(v: &Value, kind: NumKind) -> Result<Value, EvalError> {
-    match v {
-        Value::Null => Ok(Value::Null),
-        Value::Int(i) => {
-            let w = match kind {
-                NumKind::Int(w) => w,
-                _ => IntWidth::I64,
-            };
-            let n = i.checked_neg().ok_or(EvalError::OutOfRange(w.name()))?;
-            w.check(n).map(Value::Int)
-        }
-        Value::Float(f) => Ok(Value::Float(-f)),
-        other => Err(EvalError::Unsupported(format!(
-            "unary minus on {}",
-            kind_name(other)
-        ))),
-    }
+    eval_sign_op(v, kind, "unary minus", i64::checked_neg, |f| -f)
 }
 
 fn eval_abs(v: &Value, kind: NumKind) -> Result<Value, EvalError> {
+    eval_sign_op(v, kind, "abs", i64::checked_abs, f64::abs)
+}
+
+/// Unary minus and `abs`: integers overflow-checked against the expression's width (in
+/// Postgres `-(-32768::int2)` is an error), floats never overflow.
+fn eval_sign_op(
+    v: &Value,
+    kind: NumKind,
+    what: &str,
+    int_op: fn(i64) -> Option<i64>,
+    float_op: fn(f64) -> f64,
+) -> Result<Value, EvalError> {
     match v {
         Value::Null => Ok(Value::Null),
         Value::Int(i) => {
@@ -854,12 +851,12 @@ fn eval_abs(v: &Value, kind: NumKind) -> Result<Value, EvalError> {
                 NumKind::Int(w) => w,
                 _ => IntWidth::I64,
             };
-            let n = i.checked_abs().ok_or(EvalError::OutOfRange(w.name()))?;
+            let n = int_op(*i).ok_or(EvalError::OutOfRange(w.name()))?;
             w.check(n).map(Value::Int)
         }
-        Value::Float(f) => Ok(Value::Float(f.abs())),
+        Value::Float(f) => Ok(Value::Float(float_op(*f))),
         other => Err(EvalError::Unsupported(format!(
-            "abs on {}",
+            "{what} on {}",
             kind_name(other)
         ))),
     }

@@ -396,7 +396,7 @@ impl RouterSession {
         let kind = match &parse {
             Some(p) if p.name == name => self.kind_of(&p.query),
             Some(_) => return None,
-            None => self.statements.get(&name)?.kind.clone(),
+            None => self.statements.get(name)?.kind.clone(),
         };
         if matches!(*kind, Kind::Other) {
             return None;
@@ -427,7 +427,7 @@ impl RouterSession {
         }
         Some(LocalUnit {
             parse,
-            statement: name,
+            statement: name.to_string(),
             bind: Some(bind),
             describe,
             describe_statement: false,
@@ -531,12 +531,15 @@ impl RouterSession {
                 }
                 frontend_tag::BIND => {
                     if let Some(name) = bind_statement_name(m.frame.body) {
-                        self.ensure_upstream(&name, dispatch);
-                        if let Some(stmt) = self.statements.get(&name) {
-                            if matches!(
-                                classify(&stmt.sql),
-                                StatementKind::Other | StatementKind::Transaction(_)
-                            ) {
+                        self.ensure_upstream(name, dispatch);
+                        // SELECTs (the common case) are not DDL: skip classifying their text.
+                        if let Some(stmt) = self.statements.get(name) {
+                            if matches!(*stmt.kind, Kind::Other)
+                                && matches!(
+                                    classify(&stmt.sql),
+                                    StatementKind::Other | StatementKind::Transaction(_)
+                                )
+                            {
                                 executed = Some(stmt.sql.clone());
                             }
                         }
@@ -862,8 +865,9 @@ impl RouterSession {
         // Output settings Larder cannot see (they are not reported by the server): once the
         // session touches them, caches with affected column types are not used any more.
         if matches!(kind, StatementKind::Set | StatementKind::Select) && sql.len() < 64 * 1024 {
-            let lower = sql.to_ascii_lowercase();
-            if lower.contains("extra_float_digits") || lower.contains("bytea_output") {
+            if contains_ignore_ascii_case(sql, "extra_float_digits")
+                || contains_ignore_ascii_case(sql, "bytea_output")
+            {
                 self.custom_output = true;
             }
         }
@@ -986,6 +990,14 @@ fn affected_by_output_settings(ty: &SqlType) -> bool {
     }
 }
 
+/// Case-insensitive substring search without allocating (`needle` is lower-case ASCII).
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// `X/Y` (hex) as Postgres prints an LSN.
 fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.trim().split_once('/')?;
@@ -1023,13 +1035,31 @@ fn has_placeholder(p: &ParamSource) -> bool {
 }
 
 /// The statement name of a Bind, without decoding its parameters.
-fn bind_statement_name(body: &[u8]) -> Option<String> {
+fn bind_statement_name(body: &[u8]) -> Option<&str> {
     let portal_end = body.iter().position(|b| *b == 0)?;
     let rest = &body[portal_end + 1..];
     let stmt_end = rest.iter().position(|b| *b == 0)?;
-    std::str::from_utf8(&rest[..stmt_end])
-        .ok()
-        .map(str::to_string)
+    std::str::from_utf8(&rest[..stmt_end]).ok()
+}
+
+/// The type of the slot the client's placeholder `$n` fills (its first use).
+fn placeholder_slot_type<'a>(
+    params: &[ParamSource],
+    slot_types: &'a [SqlType],
+    n: usize,
+) -> Option<&'a SqlType> {
+    fn uses(p: &ParamSource, n: usize) -> bool {
+        match p {
+            ParamSource::Placeholder(m) => *m == n,
+            ParamSource::List(items) => items.iter().any(|i| uses(i, n)),
+            ParamSource::Literal(_) => false,
+        }
+    }
+    params
+        .iter()
+        .zip(slot_types)
+        .find(|(p, _)| uses(p, n))
+        .map(|(_, ty)| ty)
 }
 
 /// Decodes the bound values, each with the type of the slot its placeholder fills (or the
@@ -1040,24 +1070,7 @@ fn decode_bind(
     params: &[ParamSource],
     slot_types: &[SqlType],
 ) -> Result<Vec<Option<Value>>, String> {
-    let mut placeholder_type: HashMap<usize, SqlType> = HashMap::new();
-    fn walk(p: &ParamSource, ty: &SqlType, out: &mut HashMap<usize, SqlType>) {
-        match p {
-            ParamSource::Placeholder(n) => {
-                out.entry(*n).or_insert_with(|| ty.clone());
-            }
-            ParamSource::List(items) => items.iter().for_each(|i| walk(i, ty, out)),
-            ParamSource::Literal(_) => {}
-        }
-    }
-    for (p, ty) in params.iter().zip(slot_types) {
-        walk(p, ty, &mut placeholder_type);
-    }
-    let binary = |i: usize| match bind.param_formats.as_slice() {
-        [] => false,
-        [one] => *one == 1,
-        many => many.get(i).copied() == Some(1),
-    };
+    let formats = Formats::new(&bind.param_formats);
     bind.params
         .iter()
         .enumerate()
@@ -1065,7 +1078,7 @@ fn decode_bind(
             let Some(raw) = raw else {
                 return Ok(Some(Value::Null));
             };
-            let slot_ty = placeholder_type.get(&(i + 1)).cloned();
+            let slot_ty = placeholder_slot_type(params, slot_types, i + 1).cloned();
             let declared_oid = declared.get(i).copied().filter(|o| *o != 0);
             let declared_ty = match declared_oid {
                 None => None,
@@ -1086,7 +1099,7 @@ fn decode_bind(
                 }
             };
             let ty = declared_ty.or(slot_ty);
-            if binary(i) {
+            if formats.is_binary(i) {
                 let ty =
                     ty.ok_or_else(|| format!("unknown type for binary parameter ${}", i + 1))?;
                 pgtypes::decode_binary(&ty, raw)
