@@ -36,6 +36,16 @@ pub struct StatementError {
     pub message: String,
 }
 
+/// Who runs a Larder statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementContext {
+    /// The session's current role, or `None` when the session changed it (`SET ROLE`) and
+    /// Larder does not know the new one yet.
+    pub role: Option<String>,
+    /// The session user (who logged in).
+    pub session_user: String,
+}
+
 /// Why a cache could not answer; the query then goes upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Miss {
@@ -51,6 +61,8 @@ pub trait CachedQuery: Send + Sync {
     fn table_oid(&self) -> u32;
     fn table_schema(&self) -> &str;
     fn table_name(&self) -> &str;
+    /// Columns of that relation the query reads anywhere (for column privileges).
+    fn columns_read(&self) -> &[String];
     fn columns(&self) -> &[ResultColumn];
     /// Type of each parameter slot of the normalized query.
     fn param_types(&self) -> &[SqlType];
@@ -68,7 +80,16 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// A SELECT shape went upstream (for `SHOW PROXIED QUERIES`).
     fn record_proxied(&self, query_id: &str, normalized_text: &str);
     /// Runs one of Larder's own statements (may take a while: `CREATE CACHE`).
-    fn execute(&self, stmt: LarderStatement) -> BoxFuture<Result<TextTable, StatementError>>;
+    fn execute(
+        &self,
+        stmt: LarderStatement,
+        ctx: StatementContext,
+    ) -> BoxFuture<Result<TextTable, StatementError>>;
+    /// Whether `role` may be answered from `cache`: it holds SELECT on every column the query
+    /// reads and USAGE on the schema, and no row security policy applies to it. `Err` names why
+    /// not (or that Larder is still learning the role's privileges); the query then goes
+    /// upstream, which gives the role exactly what the database gives it.
+    fn may_read(&self, role: &str, cache: &dyn CachedQuery) -> Result<(), String>;
     /// Whether role or database defaults (`ALTER ROLE/DATABASE ... SET`) change how floats or
     /// bytea print for sessions of this user in this database.
     fn custom_output_for(&self, user: &str, database: &str) -> bool {
@@ -79,7 +100,10 @@ pub trait CacheBackend: Send + Sync + 'static {
     fn applied_position(&self) -> u64 {
         u64::MAX
     }
-    /// Sessions opened and closed (for `SHOW LARDER STATUS`).
-    fn session_opened(&self) {}
+    /// Sessions opened (by `user`) and closed (for `SHOW LARDER STATUS`; a new role's
+    /// privileges can be learned before its first query).
+    fn session_opened(&self, user: &str) {
+        let _ = user;
+    }
     fn session_closed(&self) {}
 }

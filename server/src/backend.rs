@@ -4,7 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use larder_adapter::cache::{
-    BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementError, TextTable,
+    BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementContext, StatementError,
+    TextTable,
 };
 use larder_dataflow::ReadError;
 use larder_sql::statement::LarderStatement;
@@ -12,6 +13,7 @@ use larder_sql::{Row, SqlType, Value};
 
 use crate::controller::{Controller, ControllerError};
 use crate::core::CacheEntry;
+use crate::privileges::Reads;
 
 pub struct Backend {
     controller: Arc<Controller>,
@@ -38,6 +40,9 @@ impl CachedQuery for CacheEntry {
     }
     fn table_name(&self) -> &str {
         &self.table_name
+    }
+    fn columns_read(&self) -> &[String] {
+        &self.columns_read
     }
     fn columns(&self) -> &[ResultColumn] {
         &self.columns
@@ -86,10 +91,14 @@ impl CacheBackend for Backend {
         self.controller.proxied.record(query_id, normalized_text);
     }
 
-    fn execute(&self, stmt: LarderStatement) -> BoxFuture<Result<TextTable, StatementError>> {
+    fn execute(
+        &self,
+        stmt: LarderStatement,
+        ctx: StatementContext,
+    ) -> BoxFuture<Result<TextTable, StatementError>> {
         let controller = self.controller.clone();
         Box::pin(async move {
-            match controller.execute(stmt).await {
+            match controller.execute(stmt, &ctx).await {
                 Ok(t) => Ok(TextTable {
                     columns: t.columns,
                     rows: t.rows,
@@ -123,8 +132,21 @@ impl CacheBackend for Backend {
             .load(Ordering::SeqCst)
     }
 
-    fn session_opened(&self) {
+    fn may_read(&self, role: &str, cache: &dyn CachedQuery) -> Result<(), String> {
+        self.controller.privileges.may_read(
+            role,
+            &Reads {
+                oid: cache.table_oid(),
+                schema: cache.table_schema(),
+                name: cache.table_name(),
+                columns: cache.columns_read(),
+            },
+        )
+    }
+
+    fn session_opened(&self, user: &str) {
         self.controller.connections.fetch_add(1, Ordering::Relaxed);
+        self.controller.privileges.prefetch(user);
     }
 
     fn session_closed(&self) {
@@ -138,6 +160,7 @@ fn sqlstate(e: &ControllerError) -> &'static str {
         ControllerError::NotFound(_) => "42704",
         ControllerError::Invalid(_) => "42710",
         ControllerError::Unavailable(_) => "55000",
+        ControllerError::Forbidden(_) => "42501",
         ControllerError::Internal(_) => "XX000",
     }
 }

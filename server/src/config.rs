@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Members of this upstream role (besides superusers) may drop caches and proxied-query
+    /// lists (`DROP CACHE`, `DROP ALL CACHES`, `DROP ALL PROXIED QUERIES`).
+    #[arg(long, env = "ADMIN_ROLE")]
+    pub admin_role: Option<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
     pub log_format: LogFormat,

@@ -14,6 +14,8 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::core::{CacheEntry, Core, ResultColumn};
+use crate::privileges::{Privileges, Reads, RoleAccess};
+use larder_adapter::cache::StatementContext;
 use crate::storage::StoredCache;
 use crate::tables::TableState;
 
@@ -58,6 +60,9 @@ pub enum ControllerError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The session's role may not do this (SQLSTATE 42501).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -126,6 +131,7 @@ pub struct Controller {
     /// Stored caches that could not be built (yet), with the reason; retried whenever a
     /// table comes online, listed by `SHOW CACHES`.
     pub unbuilt: Mutex<Vec<(StoredCache, String)>>,
+    pub privileges: Arc<Privileges>,
 }
 
 /// Tables visible to lowering: the replicated, online ones. An unqualified name resolves to
@@ -156,13 +162,29 @@ impl Catalog for RegistryCatalog<'_> {
 }
 
 impl Controller {
-    pub async fn execute(&self, stmt: LarderStatement) -> Result<Table, ControllerError> {
+    /// Runs one of Larder's statements for the session described by `ctx`.
+    pub async fn execute(
+        &self,
+        stmt: LarderStatement,
+        ctx: &StatementContext,
+    ) -> Result<Table, ControllerError> {
+        // After `SET ROLE` Larder may not know the current role yet; the session user could
+        // `RESET ROLE` at any time, so it is who the statement runs as.
+        let role = ctx.role.as_deref().unwrap_or(&ctx.session_user);
+        match &stmt {
+            LarderStatement::DropCache { .. } => self.require_admin(role, "DROP CACHE").await?,
+            LarderStatement::DropAllCaches => self.require_admin(role, "DROP ALL CACHES").await?,
+            LarderStatement::DropAllProxiedQueries => {
+                self.require_admin(role, "DROP ALL PROXIED QUERIES").await?
+            }
+            _ => {}
+        }
         match stmt {
             LarderStatement::CreateCache {
                 always,
                 name,
                 source,
-            } => self.create_cache(always, name, source).await,
+            } => self.create_cache(always, name, source, role).await,
             LarderStatement::ExplainCreateCache { source } => {
                 self.explain_create_cache(source).await
             }
@@ -192,7 +214,10 @@ impl Controller {
                 supported_only,
                 query_id,
                 limit,
-            } => Ok(self.show_proxied(supported_only, query_id.as_deref(), limit)),
+            } => {
+                self.show_proxied(supported_only, query_id.as_deref(), limit, role)
+                    .await
+            }
             LarderStatement::ShowStatus => Ok(self.show_status()),
             LarderStatement::ShowTables => Ok(self.show_tables()),
             LarderStatement::ShowVersion => Ok(show_version()),
@@ -311,11 +336,17 @@ impl Controller {
             "cached".to_string()
         } else {
             let checked = match self.check_supported(&normalized) {
-                Ok((plan, entry)) => self.check_collations(&plan, &entry).await,
+                Ok((plan, entry)) => self
+                    .check_collations(&plan, &entry)
+                    .await
+                    .map(|()| entry),
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(()) => "yes".to_string(),
+                Ok(entry) => match self.row_security_note(&entry).await? {
+                    Some(note) => format!("yes ({note})"),
+                    None => "yes".to_string(),
+                },
                 Err(e) => format!("no: {e}"),
             }
         };
@@ -324,13 +355,86 @@ impl Controller {
         Ok(t)
     }
 
+    /// Said by `EXPLAIN CREATE CACHE` when the table has row security.
+    async fn row_security_note(
+        &self,
+        table: &crate::tables::TableEntry,
+    ) -> Result<Option<String>, ControllerError> {
+        let client = self.upstream_client().await?;
+        let row = client
+            .query_opt(
+                "SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
+                &[&table.oid],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
+        Ok(row.filter(|r| r.get::<_, bool>(0)).map(|_| {
+            format!(
+                "row security is enabled on {}.{}: sessions whose role a policy applies to are \
+                 answered upstream; superusers, BYPASSRLS roles and the owner are served from the cache",
+                table.schema.schema, table.schema.name
+            )
+        }))
+    }
+
+    /// What the upstream lets `role` do, for the tables `oids` (asked now: Larder statements
+    /// are rare, and must not act on a stale answer).
+    async fn role_access(&self, role: &str, oids: &[u32]) -> Result<RoleAccess, ControllerError> {
+        let client = self.upstream_client().await?;
+        self.privileges
+            .fetch_now(&client, role, oids)
+            .await
+            .map_err(|e| {
+                ControllerError::Unavailable(format!(
+                    "reading the privileges of role {role}: {}",
+                    db_error_text(&e)
+                ))
+            })
+    }
+
+    /// Managing caches for everyone needs a superuser or a member of `--admin-role`.
+    async fn require_admin(&self, role: &str, what: &str) -> Result<(), ControllerError> {
+        if self.role_access(role, &[]).await?.admin {
+            return Ok(());
+        }
+        Err(ControllerError::Forbidden(match self.privileges.admin_role() {
+            Some(admin) => format!(
+                "{what} requires a superuser or a member of role {admin} (--admin-role); role {role} is neither"
+            ),
+            None => format!(
+                "{what} requires a superuser (or a member of the role named by --admin-role, which is not set); role {role} is not a superuser"
+            ),
+        }))
+    }
+
     async fn create_cache(
         &self,
         always: bool,
         name: Option<String>,
         source: CacheSource,
+        role: &str,
     ) -> Result<Table, ControllerError> {
         let (text, normalized) = self.source_query(source)?;
+        // The creator must be able to read everything the query reads.
+        if let Ok((plan, table)) = self.check_supported(&normalized) {
+            let columns: Vec<String> = plan
+                .base_columns_read()
+                .into_iter()
+                .filter_map(|i| table.schema.columns.get(i).map(|c| c.name.clone()))
+                .collect();
+            let access = self.role_access(role, &[table.oid]).await?;
+            access
+                .may_select(
+                    role,
+                    &Reads {
+                        oid: table.oid,
+                        schema: &table.schema.schema,
+                        name: &table.schema.name,
+                        columns: &columns,
+                    },
+                )
+                .map_err(|e| ControllerError::Forbidden(format!("CREATE CACHE: {e}")))?;
+        }
         if let Some(existing) = self.core.caches.get(&normalized.query_id) {
             return Ok(cache_row(&existing));
         }
@@ -352,7 +456,17 @@ impl Controller {
             .map_err(|e| ControllerError::Internal(e.to_string()))?;
         info!(cache = %name, query_id = %normalized.query_id, "cache created");
         let row = cache_row(&entry);
+        let table_oid = entry.table_oid;
         self.core.caches.insert(entry);
+        // The creating session is served at once (other roles are learned on their first query).
+        if let Ok(client) = self.upstream_client().await {
+            let learned =
+                crate::privileges::learn_now(&self.privileges, &self.core, &client, role, table_oid)
+                    .await;
+            if let Err(e) = learned {
+                tracing::debug!(role = %role, error = %e, "learning privileges after CREATE CACHE");
+            }
+        }
         Ok(row)
     }
 
@@ -406,6 +520,11 @@ impl Controller {
             table_oid: table.oid,
             table_schema: table.schema.schema.clone(),
             table_name: table.schema.name.clone(),
+            columns_read: plan
+                .base_columns_read()
+                .into_iter()
+                .filter_map(|i| table.schema.columns.get(i).map(|c| c.name.clone()))
+                .collect(),
             plan,
             cache_id,
             reader,
@@ -597,16 +716,76 @@ impl Controller {
         }
     }
 
-    fn show_proxied(
+    /// Which relation names (quoted, as written) `role` may read, asked of the upstream.
+    async fn readable_relations(
+        &self,
+        role: &str,
+        names: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, ControllerError> {
+        if names.is_empty() {
+            return Ok(Default::default());
+        }
+        let client = self.upstream_client().await?;
+        let rows = client
+            .query(
+                "SELECT n, COALESCE(pg_catalog.has_any_column_privilege($1, \
+                        pg_catalog.to_regclass(n), 'SELECT'), false) \
+                 FROM pg_catalog.unnest($2::text[]) AS n",
+                &[&role, &names],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn show_proxied(
         &self,
         supported_only: bool,
         query_id: Option<&str>,
         limit: Option<u64>,
-    ) -> Table {
+        role: &str,
+    ) -> Result<Table, ControllerError> {
+        let shapes = self.proxied.snapshot();
+        // A plain user sees only the shapes whose every table it can read.
+        let relations_of = |text: &str| -> Option<Vec<String>> {
+            let q = parse_select(text, Dialect::Postgres).ok()?;
+            let rels = larder_sql::normalize::relations(&q);
+            (!rels.is_empty()).then(|| {
+                rels.iter()
+                    .map(|(s, n)| match s {
+                        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(n)),
+                        None => quote_ident(n),
+                    })
+                    .collect()
+            })
+        };
+        let visible = if self.role_access(role, &[]).await?.admin {
+            None
+        } else {
+            let mut names: Vec<String> = shapes
+                .iter()
+                .filter_map(|(_, text, _)| relations_of(text))
+                .flatten()
+                .collect();
+            names.sort();
+            names.dedup();
+            Some(self.readable_relations(role, names).await?)
+        };
         let mut t = Table::new(&["query_id", "query", "supported", "count"]);
-        for (id, text, count) in self.proxied.snapshot() {
+        for (id, text, count) in shapes {
             if query_id.is_some_and(|q| q != id) {
                 continue;
+            }
+            if let Some(readable) = &visible {
+                let ok = relations_of(&text)
+                    .is_some_and(|rels| rels.iter().all(|r| readable.contains(r)));
+                if !ok {
+                    continue;
+                }
             }
             let supported = if self.core.caches.get(&id).is_some() {
                 "cached".to_string()
@@ -628,7 +807,7 @@ impl Controller {
                 break;
             }
         }
-        t
+        Ok(t)
     }
 
     fn show_status(&self) -> Table {
@@ -815,4 +994,9 @@ fn db_error_text(e: &tokio_postgres::Error) -> String {
         Some(db) => db.message().to_string(),
         None => e.to_string(),
     }
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

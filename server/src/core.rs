@@ -27,6 +27,8 @@ pub struct CacheEntry {
     pub table_oid: u32,
     pub table_schema: String,
     pub table_name: String,
+    /// Names of the table's columns the query reads (for column privileges).
+    pub columns_read: Vec<String>,
     pub plan: CachePlan,
     pub cache_id: CacheId,
     pub reader: ReaderHandle,

@@ -106,6 +106,14 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         )
         .context("configuring replication")?,
     );
+    let (privileges, privilege_requests) =
+        crate::privileges::Privileges::new(cfg.admin_role.clone());
+    tokio::spawn(crate::privileges::run(
+        privileges.clone(),
+        core.clone(),
+        source.clone(),
+        privilege_requests,
+    ));
     let controller = Arc::new(Controller {
         core: core.clone(),
         source: Some(source.clone()),
@@ -114,6 +122,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         upstream_display,
         connections: AtomicU64::new(0),
         unbuilt: std::sync::Mutex::new(Vec::new()),
+        privileges,
     });
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(

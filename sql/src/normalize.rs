@@ -919,6 +919,36 @@ pub fn from_table(query: &Query) -> Option<(Option<String>, String)> {
     }
 }
 
+/// Every relation the query names, as `(schema, name)` (CTE names included: callers treat a
+/// name that does not resolve as unknown, never as harmless).
+pub fn relations(query: &Query) -> Vec<(Option<String>, String)> {
+    use sqlparser::ast::{visit_relations, ObjectNamePart};
+    let mut out = Vec::new();
+    let _ = visit_relations(query, |name| {
+        let parts: Vec<Option<String>> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(i) => Some(i.value.clone()),
+                _ => None,
+            })
+            .collect();
+        let rel = match parts.as_slice() {
+            [Some(n)] => Some((None, n.clone())),
+            [Some(s), Some(n)] => Some((Some(s.clone()), n.clone())),
+            [Some(_db), Some(s), Some(n)] => Some((Some(s.clone()), n.clone())),
+            _ => None,
+        };
+        if let Some(rel) = rel {
+            if !out.contains(&rel) {
+                out.push(rel);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
 /// Functions that cannot change session settings (such as `search_path`): Postgres builtins
 /// commonly seen in application queries.
 const SETTINGS_SAFE_FUNCTIONS: &[&str] = &[
@@ -1051,5 +1081,15 @@ mod settings_tests {
         )));
         assert!(may_change_settings(&q("SELECT public.f(1) FROM t")));
         assert!(!may_change_settings(&q("SELECT pg_catalog.now()")));
+    }
+
+    #[test]
+    fn relations_lists_every_named_table_once() {
+        let q = |s: &str| parse_select(s, Dialect::Postgres).unwrap();
+        assert_eq!(
+            relations(&q("SELECT * FROM a JOIN s.b ON a.x = b.x WHERE a.y IN (SELECT y FROM a)")),
+            vec![(None, "a".to_string()), (Some("s".to_string()), "b".to_string())]
+        );
+        assert!(relations(&q("SELECT 1")).is_empty());
     }
 }

@@ -141,3 +141,57 @@ pub struct CachePlan {
     /// Type of each parameter slot of the normalized query (used to decode client values).
     pub param_types: Vec<SqlType>,
 }
+
+impl Expr {
+    /// Calls `f` with every `Column(i)` index in this expression.
+    pub fn for_each_column(&self, f: &mut impl FnMut(usize)) {
+        match self {
+            Expr::Column(i) => f(*i),
+            Expr::Literal(_) | Expr::Param(_) => {}
+            Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => {
+                expr.for_each_column(f)
+            }
+            Expr::Binary { left, right, .. } => {
+                left.for_each_column(f);
+                right.for_each_column(f);
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.for_each_column(f);
+                list.iter().for_each(|e| e.for_each_column(f));
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                expr.for_each_column(f);
+                low.for_each_column(f);
+                high.for_each_column(f);
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.for_each_column(f);
+                pattern.for_each_column(f);
+            }
+            Expr::Func { args, .. } => args.iter().for_each(|e| e.for_each_column(f)),
+        }
+    }
+}
+
+impl CachePlan {
+    /// Base-table columns the query reads anywhere (filter, projections, and through them the
+    /// key, residual, order and output): what column privileges must cover. Sorted, unique.
+    pub fn base_columns_read(&self) -> Vec<usize> {
+        let mut cols = Vec::new();
+        let mut add = |i: usize| {
+            if !cols.contains(&i) {
+                cols.push(i);
+            }
+        };
+        if let Some(f) = &self.filter {
+            f.for_each_column(&mut add);
+        }
+        for e in &self.materialized {
+            e.for_each_column(&mut add);
+        }
+        cols.sort_unstable();
+        cols
+    }
+}

@@ -38,7 +38,7 @@ use super::messages::{
     ErrorResponse, Execute, FieldDescription, NoData, ParameterDescription, Parse, ParseComplete,
     Query, RawFrame, ReadyForQuery, RowDescription, Sync, Target, TransactionStatus,
 };
-use crate::cache::{CacheBackend, CachedQuery, StatementError, TextTable};
+use crate::cache::{CacheBackend, CachedQuery, StatementContext, StatementError, TextTable};
 use crate::AdapterError;
 
 /// How long a `search_path` resolution is trusted without asking again.
@@ -63,7 +63,7 @@ impl CacheRouter {
 
 impl InterceptorFactory for CacheRouter {
     fn create(&self, session: &SessionState) -> Box<dyn Interceptor> {
-        self.backend.session_opened();
+        self.backend.session_opened(session.user());
         Box::new(RouterSession {
             eligible_db: session.database() == self.backend.database(),
             backend: self.backend.clone(),
@@ -75,6 +75,8 @@ impl InterceptorFactory for CacheRouter {
             captures: std::collections::VecDeque::new(),
             ddl_barrier_lsn: None,
             ddl_in_transaction: false,
+            role: RoleState::Known(session.user().to_string()),
+            role_touched: false,
             last: Last {
                 destination: "upstream",
                 reason: "no statement yet".into(),
@@ -118,6 +120,18 @@ enum CaptureKind {
     Resolution,
     /// `pg_current_wal_lsn()` after this session's DDL.
     WalPosition,
+    /// `current_user` after the session may have changed its role.
+    CurrentUser,
+}
+
+/// The role whose privileges a cache hit must respect: Postgres checks `current_user`.
+enum RoleState {
+    Known(String),
+    /// The session may have changed its role (`SET ROLE`, `SET SESSION AUTHORIZATION`, a
+    /// function that calls `set_config`): no cache answers until `current_user` is known.
+    Unknown,
+    /// `current_user` has been asked for.
+    Asking,
 }
 
 struct Resolution {
@@ -148,6 +162,10 @@ struct RouterSession {
     ddl_in_transaction: bool,
     /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
     custom_output: bool,
+    role: RoleState,
+    /// The session changed its role at some point: a `SET LOCAL ROLE` ends with its
+    /// transaction, so every transaction end asks for `current_user` again.
+    role_touched: bool,
     last: Last,
 }
 
@@ -211,6 +229,16 @@ impl Interceptor for RouterSession {
                     .and_then(|t| parse_lsn(&t));
                 // Unknown position: keep refusing cache answers until the next DDL capture.
                 self.ddl_barrier_lsn = Some(lsn.unwrap_or(u64::MAX));
+                return;
+            }
+            Some(CaptureKind::CurrentUser) => {
+                // A newer change while the question was out left the state Unknown: keep it.
+                if matches!(self.role, RoleState::Asking) {
+                    self.role = match first_row(response).and_then(|r| r.into_iter().next()) {
+                        Some(Some(user)) => RoleState::Known(user),
+                        _ => RoleState::Unknown,
+                    };
+                }
                 return;
             }
             Some(CaptureKind::Resolution) | None => {}
@@ -534,13 +562,19 @@ impl RouterSession {
                         self.ensure_upstream(name, dispatch);
                         // SELECTs (the common case) are not DDL: skip classifying their text.
                         if let Some(stmt) = self.statements.get(name) {
-                            if matches!(*stmt.kind, Kind::Other)
-                                && matches!(
-                                    classify(&stmt.sql),
+                            if matches!(*stmt.kind, Kind::Other) {
+                                let kind = classify(&stmt.sql);
+                                // Executing it again may change the role again.
+                                if may_change_role(kind, &stmt.sql, false) {
+                                    self.role_touched = true;
+                                    self.role = RoleState::Unknown;
+                                }
+                                if matches!(
+                                    kind,
                                     StatementKind::Other | StatementKind::Transaction(_)
-                                )
-                            {
-                                executed = Some(stmt.sql.clone());
+                                ) {
+                                    executed = Some(stmt.sql.clone());
+                                }
                             }
                         }
                     }
@@ -645,6 +679,19 @@ impl RouterSession {
             }
             TransactionStatus::Failed => return Err("the transaction has failed".into()),
         }
+        match &self.role {
+            RoleState::Known(role) => self.backend.may_read(role, cache.as_ref())?,
+            RoleState::Asking => {
+                return Err("asking the upstream which role this session runs as".into())
+            }
+            RoleState::Unknown => {
+                self.ask_role(dispatch);
+                return Err(
+                    "the session may have changed its role; asking the upstream which role is current"
+                        .into(),
+                );
+            }
+        }
         if let Some(name) = &shape.table {
             self.check_resolution(session, name, cache.as_ref(), dispatch)?;
         }
@@ -741,19 +788,42 @@ impl RouterSession {
         if self.capture.is_some() || session.transaction_status() == TransactionStatus::Failed {
             return;
         }
-        let mut buf = BytesMut::new();
-        Query {
-            sql: format!(
-                "SELECT pg_catalog.to_regclass('{}')::oid, \
-                 pg_catalog.current_setting('extra_float_digits'), \
-                 pg_catalog.current_setting('bytea_output')",
-                name.replace('\'', "''")
-            ),
-        }
-        .encode(&mut buf);
-        dispatch.capture(&buf);
+        capture_query(
+            dispatch,
+            "SELECT pg_catalog.to_regclass($1)::oid, \
+             pg_catalog.current_setting('extra_float_digits'), \
+             pg_catalog.current_setting('bytea_output')",
+            &[name],
+        );
         self.captures.push_back(CaptureKind::Resolution);
         self.capture = Some(name.to_string());
+    }
+
+    /// Asks the upstream for `current_user`, unless the question is already out.
+    fn ask_role(&mut self, dispatch: &mut Dispatch<'_>) {
+        if !matches!(self.role, RoleState::Unknown) {
+            return;
+        }
+        capture_query(dispatch, "SELECT CURRENT_USER::text", &[]);
+        self.captures.push_back(CaptureKind::CurrentUser);
+        self.role = RoleState::Asking;
+    }
+
+    /// After forwarding `sql`: forget the current role when the statement may have changed it.
+    fn watch_role(&mut self, kind: StatementKind, sql: &str, may_change_settings: bool) {
+        let ends_transaction = matches!(
+            kind,
+            StatementKind::Transaction(
+                TransactionKind::Commit
+                    | TransactionKind::Rollback
+                    | TransactionKind::RollbackToSavepoint
+            )
+        );
+        if (ends_transaction && self.role_touched) || may_change_role(kind, sql, may_change_settings)
+        {
+            self.role_touched = true;
+            self.role = RoleState::Unknown;
+        }
     }
 
     fn encode_rows(
@@ -849,12 +919,11 @@ impl RouterSession {
         } else if !ddl {
             return;
         }
-        let mut buf = BytesMut::new();
-        Query {
-            sql: "SELECT pg_catalog.pg_current_wal_lsn()::text".into(),
-        }
-        .encode(&mut buf);
-        dispatch.capture(&buf);
+        capture_query(
+            dispatch,
+            "SELECT pg_catalog.pg_current_wal_lsn()::text",
+            &[],
+        );
         self.captures.push_back(CaptureKind::WalPosition);
         self.ddl_barrier_lsn = Some(0);
     }
@@ -862,6 +931,12 @@ impl RouterSession {
     /// Forget `search_path` resolutions when a forwarded statement could change them.
     fn watch_forwarded(&mut self, sql: &str) {
         let kind = classify(sql);
+        let settings = kind == StatementKind::Select
+            && match &*self.kind_of(sql) {
+                Kind::Select(shape) => shape.may_change_settings,
+                _ => true,
+            };
+        self.watch_role(kind, sql, settings);
         // Output settings Larder cannot see (they are not reported by the server): once the
         // session touches them, caches with affected column types are not used any more.
         if matches!(kind, StatementKind::Set | StatementKind::Select) && sql.len() < 64 * 1024 {
@@ -881,10 +956,7 @@ impl RouterSession {
             ) => true,
             // A SELECT that Larder could not parse, or one calling a user function, may have
             // changed settings (`SELECT set_config(...)`, a function that sets search_path).
-            StatementKind::Select => match &*self.kind_of(sql) {
-                Kind::Select(shape) => shape.may_change_settings,
-                _ => true,
-            },
+            StatementKind::Select => settings,
             _ => false,
         };
         if forget {
@@ -926,7 +998,14 @@ impl RouterSession {
             destination: "larder",
             reason: "Larder statement".into(),
         };
-        let fut = self.backend.execute(stmt);
+        let ctx = StatementContext {
+            role: match &self.role {
+                RoleState::Known(r) => Some(r.clone()),
+                _ => None,
+            },
+            session_user: session.user().to_string(),
+        };
+        let fut = self.backend.execute(stmt, ctx);
         dispatch.respond_later(Box::pin(async move {
             encode_text_table(prefix, fut.await, header, status)
         }));
@@ -991,6 +1070,30 @@ fn affected_by_output_settings(ty: &SqlType) -> bool {
 }
 
 /// Case-insensitive substring search without allocating (`needle` is lower-case ASCII).
+/// Whether running `sql` may change the session's `current_user`: `SET [LOCAL] ROLE`,
+/// `SET SESSION AUTHORIZATION`, `RESET`/`DISCARD ALL`, `set_config`, procedural code, or a call
+/// of a function that is not a known builtin (`may_change_settings`).
+fn may_change_role(kind: StatementKind, sql: &str, may_change_settings: bool) -> bool {
+    if may_change_settings {
+        return true;
+    }
+    let mentions = |w: &str| contains_ignore_ascii_case(sql, w);
+    match kind {
+        StatementKind::Set => mentions("role") || mentions("authoriz") || mentions("all"),
+        StatementKind::Other => {
+            let head = sql.trim_start();
+            let starts = |w: &str| head.len() >= w.len() && head[..w.len()].eq_ignore_ascii_case(w);
+            mentions("role")
+                || mentions("authoriz")
+                || mentions("discard")
+                || mentions("set_config")
+                || starts("do")
+                || starts("call")
+        }
+        _ => false,
+    }
+}
+
 fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
     haystack
         .as_bytes()
@@ -1252,6 +1355,51 @@ fn encode_text_table(
 }
 
 /// The values of the first DataRow of a captured simple-query response.
+/// Name of the statement and portal Larder's own captured queries use.
+const CAPTURE_NAME: &str = "__larder_capture";
+
+/// Sends `sql` as a captured extended-protocol unit with text parameters, on a statement and
+/// portal of Larder's own that are closed in the same unit: values are never spliced into SQL
+/// text, and the client's unnamed statement and portal are left alone (a simple `Query` would
+/// destroy the unnamed statement).
+fn capture_query(dispatch: &mut Dispatch<'_>, sql: &str, params: &[&str]) {
+    let mut buf = BytesMut::new();
+    Parse {
+        name: CAPTURE_NAME.into(),
+        query: sql.into(),
+        param_types: vec![TEXT_OID; params.len()],
+    }
+    .encode(&mut buf);
+    Bind {
+        portal: CAPTURE_NAME.into(),
+        statement: CAPTURE_NAME.into(),
+        param_formats: Vec::new(),
+        params: params
+            .iter()
+            .map(|p| Some(Bytes::copy_from_slice(p.as_bytes())))
+            .collect(),
+        result_formats: Vec::new(),
+    }
+    .encode(&mut buf);
+    Execute {
+        portal: CAPTURE_NAME.into(),
+        max_rows: 0,
+    }
+    .encode(&mut buf);
+    Close {
+        target: Target::Portal,
+        name: CAPTURE_NAME.into(),
+    }
+    .encode(&mut buf);
+    Close {
+        target: Target::Statement,
+        name: CAPTURE_NAME.into(),
+    }
+    .encode(&mut buf);
+    Sync.encode(&mut buf);
+    dispatch.capture(&buf);
+}
+
 fn first_row(response: &[u8]) -> Option<Vec<Option<String>>> {
     use super::messages::{DataRow, FrameIter};
     for m in FrameIter::new(response, usize::MAX) {

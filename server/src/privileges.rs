@@ -1,0 +1,501 @@
+//! Which role may be answered from which cache.
+//!
+//! A cache holds every row of its query, whoever asked first. Before a hit is served, the
+//! session's current role must hold what the upstream would require of it for the same query:
+//! USAGE on the schema, and SELECT on the table or on every column the query reads (directly,
+//! through role membership, or through PUBLIC). Tables with row security are never served to a
+//! role a policy applies to: only superusers, BYPASSRLS roles and the owner (when the table is
+//! not FORCEd) are exempt, which is exactly when Postgres applies no policy.
+//!
+//! Privileges are learned from the upstream per role (not per session), with the upstream's own
+//! `has_*_privilege` functions, and kept in [`Privileges`]. A role that is not known yet is
+//! answered upstream while one background fetch learns it. Every [`POLL_INTERVAL_MS`] a
+//! fingerprint of the catalog rows privileges depend on (ACLs, owners, row security flags,
+//! role attributes and memberships) is compared with the last one; on any change everything
+//! learned is forgotten at once and re-learned, so a GRANT or REVOKE takes effect within about
+//! one poll interval.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use larder_replication::PgSource;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::core::Core;
+
+pub const POLL_INTERVAL_MS: u64 = 1_000;
+/// Roles whose privileges are kept; past it, everything is forgotten and re-learned on demand.
+const ROLES_MAX: usize = 4_096;
+/// Fetch requests waiting for the background task; more are dropped (and asked again by the
+/// next query of that role).
+const REQUESTS_MAX: usize = 256;
+
+/// What one role may do with one table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableAccess {
+    pub schema_usage: bool,
+    /// SELECT on the whole table.
+    pub table_select: bool,
+    /// Columns the role may SELECT (all of them when `table_select`).
+    pub columns: Vec<String>,
+    /// A row security policy applies to this role on this table.
+    pub row_security: bool,
+}
+
+/// What one role may do, for the tables caches read.
+#[derive(Clone, Debug, Default)]
+pub struct RoleAccess {
+    /// The role exists upstream.
+    pub exists: bool,
+    pub superuser: bool,
+    /// Superuser, or a member of `--admin-role`.
+    pub admin: bool,
+    pub tables: HashMap<u32, TableAccess>,
+}
+
+/// A relation a query reads, for a privilege check.
+pub struct Reads<'a> {
+    pub oid: u32,
+    pub schema: &'a str,
+    pub name: &'a str,
+    pub columns: &'a [String],
+}
+
+impl RoleAccess {
+    /// `Ok` when the role may read these columns of this table the way the upstream would let
+    /// it, `Err` with the reason otherwise. `None` when the table is not known for the role.
+    pub fn check(&self, role: &str, reads: &Reads<'_>) -> Option<Result<(), String>> {
+        if !self.exists {
+            return Some(Err(format!("role {role} does not exist upstream")));
+        }
+        let t = self.tables.get(&reads.oid)?;
+        Some(self.may_select(role, reads).and_then(|()| {
+            if t.row_security {
+                Err(format!(
+                    "row security policies on {}.{} apply to role {role}",
+                    reads.schema, reads.name
+                ))
+            } else {
+                Ok(())
+            }
+        }))
+    }
+
+    /// Whether the upstream would let the role run a SELECT reading these columns (row
+    /// security aside, which filters rows rather than refusing).
+    pub fn may_select(&self, role: &str, reads: &Reads<'_>) -> Result<(), String> {
+        let table = format!("{}.{}", reads.schema, reads.name);
+        let Some(t) = self.tables.get(&reads.oid).filter(|_| self.exists) else {
+            return Err(format!("role {role} has no SELECT privilege on {table}"));
+        };
+        if !t.schema_usage {
+            Err(format!(
+                "role {role} has no USAGE privilege on schema {}",
+                reads.schema
+            ))
+        } else if t.table_select
+            || (!reads.columns.is_empty()
+                && reads.columns.iter().all(|c| t.columns.contains(c)))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "role {role} has no SELECT privilege on {table} (or on a column the query reads)"
+            ))
+        }
+    }
+}
+
+pub struct Privileges {
+    roles: RwLock<HashMap<String, Arc<RoleAccess>>>,
+    /// Roles a fetch has been asked for and not finished.
+    pending: Mutex<HashSet<String>>,
+    requests: mpsc::Sender<String>,
+    admin_role: Option<String>,
+}
+
+impl Privileges {
+    /// The `--admin-role`, if any.
+    pub fn admin_role(&self) -> Option<&str> {
+        self.admin_role.as_deref()
+    }
+
+    pub fn new(admin_role: Option<String>) -> (Arc<Privileges>, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(REQUESTS_MAX);
+        let p = Privileges {
+            roles: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashSet::new()),
+            requests: tx,
+            admin_role: admin_role.filter(|r| !r.is_empty()),
+        };
+        (Arc::new(p), rx)
+    }
+
+    /// The hit-path check: `Err` names why `role` may not be answered from a cache reading
+    /// `reads` (or that its privileges are being learned: then a fetch is requested).
+    pub fn may_read(&self, role: &str, reads: &Reads<'_>) -> Result<(), String> {
+        let verdict = self
+            .roles
+            .read()
+            .expect("privileges lock poisoned")
+            .get(role)
+            .and_then(|a| a.check(role, reads));
+        match verdict {
+            Some(v) => v,
+            None => {
+                self.request(role);
+                Err(format!("learning the privileges of role {role}"))
+            }
+        }
+    }
+
+    /// Learns `role` in the background unless it is known already (a new session's role).
+    pub fn prefetch(&self, role: &str) {
+        let known = self
+            .roles
+            .read()
+            .expect("privileges lock poisoned")
+            .contains_key(role);
+        if !known {
+            self.request(role);
+        }
+    }
+
+    /// Asks the background task to learn `role` (at most one request per role at a time).
+    pub fn request(&self, role: &str) {
+        let mut pending = self.pending.lock().expect("privileges lock poisoned");
+        if pending.len() >= REQUESTS_MAX || pending.contains(role) {
+            return;
+        }
+        if self.requests.try_send(role.to_string()).is_ok() {
+            pending.insert(role.to_string());
+        }
+    }
+
+    fn store(&self, role: String, access: RoleAccess) {
+        let mut roles = self.roles.write().expect("privileges lock poisoned");
+        if roles.len() >= ROLES_MAX && !roles.contains_key(&role) {
+            roles.clear();
+        }
+        roles.insert(role, Arc::new(access));
+    }
+
+    fn forget_all(&self) -> Vec<String> {
+        let mut roles = self.roles.write().expect("privileges lock poisoned");
+        roles.drain().map(|(r, _)| r).collect()
+    }
+
+    /// Learns `role`'s privileges on `oids` directly (for Larder statements, which are rare).
+    pub async fn fetch_now(
+        &self,
+        client: &tokio_postgres::Client,
+        role: &str,
+        oids: &[u32],
+    ) -> Result<RoleAccess, tokio_postgres::Error> {
+        fetch(client, role, oids, self.admin_role.as_deref()).await
+    }
+}
+
+/// Learns `role`'s privileges on every cached table plus `also` now and keeps them (after
+/// `CREATE CACHE`, so the creating session's next query is a hit).
+pub async fn learn_now(
+    privileges: &Privileges,
+    core: &Core,
+    client: &tokio_postgres::Client,
+    role: &str,
+    also: u32,
+) -> Result<(), tokio_postgres::Error> {
+    let mut oids = cached_tables(core);
+    if !oids.contains(&also) {
+        oids.push(also);
+    }
+    let access = privileges.fetch_now(client, role, &oids).await?;
+    privileges.store(role.to_string(), access);
+    Ok(())
+}
+
+/// Reads `role`'s attributes and its privileges on `oids` from the upstream.
+pub async fn fetch(
+    client: &tokio_postgres::Client,
+    role: &str,
+    oids: &[u32],
+    admin_role: Option<&str>,
+) -> Result<RoleAccess, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT r.rolsuper, \
+                    r.rolsuper OR COALESCE((SELECT pg_catalog.pg_has_role(r.oid, a.oid, 'MEMBER') \
+                                            FROM pg_catalog.pg_roles a WHERE a.rolname = $2), false) \
+             FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            &[&role, &admin_role],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(RoleAccess::default());
+    };
+    let mut access = RoleAccess {
+        exists: true,
+        superuser: row.get(0),
+        admin: row.get(1),
+        tables: HashMap::new(),
+    };
+    if oids.is_empty() {
+        return Ok(access);
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid, \
+                    pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE'), \
+                    pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT'), \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                            AND pg_catalog.has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')), \
+                    c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
+                        OR (NOT c.relforcerowsecurity \
+                            AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE'))) \
+             FROM pg_catalog.pg_class c, pg_catalog.pg_roles r \
+             WHERE r.rolname = $1 AND c.oid = ANY($2)",
+            &[&role, &oids],
+        )
+        .await?;
+    for r in rows {
+        access.tables.insert(
+            r.get(0),
+            TableAccess {
+                schema_usage: r.get(1),
+                table_select: r.get(2),
+                columns: r.get(3),
+                row_security: r.get(4),
+            },
+        );
+    }
+    // Tables that no longer exist upstream: nothing may be read from them.
+    for oid in oids {
+        access.tables.entry(*oid).or_default();
+    }
+    Ok(access)
+}
+
+/// A digest of every catalog row privileges depend on, for the tables in `oids`.
+async fn fingerprint(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.md5(concat_ws('|', \
+               (SELECT string_agg(c.oid::text || ':' || c.relname || ':' || n.nspname || ':' \
+                  || coalesce(c.relacl::text, '-') || ':' || c.relowner::text || ':' \
+                  || c.relrowsecurity::text || c.relforcerowsecurity::text || ':' \
+                  || coalesce(n.nspacl::text, '-') || ':' || n.nspowner::text, ',' ORDER BY c.oid) \
+                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                WHERE c.oid = ANY($1)), \
+               (SELECT string_agg(a.attrelid::text || '.' || a.attnum::text || ':' || a.attacl::text, \
+                  ',' ORDER BY a.attrelid, a.attnum) \
+                FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY($1) AND a.attacl IS NOT NULL), \
+               (SELECT string_agg(m::text, ',' ORDER BY m::text) FROM pg_catalog.pg_auth_members m), \
+               (SELECT string_agg(r.oid::text || ':' || r.rolname || ':' || r.rolsuper::text \
+                  || r.rolinherit::text || r.rolbypassrls::text, ',' ORDER BY r.oid) \
+                FROM pg_catalog.pg_roles r)))",
+            &[&oids],
+        )
+        .await?;
+    Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+}
+
+/// Tables some cache reads: what privileges are learned for.
+fn cached_tables(core: &Core) -> Vec<u32> {
+    let mut oids: Vec<u32> = core.caches.all().iter().map(|c| c.table_oid).collect();
+    oids.sort_unstable();
+    oids.dedup();
+    oids
+}
+
+/// Learns requested roles and watches the catalog for privilege changes.
+pub async fn run(
+    privileges: Arc<Privileges>,
+    core: Arc<Core>,
+    source: Arc<PgSource>,
+    mut requests: mpsc::Receiver<String>,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last: Option<(Vec<u32>, String)> = None;
+    loop {
+        let role = tokio::select! {
+            _ = interval.tick() => None,
+            r = requests.recv() => match r {
+                Some(r) => Some(r),
+                None => return,
+            },
+        };
+        if core.is_shutting_down() {
+            return;
+        }
+        if client.is_none() {
+            client = source.client().await.ok();
+        }
+        let Some(c) = &client else {
+            // Unreachable upstream: forget the pending requests (they are asked again).
+            if let Some(role) = role {
+                privileges.pending.lock().expect("privileges lock poisoned").remove(&role);
+            }
+            continue;
+        };
+        let oids = cached_tables(&core);
+        let result = match role {
+            Some(role) => learn(&privileges, c, role, &oids).await,
+            None => watch(&privileges, c, &oids, &mut last).await,
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "privilege check failed; reconnecting next time");
+            client = None;
+            last = None;
+        }
+    }
+}
+
+async fn learn(
+    privileges: &Privileges,
+    client: &tokio_postgres::Client,
+    role: String,
+    oids: &[u32],
+) -> Result<(), tokio_postgres::Error> {
+    let fetched = fetch(client, &role, oids, privileges.admin_role.as_deref()).await;
+    privileges
+        .pending
+        .lock()
+        .expect("privileges lock poisoned")
+        .remove(&role);
+    let access = fetched?;
+    debug!(role = %role, tables = access.tables.len(), "learned privileges");
+    privileges.store(role, access);
+    Ok(())
+}
+
+/// Forgets everything learned when the privilege catalog changed, then re-learns the roles
+/// that were known (so their hits resume without waiting for a miss).
+async fn watch(
+    privileges: &Privileges,
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+    last: &mut Option<(Vec<u32>, String)>,
+) -> Result<(), tokio_postgres::Error> {
+    let digest = fingerprint(client, oids).await?;
+    let changed = match last {
+        Some((o, d)) => o.as_slice() != oids || *d != digest,
+        None => true,
+    };
+    if !changed {
+        return Ok(());
+    }
+    let first = last.is_none();
+    *last = Some((oids.to_vec(), digest));
+    let roles = privileges.forget_all();
+    if !first && !roles.is_empty() {
+        info!(
+            roles = roles.len(),
+            "privileges changed upstream; re-learning"
+        );
+    }
+    for role in roles {
+        match fetch(client, &role, oids, privileges.admin_role.as_deref()).await {
+            Ok(access) => privileges.store(role, access),
+            Err(e) => {
+                warn!(role = %role, error = %e, "re-learning privileges");
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads<'a>(columns: &'a [String]) -> Reads<'a> {
+        Reads {
+            oid: 7,
+            schema: "public",
+            name: "t",
+            columns,
+        }
+    }
+
+    fn access(t: TableAccess) -> RoleAccess {
+        RoleAccess {
+            exists: true,
+            tables: HashMap::from([(7, t)]),
+            ..RoleAccess::default()
+        }
+    }
+
+    #[test]
+    fn column_privileges_must_cover_every_column_read() {
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let some = access(TableAccess {
+            schema_usage: true,
+            columns: vec!["a".into()],
+            ..TableAccess::default()
+        });
+        assert!(some.check("r", &reads(&cols)).unwrap().is_err());
+        assert!(some.check("r", &reads(&cols[..1])).unwrap().is_ok());
+        // Reading no column at all needs the table privilege.
+        assert!(some.check("r", &reads(&[])).unwrap().is_err());
+        let all = access(TableAccess {
+            schema_usage: true,
+            table_select: true,
+            ..TableAccess::default()
+        });
+        assert!(all.check("r", &reads(&cols)).unwrap().is_ok());
+    }
+
+    #[test]
+    fn schema_usage_row_security_and_unknown_tables() {
+        let cols = vec!["a".to_string()];
+        let no_usage = access(TableAccess {
+            table_select: true,
+            ..TableAccess::default()
+        });
+        let e = no_usage.check("r", &reads(&cols)).unwrap().unwrap_err();
+        assert!(e.contains("USAGE"), "{e}");
+        let rls = access(TableAccess {
+            schema_usage: true,
+            table_select: true,
+            row_security: true,
+            ..TableAccess::default()
+        });
+        let e = rls.check("r", &reads(&cols)).unwrap().unwrap_err();
+        assert!(e.contains("row security"), "{e}");
+        let other = RoleAccess {
+            exists: true,
+            ..RoleAccess::default()
+        };
+        assert!(other.check("r", &reads(&cols)).is_none());
+        assert!(RoleAccess::default()
+            .check("r", &reads(&cols))
+            .unwrap()
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_roles_are_requested_once() {
+        let (p, mut rx) = Privileges::new(None);
+        let cols = vec!["a".to_string()];
+        assert!(p.may_read("alice", &reads(&cols)).is_err());
+        assert!(p.may_read("alice", &reads(&cols)).is_err());
+        assert_eq!(rx.recv().await.as_deref(), Some("alice"));
+        assert!(rx.try_recv().is_err());
+        p.pending.lock().unwrap().remove("alice");
+        p.store("alice".into(), access(TableAccess {
+            schema_usage: true,
+            table_select: true,
+            ..TableAccess::default()
+        }));
+        assert!(p.may_read("alice", &reads(&cols)).is_ok());
+    }
+}
