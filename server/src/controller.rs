@@ -15,9 +15,9 @@ use tracing::info;
 
 use crate::core::{CacheEntry, Core, ResultColumn};
 use crate::privileges::{Privileges, Reads, RoleAccess};
-use larder_adapter::cache::StatementContext;
 use crate::storage::StoredCache;
 use crate::tables::TableState;
+use larder_adapter::cache::StatementContext;
 
 /// A small text result set.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -336,10 +336,7 @@ impl Controller {
             "cached".to_string()
         } else {
             let checked = match self.check_supported(&normalized) {
-                Ok((plan, entry)) => self
-                    .check_collations(&plan, &entry)
-                    .await
-                    .map(|()| entry),
+                Ok((plan, entry)) => self.check_collations(&plan, &entry).await.map(|()| entry),
                 Err(e) => Err(e),
             };
             match checked {
@@ -460,9 +457,14 @@ impl Controller {
         self.core.caches.insert(entry);
         // The creating session is served at once (other roles are learned on their first query).
         if let Ok(client) = self.upstream_client().await {
-            let learned =
-                crate::privileges::learn_now(&self.privileges, &self.core, &client, role, table_oid)
-                    .await;
+            let learned = crate::privileges::learn_now(
+                &self.privileges,
+                &self.core,
+                &client,
+                role,
+                table_oid,
+            )
+            .await;
             if let Err(e) = learned {
                 tracing::debug!(role = %role, error = %e, "learning privileges after CREATE CACHE");
             }

@@ -86,23 +86,23 @@ impl RoleAccess {
     /// Whether the upstream would let the role run a SELECT reading these columns (row
     /// security aside, which filters rows rather than refusing).
     pub fn may_select(&self, role: &str, reads: &Reads<'_>) -> Result<(), String> {
-        let table = format!("{}.{}", reads.schema, reads.name);
+        let (schema, name) = (reads.schema, reads.name);
         let Some(t) = self.tables.get(&reads.oid).filter(|_| self.exists) else {
-            return Err(format!("role {role} has no SELECT privilege on {table}"));
+            return Err(format!(
+                "role {role} has no SELECT privilege on {schema}.{name}"
+            ));
         };
         if !t.schema_usage {
             Err(format!(
-                "role {role} has no USAGE privilege on schema {}",
-                reads.schema
+                "role {role} has no USAGE privilege on schema {schema}"
             ))
         } else if t.table_select
-            || (!reads.columns.is_empty()
-                && reads.columns.iter().all(|c| t.columns.contains(c)))
+            || (!reads.columns.is_empty() && reads.columns.iter().all(|c| t.columns.contains(c)))
         {
             Ok(())
         } else {
             Err(format!(
-                "role {role} has no SELECT privilege on {table} (or on a column the query reads)"
+                "role {role} has no SELECT privilege on {schema}.{name} (or on a column the query reads)"
             ))
         }
     }
@@ -341,7 +341,11 @@ pub async fn run(
         let Some(c) = &client else {
             // Unreachable upstream: forget the pending requests (they are asked again).
             if let Some(role) = role {
-                privileges.pending.lock().expect("privileges lock poisoned").remove(&role);
+                privileges
+                    .pending
+                    .lock()
+                    .expect("privileges lock poisoned")
+                    .remove(&role);
             }
             continue;
         };
@@ -491,11 +495,14 @@ mod tests {
         assert_eq!(rx.recv().await.as_deref(), Some("alice"));
         assert!(rx.try_recv().is_err());
         p.pending.lock().unwrap().remove("alice");
-        p.store("alice".into(), access(TableAccess {
-            schema_usage: true,
-            table_select: true,
-            ..TableAccess::default()
-        }));
+        p.store(
+            "alice".into(),
+            access(TableAccess {
+                schema_usage: true,
+                table_select: true,
+                ..TableAccess::default()
+            }),
+        );
         assert!(p.may_read("alice", &reads(&cols)).is_ok());
     }
 }

@@ -1087,8 +1087,13 @@ mod settings_tests {
     fn relations_lists_every_named_table_once() {
         let q = |s: &str| parse_select(s, Dialect::Postgres).unwrap();
         assert_eq!(
-            relations(&q("SELECT * FROM a JOIN s.b ON a.x = b.x WHERE a.y IN (SELECT y FROM a)")),
-            vec![(None, "a".to_string()), (Some("s".to_string()), "b".to_string())]
+            relations(&q(
+                "SELECT * FROM a JOIN s.b ON a.x = b.x WHERE a.y IN (SELECT y FROM a)"
+            )),
+            vec![
+                (None, "a".to_string()),
+                (Some("s".to_string()), "b".to_string())
+            ]
         );
         assert!(relations(&q("SELECT 1")).is_empty());
     }

@@ -175,7 +175,10 @@ async fn never_hit(larder: &Client, direct: &Client, sql: &str, because: &str) {
         reason = r;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(reason.contains(because), "{sql}: reason {reason:?} lacks {because:?}");
+    assert!(
+        reason.contains(because),
+        "{sql}: reason {reason:?} lacks {because:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,11 +194,12 @@ async fn cache_hits_respect_privileges_row_security_and_roles() {
         q(&admin, &format!("CREATE CACHE FROM {sql}")).await;
     }
     // EXPLAIN CREATE CACHE tells about row security.
-    let e = q(&admin, "EXPLAIN CREATE CACHE FROM SELECT body FROM docs WHERE id = 1").await;
-    assert!(
-        e.cell(0, "supported").contains("row security"),
-        "{e:?}"
-    );
+    let e = q(
+        &admin,
+        "EXPLAIN CREATE CACHE FROM SELECT body FROM docs WHERE id = 1",
+    )
+    .await;
+    assert!(e.cell(0, "supported").contains("row security"), "{e:?}");
 
     // A reader with the table privilege is served from the cache.
     let reader = connect(&s.larder_as("reader")).await;
@@ -247,13 +251,21 @@ async fn cache_hits_respect_privileges_row_security_and_roles() {
     q(&admin, "RESET ROLE").await;
     until_hit(&admin, &admin, items).await;
     // SET LOCAL ROLE ends with its transaction (caches do not answer inside it anyway).
-    q(&admin, &format!("BEGIN; SET LOCAL ROLE {}; COMMIT", s.role("nobody"))).await;
+    q(
+        &admin,
+        &format!("BEGIN; SET LOCAL ROLE {}; COMMIT", s.role("nobody")),
+    )
+    .await;
     until_hit(&admin, &admin, items).await;
 
     // REVOKE takes effect within the privilege poll bound; GRANT serves again.
     let direct_admin = connect(&s.pg.url(&s.db)).await;
     until_hit(&reader, &reader_d, items).await;
-    q(&direct_admin, &format!("REVOKE SELECT ON items FROM {}", s.role("reader"))).await;
+    q(
+        &direct_admin,
+        &format!("REVOKE SELECT ON items FROM {}", s.role("reader")),
+    )
+    .await;
     let revoked = Instant::now();
     loop {
         match outcome(&reader, items).await {
@@ -274,16 +286,32 @@ async fn cache_hits_respect_privileges_row_security_and_roles() {
     }
     eprintln!("REVOKE took effect after {:?}", revoked.elapsed());
     never_hit(&reader, &reader_d, items, "no SELECT privilege").await;
-    q(&direct_admin, &format!("GRANT SELECT ON items TO {}", s.role("reader"))).await;
+    q(
+        &direct_admin,
+        &format!("GRANT SELECT ON items TO {}", s.role("reader")),
+    )
+    .await;
     until_hit(&reader, &reader_d, items).await;
 
     // Managing caches: CREATE CACHE needs SELECT on what the query reads; DROP needs a
     // superuser or a member of --admin-role; SHOW PROXIED QUERIES hides unreadable shapes.
-    let (code, msg) = query_err(&nobody, "CREATE CACHE FROM SELECT name FROM items WHERE id = 1").await;
+    let (code, msg) = query_err(
+        &nobody,
+        "CREATE CACHE FROM SELECT name FROM items WHERE id = 1",
+    )
+    .await;
     assert_eq!(code, "42501", "{msg}");
-    let (code, msg) = query_err(&cols, "CREATE CACHE FROM SELECT secret, name FROM items WHERE id = 1").await;
+    let (code, msg) = query_err(
+        &cols,
+        "CREATE CACHE FROM SELECT secret, name FROM items WHERE id = 1",
+    )
+    .await;
     assert_eq!(code, "42501", "{msg}");
-    q(&cols, "CREATE CACHE FROM SELECT name FROM items WHERE id = 1").await;
+    q(
+        &cols,
+        "CREATE CACHE FROM SELECT name FROM items WHERE id = 1",
+    )
+    .await;
     for stmt in ["DROP ALL CACHES", "DROP ALL PROXIED QUERIES"] {
         let (code, msg) = query_err(&reader, stmt).await;
         assert_eq!(code, "42501", "{stmt}: {msg}");
@@ -291,12 +319,18 @@ async fn cache_hits_respect_privileges_row_security_and_roles() {
     }
     let shown = q(&nobody, "SHOW PROXIED QUERIES").await;
     assert!(
-        shown.rows.iter().all(|r| !r[1].as_deref().unwrap_or("").contains("items")),
+        shown
+            .rows
+            .iter()
+            .all(|r| !r[1].as_deref().unwrap_or("").contains("items")),
         "a role without privileges sees shapes of items: {shown:?}"
     );
     let shown = q(&reader, "SHOW PROXIED QUERIES").await;
     assert!(
-        shown.rows.iter().any(|r| r[1].as_deref().unwrap_or("").contains("items")),
+        shown
+            .rows
+            .iter()
+            .any(|r| r[1].as_deref().unwrap_or("").contains("items")),
         "the reader sees the shapes of items: {shown:?}"
     );
     let ops = connect(&s.larder_as("ops")).await;

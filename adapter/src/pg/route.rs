@@ -819,7 +819,8 @@ impl RouterSession {
                     | TransactionKind::RollbackToSavepoint
             )
         );
-        if (ends_transaction && self.role_touched) || may_change_role(kind, sql, may_change_settings)
+        if (ends_transaction && self.role_touched)
+            || may_change_role(kind, sql, may_change_settings)
         {
             self.role_touched = true;
             self.role = RoleState::Unknown;
