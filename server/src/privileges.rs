@@ -16,6 +16,7 @@
 //! one poll interval.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ pub struct Privileges {
     pending: Mutex<HashSet<String>>,
     requests: mpsc::Sender<String>,
     admin_role: Option<String>,
+    /// Bumped whenever everything learned is forgotten: an answer fetched before that must not
+    /// be stored after it (it may predate a REVOKE).
+    generation: AtomicU64,
 }
 
 impl Privileges {
@@ -129,6 +133,7 @@ impl Privileges {
             pending: Mutex::new(HashSet::new()),
             requests: tx,
             admin_role: admin_role.filter(|r| !r.is_empty()),
+            generation: AtomicU64::new(0),
         };
         (Arc::new(p), rx)
     }
@@ -174,16 +179,26 @@ impl Privileges {
         }
     }
 
-    fn store(&self, role: String, access: RoleAccess) {
+    /// Keeps `access`, fetched while the generation was `generation`, unless everything was
+    /// forgotten since.
+    fn store(&self, generation: u64, role: String, access: RoleAccess) {
         let mut roles = self.roles.write().expect("privileges lock poisoned");
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
         if roles.len() >= ROLES_MAX && !roles.contains_key(&role) {
             roles.clear();
         }
         roles.insert(role, Arc::new(access));
     }
 
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     fn forget_all(&self) -> Vec<String> {
         let mut roles = self.roles.write().expect("privileges lock poisoned");
+        self.generation.fetch_add(1, Ordering::SeqCst);
         roles.drain().map(|(r, _)| r).collect()
     }
 
@@ -211,8 +226,9 @@ pub async fn learn_now(
     if !oids.contains(&also) {
         oids.push(also);
     }
+    let generation = privileges.generation();
     let access = privileges.fetch_now(client, role, &oids).await?;
-    privileges.store(role.to_string(), access);
+    privileges.store(generation, role.to_string(), access);
     Ok(())
 }
 
@@ -368,6 +384,7 @@ async fn learn(
     role: String,
     oids: &[u32],
 ) -> Result<(), tokio_postgres::Error> {
+    let generation = privileges.generation();
     let fetched = fetch(client, &role, oids, privileges.admin_role.as_deref()).await;
     privileges
         .pending
@@ -376,12 +393,14 @@ async fn learn(
         .remove(&role);
     let access = fetched?;
     debug!(role = %role, tables = access.tables.len(), "learned privileges");
-    privileges.store(role, access);
+    privileges.store(generation, role, access);
     Ok(())
 }
 
-/// Forgets everything learned when the privilege catalog changed, then re-learns the roles
-/// that were known (so their hits resume without waiting for a miss).
+/// Keeps what was learned current. When the privilege catalog changed for the same tables,
+/// everything learned is forgotten first (a REVOKE must stop hits before anything else
+/// happens), then the roles that were known are learned again so their hits resume. When only
+/// the set of cached tables changed, what is known stays valid and is extended in place.
 async fn watch(
     privileges: &Privileges,
     client: &tokio_postgres::Client,
@@ -389,25 +408,31 @@ async fn watch(
     last: &mut Option<(Vec<u32>, String)>,
 ) -> Result<(), tokio_postgres::Error> {
     let digest = fingerprint(client, oids).await?;
-    let changed = match last {
-        Some((o, d)) => o.as_slice() != oids || *d != digest,
-        None => true,
+    let (changed, same_tables) = match last {
+        Some((o, d)) => (o.as_slice() != oids || *d != digest, o.as_slice() == oids),
+        None => (true, false),
     };
     if !changed {
         return Ok(());
     }
     let first = last.is_none();
     *last = Some((oids.to_vec(), digest));
-    let roles = privileges.forget_all();
-    if !first && !roles.is_empty() {
+    let roles: Vec<String> = if same_tables || first {
+        privileges.forget_all()
+    } else {
+        let roles = privileges.roles.read().expect("privileges lock poisoned");
+        roles.keys().cloned().collect()
+    };
+    if same_tables && !roles.is_empty() {
         info!(
             roles = roles.len(),
             "privileges changed upstream; re-learning"
         );
     }
+    let generation = privileges.generation();
     for role in roles {
         match fetch(client, &role, oids, privileges.admin_role.as_deref()).await {
-            Ok(access) => privileges.store(role, access),
+            Ok(access) => privileges.store(generation, role, access),
             Err(e) => {
                 warn!(role = %role, error = %e, "re-learning privileges");
                 return Err(e);
@@ -496,6 +521,7 @@ mod tests {
         assert!(rx.try_recv().is_err());
         p.pending.lock().unwrap().remove("alice");
         p.store(
+            0,
             "alice".into(),
             access(TableAccess {
                 schema_usage: true,
@@ -504,5 +530,10 @@ mod tests {
             }),
         );
         assert!(p.may_read("alice", &reads(&cols)).is_ok());
+        // An answer fetched before everything was forgotten is not kept.
+        let before = p.generation();
+        p.forget_all();
+        p.store(before, "alice".into(), RoleAccess::default());
+        assert!(!p.roles.read().unwrap().contains_key("alice"));
     }
 }
