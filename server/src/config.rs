@@ -3,9 +3,10 @@
 //! in one process.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
+use thiserror::Error;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -15,9 +16,26 @@ use clap::{Parser, ValueEnum};
 )]
 pub struct Config {
     /// Upstream database URL; the scheme picks the dialect (postgresql://, postgres://, mysql://).
-    #[arg(long, env = "UPSTREAM_DB_URL")]
-    pub upstream_db_url: String,
+    /// A password given here is visible to `ps` when passed as a flag: prefer the environment
+    /// variable or --upstream-db-password-file.
+    #[arg(long, env = "UPSTREAM_DB_URL", hide_env_values = true)]
+    pub upstream_db_url: UpstreamUrl,
 
+    // --- Secrets and storage identity (issue #9) ---
+    /// File holding the upstream password (trailing newlines are ignored); the URL must then
+    /// carry no password.
+    #[arg(long, env = "UPSTREAM_DB_PASSWORD_FILE")]
+    pub upstream_db_password_file: Option<PathBuf>,
+
+    /// When the storage directory belongs to another upstream server or database, discard it
+    /// and start afresh instead of refusing to start.
+    #[arg(
+        long,
+        env = "RESET_STORAGE_ON_UPSTREAM_CHANGE",
+        default_value_t = false
+    )]
+    pub reset_storage_on_upstream_change: bool,
+    // --- end of secrets and storage identity ---
     /// Address to accept client connections on.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:5433")]
     pub address: SocketAddr,
@@ -94,9 +112,170 @@ pub enum Dialect {
     MySql,
 }
 
+/// Configuration that cannot be used as given.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read --upstream-db-password-file {path}: {source}")]
+    PasswordFileUnreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--upstream-db-password-file {path} is empty")]
+    PasswordFileEmpty { path: String },
+    #[error("--upstream-db-password-file {path} is not UTF-8")]
+    PasswordFileNotUtf8 { path: String },
+    #[error(
+        "the upstream password is given twice: in --upstream-db-url and in \
+         --upstream-db-password-file {path}; remove it from the URL"
+    )]
+    PasswordTwice { path: String },
+}
+
+/// The upstream URL. It may carry a password, so its `Debug` and `Display` redact the password
+/// (userinfo and a `password=` query parameter); [`UpstreamUrl::expose`] gives the real text to
+/// the code that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamUrl(String);
+
+impl UpstreamUrl {
+    pub fn new(url: impl Into<String>) -> UpstreamUrl {
+        UpstreamUrl(url.into())
+    }
+
+    /// The URL with its password, for connecting only: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the URL carries a password (in the userinfo or as a `password=` parameter).
+    pub fn has_password(&self) -> bool {
+        let (authority, query) = split_url(&self.0);
+        let userinfo_pw = authority
+            .rsplit_once('@')
+            .is_some_and(|(ui, _)| ui.contains(':'));
+        userinfo_pw
+            || query
+                .split('&')
+                .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "password")
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let (authority, query) = split_url(url);
+        let mut out = String::with_capacity(url.len());
+        let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+        out.push_str(&url[..scheme_end]);
+        match authority.rsplit_once('@') {
+            Some((ui, host)) => {
+                match ui.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(ui),
+                }
+                out.push('@');
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        let path_start = scheme_end + authority.len();
+        let path_end = url.find('?').unwrap_or(url.len());
+        out.push_str(&url[path_start.min(path_end)..path_end]);
+        if url.contains('?') {
+            out.push('?');
+            let parts: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("password", _)) => "password=***".to_string(),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            out.push_str(&parts.join("&"));
+        }
+        out
+    }
+
+    /// This URL with `password` added as a (percent-encoded) `password=` query parameter.
+    fn with_password(&self, password: &str) -> UpstreamUrl {
+        let mut url = self.0.clone();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("password=");
+        for b in password.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                url.push(b as char);
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+        UpstreamUrl(url)
+    }
+}
+
+/// `(authority, query)` of `scheme://authority/path?query`.
+fn split_url(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or("");
+    (authority, query)
+}
+
+impl std::fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamUrl({:?})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::str::FromStr for UpstreamUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(UpstreamUrl(s.to_string()))
+    }
+}
+
+/// Reads a password file: the content without trailing newlines (`\n` or `\r\n`).
+fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::PasswordFileUnreadable {
+        path: shown.clone(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::PasswordFileNotUtf8 {
+        path: shown.clone(),
+    })?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(ConfigError::PasswordFileEmpty { path: shown });
+    }
+    Ok(password.to_string())
+}
+
 impl Config {
+    /// The URL to connect with: `--upstream-db-url`, plus the password from
+    /// `--upstream-db-password-file` when given. A password in both places is refused: which
+    /// one the user meant is not knowable, and a silently ignored secret hides mistakes.
+    pub fn effective_upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
+        let Some(path) = &self.upstream_db_password_file else {
+            return Ok(self.upstream_db_url.clone());
+        };
+        if self.upstream_db_url.has_password() {
+            return Err(ConfigError::PasswordTwice {
+                path: path.display().to_string(),
+            });
+        }
+        let password = read_password_file(path)?;
+        Ok(self.upstream_db_url.with_password(&password))
+    }
+
     pub fn dialect(&self) -> Result<Dialect, String> {
-        let url = self.upstream_db_url.as_str();
+        let url = self.upstream_db_url.expose();
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
             "postgresql" | "postgres" => Ok(Dialect::Postgres),
@@ -105,5 +284,71 @@ impl Config {
                 "unsupported upstream URL scheme {other:?}: use postgresql://, postgres:// or mysql://"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> UpstreamUrl {
+        UpstreamUrl::new(s)
+    }
+
+    #[test]
+    fn redaction_hides_every_password_form() {
+        let cases = [
+            (
+                "postgresql://u:s3cr%40t@h:5432/db?sslmode=disable",
+                "postgresql://u:***@h:5432/db?sslmode=disable",
+            ),
+            (
+                "postgres://u@h/db?password=s3cr%40t&sslmode=require",
+                "postgres://u@h/db?password=***&sslmode=require",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+            ("postgres://u:s3cr%40t@h", "postgres://u:***@h"),
+        ];
+        for (given, want) in cases {
+            let u = url(given);
+            assert_eq!(u.redacted(), want);
+            assert!(!format!("{u:?}").contains("s3cr"), "{u:?}");
+            assert!(!u.to_string().contains("s3cr"), "{u}");
+        }
+        assert!(url(cases[0].0).has_password());
+        assert!(url(cases[1].0).has_password());
+        assert!(!url(cases[2].0).has_password());
+    }
+
+    #[test]
+    fn password_file_is_appended_encoded_and_conflicts_are_refused() {
+        let dir = std::env::temp_dir().join(format!("larder-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "p@ss w&rd\n").unwrap();
+        let mut cfg = Config::parse_from([
+            "larder",
+            "--upstream-db-url",
+            "postgresql://u@h/db?sslmode=disable",
+        ]);
+        cfg.upstream_db_password_file = Some(file.clone());
+        let eff = cfg.effective_upstream_url().unwrap();
+        assert_eq!(
+            eff.expose(),
+            "postgresql://u@h/db?sslmode=disable&password=p%40ss%20w%26rd"
+        );
+        let parsed = larder_adapter::UpstreamConfig::from_url(eff.expose()).unwrap();
+        assert_eq!(parsed.password.as_deref(), Some("p@ss w&rd"));
+
+        cfg.upstream_db_url = url("postgresql://u:other@h/db");
+        let err = cfg.effective_upstream_url().unwrap_err().to_string();
+        assert!(err.contains("given twice"), "{err}");
+        assert!(!err.contains("other"), "{err}");
+
+        cfg.upstream_db_url = url("postgresql://u@h/db");
+        cfg.upstream_db_password_file = Some(dir.join("missing"));
+        let err = cfg.effective_upstream_url().unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

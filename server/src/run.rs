@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Dialect};
+use crate::config::{Config, Dialect, UpstreamUrl};
 use crate::controller::{Controller, ProxiedQueries};
 use crate::core::Core;
-use crate::storage::Storage;
+use crate::storage::{IdentityDecision, Storage, UpstreamIdentity};
 
 /// Run until a shutdown signal arrives on `shutdown` (true), then stop gracefully.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -25,13 +25,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
 }
 
 /// `--cleanup`: remove what this deployment created upstream and on disk.
-async fn clean_up(cfg: &Config) -> anyhow::Result<()> {
-    let source = PgSource::new(
-        &cfg.upstream_db_url,
-        &cfg.deployment,
-        &cfg.replication_tables,
-    )
-    .context("configuring replication")?;
+async fn clean_up(cfg: &Config, url: &UpstreamUrl) -> anyhow::Result<()> {
+    let source = PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
+        .context("configuring replication")?;
     let removed = source.clean_up().await.context("cleaning up upstream")?;
     for what in &removed {
         info!(%what, "removed");
@@ -50,10 +46,13 @@ async fn clean_up(cfg: &Config) -> anyhow::Result<()> {
 }
 
 async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // The URL with the password from --upstream-db-password-file; every consumer (the proxy's
+    // upstream sessions, replication, clean-up) connects with this one.
+    let url = cfg.effective_upstream_url()?;
     if cfg.cleanup {
-        return clean_up(&cfg).await;
+        return clean_up(&cfg, &url).await;
     }
-    let upstream = larder_adapter::UpstreamConfig::from_url(&cfg.upstream_db_url)
+    let upstream = larder_adapter::UpstreamConfig::from_url(url.expose())
         .context("parsing --upstream-db-url")?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -96,15 +95,12 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     ));
     let storage = Storage::open(&storage_path)
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
+    // Stored tables are loaded only once the upstream is known to be the one they were copied
+    // from (in `start_replication`): until then nothing stored is served or shown.
     let (core, rebuild_rx) = Core::new(storage);
-    crate::replicator::load_stored_tables(&core).context("loading stored tables")?;
     let source = Arc::new(
-        PgSource::new(
-            &cfg.upstream_db_url,
-            &cfg.deployment,
-            &cfg.replication_tables,
-        )
-        .context("configuring replication")?,
+        PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
+            .context("configuring replication")?,
     );
     let (privileges, privilege_requests) =
         crate::privileges::Privileges::new(cfg.admin_role.clone());
@@ -130,6 +126,11 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         source.clone(),
         rebuild_rx,
         fatal_tx,
+        IdentityGuard {
+            reset_allowed: cfg.reset_storage_on_upstream_change,
+            storage_path,
+            upstream_display: controller.upstream_display.clone(),
+        },
     ));
 
     let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
@@ -156,16 +157,121 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     Ok(())
 }
 
+/// What the storage-identity check needs besides the source.
+struct IdentityGuard {
+    reset_allowed: bool,
+    storage_path: std::path::PathBuf,
+    upstream_display: String,
+}
+
+/// The identity of the upstream `source` connects to. `pg_control_system()` is executable by
+/// every role, so this works for a REPLICATION role that is not a superuser.
+async fn upstream_identity(source: &PgSource) -> Result<UpstreamIdentity, String> {
+    let client = source.client().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, current_database()::text \
+             FROM pg_catalog.pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("reading the upstream's system identifier: {e}"))?;
+    Ok(UpstreamIdentity {
+        system_identifier: row.get(0),
+        database: row.get(1),
+    })
+}
+
+enum IdentityOutcome {
+    Verified,
+    /// The upstream could not be asked; retry.
+    Retry(String),
+    /// Stored data belongs to another upstream and no reset was allowed.
+    Refused(String),
+}
+
+/// Compare the upstream with the identity recorded in storage, and adopt, reset or refuse.
+async fn check_identity(core: &Core, source: &PgSource, guard: &IdentityGuard) -> IdentityOutcome {
+    let current = match upstream_identity(source).await {
+        Ok(c) => c,
+        Err(e) => return IdentityOutcome::Retry(e),
+    };
+    let stored = match core.storage.upstream_identity() {
+        Ok(s) => s,
+        Err(e) => return IdentityOutcome::Refused(format!("reading the storage: {e}")),
+    };
+    let result = match IdentityDecision::decide(stored.as_ref(), &current, guard.reset_allowed) {
+        IdentityDecision::Same => Ok(()),
+        IdentityDecision::Adopt => {
+            info!(upstream = %current, "recording the upstream's identity in the storage");
+            core.storage.put_upstream_identity(&current)
+        }
+        IdentityDecision::Reset { stored } => {
+            warn!(
+                stored = %stored,
+                upstream = %current,
+                path = %guard.storage_path.display(),
+                "the storage belongs to another upstream: discarding it \
+                 (--reset-storage-on-upstream-change)"
+            );
+            core.storage.reset_for_upstream(&current)
+        }
+        IdentityDecision::Refuse { stored } => {
+            return IdentityOutcome::Refused(format!(
+                "the storage directory {path} holds data copied from another upstream \
+                 ({stored}), but {addr} is {current}. Larder will not serve or replace \
+                 that data on its own: start with --reset-storage-on-upstream-change \
+                 (RESET_STORAGE_ON_UPSTREAM_CHANGE=true) to discard it and copy the new \
+                 upstream, or use another --storage-dir",
+                path = guard.storage_path.display(),
+                addr = guard.upstream_display,
+            ))
+        }
+    };
+    match result {
+        Ok(()) => IdentityOutcome::Verified,
+        Err(e) => IdentityOutcome::Refused(format!("updating the storage: {e}")),
+    }
+}
+
 /// Replication start-up runs in the background so the proxy serves from the first second;
-/// caches become available once their tables are online.
+/// caches become available once their tables are online. Stored data is loaded only after
+/// the upstream's identity matched the storage's.
 async fn start_replication(
     controller: Arc<Controller>,
     source: Arc<PgSource>,
     rebuild_rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
     fatal: tokio::sync::mpsc::Sender<String>,
+    guard: IdentityGuard,
 ) {
     let core = controller.core.clone();
     let mut backoff_ms = 500u64;
+    core.set_replication_status("Checking the upstream's identity");
+    loop {
+        match check_identity(&core, &source, &guard).await {
+            IdentityOutcome::Verified => break,
+            IdentityOutcome::Refused(message) => {
+                error!(error = %message, "refusing to start");
+                let _ = fatal.send(message).await;
+                return;
+            }
+            IdentityOutcome::Retry(e) => {
+                error!(error = %e, retry_in_ms = backoff_ms, "cannot ask the upstream for its identity");
+                core.set_last_error(e.clone());
+                core.set_replication_status(&format!("Not started: {e}"));
+                if core.is_shutting_down() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(30_000);
+            }
+        }
+    }
+    if let Err(e) = crate::replicator::load_stored_tables(&core) {
+        let _ = fatal.send(format!("loading stored tables: {e}")).await;
+        return;
+    }
+    backoff_ms = 500;
     loop {
         match crate::replicator::start(core.clone(), source.clone()).await {
             Ok(()) => break,

@@ -8,7 +8,8 @@
 //! - `rows`: `table_id (u32 BE) ++ encode_key(key columns)` -> `count (u32 LE) ++ encode_row(row)`.
 //!   Keyless tables (REPLICA IDENTITY FULL) use the whole row as key; `count` holds duplicates.
 //! - `meta`: `pos` -> position (u64 BE); `table/<id>` -> table record; `cache/<name>` -> cache record;
-//!   `next_table_id` -> u32.
+//!   `next_table_id` -> u32; `upstream` -> the upstream's identity (system identifier and
+//!   database name) the stored data was copied from.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
 const KEY_POSITION: &[u8] = b"pos";
 const KEY_NEXT_TABLE_ID: &[u8] = b"next_table_id";
+const KEY_UPSTREAM: &[u8] = b"upstream";
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -52,6 +54,53 @@ pub struct StoredCache {
     /// The SELECT as the user wrote it (re-lowered at start).
     pub query: String,
     pub always: bool,
+}
+
+/// Which upstream the stored data belongs to: a Postgres cluster (`system_identifier`, fixed
+/// at initdb) and one database in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamIdentity {
+    pub system_identifier: String,
+    pub database: String,
+}
+
+impl std::fmt::Display for UpstreamIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "system identifier {}, database {:?}",
+            self.system_identifier, self.database
+        )
+    }
+}
+
+/// What to do with the stored data given the identity of the upstream Larder connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityDecision {
+    /// Same upstream: use the stored data.
+    Same,
+    /// Nothing recorded (new storage, or storage written before identities were recorded):
+    /// record the current upstream and use the stored data.
+    Adopt,
+    /// Another upstream, and the operator allowed a reset: discard everything stored.
+    Reset { stored: UpstreamIdentity },
+    /// Another upstream: refuse to start.
+    Refuse { stored: UpstreamIdentity },
+}
+
+impl IdentityDecision {
+    pub fn decide(
+        stored: Option<&UpstreamIdentity>,
+        current: &UpstreamIdentity,
+        reset_allowed: bool,
+    ) -> IdentityDecision {
+        match stored {
+            None => IdentityDecision::Adopt,
+            Some(s) if s == current => IdentityDecision::Same,
+            Some(s) if reset_allowed => IdentityDecision::Reset { stored: s.clone() },
+            Some(s) => IdentityDecision::Refuse { stored: s.clone() },
+        }
+    }
 }
 
 pub struct Storage {
@@ -225,9 +274,68 @@ impl Storage {
     /// definitions stay: they are rebuilt on the new data.
     pub fn wipe(&self) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
+        self.wipe_into(&mut batch, &[&b"table/"[..], &b"skip/"[..]])?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// The identity of the upstream the stored data was copied from, if recorded.
+    pub fn upstream_identity(&self) -> Result<Option<UpstreamIdentity>, StorageError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_META), KEY_UPSTREAM)? else {
+            return Ok(None);
+        };
+        let corrupt = |d: &str| StorageError::Corrupt {
+            what: "upstream identity".into(),
+            detail: d.into(),
+        };
+        let r = decode_row(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        let [sysid, database] = r.as_slice() else {
+            return Err(corrupt("shape"));
+        };
+        Ok(Some(UpstreamIdentity {
+            system_identifier: text(sysid).ok_or_else(|| corrupt("system identifier"))?,
+            database: text(database).ok_or_else(|| corrupt("database"))?,
+        }))
+    }
+
+    /// Record the upstream identity (durably: it guards everything else stored).
+    pub fn put_upstream_identity(&self, identity: &UpstreamIdentity) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        self.identity_into(&mut batch, identity);
+        self.write_synced(batch)
+    }
+
+    /// Discard everything stored (rows, tables, position and cache definitions, which name
+    /// another server's tables) and record `identity`, in one synced batch.
+    pub fn reset_for_upstream(&self, identity: &UpstreamIdentity) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        self.wipe_into(&mut batch, &[&b"table/"[..], &b"skip/"[..], &b"cache/"[..]])?;
+        batch.delete_cf(self.cf(CF_META), KEY_NEXT_TABLE_ID);
+        self.identity_into(&mut batch, identity);
+        self.write_synced(batch)
+    }
+
+    fn identity_into(&self, batch: &mut WriteBatch, identity: &UpstreamIdentity) {
+        let record = vec![
+            Value::Text(identity.system_identifier.clone()),
+            Value::Text(identity.database.clone()),
+        ];
+        let mut bytes = Vec::new();
+        encode_row(&record, &mut bytes);
+        batch.put_cf(self.cf(CF_META), KEY_UPSTREAM, bytes);
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    fn wipe_into(&self, batch: &mut WriteBatch, prefixes: &[&[u8]]) -> Result<(), StorageError> {
         batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_cf(self.cf(CF_META), KEY_POSITION);
-        for prefix in [&b"table/"[..], &b"skip/"[..]] {
+        for &prefix in prefixes {
             for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
                 let (k, _) = item?;
                 if !k.starts_with(prefix) {
@@ -236,7 +344,6 @@ impl Storage {
                 batch.delete_cf(self.cf(CF_META), k);
             }
         }
-        self.db.write(batch)?;
         Ok(())
     }
 
@@ -561,4 +668,95 @@ fn decode_cache(bytes: &[u8]) -> Result<StoredCache, StorageError> {
         query: text(query).ok_or_else(|| corrupt("query"))?,
         always: *always,
     })
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn id(sysid: &str, db: &str) -> UpstreamIdentity {
+        UpstreamIdentity {
+            system_identifier: sysid.into(),
+            database: db.into(),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let a = id("7301", "app");
+        assert_eq!(
+            IdentityDecision::decide(None, &a, false),
+            IdentityDecision::Adopt
+        );
+        assert_eq!(
+            IdentityDecision::decide(Some(&a), &a, false),
+            IdentityDecision::Same
+        );
+        let other_cluster = id("7302", "app");
+        let other_db = id("7301", "shop");
+        for other in [&other_cluster, &other_db] {
+            assert_eq!(
+                IdentityDecision::decide(Some(&a), other, false),
+                IdentityDecision::Refuse { stored: a.clone() }
+            );
+            assert_eq!(
+                IdentityDecision::decide(Some(&a), other, true),
+                IdentityDecision::Reset { stored: a.clone() }
+            );
+        }
+    }
+
+    #[test]
+    fn identity_is_recorded_and_reset_discards_everything() {
+        let dir = std::env::temp_dir().join(format!(
+            "larder-storage-identity-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let storage = Storage::open(&dir).unwrap();
+        // Storage written before identities were recorded has none.
+        assert_eq!(storage.upstream_identity().unwrap(), None);
+        let table = StoredTable {
+            id: storage.allocate_table_id().unwrap(),
+            upstream_oid: 16384,
+            schema: TableSchema {
+                schema: "public".into(),
+                name: "t".into(),
+                columns: vec![larder_sql::Column {
+                    name: "id".into(),
+                    ty: larder_sql::SqlType::Int8,
+                    type_oid: 20,
+                    typmod: -1,
+                }],
+                key: vec![0],
+            },
+        };
+        let mut txn = storage.begin();
+        txn.put_table(&table);
+        txn.insert(&table, vec![Value::Int(1)]).unwrap();
+        txn.set_position(42);
+        txn.commit().unwrap();
+        storage
+            .put_cache(&StoredCache {
+                name: "c".into(),
+                query_id: "q_1".into(),
+                query: "SELECT * FROM t".into(),
+                always: false,
+            })
+            .unwrap();
+        let a = id("7301", "app");
+        storage.put_upstream_identity(&a).unwrap();
+        assert_eq!(storage.upstream_identity().unwrap(), Some(a));
+
+        let b = id("7302", "app");
+        storage.reset_for_upstream(&b).unwrap();
+        assert_eq!(storage.upstream_identity().unwrap(), Some(b));
+        assert!(storage.tables().unwrap().is_empty());
+        assert!(storage.caches().unwrap().is_empty());
+        assert_eq!(storage.position().unwrap(), None);
+        assert!(storage.scan_table(table.id).unwrap().is_empty());
+        drop(storage);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -44,6 +44,12 @@ pub use larder::LarderProcess;
 pub use mariadb::MariaDbServer;
 pub use pg::{pg_bin_dir, PgServer};
 
+/// Runs `sql` with `psql -X -At -v ON_ERROR_STOP=1` against any connection URL (a Larder, a
+/// server as another role, or with TLS parameters) and returns stdout; the error carries stderr.
+pub fn psql_url(url: &str, sql: &str) -> anyhow::Result<String> {
+    pg::run_psql(url, sql)
+}
+
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago and has not been handed out before
 /// by this process (so parallel tests in one process never race each other for a port).
 pub fn free_port() -> u16 {

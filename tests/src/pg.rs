@@ -78,17 +78,24 @@ impl PgServer {
     pub fn shared() -> &'static PgServer {
         static SHARED: OnceLock<PgServer> = OnceLock::new();
         SHARED.get_or_init(|| {
-            PgServer::start_inner(true)
+            PgServer::start_inner(true, None)
                 .unwrap_or_else(|e| panic!("starting shared Postgres: {e:#}"))
         })
     }
 
     /// Starts a server owned by the caller; stopped and removed on drop.
     pub fn start() -> Result<PgServer> {
-        PgServer::start_inner(false)
+        PgServer::start_inner(false, None)
     }
 
-    fn start_inner(shared: bool) -> Result<PgServer> {
+    /// Starts a new cluster (its own initdb, so another system identifier) on a given port,
+    /// e.g. the port of a stopped server, to stand for a re-created server at the same
+    /// address. Owned by the caller like [`PgServer::start`].
+    pub fn start_on_port(port: u16) -> Result<PgServer> {
+        PgServer::start_inner(false, Some(port))
+    }
+
+    fn start_inner(shared: bool, fixed_port: Option<u16>) -> Result<PgServer> {
         let bin_dir = pg_bin_dir();
         crate::require_binary("psql");
         let dir = TempDir::new("pg").context("creating temp dir")?;
@@ -123,8 +130,13 @@ impl PgServer {
             server.dir.path(),
         ));
         let mut last_err = None;
-        for _ in 0..PORT_ATTEMPTS_MAX {
-            server.port = crate::free_port();
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS_MAX
+        };
+        for _ in 0..attempts {
+            server.port = fixed_port.unwrap_or_else(crate::free_port);
             match server.spawn_and_wait() {
                 Ok(()) => {
                     last_err = None;
