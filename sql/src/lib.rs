@@ -9,6 +9,7 @@ pub mod numeric;
 pub mod pgtypes;
 pub mod plan;
 pub mod rowcodec;
+pub mod search_path;
 pub mod statement;
 pub mod value;
 
