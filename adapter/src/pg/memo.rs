@@ -350,12 +350,12 @@ mod tests {
                 0 => {
                     m.remove(&key);
                 }
-                1 => m.set_pinned(&key, rng % 2 == 0),
+                1 => m.set_pinned(&key, rng.is_multiple_of(2)),
                 2 => {
                     let _ = m.get_refresh(&key);
                 }
                 _ => {
-                    let _ = m.insert(&key, rng, (rng % 300) as usize, rng % 11 == 0);
+                    let _ = m.insert(&key, rng, (rng % 300) as usize, rng.is_multiple_of(11));
                 }
             }
             assert!(m.bytes() <= 64 * 1024);
