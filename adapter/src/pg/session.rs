@@ -161,7 +161,7 @@ async fn read_startup_packet(conn: &mut Conn) -> Result<StartupPacket, AdapterEr
         .read_to_end(&mut body)
         .await?;
     if body.len() < want {
-        return Err(ProtocolError::Truncated("startup packet").into());
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
     Ok(StartupPacket::decode_body(&body)?)
 }
@@ -403,7 +403,7 @@ impl CloseReason {
             ),
             CloseReason::MessageTooLarge { len, max, limit } => ErrorResponse::fatal(
                 "54000",
-                format!("larder: message of {len} bytes exceeds the limit {limit} of {max} bytes"),
+                format!("larder: message of {len} bytes exceeds the limit {limit} ({max} bytes)"),
             ),
             CloseReason::ClientOutputLimit {
                 unread_bytes,
@@ -775,7 +775,7 @@ impl Relay {
         } else {
             (
                 max.min(AUTH_MESSAGE_SIZE_MAX_BYTES),
-                "for messages before authentication",
+                "before authentication",
             )
         }
     }
