@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "MESSAGE_SIZE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub message_size_max_bytes: usize,
 
+    /// Most response bytes a client may leave unread while Larder keeps answering its
+    /// statements from caches; past this its session ends with SQLSTATE 53400.
+    #[arg(long, env = "CLIENT_OUTPUT_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub client_output_max_bytes: usize,
+
     /// Time a client has to finish start-up and authentication.
     #[arg(long, env = "STARTUP_TIMEOUT_MS", default_value_t = 30_000)]
     pub startup_timeout_ms: u64,

@@ -71,6 +71,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         upstream,
         max_connections: cfg.max_connections,
         message_size_max_bytes: cfg.message_size_max_bytes,
+        client_output_max_bytes: cfg.client_output_max_bytes,
         startup_timeout_ms: cfg.startup_timeout_ms,
         idle_timeout_ms: cfg.idle_timeout_ms,
         shutdown_grace_ms: cfg.shutdown_grace_ms,

@@ -199,6 +199,17 @@ pub(crate) struct Pipeline {
     pub terminated: bool,
     /// The response being captured for the interceptor.
     pub captured: BytesMut,
+    /// Bytes of the [`Slot::Local`] answers queued in `slots`.
+    pub local_queued_bytes: usize,
+    /// Number of [`Slot::Later`] answers queued in `slots`.
+    pub later_queued: usize,
+    /// Most unread bytes (client output plus queued local answers) a local answer may add to;
+    /// `None` is unlimited. An answer alone larger than this still goes out once the client
+    /// has read everything before it.
+    pub client_output_max_bytes: Option<usize>,
+    /// Set when a local answer was dropped because it would have passed
+    /// `client_output_max_bytes`: the unread bytes it would have made. The session ends.
+    pub output_overflow: Option<usize>,
 }
 
 impl Pipeline {
@@ -207,10 +218,34 @@ impl Pipeline {
         self.slots.iter().filter(|s| s.is_sync_point()).count()
     }
 
+    /// Response bytes the client has not read yet that Larder already holds: the client output
+    /// buffer and the local answers queued behind forwarded statements.
+    pub fn client_backlog_bytes(&self) -> usize {
+        self.client_out.len() + self.local_queued_bytes
+    }
+
+    /// Whether a local answer of `len` bytes may be added to the client's unread output;
+    /// records the overflow otherwise.
+    fn admit_local(&mut self, len: usize) -> bool {
+        if self.output_overflow.is_some() {
+            return false;
+        }
+        let Some(max) = self.client_output_max_bytes else {
+            return true;
+        };
+        let unread = self.client_backlog_bytes();
+        if unread > 0 && unread.saturating_add(len) > max {
+            self.output_overflow = Some(unread.saturating_add(len));
+            return false;
+        }
+        true
+    }
+
     /// Appends leading ready local responses to the client output.
     pub fn drain_local_front(&mut self) {
         while let Some(Slot::Local(_)) = self.slots.front() {
             if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+                self.local_queued_bytes -= bytes.len();
                 self.client_out.extend_from_slice(&bytes);
             }
         }
@@ -224,7 +259,10 @@ impl Pipeline {
                 break;
             };
             self.slots.pop_front();
-            self.client_out.extend_from_slice(&bytes);
+            self.later_queued -= 1;
+            if self.admit_local(bytes.len()) {
+                self.client_out.extend_from_slice(&bytes);
+            }
             self.drain_local_front();
             progress = true;
         }
@@ -282,10 +320,18 @@ impl Dispatch<'_> {
 
     /// Answers the client locally. `response` must be complete backend messages ending with
     /// ReadyForQuery; it is written after the responses to everything forwarded before.
+    ///
+    /// If the client leaves too much output unread (see `client_output_max_bytes` in
+    /// [`crate::PgProxyConfig`]), the answer is dropped and the session ends with SQLSTATE
+    /// 53400 once the interceptor returns.
     pub fn respond(&mut self, response: Bytes) {
+        if !self.pipe.admit_local(response.len()) {
+            return;
+        }
         if self.pipe.slots.is_empty() {
             self.pipe.client_out.extend_from_slice(&response);
         } else {
+            self.pipe.local_queued_bytes += response.len();
             self.pipe.slots.push_back(Slot::Local(response));
         }
     }
@@ -293,6 +339,7 @@ impl Dispatch<'_> {
     /// Answers the client locally with bytes computed asynchronously (same rules as
     /// [`Dispatch::respond`]); the session polls the future once everything before it is out.
     pub fn respond_later(&mut self, response: LocalResponse) {
+        self.pipe.later_queued += 1;
         self.pipe.slots.push_back(Slot::Later(response));
     }
 
@@ -420,5 +467,36 @@ mod tests {
         let mut d = Dispatch { pipe: &mut pipe };
         d.respond(Bytes::from_static(b"!"));
         assert_eq!(&pipe.client_out[..], b"local!");
+    }
+
+    #[test]
+    fn local_answers_past_the_output_limit_end_the_session() {
+        let mut pipe = Pipeline {
+            client_output_max_bytes: Some(100),
+            ..Pipeline::default()
+        };
+        let mut d = Dispatch { pipe: &mut pipe };
+        // One answer larger than the limit goes out when nothing is unread.
+        d.respond(Bytes::from(vec![1u8; 150]));
+        assert_eq!(d.pipe.client_out.len(), 150);
+        assert!(d.pipe.output_overflow.is_none());
+        d.pipe.client_out.clear();
+        // Queued answers count as unread too.
+        d.send_upstream(b"S\0\0\0\x04", ResponseMode::Relay);
+        d.respond(Bytes::from(vec![2u8; 60]));
+        assert_eq!(d.pipe.client_backlog_bytes(), 60);
+        d.respond(Bytes::from(vec![3u8; 60]));
+        assert_eq!(d.pipe.output_overflow, Some(120));
+        assert_eq!(
+            d.pipe.client_backlog_bytes(),
+            60,
+            "the overflowing answer was dropped"
+        );
+        // Nothing more is accepted once over the limit.
+        d.respond(Bytes::from(vec![4u8; 1]));
+        assert_eq!(d.pipe.client_backlog_bytes(), 60);
+        pipe.slots.pop_front();
+        pipe.drain_local_front();
+        assert_eq!((pipe.client_out.len(), pipe.local_queued_bytes), (60, 0));
     }
 }

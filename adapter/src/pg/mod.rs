@@ -17,6 +17,7 @@ pub mod upstream;
 
 mod cancel;
 mod conn;
+mod memo;
 mod proxy;
 mod route;
 mod session;
@@ -40,6 +41,8 @@ pub const STARTUP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default for [`PgProxyConfig::max_connections`].
 pub const MAX_CONNECTIONS_DEFAULT: usize = 1_000;
+/// Default for [`PgProxyConfig::client_output_max_bytes`].
+pub const CLIENT_OUTPUT_MAX_BYTES_DEFAULT: usize = 64 << 20;
 
 /// Configuration of the Postgres proxy.
 #[derive(Debug, Clone)]
@@ -52,6 +55,9 @@ pub struct PgProxyConfig {
     pub max_connections: usize,
     /// Largest protocol message accepted from a client.
     pub message_size_max_bytes: usize,
+    /// Most response bytes a client may leave unread while it keeps sending statements that
+    /// Larder answers itself; past this the session ends with SQLSTATE 53400.
+    pub client_output_max_bytes: usize,
     /// Deadline for TLS + startup + authentication of a new session.
     pub startup_timeout_ms: u64,
     /// Close sessions idle (waiting for the client) this long; 0 = never.
@@ -70,6 +76,7 @@ impl PgProxyConfig {
             upstream,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             message_size_max_bytes: messages::MESSAGE_SIZE_MAX_BYTES_DEFAULT,
+            client_output_max_bytes: CLIENT_OUTPUT_MAX_BYTES_DEFAULT,
             startup_timeout_ms: STARTUP_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: 0,
             shutdown_grace_ms: SHUTDOWN_GRACE_MS_DEFAULT,
@@ -84,6 +91,9 @@ impl PgProxyConfig {
         }
         if self.message_size_max_bytes < 1024 || self.message_size_max_bytes > (1 << 30) {
             return bad("message_size_max_bytes must be between 1 KiB and 1 GiB");
+        }
+        if self.client_output_max_bytes < (1 << 20) {
+            return bad("client_output_max_bytes must be at least 1 MiB");
         }
         if self.startup_timeout_ms == 0 {
             return bad("startup_timeout_ms must be positive");

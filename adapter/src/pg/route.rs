@@ -16,7 +16,6 @@
 //! unchanged. A cache that cannot answer is never an error for the client: the statement goes
 //! upstream and the reason is remembered.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +32,7 @@ use larder_sql::{SqlType, Value};
 use super::intercept::{
     ClientBatch, Dispatch, Interceptor, InterceptorFactory, ResponseMode, SessionState,
 };
+use super::memo::ByteBoundedMap;
 use super::messages::{
     frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode,
     ErrorResponse, Execute, FieldDescription, NoData, ParameterDescription, Parse, ParseComplete,
@@ -45,10 +45,21 @@ use crate::AdapterError;
 pub const RESOLUTION_TTL_MS: u64 = 1_000;
 /// Past the TTL a resolution is still used while a refresh is under way, up to this age.
 pub const RESOLUTION_STALE_MAX_MS: u64 = 5_000;
-/// Bounds on per-session memory.
-const STATEMENTS_MAX: usize = 10_000;
-const SHAPES_MAX: usize = 1_024;
-const RESOLUTIONS_MAX: usize = 256;
+/// Bounds on per-session memory, in bytes (keys, values and bookkeeping; see `memo.rs`).
+///
+/// Statements the upstream also has are forgotten first when the budget is full (Bind and
+/// Describe are forwarded by name; only the chance to answer them locally is lost, and a Bind of
+/// a forgotten statement counts as possible DDL for the read-your-DDL barrier). Statements
+/// answered only locally are pinned: they never go, and a new one that would not fit is not
+/// answered locally but forwarded (and so prepared upstream), so the session never breaks.
+const STATEMENTS_MAX_BYTES: usize = 8 << 20;
+const SHAPES_MAX_BYTES: usize = 4 << 20;
+const RESOLUTIONS_MAX_BYTES: usize = 64 << 10;
+/// SQL texts longer than this are never memoed (they are classified again each time, and
+/// such statements are never answered locally).
+const MEMO_TEXT_MAX_BYTES: usize = 64 << 10;
+/// What a Bind of a statement the router forgot is treated as: possibly DDL.
+const FORGOTTEN_STATEMENT_SQL: &str = ";";
 const TEXT_OID: u32 = 25;
 
 pub struct CacheRouter {
@@ -67,9 +78,10 @@ impl InterceptorFactory for CacheRouter {
         Box::new(RouterSession {
             eligible_db: session.database() == self.backend.database(),
             backend: self.backend.clone(),
-            statements: HashMap::new(),
-            shapes: HashMap::new(),
-            resolutions: HashMap::new(),
+            statements: ByteBoundedMap::new(STATEMENTS_MAX_BYTES),
+            shapes: ByteBoundedMap::new(SHAPES_MAX_BYTES),
+            resolutions: ByteBoundedMap::new(RESOLUTIONS_MAX_BYTES),
+            statements_skipped: false,
             capture: None,
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
@@ -147,9 +159,11 @@ struct Last {
 struct RouterSession {
     backend: Arc<dyn CacheBackend>,
     eligible_db: bool,
-    statements: HashMap<String, Statement>,
-    shapes: HashMap<String, Arc<Kind>>,
-    resolutions: HashMap<String, Resolution>,
+    statements: ByteBoundedMap<Statement>,
+    shapes: ByteBoundedMap<Arc<Kind>>,
+    resolutions: ByteBoundedMap<Resolution>,
+    /// A prepared statement was not remembered (too long, or the memo was full).
+    statements_skipped: bool,
     /// The table name whose resolution is being asked upstream.
     capture: Option<String>,
     /// Captures sent upstream, in order (their responses arrive in the same order).
@@ -253,22 +267,18 @@ impl Interceptor for RouterSession {
         let float_digits = value(1).and_then(|v| v.trim().parse::<i32>().ok());
         let bytea = value(2);
         self.custom_output = float_digits.is_none_or(|d| d < 1) || bytea.as_deref() != Some("hex");
-        if self.resolutions.len() >= RESOLUTIONS_MAX {
-            self.resolutions.clear();
-        }
-        self.resolutions.insert(
-            name,
-            Resolution {
-                oid,
-                at: Instant::now(),
-            },
-        );
+        let resolution = Resolution {
+            oid,
+            at: Instant::now(),
+        };
+        let size = std::mem::size_of::<Resolution>();
+        let _ = self.resolutions.insert(&name, resolution, size, false);
     }
 }
 
 impl RouterSession {
     fn kind_of(&mut self, sql: &str) -> Arc<Kind> {
-        if let Some(k) = self.shapes.get(sql) {
+        if let Some(k) = self.shapes.get_refresh(sql) {
             return k.clone();
         }
         let kind = Arc::new(match parse_larder_statement(sql, Dialect::Postgres) {
@@ -297,12 +307,10 @@ impl RouterSession {
             }
             None => Kind::Other,
         });
-        if self.shapes.len() >= SHAPES_MAX {
-            self.shapes.clear();
-        }
         // Larder statements carry whole parsed queries; don't memo them.
-        if !matches!(*kind, Kind::Larder(_)) {
-            self.shapes.insert(sql.to_string(), kind.clone());
+        if !matches!(*kind, Kind::Larder(_)) && sql.len() <= MEMO_TEXT_MAX_BYTES {
+            let size = kind_bytes(&kind, sql.len());
+            let _ = self.shapes.insert(sql, kind.clone(), size, false);
         }
         kind
     }
@@ -469,6 +477,13 @@ impl RouterSession {
         unit: &LocalUnit,
         dispatch: &mut Dispatch<'_>,
     ) -> bool {
+        if let Some(p) = &unit.parse {
+            // A statement answered locally must be remembered (the upstream does not have it):
+            // when that is not possible, the unit goes upstream instead.
+            if !self.can_remember_locally(p) {
+                return false;
+            }
+        }
         let (kind, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
             (Some(p), _) => (self.kind_of(&p.query), p.param_types.clone()),
             (None, Some(s)) => (s.kind.clone(), s.param_types.clone()),
@@ -576,6 +591,8 @@ impl RouterSession {
                                     executed = Some(stmt.sql.clone());
                                 }
                             }
+                        } else if self.statements.evicted() > 0 || self.statements_skipped {
+                            executed = Some(FORGOTTEN_STATEMENT_SQL.to_string());
                         }
                     }
                 }
@@ -606,21 +623,40 @@ impl RouterSession {
         executed
     }
 
-    fn remember(&mut self, p: &Parse, on_upstream: bool) {
-        if self.statements.len() >= STATEMENTS_MAX && !self.statements.contains_key(&p.name) {
-            // Keep memory bounded: forget local-only knowledge; upstream-held ones are harmless.
-            self.statements.retain(|_, s| !s.on_upstream);
+    /// Whether `p` can be remembered as a statement only Larder knows (see
+    /// [`STATEMENTS_MAX_BYTES`]).
+    fn can_remember_locally(&mut self, p: &Parse) -> bool {
+        if p.query.len() > MEMO_TEXT_MAX_BYTES {
+            return false;
         }
         let kind = self.kind_of(&p.query);
-        self.statements.insert(
-            p.name.clone(),
-            Statement {
-                sql: p.query.clone(),
-                param_types: p.param_types.clone(),
-                on_upstream,
-                kind,
-            },
-        );
+        self.statements
+            .fits_pinned(&p.name, statement_bytes(p, &kind))
+    }
+
+    /// Remembers a prepared statement. Statements only Larder knows (`!on_upstream`) are
+    /// pinned; callers check [`RouterSession::can_remember_locally`] first. An upstream-held
+    /// statement that does not fit is just not remembered (any older one of that name is
+    /// forgotten either way).
+    fn remember(&mut self, p: &Parse, on_upstream: bool) {
+        let kind = self.kind_of(&p.query);
+        let size = statement_bytes(p, &kind);
+        let stmt = Statement {
+            sql: p.query.clone(),
+            param_types: p.param_types.clone(),
+            on_upstream,
+            kind,
+        };
+        let stored = p.query.len() <= MEMO_TEXT_MAX_BYTES
+            && self
+                .statements
+                .insert(&p.name, stmt, size, !on_upstream)
+                .is_ok();
+        if !stored {
+            self.statements.remove(&p.name);
+            self.statements_skipped = true;
+            debug_assert!(on_upstream, "a local-only statement was not remembered");
+        }
     }
 
     fn ensure_upstream(&mut self, name: &str, dispatch: &mut Dispatch<'_>) {
@@ -640,6 +676,7 @@ impl RouterSession {
         Sync.encode(&mut buf);
         dispatch.send_upstream(&buf, ResponseMode::Discard);
         stmt.on_upstream = true;
+        self.statements.set_pinned(name, false);
     }
 
     // ---- the cache path ----
@@ -1011,6 +1048,32 @@ impl RouterSession {
             encode_text_table(prefix, fut.await, header, status)
         }));
     }
+}
+
+/// Bytes charged in the memos for a statement kind, beyond its key (`sql_len` bounds the
+/// literals a shape holds; a Larder statement holds a parsed query, several times its text).
+fn kind_bytes(kind: &Kind, sql_len: usize) -> usize {
+    std::mem::size_of::<Kind>()
+        + match kind {
+            Kind::Select(shape) => {
+                std::mem::size_of::<Shape>()
+                    + shape.query_id.len()
+                    + shape.text.len()
+                    + shape.table.as_ref().map_or(0, String::len)
+                    + shape.params.len() * std::mem::size_of::<ParamSource>()
+                    + sql_len
+            }
+            Kind::Larder(_) => 8 * sql_len + 1024,
+            Kind::Other => 0,
+        }
+}
+
+/// Bytes charged in the statement memo for `p`, beyond its name.
+fn statement_bytes(p: &Parse, kind: &Kind) -> usize {
+    std::mem::size_of::<Statement>()
+        + p.query.len()
+        + p.param_types.len() * 4
+        + kind_bytes(kind, p.query.len())
 }
 
 /// What precedes the rows of a Larder statement's answer.

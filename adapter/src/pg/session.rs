@@ -46,13 +46,24 @@ const CLIENT_READ_CHUNK_BYTES: usize = 8 * 1024;
 const UPSTREAM_READ_CHUNK_BYTES: usize = 32 * 1024;
 /// Reserve more before a read when less than this is free.
 const READ_SPARE_MIN_BYTES: usize = 1024;
-/// Stop reading a side while the output towards the other side holds this much.
+/// Stop reading a side while the output towards the other side holds this much (for the
+/// client: its output buffer plus the local answers queued for it).
 const OUT_HIGH_WATER_BYTES: usize = 512 * 1024;
+/// Stop reading the client while this many asynchronously computed local answers are queued.
+const LATER_QUEUED_MAX: usize = 64;
+/// Largest client message before authentication completes (password, SASL and GSSAPI
+/// tokens); Postgres allows authentication tokens of up to 65535 bytes.
+const AUTH_MESSAGE_SIZE_MAX_BYTES: usize = 65_536;
+/// A partially received client message gets at most this much extra buffer per read, however
+/// large its declared size: memory follows the bytes that actually arrive.
+const CLIENT_READ_GROW_MAX_BYTES: usize = 1 << 20;
 /// Buffers grown past this (by one huge message) are replaced once empty.
 const BUFFER_SHRINK_ABOVE_BYTES: usize = 1 << 20;
 /// Upstream messages can be as large as a 1 GiB row plus overhead; the upstream is trusted.
 const UPSTREAM_MESSAGE_SIZE_MAX_BYTES: usize = (1 << 30) + (1 << 20);
-/// How long a closing session may take to flush its last messages.
+/// How long a closing session may take to flush its last messages (and, after a client-side
+/// limit, keep reading and discarding the client's input until it closes, so that closing with
+/// unread input, a TCP reset, does not destroy the error the client has not received yet).
 const CLOSE_FLUSH_TIMEOUT_MS: u64 = 5_000;
 /// SSLRequest/GSSENCRequest packets allowed before the StartupMessage.
 const NEGOTIATION_PACKETS_MAX: usize = 4;
@@ -142,8 +153,16 @@ async fn read_startup_packet(conn: &mut Conn) -> Result<StartupPacket, AdapterEr
     let mut len = [0u8; 4];
     conn.read_exact(&mut len).await?;
     let total = StartupPacket::peek_len(&len)?.ok_or(ProtocolError::Truncated("packet length"))?;
-    let mut body = vec![0u8; total - 4];
-    conn.read_exact(&mut body).await?;
+    // Grows as bytes arrive: a declared length costs nothing until it is sent.
+    let want = total - 4;
+    let mut body = Vec::with_capacity(want.min(READ_SPARE_MIN_BYTES));
+    (&mut *conn)
+        .take(want as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < want {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(StartupPacket::decode_body(&body)?)
 }
 
@@ -297,9 +316,23 @@ pub(crate) enum CloseReason {
     UpstreamGone(io::Error),
     UpstreamProtocol(ProtocolError),
     StartupTimeout,
-    IdleTimeout { in_transaction: bool },
+    IdleTimeout {
+        in_transaction: bool,
+    },
     Shutdown,
     Interceptor(String),
+    /// A client message declared a size over the limit in force.
+    MessageTooLarge {
+        len: usize,
+        max: usize,
+        limit: &'static str,
+    },
+    /// The client left more output unread than `client_output_max_bytes` while asking for
+    /// more local answers.
+    ClientOutputLimit {
+        unread_bytes: usize,
+        max_bytes: usize,
+    },
 }
 
 impl std::fmt::Display for CloseReason {
@@ -316,6 +349,17 @@ impl std::fmt::Display for CloseReason {
             CloseReason::IdleTimeout { .. } => write!(f, "idle timeout"),
             CloseReason::Shutdown => write!(f, "shutdown"),
             CloseReason::Interceptor(e) => write!(f, "interceptor failed: {e}"),
+            CloseReason::MessageTooLarge { len, max, limit } => {
+                write!(f, "client message of {len} bytes exceeds {limit} ({max})")
+            }
+            CloseReason::ClientOutputLimit {
+                unread_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "client left {unread_bytes} bytes unread, over client_output_max_bytes \
+                 ({max_bytes})"
+            ),
         }
     }
 }
@@ -357,6 +401,21 @@ impl CloseReason {
                 "57P01",
                 "terminating connection due to administrator command",
             ),
+            CloseReason::MessageTooLarge { len, max, limit } => ErrorResponse::fatal(
+                "54000",
+                format!("larder: message of {len} bytes exceeds the limit {limit} ({max} bytes)"),
+            ),
+            CloseReason::ClientOutputLimit {
+                unread_bytes,
+                max_bytes,
+            } => ErrorResponse::fatal(
+                "53400",
+                format!(
+                    "larder: terminating connection: the client left {unread_bytes} bytes of \
+                     responses unread, over the limit client_output_max_bytes of {max_bytes} \
+                     bytes"
+                ),
+            ),
             CloseReason::Interceptor(e) => {
                 ErrorResponse::fatal("XX000", format!("larder: internal error: {e}"))
             }
@@ -394,6 +453,9 @@ struct Relay {
     interceptor: Box<dyn Interceptor>,
     cancel_key: Option<CancelKeyGuard>,
     closing: Option<CloseReason>,
+    /// While closing, read and discard client input until the client closes (see
+    /// [`CLOSE_FLUSH_TIMEOUT_MS`]).
+    linger: bool,
     shutdown_requested: bool,
     timer: Pin<Box<Sleep>>,
     timer_mode: TimerMode,
@@ -415,6 +477,10 @@ impl Relay {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
+        let pipe = Pipeline {
+            client_output_max_bytes: Some(shared.cfg.client_output_max_bytes),
+            ..Pipeline::default()
+        };
         Relay {
             shared,
             client,
@@ -423,7 +489,7 @@ impl Relay {
             upstream_tls: up.tls,
             cbuf: BytesMut::with_capacity(CLIENT_READ_CHUNK_BYTES),
             ubuf: BytesMut::with_capacity(UPSTREAM_READ_CHUNK_BYTES),
-            pipe: Pipeline::default(),
+            pipe,
             client_flush_pending: false,
             upstream_flush_pending: false,
             client_alive: true,
@@ -433,6 +499,7 @@ impl Relay {
             interceptor,
             cancel_key: None,
             closing: None,
+            linger: false,
             shutdown_requested: false,
             timer: Box::pin(sleep_until(startup_deadline)),
             timer_mode: TimerMode::Startup,
@@ -481,6 +548,8 @@ impl Relay {
         } else {
             self.pipe.upstream_out.clear();
         }
+        self.linger = matches!(reason, CloseReason::ClientOutputLimit { .. });
+        self.cbuf.clear();
         let at = Instant::now() + Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS);
         self.arm_timer(TimerMode::Closing, at);
         self.closing = Some(reason);
@@ -502,10 +571,12 @@ impl Relay {
                 self.pipe.client_out.len()
             };
             if self.upstream_alive && upstream_backlog < OUT_HIGH_WATER_BYTES {
+                // The upstream is trusted: room for a whole large message is made at once.
                 reserve_for_read(
                     &mut self.ubuf,
                     UPSTREAM_READ_CHUNK_BYTES,
                     UPSTREAM_MESSAGE_SIZE_MAX_BYTES,
+                    Growth::WholeMessage,
                 );
                 match poll_read_buf(&mut self.upstream, &mut self.ubuf, cx) {
                     Poll::Ready(Ok(0)) => {
@@ -530,12 +601,21 @@ impl Relay {
                 }
             }
 
+            // Unread responses, local ones included, throttle the client like the upstream
+            // does: a client that pipelines without reading is not read any further.
             if self.client_alive
                 && !self.pipe.terminated
                 && self.pipe.upstream_out.len() < OUT_HIGH_WATER_BYTES
+                && self.pipe.client_backlog_bytes() < OUT_HIGH_WATER_BYTES
+                && self.pipe.later_queued < LATER_QUEUED_MAX
             {
-                let max = self.shared.cfg.message_size_max_bytes;
-                reserve_for_read(&mut self.cbuf, CLIENT_READ_CHUNK_BYTES, max);
+                let (max, _) = self.client_message_limit();
+                reserve_for_read(
+                    &mut self.cbuf,
+                    CLIENT_READ_CHUNK_BYTES,
+                    max,
+                    Growth::FollowArrivals,
+                );
                 match poll_read_buf(&mut self.client, &mut self.cbuf, cx) {
                     Poll::Ready(Ok(0)) => {
                         self.client_alive = false;
@@ -545,6 +625,10 @@ impl Relay {
                     Poll::Ready(Ok(_)) => {
                         self.touch();
                         if let Err(reason) = self.process_client() {
+                            self.start_close(reason);
+                            continue;
+                        }
+                        if let Some(reason) = self.output_overflow() {
                             self.start_close(reason);
                             continue;
                         }
@@ -565,6 +649,10 @@ impl Relay {
 
             if self.pipe.poll_later_front(cx) {
                 progress = true;
+                if let Some(reason) = self.output_overflow() {
+                    self.start_close(reason);
+                    continue;
+                }
                 // Upstream output held behind the local answer can flow now.
                 if let Err(e) = self.process_upstream() {
                     self.start_close(CloseReason::UpstreamProtocol(e));
@@ -637,13 +725,58 @@ impl Relay {
             {
                 self.client_shutdown_done = true;
             }
-            if !self.client_alive || self.client_shutdown_done {
+            if self.client_shutdown_done && self.linger && self.client_alive {
+                self.poll_discard_client(cx);
+            }
+            if !self.client_alive || (self.client_shutdown_done && !self.linger) {
                 return Poll::Ready(self.take_close_reason());
             }
         }
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(self.take_close_reason()),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads and drops client input until the client closes (a lingering close).
+    fn poll_discard_client(&mut self, cx: &mut Context<'_>) {
+        loop {
+            self.cbuf.clear();
+            self.cbuf.reserve(CLIENT_READ_CHUNK_BYTES);
+            match poll_read_buf(&mut self.client, &mut self.cbuf, cx) {
+                Poll::Ready(Ok(n)) if n > 0 => continue,
+                Poll::Ready(_) => {
+                    self.client_alive = false;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// The session must end because a local answer passed `client_output_max_bytes`.
+    fn output_overflow(&mut self) -> Option<CloseReason> {
+        let unread_bytes = self.pipe.output_overflow?;
+        let max_bytes = self.shared.cfg.client_output_max_bytes;
+        warn!(peer = %self.state.peer(), user = %self.state.user(), unread_bytes,
+            client_output_max_bytes = max_bytes,
+            "client leaves its responses unread; closing the session");
+        Some(CloseReason::ClientOutputLimit {
+            unread_bytes,
+            max_bytes,
+        })
+    }
+
+    /// The largest client message accepted now, and the name of that limit.
+    fn client_message_limit(&self) -> (usize, &'static str) {
+        let max = self.shared.cfg.message_size_max_bytes;
+        if self.state.authenticated {
+            (max, "message_size_max_bytes")
+        } else {
+            (
+                max.min(AUTH_MESSAGE_SIZE_MAX_BYTES),
+                "before authentication",
+            )
         }
     }
 
@@ -696,10 +829,17 @@ impl Relay {
     /// Cuts complete client messages from `cbuf`, validates them and hands them to the
     /// interceptor (or, before authentication, forwards them directly).
     fn process_client(&mut self) -> Result<(), CloseReason> {
-        let max = self.shared.cfg.message_size_max_bytes;
+        let (max, limit) = self.client_message_limit();
         let mut it = FrameIter::new(&self.cbuf, max);
         for item in it.by_ref() {
-            let msg = item.map_err(CloseReason::ClientProtocol)?;
+            let msg = item.map_err(|e| match e {
+                ProtocolError::TooLarge { len, max } => {
+                    warn!(peer = %self.state.peer(), len, max, limit,
+                        "client message too large; closing the session");
+                    CloseReason::MessageTooLarge { len, max, limit }
+                }
+                e => CloseReason::ClientProtocol(e),
+            })?;
             if !frontend_tag::is_known(msg.frame.tag) {
                 return Err(CloseReason::ClientProtocol(ProtocolError::UnexpectedTag(
                     msg.frame.tag as char,
@@ -928,9 +1068,19 @@ fn strip_channel_binding(body: &[u8]) -> Result<Option<BytesMut>, ProtocolError>
     Ok(Some(out))
 }
 
-/// Makes room for the next read: the rest of a partially buffered large message at once, or a
-/// chunk when little space is left; replaces buffers a huge message left oversized.
-fn reserve_for_read(buf: &mut BytesMut, chunk: usize, size_max_bytes: usize) {
+/// How much room a partially buffered large message gets before the next read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// All its missing bytes at once (the trusted upstream: one allocation per large row).
+    WholeMessage,
+    /// At most as much as is already buffered and at most [`CLIENT_READ_GROW_MAX_BYTES`]
+    /// (clients: memory follows the bytes that actually arrive, whatever size was declared).
+    FollowArrivals,
+}
+
+/// Makes room for the next read: a chunk when little space is left, more for a partially
+/// buffered large message (see [`Growth`]); replaces buffers a huge message left oversized.
+fn reserve_for_read(buf: &mut BytesMut, chunk: usize, size_max_bytes: usize, growth: Growth) {
     if buf.is_empty() && buf.capacity() > BUFFER_SHRINK_ABOVE_BYTES {
         *buf = BytesMut::with_capacity(chunk);
         return;
@@ -939,9 +1089,15 @@ fn reserve_for_read(buf: &mut BytesMut, chunk: usize, size_max_bytes: usize) {
         Ok(Some(h)) if h.total_len > buf.len() => h.total_len - buf.len(),
         _ => 0,
     };
+    let step = match growth {
+        Growth::WholeMessage => missing,
+        Growth::FollowArrivals => missing
+            .min(CLIENT_READ_GROW_MAX_BYTES)
+            .min(buf.len().max(chunk)),
+    };
     let spare = buf.capacity() - buf.len();
-    if spare < READ_SPARE_MIN_BYTES || spare < missing {
-        buf.reserve(missing.max(chunk));
+    if spare < READ_SPARE_MIN_BYTES || spare < step {
+        buf.reserve(step.max(chunk));
     }
 }
 
@@ -1007,11 +1163,39 @@ mod tests {
     fn reserve_makes_room_for_partial_message() {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(b"d\0\x01\0\x04");
-        reserve_for_read(&mut buf, 1024, 1 << 20);
+        // Trusted (upstream): room for the whole declared message at once.
+        reserve_for_read(&mut buf, 1024, 1 << 20, Growth::WholeMessage);
         assert!(buf.capacity() > 65536);
         let mut big = BytesMut::with_capacity(4 << 20);
-        reserve_for_read(&mut big, 1024, 1 << 20);
+        reserve_for_read(&mut big, 1024, 1 << 20, Growth::WholeMessage);
         assert!(big.capacity() < (4 << 20));
+    }
+
+    #[test]
+    fn reserve_follows_arriving_bytes_for_clients() {
+        // A client declares 64 MiB and sends 5 bytes: only a chunk is reserved.
+        let mut buf = BytesMut::with_capacity(8192);
+        buf.extend_from_slice(b"Q\x04\0\0\0");
+        reserve_for_read(&mut buf, 8192, 64 << 20, Growth::FollowArrivals);
+        assert!(buf.capacity() <= 16 * 1024, "reserved {}", buf.capacity());
+        // As bytes arrive the buffer grows geometrically, never past twice what arrived plus
+        // one step, and reaches the whole message.
+        let declared = 8 << 20;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"Q");
+        buf.extend_from_slice(&((declared - 1) as u32).to_be_bytes());
+        while buf.len() < declared {
+            reserve_for_read(&mut buf, 8192, 64 << 20, Growth::FollowArrivals);
+            assert!(
+                buf.capacity() <= 2 * buf.len() + (1 << 20) + 8192,
+                "{} reserved for {} buffered",
+                buf.capacity(),
+                buf.len()
+            );
+            let spare = (buf.capacity() - buf.len()).min(declared - buf.len());
+            buf.extend_from_slice(&vec![b'x'; spare]);
+        }
+        assert_eq!(buf.len(), declared);
     }
 
     #[allow(dead_code)]
