@@ -96,15 +96,20 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     ));
     let storage = Storage::open(&storage_path)
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
-    let (core, rebuild_rx) = Core::new(storage);
+    let core = Core::new(storage);
     crate::replicator::load_stored_tables(&core).context("loading stored tables")?;
+    crate::replicator::hold_partial_tables(&core).context("loading stored tables")?;
     let source = Arc::new(
         PgSource::new(
             &cfg.upstream_db_url,
             &cfg.deployment,
             &cfg.replication_tables,
         )
-        .context("configuring replication")?,
+        .context("configuring replication")?
+        .with_options(larder_replication::PgSourceOptions {
+            transaction_memory_max_bytes: cfg.transaction_memory_max_bytes,
+            ..Default::default()
+        }),
     );
     let controller = Arc::new(Controller {
         core: core.clone(),
@@ -119,7 +124,6 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     tokio::spawn(start_replication(
         controller.clone(),
         source.clone(),
-        rebuild_rx,
         fatal_tx,
     ));
 
@@ -152,7 +156,6 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
 async fn start_replication(
     controller: Arc<Controller>,
     source: Arc<PgSource>,
-    rebuild_rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
     fatal: tokio::sync::mpsc::Sender<String>,
 ) {
     let core = controller.core.clone();
@@ -181,7 +184,7 @@ async fn start_replication(
     }
     restore_caches(&controller).await;
     tokio::spawn(crate::catalog_watch::run(core.clone(), source.clone()));
-    rebuild_caches_forever(controller, rebuild_rx).await;
+    rebuild_caches_forever(controller).await;
 }
 
 /// Rebuild the caches stored by an earlier run.
@@ -222,47 +225,61 @@ async fn restore_caches(controller: &Controller) {
 }
 
 /// Rebuild the caches of tables that came back online after a shape change.
-async fn rebuild_caches_forever(
-    controller: Arc<Controller>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
-) {
-    while let Some(oid) = rx.recv().await {
-        controller.retry_unbuilt().await;
-        let Some((schema, name)) = controller
-            .core
-            .tables
-            .read()
-            .expect("tables lock poisoned")
-            .get(oid)
-            .map(|t| (t.schema.schema.clone(), t.schema.name.clone()))
-        else {
-            continue;
+async fn rebuild_caches_forever(controller: Arc<Controller>) {
+    loop {
+        let oids = match controller.core.rebuild.next().await {
+            crate::core::Rebuild::Table(oid) => vec![oid],
+            crate::core::Rebuild::All => controller
+                .core
+                .tables
+                .read()
+                .expect("tables lock poisoned")
+                .all()
+                .map(|t| t.oid)
+                .collect(),
         };
-        let stale = controller.core.caches.all().into_iter().filter(|c| {
-            c.table_schema == schema
-                && c.table_name == name
-                && (c.invalid_reason().is_some() || c.table_oid != oid)
-        });
-        for cache in stale {
-            let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
-                Ok(n) => n,
-                Err(e) => {
-                    cache.invalidate(&format!("cannot be rebuilt: {e}"));
-                    continue;
-                }
-            };
-            match controller
-                .build_cache(&cache.name, &cache.query, &normalized, cache.always)
-                .await
-            {
-                Ok(entry) => {
-                    info!(cache = %cache.name, "cache rebuilt after a table change");
-                    controller.core.caches.insert(entry);
-                }
-                Err(e) => {
-                    warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");
-                    cache.invalidate(&format!("its table changed and it cannot be rebuilt: {e}"));
-                }
+        controller.retry_unbuilt().await;
+        for oid in oids {
+            rebuild_caches_of(&controller, oid).await;
+        }
+    }
+}
+
+async fn rebuild_caches_of(controller: &Controller, oid: u32) {
+    let Some((schema, name)) = controller
+        .core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .get(oid)
+        .map(|t| (t.schema.schema.clone(), t.schema.name.clone()))
+    else {
+        return;
+    };
+    let stale = controller.core.caches.all().into_iter().filter(|c| {
+        c.table_schema == schema
+            && c.table_name == name
+            && (c.invalid_reason().is_some() || c.table_oid != oid)
+    });
+    for cache in stale {
+        let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
+            Ok(n) => n,
+            Err(e) => {
+                cache.invalidate(&format!("cannot be rebuilt: {e}"));
+                continue;
+            }
+        };
+        match controller
+            .build_cache(&cache.name, &cache.query, &normalized, cache.always)
+            .await
+        {
+            Ok(entry) => {
+                info!(cache = %cache.name, "cache rebuilt after a table change");
+                controller.core.caches.insert(entry);
+            }
+            Err(e) => {
+                warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");
+                cache.invalidate(&format!("its table changed and it cannot be rebuilt: {e}"));
             }
         }
     }
