@@ -393,7 +393,7 @@ fn apply_loop(
 
 /// Why caches stop serving while a transaction is applied in parts.
 const PARTS_REASON: &str =
-    "a large upstream transaction is being applied to its table; the cache is rebuilt after it";
+    "a large upstream transaction is being applied to its table; the cache serves again after it";
 
 /// A large upstream transaction applied in parts.
 ///
@@ -421,8 +421,9 @@ const PARTS_REASON: &str =
 /// Readers never see a half-applied transaction: before a part's first change to a table is
 /// written (and published to the dataflow), that table's caches stop serving (their queries go
 /// upstream) and the table waits in `CatchingUp`; after the last part the usual catch-up path
-/// brings it online and rebuilds its caches from storage. `tables` is stored too, so a restart
-/// in the middle keeps those tables waiting until the replay completes.
+/// brings it online and its caches serve again (`serve_again`). `tables` is stored too, so a
+/// restart in the middle keeps those tables waiting until the replay completes (their caches
+/// are then built from storage by the usual rebuild request).
 #[derive(Clone, Debug, Default, PartialEq)]
 struct PartialTxn {
     /// `final_lsn` of the transaction's BEGIN.
@@ -751,6 +752,14 @@ pub fn apply_batch(
     graph.publish();
     if position == 0 {
         drop(graph);
+        // Tables held for this transaction are rebuilt (if at all) after its last part.
+        let tables = core.tables.read().expect("tables lock poisoned");
+        rebuild.retain(|oid| {
+            tables
+                .get(*oid)
+                .is_some_and(|t| t.state == TableState::Online)
+        });
+        drop(tables);
         for oid in rebuild {
             core.request_rebuild(oid);
         }
@@ -773,13 +782,48 @@ pub fn apply_batch(
                 }
             }
         }
-        info!(commit = %Lsn(position), tables = waiting.len(), "large upstream transaction applied; its caches are rebuilt");
+        info!(commit = %Lsn(position), tables = waiting.len(), "large upstream transaction applied");
     }
     finish_catch_up(core, position);
+    if !waiting.is_empty() {
+        serve_again(core, &waiting);
+    }
     for oid in rebuild {
         core.request_rebuild(oid);
     }
     Ok(())
+}
+
+/// After the last part of a large transaction: the caches that stopped serving only for it
+/// serve again. Their readers received every part (each part's changes went through the
+/// graph), so they hold exactly the committed rows; no rescan is needed. A cache stopped for
+/// another reason meanwhile (say its table changed shape) keeps that reason and is rebuilt
+/// as usual; caches not built in this process (after a restart) are built by the rebuild
+/// request of `finish_catch_up`.
+fn serve_again(core: &Core, tables: &[u32]) {
+    let online: Vec<u32> = {
+        let registry = core.tables.read().expect("tables lock poisoned");
+        tables
+            .iter()
+            .copied()
+            .filter(|oid| {
+                registry
+                    .get(*oid)
+                    .is_some_and(|t| t.state == TableState::Online)
+            })
+            .collect()
+    };
+    for cache in core.caches.all() {
+        if !online.contains(&cache.table_oid) {
+            continue;
+        }
+        let mut invalid = cache.invalid.lock().expect("cache lock poisoned");
+        if invalid.as_deref() == Some(PARTS_REASON) {
+            *invalid = None;
+            cache.serving.store(true, Ordering::SeqCst);
+            info!(cache = %cache.name, "cache serves again after a large transaction");
+        }
+    }
 }
 
 /// A part of a large transaction is about to write to `oid`: its caches go upstream and the
