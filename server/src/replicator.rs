@@ -446,7 +446,7 @@ impl PartialTxn {
     }
 
     fn decode(bytes: &[u8]) -> Option<PartialTxn> {
-        if bytes.len() < 16 || (bytes.len() - 16) % 4 != 0 {
+        if bytes.len() < 16 || !(bytes.len() - 16).is_multiple_of(4) {
             return None;
         }
         let txn = u64::from_be_bytes(bytes[0..8].try_into().ok()?);
@@ -1138,5 +1138,24 @@ fn finish_catch_up(core: &Core, position: u64) {
     }
     for oid in done {
         core.request_rebuild(oid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_transaction_records_round_trip_and_reject_garbage() {
+        let r = PartialTxn {
+            txn: 0x1_0000_0042,
+            applied: 12_345,
+            tables: vec![16_384, 16_390],
+        };
+        assert_eq!(PartialTxn::decode(&r.encode()), Some(r));
+        let empty = PartialTxn::default();
+        assert_eq!(PartialTxn::decode(&empty.encode()), Some(empty));
+        assert_eq!(PartialTxn::decode(&[0; 15]), None);
+        assert_eq!(PartialTxn::decode(&[0; 18]), None);
     }
 }
