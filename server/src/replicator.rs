@@ -420,8 +420,8 @@ const PARTS_REASON: &str =
 ///
 /// Readers never see a half-applied transaction: before a part's first change to a table is
 /// written (and published to the dataflow), that table's caches stop serving (their queries go
-/// upstream) and the table waits in `CatchingUp`; after the last part the usual catch-up path
-/// brings it online and its caches serve again (`serve_again`). `tables` is stored too, so a
+/// upstream) and the table waits in `CatchingUp`; once the last part is committed and
+/// published the table is online again and its caches serve again (`serve_again`). `tables` is stored too, so a
 /// restart in the middle keeps those tables waiting until the replay completes (their caches
 /// are then built from storage by the usual rebuild request).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -768,26 +768,31 @@ pub fn apply_batch(
     core.status.applied_lsn.store(position, Ordering::SeqCst);
     drop(graph);
     if !waiting.is_empty() {
-        let mut tables = core.tables.write().expect("tables lock poisoned");
-        for oid in &waiting {
-            if let Some(t) = tables.get_mut(*oid) {
-                if t.state
-                    == (TableState::CatchingUp {
-                        until_lsn: u64::MAX,
-                    })
-                {
-                    t.state = TableState::CatchingUp {
-                        until_lsn: position,
-                    };
+        // Online first, then the caches serve again, and only then the rebuild request (for
+        // caches not built in this process): a rebuild racing ahead would rescan the table.
+        let mut back = Vec::new();
+        {
+            let mut tables = core.tables.write().expect("tables lock poisoned");
+            for oid in &waiting {
+                if let Some(t) = tables.get_mut(*oid) {
+                    if t.state
+                        == (TableState::CatchingUp {
+                            until_lsn: u64::MAX,
+                        })
+                    {
+                        t.state = TableState::Online;
+                        back.push(*oid);
+                    }
                 }
             }
         }
-        info!(commit = %Lsn(position), tables = waiting.len(), "large upstream transaction applied");
+        info!(commit = %Lsn(position), tables = back.len(), "large upstream transaction applied");
+        serve_again(core, &back);
+        for oid in back {
+            core.request_rebuild(oid);
+        }
     }
     finish_catch_up(core, position);
-    if !waiting.is_empty() {
-        serve_again(core, &waiting);
-    }
     for oid in rebuild {
         core.request_rebuild(oid);
     }

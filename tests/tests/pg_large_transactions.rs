@@ -478,7 +478,7 @@ async fn large_transaction_is_applied_in_parts_with_bounded_memory() {
     // holds the transaction several times over (decoded changes, the write batch, the
     // overlay, the dataflow changes).
     assert!(
-        parts_kib * 10 < whole_kib * 7,
+        parts_kib * 10 < whole_kib * 6,
         "in parts larder grew by {parts_kib} KiB, as one batch by {whole_kib} KiB"
     );
     assert!(
