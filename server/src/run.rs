@@ -98,7 +98,8 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     let core = Core::new(storage);
     crate::replicator::load_stored_tables(&core).context("loading stored tables")?;
-    crate::replicator::hold_partial_tables(&core).context("loading stored tables")?;
+    crate::replicator::hold_partial_tables(&core)
+        .context("reading the partly applied transaction")?;
     let source = Arc::new(
         PgSource::new(
             &cfg.upstream_db_url,
@@ -245,6 +246,7 @@ async fn rebuild_caches_forever(controller: Arc<Controller>) {
     }
 }
 
+/// Rebuild the caches of one table that are not serving (or were built on an older oid).
 async fn rebuild_caches_of(controller: &Controller, oid: u32) {
     let Some((schema, name)) = controller
         .core
