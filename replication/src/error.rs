@@ -71,12 +71,6 @@ pub enum ReplicationError {
         message: String,
     },
 
-    #[error(
-        "upstream transaction is larger than {limit_bytes} bytes (stream_max_transaction_bytes); \
-         raise the limit"
-    )]
-    TransactionTooLarge { limit_bytes: usize },
-
     #[error("a COPY row of {table} is larger than {limit_bytes} bytes")]
     RowTooLarge { table: String, limit_bytes: usize },
 

@@ -598,6 +598,7 @@ async fn keyless_and_unsupported_tables_are_not_replicated() -> Result<()> {
     let mut b = ChangeBatch {
         commit_lsn: Lsn::ZERO,
         changes: Vec::new(),
+        part: None,
     };
     let ok = rel_oid(&f, "ok")?;
     while !b.changes.iter().any(|c| matches!(c, Change::Insert { .. })) {

@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "CLIENT_OUTPUT_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub client_output_max_bytes: usize,
 
+    /// Largest part of one upstream transaction held in memory while replicating; a larger
+    /// transaction is applied in parts (its tables' caches go upstream meanwhile).
+    #[arg(long, env = "TRANSACTION_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub transaction_memory_max_bytes: usize,
+
     /// Time a client has to finish start-up and authentication.
     #[arg(long, env = "STARTUP_TIMEOUT_MS", default_value_t = 30_000)]
     pub startup_timeout_ms: u64,

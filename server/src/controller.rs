@@ -1,7 +1,6 @@
 //! Larder's own statements: `CREATE CACHE` turns a SELECT into dataflow, and the `SHOW` and
 //! `DROP` family report and remove. Results are plain text tables; the adapter encodes them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -67,58 +66,7 @@ pub enum ControllerError {
     Internal(String),
 }
 
-/// Query shapes seen going upstream, for `SHOW PROXIED QUERIES` and `CREATE CACHE FROM <id>`.
-#[derive(Default)]
-pub struct ProxiedQueries {
-    map: Mutex<HashMap<String, ProxiedQuery>>,
-}
-
-struct ProxiedQuery {
-    text: String,
-    count: u64,
-}
-
-/// Bound on the distinct shapes remembered.
-const PROXIED_QUERIES_MAX: usize = 10_000;
-
-impl ProxiedQueries {
-    pub fn record(&self, query_id: &str, text: &str) {
-        let mut map = self.map.lock().expect("proxied lock poisoned");
-        if let Some(q) = map.get_mut(query_id) {
-            q.count += 1;
-        } else if map.len() < PROXIED_QUERIES_MAX {
-            map.insert(
-                query_id.to_string(),
-                ProxiedQuery {
-                    text: text.to_string(),
-                    count: 1,
-                },
-            );
-        }
-    }
-
-    fn text_of(&self, query_id: &str) -> Option<String> {
-        self.map
-            .lock()
-            .expect("proxied lock poisoned")
-            .get(query_id)
-            .map(|q| q.text.clone())
-    }
-
-    fn snapshot(&self) -> Vec<(String, String, u64)> {
-        let map = self.map.lock().expect("proxied lock poisoned");
-        let mut v: Vec<_> = map
-            .iter()
-            .map(|(id, q)| (id.clone(), q.text.clone(), q.count))
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn clear(&self) {
-        self.map.lock().expect("proxied lock poisoned").clear();
-    }
-}
+pub use crate::proxied::ProxiedQueries;
 
 pub struct Controller {
     pub core: Arc<Core>,

@@ -1,13 +1,13 @@
 //! Shared state of one Larder process: storage, the dataflow graph (single writer, behind a
 //! mutex that only writers take), the table registry, the caches, and status for `SHOW`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use larder_dataflow::{CacheId, Graph, ReaderHandle};
 use larder_sql::plan::CachePlan;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::storage::Storage;
@@ -119,12 +119,95 @@ pub struct Core {
     /// True when text ordering in the upstream database is bytewise (libc "C" collation).
     pub c_collation: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
-    pub rebuild_tx: mpsc::UnboundedSender<u32>,
+    pub rebuild: RebuildRequests,
+}
+
+/// Most table oids waiting for a cache rebuild; beyond it the requests collapse into one
+/// "rebuild every table" request, so none is lost.
+pub const REBUILD_PENDING_MAX: usize = 4_096;
+
+/// What the cache rebuilder should look at next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    Table(u32),
+    /// More tables asked than [`REBUILD_PENDING_MAX`]: look at every table.
+    All,
+}
+
+/// Pending cache rebuild requests: a bounded, deduplicated set of table oids (in request
+/// order) and a wake-up for the single consumer. A request is never lost: a repeated oid is
+/// already pending, and when the set is full the requests collapse into [`Rebuild::All`].
+#[derive(Default)]
+pub struct RebuildRequests {
+    pending: Mutex<PendingRebuilds>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct PendingRebuilds {
+    order: VecDeque<u32>,
+    set: HashSet<u32>,
+    all: bool,
+}
+
+impl RebuildRequests {
+    pub fn request(&self, table_oid: u32) {
+        {
+            let mut p = self.pending.lock().expect("rebuild lock poisoned");
+            if p.all || p.set.contains(&table_oid) {
+                return;
+            }
+            if p.set.len() >= REBUILD_PENDING_MAX {
+                warn!(
+                    pending_max = REBUILD_PENDING_MAX,
+                    "too many tables wait for a cache rebuild; every table will be looked at"
+                );
+                p.all = true;
+                p.order.clear();
+                p.set.clear();
+            } else {
+                p.set.insert(table_oid);
+                p.order.push_back(table_oid);
+            }
+        }
+        // Stores a permit when the consumer is not waiting, so no wake-up is lost.
+        self.notify.notify_one();
+    }
+
+    /// The next request, without waiting.
+    pub fn try_next(&self) -> Option<Rebuild> {
+        let mut p = self.pending.lock().expect("rebuild lock poisoned");
+        if std::mem::take(&mut p.all) {
+            return Some(Rebuild::All);
+        }
+        let oid = p.order.pop_front()?;
+        p.set.remove(&oid);
+        Some(Rebuild::Table(oid))
+    }
+
+    /// Waits for the next request (one consumer).
+    pub async fn next(&self) -> Rebuild {
+        loop {
+            if let Some(r) = self.try_next() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Requests waiting (tables; an "all" request counts as one).
+    pub fn len(&self) -> usize {
+        let p = self.pending.lock().expect("rebuild lock poisoned");
+        p.order.len() + usize::from(p.all)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Core {
-    pub fn new(storage: Storage) -> (Arc<Core>, mpsc::UnboundedReceiver<u32>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new(storage: Storage) -> Arc<Core> {
         let core = Core {
             storage,
             dataflow: Mutex::new(Graph::new()),
@@ -133,9 +216,9 @@ impl Core {
             status: Status::default(),
             output_overrides: RwLock::new(Vec::new()),
             c_collation: AtomicBool::new(false),
-            rebuild_tx: tx,
+            rebuild: RebuildRequests::default(),
         };
-        (Arc::new(core), rx)
+        Arc::new(core)
     }
 
     pub fn set_replication_status(&self, s: &str) {
@@ -165,6 +248,54 @@ impl Core {
     }
 
     pub fn request_rebuild(&self, table_oid: u32) {
-        let _ = self.rebuild_tx.send(table_oid);
+        self.rebuild.request(table_oid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_requests_are_deduplicated_bounded_and_never_lost() {
+        let r = RebuildRequests::default();
+        r.request(7);
+        r.request(8);
+        r.request(7);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.try_next(), Some(Rebuild::Table(7)));
+        r.request(7); // taken, so pending again
+        assert_eq!(r.try_next(), Some(Rebuild::Table(8)));
+        assert_eq!(r.try_next(), Some(Rebuild::Table(7)));
+        assert_eq!(r.try_next(), None);
+
+        for oid in 0..REBUILD_PENDING_MAX as u32 {
+            r.request(oid);
+        }
+        assert_eq!(r.len(), REBUILD_PENDING_MAX);
+        r.request(u32::MAX); // one too many: collapses into "all"
+        assert_eq!(r.len(), 1);
+        r.request(3);
+        assert_eq!(r.try_next(), Some(Rebuild::All));
+        assert_eq!(r.try_next(), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_made_before_waiting_wakes_the_consumer() {
+        let r = Arc::new(RebuildRequests::default());
+        r.request(5);
+        assert_eq!(r.try_next(), Some(Rebuild::Table(5)));
+        // The permit of that request is still stored; the consumer must not return spuriously.
+        let waiter = {
+            let r = r.clone();
+            tokio::spawn(async move { r.next().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        r.request(6);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(got, Rebuild::Table(6));
     }
 }

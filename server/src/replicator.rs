@@ -384,29 +384,227 @@ fn apply_loop(
     source: &PgSource,
     mut rx: mpsc::Receiver<ChangeBatch>,
 ) -> Result<(), ApplyError> {
+    let mut parts = None;
     while let Some(batch) = rx.blocking_recv() {
-        apply_batch(core, source, batch)?;
+        apply_batch(core, source, batch, &mut parts)?;
     }
     Ok(())
 }
 
-/// Apply one upstream transaction to storage and the dataflow.
-pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result<(), ApplyError> {
-    let position = batch.commit_lsn.0;
-    let applied = core.status.applied_lsn.load(Ordering::SeqCst);
-    if position <= applied {
-        // Already applied before a restart or reconnect: never apply a change twice.
-        return Ok(());
+/// Why caches stop serving while a transaction is applied in parts.
+const PARTS_REASON: &str =
+    "a large upstream transaction is being applied to its table; the cache serves again after it";
+
+/// A large upstream transaction applied in parts.
+///
+/// The stream delivers a transaction larger than `--transaction-memory-max-bytes` in several
+/// batches ([`larder_replication::pg::TxnPart`]). No spill is needed: pgoutput (protocol 1)
+/// only sends transactions that have committed upstream, so each part is written to RocksDB
+/// as it arrives, in its own write batch, and only the last part moves the position. Memory
+/// stays bounded by about two parts (the one being applied and the one being received).
+///
+/// Why this is exactly-once, for keyed and keyless (REPLICA IDENTITY FULL, counted
+/// duplicates) tables alike:
+/// - every non-last part's batch also records this `PartialTxn`: the transaction (`final_lsn`
+///   of its BEGIN) and how many changes of it are now applied (Relation records excluded:
+///   they are re-sent wherever a new session first needs them, all other changes come again
+///   in the same order when the same WAL is decoded again);
+/// - a crash or a reconnect before the last part leaves the position where it was, so the
+///   stream delivers the whole transaction again; the applier skips the first `applied`
+///   changes it counts (they are in storage already) and applies the rest. Nothing is applied
+///   twice, so replay never depends on writes being idempotent (a keyless insert bumps a
+///   counter; an update with unchanged TOAST reads the stored row);
+/// - the last part writes its changes, the position and the removal of this record in one
+///   batch, so "transaction applied" and "position moved" are one atomic fact, and positions
+///   only move forward.
+///
+/// Readers never see a half-applied transaction: before a part's first change to a table is
+/// written (and published to the dataflow), that table's caches stop serving (their queries go
+/// upstream) and the table waits in `CatchingUp`; once the last part is committed and
+/// published the table is online again and its caches serve again (`serve_again`). `tables` is stored too, so a
+/// restart in the middle keeps those tables waiting until the replay completes (their caches
+/// are then built from storage by the usual rebuild request).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct PartialTxn {
+    /// `final_lsn` of the transaction's BEGIN.
+    txn: u64,
+    /// Changes (Relation records excluded) of the transaction durably applied.
+    applied: u64,
+    /// Upstream oids of the tables the applied changes touched.
+    tables: Vec<u32>,
+}
+
+impl PartialTxn {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 4 * self.tables.len());
+        out.extend_from_slice(&self.txn.to_be_bytes());
+        out.extend_from_slice(&self.applied.to_be_bytes());
+        for t in &self.tables {
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        out
     }
+
+    fn decode(bytes: &[u8]) -> Option<PartialTxn> {
+        if bytes.len() < 16 || !(bytes.len() - 16).is_multiple_of(4) {
+            return None;
+        }
+        let txn = u64::from_be_bytes(bytes[0..8].try_into().ok()?);
+        let applied = u64::from_be_bytes(bytes[8..16].try_into().ok()?);
+        let tables = bytes[16..]
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(PartialTxn {
+            txn,
+            applied,
+            tables,
+        })
+    }
+
+    fn stored(core: &Core) -> Result<Option<PartialTxn>, ApplyError> {
+        let Some(bytes) = core.storage.partial_txn()? else {
+            return Ok(None);
+        };
+        PartialTxn::decode(&bytes).map(Some).ok_or_else(|| {
+            ApplyError::Storage(StorageError::Corrupt {
+                what: "partial transaction record".into(),
+                detail: format!("{} bytes", bytes.len()),
+            })
+        })
+    }
+}
+
+/// The applier's progress through the transaction currently delivered in parts.
+pub struct PartsState {
+    record: PartialTxn,
+    /// Changes (Relation records excluded) of this delivery counted so far.
+    seen: u64,
+}
+
+/// After a restart: tables a partly applied transaction touched wait until its replay is
+/// complete (call after [`load_stored_tables`]).
+pub fn hold_partial_tables(core: &Core) -> Result<(), ApplyError> {
+    let Some(record) = PartialTxn::stored(core)? else {
+        return Ok(());
+    };
+    warn!(txn = %Lsn(record.txn), changes_applied = record.applied, tables = record.tables.len(),
+        "a large upstream transaction was partly applied before the restart; its tables wait for the rest");
+    let mut tables = core.tables.write().expect("tables lock poisoned");
+    for oid in &record.tables {
+        if let Some(t) = tables.get_mut(*oid).filter(|t| t.stored.is_some()) {
+            t.state = TableState::CatchingUp {
+                until_lsn: u64::MAX,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Tables a change writes to.
+fn tables_of(change: &Change) -> &[u32] {
+    match change {
+        Change::Insert { rel, .. }
+        | Change::Update { rel, .. }
+        | Change::Delete { rel, .. }
+        | Change::SchemaChanged { rel } => std::slice::from_ref(rel),
+        Change::Truncate { rels } => rels,
+        Change::Relation(_) => &[],
+    }
+}
+
+/// Apply one upstream transaction (or one part of a large one, see [`PartialTxn`]) to storage
+/// and the dataflow. `parts` carries the progress through a transaction delivered in parts.
+pub fn apply_batch(
+    core: &Core,
+    source: &PgSource,
+    batch: ChangeBatch,
+    parts: &mut Option<PartsState>,
+) -> Result<(), ApplyError> {
+    let applied = core.status.applied_lsn.load(Ordering::SeqCst);
+    // `position`: where the position moves with this batch (0: it does not move).
+    let position = match batch.part {
+        None => {
+            if batch.commit_lsn.0 <= applied {
+                // Already applied before a restart or reconnect: never apply a change twice.
+                return Ok(());
+            }
+            if let Some(p) = parts.take() {
+                warn!(txn = %Lsn(p.record.txn), "a transaction delivered in parts ended without its last part");
+            }
+            batch.commit_lsn.0
+        }
+        Some(part) => {
+            if part.txn.0 < applied {
+                return Ok(());
+            }
+            if part.first {
+                let record = match PartialTxn::stored(core)? {
+                    Some(r) if r.txn == part.txn.0 => {
+                        info!(txn = %part.txn, changes_applied = r.applied,
+                            "replaying a partly applied upstream transaction: skipping what is stored");
+                        r
+                    }
+                    Some(other) => {
+                        warn!(stored = %Lsn(other.txn), txn = %part.txn,
+                            "a record of another partly applied transaction was found; its tables wait for this one");
+                        PartialTxn {
+                            txn: part.txn.0,
+                            applied: 0,
+                            tables: other.tables,
+                        }
+                    }
+                    None => PartialTxn {
+                        txn: part.txn.0,
+                        ..PartialTxn::default()
+                    },
+                };
+                *parts = Some(PartsState { record, seen: 0 });
+            }
+            if parts.as_ref().map(|p| p.record.txn) != Some(part.txn.0) {
+                return Err(ApplyError::Replication(ReplicationError::Protocol(
+                    format!(
+                        "a part of upstream transaction {} arrived without its first part",
+                        part.txn
+                    ),
+                )));
+            }
+            if part.last {
+                batch.commit_lsn.0
+            } else {
+                0
+            }
+        }
+    };
+    // Positions handed to shape-change handling; a non-last part stands at its transaction.
+    let at = if position == 0 {
+        batch.part.map_or(0, |p| p.txn.0)
+    } else {
+        position
+    };
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
     let mut txn = core.storage.begin();
     let mut rebuild = Vec::new();
     let mut pending = Pending::default();
+    let mut touched: Vec<u32> = Vec::new();
     for change in batch.changes {
+        if let Some(p) = parts.as_mut() {
+            if !matches!(change, Change::Relation(_)) {
+                p.seen += 1;
+                if p.seen <= p.record.applied {
+                    continue; // applied before a restart or reconnect
+                }
+                for oid in tables_of(&change) {
+                    if !p.record.tables.contains(oid) && !touched.contains(oid) {
+                        touched.push(*oid);
+                    }
+                }
+            }
+        }
         match change {
             Change::Relation(rel) => {
                 let oid = rel.oid;
-                handle_relation(core, source, &mut txn, &mut graph, rel, position)?;
+                handle_relation(core, source, &mut txn, &mut graph, rel, at)?;
                 if core
                     .tables
                     .read()
@@ -497,7 +695,7 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
                 );
                 warn!(%reason, "DDL in the change stream: caches on the table stop serving and it is copied again");
                 recopy(
-                    core, source, &mut txn, &mut graph, &entry, None, &reason, position,
+                    core, source, &mut txn, &mut graph, &entry, None, &reason, at,
                 )?;
                 if core
                     .tables
@@ -526,7 +724,25 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
             }
         }
     }
-    txn.set_position(position);
+    let mut waiting = Vec::new();
+    match parts.as_mut() {
+        Some(p) if position == 0 => {
+            // Not the last part: tables it writes to stop serving before anything is visible.
+            for oid in touched {
+                hold_for_parts(core, oid);
+                p.record.tables.push(oid);
+            }
+            p.record.applied = p.record.applied.max(p.seen);
+            txn.set_partial_txn(Some(&p.record.encode()));
+        }
+        Some(_) => {
+            let done = parts.take().map(|p| p.record.tables).unwrap_or_default();
+            waiting = done;
+            txn.set_partial_txn(None);
+            txn.set_position(position);
+        }
+        None => txn.set_position(position),
+    }
     txn.commit()?;
     for (table, changes) in pending.0 {
         graph
@@ -534,13 +750,100 @@ pub fn apply_batch(core: &Core, source: &PgSource, batch: ChangeBatch) -> Result
             .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
     }
     graph.publish();
+    if position == 0 {
+        drop(graph);
+        // Tables held for this transaction are rebuilt (if at all) after its last part.
+        let tables = core.tables.read().expect("tables lock poisoned");
+        rebuild.retain(|oid| {
+            tables
+                .get(*oid)
+                .is_some_and(|t| t.state == TableState::Online)
+        });
+        drop(tables);
+        for oid in rebuild {
+            core.request_rebuild(oid);
+        }
+        return Ok(());
+    }
     core.status.applied_lsn.store(position, Ordering::SeqCst);
     drop(graph);
+    if !waiting.is_empty() {
+        // Online first, then the caches serve again, and only then the rebuild request (for
+        // caches not built in this process): a rebuild racing ahead would rescan the table.
+        let mut back = Vec::new();
+        {
+            let mut tables = core.tables.write().expect("tables lock poisoned");
+            for oid in &waiting {
+                if let Some(t) = tables.get_mut(*oid) {
+                    if t.state
+                        == (TableState::CatchingUp {
+                            until_lsn: u64::MAX,
+                        })
+                    {
+                        t.state = TableState::Online;
+                        back.push(*oid);
+                    }
+                }
+            }
+        }
+        info!(commit = %Lsn(position), tables = back.len(), "large upstream transaction applied");
+        serve_again(core, &back);
+        for oid in back {
+            core.request_rebuild(oid);
+        }
+    }
     finish_catch_up(core, position);
     for oid in rebuild {
         core.request_rebuild(oid);
     }
     Ok(())
+}
+
+/// After the last part of a large transaction: the caches that stopped serving only for it
+/// serve again. Their readers received every part (each part's changes went through the
+/// graph), so they hold exactly the committed rows; no rescan is needed. A cache stopped for
+/// another reason meanwhile (say its table changed shape) keeps that reason and is rebuilt
+/// as usual; caches not built in this process (after a restart) are built by the rebuild
+/// request of `finish_catch_up`.
+fn serve_again(core: &Core, tables: &[u32]) {
+    let online: Vec<u32> = {
+        let registry = core.tables.read().expect("tables lock poisoned");
+        tables
+            .iter()
+            .copied()
+            .filter(|oid| {
+                registry
+                    .get(*oid)
+                    .is_some_and(|t| t.state == TableState::Online)
+            })
+            .collect()
+    };
+    for cache in core.caches.all() {
+        if !online.contains(&cache.table_oid) {
+            continue;
+        }
+        let mut invalid = cache.invalid.lock().expect("cache lock poisoned");
+        if invalid.as_deref() == Some(PARTS_REASON) {
+            *invalid = None;
+            cache.serving.store(true, Ordering::SeqCst);
+            info!(cache = %cache.name, "cache serves again after a large transaction");
+        }
+    }
+}
+
+/// A part of a large transaction is about to write to `oid`: its caches go upstream and the
+/// table waits (until the last part; see [`PartialTxn`]).
+fn hold_for_parts(core: &Core, oid: u32) {
+    core.invalidate_caches_on(oid, PARTS_REASON);
+    let mut tables = core.tables.write().expect("tables lock poisoned");
+    let Some(t) = tables.get_mut(oid).filter(|t| t.stored.is_some()) else {
+        return;
+    };
+    if t.state == TableState::Online {
+        t.state = TableState::CatchingUp {
+            until_lsn: u64::MAX,
+        };
+    }
 }
 
 /// Dataflow changes of one transaction, grouped in runs per table (order matters within a
@@ -840,5 +1143,24 @@ fn finish_catch_up(core: &Core, position: u64) {
     }
     for oid in done {
         core.request_rebuild(oid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_transaction_records_round_trip_and_reject_garbage() {
+        let r = PartialTxn {
+            txn: 0x1_0000_0042,
+            applied: 12_345,
+            tables: vec![16_384, 16_390],
+        };
+        assert_eq!(PartialTxn::decode(&r.encode()), Some(r));
+        let empty = PartialTxn::default();
+        assert_eq!(PartialTxn::decode(&empty.encode()), Some(empty));
+        assert_eq!(PartialTxn::decode(&[0; 15]), None);
+        assert_eq!(PartialTxn::decode(&[0; 18]), None);
     }
 }

@@ -98,10 +98,14 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     // Stored tables are loaded only once the upstream is known to be the one they were copied
     // from (in `start_replication`): until then nothing stored is served or shown.
-    let (core, rebuild_rx) = Core::new(storage);
+    let core = Core::new(storage);
     let source = Arc::new(
         PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
-            .context("configuring replication")?,
+            .context("configuring replication")?
+            .with_options(larder_replication::PgSourceOptions {
+                transaction_memory_max_bytes: cfg.transaction_memory_max_bytes,
+                ..Default::default()
+            }),
     );
     let (privileges, privilege_requests) =
         crate::privileges::Privileges::new(cfg.admin_role.clone());
@@ -125,7 +129,6 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     tokio::spawn(start_replication(
         controller.clone(),
         source.clone(),
-        rebuild_rx,
         fatal_tx,
         IdentityGuard {
             reset_allowed: cfg.reset_storage_on_upstream_change,
@@ -241,7 +244,6 @@ async fn check_identity(core: &Core, source: &PgSource, guard: &IdentityGuard) -
 async fn start_replication(
     controller: Arc<Controller>,
     source: Arc<PgSource>,
-    rebuild_rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
     fatal: tokio::sync::mpsc::Sender<String>,
     guard: IdentityGuard,
 ) {
@@ -272,6 +274,12 @@ async fn start_replication(
         let _ = fatal.send(format!("loading stored tables: {e}")).await;
         return;
     }
+    if let Err(e) = crate::replicator::hold_partial_tables(&core) {
+        let _ = fatal
+            .send(format!("reading the partly applied transaction: {e}"))
+            .await;
+        return;
+    }
     backoff_ms = 500;
     loop {
         match crate::replicator::start(core.clone(), source.clone()).await {
@@ -297,7 +305,7 @@ async fn start_replication(
     }
     restore_caches(&controller).await;
     tokio::spawn(crate::catalog_watch::run(core.clone(), source.clone()));
-    rebuild_caches_forever(controller, rebuild_rx).await;
+    rebuild_caches_forever(controller).await;
 }
 
 /// Rebuild the caches stored by an earlier run.
@@ -338,47 +346,62 @@ async fn restore_caches(controller: &Controller) {
 }
 
 /// Rebuild the caches of tables that came back online after a shape change.
-async fn rebuild_caches_forever(
-    controller: Arc<Controller>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
-) {
-    while let Some(oid) = rx.recv().await {
-        controller.retry_unbuilt().await;
-        let Some((schema, name)) = controller
-            .core
-            .tables
-            .read()
-            .expect("tables lock poisoned")
-            .get(oid)
-            .map(|t| (t.schema.schema.clone(), t.schema.name.clone()))
-        else {
-            continue;
+async fn rebuild_caches_forever(controller: Arc<Controller>) {
+    loop {
+        let oids = match controller.core.rebuild.next().await {
+            crate::core::Rebuild::Table(oid) => vec![oid],
+            crate::core::Rebuild::All => controller
+                .core
+                .tables
+                .read()
+                .expect("tables lock poisoned")
+                .all()
+                .map(|t| t.oid)
+                .collect(),
         };
-        let stale = controller.core.caches.all().into_iter().filter(|c| {
-            c.table_schema == schema
-                && c.table_name == name
-                && (c.invalid_reason().is_some() || c.table_oid != oid)
-        });
-        for cache in stale {
-            let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
-                Ok(n) => n,
-                Err(e) => {
-                    cache.invalidate(&format!("cannot be rebuilt: {e}"));
-                    continue;
-                }
-            };
-            match controller
-                .build_cache(&cache.name, &cache.query, &normalized, cache.always)
-                .await
-            {
-                Ok(entry) => {
-                    info!(cache = %cache.name, "cache rebuilt after a table change");
-                    controller.core.caches.insert(entry);
-                }
-                Err(e) => {
-                    warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");
-                    cache.invalidate(&format!("its table changed and it cannot be rebuilt: {e}"));
-                }
+        controller.retry_unbuilt().await;
+        for oid in oids {
+            rebuild_caches_of(&controller, oid).await;
+        }
+    }
+}
+
+/// Rebuild the caches of one table that are not serving (or were built on an older oid).
+async fn rebuild_caches_of(controller: &Controller, oid: u32) {
+    let Some((schema, name)) = controller
+        .core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .get(oid)
+        .map(|t| (t.schema.schema.clone(), t.schema.name.clone()))
+    else {
+        return;
+    };
+    let stale = controller.core.caches.all().into_iter().filter(|c| {
+        c.table_schema == schema
+            && c.table_name == name
+            && (c.invalid_reason().is_some() || c.table_oid != oid)
+    });
+    for cache in stale {
+        let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
+            Ok(n) => n,
+            Err(e) => {
+                cache.invalidate(&format!("cannot be rebuilt: {e}"));
+                continue;
+            }
+        };
+        match controller
+            .build_cache(&cache.name, &cache.query, &normalized, cache.always)
+            .await
+        {
+            Ok(entry) => {
+                info!(cache = %cache.name, "cache rebuilt after a table change");
+                controller.core.caches.insert(entry);
+            }
+            Err(e) => {
+                warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");
+                cache.invalidate(&format!("its table changed and it cannot be rebuilt: {e}"));
             }
         }
     }

@@ -24,6 +24,9 @@ const CF_META: &str = "meta";
 const KEY_POSITION: &[u8] = b"pos";
 const KEY_NEXT_TABLE_ID: &[u8] = b"next_table_id";
 const KEY_UPSTREAM: &[u8] = b"upstream";
+/// Progress of an upstream transaction applied in parts (opaque to storage; see
+/// `replicator::PartialTxn`).
+const KEY_PARTIAL_TXN: &[u8] = b"partial_txn";
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -140,6 +143,11 @@ impl Storage {
                     })?,
             ))),
         }
+    }
+
+    /// The record of a transaction whose parts are partly applied, if any.
+    pub fn partial_txn(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_META), KEY_PARTIAL_TXN)?)
     }
 
     pub fn tables(&self) -> Result<Vec<StoredTable>, StorageError> {
@@ -335,6 +343,7 @@ impl Storage {
     fn wipe_into(&self, batch: &mut WriteBatch, prefixes: &[&[u8]]) -> Result<(), StorageError> {
         batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_cf(self.cf(CF_META), KEY_POSITION);
+        batch.delete_cf(self.cf(CF_META), KEY_PARTIAL_TXN);
         for &prefix in prefixes {
             for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
                 let (k, _) = item?;
@@ -511,6 +520,16 @@ impl<'a> Txn<'a> {
         self.batch
             .delete_cf(self.storage.cf(CF_META), key.as_bytes());
         self.clear_table(id);
+    }
+
+    /// Record (or with `None`, forget) a partly applied transaction, atomically with this
+    /// batch.
+    pub fn set_partial_txn(&mut self, record: Option<&[u8]>) {
+        let cf = self.storage.cf(CF_META);
+        match record {
+            Some(bytes) => self.batch.put_cf(cf, KEY_PARTIAL_TXN, bytes),
+            None => self.batch.delete_cf(cf, KEY_PARTIAL_TXN),
+        }
     }
 
     /// Move the replication position with this transaction.

@@ -42,6 +42,13 @@ impl TableState {
                 ("Snapshotting".into(), progress)
             }
             TableState::Online => ("Online".into(), String::new()),
+            // Held while a large upstream transaction is applied in parts (replicator.rs).
+            TableState::CatchingUp {
+                until_lsn: u64::MAX,
+            } => (
+                "Applying".into(),
+                "a large upstream transaction is being applied; its caches go upstream".into(),
+            ),
             TableState::CatchingUp { until_lsn } => (
                 "Snapshotting".into(),
                 format!(

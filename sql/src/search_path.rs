@@ -370,7 +370,12 @@ mod tests {
 
     #[test]
     fn resolution_follows_postgres_order() {
-        let rels = [("public", "items"), ("tenant", "items"), ("alice", "mine"), ("pg_catalog", "pg_class")];
+        let rels = [
+            ("public", "items"),
+            ("tenant", "items"),
+            ("alice", "mine"),
+            ("pg_catalog", "pg_class"),
+        ];
         let has = |sc: &str, n: &str| rels.contains(&(sc, n));
         let no_temp = |_: &str| false;
         let path = vec![PathEntry::User, s("public")];
@@ -391,7 +396,10 @@ mod tests {
             resolve(&tenant, "bob", "pg_class", &has, &no_temp),
             Resolved::Schema("pg_catalog".into())
         );
-        assert_eq!(resolve(&tenant, "bob", "nope", &has, &no_temp), Resolved::Missing);
+        assert_eq!(
+            resolve(&tenant, "bob", "nope", &has, &no_temp),
+            Resolved::Missing
+        );
         let temp_items = |n: &str| n == "items";
         assert_eq!(
             resolve(&tenant, "bob", "items", &has, &temp_items),

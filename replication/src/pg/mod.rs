@@ -51,7 +51,7 @@ pub use discovery::DiscoveredTable;
 pub use filter::TableFilter;
 pub use lsn::Lsn;
 pub use snapshot::{SnapshotBatch, SnapshotSink, SnapshotSummary};
-pub use stream::ChangeBatch;
+pub use stream::{ChangeBatch, TxnPart};
 
 use crate::error::ReplicationError;
 
@@ -64,10 +64,10 @@ pub struct PgSourceOptions {
     pub snapshot_batch_bytes_max: usize,
     /// Longest single COPY row accepted.
     pub copy_row_bytes_max: usize,
-    /// Largest upstream transaction held in memory (approximate: sum of the column texts).
-    /// A larger transaction stops the stream with [`ReplicationError::TransactionTooLarge`]
-    /// (fatal): transactions are never split, so the server can apply each atomically.
-    pub stream_transaction_bytes_max: usize,
+    /// Largest part of an upstream transaction held in memory (approximate: sum of the
+    /// column texts plus a per-column overhead). A larger transaction is delivered in several
+    /// [`ChangeBatch`]es marked with a [`TxnPart`]; see the stream module.
+    pub transaction_memory_max_bytes: usize,
     /// How often the applied position is reported to Postgres.
     pub status_interval_ms: u64,
 }
@@ -78,7 +78,7 @@ impl Default for PgSourceOptions {
             snapshot_batch_rows_max: 1_000,
             snapshot_batch_bytes_max: 8 << 20,
             copy_row_bytes_max: 256 << 20,
-            stream_transaction_bytes_max: 256 << 20,
+            transaction_memory_max_bytes: 256 << 20,
             status_interval_ms: 1_000,
         }
     }
@@ -298,6 +298,7 @@ impl PgSource {
     /// Replaces the tunables; zero sizes/intervals are raised to 1.
     pub fn with_options(mut self, mut options: PgSourceOptions) -> PgSource {
         options.snapshot_batch_rows_max = options.snapshot_batch_rows_max.max(1);
+        options.transaction_memory_max_bytes = options.transaction_memory_max_bytes.max(1);
         options.status_interval_ms = options.status_interval_ms.max(1);
         self.options = options;
         self

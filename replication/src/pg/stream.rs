@@ -17,7 +17,13 @@
 //!   applied position must never go backwards; emitted commit positions strictly increase.
 //! * Back-pressure: the output channel is bounded; while it is full, status updates keep being
 //!   sent so the walsender does not time the session out.
-//! * Memory: one transaction is buffered whole (see `stream_transaction_bytes_max`).
+//! * Memory: a transaction is buffered up to `transaction_memory_max_bytes`. A larger one is
+//!   delivered in several [`ChangeBatch`]es marked with a [`TxnPart`] (pgoutput protocol 1 only
+//!   sends transactions that have committed, so applying a part early never applies an aborted
+//!   change). Before each non-final part the streamer waits until the consumer has taken every
+//!   earlier batch, so at most about two parts are held in memory at once. The consumer must
+//!   move its position only with the last part and make a replay of the parts idempotent (see
+//!   [`TxnPart`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -39,15 +45,38 @@ use crate::change::{Change, NewRow, OldRow, RelationInfo, ReplicaIdentity};
 use crate::error::ReplicationError;
 use crate::pgtypes;
 
-/// One committed upstream transaction; apply it atomically, then report `commit_lsn` as
-/// applied.
+/// One committed upstream transaction, or one part of a large one ([`ChangeBatch::part`]);
+/// apply it atomically, then report `commit_lsn` as applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChangeBatch {
     /// End LSN of the transaction's commit record: the position to store and acknowledge.
+    /// [`Lsn::ZERO`] in a part that is not the last one (the position must not move then).
     pub commit_lsn: Lsn,
     /// Possibly empty (a transaction that only touched filtered-out tables still advances the
     /// position).
     pub changes: Vec<Change>,
+    /// `Some` when the transaction was larger than `transaction_memory_max_bytes` and is
+    /// delivered in several batches.
+    pub part: Option<TxnPart>,
+}
+
+/// Where a batch sits in a transaction delivered in parts.
+///
+/// Replays: after a reconnect or a restart the stream resumes from the consumer's stored
+/// position, so a transaction whose last part was not applied is delivered again from its
+/// first part, with the same changes in the same order (logical decoding of the same WAL with
+/// the same publication is deterministic). [`Change::Relation`] records are the exception:
+/// they are sent again wherever the new session first needs them, so a consumer that counts
+/// changes to skip what it applied before must not count them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnPart {
+    /// Identifies the transaction: the LSN of its commit record (`final_lsn` of BEGIN), which
+    /// is below the `commit_lsn` (end of that record) of its last part.
+    pub txn: Lsn,
+    /// The first part of the transaction (a replay starts again here).
+    pub first: bool,
+    /// The last part: it carries `commit_lsn`.
+    pub last: bool,
 }
 
 /// Status updates are sent at least this often even when nothing moved (Postgres' default
@@ -57,11 +86,18 @@ const STATUS_HEARTBEAT: Duration = Duration::from_secs(10);
 const COLUMN_OVERHEAD_BYTES: usize = 16;
 /// XLogData header: 'w', start LSN, end LSN, send time.
 const XLOGDATA_HEADER_BYTES: usize = 25;
+/// How often the streamer looks whether the consumer has taken the previous part.
+const PART_QUEUE_POLL: Duration = Duration::from_millis(2);
 
 struct Txn {
     skip: bool,
+    /// `final_lsn` of BEGIN.
+    final_lsn: Lsn,
     changes: Vec<Change>,
+    /// Approximate bytes of `changes`.
     bytes: usize,
+    /// Parts of this transaction already sent.
+    parts_sent: u64,
 }
 
 pub(crate) struct Streamer<'a> {
@@ -187,6 +223,7 @@ impl<'a> Streamer<'a> {
             permit.send(ChangeBatch {
                 commit_lsn: wal_end,
                 changes: Vec::new(),
+                part: None,
             });
         }
     }
@@ -209,8 +246,10 @@ impl<'a> Streamer<'a> {
                 }
                 self.txn = Some(Txn {
                     skip,
+                    final_lsn: Lsn(final_lsn),
                     changes: Vec::new(),
                     bytes: 0,
+                    parts_sent: 0,
                 });
             }
             M::Commit { end_lsn, .. } => return self.commit(Lsn(end_lsn)).await,
@@ -314,6 +353,10 @@ impl<'a> Streamer<'a> {
                 )))
             }
         }
+        let limit = self.source.options().transaction_memory_max_bytes;
+        if self.txn.as_ref().is_some_and(|t| t.bytes > limit) {
+            return self.send_part().await;
+        }
         Ok(true)
     }
 
@@ -339,17 +382,60 @@ impl<'a> Streamer<'a> {
     }
 
     fn push(&mut self, bytes: usize, change: Change) -> Result<(), ReplicationError> {
-        let limit = self.source.options().stream_transaction_bytes_max;
         let txn = self
             .txn
             .as_mut()
             .ok_or_else(|| ReplicationError::Protocol("change outside a transaction".into()))?;
         txn.bytes += bytes;
-        if txn.bytes > limit {
-            return Err(ReplicationError::TransactionTooLarge { limit_bytes: limit });
-        }
         txn.changes.push(change);
         Ok(())
+    }
+
+    /// The current transaction outgrew `transaction_memory_max_bytes`: hand what is buffered
+    /// to the consumer as a non-final part. Waits until the consumer has taken every earlier
+    /// batch, so parts do not pile up in the queue. Returns `false` when the consumer is gone.
+    async fn send_part(&mut self) -> Result<bool, ReplicationError> {
+        let (batch, bytes, parts) = {
+            let Some(txn) = self.txn.as_mut().filter(|t| !t.skip) else {
+                return Ok(true);
+            };
+            let part = TxnPart {
+                txn: txn.final_lsn,
+                first: txn.parts_sent == 0,
+                last: false,
+            };
+            txn.parts_sent += 1;
+            let bytes = std::mem::take(&mut txn.bytes);
+            let batch = ChangeBatch {
+                commit_lsn: Lsn::ZERO,
+                changes: std::mem::take(&mut txn.changes),
+                part: Some(part),
+            };
+            (batch, bytes, txn.parts_sent)
+        };
+        if parts == 1 {
+            info!(txn = %batch.part.map(|p| p.txn).unwrap_or(Lsn::ZERO),
+                limit_bytes = self.source.options().transaction_memory_max_bytes,
+                "large upstream transaction: delivering it in parts");
+        }
+        debug!(
+            bytes,
+            changes = batch.changes.len(),
+            part = parts,
+            "sending a transaction part"
+        );
+        let out = self.out.clone();
+        let mut poll = interval(PART_QUEUE_POLL);
+        while out.capacity() < out.max_capacity() {
+            if out.is_closed() {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = poll.tick() => {}
+                _ = self.tick.tick() => self.send_status(false).await?,
+            }
+        }
+        self.send_batch(batch).await
     }
 
     async fn commit(&mut self, end: Lsn) -> Result<bool, ReplicationError> {
@@ -367,11 +453,27 @@ impl<'a> Streamer<'a> {
             });
         }
         self.last_commit = end;
-        let mut batch = Some(ChangeBatch {
+        let part = (txn.parts_sent > 0).then_some(TxnPart {
+            txn: txn.final_lsn,
+            first: false,
+            last: true,
+        });
+        if part.is_some() {
+            info!(txn = %txn.final_lsn, commit = %end, parts = txn.parts_sent + 1,
+                "large upstream transaction: last part");
+        }
+        self.send_batch(ChangeBatch {
             commit_lsn: end,
             changes: txn.changes,
-        });
-        // Wait for room in the channel, but keep the walsender session alive meanwhile.
+            part,
+        })
+        .await
+    }
+
+    /// Waits for room in the channel, but keeps the walsender session alive meanwhile.
+    /// Returns `false` when the consumer is gone.
+    async fn send_batch(&mut self, batch: ChangeBatch) -> Result<bool, ReplicationError> {
+        let mut batch = Some(batch);
         let out = self.out.clone();
         loop {
             tokio::select! {
