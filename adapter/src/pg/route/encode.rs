@@ -1,0 +1,181 @@
+//! Encoding of local answers: RowDescription, DataRows in text or binary, Larder statements'
+//! text tables, and reading captured responses.
+
+use super::*;
+
+/// What precedes the rows of a Larder statement's answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Header {
+    /// Simple protocol: RowDescription when there are rows, nothing otherwise.
+    Simple,
+    /// Extended protocol with Describe: RowDescription or NoData.
+    Described,
+    /// Extended protocol without Describe: nothing.
+    Bare,
+}
+
+/// Result format codes of a Bind.
+pub(super) struct Formats<'a>(&'a [i16]);
+
+impl<'a> Formats<'a> {
+    pub(super) fn new(codes: &'a [i16]) -> Self {
+        Formats(codes)
+    }
+    pub(super) fn all_text() -> Formats<'static> {
+        Formats(&[])
+    }
+    pub(super) fn is_binary(&self, i: usize) -> bool {
+        match self.0 {
+            [] => false,
+            [one] => *one == 1,
+            many => many.get(i).copied() == Some(1),
+        }
+    }
+}
+
+pub(super) fn row_description(
+    columns: &[crate::cache::ResultColumn],
+    formats: &Formats,
+) -> RowDescription {
+    RowDescription {
+        fields: columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| FieldDescription {
+                name: c.name.clone(),
+                table_oid: c.table_oid,
+                column_attr: c.column_id,
+                type_oid: c.type_oid,
+                type_size: c.type_len,
+                type_modifier: c.typmod,
+                format: if formats.is_binary(i) { 1 } else { 0 },
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn finish(out: &mut BytesMut, rows: usize, session: &SessionState) {
+    CommandComplete {
+        tag: format!("SELECT {rows}"),
+    }
+    .encode(out);
+    ReadyForQuery {
+        status: session.transaction_status(),
+    }
+    .encode(out);
+}
+
+/// Columns of each Larder statement's result (for Describe before execution).
+pub(super) fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] {
+    match stmt {
+        LarderStatement::CreateCache { .. } => &["query_id", "name", "query", "cache_type"],
+        LarderStatement::ExplainCreateCache { .. } => &["query_id", "query", "supported"],
+        LarderStatement::ShowCaches { .. } => &["query_id", "name", "query", "properties", "count"],
+        LarderStatement::ShowProxiedQueries { .. } => &["query_id", "query", "supported", "count"],
+        LarderStatement::ExplainLastStatement => &["query_destination", "reason"],
+        LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
+        LarderStatement::ShowTables => &["table", "status", "description"],
+        LarderStatement::DropCache { .. }
+        | LarderStatement::DropAllCaches
+        | LarderStatement::DropAllProxiedQueries => &[],
+    }
+}
+
+/// RowDescription (or NoData) of a Larder statement, before it runs.
+pub(super) fn encode_larder_row_description(stmt: &LarderStatement, out: &mut BytesMut) {
+    let cols = larder_columns(stmt);
+    if cols.is_empty() {
+        NoData.encode(out);
+    } else {
+        text_row_description(cols.iter().map(|c| c.to_string())).encode(out);
+    }
+}
+
+pub(super) fn text_row_description(names: impl Iterator<Item = String>) -> RowDescription {
+    RowDescription {
+        fields: names
+            .map(|name| FieldDescription {
+                name,
+                table_oid: 0,
+                column_attr: 0,
+                type_oid: TEXT_OID,
+                type_size: -1,
+                type_modifier: -1,
+                format: 0,
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn encode_text_table(
+    mut out: BytesMut,
+    result: Result<TextTable, StatementError>,
+    header: Header,
+    status: TransactionStatus,
+) -> Bytes {
+    match result {
+        Ok(table) => {
+            if table.columns.is_empty() {
+                if header == Header::Described {
+                    NoData.encode(&mut out);
+                }
+                CommandComplete {
+                    tag: table.tag.unwrap_or_else(|| "OK".into()),
+                }
+                .encode(&mut out);
+            } else {
+                if header != Header::Bare {
+                    text_row_description(table.columns.iter().cloned()).encode(&mut out);
+                }
+                for row in &table.rows {
+                    out.put_u8(b'D');
+                    let at = out.len();
+                    out.put_i32(0);
+                    out.put_i16(row.len() as i16);
+                    for v in row {
+                        match v {
+                            None => out.put_i32(-1),
+                            Some(s) => {
+                                out.put_i32(s.len() as i32);
+                                out.put_slice(s.as_bytes());
+                            }
+                        }
+                    }
+                    let len = (out.len() - at) as i32;
+                    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                CommandComplete {
+                    tag: format!("SELECT {}", table.rows.len()),
+                }
+                .encode(&mut out);
+            }
+        }
+        Err(e) => {
+            // Drop whatever was prepared (Parse/BindComplete stay: they did succeed).
+            ErrorResponse::error(e.sqlstate, e.message).encode(&mut out);
+        }
+    }
+    ReadyForQuery { status }.encode(&mut out);
+    out.freeze()
+}
+
+/// The values of the first DataRow of a captured response.
+pub(super) fn first_row(response: &[u8]) -> Option<Vec<Option<String>>> {
+    use crate::pg::messages::{DataRow, FrameIter};
+    for m in FrameIter::new(response, usize::MAX) {
+        let m = m.ok()?;
+        if m.frame.tag == b'D' {
+            let row = DataRow::decode(&m.frame).ok()?;
+            return Some(
+                row.values
+                    .iter()
+                    .map(|v| {
+                        v.as_ref()
+                            .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    None
+}
