@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use larder_sql::search_path::{PathEntry, Resolved};
 use larder_sql::statement::LarderStatement;
 use larder_sql::{Row, SqlType, Value};
 
@@ -44,6 +45,10 @@ pub struct StatementContext {
     pub role: Option<String>,
     /// The session user (who logged in).
     pub session_user: String,
+    /// The session's `search_path`, when Larder knows it.
+    pub search_path: Option<Vec<PathEntry>>,
+    /// The session's temporary schema: `Some(None)` when it has none, `None` when unknown.
+    pub temp_schema: Option<Option<String>>,
 }
 
 /// Why a cache could not answer; the query then goes upstream.
@@ -90,6 +95,27 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// not (or that Larder is still learning the role's privileges); the query then goes
     /// upstream, which gives the role exactly what the database gives it.
     fn may_read(&self, role: &str, cache: &dyn CachedQuery) -> Result<(), String>;
+    /// Where the unqualified relation `name` resolves along `path` for `role` (with the
+    /// session's temporary schema), from Larder's own catalog of the upstream's relations,
+    /// provided that catalog reflects every DDL committed up to `min_lsn` (the session's own
+    /// DDL). `None` when Larder cannot tell: the router then asks the upstream.
+    fn resolve_relation(
+        &self,
+        path: &[PathEntry],
+        role: &str,
+        temp_schema: Option<&str>,
+        name: &str,
+        min_lsn: u64,
+    ) -> Option<Resolved>;
+    /// Whether some cache reads a relation named `name` (in any schema): a cheap filter before
+    /// resolving names.
+    fn caches_relation_named(&self, name: &str) -> bool;
+    /// The oid of `schema.name` in Larder's catalog of the upstream's relations.
+    fn relation_oid(&self, schema: &str, name: &str) -> Option<u32>;
+    /// The `search_path` a new session of `user` in `database` starts with when its start-up
+    /// packet does not set one (role and database defaults, else the server's), as Postgres
+    /// stores it; `None` while Larder does not know.
+    fn default_search_path(&self, user: &str, database: &str) -> Option<String>;
     /// Whether role or database defaults (`ALTER ROLE/DATABASE ... SET`) change how floats or
     /// bytea print for sessions of this user in this database.
     fn custom_output_for(&self, user: &str, database: &str) -> bool {

@@ -8,6 +8,7 @@ use larder_adapter::cache::{
     TextTable,
 };
 use larder_dataflow::ReadError;
+use larder_sql::search_path::{self, PathEntry, Resolved};
 use larder_sql::statement::LarderStatement;
 use larder_sql::{Row, SqlType, Value};
 
@@ -142,6 +143,44 @@ impl CacheBackend for Backend {
                 columns: cache.columns_read(),
             },
         )
+    }
+
+    fn resolve_relation(
+        &self,
+        path: &[PathEntry],
+        role: &str,
+        temp_schema: Option<&str>,
+        name: &str,
+        min_lsn: u64,
+    ) -> Option<Resolved> {
+        let snap = self.controller.relations.current(min_lsn)?;
+        Some(search_path::resolve(
+            path,
+            role,
+            name,
+            &|schema, n| snap.has(schema, n),
+            &|n| temp_schema.is_some_and(|t| snap.has(t, n)),
+        ))
+    }
+
+    fn caches_relation_named(&self, name: &str) -> bool {
+        self.controller.core.caches.any(|c| c.table_name == name)
+    }
+
+    fn relation_oid(&self, schema: &str, name: &str) -> Option<u32> {
+        self.controller.relations.snapshot()?.oid(schema, name)
+    }
+
+    fn default_search_path(&self, user: &str, database: &str) -> Option<String> {
+        let defaults = self
+            .controller
+            .core
+            .search_path_defaults
+            .read()
+            .expect("defaults lock poisoned");
+        defaults
+            .as_ref()
+            .map(|d| d.for_session(user, database).to_string())
     }
 
     fn session_opened(&self, user: &str) {

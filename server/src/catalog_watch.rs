@@ -14,7 +14,7 @@ use std::time::Duration;
 use larder_replication::PgSource;
 use tracing::{debug, warn};
 
-use crate::core::Core;
+use crate::core::{Core, SearchPathDefaults};
 
 pub const POLL_INTERVAL_MS: u64 = 1_000;
 
@@ -132,8 +132,16 @@ async fn check_output_overrides(
         )
         .await?;
     let mut overrides = Vec::new();
+    let mut paths = Vec::new();
     for r in rows {
         let settings: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+        for kv in &settings {
+            if let Some((k, v)) = kv.split_once('=') {
+                if k.trim().eq_ignore_ascii_case("search_path") {
+                    paths.push((r.get(0), r.get(1), v.to_string()));
+                }
+            }
+        }
         let custom = settings.iter().any(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             match k.trim().to_ascii_lowercase().as_str() {
@@ -150,5 +158,29 @@ async fn check_output_overrides(
         .output_overrides
         .write()
         .expect("overrides lock poisoned") = overrides;
+    // The server's own default, as Larder's own session sees it when no role or database
+    // default applies to it (otherwise unknown, and sessions ask the upstream).
+    let server = client
+        .query_one(
+            "SELECT setting, source FROM pg_catalog.pg_settings WHERE name = 'search_path'",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| {
+            let source: String = r.get(1);
+            matches!(
+                source.as_str(),
+                "default" | "configuration file" | "command line" | "environment variable"
+            )
+            .then(|| r.get::<_, String>(0))
+        });
+    *core
+        .search_path_defaults
+        .write()
+        .expect("defaults lock poisoned") = server.map(|server| SearchPathDefaults {
+        server,
+        settings: paths,
+    });
     Ok(())
 }

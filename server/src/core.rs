@@ -65,6 +65,15 @@ impl CacheRegistry {
             .cloned()
     }
 
+    /// Whether any cache satisfies `f` (no allocation: on the query path).
+    pub fn any(&self, f: impl Fn(&CacheEntry) -> bool) -> bool {
+        self.by_id
+            .read()
+            .expect("cache registry poisoned")
+            .values()
+            .any(|c| f(c))
+    }
+
     pub fn by_name_or_id(&self, name: &str) -> Option<Arc<CacheEntry>> {
         let map = self.by_id.read().expect("cache registry poisoned");
         map.get(name)
@@ -99,6 +108,33 @@ impl CacheRegistry {
     }
 }
 
+/// Where a new session's `search_path` comes from when its start-up packet does not set it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchPathDefaults {
+    /// The server's own default (configuration file or built in).
+    pub server: String,
+    /// `ALTER ROLE/DATABASE ... SET search_path`: (role, database, value), "" = any.
+    pub settings: Vec<(String, String, String)>,
+}
+
+impl SearchPathDefaults {
+    /// The value a new session of `user` in `database` starts with: the most specific setting
+    /// wins (role in database, role, database, all), as Postgres applies them.
+    pub fn for_session(&self, user: &str, database: &str) -> &str {
+        let find = |r: &str, d: &str| {
+            self.settings
+                .iter()
+                .find(|(sr, sd, _)| sr == r && sd == d)
+                .map(|(_, _, v)| v.as_str())
+        };
+        find(user, database)
+            .or_else(|| find(user, ""))
+            .or_else(|| find("", database))
+            .or_else(|| find("", ""))
+            .unwrap_or(&self.server)
+    }
+}
+
 #[derive(Default)]
 pub struct Status {
     /// End LSN of the last transaction applied to storage and the dataflow.
@@ -116,6 +152,8 @@ pub struct Core {
     pub status: Status,
     /// `(role, database)` pairs ("" = any) whose defaults change float or bytea output.
     pub output_overrides: RwLock<Vec<(String, String)>>,
+    /// `search_path` defaults sessions start with; `None` until first read.
+    pub search_path_defaults: RwLock<Option<SearchPathDefaults>>,
     /// True when text ordering in the upstream database is bytewise (libc "C" collation).
     pub c_collation: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
@@ -215,6 +253,7 @@ impl Core {
             caches: CacheRegistry::default(),
             status: Status::default(),
             output_overrides: RwLock::new(Vec::new()),
+            search_path_defaults: RwLock::new(None),
             c_collation: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
         };

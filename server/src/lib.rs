@@ -17,6 +17,7 @@ pub mod controller;
 pub mod core;
 pub mod privileges;
 pub mod proxied;
+pub mod relations;
 pub mod replicator;
 pub mod run;
 pub mod storage;

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use larder_replication::PgSource;
-use larder_sql::normalize::normalize;
-use larder_sql::statement::Dialect as SqlDialect;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -107,6 +105,12 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
                 ..Default::default()
             }),
     );
+    let relations = Arc::new(crate::relations::Relations::default());
+    tokio::spawn(crate::relations::run(
+        relations.clone(),
+        core.clone(),
+        source.clone(),
+    ));
     let (privileges, privilege_requests) =
         crate::privileges::Privileges::new(cfg.admin_role.clone());
     tokio::spawn(crate::privileges::run(
@@ -124,6 +128,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         connections: AtomicU64::new(0),
         unbuilt: std::sync::Mutex::new(Vec::new()),
         privileges,
+        relations: relations.clone(),
     });
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
@@ -318,15 +323,15 @@ async fn restore_caches(controller: &Controller) {
         }
     };
     for c in stored {
-        let normalized = match normalize(&c.query, SqlDialect::Postgres) {
-            Ok(n) => n,
+        let (text, normalized) = match controller.stored_query(&c.query) {
+            Ok(q) => q,
             Err(e) => {
                 error!(cache = %c.name, error = %e, "stored cache no longer parses; skipping");
                 continue;
             }
         };
         match controller
-            .build_cache(&c.name, &c.query, &normalized, c.always)
+            .build_cache(&c.name, &text, &normalized, c.always)
             .await
         {
             Ok(entry) => {
@@ -384,15 +389,15 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
             && (c.invalid_reason().is_some() || c.table_oid != oid)
     });
     for cache in stale {
-        let normalized = match normalize(&cache.query, SqlDialect::Postgres) {
-            Ok(n) => n,
+        let (text, normalized) = match controller.stored_query(&cache.query) {
+            Ok(q) => q,
             Err(e) => {
                 cache.invalidate(&format!("cannot be rebuilt: {e}"));
                 continue;
             }
         };
         match controller
-            .build_cache(&cache.name, &cache.query, &normalized, cache.always)
+            .build_cache(&cache.name, &text, &normalized, cache.always)
             .await
         {
             Ok(entry) => {

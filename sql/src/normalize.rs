@@ -85,8 +85,12 @@ pub fn normalize_query(mut query: Query) -> Normalized {
     };
     let _ = query.visit(&mut renumber);
     let text = query.to_string();
+    // A query that qualifies every relation has one id however it is spelled; one that does
+    // not gets it once its names are resolved for a session (see `crate::identity`).
+    let id =
+        crate::identity::resolved_query_id(&query, &|_| None).unwrap_or_else(|| query_id(&text));
     Normalized {
-        query_id: query_id(&text),
+        query_id: id,
         text,
         params: renumber.params,
         query,

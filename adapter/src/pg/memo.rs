@@ -78,6 +78,7 @@ impl<V> ByteBoundedMap<V> {
         self.index.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
@@ -213,6 +214,7 @@ impl<V> ByteBoundedMap<V> {
     }
 
     /// Removes every entry; the budget stays.
+    #[allow(dead_code)]
     pub fn clear(&mut self) {
         self.index.clear();
         self.slab.clear();

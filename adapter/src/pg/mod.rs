@@ -31,7 +31,7 @@ pub use intercept::{
     ResponseMode, SessionState, CAPTURE_SIZE_MAX_BYTES,
 };
 pub use proxy::{serve, serve_with};
-pub use route::{CacheRouter, RESOLUTION_TTL_MS};
+pub use route::CacheRouter;
 pub use tls::load_tls_config;
 pub use upstream::{SslMode, UpstreamConfig};
 

@@ -2,6 +2,8 @@
 //! output settings, the current role, statements that may change them, and Larder's own
 //! captured questions to the upstream.
 
+use larder_sql::search_path::{self, PathChange, PathEntry};
+
 use super::*;
 
 /// Startup parameters that change how floats or bytea print (pgjdbc sends
@@ -126,4 +128,180 @@ pub(super) fn capture_query(dispatch: &mut Dispatch<'_>, sql: &str, params: &[&s
     .encode(&mut buf);
     Sync.encode(&mut buf);
     dispatch.capture(&buf);
+}
+
+/// What the router knows of the session state a cached answer depends on: the current role
+/// (privileges), the `search_path` and the temporary schema (how relation names resolve). Each
+/// is known from the start-up packet and the role and database defaults, followed through the
+/// statements the session sends, or asked of the upstream in one captured question whenever a
+/// statement may have changed it in a way Larder cannot follow exactly (`SET LOCAL`, a
+/// function call, procedural code, a transaction that may roll a change back, ...).
+pub(super) struct SessionFacts {
+    role: Option<String>,
+    path: Option<Vec<PathEntry>>,
+    /// `Some(None)`: the session has no temporary schema; `None`: unknown.
+    temp_schema: Option<Option<String>>,
+    /// What `RESET search_path` returns to; `None` when unknown.
+    default_path: Option<Vec<PathEntry>>,
+    /// Bumped by every change: an answer to a question asked before it is stale.
+    epoch: u64,
+    /// The epoch a question is out for.
+    asking: Option<u64>,
+    /// Something changed inside a transaction block (or in a way Larder could not follow): a
+    /// transaction end may undo it, so each one forgets the facts again.
+    touched: bool,
+}
+
+/// The captured question that learns every fact at once.
+const FACTS_SQL: &str = "SELECT CURRENT_USER::text, pg_catalog.current_setting('search_path'), \
+     pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('bytea_output'), \
+     CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN NULL \
+          ELSE pg_catalog.pg_my_temp_schema()::pg_catalog.regnamespace::text END";
+
+/// Output settings read with the facts.
+pub(super) struct OutputSettings {
+    pub(super) custom: bool,
+}
+
+impl SessionFacts {
+    pub(super) fn new(session: &SessionState, backend: &dyn CacheBackend) -> SessionFacts {
+        let default_path = match search_path::from_startup(session.startup_params()) {
+            Some(from_packet) => from_packet,
+            None => backend
+                .default_search_path(session.user(), session.database())
+                .and_then(|v| search_path::parse_value(&v)),
+        };
+        SessionFacts {
+            role: Some(session.user().to_string()),
+            path: default_path.clone(),
+            temp_schema: Some(None),
+            default_path,
+            epoch: 0,
+            asking: None,
+            touched: false,
+        }
+    }
+
+    pub(super) fn role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// Role, `search_path` and temporary schema, when all are known.
+    pub(super) fn resolution(&self) -> Option<(&str, &[PathEntry], Option<&str>)> {
+        Some((
+            self.role.as_deref()?,
+            self.path.as_deref()?,
+            self.temp_schema.as_ref()?.as_deref(),
+        ))
+    }
+
+    /// Asks the upstream for every fact, unless a question is already out.
+    pub(super) fn ask(&mut self, dispatch: &mut Dispatch<'_>) -> bool {
+        if self.asking.is_some() {
+            return false;
+        }
+        capture_query(dispatch, FACTS_SQL, &[]);
+        self.asking = Some(self.epoch);
+        true
+    }
+
+    /// The answer to [`SessionFacts::ask`].
+    pub(super) fn on_answer(&mut self, row: &[Option<String>]) -> OutputSettings {
+        let value = |i: usize| row.get(i).cloned().flatten();
+        let float_digits = value(2).and_then(|v| v.trim().parse::<i32>().ok());
+        let bytea = value(3);
+        let output = OutputSettings {
+            custom: float_digits.is_none_or(|d| d < 1) || bytea.as_deref() != Some("hex"),
+        };
+        let asked_at = self.asking.take();
+        if asked_at != Some(self.epoch) || row.is_empty() {
+            // Something changed after the question was sent: the answer may predate it.
+            return output;
+        }
+        self.role = value(0);
+        self.path = value(1).and_then(|p| search_path::parse_value(&p));
+        self.temp_schema = Some(value(4).and_then(
+            |t| match search_path::parse_value(&t)?.pop()? {
+                PathEntry::Schema(s) => Some(s),
+                _ => None,
+            },
+        ));
+        output
+    }
+
+    fn forget(&mut self, role: bool, path: bool, temp: bool) {
+        self.epoch += 1;
+        if role {
+            self.role = None;
+        }
+        if path {
+            self.path = None;
+        }
+        if temp {
+            self.temp_schema = None;
+        }
+    }
+
+    /// Follows a statement forwarded upstream. `in_block`: it runs inside a transaction block
+    /// or a multi-statement string (a later failure or rollback may undo it).
+    pub(super) fn watch(
+        &mut self,
+        kind: StatementKind,
+        sql: &str,
+        may_change_settings: bool,
+        in_block: bool,
+    ) {
+        let ends_transaction = matches!(
+            kind,
+            StatementKind::Transaction(
+                TransactionKind::Commit
+                    | TransactionKind::Rollback
+                    | TransactionKind::RollbackToSavepoint
+            )
+        );
+        if ends_transaction && self.touched {
+            self.forget(true, true, false);
+            return;
+        }
+        if may_change_role(kind, sql, may_change_settings) {
+            self.touched = true;
+            self.forget(true, false, false);
+        }
+        if may_change_settings {
+            self.touched = true;
+            self.forget(true, true, false);
+        }
+        match search_path::statement_change(sql) {
+            PathChange::None => {}
+            PathChange::Set(p) if kind == StatementKind::Set && !in_block => {
+                self.epoch += 1;
+                self.path = Some(p);
+            }
+            PathChange::Reset if kind == StatementKind::Set && !in_block => {
+                self.epoch += 1;
+                self.path = self.default_path.clone();
+            }
+            _ => {
+                self.touched = true;
+                self.forget(false, true, false);
+            }
+        }
+        // A temporary relation may have been created (or dropped): the temporary schema is
+        // asked for again.
+        if kind == StatementKind::Other
+            && (contains_ignore_ascii_case(sql, "temp")
+                || contains_ignore_ascii_case(sql, "discard"))
+        {
+            self.forget(false, false, true);
+        }
+    }
+
+    pub(super) fn context(&self, session_user: &str) -> StatementContext {
+        StatementContext {
+            role: self.role.clone(),
+            session_user: session_user.to_string(),
+            search_path: self.path.clone(),
+            temp_schema: self.temp_schema.clone(),
+        }
+    }
 }

@@ -17,13 +17,12 @@
 //! upstream and the reason is remembered.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use larder_sql::normalize::{
-    from_table, may_change_settings, normalize, resolve_params, ParamSource,
-};
+use larder_sql::identity::{resolved_query_id_of_text, unqualified_relations};
+use larder_sql::normalize::{may_change_settings, normalize, resolve_params, ParamSource};
 use larder_sql::pgtypes::{self, TimeZoneSetting};
+use larder_sql::search_path::Resolved;
 use larder_sql::statement::{
     classify, parse_larder_statement, Dialect, LarderStatement, StatementKind, TransactionKind,
 };
@@ -49,10 +48,6 @@ use bind::*;
 use encode::*;
 use facts::*;
 
-/// How long a `search_path` resolution is trusted without asking again.
-pub const RESOLUTION_TTL_MS: u64 = 1_000;
-/// Past the TTL a resolution is still used while a refresh is under way, up to this age.
-pub const RESOLUTION_STALE_MAX_MS: u64 = 5_000;
 /// Bounds on per-session memory, in bytes (keys, values and bookkeeping; see `memo.rs`).
 ///
 /// Statements the upstream also has are forgotten first when the budget is full (Bind and
@@ -62,7 +57,6 @@ pub const RESOLUTION_STALE_MAX_MS: u64 = 5_000;
 /// answered locally but forwarded (and so prepared upstream), so the session never breaks.
 const STATEMENTS_MAX_BYTES: usize = 8 << 20;
 const SHAPES_MAX_BYTES: usize = 4 << 20;
-const RESOLUTIONS_MAX_BYTES: usize = 64 << 10;
 /// SQL texts longer than this are never memoed (they are classified again each time, and
 /// such statements are never answered locally).
 const MEMO_TEXT_MAX_BYTES: usize = 64 << 10;
@@ -88,15 +82,13 @@ impl InterceptorFactory for CacheRouter {
             backend: self.backend.clone(),
             statements: ByteBoundedMap::new(STATEMENTS_MAX_BYTES),
             shapes: ByteBoundedMap::new(SHAPES_MAX_BYTES),
-            resolutions: ByteBoundedMap::new(RESOLUTIONS_MAX_BYTES),
             statements_skipped: false,
-            capture: None,
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
             ddl_barrier_lsn: None,
             ddl_in_transaction: false,
-            role: RoleState::Known(session.user().to_string()),
-            role_touched: false,
+            facts: SessionFacts::new(session, self.backend.as_ref()),
+            ddl_lsn: 0,
             last: Last {
                 destination: "upstream",
                 reason: "no statement yet".into(),
@@ -110,9 +102,11 @@ struct Shape {
     query_id: String,
     text: String,
     params: Vec<ParamSource>,
-    /// The table name, quoted, when the query does not qualify it: how it resolves under the
-    /// session's `search_path` is asked of the upstream before a cache answers.
-    table: Option<String>,
+    /// Relation names the query does not qualify: they resolve along the session's
+    /// `search_path`, and the query id is that of the query with them qualified.
+    unqualified: Vec<String>,
+    /// The last resolution of `unqualified` (their schemas) and the query id it gives.
+    resolved: std::sync::Mutex<Option<(Vec<String>, String)>>,
     /// Running it upstream could change session settings (it calls a user function).
     may_change_settings: bool,
 }
@@ -136,27 +130,10 @@ struct Statement {
 
 /// What a captured response answers.
 enum CaptureKind {
-    /// `to_regclass` of a table name plus output settings.
-    Resolution,
+    /// The session's role, `search_path`, temporary schema and output settings.
+    Facts,
     /// `pg_current_wal_lsn()` after this session's DDL.
     WalPosition,
-    /// `current_user` after the session may have changed its role.
-    CurrentUser,
-}
-
-/// The role whose privileges a cache hit must respect: Postgres checks `current_user`.
-enum RoleState {
-    Known(String),
-    /// The session may have changed its role (`SET ROLE`, `SET SESSION AUTHORIZATION`, a
-    /// function that calls `set_config`): no cache answers until `current_user` is known.
-    Unknown,
-    /// `current_user` has been asked for.
-    Asking,
-}
-
-struct Resolution {
-    oid: Option<u32>,
-    at: Instant,
 }
 
 struct Last {
@@ -169,11 +146,8 @@ struct RouterSession {
     eligible_db: bool,
     statements: ByteBoundedMap<Statement>,
     shapes: ByteBoundedMap<Arc<Kind>>,
-    resolutions: ByteBoundedMap<Resolution>,
     /// A prepared statement was not remembered (too long, or the memo was full).
     statements_skipped: bool,
-    /// The table name whose resolution is being asked upstream.
-    capture: Option<String>,
     /// Captures sent upstream, in order (their responses arrive in the same order).
     captures: std::collections::VecDeque<CaptureKind>,
     /// The session ran DDL (or committed a transaction that did): no cache answers until
@@ -184,10 +158,10 @@ struct RouterSession {
     ddl_in_transaction: bool,
     /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
     custom_output: bool,
-    role: RoleState,
-    /// The session changed its role at some point: a `SET LOCAL ROLE` ends with its
-    /// transaction, so every transaction end asks for `current_user` again.
-    role_touched: bool,
+    facts: SessionFacts,
+    /// The WAL position after this session's latest DDL: relation names resolve locally only
+    /// with a catalog that reflects it.
+    ddl_lsn: u64,
     last: Last,
 }
 
@@ -250,37 +224,17 @@ impl Interceptor for RouterSession {
                     .and_then(|r| r.into_iter().next().flatten())
                     .and_then(|t| parse_lsn(&t));
                 // Unknown position: keep refusing cache answers until the next DDL capture.
-                self.ddl_barrier_lsn = Some(lsn.unwrap_or(u64::MAX));
-                return;
+                let lsn = lsn.unwrap_or(u64::MAX);
+                self.ddl_barrier_lsn = Some(lsn);
+                self.ddl_lsn = self.ddl_lsn.max(lsn);
             }
-            Some(CaptureKind::CurrentUser) => {
-                // A newer change while the question was out left the state Unknown: keep it.
-                if matches!(self.role, RoleState::Asking) {
-                    self.role = match first_row(response).and_then(|r| r.into_iter().next()) {
-                        Some(Some(user)) => RoleState::Known(user),
-                        _ => RoleState::Unknown,
-                    };
-                }
-                return;
+            Some(CaptureKind::Facts) => {
+                let row = first_row(response).unwrap_or_default();
+                // Role and database defaults of these settings are invisible otherwise.
+                self.custom_output = self.facts.on_answer(&row).custom;
             }
-            Some(CaptureKind::Resolution) | None => {}
+            None => {}
         }
-        let Some(name) = self.capture.take() else {
-            return;
-        };
-        let row = first_row(response).unwrap_or_default();
-        let value = |i: usize| row.get(i).cloned().flatten();
-        let oid = value(0).and_then(|v| v.parse::<u32>().ok());
-        // Role and database defaults of these settings are invisible otherwise.
-        let float_digits = value(1).and_then(|v| v.trim().parse::<i32>().ok());
-        let bytea = value(2);
-        self.custom_output = float_digits.is_none_or(|d| d < 1) || bytea.as_deref() != Some("hex");
-        let resolution = Resolution {
-            oid,
-            at: Instant::now(),
-        };
-        let size = std::mem::size_of::<Resolution>();
-        let _ = self.resolutions.insert(&name, resolution, size, false);
     }
 }
 
@@ -295,18 +249,15 @@ impl RouterSession {
             None if classify(sql) == StatementKind::Select => {
                 match normalize(sql, Dialect::Postgres) {
                     Ok(n) => {
-                        // Only unqualified names depend on the session's search_path.
-                        let table = match from_table(&n.query) {
-                            Some((None, name)) => {
-                                Some(format!("\"{}\"", name.replace('"', "\"\"")))
-                            }
-                            _ => None,
-                        };
+                        // Only unqualified names depend on the session's search_path; a
+                        // query that qualifies every name has one id for every session.
+                        let unqualified = unqualified_relations(&n.query);
                         Kind::Select(Arc::new(Shape {
                             query_id: n.query_id,
                             text: n.text,
                             params: n.params,
-                            table,
+                            unqualified,
+                            resolved: std::sync::Mutex::new(None),
                             may_change_settings: may_change_settings(&n.query),
                         }))
                     }
@@ -360,12 +311,16 @@ impl RouterSession {
                 }
                 Err(reason) => {
                     self.miss(shape, reason);
-                    self.watch_forwarded(&q.sql);
+                    let in_block = session.transaction_status() != TransactionStatus::Idle
+                        || is_multi_statement(&q.sql);
+                    self.watch_forwarded(&q.sql, in_block);
                     dispatch.forward(msg);
                 }
             },
             Kind::Other => {
-                self.watch_forwarded(&q.sql);
+                let in_block = session.transaction_status() != TransactionStatus::Idle
+                    || is_multi_statement(&q.sql);
+                self.watch_forwarded(&q.sql, in_block);
                 self.last = Last {
                     destination: "upstream",
                     reason: "not a cacheable SELECT".into(),
@@ -576,7 +531,7 @@ impl RouterSession {
             match m.frame.tag {
                 frontend_tag::PARSE => {
                     if let Ok(p) = Parse::decode(&m.frame) {
-                        self.watch_forwarded(&p.query);
+                        self.watch_forwarded(&p.query, true);
                         self.remember(&p, true);
                     }
                 }
@@ -587,11 +542,8 @@ impl RouterSession {
                         if let Some(stmt) = self.statements.get(name) {
                             if matches!(*stmt.kind, Kind::Other) {
                                 let kind = classify(&stmt.sql);
-                                // Executing it again may change the role again.
-                                if may_change_role(kind, &stmt.sql, false) {
-                                    self.role_touched = true;
-                                    self.role = RoleState::Unknown;
-                                }
+                                // Executing it again may change the role or search_path again.
+                                self.facts.watch(kind, &stmt.sql, false, true);
                                 if matches!(
                                     kind,
                                     StatementKind::Other | StatementKind::Transaction(_)
@@ -703,10 +655,6 @@ impl RouterSession {
                 session.database()
             ));
         }
-        let cache = self
-            .backend
-            .lookup(&shape.query_id)
-            .ok_or_else(|| format!("no cache for query {}", shape.query_id))?;
         if let Some(barrier) = self.ddl_barrier_lsn {
             if barrier == 0 || self.backend.applied_position() < barrier {
                 return Err("waiting for replication to apply this session's DDL".into());
@@ -716,29 +664,37 @@ impl RouterSession {
         if dispatch.pending_client_statements() > 0 || dispatch.unsynced() {
             return Err("earlier statements of the session are still in flight".into());
         }
-        match session.transaction_status() {
-            TransactionStatus::Idle => {}
-            TransactionStatus::InTransaction if cache.always() => {}
-            TransactionStatus::InTransaction => {
-                return Err("inside a transaction (the cache was not created ALWAYS)".into())
-            }
-            TransactionStatus::Failed => return Err("the transaction has failed".into()),
+        if session.transaction_status() == TransactionStatus::Failed {
+            return Err("the transaction has failed".into());
         }
-        match &self.role {
-            RoleState::Known(role) => self.backend.may_read(role, cache.as_ref())?,
-            RoleState::Asking => {
-                return Err("asking the upstream which role this session runs as".into())
-            }
-            RoleState::Unknown => {
-                self.ask_role(dispatch);
-                return Err(
-                    "the session may have changed its role; asking the upstream which role is current"
-                        .into(),
-                );
-            }
+        let query_id = self.session_query_id(shape, dispatch)?;
+        let cache = self
+            .backend
+            .lookup(&query_id)
+            .ok_or_else(|| format!("no cache for query {query_id}"))?;
+        if session.transaction_status() == TransactionStatus::InTransaction && !cache.always() {
+            return Err("inside a transaction (the cache was not created ALWAYS)".into());
         }
-        if let Some(name) = &shape.table {
-            self.check_resolution(session, name, cache.as_ref(), dispatch)?;
+        // The relation the cache reads is the one its name denotes now (not a dropped one).
+        if self
+            .backend
+            .relation_oid(cache.table_schema(), cache.table_name())
+            != Some(cache.table_oid())
+        {
+            return Err(format!(
+                "{}.{} is not the relation the cache was built from (dropped or re-created)",
+                cache.table_schema(),
+                cache.table_name()
+            ));
+        }
+        match self.facts.role() {
+            Some(role) => self.backend.may_read(role, cache.as_ref())?,
+            None => {
+                if self.facts.ask(dispatch) {
+                    self.captures.push_back(CaptureKind::Facts);
+                }
+                return Err("asking the upstream which role this session runs as".into());
+            }
         }
         let tz = session
             .parameter("TimeZone")
@@ -791,85 +747,67 @@ impl RouterSession {
         Ok((cache, rows))
     }
 
-    /// The table name must resolve, for this session, to the cache's table; the same capture
-    /// also reads the session's output settings the server does not report.
-    fn check_resolution(
+    /// The query id of `shape` as this session means it: its unqualified relation names
+    /// resolved along the session's `search_path` with Larder's own catalog (no round trip).
+    /// When a fact it needs is unknown, the upstream is asked once and the query goes upstream.
+    fn session_query_id(
         &mut self,
-        session: &SessionState,
-        name: &str,
-        cache: &dyn CachedQuery,
+        shape: &Shape,
         dispatch: &mut Dispatch<'_>,
-    ) -> Result<(), String> {
-        let known = self
-            .resolutions
-            .get(name)
-            .map(|r| (r.oid, r.at.elapsed().as_millis() as u64));
-        match known {
-            // Trusted for RESOLUTION_TTL_MS; after that still used (this session's own SET, DDL
-            // and rollbacks forget it at once) while a refresh is asked for, up to
-            // RESOLUTION_STALE_MAX_MS.
-            Some((oid, age_ms)) if age_ms <= RESOLUTION_STALE_MAX_MS => {
-                if age_ms > RESOLUTION_TTL_MS {
-                    self.ask_resolution(session, name, dispatch);
+    ) -> Result<String, String> {
+        if shape.unqualified.is_empty() {
+            return Ok(shape.query_id.clone());
+        }
+        if !shape
+            .unqualified
+            .iter()
+            .any(|n| self.backend.caches_relation_named(n))
+        {
+            return Err(format!("no cache for query {}", shape.query_id));
+        }
+        let Some((role, path, temp)) = self.facts.resolution() else {
+            if self.facts.ask(dispatch) {
+                self.captures.push_back(CaptureKind::Facts);
+            }
+            return Err("learning this session's role and search_path from the upstream".into());
+        };
+        let mut schemas = Vec::with_capacity(shape.unqualified.len());
+        for name in &shape.unqualified {
+            match self
+                .backend
+                .resolve_relation(path, role, temp, name, self.ddl_lsn)
+            {
+                Some(Resolved::Schema(s)) => schemas.push(s),
+                Some(Resolved::Temp) => {
+                    return Err(format!("{name} is a temporary relation of this session"))
                 }
-                if oid == Some(cache.table_oid()) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{name} resolves to another relation under this session's search_path"
+                Some(Resolved::Missing) => {
+                    return Err(format!(
+                        "relation {name} does not exist under this session's search_path"
                     ))
                 }
+                None => {
+                    return Err(
+                        "Larder's catalog of relations has not caught up with this session's DDL"
+                            .into(),
+                    )
+                }
             }
-            _ => {
-                self.ask_resolution(session, name, dispatch);
-                Err("resolving the table name under this session's search_path".into())
+        }
+        let mut memo = shape.resolved.lock().expect("shape memo poisoned");
+        if let Some((known, id)) = &*memo {
+            if *known == schemas {
+                return Ok(id.clone());
             }
         }
-    }
-
-    /// Asks the upstream how `name` resolves for this session (and its output settings),
-    /// unless a question is already out.
-    fn ask_resolution(&mut self, session: &SessionState, name: &str, dispatch: &mut Dispatch<'_>) {
-        if self.capture.is_some() || session.transaction_status() == TransactionStatus::Failed {
-            return;
-        }
-        capture_query(
-            dispatch,
-            "SELECT pg_catalog.to_regclass($1)::oid, \
-             pg_catalog.current_setting('extra_float_digits'), \
-             pg_catalog.current_setting('bytea_output')",
-            &[name],
-        );
-        self.captures.push_back(CaptureKind::Resolution);
-        self.capture = Some(name.to_string());
-    }
-
-    /// Asks the upstream for `current_user`, unless the question is already out.
-    fn ask_role(&mut self, dispatch: &mut Dispatch<'_>) {
-        if !matches!(self.role, RoleState::Unknown) {
-            return;
-        }
-        capture_query(dispatch, "SELECT CURRENT_USER::text", &[]);
-        self.captures.push_back(CaptureKind::CurrentUser);
-        self.role = RoleState::Asking;
-    }
-
-    /// After forwarding `sql`: forget the current role when the statement may have changed it.
-    fn watch_role(&mut self, kind: StatementKind, sql: &str, may_change_settings: bool) {
-        let ends_transaction = matches!(
-            kind,
-            StatementKind::Transaction(
-                TransactionKind::Commit
-                    | TransactionKind::Rollback
-                    | TransactionKind::RollbackToSavepoint
-            )
-        );
-        if (ends_transaction && self.role_touched)
-            || may_change_role(kind, sql, may_change_settings)
-        {
-            self.role_touched = true;
-            self.role = RoleState::Unknown;
-        }
+        let schema_of = |n: &str| {
+            let i = shape.unqualified.iter().position(|u| u == n)?;
+            schemas.get(i).cloned()
+        };
+        let id = resolved_query_id_of_text(&shape.text, &schema_of)
+            .ok_or_else(|| "the query's relation names could not be qualified".to_string())?;
+        *memo = Some((schemas, id.clone()));
+        Ok(id)
     }
 
     fn encode_rows(
@@ -975,14 +913,18 @@ impl RouterSession {
     }
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.
-    fn watch_forwarded(&mut self, sql: &str) {
+    /// Follows a statement forwarded upstream: what it may change of the session's facts
+    /// (role, `search_path`, temporary schema) and output settings. `in_block`: it may be
+    /// undone or may not run at all (inside a transaction block, in a multi-statement string,
+    /// or only prepared).
+    fn watch_forwarded(&mut self, sql: &str, in_block: bool) {
         let kind = classify(sql);
         let settings = kind == StatementKind::Select
             && match &*self.kind_of(sql) {
                 Kind::Select(shape) => shape.may_change_settings,
                 _ => true,
             };
-        self.watch_role(kind, sql, settings);
+        self.facts.watch(kind, sql, settings, in_block);
         // Output settings Larder cannot see (they are not reported by the server): once the
         // session touches them, caches with affected column types are not used any more.
         if matches!(kind, StatementKind::Set | StatementKind::Select) && sql.len() < 64 * 1024 {
@@ -991,22 +933,6 @@ impl RouterSession {
             {
                 self.custom_output = true;
             }
-        }
-        if self.resolutions.is_empty() {
-            return;
-        }
-        let forget = match kind {
-            StatementKind::Set | StatementKind::Other => true,
-            StatementKind::Transaction(
-                TransactionKind::Rollback | TransactionKind::RollbackToSavepoint,
-            ) => true,
-            // A SELECT that Larder could not parse, or one calling a user function, may have
-            // changed settings (`SELECT set_config(...)`, a function that sets search_path).
-            StatementKind::Select => settings,
-            _ => false,
-        };
-        if forget {
-            self.resolutions.clear();
         }
     }
 
@@ -1044,13 +970,7 @@ impl RouterSession {
             destination: "larder",
             reason: "Larder statement".into(),
         };
-        let ctx = StatementContext {
-            role: match &self.role {
-                RoleState::Known(r) => Some(r.clone()),
-                _ => None,
-            },
-            session_user: session.user().to_string(),
-        };
+        let ctx = self.facts.context(session.user());
         let fut = self.backend.execute(stmt, ctx);
         dispatch.respond_later(Box::pin(async move {
             encode_text_table(prefix, fut.await, header, status)
@@ -1067,7 +987,9 @@ fn kind_bytes(kind: &Kind, sql_len: usize) -> usize {
                 std::mem::size_of::<Shape>()
                     + shape.query_id.len()
                     + shape.text.len()
-                    + shape.table.as_ref().map_or(0, String::len)
+                    // The names, and the resolution memo (schemas and an id).
+                    + shape.unqualified.iter().map(|n| 2 * n.len() + 64).sum::<usize>()
+                    + 64
                     + shape.params.len() * std::mem::size_of::<ParamSource>()
                     + sql_len
             }

@@ -1,0 +1,190 @@
+//! The identity of a cacheable query: one query id for every spelling of the same query.
+//!
+//! The id is computed over the normalized query (see [`crate::normalize`]) after every relation
+//! name is schema-qualified as it resolves for the session (`items` under the default
+//! `search_path` and `public.items` are the same query) and every identifier is written quoted
+//! (`"items"` and `items` are the same name once unquoted names are folded). Keywords are
+//! printed in one case by the parser's printer anyway. The text this produces is only hashed,
+//! never run.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_relations, Expr, Ident, ObjectName, ObjectNamePart, Query, Visit, VisitMut, Visitor,
+    VisitorMut,
+};
+
+use crate::normalize::query_id;
+use crate::statement::{parse_select, Dialect};
+
+/// Names of the CTEs a query defines anywhere (references to them are not relations).
+fn cte_names(query: &Query) -> Vec<String> {
+    struct Ctes(Vec<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    self.0.push(cte.alias.name.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Ctes(Vec::new());
+    let _ = query.visit(&mut v);
+    v.0
+}
+
+/// Relation names the query leaves unqualified (CTE names aside), unique, in order.
+pub fn unqualified_relations(query: &Query) -> Vec<String> {
+    let ctes = cte_names(query);
+    let mut out: Vec<String> = Vec::new();
+    let _ = visit_relations(query, |name: &ObjectName| {
+        if let [ObjectNamePart::Identifier(i)] = name.0.as_slice() {
+            if !ctes.contains(&i.value) && !out.contains(&i.value) {
+                out.push(i.value.clone());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// The query id of `query` once each unqualified relation `n` is read as `schema_of(n)`.
+/// `None` when `schema_of` does not know a name.
+pub fn resolved_query_id(
+    query: &Query,
+    schema_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    struct Canon<'a> {
+        ctes: Vec<String>,
+        schema_of: &'a dyn Fn(&str) -> Option<String>,
+        unknown: bool,
+    }
+    fn quoted(i: &mut Ident) {
+        i.quote_style = Some('"');
+    }
+    impl VisitorMut for Canon<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &mut ObjectName) -> ControlFlow<()> {
+            if let [ObjectNamePart::Identifier(i)] = name.0.as_slice() {
+                if !self.ctes.contains(&i.value) {
+                    match (self.schema_of)(&i.value) {
+                        Some(schema) => name.0.insert(
+                            0,
+                            ObjectNamePart::Identifier(Ident::with_quote('"', schema)),
+                        ),
+                        None => {
+                            self.unknown = true;
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+            }
+            for part in &mut name.0 {
+                if let ObjectNamePart::Identifier(i) = part {
+                    quoted(i);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            match e {
+                Expr::Identifier(i) => quoted(i),
+                Expr::CompoundIdentifier(parts) => parts.iter_mut().for_each(quoted),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut q = query.clone();
+    let mut v = Canon {
+        ctes: cte_names(query),
+        schema_of,
+        unknown: false,
+    };
+    let _ = VisitMut::visit(&mut q, &mut v);
+    if v.unknown {
+        return None;
+    }
+    Some(query_id(&q.to_string()))
+}
+
+/// Qualifies each unqualified relation `n` of `query` (CTE names aside) as `schema_of(n)`, in
+/// place; `false` when `schema_of` does not know a name.
+pub fn qualify(query: &mut Query, schema_of: &dyn Fn(&str) -> Option<String>) -> bool {
+    let ctes = cte_names(query);
+    let mut ok = true;
+    let _ = sqlparser::ast::visit_relations_mut(query, |name: &mut ObjectName| {
+        if let [ObjectNamePart::Identifier(i)] = name.0.as_slice() {
+            if !ctes.contains(&i.value) {
+                match schema_of(&i.value) {
+                    Some(s) => name
+                        .0
+                        .insert(0, ObjectNamePart::Identifier(Ident::with_quote('"', s))),
+                    None => ok = false,
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    ok
+}
+
+/// [`resolved_query_id`] of a normalized text (as kept by the router), re-parsed.
+pub fn resolved_query_id_of_text(
+    normalized_text: &str,
+    schema_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let q = parse_select(normalized_text, Dialect::Postgres).ok()?;
+    resolved_query_id(&q, schema_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::normalize;
+
+    fn id(sql: &str, schema: &str) -> String {
+        let n = normalize(sql, Dialect::Postgres).unwrap();
+        let s = schema.to_string();
+        resolved_query_id(&n.query, &|_| Some(s.clone())).unwrap()
+    }
+
+    #[test]
+    fn every_spelling_of_one_query_has_one_id() {
+        let a = id("SELECT id, name FROM items WHERE id = 1", "public");
+        assert_eq!(
+            a,
+            id(
+                "select ID, \"name\" from public.items where id = 7",
+                "public"
+            )
+        );
+        assert_eq!(
+            a,
+            id(
+                "SELECT \"id\", name FROM \"public\".\"items\" WHERE \"id\" = $1",
+                "x"
+            )
+        );
+        assert_ne!(a, id("SELECT id, name FROM items WHERE id = 1", "tenant"));
+        assert_ne!(
+            a,
+            id("SELECT id, name FROM \"Items\" WHERE id = 1", "public")
+        );
+    }
+
+    #[test]
+    fn unqualified_names_skip_ctes_and_qualified_ones() {
+        let n = normalize(
+            "WITH t AS (SELECT 1) SELECT * FROM t, a JOIN s.b ON true, a",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        assert_eq!(unqualified_relations(&n.query), vec!["a".to_string()]);
+        assert!(resolved_query_id(&n.query, &|_| None).is_none());
+        assert!(resolved_query_id(&n.query, &|_| Some("public".into())).is_some());
+    }
+}
