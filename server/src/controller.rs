@@ -284,6 +284,27 @@ impl Controller {
         Ok((query.to_string(), normalize_query(query)))
     }
 
+    /// Makes a built cache visible to the router, after learning every role's privileges on
+    /// its table (so that no role's first query is sent upstream for want of them).
+    pub async fn publish(&self, entry: Arc<CacheEntry>) {
+        match self.upstream_client().await {
+            Ok(client) => {
+                let learned = crate::privileges::learn_everyone(
+                    &self.privileges,
+                    &self.core,
+                    &client,
+                    &[entry.table_oid],
+                )
+                .await;
+                if let Err(e) = learned {
+                    tracing::debug!(error = %e, "learning privileges before publishing a cache");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "learning privileges before publishing a cache"),
+        }
+        self.core.caches.insert(entry);
+    }
+
     /// The upstream's current WAL position.
     async fn upstream_position(&self) -> Result<u64, ControllerError> {
         let client = self.upstream_client().await?;
@@ -530,22 +551,7 @@ impl Controller {
             .map_err(|e| ControllerError::Internal(e.to_string()))?;
         info!(cache = %name, query_id = %normalized.query_id, "cache created");
         let row = cache_row(&entry);
-        let table_oid = entry.table_oid;
-        self.core.caches.insert(entry);
-        // The creating session is served at once (other roles are learned on their first query).
-        if let Ok(client) = self.upstream_client().await {
-            let learned = crate::privileges::learn_now(
-                &self.privileges,
-                &self.core,
-                &client,
-                role,
-                table_oid,
-            )
-            .await;
-            if let Err(e) = learned {
-                tracing::debug!(role = %role, error = %e, "learning privileges after CREATE CACHE");
-            }
-        }
+        self.publish(entry).await;
         Ok(row)
     }
 
@@ -784,7 +790,7 @@ impl Controller {
             match result {
                 Ok(entry) => {
                     info!(cache = %c.name, "cache built");
-                    self.core.caches.insert(entry);
+                    self.publish(entry).await;
                 }
                 Err(e) => self
                     .unbuilt

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use larder_replication::PgSource;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::core::Core;
 
@@ -213,22 +213,40 @@ impl Privileges {
     }
 }
 
-/// Learns `role`'s privileges on every cached table plus `also` now and keeps them (after
-/// `CREATE CACHE`, so the creating session's next query is a hit).
-pub async fn learn_now(
+/// Learns every login role's privileges (and those of roles already known) on every cached
+/// table plus `also`, now, in two queries, and keeps them: run before a cache is published
+/// (created, restored or rebuilt) so that the first query of any role is a hit.
+pub async fn learn_everyone(
     privileges: &Privileges,
     core: &Core,
     client: &tokio_postgres::Client,
-    role: &str,
-    also: u32,
+    also: &[u32],
 ) -> Result<(), tokio_postgres::Error> {
     let mut oids = cached_tables(core);
-    if !oids.contains(&also) {
-        oids.push(also);
+    for oid in also {
+        if !oids.contains(oid) {
+            oids.push(*oid);
+        }
     }
+    let known: Vec<String> = privileges
+        .roles
+        .read()
+        .expect("privileges lock poisoned")
+        .keys()
+        .cloned()
+        .collect();
     let generation = privileges.generation();
-    let access = privileges.fetch_now(client, role, &oids).await?;
-    privileges.store(generation, role.to_string(), access);
+    let learned = fetch_many(
+        client,
+        &known,
+        true,
+        &oids,
+        privileges.admin_role.as_deref(),
+    )
+    .await?;
+    for (role, access) in learned {
+        privileges.store(generation, role, access);
+    }
     Ok(())
 }
 
@@ -239,59 +257,91 @@ pub async fn fetch(
     oids: &[u32],
     admin_role: Option<&str>,
 ) -> Result<RoleAccess, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT r.rolsuper, \
-                    r.rolsuper OR COALESCE((SELECT pg_catalog.pg_has_role(r.oid, a.oid, 'MEMBER') \
-                                            FROM pg_catalog.pg_roles a WHERE a.rolname = $2), false) \
-             FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
-            &[&role, &admin_role],
+    let mut learned = fetch_many(client, &[role.to_string()], false, oids, admin_role).await?;
+    Ok(learned.remove(role).unwrap_or_default())
+}
+
+/// Reads the attributes and the privileges on `oids` of the roles named in `roles` (and of
+/// every role that can log in, with `all_login`; at most [`ROLES_MAX`] roles), in two queries.
+/// Roles that do not exist are absent from the answer.
+async fn fetch_many(
+    client: &tokio_postgres::Client,
+    roles: &[String],
+    all_login: bool,
+    oids: &[u32],
+    admin_role: Option<&str>,
+) -> Result<HashMap<String, RoleAccess>, tokio_postgres::Error> {
+    const ROLES: &str = "(SELECT * FROM pg_catalog.pg_roles \
+         WHERE rolname = ANY($1) OR ($2 AND rolcanlogin) ORDER BY oid LIMIT 4096)";
+    let limit_ok = ROLES_MAX >= 4096;
+    debug_assert!(limit_ok);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT r.rolname::text, r.rolsuper, \
+                        r.rolsuper OR COALESCE((SELECT pg_catalog.pg_has_role(r.oid, a.oid, 'MEMBER') \
+                                                FROM pg_catalog.pg_roles a WHERE a.rolname = $3), false) \
+                 FROM {ROLES} r"
+            ),
+            &[&roles, &all_login, &admin_role],
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(RoleAccess::default());
-    };
-    let mut access = RoleAccess {
-        exists: true,
-        superuser: row.get(0),
-        admin: row.get(1),
-        tables: HashMap::new(),
-    };
-    if oids.is_empty() {
-        return Ok(access);
+    let mut out: HashMap<String, RoleAccess> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                RoleAccess {
+                    exists: true,
+                    superuser: r.get(1),
+                    admin: r.get(2),
+                    tables: HashMap::new(),
+                },
+            )
+        })
+        .collect();
+    if oids.is_empty() || out.is_empty() {
+        return Ok(out);
     }
     let rows = client
         .query(
-            "SELECT c.oid, \
-                    pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE'), \
-                    pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT'), \
-                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                            AND pg_catalog.has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')), \
-                    c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
-                        OR (NOT c.relforcerowsecurity \
-                            AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE'))) \
-             FROM pg_catalog.pg_class c, pg_catalog.pg_roles r \
-             WHERE r.rolname = $1 AND c.oid = ANY($2)",
-            &[&role, &oids],
+            &format!(
+                "SELECT r.rolname::text, c.oid, \
+                        pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE'), \
+                        pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT'), \
+                        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                                AND pg_catalog.has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')), \
+                        c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls \
+                            OR (NOT c.relforcerowsecurity \
+                                AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE'))) \
+                 FROM pg_catalog.pg_class c, {ROLES} r \
+                 WHERE c.oid = ANY($3)"
+            ),
+            &[&roles, &all_login, &oids],
         )
         .await?;
     for r in rows {
+        let Some(access) = out.get_mut(r.get::<_, &str>(0)) else {
+            continue;
+        };
         access.tables.insert(
-            r.get(0),
+            r.get(1),
             TableAccess {
-                schema_usage: r.get(1),
-                table_select: r.get(2),
-                columns: r.get(3),
-                row_security: r.get(4),
+                schema_usage: r.get(2),
+                table_select: r.get(3),
+                columns: r.get(4),
+                row_security: r.get(5),
             },
         );
     }
     // Tables that no longer exist upstream: nothing may be read from them.
-    for oid in oids {
-        access.tables.entry(*oid).or_default();
+    for access in out.values_mut() {
+        for oid in oids {
+            access.tables.entry(*oid).or_default();
+        }
     }
-    Ok(access)
+    Ok(out)
 }
 
 /// A digest of every catalog row privileges depend on, for the tables in `oids`.
@@ -368,7 +418,7 @@ pub async fn run(
         let oids = cached_tables(&core);
         let result = match role {
             Some(role) => learn(&privileges, c, role, &oids).await,
-            None => watch(&privileges, c, &oids, &mut last).await,
+            None => watch(&privileges, &core, c, &oids, &mut last).await,
         };
         if let Err(e) = result {
             debug!(error = %e, "privilege check failed; reconnecting next time");
@@ -403,6 +453,7 @@ async fn learn(
 /// the set of cached tables changed, what is known stays valid and is extended in place.
 async fn watch(
     privileges: &Privileges,
+    core: &Core,
     client: &tokio_postgres::Client,
     oids: &[u32],
     last: &mut Option<(Vec<u32>, String)>,
@@ -417,29 +468,31 @@ async fn watch(
     }
     let first = last.is_none();
     *last = Some((oids.to_vec(), digest));
-    let roles: Vec<String> = if same_tables || first {
-        privileges.forget_all()
-    } else {
-        let roles = privileges.roles.read().expect("privileges lock poisoned");
-        roles.keys().cloned().collect()
-    };
-    if same_tables && !roles.is_empty() {
-        info!(
-            roles = roles.len(),
-            "privileges changed upstream; re-learning"
-        );
-    }
-    let generation = privileges.generation();
-    for role in roles {
-        match fetch(client, &role, oids, privileges.admin_role.as_deref()).await {
-            Ok(access) => privileges.store(generation, role, access),
-            Err(e) => {
-                warn!(role = %role, error = %e, "re-learning privileges");
-                return Err(e);
-            }
+    if same_tables || first {
+        let forgotten = privileges.forget_all();
+        if same_tables && !forgotten.is_empty() {
+            info!(
+                roles = forgotten.len(),
+                "privileges changed upstream; re-learning"
+            );
         }
+        // Roles that were known are learned again with every login role.
+        let generation = privileges.generation();
+        let learned = fetch_many(
+            client,
+            &forgotten,
+            true,
+            oids,
+            privileges.admin_role.as_deref(),
+        )
+        .await?;
+        for (role, access) in learned {
+            privileges.store(generation, role, access);
+        }
+        return Ok(());
     }
-    Ok(())
+    // Only the set of cached tables changed: what is known stays valid and is extended.
+    learn_everyone(privileges, core, client, &[]).await
 }
 
 #[cfg(test)]

@@ -336,7 +336,7 @@ async fn restore_caches(controller: &Controller) {
         {
             Ok(entry) => {
                 info!(cache = %c.name, "cache restored");
-                controller.core.caches.insert(entry);
+                controller.publish(entry).await;
             }
             Err(e) => {
                 warn!(cache = %c.name, error = %e, "cache not restored yet; retried when its table is online");
@@ -402,7 +402,7 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
         {
             Ok(entry) => {
                 info!(cache = %cache.name, "cache rebuilt after a table change");
-                controller.core.caches.insert(entry);
+                controller.publish(entry).await;
             }
             Err(e) => {
                 warn!(cache = %cache.name, error = %e, "cache cannot be rebuilt after a table change");

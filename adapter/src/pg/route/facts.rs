@@ -143,6 +143,9 @@ pub(super) struct SessionFacts {
     temp_schema: Option<Option<String>>,
     /// What `RESET search_path` returns to; `None` when unknown.
     default_path: Option<Vec<PathEntry>>,
+    /// The role and database defaults were not known yet when the session started: they are
+    /// looked up again (while nothing has changed the path since).
+    defaults_pending: bool,
     /// Bumped by every change: an answer to a question asked before it is stale.
     epoch: u64,
     /// The epoch a question is out for.
@@ -165,20 +168,39 @@ pub(super) struct OutputSettings {
 
 impl SessionFacts {
     pub(super) fn new(session: &SessionState, backend: &dyn CacheBackend) -> SessionFacts {
+        let mut defaults_pending = false;
         let default_path = match search_path::from_startup(session.startup_params()) {
             Some(from_packet) => from_packet,
-            None => backend
-                .default_search_path(session.user(), session.database())
-                .and_then(|v| search_path::parse_value(&v)),
+            None => {
+                let d = backend.default_search_path(session.user(), session.database());
+                defaults_pending = d.is_none();
+                d.and_then(|v| search_path::parse_value(&v))
+            }
         };
         SessionFacts {
             role: Some(session.user().to_string()),
             path: default_path.clone(),
             temp_schema: Some(None),
             default_path,
+            defaults_pending,
             epoch: 0,
             asking: None,
             touched: false,
+        }
+    }
+
+    /// Learns the role and database defaults of `search_path` if they were not known when the
+    /// session started and nothing has changed the path since.
+    pub(super) fn catch_up_defaults(&mut self, session: &SessionState, backend: &dyn CacheBackend) {
+        if !self.defaults_pending {
+            return;
+        }
+        if let Some(v) = backend.default_search_path(session.user(), session.database()) {
+            self.defaults_pending = false;
+            self.default_path = search_path::parse_value(&v);
+            if self.epoch == 0 && self.asking.is_none() {
+                self.path = self.default_path.clone();
+            }
         }
     }
 
@@ -231,6 +253,7 @@ impl SessionFacts {
 
     fn forget(&mut self, role: bool, path: bool, temp: bool) {
         self.epoch += 1;
+        self.defaults_pending &= !path;
         if role {
             self.role = None;
         }

@@ -667,7 +667,7 @@ impl RouterSession {
         if session.transaction_status() == TransactionStatus::Failed {
             return Err("the transaction has failed".into());
         }
-        let query_id = self.session_query_id(shape, dispatch)?;
+        let query_id = self.session_query_id(session, shape, dispatch)?;
         let cache = self
             .backend
             .lookup(&query_id)
@@ -752,25 +752,38 @@ impl RouterSession {
     /// When a fact it needs is unknown, the upstream is asked once and the query goes upstream.
     fn session_query_id(
         &mut self,
+        session: &SessionState,
         shape: &Shape,
         dispatch: &mut Dispatch<'_>,
     ) -> Result<String, String> {
+        self.facts.catch_up_defaults(session, self.backend.as_ref());
+        match self.resolve_id(shape) {
+            Ok(id) => Ok(id),
+            Err(None) => {
+                // Ask only when a cache could answer: no round trip for queries nothing caches.
+                if !shape
+                    .unqualified
+                    .iter()
+                    .any(|n| self.backend.caches_relation_named(n))
+                {
+                    return Err(format!("no cache for query {}", shape.query_id));
+                }
+                if self.facts.ask(dispatch) {
+                    self.captures.push_back(CaptureKind::Facts);
+                }
+                Err("learning this session's role and search_path from the upstream".into())
+            }
+            Err(Some(reason)) => Err(reason),
+        }
+    }
+
+    /// [`RouterSession::session_query_id`] with what is known now: `Err(None)` when a fact is
+    /// unknown, `Err(Some(reason))` when the names do not resolve to relations a cache reads.
+    fn resolve_id(&self, shape: &Shape) -> Result<String, Option<String>> {
         if shape.unqualified.is_empty() {
             return Ok(shape.query_id.clone());
         }
-        if !shape
-            .unqualified
-            .iter()
-            .any(|n| self.backend.caches_relation_named(n))
-        {
-            return Err(format!("no cache for query {}", shape.query_id));
-        }
-        let Some((role, path, temp)) = self.facts.resolution() else {
-            if self.facts.ask(dispatch) {
-                self.captures.push_back(CaptureKind::Facts);
-            }
-            return Err("learning this session's role and search_path from the upstream".into());
-        };
+        let (role, path, temp) = self.facts.resolution().ok_or(None)?;
         let mut schemas = Vec::with_capacity(shape.unqualified.len());
         for name in &shape.unqualified {
             match self
@@ -779,18 +792,20 @@ impl RouterSession {
             {
                 Some(Resolved::Schema(s)) => schemas.push(s),
                 Some(Resolved::Temp) => {
-                    return Err(format!("{name} is a temporary relation of this session"))
+                    return Err(Some(format!(
+                        "{name} is a temporary relation of this session"
+                    )))
                 }
                 Some(Resolved::Missing) => {
-                    return Err(format!(
+                    return Err(Some(format!(
                         "relation {name} does not exist under this session's search_path"
-                    ))
+                    )))
                 }
                 None => {
-                    return Err(
+                    return Err(Some(
                         "Larder's catalog of relations has not caught up with this session's DDL"
                             .into(),
-                    )
+                    ))
                 }
             }
         }
@@ -805,7 +820,7 @@ impl RouterSession {
             schemas.get(i).cloned()
         };
         let id = resolved_query_id_of_text(&shape.text, &schema_of)
-            .ok_or_else(|| "the query's relation names could not be qualified".to_string())?;
+            .ok_or_else(|| Some("the query's relation names could not be qualified".to_string()))?;
         *memo = Some((schemas, id.clone()));
         Ok(id)
     }
@@ -866,7 +881,12 @@ impl RouterSession {
     }
 
     fn miss(&mut self, shape: &Shape, reason: String) {
-        self.backend.record_proxied(&shape.query_id, &shape.text);
+        // The id as this session means the query, when Larder can tell: what
+        // `CREATE CACHE FROM <id>` gives the cache.
+        let id = self
+            .resolve_id(shape)
+            .unwrap_or_else(|_| shape.query_id.clone());
+        self.backend.record_proxied(&id, &shape.text);
         self.last = Last {
             destination: "upstream",
             reason,
