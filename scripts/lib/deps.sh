@@ -43,7 +43,8 @@ ensure_deps() {
     local mode=${1:-test}
     local pkgs=(postgresql postgresql-contrib postgresql-client librocksdb-dev clang libclang-dev pkg-config)
     if [ "$mode" = test ]; then
-        pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps)
+        # bzip2, xz-utils: unpacking the Postgres sources for scripts/pg-regress.
+        pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps bzip2 xz-utils)
     fi
     if [ "$mode" = bench ]; then
         pkgs+=(procps)

@@ -210,6 +210,9 @@ pub(crate) struct Pipeline {
     /// Set when a local answer was dropped because it would have passed
     /// `client_output_max_bytes`: the unread bytes it would have made. The session ends.
     pub output_overflow: Option<usize>,
+    /// Larder's own captured units waiting for the upstream to reach a boundary (see
+    /// [`Pipeline::at_boundary`]); sent, in order, by [`Pipeline::release_deferred`].
+    pub deferred: BytesMut,
 }
 
 impl Pipeline {
@@ -239,6 +242,57 @@ impl Pipeline {
             return false;
         }
         true
+    }
+
+    /// True when the upstream session is at a ReadyForQuery boundary with nothing of the
+    /// client's in flight: every forwarded sync point has been answered and no extended-protocol
+    /// messages wait for their Sync. Only then may Larder send a unit of its own: otherwise it
+    /// would land in the middle of a COPY (the upstream fails the session with "unexpected
+    /// message type 0x50 during COPY from stdin"), of a pipeline (its Sync would end the
+    /// client's implicit transaction or error recovery early) or of a statement.
+    pub fn at_boundary(&self) -> bool {
+        self.pending_sync_points() == 0 && !self.unsynced
+    }
+
+    /// Sends the deferred captured units once the upstream is at a boundary (called by the
+    /// session after every ReadyForQuery).
+    pub fn release_deferred(&mut self) {
+        if self.deferred.is_empty() || self.terminated || !self.at_boundary() {
+            return;
+        }
+        let raw = std::mem::take(&mut self.deferred);
+        self.send(&raw, ResponseMode::Capture);
+    }
+
+    /// Queues complete frontend messages for the upstream and the slots of their responses.
+    fn send(&mut self, raw: &[u8], mode: ResponseMode) {
+        self.upstream_out.extend_from_slice(raw);
+        let mut it = FrameIter::new(raw, usize::MAX);
+        for msg in it.by_ref().map_while(Result::ok) {
+            match msg.frame.tag {
+                frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
+                    self.slots.push_back(match mode {
+                        ResponseMode::Relay => Slot::Relay,
+                        ResponseMode::Discard => Slot::Discard,
+                        ResponseMode::Capture => Slot::Capture,
+                    });
+                    self.unsynced = false;
+                }
+                frontend_tag::PARSE
+                | frontend_tag::BIND
+                | frontend_tag::DESCRIBE
+                | frontend_tag::EXECUTE
+                | frontend_tag::CLOSE
+                | frontend_tag::FLUSH => self.unsynced = true,
+                frontend_tag::TERMINATE => self.terminated = true,
+                _ => {}
+            }
+        }
+        debug_assert_eq!(
+            it.consumed(),
+            raw.len(),
+            "send_upstream needs whole messages"
+        );
     }
 
     /// Appends leading ready local responses to the client output.
@@ -288,34 +342,7 @@ impl Dispatch<'_> {
 
     /// Sends complete, well-formed frontend messages upstream (forwarded or synthesized).
     pub fn send_upstream(&mut self, raw: &[u8], mode: ResponseMode) {
-        let pipe = &mut *self.pipe;
-        pipe.upstream_out.extend_from_slice(raw);
-        let mut it = FrameIter::new(raw, usize::MAX);
-        for msg in it.by_ref().map_while(Result::ok) {
-            match msg.frame.tag {
-                frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
-                    pipe.slots.push_back(match mode {
-                        ResponseMode::Relay => Slot::Relay,
-                        ResponseMode::Discard => Slot::Discard,
-                        ResponseMode::Capture => Slot::Capture,
-                    });
-                    pipe.unsynced = false;
-                }
-                frontend_tag::PARSE
-                | frontend_tag::BIND
-                | frontend_tag::DESCRIBE
-                | frontend_tag::EXECUTE
-                | frontend_tag::CLOSE
-                | frontend_tag::FLUSH => pipe.unsynced = true,
-                frontend_tag::TERMINATE => pipe.terminated = true,
-                _ => {}
-            }
-        }
-        debug_assert_eq!(
-            it.consumed(),
-            raw.len(),
-            "send_upstream needs whole messages"
-        );
+        self.pipe.send(raw, mode);
     }
 
     /// Answers the client locally. `response` must be complete backend messages ending with
@@ -345,8 +372,17 @@ impl Dispatch<'_> {
 
     /// Sends Larder's own complete messages (ending with a sync point) upstream; the response
     /// goes to [`Interceptor::on_captured`] instead of the client.
+    ///
+    /// Never in the middle of something of the client's: unless the upstream is at a boundary
+    /// ([`Pipeline::at_boundary`]) the unit waits, behind earlier deferred ones, until the
+    /// ReadyForQuery that ends what is in flight (so its answer may describe the session after
+    /// later client statements too; the interceptor must not rely on anything else).
     pub fn capture(&mut self, raw: &[u8]) {
-        self.send_upstream(raw, ResponseMode::Capture);
+        if self.pipe.deferred.is_empty() && self.pipe.at_boundary() {
+            self.send_upstream(raw, ResponseMode::Capture);
+        } else {
+            self.pipe.deferred.extend_from_slice(raw);
+        }
     }
 
     /// Sync points forwarded earlier whose ReadyForQuery has not arrived yet.
@@ -498,5 +534,52 @@ mod tests {
         pipe.slots.pop_front();
         pipe.drain_local_front();
         assert_eq!((pipe.client_out.len(), pipe.local_queued_bytes), (60, 0));
+    }
+
+    /// Larder's own units never go upstream while something of the client's is in flight
+    /// (e.g. `COPY ... FROM STDIN`, whose CopyData follows the Query): they wait for the
+    /// ReadyForQuery boundary.
+    #[test]
+    fn captures_wait_for_a_boundary() {
+        let mut pipe = Pipeline::default();
+        let mut copy = BytesMut::new();
+        Query {
+            sql: "COPY t FROM STDIN".into(),
+        }
+        .encode(&mut copy);
+        let mut own = BytesMut::new();
+        Execute {
+            portal: String::new(),
+            max_rows: 0,
+        }
+        .encode(&mut own);
+        Sync.encode(&mut own);
+        {
+            let mut d = Dispatch { pipe: &mut pipe };
+            d.forward_all(&ClientBatch { raw: &copy });
+            d.capture(&own);
+            d.capture(&own);
+        }
+        assert_eq!(
+            &pipe.upstream_out[..],
+            &copy[..],
+            "nothing of Larder's during COPY"
+        );
+        assert_eq!(pipe.deferred.len(), 2 * own.len());
+        // Partway through an extended-protocol unit of the client's: still not.
+        pipe.slots.pop_front();
+        pipe.unsynced = true;
+        pipe.release_deferred();
+        assert_eq!(pipe.upstream_out.len(), copy.len());
+        // At the boundary both go, in order, each with its capture slot.
+        pipe.unsynced = false;
+        pipe.release_deferred();
+        assert!(pipe.deferred.is_empty());
+        assert_eq!(pipe.upstream_out.len(), copy.len() + 2 * own.len());
+        assert_eq!(pipe.pending_sync_points(), 2);
+        // With nothing in flight a capture goes at once.
+        let mut pipe = Pipeline::default();
+        Dispatch { pipe: &mut pipe }.capture(&own);
+        assert_eq!(&pipe.upstream_out[..], &own[..]);
     }
 }

@@ -987,6 +987,8 @@ impl Relay {
             None => debug!(peer = %self.state.peer(), "ReadyForQuery without a pending request"),
         }
         self.pipe.drain_local_front();
+        // Larder's own captures wait for this: nothing of the client's in flight upstream.
+        self.pipe.release_deferred();
     }
 
     /// Records a ParameterStatus value (TimeZone, DateStyle, client_encoding, ...).
