@@ -15,72 +15,20 @@
 mod common;
 
 use common::client::*;
-use common::Scratch;
-use larder_testkit::{LarderProcess, PgServer};
+use common::CachingLarder;
 use tokio_postgres::Client;
 
-struct Setup {
-    pg: &'static PgServer,
-    db: String,
-    larder: LarderProcess,
-    _storage: Scratch,
-}
-
-impl Setup {
-    fn url(&self) -> String {
-        self.larder
-            .pg_url(self.pg.admin_user(), self.pg.admin_password(), &self.db)
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.larder.kill9();
-        let slot = format!("larder_{}", self.db);
-        let _ = self.pg.psql(
-            "postgres",
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{slot}' AND NOT active"
-            ),
-        );
-    }
-}
-
-fn setup(prefix: &str) -> Setup {
-    let pg = PgServer::shared();
-    let db = pg.create_database(prefix).unwrap();
-    pg.psql(
-        &db,
+fn setup(prefix: &str) -> CachingLarder {
+    CachingLarder::start(
+        prefix,
         "CREATE TABLE items (id int PRIMARY KEY, name text);
          INSERT INTO items SELECT g, 'public ' || g FROM generate_series(1, 50) g;
          CREATE SCHEMA tenant_a;
          CREATE TABLE tenant_a.items (id int PRIMARY KEY, name text);
          INSERT INTO tenant_a.items SELECT g, 'tenant a ' || g FROM generate_series(1, 50) g;
          CREATE SCHEMA shadow;",
-    )
-    .unwrap();
-    let storage = Scratch::new(&db);
-    let url = pg.url(&db);
-    let dir = storage.0.display().to_string();
-    let larder = LarderProcess::spawn(
-        &[
-            "--upstream-db-url",
-            &url,
-            "--deployment",
-            &db,
-            "--storage-dir",
-            &dir,
-        ],
         &[],
     )
-    .unwrap();
-    Setup {
-        pg,
-        db,
-        larder,
-        _storage: storage,
-    }
 }
 
 async fn dest(c: &Client) -> (String, String) {
@@ -98,7 +46,7 @@ async fn hit(c: &Client, sql: &str, expected: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     let s = tokio::task::block_in_place(|| setup("hitpath"));
-    let admin = connect(&s.url()).await;
+    let admin = connect(&s.admin_url()).await;
     wait_streaming(&admin).await;
     q(
         &admin,
@@ -109,7 +57,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     // A new connection per query: the first query of every session is a hit.
     let mut hits = 0;
     for i in 1..=20 {
-        let c = connect(&s.url()).await;
+        let c = connect(&s.admin_url()).await;
         hit(
             &c,
             &format!("SELECT name FROM items WHERE id = {i}"),
@@ -137,7 +85,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     hit(&admin, "SELECT name FROM items WHERE id = 8", "public 8").await;
 
     // A session with its own search_path creates a cache over its own schema.
-    let tenant = connect(&s.url()).await;
+    let tenant = connect(&s.admin_url()).await;
     q(&tenant, "SET search_path TO tenant_a, public").await;
     let a = q(&tenant, "SELECT name FROM items WHERE id = 3").await;
     assert_eq!(a.rows, vec![vec![Some("tenant a 3".to_string())]]);
@@ -155,7 +103,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     hit(&admin, "SELECT name FROM items WHERE id = 4", "public 4").await;
     assert_eq!(q(&admin, "SHOW CACHES").await.rows.len(), 2);
     // The same, chosen in the start-up packet: the first query is a hit.
-    let opts = format!("{}?options=-c%20search_path%3Dtenant_a", s.url());
+    let opts = format!("{}?options=-c%20search_path%3Dtenant_a", s.admin_url());
     let started = connect(&opts).await;
     hit(
         &started,
@@ -168,7 +116,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     hit(&tenant, "SELECT name FROM items WHERE id = 6", "public 6").await;
 
     // CREATE CACHE right after CREATE TABLE, in the same session.
-    let fresh = connect(&s.url()).await;
+    let fresh = connect(&s.admin_url()).await;
     q(
         &fresh,
         "CREATE TABLE fresh (id int PRIMARY KEY, name text); \
@@ -198,7 +146,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     }
 
     // A table the session creates earlier on its path shadows the cached one at once.
-    let shadowing = connect(&s.url()).await;
+    let shadowing = connect(&s.admin_url()).await;
     q(&shadowing, "SET search_path TO shadow, public").await;
     hit(
         &shadowing,
@@ -216,7 +164,7 @@ async fn names_resolve_like_the_session_means_them_without_a_round_trip() {
     assert_eq!(a.rows, vec![vec![Some("shadow 9".to_string())]]);
     assert_eq!(dest(&shadowing).await.0, "upstream");
     // A temporary table shadows too.
-    let temp = connect(&s.url()).await;
+    let temp = connect(&s.admin_url()).await;
     hit(&temp, "SELECT name FROM items WHERE id = 10", "public 10").await;
     q(
         &temp,

@@ -558,7 +558,7 @@ async fn declared_message_sizes_cost_nothing_until_sent() {
         let e = errors
             .last()
             .expect("no error for a 64 MiB pre-auth message");
-        assert_eq!(e.0, "54000", "{errors:?}");
+        assert_eq!(e.0, "08P01", "{errors:?}");
         assert!(e.1.contains("before authentication"), "{e:?}");
     }
     // Well-behaved clients are served meanwhile.

@@ -13,19 +13,22 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::client::*;
-use common::Scratch;
-use larder_testkit::{LarderProcess, PgServer};
+use common::CachingLarder;
 use tokio_postgres::Client;
 
 const PASSWORD: &str = "Priv-Test-pw-1";
 
 struct Setup {
-    pg: &'static PgServer,
-    db: String,
-    larder: LarderProcess,
-    _storage: Scratch,
+    base: CachingLarder,
     /// Prefix of every role this test creates (roles are cluster-wide).
     p: String,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = CachingLarder;
+    fn deref(&self) -> &CachingLarder {
+        &self.base
+    }
 }
 
 impl Setup {
@@ -48,29 +51,18 @@ impl Setup {
     }
 
     fn larder_admin(&self) -> String {
-        self.larder
-            .pg_url(self.pg.admin_user(), self.pg.admin_password(), &self.db)
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.larder.kill9();
-        let slot = format!("larder_{}", self.db);
-        let _ = self.pg.psql(
-            "postgres",
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{slot}' AND NOT active"
-            ),
-        );
+        self.admin_url()
     }
 }
 
 fn setup(prefix: &str) -> Setup {
-    let pg = PgServer::shared();
-    let db = pg.create_database(prefix).unwrap();
-    let p = db.clone();
+    // Roles are cluster-wide: name them after a unique prefix.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let p = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let r = |n: &str| format!("{p}_{n}");
     let sql = format!(
         "CREATE TABLE items (id int PRIMARY KEY, name text, secret text);
@@ -108,32 +100,9 @@ fn setup(prefix: &str) -> Setup {
         admins = r("admins"),
         ops = r("ops"),
     );
-    pg.psql(&db, &sql).unwrap();
-    let storage = Scratch::new(&db);
-    let url = pg.url(&db);
-    let dir = storage.0.display().to_string();
     let admin_role = r("admins");
-    let larder = LarderProcess::spawn(
-        &[
-            "--upstream-db-url",
-            &url,
-            "--deployment",
-            &db,
-            "--storage-dir",
-            &dir,
-            "--admin-role",
-            &admin_role,
-        ],
-        &[],
-    )
-    .unwrap();
-    Setup {
-        pg,
-        db,
-        larder,
-        _storage: storage,
-        p,
-    }
+    let base = CachingLarder::start(prefix, &sql, &["--admin-role", &admin_role]);
+    Setup { base, p }
 }
 
 /// The same statement's outcome, as text: sorted rows, or the SQLSTATE.

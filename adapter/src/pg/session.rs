@@ -401,8 +401,9 @@ impl CloseReason {
                 "57P01",
                 "terminating connection due to administrator command",
             ),
+            // As Postgres answers an invalid message length: a protocol violation.
             CloseReason::MessageTooLarge { len, max, limit } => ErrorResponse::fatal(
-                "54000",
+                "08P01",
                 format!("larder: message of {len} bytes exceeds the limit {limit} ({max} bytes)"),
             ),
             CloseReason::ClientOutputLimit {

@@ -161,3 +161,63 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A caching-mode Larder (its own deployment name and storage dir) in front of one fresh
+/// database on the shared server. Dropping it kills Larder and removes its replication slot.
+pub struct CachingLarder {
+    pub pg: &'static PgServer,
+    pub db: String,
+    pub larder: LarderProcess,
+    _storage: Scratch,
+}
+
+impl CachingLarder {
+    /// Creates the database, runs `setup_sql` in it directly, then starts Larder with `extra`
+    /// flags.
+    pub fn start(prefix: &str, setup_sql: &str, extra: &[&str]) -> CachingLarder {
+        let pg = PgServer::shared();
+        let db = pg.create_database(prefix).unwrap();
+        if !setup_sql.is_empty() {
+            pg.psql(&db, setup_sql).unwrap();
+        }
+        let storage = Scratch::new(&db);
+        let url = pg.url(&db);
+        let dir = storage.0.display().to_string();
+        let mut args = vec![
+            "--upstream-db-url",
+            &url,
+            "--deployment",
+            &db,
+            "--storage-dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        let larder = LarderProcess::spawn(&args, &[]).unwrap();
+        CachingLarder {
+            pg,
+            db,
+            larder,
+            _storage: storage,
+        }
+    }
+
+    /// Through Larder as the harness superuser.
+    pub fn admin_url(&self) -> String {
+        self.larder
+            .pg_url(self.pg.admin_user(), self.pg.admin_password(), &self.db)
+    }
+}
+
+impl Drop for CachingLarder {
+    fn drop(&mut self) {
+        self.larder.kill9();
+        let slot = format!("larder_{}", self.db);
+        let _ = self.pg.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = '{slot}' AND NOT active"
+            ),
+        );
+    }
+}
