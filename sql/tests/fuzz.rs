@@ -504,9 +504,23 @@ const STATEMENTS: &[&str] = &[
     "SELECT * FROM items WHERE id = -(-(-(-(-(-(-(-(-(-(-(-(-(-(-(-(-(-(-(-(1))))))))))))))))))))",
 ];
 
+/// Statements near the operator-chain limit, so mutations cross it.
+fn long_statements() -> Vec<String> {
+    vec![
+        format!("SELECT * FROM items WHERE id = 1{}", "+1".repeat(125)),
+        format!(
+            "SELECT * FROM items WHERE {}",
+            vec!["id = $1"; 62].join(" OR ")
+        ),
+        format!("SELECT tags{} FROM items", "[1]".repeat(125)),
+    ]
+}
+
 fn statement_seeds() -> Vec<Seed> {
     STATEMENTS
         .iter()
+        .copied()
+        .chain(long_statements().iter().map(String::as_str))
         .enumerate()
         .map(|(i, s)| (format!("stmt_{i:02}"), s.as_bytes().to_vec()))
         .collect()
@@ -515,6 +529,8 @@ fn statement_seeds() -> Vec<Seed> {
 fn normalize_seeds() -> Vec<Seed> {
     STATEMENTS
         .iter()
+        .copied()
+        .chain(long_statements().iter().map(String::as_str))
         .enumerate()
         .map(|(i, s)| {
             let mysql = s.contains('`') || s.contains('?');
@@ -613,4 +629,81 @@ fn print_lowering_of_seed_statements() {
             eprintln!("{s}\n  -> {:?}", lower(&n.query, &catalog()).map(|_| ()));
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Regressions
+// ------------------------------------------------------------------------------------------
+
+/// Runs `f` on a thread with a 2 MiB stack, the size of a tokio worker's.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Chains of `n` operators of several kinds, all in one expression.
+fn chains(n: usize) -> Vec<String> {
+    vec![
+        format!("SELECT * FROM items WHERE id = 1{}", "+1".repeat(n)),
+        format!("SELECT * FROM items WHERE id = 1{}", "::int4".repeat(n)),
+        format!(
+            "SELECT * FROM items WHERE {}",
+            vec!["active"; n + 1].join(" OR ")
+        ),
+        format!("SELECT tags{} FROM items", "[1]".repeat(n)),
+        vec!["SELECT id FROM items"; n + 1].join(" UNION "),
+        // 40 nested brackets around a chain: brackets count too.
+        format!(
+            "SELECT * FROM items WHERE {}id = 1{}{}",
+            "(".repeat(40),
+            "+1".repeat(n.saturating_sub(41)),
+            ")".repeat(40)
+        ),
+    ]
+}
+
+/// Found by a deep-nesting probe written with the normalizer target: `1+1+...+1` with about
+/// a thousand terms (2 KB of SQL)
+/// parsed into a tree as deep as the chain, and walking or dropping it overflowed the stack,
+/// aborting the whole process. Such statements are now refused before parsing.
+#[test]
+fn long_operator_chains_are_refused_not_overflowing() {
+    on_small_stack(|| {
+        for sql in chains(5_000) {
+            for dialect in [Dialect::Postgres, Dialect::MySql] {
+                assert!(
+                    matches!(
+                        normalize(&sql, dialect),
+                        Err(larder_sql::error::SqlError::TooDeep { .. })
+                    ),
+                    "{}",
+                    &sql[..60]
+                );
+                assert_eq!(normalize_any(&sql, dialect), None);
+            }
+            let create = format!("CREATE CACHE FROM {sql}");
+            assert!(matches!(
+                parse_larder_statement(&create, Dialect::Postgres),
+                Some(Err(_))
+            ));
+        }
+    });
+}
+
+/// Chains just under the limit still normalize and lower on a 2 MiB stack (debug build).
+#[test]
+fn operator_chains_at_the_limit_are_walked_safely() {
+    use larder_sql::statement::OPERATOR_DEPTH_MAX;
+    on_small_stack(|| {
+        for sql in chains(OPERATOR_DEPTH_MAX - 2) {
+            let n = normalize(&sql, Dialect::Postgres)
+                .unwrap_or_else(|e| panic!("{}: {e}", &sql[..60]));
+            let _ = lower(&n.query, &catalog());
+            assert!(normalize_any(&sql, Dialect::Postgres).is_some());
+        }
+    });
 }
