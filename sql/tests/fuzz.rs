@@ -246,6 +246,10 @@ fn check_normalize(input: &[u8]) {
     assert_eq!(again.text, n.text);
     assert_eq!(n.query_id, query_id(&n.text));
     assert!(is_query_id(&n.query_id), "{}", n.query_id);
+    // The normalized text is its own normal form: same text, same id.
+    let renormalized = normalize(&n.text, dialect)
+        .unwrap_or_else(|e| panic!("{sql:?} normalized to {:?}, which fails: {e}", n.text));
+    assert_eq!(renormalized.text, n.text, "from {sql:?}");
     if let Ok(plan) = lower(&n.query, &catalog()) {
         // Resolve every slot with a NULL client value: must answer, never panic.
         let _ = resolve_params(&n.params, &|_| Some(Value::Null), &plan.param_types);
