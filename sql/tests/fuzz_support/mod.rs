@@ -30,6 +30,8 @@ pub const FUZZ_SECONDS_ENV: &str = "LARDER_FUZZ_SECONDS";
 pub const FUZZ_SECONDS_DEFAULT: f64 = 3.0;
 /// Longest generated input.
 pub const INPUT_LEN_MAX_BYTES: usize = 4096;
+/// Most mutations applied to a seed per input.
+pub const MUTATIONS_MAX: usize = 16;
 /// Longest a single input may run before it counts as a hang.
 pub const INPUT_TIME_MAX_SECS: u64 = 20;
 
@@ -211,13 +213,17 @@ impl Harness {
         self.seeds.len()
     }
 
-    /// Runs `f` on `input` and, if the target has seeds, on a seed mutated by `input`.
+    /// Runs `f` on `input` and, if the target has seeds, on a seed mutated by `input`: byte 0
+    /// picks the seed, byte 1 the number of mutations, the rest are the mutations.
     pub fn run(&self, input: &[u8], f: impl Fn(&[u8])) {
         self.one(input, &f);
-        if let Some((&pick, ops)) = input.split_first() {
+        if let [pick, count, ops @ ..] = input {
             if !self.seeds.is_empty() {
-                let seed = &self.seeds[pick as usize % self.seeds.len()];
-                let mutated = mutate(seed, ops);
+                let seed = &self.seeds[*pick as usize % self.seeds.len()];
+                // A few mutations keep the input close to a valid one (deep paths); many
+                // mutations shred it (the raw input above covers noise).
+                let ops_len = (1 + *count as usize % MUTATIONS_MAX) * 3;
+                let mutated = mutate(seed, &ops[..ops.len().min(ops_len)]);
                 self.one(&mutated, &f);
             }
         }
