@@ -18,6 +18,10 @@ pub enum SqlError {
     NotSelect,
     #[error("query text is too long ({len_bytes} bytes, at most {max_bytes})")]
     TooLong { len_bytes: usize, max_bytes: usize },
+    /// An expression chains more operators than Larder walks safely (a deep tree would
+    /// overflow the stack); see [`crate::statement::OPERATOR_DEPTH_MAX`].
+    #[error("expression chains up to {depth} operators, at most {max}")]
+    TooDeep { depth: usize, max: usize },
     /// A Larder statement (`CREATE CACHE`, `SHOW CACHES`, ...) is malformed.
     #[error("invalid statement: {0}")]
     Statement(String),

@@ -84,6 +84,7 @@ pub fn normalize_query(mut query: Query) -> Normalized {
         params: Vec::new(),
     };
     let _ = query.visit(&mut renumber);
+    let _ = query.visit(&mut SeparateMinus);
     let text = query.to_string();
     // A query that qualifies every relation has one id however it is spelled; one that does
     // not gets it once its names are resolved for a session (see `crate::identity`).
@@ -123,6 +124,7 @@ pub fn normalize_any(sql: &str, dialect: Dialect) -> Option<(String, String)> {
             let _ = statement.visit(&mut TruncateValues);
             let mut all = AllLiterals { next_slot: 0 };
             let _ = statement.visit(&mut all);
+            let _ = statement.visit(&mut SeparateMinus);
             statement.to_string()
         }
     };
@@ -433,6 +435,29 @@ impl VisitorMut for Renumber {
         };
         self.params.push(source);
         v.value = AstValue::Placeholder(format!("${}", self.params.len()));
+        ControlFlow::Continue(())
+    }
+}
+
+/// `sqlparser` prints a unary minus right against its operand, so `- -x` would print as
+/// `--x`: the start of a comment, which makes the normalized text mean something else or not
+/// parse at all. Parenthesizes such operands (`-(-x)`) before printing.
+struct SeparateMinus;
+
+impl VisitorMut for SeparateMinus {
+    type Break = ();
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if let Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } = e
+        {
+            if expr.to_string().starts_with('-') {
+                let operand =
+                    std::mem::replace(expr.as_mut(), Expr::Value(AstValue::Null.with_empty_span()));
+                **expr = Expr::Nested(Box::new(operand));
+            }
+        }
         ControlFlow::Continue(())
     }
 }
@@ -1157,5 +1182,34 @@ mod settings_tests {
             ]
         );
         assert!(relations(&q("SELECT 1")).is_empty());
+    }
+}
+
+/// Regression tests for inputs found by the fuzz targets in `sql/tests/fuzz.rs`.
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// Found by `normalize_query`: `- -score` printed as `--score`, a comment, so the
+    /// normalized text of a valid query did not parse (or could mean another query).
+    #[test]
+    fn double_unary_minus_does_not_print_as_a_comment() {
+        let sql = "SELECT coalesce(name, 'x') AS n, id % 3, - -score, abs(id) FROM public.items \
+                   WHERE tags IS NOT NULL AND data IS NULL OFFSET 2";
+        let n = normalize(sql, Dialect::Postgres).unwrap();
+        assert!(!n.text.contains("--"), "{}", n.text);
+        assert!(n.text.contains("-(-score)"), "{}", n.text);
+        let again = normalize(&n.text, Dialect::Postgres).unwrap();
+        assert_eq!(again.text, n.text);
+
+        let sql = "SELECT * FROM items WHERE id = - -(-(-(1)))";
+        let n = normalize(sql, Dialect::Postgres).unwrap();
+        assert!(!n.text.contains("--"), "{}", n.text);
+        assert_eq!(normalize(&n.text, Dialect::Postgres).unwrap().text, n.text);
+
+        let (_, text) =
+            normalize_any("UPDATE t SET a = - -b WHERE c = - - 1", Dialect::Postgres).unwrap();
+        assert!(!text.contains("--"), "{text}");
+        assert!(normalize_any(&text, Dialect::Postgres).is_some(), "{text}");
     }
 }

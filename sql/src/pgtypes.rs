@@ -1581,7 +1581,15 @@ pub fn decode_binary(ty: &SqlType, bytes: &[u8]) -> Result<Value, TypeError> {
         },
         SqlType::Bytea => Value::Bytes(bytes.to_vec()),
         SqlType::Uuid => Value::Uuid(fixed(ty, bytes)?),
-        SqlType::Date => Value::Date(i32::from_be_bytes(fixed(ty, bytes)?)),
+        SqlType::Date => {
+            // `date_recv`: finite dates outside the range `date_in` accepts are rejected.
+            let d = i32::from_be_bytes(fixed(ty, bytes)?);
+            if d != i32::MIN && d != i32::MAX && !(DATE_MIN_DAYS..DATE_END_DAYS).contains(&d.into())
+            {
+                return Err(out_of_range(ty));
+            }
+            Value::Date(d)
+        }
         SqlType::Time => {
             let t = i64::from_be_bytes(fixed(ty, bytes)?);
             if !(0..=USECS_PER_DAY).contains(&t) {
@@ -1589,10 +1597,20 @@ pub fn decode_binary(ty: &SqlType, bytes: &[u8]) -> Result<Value, TypeError> {
             }
             Value::Time(t)
         }
-        SqlType::Timestamp => Value::Timestamp(i64::from_be_bytes(fixed(ty, bytes)?)),
-        SqlType::TimestampTz => Value::TimestampTz(i64::from_be_bytes(fixed(ty, bytes)?)),
+        SqlType::Timestamp => Value::Timestamp(valid_timestamp(ty, bytes)?),
+        SqlType::TimestampTz => Value::TimestampTz(valid_timestamp(ty, bytes)?),
         SqlType::Array(elem) => Value::Array(decode_array(ty, elem, bytes)?),
     })
+}
+
+/// `timestamp_recv`/`timestamptz_recv`: finite timestamps outside the range the text input
+/// accepts are rejected (`i64::MIN`/`i64::MAX` are -infinity/infinity).
+fn valid_timestamp(ty: &SqlType, bytes: &[u8]) -> Result<i64, TypeError> {
+    let t = i64::from_be_bytes(fixed(ty, bytes)?);
+    if t != i64::MIN && t != i64::MAX && !(TIMESTAMP_MIN_USECS..TIMESTAMP_END_USECS).contains(&t) {
+        return Err(out_of_range(ty));
+    }
+    Ok(t)
 }
 
 /// Big-endian reader over untrusted bytes.
@@ -2502,6 +2520,59 @@ mod tests {
                     parse_text(&SqlType::TimestampTz, printed),
                     Ok(utc_value.clone())
                 );
+            }
+        }
+    }
+}
+
+/// Regression tests for inputs found by the fuzz targets in `sql/tests/fuzz.rs`.
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// Found by `pgtypes_binary`: a binary date past 5874897-12-31 was accepted (and printed as
+    /// a date that no longer parses); Postgres' `date_recv` rejects it.
+    #[test]
+    fn binary_date_out_of_range_is_rejected() {
+        let bytes = 2_147_418_111i32.to_be_bytes();
+        assert_eq!(
+            decode_binary(&SqlType::Date, &bytes),
+            Err(out_of_range(&SqlType::Date))
+        );
+        let before_min = (DATE_MIN_DAYS as i32 - 1).to_be_bytes();
+        assert!(decode_binary(&SqlType::Date, &before_min).is_err());
+        for ok in [
+            i32::MIN,
+            i32::MAX,
+            DATE_MIN_DAYS as i32,
+            DATE_END_DAYS as i32 - 1,
+        ] {
+            assert_eq!(
+                decode_binary(&SqlType::Date, &ok.to_be_bytes()),
+                Ok(Value::Date(ok))
+            );
+        }
+    }
+
+    /// Same for timestamps (`timestamp_recv` / `timestamptz_recv`).
+    #[test]
+    fn binary_timestamp_out_of_range_is_rejected() {
+        for ty in [SqlType::Timestamp, SqlType::TimestampTz] {
+            for bad in [TIMESTAMP_END_USECS, i64::MAX - 1, TIMESTAMP_MIN_USECS - 1] {
+                assert_eq!(
+                    decode_binary(&ty, &bad.to_be_bytes()),
+                    Err(out_of_range(&ty))
+                );
+            }
+            for ok in [
+                i64::MIN,
+                i64::MAX,
+                TIMESTAMP_MIN_USECS,
+                TIMESTAMP_END_USECS - 1,
+            ] {
+                let v = decode_binary(&ty, &ok.to_be_bytes()).unwrap();
+                let printed = format_text(&ty, &v, TimeZoneSetting::Utc).unwrap();
+                assert_eq!(parse_text(&ty, &printed), Ok(v));
             }
         }
     }

@@ -20,6 +20,14 @@ use crate::error::SqlError;
 /// bulk inserts) are not worth caching and would cost a lot of memory to parse.
 pub const SQL_LEN_MAX_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most operators one expression may chain, counting enclosing brackets (see
+/// [`operator_depth_bound`]); lowering a 250-deep tree already overflows 2 MiB in a debug build. `sqlparser` builds a
+/// chain like `1+1+...+1` or `a=1 OR a=2 OR ...` iteratively into a tree as deep as the chain,
+/// and every later walk of that tree (visiting, printing, lowering, even dropping it) recurses
+/// once per level: a few thousand levels overflow a 2 MiB thread stack and abort the process.
+/// Statements over the limit are not parsed (they go upstream untouched).
+pub const OPERATOR_DEPTH_MAX: usize = 128;
+
 /// The SQL dialect of the upstream database, which decides how text is tokenized
 /// (`$1` vs `?` placeholders, quoting) and whether unquoted identifiers fold to lower case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -209,6 +217,13 @@ pub(crate) fn parse_statements(sql: &str, dialect: Dialect) -> Result<Vec<Statem
     let mut tokens = Tokenizer::new(pd, sql)
         .tokenize()
         .map_err(|e| SqlError::Parse(e.to_string()))?;
+    let depth = operator_depth_bound(&tokens);
+    if depth > OPERATOR_DEPTH_MAX {
+        return Err(SqlError::TooDeep {
+            depth,
+            max: OPERATOR_DEPTH_MAX,
+        });
+    }
     if dialect == Dialect::Postgres {
         for token in &mut tokens {
             if let Token::Word(w) = token {
@@ -222,6 +237,104 @@ pub(crate) fn parse_statements(sql: &str, dialect: Dialect) -> Result<Vec<Statem
         .with_tokens(tokens)
         .parse_statements()
         .map_err(|e| SqlError::Parse(e.to_string()))
+}
+
+/// An upper bound of how deep the expression trees parsed from `tokens` can be: the largest
+/// number, on any path of nested brackets, of open brackets plus operator tokens (symbols,
+/// casts, subscripts, `AND`/`OR`/`NOT`/`IS`/`LIKE`/..., set operations) of the enclosing
+/// expressions, where a comma or `;` ends an expression at its bracket level.
+pub(crate) fn operator_depth_bound(tokens: &[Token]) -> usize {
+    use sqlparser::keywords::Keyword as K;
+    // Operators counted so far in the current expression of each open bracket level.
+    let mut levels: Vec<usize> = vec![0];
+    let mut sum = 0usize;
+    let mut max = 0usize;
+    for token in tokens {
+        let is_operator = match token {
+            Token::LParen | Token::LBrace => {
+                levels.push(0);
+                max = max.max(sum + levels.len() - 1);
+                false
+            }
+            Token::LBracket => {
+                // Subscripts chain like operators (`a[1][2]...` nests one level each).
+                if let Some(last) = levels.last_mut() {
+                    *last += 1;
+                    sum += 1;
+                }
+                levels.push(0);
+                max = max.max(sum + levels.len() - 1);
+                false
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if levels.len() > 1 {
+                    sum -= levels.pop().unwrap_or(0);
+                }
+                false
+            }
+            Token::Comma | Token::SemiColon => {
+                if let Some(last) = levels.last_mut() {
+                    sum -= *last;
+                    *last = 0;
+                }
+                false
+            }
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        K::AND
+                            | K::OR
+                            | K::XOR
+                            | K::NOT
+                            | K::IS
+                            | K::LIKE
+                            | K::ILIKE
+                            | K::RLIKE
+                            | K::REGEXP
+                            | K::SIMILAR
+                            | K::BETWEEN
+                            | K::IN
+                            | K::COLLATE
+                            | K::AT
+                            | K::DIV
+                            | K::MOD
+                            | K::OPERATOR
+                            | K::OVERLAPS
+                            | K::UNION
+                            | K::EXCEPT
+                            | K::INTERSECT
+                            | K::MINUS
+                    )
+            }
+            Token::EOF
+            | Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::Placeholder(_)
+            | Token::Period
+            | Token::Colon
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_) => false,
+            // Every other symbol (arithmetic, comparison, `::`, JSON and array operators...).
+            _ => true,
+        };
+        if is_operator {
+            if let Some(last) = levels.last_mut() {
+                *last += 1;
+                sum += 1;
+            }
+            max = max.max(sum + levels.len() - 1);
+        }
+    }
+    max
 }
 
 /// Recognizes Larder's own statements. Returns `None` (after looking at two words at most)
@@ -858,5 +971,50 @@ mod tests {
         assert!(matches!(pg("SHOW CACHES /* unterminated"), Some(Ok(_))));
         assert_eq!(classify("/* unterminated"), StatementKind::Empty);
         assert_eq!(classify("é"), StatementKind::Other);
+    }
+}
+
+/// Regression tests for inputs found while fuzzing (`sql/tests/fuzz.rs`).
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    fn bound(sql: &str) -> usize {
+        let tokens = Tokenizer::new(Dialect::Postgres.parser_dialect(), sql)
+            .tokenize()
+            .unwrap();
+        operator_depth_bound(&tokens)
+    }
+
+    #[test]
+    fn operator_depth_bound_counts_chains_brackets_and_resets_at_commas() {
+        assert_eq!(bound("SELECT 1+1+1"), 2);
+        assert_eq!(bound("SELECT a FROM t WHERE a = 1 AND b::int = 2"), 4);
+        // Commas end an expression; sibling brackets do not add up.
+        assert_eq!(
+            bound("SELECT a + 1, b + 1, f(x), g(y) FROM t WHERE id IN (1, 2, 3)"),
+            2
+        );
+        assert_eq!(bound("SELECT ((((x))))"), 4);
+        assert_eq!(bound("SELECT t[1][2][3]"), 4);
+        assert_eq!(bound("SELECT 1 UNION SELECT 2 UNION SELECT 3"), 2);
+        // Quoted words and literals are not operators.
+        assert_eq!(bound("SELECT \"and\", 'or + -' FROM t"), 0);
+    }
+
+    /// `1+1+...+1` with a thousand terms used to overflow the stack once parsed.
+    #[test]
+    fn long_chain_is_refused_before_parsing() {
+        let sql = format!("SELECT * FROM t WHERE id = 1{}", "+1".repeat(1000));
+        assert_eq!(
+            parse_select(&sql, Dialect::Postgres),
+            // 1000 `+`, the `=` and (conservatively) the `*` of the select list.
+            Err(SqlError::TooDeep {
+                depth: 1002,
+                max: OPERATOR_DEPTH_MAX
+            })
+        );
+        let ok = format!("SELECT * FROM t WHERE id = 1{}", "+1".repeat(100));
+        assert!(parse_select(&ok, Dialect::Postgres).is_ok());
     }
 }

@@ -32,6 +32,12 @@
 
 mod conn;
 mod copy_text;
+
+/// The COPY text-format decoder, exposed only for the fuzz targets in `tests/fuzz.rs`.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::copy_text::{decode_field, decode_row};
+}
 mod discovery;
 mod filter;
 mod lsn;
