@@ -110,6 +110,9 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// Whether some cache reads a relation named `name` (in any schema): a cheap filter before
     /// resolving names.
     fn caches_relation_named(&self, name: &str) -> bool;
+    /// Changes whenever the content of Larder's catalog of relations changes (a resolution made
+    /// under one generation holds while it stays the same).
+    fn relations_generation(&self) -> u64;
     /// The oid of `schema.name` in Larder's catalog of the upstream's relations.
     fn relation_oid(&self, schema: &str, name: &str) -> Option<u32>;
     /// The `search_path` a new session of `user` in `database` starts with when its start-up

@@ -167,6 +167,10 @@ impl CacheBackend for Backend {
         self.controller.core.caches.any(|c| c.table_name == name)
     }
 
+    fn relations_generation(&self) -> u64 {
+        self.controller.relations.generation()
+    }
+
     fn relation_oid(&self, schema: &str, name: &str) -> Option<u32> {
         self.controller.relations.snapshot()?.oid(schema, name)
     }

@@ -13,7 +13,7 @@
 //! re-created under an old name), because the list is rebuilt, not patched.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ impl RelationSnapshot {
 #[derive(Default)]
 pub struct Relations {
     snapshot: RwLock<Option<Arc<RelationSnapshot>>>,
+    /// Bumped whenever a load with different content is stored.
+    generation: AtomicU64,
     wanted: Notify,
     /// A session is waiting for a newer load.
     hurry: AtomicBool,
@@ -78,8 +80,20 @@ impl Relations {
         }
     }
 
+    /// See [`Relations::store`]; content that did not change keeps the generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn store(&self, s: RelationSnapshot) {
-        *self.snapshot.write().expect("relations lock poisoned") = Some(Arc::new(s));
+        let mut slot = self.snapshot.write().expect("relations lock poisoned");
+        let same = slot
+            .as_ref()
+            .is_some_and(|old| old.by_schema == s.by_schema);
+        if !same {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        *slot = Some(Arc::new(s));
     }
 }
 
@@ -145,6 +159,7 @@ async fn refresh(
     if now.0 as usize > RELATIONS_MAX {
         *digest = None;
         *relations.snapshot.write().expect("relations lock poisoned") = None;
+        relations.generation.fetch_add(1, Ordering::AcqRel);
         return Ok(());
     }
     let rows = client

@@ -54,15 +54,28 @@ pub(super) fn row_description(
     }
 }
 
-pub(super) fn finish(out: &mut BytesMut, rows: usize, session: &SessionState) {
-    CommandComplete {
-        tag: format!("SELECT {rows}"),
+pub(super) fn finish(out: &mut BytesMut, rows: usize, status: TransactionStatus) {
+    // CommandComplete "SELECT n", written in place (no formatting allocation per hit).
+    out.put_u8(b'C');
+    let at = out.len();
+    out.put_i32(0);
+    out.put_slice(b"SELECT ");
+    let mut digits = [0u8; 20];
+    let mut n = rows;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-    .encode(out);
-    ReadyForQuery {
-        status: session.transaction_status(),
-    }
-    .encode(out);
+    out.put_slice(&digits[i..]);
+    out.put_u8(0);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    ReadyForQuery { status }.encode(out);
 }
 
 /// Columns of each Larder statement's result (for Describe before execution).
@@ -178,4 +191,23 @@ pub(super) fn first_row(response: &[u8]) -> Option<Vec<Option<String>>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_match_the_encoder() {
+        for rows in [0usize, 7, 10, 12345, usize::MAX] {
+            let mut mine = BytesMut::new();
+            finish(&mut mine, rows, TransactionStatus::Idle);
+            let mut theirs = BytesMut::new();
+            CommandComplete {
+                tag: format!("SELECT {rows}"),
+            }
+            .encode(&mut theirs);
+            assert_eq!(&mine[..theirs.len()], &theirs[..], "{rows}");
+        }
+    }
 }

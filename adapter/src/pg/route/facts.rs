@@ -204,6 +204,11 @@ impl SessionFacts {
         }
     }
 
+    /// Bumped by every change of the facts.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     pub(super) fn role(&self) -> Option<&str> {
         self.role.as_deref()
     }

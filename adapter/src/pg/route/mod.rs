@@ -99,16 +99,25 @@ impl InterceptorFactory for CacheRouter {
 
 /// The normalized form of a SELECT text.
 struct Shape {
-    query_id: String,
+    query_id: Arc<str>,
     text: String,
     params: Vec<ParamSource>,
     /// Relation names the query does not qualify: they resolve along the session's
     /// `search_path`, and the query id is that of the query with them qualified.
     unqualified: Vec<String>,
-    /// The last resolution of `unqualified` (their schemas) and the query id it gives.
-    resolved: std::sync::Mutex<Option<(Vec<String>, String)>>,
+    /// The last resolution of `unqualified` and the query id it gives.
+    resolved: std::sync::Mutex<Option<ShapeResolution>>,
     /// Running it upstream could change session settings (it calls a user function).
     may_change_settings: bool,
+}
+
+/// How a shape's names resolved, and under what: the same catalog content, session facts and
+/// DDL position give the same answer without resolving again.
+struct ShapeResolution {
+    /// (catalog generation, session facts epoch, session DDL position).
+    key: (u64, u64, u64),
+    schemas: Vec<String>,
+    id: Arc<str>,
 }
 
 enum Kind {
@@ -138,7 +147,34 @@ enum CaptureKind {
 
 struct Last {
     destination: &'static str,
-    reason: String,
+    reason: Reason,
+}
+
+enum Reason {
+    Text(String),
+    /// Answered by this cache.
+    Hit(Arc<dyn CachedQuery>),
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Reason {
+        Reason::Text(s)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Reason {
+        Reason::Text(s.to_string())
+    }
+}
+
+impl Reason {
+    fn text(&self) -> String {
+        match self {
+            Reason::Text(s) => s.clone(),
+            Reason::Hit(c) => format!("answered by the cache of {}", c.query_id()),
+        }
+    }
 }
 
 struct RouterSession {
@@ -253,7 +289,7 @@ impl RouterSession {
                         // query that qualifies every name has one id for every session.
                         let unqualified = unqualified_relations(&n.query);
                         Kind::Select(Arc::new(Shape {
-                            query_id: n.query_id,
+                            query_id: n.query_id.into(),
                             text: n.text,
                             params: n.params,
                             unqualified,
@@ -299,8 +335,8 @@ impl RouterSession {
                     row_description(cache.columns(), &formats).encode(&mut out);
                     match self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out) {
                         Ok(()) => {
-                            finish(&mut out, rows.len(), session);
-                            self.hit(cache.query_id());
+                            finish(&mut out, rows.len(), session.transaction_status());
+                            self.hit(&cache);
                             dispatch.respond(out.freeze());
                         }
                         Err(reason) => {
@@ -498,8 +534,8 @@ impl RouterSession {
                             self.miss(shape, reason);
                             return false;
                         }
-                        finish(&mut out, rows.len(), session);
-                        self.hit(cache.query_id());
+                        finish(&mut out, rows.len(), session.transaction_status());
+                        self.hit(&cache);
                         dispatch.respond(out.freeze());
                     }
                     Err(reason) => {
@@ -755,7 +791,7 @@ impl RouterSession {
         session: &SessionState,
         shape: &Shape,
         dispatch: &mut Dispatch<'_>,
-    ) -> Result<String, String> {
+    ) -> Result<Arc<str>, String> {
         self.facts.catch_up_defaults(session, self.backend.as_ref());
         match self.resolve_id(shape) {
             Ok(id) => Ok(id),
@@ -779,11 +815,22 @@ impl RouterSession {
 
     /// [`RouterSession::session_query_id`] with what is known now: `Err(None)` when a fact is
     /// unknown, `Err(Some(reason))` when the names do not resolve to relations a cache reads.
-    fn resolve_id(&self, shape: &Shape) -> Result<String, Option<String>> {
+    fn resolve_id(&self, shape: &Shape) -> Result<Arc<str>, Option<String>> {
         if shape.unqualified.is_empty() {
             return Ok(shape.query_id.clone());
         }
         let (role, path, temp) = self.facts.resolution().ok_or(None)?;
+        let key = (
+            self.backend.relations_generation(),
+            self.facts.epoch(),
+            self.ddl_lsn,
+        );
+        let mut memo = shape.resolved.lock().expect("shape memo poisoned");
+        if let Some(r) = &*memo {
+            if r.key == key {
+                return Ok(r.id.clone());
+            }
+        }
         let mut schemas = Vec::with_capacity(shape.unqualified.len());
         for name in &shape.unqualified {
             match self
@@ -809,19 +856,25 @@ impl RouterSession {
                 }
             }
         }
-        let mut memo = shape.resolved.lock().expect("shape memo poisoned");
-        if let Some((known, id)) = &*memo {
-            if *known == schemas {
-                return Ok(id.clone());
+        let id: Arc<str> = match &*memo {
+            Some(r) if r.schemas == schemas => r.id.clone(),
+            _ => {
+                let schema_of = |n: &str| {
+                    let i = shape.unqualified.iter().position(|u| u == n)?;
+                    schemas.get(i).cloned()
+                };
+                resolved_query_id_of_text(&shape.text, &schema_of)
+                    .ok_or_else(|| {
+                        Some("the query's relation names could not be qualified".to_string())
+                    })?
+                    .into()
             }
-        }
-        let schema_of = |n: &str| {
-            let i = shape.unqualified.iter().position(|u| u == n)?;
-            schemas.get(i).cloned()
         };
-        let id = resolved_query_id_of_text(&shape.text, &schema_of)
-            .ok_or_else(|| Some("the query's relation names could not be qualified".to_string()))?;
-        *memo = Some((schemas, id.clone()));
+        *memo = Some(ShapeResolution {
+            key,
+            schemas,
+            id: Arc::clone(&id),
+        });
         Ok(id)
     }
 
@@ -873,10 +926,11 @@ impl RouterSession {
         Ok(())
     }
 
-    fn hit(&mut self, query_id: &str) {
+    fn hit(&mut self, cache: &Arc<dyn CachedQuery>) {
+        // No formatting per hit: the reason is written out by EXPLAIN LAST STATEMENT.
         self.last = Last {
             destination: "cache",
-            reason: format!("answered by the cache of {query_id}"),
+            reason: Reason::Hit(Arc::clone(cache)),
         };
     }
 
@@ -889,7 +943,7 @@ impl RouterSession {
         self.backend.record_proxied(&id, &shape.text);
         self.last = Last {
             destination: "upstream",
-            reason,
+            reason: reason.into(),
         };
     }
 
@@ -979,7 +1033,7 @@ impl RouterSession {
                 columns: vec!["query_destination".into(), "reason".into()],
                 rows: vec![vec![
                     Some(self.last.destination.to_string()),
-                    Some(self.last.reason.clone()),
+                    Some(self.last.reason.text()),
                 ]],
                 tag: None,
             };
