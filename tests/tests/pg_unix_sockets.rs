@@ -273,9 +273,9 @@ async fn socket_file_lifecycle_and_shared_limits() {
         // --max-connections counts sessions of both listeners: a TCP client is refused while
         // the Unix one holds the only slot.
         let tcp = try_connect(&first.pg_url(pg.admin_user(), pg.admin_password(), &db)).await;
-        let e = tcp
-            .err()
-            .expect("a second session was admitted past --max-connections 1");
+        let Err(e) = tcp else {
+            panic!("a second session was admitted past --max-connections 1");
+        };
         assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e:?}");
         drop(c);
         blocking(move || {

@@ -150,12 +150,8 @@ pub(crate) fn unix_bridge(path: &Path) -> Result<u16, ReplicationError> {
             format!("walsender relay to {}: {what}: {e}", path.display()),
         ))
     };
-    let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-        err(
-            "no async runtime",
-            io::Error::new(io::ErrorKind::Other, e.to_string()),
-        )
-    })?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|e| err("no async runtime", io::Error::other(e.to_string())))?;
     let std_listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| err("binding a loopback port", e))?;
     std_listener
