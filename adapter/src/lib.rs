@@ -11,4 +11,6 @@ pub mod error;
 pub mod pg;
 
 pub use error::{AdapterError, ErrorClass};
-pub use pg::{load_tls_config, serve, serve_with, PgProxyConfig, SslMode, UpstreamConfig};
+pub use pg::{
+    load_tls_config, serve, serve_with, serve_with_unix, PgProxyConfig, SslMode, UpstreamConfig,
+};

@@ -16,13 +16,13 @@ apt_install() {
     stop_packaged_services
 }
 
-# Debian's postgresql/mariadb packages start system services on install; the tests and scripts
-# use their own throwaway servers, so stop those (best effort, never fatal).
+# Debian's postgresql/mariadb/pgbouncer packages start system services on install; the tests and
+# scripts use their own throwaway servers, so stop those (best effort, never fatal).
 stop_packaged_services() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     local svc
-    for svc in postgresql mariadb mysql; do
+    for svc in postgresql mariadb mysql pgbouncer; do
         $sudo service "$svc" stop >/dev/null 2>&1 || true
     done
 }
@@ -47,7 +47,7 @@ ensure_deps() {
         pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps bzip2 xz-utils)
     fi
     if [ "$mode" = bench ]; then
-        pkgs+=(procps)
+        pkgs+=(procps pgbouncer)
     fi
     apt_install "${pkgs[@]}"
     if [ "$mode" = test ]; then

@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, env = "CLEANUP", default_value_t = false)]
     pub cleanup: bool,
 
+    /// Also accept clients on a Unix socket in this directory: `<dir>/.s.PGSQL.<port>`, the port
+    /// being that of --address (so `psql -h <dir> -p <port>` works). A stale socket file is
+    /// removed at start and the socket is removed at exit. No TLS on it (as in Postgres).
+    #[arg(long, env = "UNIX_SOCKET_DIR")]
+    pub unix_socket_dir: Option<PathBuf>,
+
     /// Run as a plain proxy: no replication and no caches.
     #[arg(long, env = "PROXY_ONLY", default_value_t = false)]
     pub proxy_only: bool,

@@ -1,11 +1,13 @@
 //! Starting and stopping one Larder process.
 
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use larder_replication::PgSource;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -64,6 +66,12 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .or_else(|| upstream.user.clone())
         .unwrap_or_else(|| "postgres".into());
     let upstream_display = format!("{}:{}/{}", upstream.host, upstream.port, database);
+    if upstream.is_unix_socket() {
+        warn!(socket = %upstream.address(),
+            "the upstream is reached over a Unix socket: if its pg_hba.conf lets local \
+             connections in by the OS user (peer) or without a password (trust), every client \
+             of Larder gets that too; use password authentication (scram-sha-256) for them");
+    }
     let proxy_cfg = Arc::new(larder_adapter::PgProxyConfig {
         listen: cfg.address,
         upstream,
@@ -79,9 +87,28 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .await
         .with_context(|| format!("binding {}", cfg.address))?;
     info!(address = %cfg.address, "accepting Postgres clients");
+    // Removes the socket file when this function returns, however it returns.
+    let (unix_listener, _unix_socket_file) = match &cfg.unix_socket_dir {
+        Some(dir) => {
+            let port = listener
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(cfg.address.port());
+            let (l, f) = bind_unix_socket(dir, port)?;
+            (Some(l), Some(f))
+        }
+        None => (None, None),
+    };
 
     if cfg.proxy_only {
-        larder_adapter::serve(listener, proxy_cfg, shutdown).await?;
+        larder_adapter::serve_with_unix(
+            listener,
+            unix_listener,
+            proxy_cfg,
+            shutdown,
+            Arc::new(larder_adapter::pg::PassThrough),
+        )
+        .await?;
         info!("stopped");
         return Ok(());
     }
@@ -145,7 +172,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
         Arc::new(crate::backend::Backend::new(controller.clone()));
     let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
-    let serve = larder_adapter::serve_with(listener, proxy_cfg, shutdown.clone(), backend);
+    let serve = larder_adapter::serve_with_unix(
+        listener,
+        unix_listener,
+        proxy_cfg,
+        shutdown.clone(),
+        backend,
+    );
     tokio::pin!(serve);
     tokio::select! {
         r = &mut serve => r?,
@@ -410,4 +443,49 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
             }
         }
     }
+}
+
+/// Larder's Unix socket file; removed when dropped (at exit).
+struct UnixSocketFile(PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => info!(path = %self.0.display(), "removed the Unix socket"),
+            Err(e) => warn!(path = %self.0.display(), error = %e, "removing the Unix socket"),
+        }
+    }
+}
+
+/// Listens on `<dir>/.s.PGSQL.<port>`. A socket file nobody listens on any more (left by a
+/// crash) is removed first; one that a live server answers on is an error, and so is a file
+/// there that is not a socket. Like Postgres' default `unix_socket_permissions`, the socket
+/// is open to every local user: authentication is the upstream's, as over TCP.
+fn bind_unix_socket(dir: &Path, port: u16) -> anyhow::Result<(UnixListener, UnixSocketFile)> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            bail!("{} exists and is not a socket", path.display())
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                bail!(
+                    "{} is in use: another server is listening on it",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            info!(path = %path.display(), "removed a stale Unix socket");
+        }
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("binding the Unix socket {}", path.display()))?;
+    let file = UnixSocketFile(path.clone());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+        .with_context(|| format!("setting permissions of {}", path.display()))?;
+    info!(path = %path.display(), "accepting Postgres clients on a Unix socket");
+    Ok((listener, file))
 }

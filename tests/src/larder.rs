@@ -34,6 +34,21 @@ impl LarderProcess {
 
     /// Like [`LarderProcess::spawn`] with an explicit binary.
     pub fn spawn_binary(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<LarderProcess> {
+        LarderProcess::spawn_inner(bin, None, args, envs)
+    }
+
+    /// Like [`LarderProcess::spawn`] on a given port (e.g. that of a Larder that was killed),
+    /// one attempt.
+    pub fn spawn_on_port(port: u16, args: &[&str], envs: &[(&str, &str)]) -> Result<LarderProcess> {
+        LarderProcess::spawn_inner(&crate::larder_binary(), Some(port), args, envs)
+    }
+
+    fn spawn_inner(
+        bin: &Path,
+        fixed_port: Option<u16>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<LarderProcess> {
         let dir = TempDir::new("larder").context("creating temp dir")?;
         let mut this = LarderProcess {
             log_path: dir.path().join("larder.log"),
@@ -48,8 +63,13 @@ impl LarderProcess {
             this.dir.path(),
         ));
         let mut last_err = None;
-        for _ in 0..PORT_ATTEMPTS_MAX {
-            this.port = crate::free_port();
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS_MAX
+        };
+        for _ in 0..attempts {
+            this.port = fixed_port.unwrap_or_else(crate::free_port);
             let (out, err) = supervise::log_stdio(&this.log_path)?;
             let mut cmd = Command::new(bin);
             cmd.args(args)

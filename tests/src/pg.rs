@@ -308,6 +308,23 @@ impl PgServer {
         )
     }
 
+    /// The directory of the server's Unix socket (`unix_socket_directories`); the socket file
+    /// is `<dir>/.s.PGSQL.<port>`. Local connections authenticate with scram-sha-256.
+    pub fn socket_dir(&self) -> &Path {
+        &self.sock_dir
+    }
+
+    /// Like [`PgServer::url`], over the Unix socket:
+    /// `postgresql://larder_admin:<pw>@/<db>?host=<socket dir>&port=<port>`.
+    pub fn unix_url(&self, db: &str) -> String {
+        format!(
+            "postgresql://{ADMIN_USER}:{}@/{db}?host={}&port={}",
+            self.password,
+            self.sock_dir.display(),
+            self.port
+        )
+    }
+
     pub fn admin_user(&self) -> &str {
         ADMIN_USER
     }

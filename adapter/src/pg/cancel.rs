@@ -7,7 +7,6 @@
 //! upstream server over a new connection. Keys are removed when their session ends.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::messages::{BackendKeyData, CancelRequest, Encode};
-use super::upstream::UpstreamConnector;
+use super::upstream::{UpstreamAddr, UpstreamConnector};
 use crate::AdapterError;
 
 /// How long to wait for the upstream to acknowledge (close) a forwarded cancel.
@@ -24,7 +23,7 @@ const CANCEL_FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// Where a session's cancel requests must go.
 #[derive(Clone)]
 pub(crate) struct CancelTarget {
-    pub addr: SocketAddr,
+    pub addr: UpstreamAddr,
     pub tls: bool,
     pub upstream_pid: i32,
     pub upstream_secret: Bytes,
@@ -128,7 +127,7 @@ pub(crate) async fn forward_cancel(
     connector: &UpstreamConnector,
     target: CancelTarget,
 ) -> Result<(), AdapterError> {
-    let mut up = connector.connect_addr(target.addr, target.tls).await?;
+    let mut up = connector.connect_addr(&target.addr, target.tls).await?;
     let mut buf = BytesMut::with_capacity(16 + target.upstream_secret.len());
     CancelRequest {
         process_id: target.upstream_pid,
@@ -156,7 +155,7 @@ mod tests {
 
     fn target() -> CancelTarget {
         CancelTarget {
-            addr: "127.0.0.1:5432".parse().unwrap(),
+            addr: UpstreamAddr::Tcp("127.0.0.1:5432".parse().unwrap()),
             tls: false,
             upstream_pid: 77,
             upstream_secret: Bytes::from_static(&[1, 2, 3, 4]),

@@ -28,10 +28,27 @@ use bytes::{Bytes, BytesMut};
 use super::messages::{frontend_tag, FrameIter, RawFrame, TransactionStatus};
 use crate::AdapterError;
 
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A client on Larder's Unix socket (`--unix-socket-dir`).
+    Unix,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("[local]"),
+        }
+    }
+}
+
 /// What Larder knows about a client session; read-only for interceptors.
 #[derive(Debug, Clone)]
 pub struct SessionState {
-    pub(crate) peer: SocketAddr,
+    pub(crate) peer: Peer,
     pub(crate) user: String,
     pub(crate) database: String,
     pub(crate) startup_params: Vec<(String, String)>,
@@ -42,11 +59,7 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    pub(crate) fn new(
-        peer: SocketAddr,
-        startup_params: Vec<(String, String)>,
-        client_tls: bool,
-    ) -> Self {
+    pub(crate) fn new(peer: Peer, startup_params: Vec<(String, String)>, client_tls: bool) -> Self {
         let get = |k: &str| {
             startup_params
                 .iter()
@@ -68,8 +81,8 @@ impl SessionState {
         }
     }
 
-    /// The client's address.
-    pub fn peer(&self) -> SocketAddr {
+    /// The client's address (or [`Peer::Unix`]).
+    pub fn peer(&self) -> Peer {
         self.peer
     }
 

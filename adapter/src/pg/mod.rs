@@ -27,10 +27,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use intercept::{
-    ClientBatch, Dispatch, Interceptor, InterceptorFactory, LocalResponse, PassThrough,
+    ClientBatch, Dispatch, Interceptor, InterceptorFactory, LocalResponse, PassThrough, Peer,
     ResponseMode, SessionState, CAPTURE_SIZE_MAX_BYTES,
 };
-pub use proxy::{serve, serve_with};
+pub use proxy::{serve, serve_with, serve_with_unix};
 pub use route::CacheRouter;
 pub use tls::load_tls_config;
 pub use upstream::{SslMode, UpstreamConfig};

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::cancel::CancelRegistry;
-use super::intercept::{InterceptorFactory, PassThrough};
+use super::conn::Conn;
+use super::intercept::{InterceptorFactory, PassThrough, Peer};
 use super::session::{handle_connection, Shared};
 use super::upstream::UpstreamConnector;
 use super::PgProxyConfig;
@@ -38,6 +39,27 @@ pub async fn serve(
 pub async fn serve_with(
     listener: TcpListener,
     cfg: Arc<PgProxyConfig>,
+    shutdown: watch::Receiver<bool>,
+    interceptors: Arc<dyn InterceptorFactory>,
+) -> Result<(), AdapterError> {
+    serve_with_unix(listener, None, cfg, shutdown, interceptors).await
+}
+
+async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(unix, _)| unix),
+        None => std::future::pending().await,
+    }
+}
+
+/// [`serve_with`], also accepting clients on a Unix-domain listener. Both listeners share the
+/// limits (connections, handshakes, timeouts), the cancel keys and the shutdown. Clients on
+/// the Unix socket get no TLS (an SSLRequest there is answered `N`, as Postgres does). The
+/// caller owns the socket file (creating it, removing it after this returns).
+pub async fn serve_with_unix(
+    listener: TcpListener,
+    unix_listener: Option<UnixListener>,
+    cfg: Arc<PgProxyConfig>,
     mut shutdown: watch::Receiver<bool>,
     interceptors: Arc<dyn InterceptorFactory>,
 ) -> Result<(), AdapterError> {
@@ -56,7 +78,11 @@ pub async fn serve_with(
             .saturating_add(HANDSHAKES_EXTRA_MAX),
     ));
     let local = listener.local_addr().ok();
-    info!(listen = ?local, upstream = %shared.cfg.upstream.address(),
+    let local_unix = unix_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+    info!(listen = ?local, listen_unix = ?local_unix, upstream = %shared.cfg.upstream.address(),
         max_connections = shared.cfg.max_connections, client_tls = shared.cfg.tls.is_some(),
         "postgres proxy listening");
     let mut tasks = JoinSet::new();
@@ -76,7 +102,8 @@ pub async fn serve_with(
                         continue;
                     };
                     tasks.spawn(handle_connection(
-                        shared.clone(), tcp, peer, shutdown.clone(), permit,
+                        shared.clone(), Conn::Plain(tcp), Peer::Tcp(peer), shutdown.clone(),
+                        permit,
                     ));
                 }
                 Err(e) => {
@@ -84,10 +111,27 @@ pub async fn serve_with(
                     tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
                 }
             },
+            accepted = accept_unix(unix_listener.as_ref()) => match accepted {
+                Ok(unix) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        warn!(peer = %Peer::Unix, "too many connections negotiating; closing");
+                        drop(unix);
+                        continue;
+                    };
+                    tasks.spawn(handle_connection(
+                        shared.clone(), Conn::Unix(unix), Peer::Unix, shutdown.clone(), permit,
+                    ));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed (Unix socket)");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                }
+            },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     drop(listener);
+    drop(unix_listener);
     info!(
         sessions = tasks.len(),
         grace_ms = shared.cfg.shutdown_grace_ms,

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use tracing::{debug, warn};
 use super::cancel::{forward_cancel, CancelKeyGuard, CancelRegistry, CancelTarget};
 use super::conn::Conn;
 use super::intercept::{
-    ClientBatch, Dispatch, InterceptorFactory, Pipeline, ResponseMode, SessionState, Slot,
+    ClientBatch, Dispatch, InterceptorFactory, Peer, Pipeline, ResponseMode, SessionState, Slot,
     CAPTURE_SIZE_MAX_BYTES,
 };
 use super::messages::{
@@ -36,7 +35,7 @@ use super::messages::{
     CancelRequest, Decode, Encode, ErrorResponse, FrameIter, ProtocolError, ReadyForQuery,
     SaslInitialResponse, StartupMessage, StartupPacket, Terminate,
 };
-use super::upstream::UpstreamConnector;
+use super::upstream::{UpstreamAddr, UpstreamConnector};
 use super::{Interceptor, PgProxyConfig};
 use crate::AdapterError;
 
@@ -86,16 +85,19 @@ enum Negotiated {
 }
 
 /// Handles one accepted connection from start to end. Never panics on client input.
+/// `client` is `Conn::Plain` (TCP) or `Conn::Unix`.
 pub(crate) async fn handle_connection(
     shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    client: Conn,
+    peer: Peer,
     shutdown: watch::Receiver<bool>,
     handshake_permit: OwnedSemaphorePermit,
 ) {
-    let _ = tcp.set_nodelay(true);
+    if let Conn::Plain(tcp) = &client {
+        let _ = tcp.set_nodelay(true);
+    }
     let deadline = Instant::now() + Duration::from_millis(shared.cfg.startup_timeout_ms);
-    let negotiated = match timeout_at(deadline, negotiate(&shared, tcp)).await {
+    let negotiated = match timeout_at(deadline, negotiate(&shared, client)).await {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "startup negotiation failed");
@@ -137,7 +139,7 @@ async fn reject(mut conn: Conn, code: &str, message: &str) {
     let _ = tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS), send).await;
 }
 
-async fn handle_cancel(shared: &Shared, req: &CancelRequest, peer: SocketAddr) {
+async fn handle_cancel(shared: &Shared, req: &CancelRequest, peer: Peer) {
     match shared.cancels.lookup(req) {
         Some(target) => match forward_cancel(&shared.connector, target).await {
             Ok(()) => debug!(%peer, "cancel request forwarded"),
@@ -174,8 +176,13 @@ async fn accept_tls(tls: &Arc<rustls::ServerConfig>, tcp: TcpStream) -> Result<C
     Ok(Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))))
 }
 
-async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, AdapterError> {
-    let mut conn = match &shared.cfg.tls {
+async fn negotiate(shared: &Shared, client: Conn) -> Result<Negotiated, AdapterError> {
+    // Like Postgres, no TLS over Unix sockets: an SSLRequest there is answered `N`.
+    let tcp = match client {
+        Conn::Plain(tcp) => tcp,
+        other => return negotiate_startup(shared, other).await,
+    };
+    let conn = match &shared.cfg.tls {
         Some(tls) => {
             let mut first = [0u8; 1];
             let n = tcp.peek(&mut first).await?;
@@ -187,6 +194,10 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Adapte
         }
         None => Conn::Plain(tcp),
     };
+    negotiate_startup(shared, conn).await
+}
+
+async fn negotiate_startup(shared: &Shared, mut conn: Conn) -> Result<Negotiated, AdapterError> {
     for _ in 0..NEGOTIATION_PACKETS_MAX {
         let packet = match read_startup_packet(&mut conn).await {
             Ok(p) => p,
@@ -213,6 +224,10 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Adapte
                         tcp.write_all(b"N").await?;
                         Conn::Plain(tcp)
                     }
+                    (Conn::Unix(mut unix), _) => {
+                        unix.write_all(b"N").await?;
+                        Conn::Unix(unix)
+                    }
                     (Conn::Tls(_), _) => {
                         return Err(ProtocolError::Invalid("SSLRequest inside TLS").into())
                     }
@@ -231,7 +246,7 @@ async fn run_session(
     shared: &Arc<Shared>,
     client: Conn,
     mut startup: StartupMessage,
-    peer: SocketAddr,
+    peer: Peer,
     deadline: Instant,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -438,7 +453,7 @@ struct Relay {
     shared: Arc<Shared>,
     client: Conn,
     upstream: Conn,
-    upstream_addr: SocketAddr,
+    upstream_addr: UpstreamAddr,
     upstream_tls: bool,
     /// Bytes read from the client, not yet cut into messages.
     cbuf: BytesMut,
@@ -1011,7 +1026,7 @@ impl Relay {
     fn issue_cancel_key(&mut self, body: &[u8]) -> Result<BytesMut, ProtocolError> {
         let upstream_key = BackendKeyData::decode_body(body)?;
         let target = CancelTarget {
-            addr: self.upstream_addr,
+            addr: self.upstream_addr.clone(),
             tls: self.upstream_tls,
             upstream_pid: upstream_key.process_id,
             upstream_secret: upstream_key.secret_key,
@@ -1033,7 +1048,7 @@ impl Relay {
 /// `-PLUS`) says so with the GS2 flag `y`; a TLS upstream then rejects the login as a possible
 /// downgrade attack ("SCRAM channel binding negotiation error"). Passing authentication through
 /// cannot fix that (the flag is covered by the client proof), so explain it in the log.
-fn warn_on_channel_binding_downgrade(batch: &ClientBatch<'_>, peer: SocketAddr) {
+fn warn_on_channel_binding_downgrade(batch: &ClientBatch<'_>, peer: Peer) {
     for msg in batch
         .iter()
         .filter(|m| m.frame.tag == frontend_tag::PASSWORD)

@@ -4,16 +4,21 @@
 //! policy and the default/replicated database. Client sessions do NOT use the URL's user and
 //! password: clients authenticate upstream with their own credentials, which Larder relays.
 //! The URL's credentials are for Larder's own connections (replication, cache fills).
+//!
+//! A host that starts with `/` is a directory holding the server's Unix socket, as in libpq
+//! (`postgresql://user@/db?host=/var/run/postgresql&port=5432` connects to
+//! `/var/run/postgresql/.s.PGSQL.5432`). Postgres offers no TLS over Unix sockets, so `sslmode`
+//! is ignored there, like libpq does.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::conn::Conn;
 use super::messages::{Encode, SslRequest};
@@ -114,7 +119,9 @@ impl UpstreamConfig {
     /// Supported: user, password (percent-decoded), host (name, IPv4 or `[IPv6]`), port
     /// (default 5432), database, and the query parameters `sslmode`, `sslrootcert`,
     /// `connect_timeout` (seconds), `host`, `port`, `user`, `password`, `dbname`. Other libpq
-    /// parameters are ignored. Multiple hosts and Unix-socket hosts are not supported.
+    /// parameters are ignored. A host starting with `/` is a Unix-socket directory (usually given
+    /// as the `host` query parameter, the URL's host part left empty). Multiple hosts are not
+    /// supported.
     pub fn from_url(url: &str) -> Result<UpstreamConfig, AdapterError> {
         let cfg_err = |m: String| AdapterError::Config(m);
         let rest = url
@@ -194,16 +201,12 @@ impl UpstreamConfig {
                 _ => {}
             }
         }
-        if cfg.host.starts_with('/') {
-            return Err(cfg_err(
-                "Unix-socket upstream hosts are not supported".into(),
-            ));
-        }
         if cfg.host.is_empty() {
             cfg.host = "localhost".into();
         }
         if matches!(cfg.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
             && cfg.sslrootcert.is_none()
+            && !cfg.is_unix_socket()
         {
             return Err(cfg_err(format!(
                 "sslmode={} needs sslrootcert=<path to CA certificates (PEM)>",
@@ -217,9 +220,22 @@ impl UpstreamConfig {
         Ok(cfg)
     }
 
-    /// `host:port` for messages and logs.
+    /// Whether the host names a Unix-socket directory rather than a TCP host.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// The upstream's Unix socket file (`<dir>/.s.PGSQL.<port>`), for a Unix-socket host.
+    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+        self.is_unix_socket()
+            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    /// `host:port` (or the Unix socket's path) for messages and logs.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
+        if let Some(path) = self.unix_socket_path() {
+            path.display().to_string()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -259,21 +275,35 @@ fn split_host_port(hp: &str) -> Result<(Option<String>, Option<String>), Adapter
 /// Built once per `serve` so the TLS client configuration is shared by all sessions.
 pub(crate) struct UpstreamConnector {
     pub(crate) cfg: UpstreamConfig,
+    /// The socket file, for a Unix-socket upstream.
+    unix_path: Option<Arc<Path>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     server_name: Option<ServerName<'static>>,
+}
+
+/// Where an upstream connection went: a resolved TCP address or a Unix socket file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpstreamAddr {
+    Tcp(SocketAddr),
+    Unix(Arc<Path>),
 }
 
 /// A fresh upstream connection.
 pub(crate) struct UpstreamConn {
     pub conn: Conn,
     /// The resolved address actually connected to (cancel requests go here).
-    pub addr: SocketAddr,
+    pub addr: UpstreamAddr,
     pub tls: bool,
 }
 
 impl UpstreamConnector {
     pub(crate) fn new(cfg: UpstreamConfig) -> Result<Self, AdapterError> {
-        let tls = super::tls::upstream_client_config(&cfg)?;
+        let unix_path: Option<Arc<Path>> = cfg.unix_socket_path().map(Arc::from);
+        // No TLS over Unix sockets: sslmode is ignored there, as libpq does.
+        let tls = match unix_path {
+            Some(_) => None,
+            None => super::tls::upstream_client_config(&cfg)?,
+        };
         let server_name = match tls {
             Some(_) => Some(ServerName::try_from(cfg.host.clone()).map_err(|_| {
                 AdapterError::Config(format!(
@@ -285,6 +315,7 @@ impl UpstreamConnector {
         };
         Ok(UpstreamConnector {
             cfg,
+            unix_path,
             tls,
             server_name,
         })
@@ -300,6 +331,9 @@ impl UpstreamConnector {
     /// Opens a new upstream connection, negotiating TLS per sslmode.
     pub(crate) async fn connect(&self) -> Result<UpstreamConn, AdapterError> {
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        if let Some(path) = &self.unix_path {
+            return self.connect_unix(path.clone(), timeout).await;
+        }
         let addr = (self.cfg.host.as_str(), self.cfg.port);
         let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
@@ -315,13 +349,33 @@ impl UpstreamConnector {
         self.finish_connect(tcp, peer, timeout).await
     }
 
+    async fn connect_unix(
+        &self,
+        path: Arc<Path>,
+        timeout: Duration,
+    ) -> Result<UpstreamConn, AdapterError> {
+        let unix = tokio::time::timeout(timeout, UnixStream::connect(&*path))
+            .await
+            .map_err(|_| self.connect_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(|e| self.connect_error(e))?;
+        Ok(UpstreamConn {
+            conn: Conn::Unix(unix),
+            addr: UpstreamAddr::Unix(path),
+            tls: false,
+        })
+    }
+
     /// Connects to one specific resolved address (used for cancel requests).
     pub(crate) async fn connect_addr(
         &self,
-        addr: SocketAddr,
+        addr: &UpstreamAddr,
         tls: bool,
     ) -> Result<UpstreamConn, AdapterError> {
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let addr = match addr {
+            UpstreamAddr::Tcp(addr) => *addr,
+            UpstreamAddr::Unix(path) => return self.connect_unix(path.clone(), timeout).await,
+        };
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| self.connect_error(std::io::ErrorKind::TimedOut.into()))?
@@ -330,7 +384,7 @@ impl UpstreamConnector {
             tcp.set_nodelay(true).map_err(|e| self.connect_error(e))?;
             return Ok(UpstreamConn {
                 conn: Conn::Plain(tcp),
-                addr,
+                addr: UpstreamAddr::Tcp(addr),
                 tls: false,
             });
         }
@@ -347,7 +401,7 @@ impl UpstreamConnector {
         let (Some(tls), Some(server_name)) = (&self.tls, &self.server_name) else {
             return Ok(UpstreamConn {
                 conn: Conn::Plain(tcp),
-                addr,
+                addr: UpstreamAddr::Tcp(addr),
                 tls: false,
             });
         };
@@ -371,13 +425,13 @@ impl UpstreamConnector {
                         .map_err(|e| AdapterError::Tls(format!("upstream TLS handshake: {e}")))?;
                 Ok(UpstreamConn {
                     conn: Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))),
-                    addr,
+                    addr: UpstreamAddr::Tcp(addr),
                     tls: true,
                 })
             }
             b'N' if self.cfg.sslmode == SslMode::Prefer => Ok(UpstreamConn {
                 conn: Conn::Plain(tcp),
-                addr,
+                addr: UpstreamAddr::Tcp(addr),
                 tls: false,
             }),
             b'N' => Err(AdapterError::Upstream(
@@ -430,6 +484,38 @@ mod tests {
     }
 
     #[test]
+    fn parses_unix_socket_hosts() {
+        let c = UpstreamConfig::from_url(
+            "postgresql://u:pw@/db?host=/var/run/postgresql&port=5433&sslmode=verify-full",
+        )
+        .unwrap();
+        assert!(c.is_unix_socket());
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.user.as_deref(), Some("u"));
+        assert_eq!(
+            c.unix_socket_path(),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(c.address(), "/var/run/postgresql/.s.PGSQL.5433");
+        // No TLS over a Unix socket, whatever sslmode says.
+        assert!(UpstreamConnector::new(c).unwrap().tls.is_none());
+        let c = UpstreamConfig::from_url("postgresql:///app?host=%2Ftmp").unwrap();
+        assert_eq!(c.dbname.as_deref(), Some("app"));
+        assert_eq!(
+            c.unix_socket_path(),
+            Some(PathBuf::from("/tmp/.s.PGSQL.5432"))
+        );
+        let c = UpstreamConfig::from_url("postgresql://%2Frun%2Fpg:6000/app").unwrap();
+        assert_eq!(
+            c.unix_socket_path(),
+            Some(PathBuf::from("/run/pg/.s.PGSQL.6000"))
+        );
+        assert!(!UpstreamConfig::from_url("postgres://h/db")
+            .unwrap()
+            .is_unix_socket());
+    }
+
+    #[test]
     fn rejects_bad_urls() {
         for url in [
             "mysql://h/db",
@@ -438,6 +524,7 @@ mod tests {
             "postgres://h/db?sslmode=bogus",
             "postgres://h/db?sslmode=verify-full",
             "postgres://a,b/db",
+            "postgres:///db?host=/tmp&port=0",
             "postgres://u:%zz@h/db",
             "postgres://[::1/db",
         ] {

@@ -104,6 +104,8 @@ const SESSION_SETTINGS: [&str; 5] = [
 pub struct PgSource {
     config: Config,
     replication_conninfo: String,
+    /// The upstream's socket file when it is reached over a Unix socket.
+    unix_socket: Option<std::path::PathBuf>,
     /// Publication and slot name.
     name: String,
     filter: TableFilter,
@@ -291,10 +293,14 @@ impl PgSource {
         let config: Config = url
             .parse()
             .map_err(|e| ReplicationError::InvalidConfig(format!("upstream URL: {e}")))?;
-        let replication_conninfo = conn::replication_conninfo(&config)?;
+        let unix_socket = conn::unix_socket_path(&config);
+        // Over a Unix socket the walsender conninfo is built per session (relay port).
+        let replication_conninfo =
+            conn::replication_conninfo(&config, unix_socket.as_ref().map(|_| 0))?;
         Ok(PgSource {
             config,
             replication_conninfo,
+            unix_socket,
             name: object_name(deployment),
             filter: TableFilter::new(table_filter)?,
             options: PgSourceOptions::default(),
@@ -460,7 +466,14 @@ impl PgSource {
 
     /// Opens a walsender session with the output settings `pgtypes::parse_text` expects.
     fn replication_connection(&self) -> Result<PgReplicationConnection, ReplicationError> {
-        let mut conn = PgReplicationConnection::connect(&self.replication_conninfo)?;
+        let mut conn = match &self.unix_socket {
+            None => PgReplicationConnection::connect(&self.replication_conninfo)?,
+            Some(path) => {
+                let port = conn::unix_bridge(path)?;
+                let conninfo = conn::replication_conninfo(&self.config, Some(port))?;
+                PgReplicationConnection::connect(&conninfo)?
+            }
+        };
         for set in SESSION_SETTINGS {
             conn.exec(set)?;
         }
