@@ -110,6 +110,11 @@ pub struct Config {
     #[arg(long, env = "ADMIN_ROLE")]
     pub admin_role: Option<String>,
 
+    /// Threads serving sessions: 0 = one per core (work-stealing scheduler), 1 = a single
+    /// thread (current-thread scheduler, no cross-thread wake-ups), n = n workers.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
     pub log_format: LogFormat,

@@ -88,6 +88,8 @@ impl InterceptorFactory for CacheRouter {
             ddl_barrier_lsn: None,
             ddl_in_transaction: false,
             facts: SessionFacts::new(session, self.backend.as_ref()),
+            tz_memo: None,
+            row_desc_memo: None,
             ddl_lsn: 0,
             last: Last {
                 destination: "upstream",
@@ -195,6 +197,10 @@ struct RouterSession {
     /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
     custom_output: bool,
     facts: SessionFacts,
+    /// The last `TimeZone` value and what it parses to.
+    tz_memo: Option<(String, Option<TimeZoneSetting>)>,
+    /// The last RowDescription encoded: (cache, result formats, bytes).
+    row_desc_memo: Option<(Arc<dyn CachedQuery>, Vec<i16>, Bytes)>,
     /// The WAL position after this session's latest DDL: relation names resolve locally only
     /// with a catalog that reflects it.
     ddl_lsn: u64,
@@ -332,7 +338,7 @@ impl RouterSession {
                 Ok((cache, rows)) => {
                     let mut out = BytesMut::new();
                     let formats = Formats::all_text();
-                    row_description(cache.columns(), &formats).encode(&mut out);
+                    self.put_row_description(&cache, &[], &mut out);
                     match self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out) {
                         Ok(()) => {
                             finish(&mut out, rows.len(), session.transaction_status());
@@ -526,7 +532,7 @@ impl RouterSession {
                         let formats = Formats::new(&bind.result_formats);
                         BindComplete.encode(&mut out);
                         if unit.describe {
-                            row_description(cache.columns(), &formats).encode(&mut out);
+                            self.put_row_description(&cache, &bind.result_formats, &mut out);
                         }
                         if let Err(reason) =
                             self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out)
@@ -732,9 +738,7 @@ impl RouterSession {
                 return Err("asking the upstream which role this session runs as".into());
             }
         }
-        let tz = session
-            .parameter("TimeZone")
-            .and_then(TimeZoneSetting::from_name);
+        let tz = self.time_zone(session);
         let needs_tz = cache.columns().iter().any(|c| c.ty == SqlType::TimestampTz)
             || cache
                 .param_types()
@@ -878,6 +882,39 @@ impl RouterSession {
         Ok(id)
     }
 
+    /// The session's `TimeZone` as Larder can apply it (parsed once per value).
+    fn time_zone(&mut self, session: &SessionState) -> Option<TimeZoneSetting> {
+        let name = session.parameter("TimeZone")?;
+        if let Some((known, tz)) = &self.tz_memo {
+            if known == name {
+                return *tz;
+            }
+        }
+        let tz = TimeZoneSetting::from_name(name);
+        self.tz_memo = Some((name.to_string(), tz));
+        tz
+    }
+
+    /// Appends the RowDescription of `cache` for these result formats (encoded once per
+    /// cache and formats, then copied).
+    fn put_row_description(
+        &mut self,
+        cache: &Arc<dyn CachedQuery>,
+        formats: &[i16],
+        out: &mut BytesMut,
+    ) {
+        if let Some((c, f, bytes)) = &self.row_desc_memo {
+            if std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(cache)) && f.as_slice() == formats {
+                out.put_slice(bytes);
+                return;
+            }
+        }
+        let mut b = BytesMut::new();
+        row_description(cache.columns(), &Formats::new(formats)).encode(&mut b);
+        out.put_slice(&b);
+        self.row_desc_memo = Some((Arc::clone(cache), formats.to_vec(), b.freeze()));
+    }
+
     fn encode_rows(
         &self,
         session: &SessionState,
@@ -886,9 +923,16 @@ impl RouterSession {
         formats: &Formats,
         out: &mut BytesMut,
     ) -> Result<(), String> {
-        let tz = session
-            .parameter("TimeZone")
-            .and_then(TimeZoneSetting::from_name)
+        let tz = self
+            .tz_memo
+            .as_ref()
+            .filter(|(name, _)| session.parameter("TimeZone") == Some(name.as_str()))
+            .and_then(|(_, tz)| *tz)
+            .or_else(|| {
+                session
+                    .parameter("TimeZone")
+                    .and_then(TimeZoneSetting::from_name)
+            })
             .unwrap_or(TimeZoneSetting::Utc);
         let columns = cache.columns();
         let mut text = String::new();
