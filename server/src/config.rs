@@ -110,8 +110,8 @@ pub struct Config {
     #[arg(long, env = "ADMIN_ROLE")]
     pub admin_role: Option<String>,
 
-    /// Threads serving sessions: 0 = one per core (work-stealing scheduler), 1 = a single
-    /// thread (current-thread scheduler, no cross-thread wake-ups), n = n workers.
+    /// Runtime worker threads serving sessions: 0 = one per core; 1 = every session on one
+    /// worker (no wake-ups between workers).
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 

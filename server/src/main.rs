@@ -13,21 +13,14 @@ fn main() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
-    // One worker runs every session on one thread (tokio's current-thread scheduler: no
-    // cross-thread wake-ups); more use the work-stealing scheduler. Blocking work (RocksDB,
-    // snapshots) always has its own pool.
-    let runtime = match cfg.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    // The multi-thread scheduler always (replication's walsender commands need
+    // `block_in_place`); `--worker-threads 1` runs every session on one worker, without
+    // wake-ups between workers. Blocking work (RocksDB, snapshots) has its own pool.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.worker_threads > 0 {
+        builder.worker_threads(cfg.worker_threads);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let (tx, rx) = watch::channel(false);
         let mut term = signal(SignalKind::terminate())?;
