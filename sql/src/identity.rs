@@ -9,10 +9,7 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{
-    visit_relations, Expr, Ident, ObjectName, ObjectNamePart, Query, Visit, VisitMut, Visitor,
-    VisitorMut,
-};
+use sqlparser::ast::{visit_relations, Ident, ObjectName, ObjectNamePart, Query, Visit, Visitor};
 
 use crate::normalize::query_id;
 use crate::statement::{parse_select, Dialect};
@@ -57,58 +54,45 @@ pub fn resolved_query_id(
     query: &Query,
     schema_of: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    struct Canon<'a> {
-        ctes: Vec<String>,
-        schema_of: &'a dyn Fn(&str) -> Option<String>,
-        unknown: bool,
-    }
-    fn quoted(i: &mut Ident) {
-        i.quote_style = Some('"');
-    }
-    impl VisitorMut for Canon<'_> {
-        type Break = ();
-        fn pre_visit_relation(&mut self, name: &mut ObjectName) -> ControlFlow<()> {
-            if let [ObjectNamePart::Identifier(i)] = name.0.as_slice() {
-                if !self.ctes.contains(&i.value) {
-                    match (self.schema_of)(&i.value) {
-                        Some(schema) => name.0.insert(
-                            0,
-                            ObjectNamePart::Identifier(Ident::with_quote('"', schema)),
-                        ),
-                        None => {
-                            self.unknown = true;
-                            return ControlFlow::Break(());
-                        }
-                    }
-                }
-            }
-            for part in &mut name.0 {
-                if let ObjectNamePart::Identifier(i) = part {
-                    quoted(i);
-                }
-            }
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-            match e {
-                Expr::Identifier(i) => quoted(i),
-                Expr::CompoundIdentifier(parts) => parts.iter_mut().for_each(quoted),
-                _ => {}
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut q = query.clone();
-    let mut v = Canon {
-        ctes: cte_names(query),
-        schema_of,
-        unknown: false,
+    resolved_query_id_of_text(&query.to_string(), schema_of)
+}
+
+/// The query id of a normalized text whose relations are all qualified: its tokens with
+/// whitespace folded and every identifier in one spelling (a quoted name that needs no quotes
+/// is written bare, as the parser folds bare names), hashed. Tokenizing is iterative, so this
+/// costs no stack however deep the query nests.
+pub fn canonical_id(normalized_text: &str) -> String {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, normalized_text).tokenize() else {
+        return query_id(normalized_text);
     };
-    let _ = VisitMut::visit(&mut q, &mut v);
-    if v.unknown {
-        return None;
+    let mut out = String::with_capacity(normalized_text.len());
+    for t in tokens {
+        match t {
+            Token::Whitespace(_) => continue,
+            Token::Word(w) if w.quote_style == Some('"') => {
+                let bare = w
+                    .value
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                    && w.value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if bare {
+                    out.push_str(&w.value);
+                } else {
+                    out.push('"');
+                    out.push_str(&w.value.replace('"', "\"\""));
+                    out.push('"');
+                }
+            }
+            other => out.push_str(&other.to_string()),
+        }
+        out.push(' ');
     }
-    Some(query_id(&q.to_string()))
+    query_id(&out)
 }
 
 /// Qualifies each unqualified relation `n` of `query` (CTE names aside) as `schema_of(n)`, in
@@ -137,8 +121,11 @@ pub fn resolved_query_id_of_text(
     normalized_text: &str,
     schema_of: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    let q = parse_select(normalized_text, Dialect::Postgres).ok()?;
-    resolved_query_id(&q, schema_of)
+    let mut q = parse_select(normalized_text, Dialect::Postgres).ok()?;
+    if !qualify(&mut q, schema_of) {
+        return None;
+    }
+    Some(canonical_id(&q.to_string()))
 }
 
 #[cfg(test)]

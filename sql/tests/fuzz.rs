@@ -12,7 +12,7 @@ mod fuzz_support;
 
 use fuzz_support::{Gen, Seed};
 use larder_sql::lower::{lower, Catalog};
-use larder_sql::normalize::{normalize, normalize_any, query_id, resolve_params};
+use larder_sql::normalize::{normalize, normalize_any, resolve_params};
 use larder_sql::pgtypes::{self, TimeZoneSetting};
 use larder_sql::rowcodec::{decode_row, encode_row};
 use larder_sql::statement::{classify, is_query_id, parse_larder_statement, Dialect};
@@ -244,12 +244,13 @@ fn check_normalize(input: &[u8]) {
     let again = normalize(&sql, dialect).expect("normalizes twice");
     assert_eq!(again.query_id, n.query_id);
     assert_eq!(again.text, n.text);
-    assert_eq!(n.query_id, query_id(&n.text));
+    assert_eq!(n.query_id, larder_sql::identity::canonical_id(&n.text));
     assert!(is_query_id(&n.query_id), "{}", n.query_id);
     // The normalized text is its own normal form: same text, same id.
     let renormalized = normalize(&n.text, dialect)
         .unwrap_or_else(|e| panic!("{sql:?} normalized to {:?}, which fails: {e}", n.text));
     assert_eq!(renormalized.text, n.text, "from {sql:?}");
+    assert_eq!(renormalized.query_id, n.query_id, "from {sql:?}");
     if let Ok(plan) = lower(&n.query, &catalog()) {
         // Resolve every slot with a NULL client value: must answer, never panic.
         let _ = resolve_params(&n.params, &|_| Some(Value::Null), &plan.param_types);
