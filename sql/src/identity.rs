@@ -2,9 +2,10 @@
 //!
 //! The id is computed over the normalized query (see [`crate::normalize`]) after every relation
 //! name is schema-qualified as it resolves for the session (`items` under the default
-//! `search_path` and `public.items` are the same query) and every identifier is written quoted
-//! (`"items"` and `items` are the same name once unquoted names are folded). Keywords are
-//! printed in one case by the parser's printer anyway. The text this produces is only hashed,
+//! `search_path` and `public.items` are the same query), from its tokens in one canonical
+//! spelling ([`canonical_id`]: a quoted name that needs no quotes is written bare, so
+//! `"items"` and `items` are the same name once unquoted names are folded; keywords are
+//! printed in one case by the parser's printer anyway). The text this produces is only hashed,
 //! never run.
 
 use std::ops::ControlFlow;
