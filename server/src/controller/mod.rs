@@ -20,9 +20,11 @@ use larder_adapter::cache::StatementContext;
 use larder_sql::search_path::{self, PathEntry, Resolved};
 use std::time::Duration;
 
-/// How long `CREATE CACHE` waits for replication to catch up with the upstream (and so with
-/// the creating session's own DDL) before it gives up.
-const CATCH_UP_MAX_MS: u64 = 10_000;
+mod access;
+mod naming;
+mod show;
+
+use show::{cache_row, show_version};
 
 /// A small text result set.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -182,108 +184,6 @@ impl Controller {
         }
     }
 
-    /// The query as the creating session means it: first replication and Larder's catalog of
-    /// relations catch up with everything committed upstream so far (the session's own DDL
-    /// included), then every unqualified relation name is qualified as it resolves along the
-    /// session's `search_path`. Returns the qualified text and its normalized form, whose id
-    /// is the one every session that means the same query computes.
-    async fn for_session(
-        &self,
-        text: &str,
-        normalized: Normalized,
-        ctx: &StatementContext,
-    ) -> Result<(String, Normalized), ControllerError> {
-        let names = larder_sql::identity::unqualified_relations(&normalized.query);
-        let target = self.upstream_position().await?;
-        let deadline = std::time::Instant::now() + Duration::from_millis(CATCH_UP_MAX_MS);
-        let snapshot = loop {
-            let applied = self.core.status.applied_lsn.load(Ordering::SeqCst) >= target;
-            match self.relations.current(target) {
-                Some(s) if applied => break s,
-                _ if std::time::Instant::now() >= deadline => {
-                    return Err(ControllerError::Unavailable(format!(
-                        "replication has not caught up with the upstream within {CATCH_UP_MAX_MS} ms; try again"
-                    )))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        if names.is_empty() {
-            return Ok((text.to_string(), normalized));
-        }
-        let role = ctx.role.as_deref().unwrap_or(&ctx.session_user);
-        let default_path;
-        let path: &[PathEntry] = match &ctx.search_path {
-            Some(p) => p,
-            None => {
-                let defaults = self
-                    .core
-                    .search_path_defaults
-                    .read()
-                    .expect("defaults lock");
-                default_path = defaults
-                    .as_ref()
-                    .and_then(|d| {
-                        search_path::parse_value(d.for_session(&ctx.session_user, &self.database))
-                    })
-                    .unwrap_or_else(search_path::default_path);
-                &default_path
-            }
-        };
-        let temp = ctx.temp_schema.clone().flatten();
-        let mut schemas = Vec::new();
-        for name in &names {
-            let resolved =
-                search_path::resolve(path, role, name, &|s, n| snapshot.has(s, n), &|n| {
-                    temp.as_deref().is_some_and(|t| snapshot.has(t, n))
-                });
-            match resolved {
-                Resolved::Schema(s) => schemas.push(s),
-                Resolved::Temp => {
-                    return Err(ControllerError::Unsupported(format!(
-                        "{name} is a temporary table of this session"
-                    )))
-                }
-                Resolved::Missing => {
-                    return Err(ControllerError::NotFound(format!(
-                        "relation \"{name}\" does not exist under this session's search_path"
-                    )))
-                }
-            }
-        }
-        let schema_of = |n: &str| {
-            let i = names.iter().position(|u| u == n)?;
-            schemas.get(i).cloned()
-        };
-        let mut query = parse_select(text, Dialect::Postgres)
-            .map_err(|e| ControllerError::Invalid(e.to_string()))?;
-        if !larder_sql::identity::qualify(&mut query, &schema_of) {
-            return Err(ControllerError::Internal(
-                "the query's relation names could not be qualified".into(),
-            ));
-        }
-        let qualified_text = query.to_string();
-        Ok((qualified_text, normalize_query(query)))
-    }
-
-    /// A stored cache's query, ready to build. Caches created before names were qualified at
-    /// creation may hold unqualified names: they are read as they always were (`public`
-    /// first, else the only replicated schema with such a table), and qualified.
-    pub fn stored_query(&self, text: &str) -> Result<(String, Normalized), ControllerError> {
-        let mut query = parse_select(text, Dialect::Postgres)
-            .map_err(|e| ControllerError::Invalid(e.to_string()))?;
-        let catalog = RegistryCatalog { core: &self.core };
-        let schema_of = |n: &str| catalog.table(None, n).map(|t| t.schema);
-        if !larder_sql::identity::unqualified_relations(&query).is_empty()
-            && !larder_sql::identity::qualify(&mut query, &schema_of)
-        {
-            return Err(ControllerError::Unsupported(
-                "a relation the query names is not replicated".into(),
-            ));
-        }
-        Ok((query.to_string(), normalize_query(query)))
-    }
-
     /// Makes a built cache visible to the router, after learning every role's privileges on
     /// its table (so that no role's first query is sent upstream for want of them).
     pub async fn publish(&self, entry: Arc<CacheEntry>) {
@@ -303,19 +203,6 @@ impl Controller {
             Err(e) => tracing::debug!(error = %e, "learning privileges before publishing a cache"),
         }
         self.core.caches.insert(entry);
-    }
-
-    /// The upstream's current WAL position.
-    async fn upstream_position(&self) -> Result<u64, ControllerError> {
-        let client = self.upstream_client().await?;
-        let lsn: String = client
-            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?
-            .get(0);
-        let (hi, lo) = lsn.split_once('/').unwrap_or(("0", "0"));
-        Ok((u64::from_str_radix(hi, 16).unwrap_or(0) << 32)
-            | u64::from_str_radix(lo, 16).unwrap_or(0))
     }
 
     fn source_query(&self, source: CacheSource) -> Result<(String, Normalized), ControllerError> {
@@ -467,36 +354,6 @@ impl Controller {
                  answered upstream; superusers, BYPASSRLS roles and the owner are served from the cache",
                 table.schema.schema, table.schema.name
             )
-        }))
-    }
-
-    /// What the upstream lets `role` do, for the tables `oids` (asked now: Larder statements
-    /// are rare, and must not act on a stale answer).
-    async fn role_access(&self, role: &str, oids: &[u32]) -> Result<RoleAccess, ControllerError> {
-        let client = self.upstream_client().await?;
-        self.privileges
-            .fetch_now(&client, role, oids)
-            .await
-            .map_err(|e| {
-                ControllerError::Unavailable(format!(
-                    "reading the privileges of role {role}: {}",
-                    db_error_text(&e)
-                ))
-            })
-    }
-
-    /// Managing caches for everyone needs a superuser or a member of `--admin-role`.
-    async fn require_admin(&self, role: &str, what: &str) -> Result<(), ControllerError> {
-        if self.role_access(role, &[]).await?.admin {
-            return Ok(());
-        }
-        Err(ControllerError::Forbidden(match self.privileges.admin_role() {
-            Some(admin) => format!(
-                "{what} requires a superuser or a member of role {admin} (--admin-role); role {role} is neither"
-            ),
-            None => format!(
-                "{what} requires a superuser (or a member of the role named by --admin-role, which is not set); role {role} is not a superuser"
-            ),
         }))
     }
 
@@ -739,46 +596,6 @@ impl Controller {
         Ok(Table::done("DROP CACHE"))
     }
 
-    fn show_caches(&self, query_id: Option<&str>) -> Table {
-        let mut t = Table::new(&["query_id", "name", "query", "properties", "count"]);
-        for c in self.core.caches.all() {
-            if query_id.is_some_and(|id| id != c.query_id) {
-                continue;
-            }
-            let mut props = vec![if c.always { "always" } else { "" }.to_string()];
-            props.retain(|p| !p.is_empty());
-            if let Some(reason) = c.invalid_reason() {
-                props.push(format!("not serving: {reason}"));
-            }
-            t.push(vec![
-                c.query_id.clone(),
-                c.name.clone(),
-                c.query.clone(),
-                props.join(", "),
-                c.hits.load(Ordering::Relaxed).to_string(),
-            ]);
-        }
-        for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {
-            if query_id.is_some_and(|id| id != c.query_id) {
-                continue;
-            }
-            let mut props = if c.always {
-                vec!["always".to_string()]
-            } else {
-                vec![]
-            };
-            props.push(format!("not serving: {reason}"));
-            t.push(vec![
-                c.query_id.clone(),
-                c.name.clone(),
-                c.query.clone(),
-                props.join(", "),
-                "0".into(),
-            ]);
-        }
-        t
-    }
-
     /// Try again to build the stored caches that could not be built; keeps the failures.
     pub async fn retry_unbuilt(&self) {
         let pending = std::mem::take(&mut *self.unbuilt.lock().expect("unbuilt lock poisoned"));
@@ -800,206 +617,6 @@ impl Controller {
             }
         }
     }
-
-    /// Which relation names (quoted, as written) `role` may read, asked of the upstream.
-    async fn readable_relations(
-        &self,
-        role: &str,
-        names: Vec<String>,
-    ) -> Result<std::collections::HashSet<String>, ControllerError> {
-        if names.is_empty() {
-            return Ok(Default::default());
-        }
-        let client = self.upstream_client().await?;
-        let rows = client
-            .query(
-                "SELECT n, COALESCE(pg_catalog.has_any_column_privilege($1, \
-                        pg_catalog.to_regclass(n), 'SELECT'), false) \
-                 FROM pg_catalog.unnest($2::text[]) AS n",
-                &[&role, &names],
-            )
-            .await
-            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.get::<_, bool>(1))
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    async fn show_proxied(
-        &self,
-        supported_only: bool,
-        query_id: Option<&str>,
-        limit: Option<u64>,
-        role: &str,
-    ) -> Result<Table, ControllerError> {
-        let shapes = self.proxied.snapshot();
-        // A plain user sees only the shapes whose every table it can read.
-        let relations_of = |text: &str| -> Option<Vec<String>> {
-            let q = parse_select(text, Dialect::Postgres).ok()?;
-            let rels = larder_sql::normalize::relations(&q);
-            (!rels.is_empty()).then(|| {
-                rels.iter()
-                    .map(|(s, n)| match s {
-                        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(n)),
-                        None => quote_ident(n),
-                    })
-                    .collect()
-            })
-        };
-        let visible = if self.role_access(role, &[]).await?.admin {
-            None
-        } else {
-            let mut names: Vec<String> = shapes
-                .iter()
-                .filter_map(|(_, text, _)| relations_of(text))
-                .flatten()
-                .collect();
-            names.sort();
-            names.dedup();
-            Some(self.readable_relations(role, names).await?)
-        };
-        let mut t = Table::new(&["query_id", "query", "supported", "count"]);
-        for (id, text, count) in shapes {
-            if query_id.is_some_and(|q| q != id) {
-                continue;
-            }
-            if let Some(readable) = &visible {
-                let ok = relations_of(&text)
-                    .is_some_and(|rels| rels.iter().all(|r| readable.contains(r)));
-                if !ok {
-                    continue;
-                }
-            }
-            let supported = if self.core.caches.get(&id).is_some() {
-                "cached".to_string()
-            } else {
-                match parse_select(&text, Dialect::Postgres) {
-                    Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
-                    Ok(q) => match self.check_supported(&normalize_query(q)) {
-                        Ok(_) => "yes".to_string(),
-                        Err(ControllerError::Unavailable(r)) => format!("pending: {r}"),
-                        Err(e) => format!("unsupported: {e}"),
-                    },
-                }
-            };
-            if supported_only && !(supported == "yes" || supported == "cached") {
-                continue;
-            }
-            t.push(vec![id, text, supported, count.to_string()]);
-            if limit.is_some_and(|l| t.rows.len() as u64 >= l) {
-                break;
-            }
-        }
-        Ok(t)
-    }
-
-    fn show_status(&self) -> Table {
-        let mut t = Table::new(&["name", "value"]);
-        let status = &self.core.status;
-        let lsn = status.applied_lsn.load(Ordering::SeqCst);
-        let repl = status.replication.lock().expect("status lock").clone();
-        let snapshot = {
-            let tables = self.core.tables.read().expect("tables lock poisoned");
-            if tables.all().any(|t| {
-                matches!(
-                    t.state,
-                    TableState::Snapshotting { .. } | TableState::CatchingUp { .. }
-                )
-            }) {
-                "In Progress"
-            } else {
-                "Completed"
-            }
-        };
-        t.push(vec![
-            "Database Connection".into(),
-            if repl == "Streaming" {
-                "Connected".into()
-            } else {
-                repl.clone()
-            },
-        ]);
-        t.push(vec!["Upstream".into(), self.upstream_display.clone()]);
-        t.push(vec![
-            "Connection Count".into(),
-            self.connections.load(Ordering::Relaxed).to_string(),
-        ]);
-        t.push(vec!["Snapshot Status".into(), snapshot.into()]);
-        t.push(vec![
-            "Replication Status".into(),
-            if repl.is_empty() {
-                "Not started".into()
-            } else {
-                repl
-            },
-        ]);
-        t.push(vec![
-            "Replication Offset".into(),
-            format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
-        ]);
-        t.push(vec![
-            "Caches".into(),
-            self.core.caches.all().len().to_string(),
-        ]);
-        t.push(vec![
-            "Last Error".into(),
-            status
-                .last_error
-                .lock()
-                .expect("status lock")
-                .clone()
-                .unwrap_or_default(),
-        ]);
-        t
-    }
-
-    fn show_tables(&self) -> Table {
-        let mut t = Table::new(&["table", "status", "description"]);
-        let tables = self.core.tables.read().expect("tables lock poisoned");
-        let mut rows: Vec<_> = tables
-            .all()
-            .map(|e| {
-                let (status, description) = e.state.describe();
-                vec![
-                    format!("\"{}\".\"{}\"", e.schema.schema, e.schema.name),
-                    status,
-                    description,
-                ]
-            })
-            .collect();
-        rows.sort();
-        for r in rows {
-            t.push(r);
-        }
-        t
-    }
-}
-
-fn cache_row(c: &CacheEntry) -> Table {
-    let mut t = Table::new(&["query_id", "name", "query", "cache_type"]);
-    t.push(vec![
-        c.query_id.clone(),
-        c.name.clone(),
-        c.query.clone(),
-        "deep".into(),
-    ]);
-    t
-}
-
-fn show_version() -> Table {
-    let mut t = Table::new(&["name", "value"]);
-    t.push(vec!["version".into(), env!("CARGO_PKG_VERSION").into()]);
-    t.push(vec![
-        "commit".into(),
-        option_env!("LARDER_GIT_COMMIT").unwrap_or("unknown").into(),
-    ]);
-    t.push(vec![
-        "platform".into(),
-        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
-    ]);
-    t
 }
 
 /// Whether the plan sorts by, or range-compares, a text value (collation-dependent).

@@ -1,0 +1,138 @@
+//! Who may do what with caches: the privileges `CREATE CACHE` needs, the roles that may drop
+//! caches, and which query shapes `SHOW PROXIED QUERIES` shows a role.
+
+use super::*;
+
+impl Controller {
+    /// What the upstream lets `role` do, for the tables `oids` (asked now: Larder statements
+    /// are rare, and must not act on a stale answer).
+    pub(super) async fn role_access(
+        &self,
+        role: &str,
+        oids: &[u32],
+    ) -> Result<RoleAccess, ControllerError> {
+        let client = self.upstream_client().await?;
+        self.privileges
+            .fetch_now(&client, role, oids)
+            .await
+            .map_err(|e| {
+                ControllerError::Unavailable(format!(
+                    "reading the privileges of role {role}: {}",
+                    db_error_text(&e)
+                ))
+            })
+    }
+
+    /// Managing caches for everyone needs a superuser or a member of `--admin-role`.
+    pub(super) async fn require_admin(
+        &self,
+        role: &str,
+        what: &str,
+    ) -> Result<(), ControllerError> {
+        if self.role_access(role, &[]).await?.admin {
+            return Ok(());
+        }
+        Err(ControllerError::Forbidden(match self.privileges.admin_role() {
+            Some(admin) => format!(
+                "{what} requires a superuser or a member of role {admin} (--admin-role); role {role} is neither"
+            ),
+            None => format!(
+                "{what} requires a superuser (or a member of the role named by --admin-role, which is not set); role {role} is not a superuser"
+            ),
+        }))
+    }
+
+    /// Which relation names (quoted, as written) `role` may read, asked of the upstream.
+    pub(super) async fn readable_relations(
+        &self,
+        role: &str,
+        names: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, ControllerError> {
+        if names.is_empty() {
+            return Ok(Default::default());
+        }
+        let client = self.upstream_client().await?;
+        let rows = client
+            .query(
+                "SELECT n, COALESCE(pg_catalog.has_any_column_privilege($1, \
+                        pg_catalog.to_regclass(n), 'SELECT'), false) \
+                 FROM pg_catalog.unnest($2::text[]) AS n",
+                &[&role, &names],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub(super) async fn show_proxied(
+        &self,
+        supported_only: bool,
+        query_id: Option<&str>,
+        limit: Option<u64>,
+        role: &str,
+    ) -> Result<Table, ControllerError> {
+        let shapes = self.proxied.snapshot();
+        // A plain user sees only the shapes whose every table it can read.
+        let relations_of = |text: &str| -> Option<Vec<String>> {
+            let q = parse_select(text, Dialect::Postgres).ok()?;
+            let rels = larder_sql::normalize::relations(&q);
+            (!rels.is_empty()).then(|| {
+                rels.iter()
+                    .map(|(s, n)| match s {
+                        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(n)),
+                        None => quote_ident(n),
+                    })
+                    .collect()
+            })
+        };
+        let visible = if self.role_access(role, &[]).await?.admin {
+            None
+        } else {
+            let mut names: Vec<String> = shapes
+                .iter()
+                .filter_map(|(_, text, _)| relations_of(text))
+                .flatten()
+                .collect();
+            names.sort();
+            names.dedup();
+            Some(self.readable_relations(role, names).await?)
+        };
+        let mut t = Table::new(&["query_id", "query", "supported", "count"]);
+        for (id, text, count) in shapes {
+            if query_id.is_some_and(|q| q != id) {
+                continue;
+            }
+            if let Some(readable) = &visible {
+                let ok = relations_of(&text)
+                    .is_some_and(|rels| rels.iter().all(|r| readable.contains(r)));
+                if !ok {
+                    continue;
+                }
+            }
+            let supported = if self.core.caches.get(&id).is_some() {
+                "cached".to_string()
+            } else {
+                match parse_select(&text, Dialect::Postgres) {
+                    Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
+                    Ok(q) => match self.check_supported(&normalize_query(q)) {
+                        Ok(_) => "yes".to_string(),
+                        Err(ControllerError::Unavailable(r)) => format!("pending: {r}"),
+                        Err(e) => format!("unsupported: {e}"),
+                    },
+                }
+            };
+            if supported_only && !(supported == "yes" || supported == "cached") {
+                continue;
+            }
+            t.push(vec![id, text, supported, count.to_string()]);
+            if limit.is_some_and(|l| t.rows.len() as u64 >= l) {
+                break;
+            }
+        }
+        Ok(t)
+    }
+}

@@ -1,0 +1,151 @@
+//! The `SHOW` statements' tables.
+
+use super::*;
+
+impl Controller {
+    pub(super) fn show_caches(&self, query_id: Option<&str>) -> Table {
+        let mut t = Table::new(&["query_id", "name", "query", "properties", "count"]);
+        for c in self.core.caches.all() {
+            if query_id.is_some_and(|id| id != c.query_id) {
+                continue;
+            }
+            let mut props = vec![if c.always { "always" } else { "" }.to_string()];
+            props.retain(|p| !p.is_empty());
+            if let Some(reason) = c.invalid_reason() {
+                props.push(format!("not serving: {reason}"));
+            }
+            t.push(vec![
+                c.query_id.clone(),
+                c.name.clone(),
+                c.query.clone(),
+                props.join(", "),
+                c.hits.load(Ordering::Relaxed).to_string(),
+            ]);
+        }
+        for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {
+            if query_id.is_some_and(|id| id != c.query_id) {
+                continue;
+            }
+            let mut props = if c.always {
+                vec!["always".to_string()]
+            } else {
+                vec![]
+            };
+            props.push(format!("not serving: {reason}"));
+            t.push(vec![
+                c.query_id.clone(),
+                c.name.clone(),
+                c.query.clone(),
+                props.join(", "),
+                "0".into(),
+            ]);
+        }
+        t
+    }
+
+    pub(super) fn show_status(&self) -> Table {
+        let mut t = Table::new(&["name", "value"]);
+        let status = &self.core.status;
+        let lsn = status.applied_lsn.load(Ordering::SeqCst);
+        let repl = status.replication.lock().expect("status lock").clone();
+        let snapshot = {
+            let tables = self.core.tables.read().expect("tables lock poisoned");
+            if tables.all().any(|t| {
+                matches!(
+                    t.state,
+                    TableState::Snapshotting { .. } | TableState::CatchingUp { .. }
+                )
+            }) {
+                "In Progress"
+            } else {
+                "Completed"
+            }
+        };
+        t.push(vec![
+            "Database Connection".into(),
+            if repl == "Streaming" {
+                "Connected".into()
+            } else {
+                repl.clone()
+            },
+        ]);
+        t.push(vec!["Upstream".into(), self.upstream_display.clone()]);
+        t.push(vec![
+            "Connection Count".into(),
+            self.connections.load(Ordering::Relaxed).to_string(),
+        ]);
+        t.push(vec!["Snapshot Status".into(), snapshot.into()]);
+        t.push(vec![
+            "Replication Status".into(),
+            if repl.is_empty() {
+                "Not started".into()
+            } else {
+                repl
+            },
+        ]);
+        t.push(vec![
+            "Replication Offset".into(),
+            format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
+        ]);
+        t.push(vec![
+            "Caches".into(),
+            self.core.caches.all().len().to_string(),
+        ]);
+        t.push(vec![
+            "Last Error".into(),
+            status
+                .last_error
+                .lock()
+                .expect("status lock")
+                .clone()
+                .unwrap_or_default(),
+        ]);
+        t
+    }
+
+    pub(super) fn show_tables(&self) -> Table {
+        let mut t = Table::new(&["table", "status", "description"]);
+        let tables = self.core.tables.read().expect("tables lock poisoned");
+        let mut rows: Vec<_> = tables
+            .all()
+            .map(|e| {
+                let (status, description) = e.state.describe();
+                vec![
+                    format!("\"{}\".\"{}\"", e.schema.schema, e.schema.name),
+                    status,
+                    description,
+                ]
+            })
+            .collect();
+        rows.sort();
+        for r in rows {
+            t.push(r);
+        }
+        t
+    }
+}
+
+pub(super) fn cache_row(c: &CacheEntry) -> Table {
+    let mut t = Table::new(&["query_id", "name", "query", "cache_type"]);
+    t.push(vec![
+        c.query_id.clone(),
+        c.name.clone(),
+        c.query.clone(),
+        "deep".into(),
+    ]);
+    t
+}
+
+pub(super) fn show_version() -> Table {
+    let mut t = Table::new(&["name", "value"]);
+    t.push(vec!["version".into(), env!("CARGO_PKG_VERSION").into()]);
+    t.push(vec![
+        "commit".into(),
+        option_env!("LARDER_GIT_COMMIT").unwrap_or("unknown").into(),
+    ]);
+    t.push(vec![
+        "platform".into(),
+        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+    ]);
+    t
+}
