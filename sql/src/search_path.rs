@@ -26,23 +26,8 @@ pub fn parse_value(value: &str) -> Option<Vec<PathEntry>> {
         return Some(out);
     }
     loop {
-        let (name, after) = if let Some(quoted) = rest.strip_prefix('"') {
-            let mut name = String::new();
-            let mut chars = quoted.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') => {
-                        if quoted[i + 1..].starts_with('"') {
-                            name.push('"');
-                            chars.next();
-                        } else {
-                            break i + 1;
-                        }
-                    }
-                    (_, c) => name.push(c),
-                }
-            };
-            (name, &quoted[end..])
+        let (name, after) = if rest.starts_with('"') {
+            take_quoted(rest, '"')?
         } else {
             let end = rest
                 .find(|c: char| c == ',' || c.is_whitespace())
@@ -145,29 +130,18 @@ fn parse_set_list(value: &str) -> Option<Vec<PathEntry>> {
     let mut rest = value;
     loop {
         rest = rest.trim_start();
-        let (entry, after) = if let Some(lit) = rest.strip_prefix('\'') {
-            let mut s = String::new();
-            let mut chars = lit.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '\'') => {
-                        if lit[i + 1..].starts_with('\'') {
-                            s.push('\'');
-                            chars.next();
-                        } else {
-                            break i + 1;
-                        }
-                    }
-                    (_, '\\') => return None,
-                    (_, c) => s.push(c),
-                }
-            };
+        let (entry, after) = if rest.starts_with('\'') {
+            let (s, after) = take_quoted(rest, '\'')?;
+            // Backslash escapes (E'' strings, standard_conforming_strings off): not followed.
+            if s.contains('\\') {
+                return None;
+            }
             let e = match s.as_str() {
                 "$user" => PathEntry::User,
                 "pg_temp" => PathEntry::Temp,
                 _ => PathEntry::Schema(s),
             };
-            (e, &lit[end..])
+            (e, after)
         } else {
             let end = rest.find(',').unwrap_or(rest.len());
             let item = rest[..end].trim();
@@ -185,6 +159,25 @@ fn parse_set_list(value: &str) -> Option<Vec<PathEntry>> {
             None => return None,
         }
     }
+}
+
+/// The quoted token at the start of `text` (which starts with `quote`), with doubled quotes
+/// undone, and the text after it; `None` when it is not closed.
+fn take_quoted(text: &str, quote: char) -> Option<(String, &str)> {
+    let body = &text[quote.len_utf8()..];
+    let mut out = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != quote {
+            out.push(c);
+        } else if chars.peek().map(|&(_, n)| n) == Some(quote) {
+            out.push(quote);
+            chars.next();
+        } else {
+            return Some((out, &body[i + quote.len_utf8()..]));
+        }
+    }
+    None
 }
 
 /// `search_path` from the start-up packet: a `search_path` parameter, or `-c search_path=...`
@@ -344,6 +337,15 @@ mod tests {
         assert_eq!(statement_change("SET TimeZone = 'UTC'"), PathChange::None);
         assert_eq!(statement_change("DISCARD PLANS"), PathChange::None);
         assert_eq!(statement_change("SET search_path"), PathChange::Unknown);
+        // Backslash escapes are not followed; doubled quotes are.
+        assert_eq!(
+            statement_change("SET search_path = 'a\\'b'"),
+            PathChange::Unknown
+        );
+        assert_eq!(
+            statement_change("SET search_path = 'it''s'"),
+            PathChange::Set(vec![s("it's")])
+        );
     }
 
     #[test]
