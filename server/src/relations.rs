@@ -130,13 +130,7 @@ async fn refresh(
     digest: &mut Option<(i64, i64)>,
 ) -> Result<(), tokio_postgres::Error> {
     // The position first, in its own statement: the catalog read below takes a later snapshot.
-    let lsn: String = client
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-    let Some(as_of_lsn) = parse_lsn(&lsn) else {
-        return Ok(());
-    };
+    let as_of_lsn = current_wal_position(client).await?;
     let row = client
         .query_one(
             "SELECT count(*), coalesce(sum(c.oid::int8 * 31 \
@@ -184,9 +178,17 @@ async fn refresh(
     Ok(())
 }
 
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+/// The upstream's current WAL position, as a number (no text to parse).
+pub async fn current_wal_position(
+    client: &tokio_postgres::Client,
+) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT (pg_catalog.pg_current_wal_lsn() - '0/0'::pg_catalog.pg_lsn)::int8",
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 #[cfg(test)]
@@ -210,6 +212,5 @@ mod tests {
         assert_eq!(s.oid("public", "items"), Some(42));
         assert!(!s.has("public", "other"));
         assert!(r.current(101).is_none());
-        assert_eq!(parse_lsn("1/A"), Some((1 << 32) | 10));
     }
 }

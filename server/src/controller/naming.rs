@@ -113,13 +113,8 @@ impl Controller {
     /// The upstream's current WAL position.
     pub(super) async fn upstream_position(&self) -> Result<u64, ControllerError> {
         let client = self.upstream_client().await?;
-        let lsn: String = client
-            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        crate::relations::current_wal_position(&client)
             .await
-            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?
-            .get(0);
-        let (hi, lo) = lsn.split_once('/').unwrap_or(("0", "0"));
-        Ok((u64::from_str_radix(hi, 16).unwrap_or(0) << 32)
-            | u64::from_str_radix(lo, 16).unwrap_or(0))
+            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))
     }
 }
