@@ -15,19 +15,17 @@
 //! Tests marked `#[ignore = "bug: ..."]` pin down known product bugs and fail until they are
 //! fixed: run them with `cargo test -p larder-testkit --test pg_cache_lifecycle -- --ignored`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::client::*;
 use larder_testkit::{LarderProcess, PgServer};
 use rand::{Rng, SeedableRng};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-/// Upper bound for any "eventually" in these tests (start-up, catch-up, rebuilds).
-const WAIT: Duration = Duration::from_secs(40);
-const POLL: Duration = Duration::from_millis(50);
+use tokio_postgres::Client;
 
 // ------------------------------------------------------------------------------------------
 // Harness: a deployment (database + deployment name + storage dir) and client helpers.
@@ -154,182 +152,6 @@ fn start(d: &Deployment<'_>) -> LarderProcess {
 
 fn psql(d: &Deployment<'_>, sql: &str) -> String {
     tokio::task::block_in_place(|| d.psql(sql))
-}
-
-async fn try_connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Connects, retrying for a while (Larder or the upstream may be coming up).
-async fn connect(url: &str) -> Client {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), try_connect(url)).await {
-            Ok(Ok(c)) => return c,
-            Ok(Err(e)) if Instant::now() > deadline => panic!("connecting to {url}: {e}"),
-            Err(_) if Instant::now() > deadline => panic!("connecting to {url} timed out"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// A simple-query result in text form: column names and rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Answer {
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<String>>>,
-}
-
-impl Answer {
-    fn sorted(mut self) -> Answer {
-        self.rows.sort();
-        self
-    }
-
-    fn cell(&self, row: usize, col: &str) -> &str {
-        let i = self
-            .columns
-            .iter()
-            .position(|c| c == col)
-            .unwrap_or_else(|| panic!("no column {col} in {:?}", self.columns));
-        self.rows[row][i].as_deref().unwrap_or("")
-    }
-}
-
-async fn try_query(c: &Client, sql: &str) -> Result<Answer, tokio_postgres::Error> {
-    let msgs = tokio::time::timeout(WAIT, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|_| panic!("query hung: {sql}"))?;
-    let mut a = Answer {
-        columns: Vec::new(),
-        rows: Vec::new(),
-    };
-    for m in msgs {
-        match m {
-            SimpleQueryMessage::RowDescription(cols) => {
-                a.columns = cols.iter().map(|c| c.name().to_string()).collect();
-            }
-            SimpleQueryMessage::Row(r) => {
-                if a.columns.is_empty() {
-                    a.columns = r.columns().iter().map(|c| c.name().to_string()).collect();
-                }
-                a.rows
-                    .push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-            }
-            _ => {}
-        }
-    }
-    Ok(a)
-}
-
-async fn q(c: &Client, sql: &str) -> Answer {
-    try_query(c, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)))
-}
-
-fn err_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    }
-}
-
-/// A statement without result rows, through the extended protocol.
-async fn command(c: &Client, sql: &str) {
-    tokio::time::timeout(WAIT, c.execute(sql, &[]))
-        .await
-        .unwrap_or_else(|_| panic!("hung: {sql}"))
-        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
-}
-
-/// (SQLSTATE, message) of a statement that must fail.
-async fn query_err(c: &Client, sql: &str) -> (String, String) {
-    match try_query(c, sql).await {
-        Ok(a) => panic!("{sql} succeeded: {a:?}"),
-        Err(e) => match e.as_db_error() {
-            Some(db) => (db.code().code().to_string(), db.message().to_string()),
-            None => panic!("{sql}: not a database error: {e}"),
-        },
-    }
-}
-
-/// (query_destination, reason) of the previous statement on this session.
-async fn explain_last(c: &Client) -> (String, String) {
-    let a = q(c, "EXPLAIN LAST STATEMENT").await;
-    assert_eq!(a.rows.len(), 1, "{a:?}");
-    (
-        a.cell(0, "query_destination").to_string(),
-        a.cell(0, "reason").to_string(),
-    )
-}
-
-async fn larder_status(c: &Client) -> HashMap<String, String> {
-    q(c, "SHOW LARDER STATUS")
-        .await
-        .rows
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                r[1].clone().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s
-        .trim()
-        .split_once('/')
-        .unwrap_or_else(|| panic!("not an LSN: {s:?}"));
-    let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("not an LSN: {s:?}"));
-    let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("not an LSN: {s:?}"));
-    (hi << 32) | lo
-}
-
-/// Waits until the snapshot is complete and the change stream runs.
-async fn wait_streaming(c: &Client) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = larder_status(c).await;
-        if s.get("Snapshot Status").map(String::as_str) == Some("Completed")
-            && s.get("Replication Status").map(String::as_str) == Some("Streaming")
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "larder never streamed: {s:?}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The differential rule: wait until Larder applied everything committed upstream so far.
-async fn wait_caught_up(direct: &Client, larder: &Client) {
-    let target = parse_lsn(
-        q(direct, "SELECT pg_current_wal_lsn()::text").await.rows[0][0]
-            .as_deref()
-            .unwrap_or(""),
-    );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = larder_status(larder).await;
-        let offset = s
-            .get("Replication Offset")
-            .map(|v| parse_lsn(v))
-            .unwrap_or(0);
-        if offset >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "larder did not catch up to {target:X}: {s:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Runs `sql` through Larder until the cache answers (the first read of an unqualified table

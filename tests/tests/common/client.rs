@@ -95,6 +95,14 @@ pub fn err_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A statement without result rows, through the extended protocol.
+pub async fn command(c: &Client, sql: &str) {
+    tokio::time::timeout(WAIT, c.execute(sql, &[]))
+        .await
+        .unwrap_or_else(|_| panic!("hung: {sql}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+}
+
 /// (SQLSTATE, message) of a statement that must fail.
 pub async fn query_err(c: &Client, sql: &str) -> (String, String) {
     match try_query(c, sql).await {
