@@ -157,11 +157,15 @@ impl Graph {
         if self.caches.len() >= self.limits.caches_max {
             return Err(GraphError::TooManyCaches(self.limits.caches_max));
         }
+        let relation = match plan.relations.as_slice() {
+            [one] => one,
+            _ => return Err(invalid("only single-table plans are supported")),
+        };
         let table = self
-            .table_by_name(&plan.table.schema, &plan.table.name)
+            .table_by_name(&relation.schema, &relation.name)
             .ok_or_else(|| GraphError::UnknownTableRef {
-                schema: plan.table.schema.clone(),
-                name: plan.table.name.clone(),
+                schema: relation.schema.clone(),
+                name: relation.name.clone(),
             })?;
         let (base_node, base_types) = {
             let t = &self.tables[&table];
@@ -463,8 +467,25 @@ impl BuiltPlan {
         base_types: &[larder_sql::value::SqlType],
         limits: &GraphLimits,
     ) -> Result<BuiltPlan, GraphError> {
-        let width = plan.materialized.len();
-        if plan.materialized_types.len() != width {
+        use larder_sql::plan::NodeOp;
+        let (filter, materialized) = match plan.nodes.as_slice() {
+            [base, project] => (None, (base, project)),
+            [base, filter, project] => match &filter.op {
+                NodeOp::Filter { predicate, .. } => (Some(predicate), (base, project)),
+                _ => return Err(invalid("unsupported plan shape")),
+            },
+            _ => return Err(invalid("unsupported plan shape")),
+        };
+        let (base, project) = materialized;
+        if !matches!(base.op, NodeOp::Base { relation: 0 }) {
+            return Err(invalid("unsupported plan shape"));
+        }
+        let (materialized, materialized_types) = match &project.op {
+            NodeOp::Project { exprs, .. } => (exprs, &project.types),
+            _ => return Err(invalid("unsupported plan shape")),
+        };
+        let width = materialized.len();
+        if materialized_types.len() != width {
             return Err(invalid(
                 "materialized_types length differs from materialized",
             ));
@@ -493,16 +514,13 @@ impl BuiltPlan {
             params: None,
         };
         let read_ctx = ExprContext {
-            columns: &plan.materialized_types,
+            columns: materialized_types,
             params: Some(&plan.param_types),
         };
-        let filter = plan
-            .filter
-            .as_ref()
+        let filter = filter
             .map(|f| CompiledExpr::compile(f, &base_ctx))
             .transpose()?;
-        let materialized = plan
-            .materialized
+        let materialized = materialized
             .iter()
             .map(|e| CompiledExpr::compile(e, &base_ctx))
             .collect::<Result<Vec<_>, _>>()?;

@@ -37,7 +37,9 @@ use sqlparser::ast::{
 
 pub use crate::error::Unsupported;
 use crate::normalize::{literal_value, text_value, Literal};
-use crate::plan::{BinaryOp, CachePlan, Expr, Func, OrderKey, OutputColumn, TableRef, UnaryOp};
+use crate::plan::{
+    BinaryOp, CachePlan, Expr, Func, NodeOp, OrderKey, OutputColumn, PlanNode, TableRef, UnaryOp,
+};
 use crate::value::{SqlType, TableSchema, Value};
 
 /// The replicated tables lowering may read from.
@@ -1224,14 +1226,39 @@ impl Lowerer {
                 }
             }
         }
+        let base_types: Vec<SqlType> = self
+            .scope
+            .table
+            .columns
+            .iter()
+            .map(|c| c.ty.clone())
+            .collect();
+        let mut nodes = vec![PlanNode {
+            op: NodeOp::Base { relation: 0 },
+            types: base_types.clone(),
+        }];
+        if let Some(predicate) = conjunction(self.filter) {
+            nodes.push(PlanNode {
+                op: NodeOp::Filter {
+                    input: 0,
+                    predicate,
+                },
+                types: base_types,
+            });
+        }
+        nodes.push(PlanNode {
+            op: NodeOp::Project {
+                input: nodes.len() - 1,
+                exprs: self.materialized,
+            },
+            types: self.materialized_types,
+        });
         let plan = CachePlan {
-            table: TableRef {
+            relations: vec![TableRef {
                 schema: self.scope.table.schema.clone(),
                 name: self.scope.table.name.clone(),
-            },
-            filter: conjunction(self.filter),
-            materialized: self.materialized,
-            materialized_types: self.materialized_types,
+            }],
+            nodes,
             key: self.key,
             key_params: self.key_params,
             residual: conjunction(self.residual),
@@ -1240,18 +1267,13 @@ impl Lowerer {
             limit,
             output,
             param_types,
+            fixed_params: Vec::new(),
         };
-        debug_assert_eq!(plan.materialized.len(), plan.materialized_types.len());
+        let width = plan.reader_types().len();
         debug_assert_eq!(plan.key.len(), plan.key_params.len());
-        debug_assert!(plan.key.iter().all(|k| *k < plan.materialized.len()));
-        debug_assert!(plan
-            .output
-            .iter()
-            .all(|o| o.column < plan.materialized.len()));
-        debug_assert!(plan
-            .order_by
-            .iter()
-            .all(|o| o.column < plan.materialized.len()));
+        debug_assert!(plan.key.iter().all(|k| *k < width));
+        debug_assert!(plan.output.iter().all(|o| o.column < width));
+        debug_assert!(plan.order_by.iter().all(|o| o.column < width));
         Ok(plan)
     }
 }
@@ -1884,6 +1906,31 @@ mod tests {
     use crate::statement::Dialect;
     use crate::value::Column;
 
+    /// The single-table view of a plan (Base -> optional Filter -> Project) these tests check.
+    trait SingleTable {
+        fn table(&self) -> TableRef;
+        fn filter(&self) -> Option<Expr>;
+        fn materialized(&self) -> Vec<Expr>;
+    }
+
+    impl SingleTable for CachePlan {
+        fn table(&self) -> TableRef {
+            self.relations[0].clone()
+        }
+        fn filter(&self) -> Option<Expr> {
+            self.nodes.iter().find_map(|n| match &n.op {
+                NodeOp::Filter { predicate, .. } => Some(predicate.clone()),
+                _ => None,
+            })
+        }
+        fn materialized(&self) -> Vec<Expr> {
+            match &self.nodes.last().expect("nodes").op {
+                NodeOp::Project { exprs, .. } => exprs.clone(),
+                other => panic!("last node is {other:?}"),
+            }
+        }
+    }
+
     struct TestCatalog {
         tables: Vec<TableSchema>,
         case_insensitive: bool,
@@ -1986,19 +2033,19 @@ mod tests {
     fn point_lookup_with_star() {
         let p = plan("SELECT * FROM users WHERE id = $1");
         assert_eq!(
-            p.table,
+            p.table(),
             TableRef {
                 schema: "public".into(),
                 name: "users".into()
             }
         );
-        assert_eq!(p.materialized.len(), 11);
-        assert_eq!(p.materialized[0], P::Column(0));
-        assert_eq!(p.materialized[1], P::Column(1));
+        assert_eq!(p.materialized().len(), 11);
+        assert_eq!(p.materialized()[0], P::Column(0));
+        assert_eq!(p.materialized()[1], P::Column(1));
         assert_eq!(p.key, vec![0]);
         assert_eq!(p.key_params, vec![0]);
         assert_eq!(p.param_types, vec![SqlType::Int4]);
-        assert_eq!(p.filter, None);
+        assert_eq!(p.filter(), None);
         assert_eq!(p.residual, None);
         assert_eq!(names(&p)[..3], ["id", "name", "email"]);
         assert_eq!(p.output[3].ty, SqlType::Int2);
@@ -2012,7 +2059,7 @@ mod tests {
         assert_eq!(a, plan("SELECT name FROM users WHERE id IN (1, 2, 3)"));
         assert_eq!(a, plan("select NAME from USERS where 5 = id"));
         assert_eq!(a.key, vec![0]);
-        assert_eq!(a.materialized, vec![P::Column(0), P::Column(1)]);
+        assert_eq!(a.materialized(), vec![P::Column(0), P::Column(1)]);
         assert_eq!(
             a.output,
             vec![OutputColumn {
@@ -2029,7 +2076,7 @@ mod tests {
             "SELECT name FROM users WHERE active AND email IS NOT NULL AND id = 3 AND age > 18",
         );
         assert_eq!(
-            p.filter,
+            p.filter(),
             Some(P::Binary {
                 op: BinaryOp::And,
                 left: col(6),
@@ -2041,7 +2088,7 @@ mod tests {
             })
         );
         assert_eq!(
-            p.materialized,
+            p.materialized(),
             vec![P::Column(0), P::Column(3), P::Column(1)]
         );
         assert_eq!(p.key, vec![0]);
@@ -2065,7 +2112,7 @@ mod tests {
         assert_eq!(p.key, vec![0, 1]);
         assert_eq!(p.key_params, vec![0, 1]);
         assert_eq!(
-            p.materialized,
+            p.materialized(),
             vec![P::Column(10), P::Column(1), P::Column(0)]
         );
         assert_eq!(p.param_types, vec![SqlType::Int8, SqlType::Text]);
@@ -2098,7 +2145,7 @@ mod tests {
                 negated: false
             })
         );
-        assert_eq!(p.materialized[0], P::Column(3));
+        assert_eq!(p.materialized()[0], P::Column(3));
         assert_eq!(p.param_types, vec![SqlType::Int4]);
     }
 
@@ -2122,8 +2169,8 @@ mod tests {
             ]
         );
         assert!(p.key.is_empty());
-        assert_eq!(p.filter, None);
-        let residual = p.residual.unwrap();
+        assert_eq!(p.filter(), None);
+        let residual = p.residual.clone().unwrap();
         let mut likes = Vec::new();
         visit_plan_expr(&residual, &mut |e| {
             if let P::Like {
@@ -2136,7 +2183,7 @@ mod tests {
         assert_eq!(likes, vec![false, true]);
         // Every base column the residual reads is materialized, and only those.
         assert_eq!(
-            p.materialized,
+            p.materialized(),
             vec![
                 P::Column(1),
                 P::Column(2),
@@ -2184,7 +2231,7 @@ mod tests {
                 S::Text
             ]
         );
-        let lit = |i: usize| p.materialized[p.output[i].column].clone();
+        let lit = |i: usize| p.materialized()[p.output[i].column].clone();
         assert_eq!(lit(7), P::Literal(Value::Numeric("1.50".into())));
         assert_eq!(lit(8), P::Literal(Value::Text("x".into())));
         assert_eq!(lit(10), P::Column(0));
@@ -2207,17 +2254,17 @@ mod tests {
     #[test]
     fn casts() {
         let p = plan("SELECT age::int8 AS a, id::float8 AS b, '2024-01-02'::date AS c, email::text AS d FROM users");
-        assert_eq!(p.materialized[p.output[0].column], P::Column(3));
+        assert_eq!(p.materialized()[p.output[0].column], P::Column(3));
         assert_eq!(p.output[0].ty, SqlType::Int8);
         assert_eq!(
-            p.materialized[p.output[1].column],
+            p.materialized()[p.output[1].column],
             P::Cast {
                 expr: col(0),
                 ty: SqlType::Float8
             }
         );
         assert_eq!(
-            p.materialized[p.output[2].column],
+            p.materialized()[p.output[2].column],
             P::Literal(Value::Date(8767))
         );
         assert_eq!(p.output[3].ty, SqlType::Text);
@@ -2246,7 +2293,7 @@ mod tests {
         );
         // materialized: org_id (key), id, name, age, score + 1
         assert_eq!(
-            p.materialized[..4],
+            p.materialized()[..4],
             [P::Column(10), P::Column(0), P::Column(1), P::Column(3)]
         );
         assert_eq!(
@@ -2286,7 +2333,7 @@ mod tests {
     fn schema_qualified_and_aliased_tables() {
         let p = plan("SELECT p.title FROM blog.posts AS p WHERE p.author_id = 9");
         assert_eq!(
-            p.table,
+            p.table(),
             TableRef {
                 schema: "blog".into(),
                 name: "posts".into()
@@ -2298,7 +2345,7 @@ mod tests {
             plan("SELECT blog.posts.id, posts.title, posts.* FROM blog.posts WHERE posts.id = 1");
         assert_eq!(names(&p), ["id", "title", "id", "title", "author_id"]);
         assert_eq!(
-            p.materialized,
+            p.materialized(),
             vec![P::Column(0), P::Column(1), P::Column(2)]
         );
         assert!(refuse("SELECT posts.title FROM blog.posts p").contains("does not match"));
@@ -2312,7 +2359,7 @@ mod tests {
         let p = lower(&n.query, &cat).unwrap();
         assert_eq!(p.key, vec![0]);
         assert_eq!(p.output[0].name, "Name");
-        assert_eq!(p.materialized, vec![P::Column(0), P::Column(1)]);
+        assert_eq!(p.materialized(), vec![P::Column(0), P::Column(1)]);
     }
 
     #[test]

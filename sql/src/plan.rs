@@ -1,16 +1,32 @@
-//! What a cacheable SELECT lowers to: a plan the dataflow turns into operators.
-//!
-//! Shape of every single-table plan (this is the contract between `sql` and `dataflow`):
+//! What a cacheable SELECT lowers to: a graph of relational nodes the dataflow maintains, with
+//! a reader on top. This is the contract between `sql` (which builds it) and `dataflow` (which
+//! runs it).
 //!
 //! ```text
-//! base table rows --filter(param-free)--> materialize exprs --> reader keyed by `key`
-//!                                                               |
-//!          read(params): lookup keys, residual(params), order_by, offset/limit, output
+//!  relations[0]   relations[1]                 nodes, in topological order:
+//!      |              |                          an input is always an earlier node
+//!    Base           Base
+//!      |              |
+//!   Filter            |
+//!       \            /
+//!        Join(on a=b)                             (also SemiJoin, Union)
+//!            |
+//!        Aggregate / Distinct / Project / TopK ...
+//!            |
+//!        last node  ==>  reader keyed by `key`
+//!                        read(params): lookup keys, residual(params), order_by,
+//!                        offset/limit, output
 //! ```
 //!
-//! `Expr::Column(i)` means column `i` of the *input* of the stage the expression sits in:
-//! base-table columns for `filter` and `materialized`, materialized columns for `residual`,
+//! Every node outputs a row of columns whose types are [`PlanNode::types`].
+//! `Expr::Column(i)` means column `i` of the *input* of the node the expression sits in;
+//! in `residual` it means column `i` of the last node (the reader's columns), as do `key`,
 //! `order_by` and `output`.
+//!
+//! Only `residual` may hold [`Expr::Param`]s. A query literal that had to be evaluated below
+//! the reader (for example a filter under an aggregate) is planned as a [`Expr::Literal`],
+//! and its slot is listed in [`CachePlan::fixed_params`]: the cache answers only reads whose
+//! parameter equals that literal.
 
 use crate::value::{SqlType, Value};
 
@@ -101,9 +117,9 @@ pub struct TableRef {
     pub name: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OrderKey {
-    /// Index into the materialized columns.
+    /// Index into the columns of the node (or reader) being ordered.
     pub column: usize,
     pub descending: bool,
     pub nulls_first: bool,
@@ -111,28 +127,121 @@ pub struct OrderKey {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputColumn {
-    /// Index into the materialized columns.
+    /// Index into the reader's columns (the last node's output).
     pub column: usize,
     pub name: String,
     pub ty: SqlType,
 }
 
-/// A lowered single-table SELECT.
+/// Index of a node in [`CachePlan::nodes`]; always smaller than the index of its user.
+pub type NodeRef = usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JoinKind {
+    Inner,
+    /// Every left row that matches nothing appears once, with NULL for the right columns.
+    Left,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AggFunc {
+    /// `COUNT(*)` when `arg` is `None`, else `COUNT(col)`: non-NULL values. Type `int8`.
+    Count,
+    /// NULL when the group has no non-NULL value. `int2`/`int4` give `int8`; `int8` and
+    /// `numeric` give `numeric`.
+    Sum,
+    /// NULL when the group has no non-NULL value. Integers and `numeric` give `numeric`, with
+    /// Postgres' division scale.
+    Avg,
+    /// The input type; stays right when the current extreme is deleted.
+    Min,
+    Max,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    pub func: AggFunc,
+    /// Input column; `None` only for `COUNT(*)`.
+    pub arg: Option<usize>,
+    /// `COUNT(DISTINCT col)`, `SUM(DISTINCT col)`, ...: each distinct non-NULL value once.
+    pub distinct: bool,
+}
+
+/// A relational operator over earlier nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeOp {
+    /// Every row of `relations[relation]`; the columns are the table's, in order.
+    Base { relation: usize },
+    /// Rows for which `predicate` is true (NULL and false drop the row).
+    Filter { input: NodeRef, predicate: Expr },
+    /// One output column per expression, computed from the input row.
+    Project { input: NodeRef, exprs: Vec<Expr> },
+    /// Equi-join: output is the left columns followed by the right columns. A row pairs with
+    /// every row of the other side whose `on` columns are all equal (`on` = pairs of
+    /// (left column, right column)); NULL never equals anything. `on` is never empty.
+    Join {
+        left: NodeRef,
+        right: NodeRef,
+        kind: JoinKind,
+        on: Vec<(usize, usize)>,
+    },
+    /// `EXISTS`/`IN (SELECT ...)` (`anti = false`) or `NOT EXISTS`/`NOT IN` (`anti = true`):
+    /// the left rows that have (or have no) right row with equal `on` columns. The output is
+    /// the left columns. Each left row appears with its own multiplicity, never multiplied.
+    ///
+    /// `null_aware` gives `NOT IN`'s three-valued logic (only with one `on` pair): a left row
+    /// passes only if the right side is empty, or its value is not NULL, no right value is
+    /// NULL and none equals it.
+    SemiJoin {
+        left: NodeRef,
+        right: NodeRef,
+        on: Vec<(usize, usize)>,
+        anti: bool,
+        null_aware: bool,
+    },
+    /// One row per group: the `group_by` columns (in that order), then one column per
+    /// aggregate. With an empty `group_by` there is exactly one row, even over no input
+    /// (`COUNT` 0, the others NULL), as in SQL.
+    Aggregate {
+        input: NodeRef,
+        group_by: Vec<usize>,
+        aggregates: Vec<Aggregate>,
+    },
+    /// Each distinct row once.
+    Distinct { input: NodeRef },
+    /// Per group of equal `group_by` columns, the first `limit` rows by `order` (ties broken
+    /// by comparing whole rows, so the choice is deterministic). It keeps the rest of the
+    /// group, so a deleted row is replaced from below. Output columns = input columns.
+    TopK {
+        input: NodeRef,
+        group_by: Vec<usize>,
+        order: Vec<OrderKey>,
+        limit: usize,
+    },
+    /// `UNION ALL` of inputs with the same column types (`UNION` is this plus `Distinct`).
+    Union { inputs: Vec<NodeRef> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanNode {
+    pub op: NodeOp,
+    /// Type of each output column.
+    pub types: Vec<SqlType>,
+}
+
+/// A lowered SELECT: a node graph, and the reader over its last node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachePlan {
-    pub table: TableRef,
-    /// Parameter-free predicate over base columns, applied in the dataflow.
-    pub filter: Option<Expr>,
-    /// Columns the reader keeps, computed from base columns in the dataflow.
-    pub materialized: Vec<Expr>,
-    /// Types of the materialized columns (same length as `materialized`).
-    pub materialized_types: Vec<SqlType>,
-    /// Indices into `materialized` that form the reader key.
+    /// Tables the query reads, each once, in order of first use. `NodeOp::Base` indexes this.
+    pub relations: Vec<TableRef>,
+    /// Topologically ordered; the last node feeds the reader. Never empty.
+    pub nodes: Vec<PlanNode>,
+    /// Indices into the reader's columns that form the reader key.
     pub key: Vec<usize>,
     /// For each key column, the query parameter slot that supplies it. A slot may hold
     /// several values (an `IN` list): a read then looks up every combination.
     pub key_params: Vec<usize>,
-    /// Predicate over materialized columns and `Param`s, evaluated per read.
+    /// Predicate over the reader's columns and `Param`s, evaluated per read.
     pub residual: Option<Expr>,
     pub order_by: Vec<OrderKey>,
     pub offset: usize,
@@ -140,6 +249,9 @@ pub struct CachePlan {
     pub output: Vec<OutputColumn>,
     /// Type of each parameter slot of the normalized query (used to decode client values).
     pub param_types: Vec<SqlType>,
+    /// Slots planned as literals: a read is answered only when slot `.0` holds exactly the
+    /// one value `.1`; otherwise it goes upstream.
+    pub fixed_params: Vec<(usize, Value)>,
 }
 
 impl Expr {
@@ -175,23 +287,132 @@ impl Expr {
     }
 }
 
-impl CachePlan {
-    /// Base-table columns the query reads anywhere (filter, projections, and through them the
-    /// key, residual, order and output): what column privileges must cover. Sorted, unique.
-    pub fn base_columns_read(&self) -> Vec<usize> {
-        let mut cols = Vec::new();
-        let mut add = |i: usize| {
-            if !cols.contains(&i) {
-                cols.push(i);
+impl NodeOp {
+    /// The nodes this one reads, in input order (a self-join lists one node twice).
+    pub fn inputs(&self) -> Vec<NodeRef> {
+        match self {
+            NodeOp::Base { .. } => Vec::new(),
+            NodeOp::Filter { input, .. }
+            | NodeOp::Project { input, .. }
+            | NodeOp::Aggregate { input, .. }
+            | NodeOp::Distinct { input }
+            | NodeOp::TopK { input, .. } => vec![*input],
+            NodeOp::Join { left, right, .. } | NodeOp::SemiJoin { left, right, .. } => {
+                vec![*left, *right]
             }
-        };
-        if let Some(f) = &self.filter {
-            f.for_each_column(&mut add);
+            NodeOp::Union { inputs } => inputs.clone(),
         }
-        for e in &self.materialized {
-            e.for_each_column(&mut add);
+    }
+}
+
+impl CachePlan {
+    /// The reader's column types (the last node's output).
+    pub fn reader_types(&self) -> &[SqlType] {
+        self.nodes.last().map(|n| n.types.as_slice()).unwrap_or(&[])
+    }
+
+    /// For each relation, the base-table columns the query reads anywhere (filters, join and
+    /// group columns, aggregate arguments, projections, and everything the reader keeps):
+    /// what column privileges must cover. Sorted, unique.
+    pub fn relation_columns_read(&self) -> Vec<Vec<usize>> {
+        let mut read: Vec<Vec<usize>> = vec![Vec::new(); self.relations.len()];
+        // needed[n] = columns of node n's output that something above reads.
+        let mut needed: Vec<Vec<bool>> = self
+            .nodes
+            .iter()
+            .map(|n| vec![false; n.types.len()])
+            .collect();
+        if let Some(last) = needed.last_mut() {
+            last.iter_mut().for_each(|c| *c = true);
         }
-        cols.sort_unstable();
-        cols
+        for n in (0..self.nodes.len()).rev() {
+            let out = std::mem::take(&mut needed[n]);
+            let mut need = |node: NodeRef, col: usize| {
+                if let Some(c) = needed.get_mut(node).and_then(|cols| cols.get_mut(col)) {
+                    *c = true;
+                }
+            };
+            let used = |i: usize| out.get(i).copied().unwrap_or(false);
+            match &self.nodes[n].op {
+                NodeOp::Base { relation } => {
+                    if let Some(cols) = read.get_mut(*relation) {
+                        cols.extend((0..out.len()).filter(|&i| used(i)));
+                    }
+                }
+                NodeOp::Filter { input, predicate } => {
+                    predicate.for_each_column(&mut |i| need(*input, i));
+                    (0..out.len())
+                        .filter(|&i| used(i))
+                        .for_each(|i| need(*input, i));
+                }
+                // Postgres checks every column the SELECT list names, used above or not.
+                NodeOp::Project { input, exprs } => exprs
+                    .iter()
+                    .for_each(|e| e.for_each_column(&mut |i| need(*input, i))),
+                NodeOp::Join {
+                    left, right, on, ..
+                } => {
+                    let left_width = self.nodes.get(*left).map_or(0, |l| l.types.len());
+                    for &(l, r) in on {
+                        need(*left, l);
+                        need(*right, r);
+                    }
+                    for i in (0..out.len()).filter(|&i| used(i)) {
+                        if i < left_width {
+                            need(*left, i);
+                        } else {
+                            need(*right, i - left_width);
+                        }
+                    }
+                }
+                NodeOp::SemiJoin {
+                    left, right, on, ..
+                } => {
+                    for &(l, r) in on {
+                        need(*left, l);
+                        need(*right, r);
+                    }
+                    (0..out.len())
+                        .filter(|&i| used(i))
+                        .for_each(|i| need(*left, i));
+                }
+                NodeOp::Aggregate {
+                    input,
+                    group_by,
+                    aggregates,
+                } => {
+                    group_by.iter().for_each(|&g| need(*input, g));
+                    aggregates
+                        .iter()
+                        .filter_map(|a| a.arg)
+                        .for_each(|a| need(*input, a));
+                }
+                NodeOp::Distinct { input } => (0..out.len()).for_each(|i| need(*input, i)),
+                NodeOp::TopK {
+                    input,
+                    group_by,
+                    order,
+                    ..
+                } => {
+                    group_by.iter().for_each(|&g| need(*input, g));
+                    order.iter().for_each(|o| need(*input, o.column));
+                    (0..out.len())
+                        .filter(|&i| used(i))
+                        .for_each(|i| need(*input, i));
+                }
+                NodeOp::Union { inputs } => {
+                    for input in inputs {
+                        (0..out.len())
+                            .filter(|&i| used(i))
+                            .for_each(|i| need(*input, i));
+                    }
+                }
+            }
+        }
+        for cols in &mut read {
+            cols.sort_unstable();
+            cols.dedup();
+        }
+        read
     }
 }
