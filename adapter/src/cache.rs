@@ -57,17 +57,24 @@ pub struct Miss {
     pub reason: String,
 }
 
+/// A table a cache reads, as it was when the cache was built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedRelation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// Columns of the table the query reads anywhere (for column privileges).
+    pub columns_read: Vec<String>,
+}
+
 /// One cache, as the router sees it.
 pub trait CachedQuery: Send + Sync {
     fn query_id(&self) -> &str;
     /// Created `ALWAYS`: also serves inside explicit transactions.
     fn always(&self) -> bool;
-    /// Upstream relation the cache reads (for `search_path` checks).
-    fn table_oid(&self) -> u32;
-    fn table_schema(&self) -> &str;
-    fn table_name(&self) -> &str;
-    /// Columns of that relation the query reads anywhere (for column privileges).
-    fn columns_read(&self) -> &[String];
+    /// Every upstream table the cache reads, each once (for `search_path` and privilege
+    /// checks).
+    fn relations(&self) -> &[CachedRelation];
     fn columns(&self) -> &[ResultColumn];
     /// Type of each parameter slot of the normalized query.
     fn param_types(&self) -> &[SqlType];

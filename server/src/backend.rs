@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use larder_adapter::cache::{
-    BoxFuture, CacheBackend, CachedQuery, Miss, ResultColumn, StatementContext, StatementError,
-    TextTable,
+    BoxFuture, CacheBackend, CachedQuery, CachedRelation, Miss, ResultColumn, StatementContext,
+    StatementError, TextTable,
 };
 use larder_dataflow::ReadError;
 use larder_sql::search_path::{self, PathEntry, Resolved};
@@ -33,17 +33,8 @@ impl CachedQuery for CacheEntry {
     fn always(&self) -> bool {
         self.always
     }
-    fn table_oid(&self) -> u32 {
-        self.table_oid
-    }
-    fn table_schema(&self) -> &str {
-        &self.table_schema
-    }
-    fn table_name(&self) -> &str {
-        &self.table_name
-    }
-    fn columns_read(&self) -> &[String] {
-        &self.columns_read
+    fn relations(&self) -> &[CachedRelation] {
+        &self.relations
     }
     fn columns(&self) -> &[ResultColumn] {
         &self.columns
@@ -60,7 +51,7 @@ impl CachedQuery for CacheEntry {
         }
         match self.reader.read(params) {
             Ok(rows) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.add(1);
                 Ok(rows)
             }
             Err(e) => Err(Miss {
@@ -134,15 +125,17 @@ impl CacheBackend for Backend {
     }
 
     fn may_read(&self, role: &str, cache: &dyn CachedQuery) -> Result<(), String> {
-        self.controller.privileges.may_read(
-            role,
-            &Reads {
-                oid: cache.table_oid(),
-                schema: cache.table_schema(),
-                name: cache.table_name(),
-                columns: cache.columns_read(),
-            },
-        )
+        cache.relations().iter().try_for_each(|r| {
+            self.controller.privileges.may_read(
+                role,
+                &Reads {
+                    oid: r.oid,
+                    schema: &r.schema,
+                    name: &r.name,
+                    columns: &r.columns_read,
+                },
+            )
+        })
     }
 
     fn resolve_relation(
@@ -164,7 +157,10 @@ impl CacheBackend for Backend {
     }
 
     fn caches_relation_named(&self, name: &str) -> bool {
-        self.controller.core.caches.any(|c| c.table_name == name)
+        self.controller
+            .core
+            .caches
+            .any(|c| c.relations.iter().any(|r| r.name == name))
     }
 
     fn relations_generation(&self) -> u64 {

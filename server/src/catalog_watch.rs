@@ -72,7 +72,7 @@ async fn check_once(
         let caches = core.caches.all();
         held.iter()
             .map(|(oid, _)| *oid)
-            .filter(|oid| caches.iter().any(|c| c.table_oid == *oid))
+            .filter(|oid| caches.iter().any(|c| c.reads(*oid)))
             .collect()
     };
     if watched.is_empty() {
@@ -106,7 +106,7 @@ async fn check_once(
             ),
             Some(_) => continue,
         };
-        for cache in core.caches.all().into_iter().filter(|c| c.table_oid == oid) {
+        for cache in core.caches.reading(oid) {
             if cache.invalid_reason().is_none() {
                 warn!(cache = %cache.name, %reason, "cache stops serving");
                 cache.invalidate(&reason);

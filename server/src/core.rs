@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::storage::Storage;
 use crate::tables::TableRegistry;
 
-pub use larder_adapter::cache::ResultColumn;
+pub use larder_adapter::cache::{CachedRelation, ResultColumn};
 
 /// One cache: its definition, its reader, and its state.
 pub struct CacheEntry {
@@ -24,16 +24,13 @@ pub struct CacheEntry {
     /// The normalized (parameterized) text the id is computed from.
     pub normalized: String,
     pub always: bool,
-    pub table_oid: u32,
-    pub table_schema: String,
-    pub table_name: String,
-    /// Names of the table's columns the query reads (for column privileges).
-    pub columns_read: Vec<String>,
+    /// Every table the query reads, each once, as it was when the cache was built.
+    pub relations: Vec<CachedRelation>,
     pub plan: CachePlan,
     pub cache_id: CacheId,
     pub reader: ReaderHandle,
     pub columns: Vec<ResultColumn>,
-    pub hits: AtomicU64,
+    pub hits: HitCounter,
     /// Why the cache does not serve right now (e.g. its table changed shape); `None` = serving.
     pub invalid: Mutex<Option<String>>,
     pub serving: AtomicBool,
@@ -48,61 +45,215 @@ impl CacheEntry {
     pub fn invalid_reason(&self) -> Option<String> {
         self.invalid.lock().expect("cache lock poisoned").clone()
     }
+
+    /// Whether the cache reads the table with this oid.
+    pub fn reads(&self, table_oid: u32) -> bool {
+        self.relations.iter().any(|r| r.oid == table_oid)
+    }
+
+    /// Whether the cache reads a table of this name (whatever its oid now).
+    pub fn reads_named(&self, schema: &str, name: &str) -> bool {
+        self.relations
+            .iter()
+            .any(|r| r.schema == schema && r.name == name)
+    }
+}
+
+/// A hit count that sessions on different cores bump without sharing a cache line: one
+/// padded counter per shard, a thread always using the same shard; reading sums them.
+#[derive(Default)]
+pub struct HitCounter {
+    shards: [PaddedCount; HIT_SHARDS],
+}
+
+const HIT_SHARDS: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedCount(AtomicU64);
+
+thread_local! {
+    static HIT_SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % HIT_SHARDS
+    };
+}
+
+impl HitCounter {
+    pub fn add(&self, n: u64) {
+        let shard = HIT_SHARD.with(|s| *s);
+        self.shards[shard].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Caches by query id. Written only by the controller (CREATE/DROP), read on every query.
-#[derive(Default)]
+///
+/// The map is copy-on-write: a writer builds a new map and bumps `generation`. Readers keep
+/// the map they last saw per thread (see [`CacheRegistry::snapshot`]), so a hit takes no lock
+/// and writes no shared memory: one atomic load to see the generation has not moved.
 pub struct CacheRegistry {
-    by_id: RwLock<HashMap<String, Arc<CacheEntry>>>,
+    id: u64,
+    current: RwLock<Arc<CacheMap>>,
+    generation: AtomicU64,
+}
+
+/// One published version of the registry: caches by query id, and the dependency index from
+/// each table (oid) to the caches that read it.
+#[derive(Clone, Default)]
+struct CacheMap {
+    by_id: HashMap<String, Arc<CacheEntry>>,
+    by_table: HashMap<u32, Vec<Arc<CacheEntry>>>,
+}
+
+impl CacheMap {
+    fn insert(&mut self, entry: Arc<CacheEntry>) -> Option<Arc<CacheEntry>> {
+        let old = self
+            .by_id
+            .insert(entry.query_id.clone(), Arc::clone(&entry));
+        if let Some(old) = &old {
+            self.unindex(old);
+        }
+        for r in &entry.relations {
+            let readers = self.by_table.entry(r.oid).or_default();
+            if !readers.iter().any(|c| Arc::ptr_eq(c, &entry)) {
+                readers.push(Arc::clone(&entry));
+            }
+        }
+        old
+    }
+
+    fn remove(&mut self, query_id: &str) -> Option<Arc<CacheEntry>> {
+        let old = self.by_id.remove(query_id)?;
+        self.unindex(&old);
+        Some(old)
+    }
+
+    fn unindex(&mut self, entry: &Arc<CacheEntry>) {
+        for r in &entry.relations {
+            if let Some(readers) = self.by_table.get_mut(&r.oid) {
+                readers.retain(|c| !Arc::ptr_eq(c, entry));
+                if readers.is_empty() {
+                    self.by_table.remove(&r.oid);
+                }
+            }
+        }
+    }
+}
+
+/// Registries a thread keeps a snapshot of; more are rare (tests), older ones are dropped.
+const THREAD_SNAPSHOTS_MAX: usize = 4;
+
+thread_local! {
+    /// (registry id, generation, map) per registry this thread has read.
+    static SNAPSHOTS: std::cell::RefCell<Vec<(u64, u64, Arc<CacheMap>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Default for CacheRegistry {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        CacheRegistry {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            current: RwLock::new(Arc::new(CacheMap::default())),
+            generation: AtomicU64::new(0),
+        }
+    }
 }
 
 impl CacheRegistry {
+    /// The current map, from this thread's snapshot when nothing changed since.
+    fn snapshot(&self) -> Arc<CacheMap> {
+        let generation = self.generation.load(Ordering::Acquire);
+        SNAPSHOTS.with(|cell| {
+            let mut snaps = cell.borrow_mut();
+            if let Some(i) = snaps.iter().position(|(id, _, _)| *id == self.id) {
+                if snaps[i].1 == generation {
+                    return Arc::clone(&snaps[i].2);
+                }
+                snaps.remove(i);
+            }
+            // Read the generation again under the lock: the map and it change together.
+            let (generation, map) = {
+                let current = self.current.read().expect("cache registry poisoned");
+                (
+                    self.generation.load(Ordering::Acquire),
+                    Arc::clone(&current),
+                )
+            };
+            if snaps.len() == THREAD_SNAPSHOTS_MAX {
+                snaps.remove(0);
+            }
+            snaps.push((self.id, generation, Arc::clone(&map)));
+            map
+        })
+    }
+
+    /// Applies `f` to a copy of the map and publishes it.
+    fn update<R>(&self, f: impl FnOnce(&mut CacheMap) -> R) -> R {
+        let mut current = self.current.write().expect("cache registry poisoned");
+        let mut map = CacheMap::clone(&current);
+        let out = f(&mut map);
+        *current = Arc::new(map);
+        self.generation.fetch_add(1, Ordering::Release);
+        out
+    }
+
     pub fn get(&self, query_id: &str) -> Option<Arc<CacheEntry>> {
-        self.by_id
-            .read()
-            .expect("cache registry poisoned")
-            .get(query_id)
-            .cloned()
+        self.snapshot().by_id.get(query_id).cloned()
     }
 
     /// Whether any cache satisfies `f` (no allocation: on the query path).
     pub fn any(&self, f: impl Fn(&CacheEntry) -> bool) -> bool {
-        self.by_id
-            .read()
-            .expect("cache registry poisoned")
-            .values()
-            .any(|c| f(c))
+        self.snapshot().by_id.values().any(|c| f(c))
+    }
+
+    /// The caches that read the table with this oid (from the dependency index).
+    pub fn reading(&self, table_oid: u32) -> Vec<Arc<CacheEntry>> {
+        self.snapshot()
+            .by_table
+            .get(&table_oid)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn by_name_or_id(&self, name: &str) -> Option<Arc<CacheEntry>> {
-        let map = self.by_id.read().expect("cache registry poisoned");
-        map.get(name)
+        let map = self.snapshot();
+        map.by_id
+            .get(name)
             .cloned()
-            .or_else(|| map.values().find(|c| c.name == name).cloned())
+            .or_else(|| map.by_id.values().find(|c| c.name == name).cloned())
     }
 
     pub fn insert(&self, entry: Arc<CacheEntry>) {
-        self.by_id
-            .write()
-            .expect("cache registry poisoned")
-            .insert(entry.query_id.clone(), entry);
+        self.update(|map| map.insert(entry));
+    }
+
+    /// Removes `entry` if it is still the one registered under its query id.
+    pub fn remove_if_same(&self, entry: &Arc<CacheEntry>) {
+        self.update(|map| {
+            if map
+                .by_id
+                .get(&entry.query_id)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                map.remove(&entry.query_id);
+            }
+        });
     }
 
     pub fn remove(&self, query_id: &str) -> Option<Arc<CacheEntry>> {
-        self.by_id
-            .write()
-            .expect("cache registry poisoned")
-            .remove(query_id)
+        self.update(|map| map.remove(query_id))
     }
 
     pub fn all(&self) -> Vec<Arc<CacheEntry>> {
-        let mut v: Vec<_> = self
-            .by_id
-            .read()
-            .expect("cache registry poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.snapshot().by_id.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -278,11 +429,9 @@ impl Core {
 
     /// Stop serving every cache that reads the table; they never serve rows of an old shape.
     pub fn invalidate_caches_on(&self, table_oid: u32, reason: &str) {
-        for cache in self.caches.all() {
-            if cache.table_oid == table_oid {
-                warn!(cache = %cache.name, %reason, "cache stops serving");
-                cache.invalidate(reason);
-            }
+        for cache in self.caches.reading(table_oid) {
+            warn!(cache = %cache.name, %reason, "cache stops serving");
+            cache.invalidate(reason);
         }
     }
 

@@ -373,7 +373,12 @@ async fn fingerprint(
 
 /// Tables some cache reads: what privileges are learned for.
 fn cached_tables(core: &Core) -> Vec<u32> {
-    let mut oids: Vec<u32> = core.caches.all().iter().map(|c| c.table_oid).collect();
+    let mut oids: Vec<u32> = core
+        .caches
+        .all()
+        .iter()
+        .flat_map(|c| c.relations.iter().map(|r| r.oid))
+        .collect();
     oids.sort_unstable();
     oids.dedup();
     oids

@@ -417,9 +417,7 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
         return;
     };
     let stale = controller.core.caches.all().into_iter().filter(|c| {
-        c.table_schema == schema
-            && c.table_name == name
-            && (c.invalid_reason().is_some() || c.table_oid != oid)
+        c.reads_named(&schema, &name) && (c.invalid_reason().is_some() || !c.reads(oid))
     });
     for cache in stale {
         let (text, normalized) = match controller.stored_query(&cache.query) {

@@ -106,6 +106,9 @@ impl IdentityDecision {
     }
 }
 
+/// A point-in-time view of [`Storage`] (see [`Storage::snapshot`]).
+pub struct Snapshot<'a>(rocksdb::SnapshotWithThreadMode<'a, DB>);
+
 pub struct Storage {
     db: DB,
 }
@@ -249,6 +252,52 @@ impl Storage {
             }
         }
         Ok(out)
+    }
+
+    /// A consistent view of storage as of now; later writes are not seen through it.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot(self.db.snapshot())
+    }
+
+    /// Rows of table `id` as of `snapshot`, handed to `f` in chunks of at most `chunk_rows`
+    /// rows, so that no more than one chunk is in memory at a time.
+    pub fn scan_table_chunks<E: From<StorageError>>(
+        &self,
+        snapshot: &Snapshot<'_>,
+        id: TableId,
+        chunk_rows: usize,
+        mut f: impl FnMut(Vec<Row>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        assert!(chunk_rows > 0, "a chunk holds at least one row");
+        let prefix = id.to_be_bytes();
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_snapshot(&snapshot.0);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_ROWS),
+            opts,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        let mut chunk = Vec::with_capacity(chunk_rows.min(4096));
+        for item in iter {
+            let (k, v) = item.map_err(StorageError::from)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (count, row) = decode_stored_row(&v)?;
+            for _ in 0..count {
+                chunk.push(row.clone());
+                if chunk.len() == chunk_rows {
+                    f(std::mem::replace(
+                        &mut chunk,
+                        Vec::with_capacity(chunk_rows.min(4096)),
+                    ))?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            f(chunk)?;
+        }
+        Ok(())
     }
 
     pub fn count_rows(&self, id: TableId) -> Result<u64, StorageError> {

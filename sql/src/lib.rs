@@ -3,6 +3,7 @@
 //! No I/O lives here.
 
 pub mod error;
+pub mod fingerprint;
 pub mod identity;
 pub mod lower;
 pub mod normalize;

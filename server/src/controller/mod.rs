@@ -1,11 +1,11 @@
 //! Larder's own statements: `CREATE CACHE` turns a SELECT into dataflow, and the `SHOW` and
 //! `DROP` family report and remove. Results are plain text tables; the adapter encodes them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use larder_replication::PgSource;
-use larder_sql::lower::{lower, Catalog};
+use larder_sql::lower::Catalog;
 use larder_sql::normalize::{normalize_query, Normalized};
 use larder_sql::statement::{parse_select, CacheSource, Dialect, LarderStatement};
 use larder_sql::{pgtypes, TableSchema};
@@ -21,6 +21,7 @@ use larder_sql::search_path::{self, PathEntry, Resolved};
 use std::time::Duration;
 
 mod access;
+mod build;
 mod naming;
 mod show;
 
@@ -193,7 +194,7 @@ impl Controller {
                     &self.privileges,
                     &self.core,
                     &client,
-                    &[entry.table_oid],
+                    &entry.relations.iter().map(|r| r.oid).collect::<Vec<_>>(),
                 )
                 .await;
                 if let Err(e) = learned {
@@ -225,89 +226,6 @@ impl Controller {
         }
     }
 
-    /// Lowering plus the checks that need live state; `Err` carries the reason.
-    fn check_supported(
-        &self,
-        normalized: &Normalized,
-    ) -> Result<(larder_sql::plan::CachePlan, crate::tables::TableEntry), ControllerError> {
-        if let Some((schema, name)) = larder_sql::normalize::from_table(&normalized.query) {
-            self.refuse_not_replicated(schema.as_deref(), &name)?;
-        }
-        let plan = lower(&normalized.query, &RegistryCatalog { core: &self.core })
-            .map_err(|u| ControllerError::Unsupported(u.reason))?;
-        let entry = {
-            let tables = self.core.tables.read().expect("tables lock poisoned");
-            tables
-                .by_name(&plan.table.schema, &plan.table.name)
-                .cloned()
-        }
-        .ok_or_else(|| {
-            ControllerError::Unsupported(format!(
-                "table {}.{} is not replicated",
-                plan.table.schema, plan.table.name
-            ))
-        })?;
-        match &entry.state {
-            TableState::Online => {}
-            TableState::NotReplicated { reason } => {
-                return Err(ControllerError::Unsupported(format!(
-                    "table {}.{} is not replicated: {reason}",
-                    plan.table.schema, plan.table.name
-                )))
-            }
-            other => {
-                return Err(ControllerError::Unavailable(format!(
-                    "table {}.{} is not ready yet ({})",
-                    plan.table.schema,
-                    plan.table.name,
-                    other.describe().1
-                )))
-            }
-        }
-        if plan
-            .order_by
-            .iter()
-            .any(|k| plan.materialized_types.get(k.column) == Some(&larder_sql::SqlType::Bpchar))
-        {
-            return Err(ControllerError::Unsupported(
-                "ORDER BY on a char(n) column is not supported yet (trailing spaces are insignificant)".into(),
-            ));
-        }
-        Ok((plan, entry))
-    }
-
-    /// A table Larder knows but does not replicate: say why, before lowering says "unknown".
-    fn refuse_not_replicated(
-        &self,
-        schema: Option<&str>,
-        name: &str,
-    ) -> Result<(), ControllerError> {
-        let tables = self.core.tables.read().expect("tables lock poisoned");
-        let candidates: Vec<_> = tables
-            .all()
-            .filter(|t| t.schema.name == name && schema.is_none_or(|s| s == t.schema.schema))
-            .collect();
-        let chosen = candidates
-            .iter()
-            .find(|t| t.schema.schema == "public")
-            .or_else(|| {
-                if candidates.len() == 1 {
-                    candidates.first()
-                } else {
-                    None
-                }
-            });
-        if let Some(t) = chosen {
-            if let TableState::NotReplicated { reason } = &t.state {
-                return Err(ControllerError::Unsupported(format!(
-                    "table {}.{} is not replicated: {reason}",
-                    t.schema.schema, t.schema.name
-                )));
-            }
-        }
-        Ok(())
-    }
-
     async fn explain_create_cache(
         &self,
         source: CacheSource,
@@ -319,11 +237,11 @@ impl Controller {
             "cached".to_string()
         } else {
             let checked = match self.check_supported(&normalized) {
-                Ok((plan, entry)) => self.check_collations(&plan, &entry).await.map(|()| entry),
+                Ok((plan, tables)) => self.check_collations(&plan, &tables).await.map(|()| tables),
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(entry) => match self.row_security_note(&entry).await? {
+                Ok(tables) => match self.row_security_note(&tables).await? {
                     Some(note) => format!("yes ({note})"),
                     None => "yes".to_string(),
                 },
@@ -333,28 +251,6 @@ impl Controller {
         let mut t = Table::new(&["query_id", "query", "supported"]);
         t.push(vec![normalized.query_id, normalized.text, supported]);
         Ok(t)
-    }
-
-    /// Said by `EXPLAIN CREATE CACHE` when the table has row security.
-    async fn row_security_note(
-        &self,
-        table: &crate::tables::TableEntry,
-    ) -> Result<Option<String>, ControllerError> {
-        let client = self.upstream_client().await?;
-        let row = client
-            .query_opt(
-                "SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
-                &[&table.oid],
-            )
-            .await
-            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
-        Ok(row.filter(|r| r.get::<_, bool>(0)).map(|_| {
-            format!(
-                "row security is enabled on {}.{}: sessions whose role a policy applies to are \
-                 answered upstream; superusers, BYPASSRLS roles and the owner are served from the cache",
-                table.schema.schema, table.schema.name
-            )
-        }))
     }
 
     async fn create_cache(
@@ -368,24 +264,22 @@ impl Controller {
         let (text, normalized) = self.source_query(source)?;
         let (text, normalized) = self.for_session(&text, normalized, ctx).await?;
         // The creator must be able to read everything the query reads.
-        if let Ok((plan, table)) = self.check_supported(&normalized) {
-            let columns: Vec<String> = plan
-                .base_columns_read()
-                .into_iter()
-                .filter_map(|i| table.schema.columns.get(i).map(|c| c.name.clone()))
-                .collect();
-            let access = self.role_access(role, &[table.oid]).await?;
-            access
-                .may_select(
-                    role,
-                    &Reads {
-                        oid: table.oid,
-                        schema: &table.schema.schema,
-                        name: &table.schema.name,
-                        columns: &columns,
-                    },
-                )
-                .map_err(|e| ControllerError::Forbidden(format!("CREATE CACHE: {e}")))?;
+        if let Ok((plan, tables)) = self.check_supported(&normalized) {
+            let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+            let access = self.role_access(role, &oids).await?;
+            for r in Self::cached_relations(&plan, &tables) {
+                access
+                    .may_select(
+                        role,
+                        &Reads {
+                            oid: r.oid,
+                            schema: &r.schema,
+                            name: &r.name,
+                            columns: &r.columns_read,
+                        },
+                    )
+                    .map_err(|e| ControllerError::Forbidden(format!("CREATE CACHE: {e}")))?;
+            }
         }
         if let Some(existing) = self.core.caches.get(&normalized.query_id) {
             return Ok(cache_row(&existing));
@@ -396,7 +290,9 @@ impl Controller {
                 "a cache named {name} already exists"
             )));
         }
-        let entry = self.build_cache(&name, &text, &normalized, always).await?;
+        let entry = self
+            .build_cache_announced(&name, &text, &normalized, always, true)
+            .await?;
         self.core
             .storage
             .put_cache(&StoredCache {
@@ -410,112 +306,6 @@ impl Controller {
         let row = cache_row(&entry);
         self.publish(entry).await;
         Ok(row)
-    }
-
-    /// Describe upstream, add to the dataflow, fill from storage.
-    pub async fn build_cache(
-        &self,
-        name: &str,
-        text: &str,
-        normalized: &Normalized,
-        always: bool,
-    ) -> Result<Arc<CacheEntry>, ControllerError> {
-        let (plan, table) = self.check_supported(normalized)?;
-        self.check_collations(&plan, &table).await?;
-        let columns = self.describe(&normalized.text).await?;
-        if columns.len() != plan.output.len() {
-            return Err(ControllerError::Internal(format!(
-                "upstream describes {} result columns, the plan has {}",
-                columns.len(),
-                plan.output.len()
-            )));
-        }
-        let stored = table
-            .stored
-            .clone()
-            .ok_or_else(|| ControllerError::Internal("table without storage".into()))?;
-        let core = self.core.clone();
-        let plan_for_graph = plan.clone();
-        let (cache_id, reader) = tokio::task::spawn_blocking(move || {
-            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            let rows = core
-                .storage
-                .scan_table(stored.id)
-                .map_err(|e| ControllerError::Internal(e.to_string()))?;
-            let (id, reader) = graph
-                .add_cache(&plan_for_graph)
-                .map_err(|e| ControllerError::Internal(e.to_string()))?;
-            if let Err(e) = graph.bootstrap(id, rows) {
-                let _ = graph.remove_cache(id);
-                return Err(ControllerError::Internal(e.to_string()));
-            }
-            Ok((id, reader))
-        })
-        .await
-        .map_err(|e| ControllerError::Internal(e.to_string()))??;
-        Ok(Arc::new(CacheEntry {
-            name: name.to_string(),
-            query_id: normalized.query_id.clone(),
-            query: text.to_string(),
-            normalized: normalized.text.clone(),
-            always,
-            table_oid: table.oid,
-            table_schema: table.schema.schema.clone(),
-            table_name: table.schema.name.clone(),
-            columns_read: plan
-                .base_columns_read()
-                .into_iter()
-                .filter_map(|i| table.schema.columns.get(i).map(|c| c.name.clone()))
-                .collect(),
-            plan,
-            cache_id,
-            reader,
-            columns,
-            hits: AtomicU64::new(0),
-            invalid: Mutex::new(None),
-            serving: AtomicBool::new(true),
-        }))
-    }
-
-    /// Text compares and sorts by its collation. Larder compares bytes, which is right for
-    /// every deterministic collation's equality and for ordering under "C"/"POSIX" (or a
-    /// database default that is bytewise); anything else is refused with the column named.
-    async fn check_collations(
-        &self,
-        plan: &larder_sql::plan::CachePlan,
-        table: &crate::tables::TableEntry,
-    ) -> Result<(), ControllerError> {
-        let client = self.upstream_client().await?;
-        let rows = client
-            .query(
-                "SELECT a.attname::text, co.collname::text, co.collprovider::text, co.collisdeterministic \
-                 FROM pg_catalog.pg_attribute a \
-                 JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table.oid],
-            )
-            .await
-            .map_err(|e| ControllerError::Unavailable(format!("reading collations: {}", db_error_text(&e))))?;
-        let text_order = orders_or_ranges_text(plan, &table.schema);
-        let db_bytewise = self.core.c_collation.load(Ordering::SeqCst);
-        for r in rows {
-            let (column, collation, provider, deterministic): (String, String, String, bool) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            if !deterministic {
-                return Err(ControllerError::Unsupported(format!(
-                    "column {column} uses the nondeterministic collation {collation}"
-                )));
-            }
-            let bytewise =
-                collation == "C" || collation == "POSIX" || (provider == "d" && db_bytewise);
-            if text_order && !bytewise {
-                return Err(ControllerError::Unsupported(format!(
-                    "ordering or range comparison of text needs the C collation (column {column} uses {})",
-                    if provider == "d" { "the database default".to_string() } else { collation }
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// A fresh SQL session on the upstream, with the settings replication uses.
@@ -619,79 +409,7 @@ impl Controller {
     }
 }
 
-/// Whether the plan sorts by, or range-compares, a text value (collation-dependent).
-fn orders_or_ranges_text(plan: &larder_sql::plan::CachePlan, table: &TableSchema) -> bool {
-    use larder_sql::plan::{BinaryOp, Expr, Func};
-    use larder_sql::SqlType;
-    fn is_text_type(t: &SqlType) -> bool {
-        matches!(
-            t,
-            SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name
-        ) || matches!(t, SqlType::Array(inner) if is_text_type(inner))
-    }
-    /// Whether `e` yields text, given the types of the columns it reads.
-    fn yields_text(e: &Expr, cols: &[SqlType]) -> bool {
-        match e {
-            Expr::Column(i) => cols.get(*i).is_some_and(is_text_type),
-            Expr::Literal(v) => matches!(v, larder_sql::Value::Text(_)),
-            Expr::Binary {
-                op: BinaryOp::Concat,
-                ..
-            } => true,
-            Expr::Binary { ty, .. } | Expr::Cast { ty, .. } => is_text_type(ty),
-            Expr::Func {
-                func: Func::Coalesce,
-                args,
-            } => args.iter().any(|a| yields_text(a, cols)),
-            _ => false,
-        }
-    }
-    /// Whether `e` contains a range comparison (or BETWEEN) of text.
-    fn ranges(e: &Expr, cols: &[SqlType]) -> bool {
-        match e {
-            Expr::Binary {
-                op, left, right, ..
-            } => {
-                let range = matches!(
-                    op,
-                    BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq
-                );
-                (range && (yields_text(left, cols) || yields_text(right, cols)))
-                    || ranges(left, cols)
-                    || ranges(right, cols)
-            }
-            Expr::Between {
-                expr, low, high, ..
-            } => {
-                yields_text(expr, cols)
-                    || yields_text(low, cols)
-                    || yields_text(high, cols)
-                    || ranges(expr, cols)
-            }
-            Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => {
-                ranges(expr, cols)
-            }
-            Expr::InList { expr, list, .. } => {
-                ranges(expr, cols) || list.iter().any(|l| ranges(l, cols))
-            }
-            Expr::Like { expr, pattern, .. } => ranges(expr, cols) || ranges(pattern, cols),
-            Expr::Func { args, .. } => args.iter().any(|a| ranges(a, cols)),
-            Expr::Column(_) | Expr::Literal(_) | Expr::Param(_) => false,
-        }
-    }
-    let base: Vec<SqlType> = table.columns.iter().map(|c| c.ty.clone()).collect();
-    plan.order_by.iter().any(|k| {
-        plan.materialized_types
-            .get(k.column)
-            .is_some_and(is_text_type)
-    }) || plan.filter.as_ref().is_some_and(|f| ranges(f, &base))
-        || plan
-            .residual
-            .as_ref()
-            .is_some_and(|r| ranges(r, &plan.materialized_types))
-}
-
-fn db_error_text(e: &tokio_postgres::Error) -> String {
+pub(crate) fn db_error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => e.to_string(),

@@ -11,6 +11,9 @@ impl Controller {
             }
             let mut props = vec![if c.always { "always" } else { "" }.to_string()];
             props.retain(|p| !p.is_empty());
+            if !c.reader.is_ready() {
+                props.push("filling: its queries go upstream until it is ready".into());
+            }
             if let Some(reason) = c.invalid_reason() {
                 props.push(format!("not serving: {reason}"));
             }
@@ -19,7 +22,7 @@ impl Controller {
                 c.name.clone(),
                 c.query.clone(),
                 props.join(", "),
-                c.hits.load(Ordering::Relaxed).to_string(),
+                c.hits.total().to_string(),
             ]);
         }
         for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {

@@ -929,12 +929,7 @@ fn forget_table(
     entry: &TableEntry,
     reason: &str,
 ) -> Result<(), ApplyError> {
-    for cache in core
-        .caches
-        .all()
-        .into_iter()
-        .filter(|c| c.table_oid == entry.oid)
-    {
+    for cache in core.caches.reading(entry.oid) {
         cache.invalidate(reason);
         let _ = graph.remove_cache(cache.cache_id);
     }

@@ -134,7 +134,16 @@ pub(super) fn serve_again(core: &Core, tables: &[u32]) {
             .collect()
     };
     for cache in core.caches.all() {
-        if !online.contains(&cache.table_oid) {
+        // A cache serves again once every table it reads is through its large transaction.
+        if !cache.relations.iter().any(|r| online.contains(&r.oid))
+            || !cache.relations.iter().all(|r| {
+                core.tables
+                    .read()
+                    .expect("tables lock poisoned")
+                    .get(r.oid)
+                    .is_some_and(|t| t.state == TableState::Online)
+            })
+        {
             continue;
         }
         let mut invalid = cache.invalid.lock().expect("cache lock poisoned");

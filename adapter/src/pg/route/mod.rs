@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use larder_sql::fingerprint::{fingerprint, Template};
 use larder_sql::identity::{resolved_query_id_of_text, unqualified_relations};
 use larder_sql::normalize::{may_change_settings, normalize, resolve_params, ParamSource};
 use larder_sql::pgtypes::{self, TimeZoneSetting};
@@ -45,11 +46,13 @@ mod encode;
 mod extended;
 mod facts;
 mod names;
+mod shape;
 
 use bind::*;
 use encode::*;
 use facts::*;
 use names::*;
+use shape::*;
 
 /// Bounds on per-session memory, in bytes (keys, values and bookkeeping; see `memo.rs`).
 ///
@@ -85,6 +88,7 @@ impl InterceptorFactory for CacheRouter {
             backend: self.backend.clone(),
             statements: ByteBoundedMap::new(STATEMENTS_MAX_BYTES),
             shapes: ByteBoundedMap::new(SHAPES_MAX_BYTES),
+            fingerprints: ByteBoundedMap::new(SHAPES_MAX_BYTES),
             statements_skipped: false,
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
@@ -100,20 +104,6 @@ impl InterceptorFactory for CacheRouter {
             },
         })
     }
-}
-
-/// The normalized form of a SELECT text.
-struct Shape {
-    query_id: Arc<str>,
-    text: String,
-    params: Vec<ParamSource>,
-    /// Relation names the query does not qualify: they resolve along the session's
-    /// `search_path`, and the query id is that of the query with them qualified.
-    unqualified: Vec<String>,
-    /// The last resolution of `unqualified` and the query id it gives.
-    resolved: std::sync::Mutex<Option<ShapeResolution>>,
-    /// Running it upstream could change session settings (it calls a user function).
-    may_change_settings: bool,
 }
 
 enum Kind {
@@ -178,6 +168,8 @@ struct RouterSession {
     eligible_db: bool,
     statements: ByteBoundedMap<Statement>,
     shapes: ByteBoundedMap<Arc<Kind>>,
+    /// Shapes by fingerprint key, for texts that differ from a known one only in literals.
+    fingerprints: ByteBoundedMap<Arc<KnownShape>>,
     /// A prepared statement was not remembered (too long, or the memo was full).
     statements_skipped: bool,
     /// Captures sent upstream, in order (their responses arrive in the same order).
@@ -275,41 +267,6 @@ impl Interceptor for RouterSession {
 }
 
 impl RouterSession {
-    fn kind_of(&mut self, sql: &str) -> Arc<Kind> {
-        if let Some(k) = self.shapes.get_refresh(sql) {
-            return k.clone();
-        }
-        let kind = Arc::new(match parse_larder_statement(sql, Dialect::Postgres) {
-            Some(Ok(stmt)) => Kind::Larder(stmt),
-            Some(Err(_)) => Kind::Other,
-            None if classify(sql) == StatementKind::Select => {
-                match normalize(sql, Dialect::Postgres) {
-                    Ok(n) => {
-                        // Only unqualified names depend on the session's search_path; a
-                        // query that qualifies every name has one id for every session.
-                        let unqualified = unqualified_relations(&n.query);
-                        Kind::Select(Arc::new(Shape {
-                            query_id: n.query_id.into(),
-                            text: n.text,
-                            params: n.params,
-                            unqualified,
-                            resolved: std::sync::Mutex::new(None),
-                            may_change_settings: may_change_settings(&n.query),
-                        }))
-                    }
-                    Err(_) => Kind::Other,
-                }
-            }
-            None => Kind::Other,
-        });
-        // Larder statements carry whole parsed queries; don't memo them.
-        if !matches!(*kind, Kind::Larder(_)) && sql.len() <= MEMO_TEXT_MAX_BYTES {
-            let size = kind_bytes(&kind, sql.len());
-            let _ = self.shapes.insert(sql, kind.clone(), size, false);
-        }
-        kind
-    }
-
     // ---- simple query protocol ----
 
     fn on_query(
@@ -405,17 +362,14 @@ impl RouterSession {
         if session.transaction_status() == TransactionStatus::InTransaction && !cache.always() {
             return Err("inside a transaction (the cache was not created ALWAYS)".into());
         }
-        // The relation the cache reads is the one its name denotes now (not a dropped one).
-        if self
-            .backend
-            .relation_oid(cache.table_schema(), cache.table_name())
-            != Some(cache.table_oid())
-        {
-            return Err(format!(
-                "{}.{} is not the relation the cache was built from (dropped or re-created)",
-                cache.table_schema(),
-                cache.table_name()
-            ));
+        // The relations the cache reads are the ones their names denote now (not dropped ones).
+        for r in cache.relations() {
+            if self.backend.relation_oid(&r.schema, &r.name) != Some(r.oid) {
+                return Err(format!(
+                    "{}.{} is not the relation the cache was built from (dropped or re-created)",
+                    r.schema, r.name
+                ));
+            }
         }
         match self.facts.role() {
             Some(role) => self.backend.may_read(role, cache.as_ref())?,
@@ -687,26 +641,6 @@ impl RouterSession {
             encode_text_table(prefix, fut.await, header, status)
         }));
     }
-}
-
-/// Bytes charged in the memos for a statement kind, beyond its key (`sql_len` bounds the
-/// literals a shape holds; a Larder statement holds a parsed query, several times its text).
-fn kind_bytes(kind: &Kind, sql_len: usize) -> usize {
-    std::mem::size_of::<Kind>()
-        + match kind {
-            Kind::Select(shape) => {
-                std::mem::size_of::<Shape>()
-                    + shape.query_id.len()
-                    + shape.text.len()
-                    // The names, and the resolution memo (schemas and an id).
-                    + shape.unqualified.iter().map(|n| 2 * n.len() + 64).sum::<usize>()
-                    + 64
-                    + shape.params.len() * std::mem::size_of::<ParamSource>()
-                    + sql_len
-            }
-            Kind::Larder(_) => 8 * sql_len + 1024,
-            Kind::Other => 0,
-        }
 }
 
 #[cfg(test)]

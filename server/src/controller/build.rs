@@ -1,0 +1,448 @@
+//! Building a cache: lowering plus the checks that need live state, the upstream's
+//! description of the result, and the fill of the new dataflow nodes from storage.
+//!
+//! The fill never stalls replication or other caches. Under the dataflow lock the cache's
+//! nodes are added and a storage snapshot is taken; both reflect the same applied
+//! transactions, because the replicator writes storage and applies to the graph under that
+//! lock. The snapshot is then read in chunks, each fed to the new nodes under a short hold of
+//! the lock, while the graph buffers the live changes of the cache's tables for it. Finishing
+//! replays that buffer and makes the cache ready: snapshot plus every later change.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use larder_dataflow::TableId as DfTableId;
+use larder_sql::lower::lower;
+use larder_sql::normalize::Normalized;
+use larder_sql::plan::{AggFunc, BinaryOp, CachePlan, Expr, Func, NodeOp};
+use larder_sql::SqlType;
+
+use super::{db_error_text, Controller, ControllerError, RegistryCatalog};
+use crate::core::{CacheEntry, CachedRelation, Core};
+use crate::tables::{TableEntry, TableState};
+
+/// Rows fed to a new cache per hold of the dataflow lock.
+const FILL_CHUNK_ROWS: usize = 8192;
+
+impl Controller {
+    /// Lowering plus the checks that need live state; `Err` carries the reason. The tables
+    /// are the plan's relations, in order.
+    pub(super) fn check_supported(
+        &self,
+        normalized: &Normalized,
+    ) -> Result<(CachePlan, Vec<TableEntry>), ControllerError> {
+        for (schema, name) in larder_sql::normalize::relations(&normalized.query) {
+            self.refuse_not_replicated(schema.as_deref(), &name)?;
+        }
+        let plan = lower(&normalized.query, &RegistryCatalog { core: &self.core })
+            .map_err(|u| ControllerError::Unsupported(u.reason))?;
+        let mut entries = Vec::with_capacity(plan.relations.len());
+        for relation in &plan.relations {
+            let entry = self
+                .core
+                .tables
+                .read()
+                .expect("tables lock poisoned")
+                .by_name(&relation.schema, &relation.name)
+                .cloned()
+                .ok_or_else(|| {
+                    ControllerError::Unsupported(format!(
+                        "table {}.{} is not replicated",
+                        relation.schema, relation.name
+                    ))
+                })?;
+            match &entry.state {
+                TableState::Online => {}
+                TableState::NotReplicated { reason } => {
+                    return Err(ControllerError::Unsupported(format!(
+                        "table {}.{} is not replicated: {reason}",
+                        relation.schema, relation.name
+                    )))
+                }
+                other => {
+                    return Err(ControllerError::Unavailable(format!(
+                        "table {}.{} is not ready yet ({})",
+                        relation.schema,
+                        relation.name,
+                        other.describe().1
+                    )))
+                }
+            }
+            entries.push(entry);
+        }
+        if plan
+            .order_by
+            .iter()
+            .any(|k| plan.reader_types().get(k.column) == Some(&SqlType::Bpchar))
+        {
+            return Err(ControllerError::Unsupported(
+                "ORDER BY on a char(n) column is not supported yet (trailing spaces are insignificant)".into(),
+            ));
+        }
+        Ok((plan, entries))
+    }
+
+    /// A table Larder knows but does not replicate: say why, before lowering says "unknown".
+    fn refuse_not_replicated(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<(), ControllerError> {
+        let tables = self.core.tables.read().expect("tables lock poisoned");
+        let candidates: Vec<_> = tables
+            .all()
+            .filter(|t| t.schema.name == name && schema.is_none_or(|s| s == t.schema.schema))
+            .collect();
+        let chosen = candidates
+            .iter()
+            .find(|t| t.schema.schema == "public")
+            .or_else(|| {
+                if candidates.len() == 1 {
+                    candidates.first()
+                } else {
+                    None
+                }
+            });
+        if let Some(t) = chosen {
+            if let TableState::NotReplicated { reason } = &t.state {
+                return Err(ControllerError::Unsupported(format!(
+                    "table {}.{} is not replicated: {reason}",
+                    t.schema.schema, t.schema.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Said by `EXPLAIN CREATE CACHE` when a table the query reads has row security.
+    pub(super) async fn row_security_note(
+        &self,
+        tables: &[TableEntry],
+    ) -> Result<Option<String>, ControllerError> {
+        let client = self.upstream_client().await?;
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1) AND c.relrowsecurity ORDER BY 1, 2",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(db_error_text(&e)))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        Ok(Some(format!(
+            "row security is enabled on {}: sessions whose role a policy applies to are \
+             answered upstream; superusers, BYPASSRLS roles and the owner are served from the cache",
+            names.join(", ")
+        )))
+    }
+
+    /// The tables' columns the plan reads, by name, per relation (for privileges).
+    pub(super) fn cached_relations(plan: &CachePlan, tables: &[TableEntry]) -> Vec<CachedRelation> {
+        plan.relation_columns_read()
+            .into_iter()
+            .zip(tables)
+            .map(|(cols, t)| CachedRelation {
+                oid: t.oid,
+                schema: t.schema.schema.clone(),
+                name: t.schema.name.clone(),
+                columns_read: cols
+                    .into_iter()
+                    .filter_map(|i| t.schema.columns.get(i).map(|c| c.name.clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Describe upstream, add to the dataflow, fill from storage. With `announce`, the cache
+    /// is listed (and reads of it go upstream as "still being filled") while it fills.
+    pub async fn build_cache(
+        &self,
+        name: &str,
+        text: &str,
+        normalized: &Normalized,
+        always: bool,
+    ) -> Result<Arc<CacheEntry>, ControllerError> {
+        self.build_cache_announced(name, text, normalized, always, false)
+            .await
+    }
+
+    pub(super) async fn build_cache_announced(
+        &self,
+        name: &str,
+        text: &str,
+        normalized: &Normalized,
+        always: bool,
+        announce: bool,
+    ) -> Result<Arc<CacheEntry>, ControllerError> {
+        let (plan, tables) = self.check_supported(normalized)?;
+        self.check_collations(&plan, &tables).await?;
+        let columns = self.describe(&normalized.text).await?;
+        if columns.len() != plan.output.len() {
+            return Err(ControllerError::Internal(format!(
+                "upstream describes {} result columns, the plan has {}",
+                columns.len(),
+                plan.output.len()
+            )));
+        }
+        if tables.iter().any(|t| t.stored.is_none()) {
+            return Err(ControllerError::Internal("table without storage".into()));
+        }
+        let relations = Self::cached_relations(&plan, &tables);
+        let core = self.core.clone();
+        let template = PendingEntry {
+            name: name.to_string(),
+            query_id: normalized.query_id.clone(),
+            query: text.to_string(),
+            normalized: normalized.text.clone(),
+            always,
+            relations,
+            columns,
+        };
+        tokio::task::spawn_blocking(move || fill_cache(&core, plan, template, announce))
+            .await
+            .map_err(|e| ControllerError::Internal(e.to_string()))?
+    }
+
+    /// Text compares and sorts by its collation. Larder compares bytes, which is right for
+    /// every deterministic collation's equality and for ordering under "C"/"POSIX" (or a
+    /// database default that is bytewise); anything else is refused with the column named.
+    pub(super) async fn check_collations(
+        &self,
+        plan: &CachePlan,
+        tables: &[TableEntry],
+    ) -> Result<(), ControllerError> {
+        let client = self.upstream_client().await?;
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let rows = client
+            .query(
+                "SELECT a.attname::text, co.collname::text, co.collprovider::text, co.collisdeterministic \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+                 WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| ControllerError::Unavailable(format!("reading collations: {}", db_error_text(&e))))?;
+        let text_order = orders_or_ranges_text(plan);
+        let db_bytewise = self
+            .core
+            .c_collation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        for r in rows {
+            let (column, collation, provider, deterministic): (String, String, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if !deterministic {
+                return Err(ControllerError::Unsupported(format!(
+                    "column {column} uses the nondeterministic collation {collation}"
+                )));
+            }
+            let bytewise =
+                collation == "C" || collation == "POSIX" || (provider == "d" && db_bytewise);
+            if text_order && !bytewise {
+                return Err(ControllerError::Unsupported(format!(
+                    "ordering or range comparison of text needs the C collation (column {column} uses {})",
+                    if provider == "d" { "the database default".to_string() } else { collation }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a cache entry is made of before the dataflow gives it an id and a reader.
+struct PendingEntry {
+    name: String,
+    query_id: String,
+    query: String,
+    normalized: String,
+    always: bool,
+    relations: Vec<CachedRelation>,
+    columns: Vec<crate::core::ResultColumn>,
+}
+
+/// Adds the plan to the dataflow and fills it from a storage snapshot (see the module docs).
+fn fill_cache(
+    core: &Arc<Core>,
+    plan: CachePlan,
+    pending: PendingEntry,
+    announce: bool,
+) -> Result<Arc<CacheEntry>, ControllerError> {
+    let internal = |e: String| ControllerError::Internal(e);
+    let (cache_id, reader, tables, snapshot) = {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        let (id, reader) = graph
+            .add_cache(&plan)
+            .map_err(|e| internal(e.to_string()))?;
+        let tables = graph.cache_tables(id);
+        (id, reader, tables, core.storage.snapshot())
+    };
+    let entry = Arc::new(CacheEntry {
+        name: pending.name,
+        query_id: pending.query_id,
+        query: pending.query,
+        normalized: pending.normalized,
+        always: pending.always,
+        relations: pending.relations,
+        plan,
+        cache_id,
+        reader,
+        columns: pending.columns,
+        hits: crate::core::HitCounter::default(),
+        invalid: Mutex::new(None),
+        serving: AtomicBool::new(true),
+    });
+    if announce {
+        core.caches.insert(Arc::clone(&entry));
+    }
+    let filled = fill_from(core, &snapshot, cache_id, &tables);
+    drop(snapshot);
+    let finished = filled.and_then(|()| {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        graph
+            .finish_bootstrap(cache_id)
+            .map_err(|e| internal(e.to_string()))
+    });
+    if let Err(e) = finished {
+        if announce {
+            core.caches.remove_if_same(&entry);
+        }
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        let _ = graph.remove_cache(cache_id);
+        return Err(e);
+    }
+    Ok(entry)
+}
+
+/// Feeds each table's rows as of `snapshot` to the new cache, a chunk per lock hold.
+fn fill_from(
+    core: &Core,
+    snapshot: &crate::storage::Snapshot<'_>,
+    cache: larder_dataflow::CacheId,
+    tables: &[DfTableId],
+) -> Result<(), ControllerError> {
+    for &table in tables {
+        let stored = u32::try_from(table.0)
+            .map_err(|_| ControllerError::Internal(format!("table id {} out of range", table.0)))?;
+        core.storage
+            .scan_table_chunks(snapshot, stored, FILL_CHUNK_ROWS, |rows| {
+                if core.is_shutting_down() {
+                    return Err(ControllerError::Unavailable("shutting down".into()));
+                }
+                let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+                graph
+                    .bootstrap_rows(cache, table, rows)
+                    .map_err(|e| ControllerError::Internal(e.to_string()))
+            })?;
+    }
+    Ok(())
+}
+
+impl From<crate::storage::StorageError> for ControllerError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        ControllerError::Internal(e.to_string())
+    }
+}
+
+fn is_text_type(t: &SqlType) -> bool {
+    matches!(
+        t,
+        SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name
+    ) || matches!(t, SqlType::Array(inner) if is_text_type(inner))
+}
+
+/// Whether `e` yields text, given the types of the columns it reads.
+fn yields_text(e: &Expr, cols: &[SqlType]) -> bool {
+    match e {
+        Expr::Column(i) => cols.get(*i).is_some_and(is_text_type),
+        Expr::Literal(v) => matches!(v, larder_sql::Value::Text(_)),
+        Expr::Binary {
+            op: BinaryOp::Concat,
+            ..
+        } => true,
+        Expr::Binary { ty, .. } | Expr::Cast { ty, .. } => is_text_type(ty),
+        Expr::Func {
+            func: Func::Coalesce,
+            args,
+        } => args.iter().any(|a| yields_text(a, cols)),
+        _ => false,
+    }
+}
+
+/// Whether `e` contains a range comparison (or BETWEEN) of text.
+fn ranges(e: &Expr, cols: &[SqlType]) -> bool {
+    match e {
+        Expr::Binary {
+            op, left, right, ..
+        } => {
+            let range = matches!(
+                op,
+                BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq
+            );
+            (range && (yields_text(left, cols) || yields_text(right, cols)))
+                || ranges(left, cols)
+                || ranges(right, cols)
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            yields_text(expr, cols)
+                || yields_text(low, cols)
+                || yields_text(high, cols)
+                || ranges(expr, cols)
+        }
+        Expr::Unary { expr, .. } | Expr::IsNull { expr, .. } | Expr::Cast { expr, .. } => {
+            ranges(expr, cols)
+        }
+        Expr::InList { expr, list, .. } => {
+            ranges(expr, cols) || list.iter().any(|l| ranges(l, cols))
+        }
+        Expr::Like { expr, pattern, .. } => ranges(expr, cols) || ranges(pattern, cols),
+        Expr::Func { args, .. } => args.iter().any(|a| ranges(a, cols)),
+        Expr::Column(_) | Expr::Literal(_) | Expr::Param(_) => false,
+    }
+}
+
+/// Whether the plan sorts by, range-compares or takes the extreme of a text value anywhere
+/// (all collation-dependent).
+fn orders_or_ranges_text(plan: &CachePlan) -> bool {
+    let input_types = |input: usize| {
+        plan.nodes
+            .get(input)
+            .map(|n| n.types.as_slice())
+            .unwrap_or(&[])
+    };
+    let in_nodes = plan.nodes.iter().any(|node| match &node.op {
+        NodeOp::Filter { input, predicate } => ranges(predicate, input_types(*input)),
+        NodeOp::Project { input, exprs } => exprs.iter().any(|e| ranges(e, input_types(*input))),
+        NodeOp::TopK { input, order, .. } => order
+            .iter()
+            .any(|o| input_types(*input).get(o.column).is_some_and(is_text_type)),
+        NodeOp::Aggregate {
+            input, aggregates, ..
+        } => aggregates.iter().any(|a| {
+            matches!(a.func, AggFunc::Min | AggFunc::Max)
+                && a.arg
+                    .is_some_and(|c| input_types(*input).get(c).is_some_and(is_text_type))
+        }),
+        NodeOp::Base { .. }
+        | NodeOp::Join { .. }
+        | NodeOp::SemiJoin { .. }
+        | NodeOp::Distinct { .. }
+        | NodeOp::Union { .. } => false,
+    });
+    let reader = plan.reader_types();
+    in_nodes
+        || plan
+            .order_by
+            .iter()
+            .any(|k| reader.get(k.column).is_some_and(is_text_type))
+        || plan.residual.as_ref().is_some_and(|r| ranges(r, reader))
+}
