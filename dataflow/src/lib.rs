@@ -11,6 +11,7 @@
 //! cast — never produces a wrong row: the affected key is *poisoned* and reads of it return
 //! [`ReadError::Poisoned`], telling the server to ask upstream instead.
 
+mod build;
 mod cast;
 mod error;
 mod eval;
