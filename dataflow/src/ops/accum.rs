@@ -4,14 +4,21 @@
 //! which it does for any realistic row count), numerics as [`Decimal`]s. Whatever cannot be
 //! represented makes the value unknown (`Err`), which the aggregate turns into poison.
 
-use std::collections::hash_map;
 use std::collections::{BTreeMap, HashMap};
 
 use larder_sql::numeric::Decimal;
 use larder_sql::plan::AggFunc;
 use larder_sql::value::{Key, Value};
 
+use super::{bump, RowCounts};
 use crate::order::OrdValue;
+
+/// The structurally first value with a positive count.
+fn first_present(reps: &RowCounts) -> Option<Value> {
+    reps.iter()
+        .find(|(_, &c)| c > 0)
+        .and_then(|(r, _)| r.0.first().cloned())
+}
 
 /// The value of an aggregate cannot be computed exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +71,8 @@ pub(crate) struct Accumulator {
     values: i64,
     /// Net count of values that could not be folded (not a number).
     bad: i64,
-    /// `DISTINCT`: each SQL-distinct value (first representation seen) and its count.
-    distinct: Option<HashMap<Key, (Value, i64)>>,
+    /// `DISTINCT`: the representations of each SQL-distinct value, with counts.
+    distinct: Option<HashMap<Key, RowCounts>>,
 }
 
 impl Accumulator {
@@ -99,26 +106,22 @@ impl Accumulator {
             self.fold(value, diff);
             return;
         };
-        let (old, new, rep) = match distinct.entry(Key::from_values([value])) {
-            hash_map::Entry::Occupied(mut o) => {
-                let old = o.get().1;
-                let new = old.saturating_add(diff);
-                if new == 0 {
-                    (old, new, o.remove().0)
-                } else {
-                    o.get_mut().1 = new;
-                    (old, new, o.get().0.clone())
-                }
+        // Each SQL-distinct value counts once, folded as its first present representation.
+        let key = Key::from_values([value]);
+        let reps = distinct.entry(key.clone()).or_default();
+        let before = first_present(reps);
+        bump(reps, vec![value.clone()], diff);
+        let after = first_present(reps);
+        if reps.is_empty() {
+            distinct.remove(&key);
+        }
+        if before != after {
+            if let Some(old) = before {
+                self.fold(&old, -1);
             }
-            hash_map::Entry::Vacant(v) => {
-                if diff != 0 {
-                    v.insert((value.clone(), diff));
-                }
-                (0, diff, value.clone())
+            if let Some(new) = after {
+                self.fold(&new, 1);
             }
-        };
-        if (old > 0) != (new > 0) {
-            self.fold(&rep, if new > 0 { 1 } else { -1 });
         }
     }
 

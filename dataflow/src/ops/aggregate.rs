@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use larder_sql::value::{Key, Row, Value};
 
 use super::accum::{AccKind, Accumulator};
-use super::{group_key, known, poison_with, Batch, Operator, Record};
+use super::{bump, group_key, known, poison_with, Batch, Operator, Record, RowCounts};
 
 /// One aggregate of the node: how it folds, and which input column it reads.
 #[derive(Clone, Copy, Debug)]
@@ -40,8 +40,9 @@ impl Out {
 
 #[derive(Debug)]
 struct Group {
-    /// The GROUP BY values (from the group's first row).
-    values: Row,
+    /// The GROUP BY values as they appear in the group's rows (SQL-equal values may be
+    /// written differently, e.g. `1.5` and `1.50`): the output shows the first present one.
+    reps: RowCounts,
     rows: i64,
     accs: Vec<Accumulator>,
     emitted: Option<Out>,
@@ -67,9 +68,9 @@ impl AggregateOp {
         self.group_by.len() + self.specs.len()
     }
 
-    fn new_group(&self, values: Row) -> Group {
+    fn new_group(&self) -> Group {
         Group {
-            values,
+            reps: RowCounts::new(),
             rows: 0,
             accs: self
                 .specs
@@ -87,11 +88,14 @@ impl AggregateOp {
         let values: Result<Vec<Value>, _> =
             group.accs.iter().map(|a| a.value(group.rows)).collect();
         let keys: Vec<usize> = (0..self.group_by.len()).collect();
-        Some(match values {
-            Ok(aggs) if group.rows >= 0 => {
-                Out::Row(group.values.iter().cloned().chain(aggs).collect())
+        let rep = group.reps.iter().find(|(_, &c)| c > 0).map(|(r, _)| &r.0);
+        let empty = Vec::new();
+        Some(match (values, rep) {
+            (Ok(aggs), Some(rep)) if group.rows > 0 => {
+                Out::Row(rep.iter().cloned().chain(aggs).collect())
             }
-            _ => Out::Poison(poison_with(self.width(), &keys, &group.values)),
+            (Ok(aggs), None) if group.rows == 0 => Out::Row(aggs),
+            (_, rep) => Out::Poison(poison_with(self.width(), &keys, rep.unwrap_or(&empty))),
         })
     }
 }
@@ -105,7 +109,7 @@ impl Operator for AggregateOp {
         if !self.group_by.is_empty() {
             return Vec::new();
         }
-        let mut group = self.new_group(Vec::new());
+        let mut group = self.new_group();
         let out = self.output(&group);
         group.emitted = out.clone();
         self.groups.insert(Key(Vec::new()), group);
@@ -120,12 +124,13 @@ impl Operator for AggregateOp {
                 Record::Row { row, diff } => {
                     let key = group_key(&row, &self.group_by);
                     if !self.groups.contains_key(&key) {
-                        let values = self.group_by.iter().map(|&c| row[c].clone()).collect();
-                        let group = self.new_group(values);
+                        let group = self.new_group();
                         self.groups.insert(key.clone(), group);
                     }
                     let group = self.groups.get_mut(&key).expect("inserted above");
                     group.rows = group.rows.saturating_add(diff);
+                    let values = self.group_by.iter().map(|&c| row[c].clone()).collect();
+                    bump(&mut group.reps, values, diff);
                     for (acc, spec) in group.accs.iter_mut().zip(&self.specs) {
                         let value = spec.arg.map_or(&Value::Null, |a| &row[a]);
                         acc.update(value, diff);
