@@ -757,11 +757,11 @@ fn arith(op: ArithOp, l: &Value, r: &Value, kind: NumKind) -> Result<Value, Eval
         NumKind::Numeric => {
             let (a, b) = (decimal(l)?, decimal(r)?);
             let v = match op {
-                ArithOp::Add => a.add(b),
-                ArithOp::Sub => a.sub(b),
-                ArithOp::Mul => a.mul(b),
-                ArithOp::Div => a.div(b),
-                ArithOp::Mod => a.rem(b),
+                ArithOp::Add => a.checked_add(b),
+                ArithOp::Sub => a.checked_sub(b),
+                ArithOp::Mul => a.checked_mul(b),
+                ArithOp::Div => a.checked_div(b),
+                ArithOp::Mod => a.checked_rem(b),
             };
             Ok(Value::Numeric(v.map_err(decimal_error)?.to_string()))
         }
@@ -896,7 +896,7 @@ fn eval_sign_op(
         Value::Float(f) => Ok(Value::Float(float_op(*f))),
         Value::Numeric(s) => {
             let d = Decimal::parse(s).map_err(decimal_error)?;
-            let r = if what == "abs" { d.abs() } else { d.neg() };
+            let r = if what == "abs" { d.abs() } else { d.negated() };
             Ok(Value::Numeric(r.to_string()))
         }
         other => Err(EvalError::Unsupported(format!(

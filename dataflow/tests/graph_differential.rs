@@ -649,7 +649,7 @@ fn aggregate_one(members: &[&Row], types: &[SqlType], a: &Aggregate) -> Value {
     };
     let sum = || {
         values.iter().fold(Decimal::ZERO, |acc, v| {
-            acc.add(decimal(v)).expect("small sums")
+            acc.checked_add(decimal(v)).expect("small sums")
         })
     };
     let extreme = |want: std::cmp::Ordering| {
@@ -675,7 +675,7 @@ fn aggregate_one(members: &[&Row], types: &[SqlType], a: &Aggregate) -> Value {
         (AggFunc::Sum, _) => Value::Numeric(sum().to_string()),
         (AggFunc::Avg, _) => Value::Numeric(
             sum()
-                .div(Decimal::from_i128(values.len() as i128))
+                .checked_div(Decimal::from_i128(values.len() as i128))
                 .expect("divides")
                 .to_string(),
         ),

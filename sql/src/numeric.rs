@@ -188,18 +188,18 @@ impl Decimal {
     }
 
     /// Sum; the scale is the larger input scale, as in Postgres.
-    pub fn add(self, other: Decimal) -> Result<Decimal, DecimalError> {
+    pub fn checked_add(self, other: Decimal) -> Result<Decimal, DecimalError> {
         let (a, b, scale) = self.aligned(other)?;
         Decimal::new(a.checked_add(b).ok_or(DecimalError::Overflow)?, scale)
     }
 
-    pub fn sub(self, other: Decimal) -> Result<Decimal, DecimalError> {
+    pub fn checked_sub(self, other: Decimal) -> Result<Decimal, DecimalError> {
         let (a, b, scale) = self.aligned(other)?;
         Decimal::new(a.checked_sub(b).ok_or(DecimalError::Overflow)?, scale)
     }
 
     /// Product; the scale is the sum of the input scales, as in Postgres.
-    pub fn mul(self, other: Decimal) -> Result<Decimal, DecimalError> {
+    pub fn checked_mul(self, other: Decimal) -> Result<Decimal, DecimalError> {
         let mantissa = self
             .mantissa
             .checked_mul(other.mantissa)
@@ -207,7 +207,7 @@ impl Decimal {
         Decimal::new(mantissa, self.scale + other.scale)
     }
 
-    pub fn neg(self) -> Decimal {
+    pub fn negated(self) -> Decimal {
         Decimal {
             mantissa: -self.mantissa,
             scale: self.scale,
@@ -222,7 +222,7 @@ impl Decimal {
     }
 
     /// Remainder with the sign of the dividend; the scale is the larger input scale.
-    pub fn rem(self, other: Decimal) -> Result<Decimal, DecimalError> {
+    pub fn checked_rem(self, other: Decimal) -> Result<Decimal, DecimalError> {
         if other.mantissa == 0 {
             return Err(DecimalError::DivisionByZero);
         }
@@ -231,7 +231,7 @@ impl Decimal {
     }
 
     /// Quotient rounded half away from zero at Postgres' `select_div_scale`.
-    pub fn div(self, other: Decimal) -> Result<Decimal, DecimalError> {
+    pub fn checked_div(self, other: Decimal) -> Result<Decimal, DecimalError> {
         if other.mantissa == 0 {
             return Err(DecimalError::DivisionByZero);
         }
@@ -366,7 +366,7 @@ mod tests {
     }
 
     fn div(a: &str, b: &str) -> String {
-        d(a).div(d(b)).expect("divides").to_string()
+        d(a).checked_div(d(b)).expect("divides").to_string()
     }
 
     #[test]
@@ -389,16 +389,25 @@ mod tests {
     #[test]
     fn add_sub_mul_scales() {
         // Checked against Postgres 15.
-        assert_eq!(d("1.5").add(d("2.25")).unwrap().to_string(), "3.75");
-        assert_eq!(d("1.50").add(d("2")).unwrap().to_string(), "3.50");
-        assert_eq!(d("1.5").sub(d("1.5")).unwrap().to_string(), "0.0");
-        assert_eq!(d("-1.5").sub(d("0.25")).unwrap().to_string(), "-1.75");
-        assert_eq!(d("1.5").mul(d("2.25")).unwrap().to_string(), "3.375");
-        assert_eq!(d("0.10").mul(d("0.10")).unwrap().to_string(), "0.0100");
-        assert_eq!(d("-3").mul(d("0.0")).unwrap().to_string(), "0.0");
-        assert_eq!(d("7.5").rem(d("2")).unwrap().to_string(), "1.5");
-        assert_eq!(d("-7.5").rem(d("2")).unwrap().to_string(), "-1.5");
-        assert_eq!(d("7").rem(d("-2.00")).unwrap().to_string(), "1.00");
+        assert_eq!(d("1.5").checked_add(d("2.25")).unwrap().to_string(), "3.75");
+        assert_eq!(d("1.50").checked_add(d("2")).unwrap().to_string(), "3.50");
+        assert_eq!(d("1.5").checked_sub(d("1.5")).unwrap().to_string(), "0.0");
+        assert_eq!(
+            d("-1.5").checked_sub(d("0.25")).unwrap().to_string(),
+            "-1.75"
+        );
+        assert_eq!(
+            d("1.5").checked_mul(d("2.25")).unwrap().to_string(),
+            "3.375"
+        );
+        assert_eq!(
+            d("0.10").checked_mul(d("0.10")).unwrap().to_string(),
+            "0.0100"
+        );
+        assert_eq!(d("-3").checked_mul(d("0.0")).unwrap().to_string(), "0.0");
+        assert_eq!(d("7.5").checked_rem(d("2")).unwrap().to_string(), "1.5");
+        assert_eq!(d("-7.5").checked_rem(d("2")).unwrap().to_string(), "-1.5");
+        assert_eq!(d("7").checked_rem(d("-2.00")).unwrap().to_string(), "1.00");
     }
 
     #[test]
@@ -423,7 +432,10 @@ mod tests {
         assert_eq!(div("1", "10000"), "0.000100000000000000000000");
         assert_eq!(div("0.0001", "3"), "0.000033333333333333333333");
         assert_eq!(div("5", "-0.5"), "-10.0000000000000000");
-        assert_eq!(d("1").div(d("0")), Err(DecimalError::DivisionByZero));
+        assert_eq!(
+            d("1").checked_div(d("0")),
+            Err(DecimalError::DivisionByZero)
+        );
     }
 
     #[test]

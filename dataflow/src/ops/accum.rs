@@ -148,8 +148,8 @@ impl Accumulator {
                             scales.remove(&d.scale());
                         }
                         match d
-                            .mul(Decimal::from_i128(i128::from(diff)))
-                            .and_then(|t| n.sum.add(t))
+                            .checked_mul(Decimal::from_i128(i128::from(diff)))
+                            .and_then(|t| n.sum.checked_add(t))
                         {
                             Ok(s) => n.sum = s,
                             Err(_) => n.overflowed = true,
@@ -198,7 +198,7 @@ impl Accumulator {
             }
             (State::Int { sum }, _) => {
                 let avg = Decimal::from_i128(*sum)
-                    .div(Decimal::from_i128(i128::from(self.values)))
+                    .checked_div(Decimal::from_i128(i128::from(self.values)))
                     .map_err(|_| Unknown)?;
                 Value::Numeric(avg.to_string())
             }
@@ -209,7 +209,7 @@ impl Accumulator {
                 let scale = n.scales.keys().next_back().copied().unwrap_or(0);
                 let sum = n.sum.with_scale(scale).map_err(|_| Unknown)?;
                 let v = if kind == AccKind::AvgNumeric {
-                    sum.div(Decimal::from_i128(i128::from(self.values)))
+                    sum.checked_div(Decimal::from_i128(i128::from(self.values)))
                         .map_err(|_| Unknown)?
                 } else {
                     sum
