@@ -51,6 +51,13 @@ pub enum GraphError {
     RowArity { table: u64, got: usize, want: usize },
     #[error("too many caches (max {0})")]
     TooManyCaches(usize),
+    /// Changes buffered while the cache was bootstrapping exceeded
+    /// [`GraphLimits::bootstrap_buffer_max_bytes`](crate::GraphLimits); remove the cache
+    /// (and retry later).
+    #[error("cache {0} buffered too many changes while bootstrapping")]
+    BootstrapOverflow(u64),
+    #[error("table {table} is not read by cache {cache}")]
+    NotCacheTable { cache: u64, table: u64 },
 }
 
 /// Why a read could not be answered from the cache. Every variant means "ask upstream".
@@ -69,6 +76,10 @@ pub enum ReadError {
     /// The residual predicate failed on a row, or the parameters are unusable.
     #[error("evaluation failed: {0}")]
     Eval(#[from] EvalError),
+    /// The plan evaluated a literal at parameter slot `slot` (0-based) below the reader, and
+    /// this read holds another value (or several) there.
+    #[error("the cache holds results for another value of parameter ${}", slot + 1)]
+    OtherParameter { slot: usize },
     /// The cache was removed from the graph.
     #[error("cache was removed")]
     Gone,

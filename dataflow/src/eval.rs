@@ -6,12 +6,14 @@
 //! unary minus or `abs` overflows at, and whether a text operand is blank-padded `char(n)`.
 //!
 //! Evaluation follows Postgres: three-valued logic, `NULL` propagation, integer arithmetic
-//! checked against the result width, errors for division by zero and float overflow. Whatever
-//! cannot be reproduced exactly (numeric arithmetic, locale-dependent case folding, float
-//! formatting) is an [`EvalError`]; callers turn it into poison, never into a guessed value.
+//! checked against the result width, exact `numeric` arithmetic with Postgres' result scales
+//! (integers promoted), errors for division by zero and float overflow. Whatever
+//! cannot be reproduced exactly (locale-dependent case folding, float
+//! formatting, decimals beyond 38 digits) is an [`EvalError`]; callers turn it into poison, never into a guessed value.
 
 use std::borrow::Cow;
 
+use larder_sql::numeric::{Decimal, DecimalError};
 use larder_sql::plan::{BinaryOp, Expr, Func, UnaryOp};
 use larder_sql::value::{compare, SqlType, Value};
 
@@ -64,7 +66,9 @@ enum NumKind {
     Int(IntWidth),
     Float4,
     Float8,
-    /// Numeric and everything else: not evaluated here.
+    /// Exact decimal arithmetic with Postgres' result scales.
+    Numeric,
+    /// Everything else: not evaluated here.
     Other,
 }
 
@@ -75,6 +79,7 @@ fn num_kind(ty: Option<&SqlType>) -> NumKind {
         Some(SqlType::Int8) => NumKind::Int(IntWidth::I64),
         Some(SqlType::Float4) => NumKind::Float4,
         Some(SqlType::Float8) => NumKind::Float8,
+        Some(SqlType::Numeric) => NumKind::Numeric,
         _ => NumKind::Other,
     }
 }
@@ -749,9 +754,43 @@ fn arith(op: ArithOp, l: &Value, r: &Value, kind: NumKind) -> Result<Value, Eval
         },
         NumKind::Float8 => float_arith(op, as_f64(l)?, as_f64(r)?, false).map(Value::Float),
         NumKind::Float4 => float_arith(op, as_f64(l)?, as_f64(r)?, true).map(Value::Float),
-        NumKind::Other => Err(EvalError::Unsupported(
-            "arithmetic on this type (e.g. numeric)".into(),
-        )),
+        NumKind::Numeric => {
+            let (a, b) = (decimal(l)?, decimal(r)?);
+            let v = match op {
+                ArithOp::Add => a.checked_add(b),
+                ArithOp::Sub => a.checked_sub(b),
+                ArithOp::Mul => a.checked_mul(b),
+                ArithOp::Div => a.checked_div(b),
+                ArithOp::Mod => a.checked_rem(b),
+            };
+            Ok(Value::Numeric(v.map_err(decimal_error)?.to_string()))
+        }
+        NumKind::Other => Err(EvalError::Unsupported(format!(
+            "arithmetic on {} and {}",
+            kind_name(l),
+            kind_name(r)
+        ))),
+    }
+}
+
+/// A numeric operand; integers are promoted as Postgres does.
+fn decimal(v: &Value) -> Result<Decimal, EvalError> {
+    match v {
+        Value::Int(i) => Ok(Decimal::from_i128(i128::from(*i))),
+        Value::Numeric(s) => Decimal::parse(s).map_err(decimal_error),
+        other => Err(EvalError::TypeMismatch(format!(
+            "numeric arithmetic on {}",
+            kind_name(other)
+        ))),
+    }
+}
+
+fn decimal_error(e: DecimalError) -> EvalError {
+    match e {
+        DecimalError::DivisionByZero => EvalError::DivisionByZero,
+        // Postgres could compute these; we cannot exactly: unsupported, never approximate.
+        DecimalError::Overflow => EvalError::Unsupported("numeric beyond 38 digits".into()),
+        DecimalError::Invalid(s) => EvalError::Unsupported(format!("numeric value {s}")),
     }
 }
 
@@ -855,6 +894,11 @@ fn eval_sign_op(
             w.check(n).map(Value::Int)
         }
         Value::Float(f) => Ok(Value::Float(float_op(*f))),
+        Value::Numeric(s) => {
+            let d = Decimal::parse(s).map_err(decimal_error)?;
+            let r = if what == "abs" { d.abs() } else { d.negated() };
+            Ok(Value::Numeric(r.to_string()))
+        }
         other => Err(EvalError::Unsupported(format!(
             "{what} on {}",
             kind_name(other)

@@ -1,26 +1,29 @@
-//! The dataflow graph: base tables at the roots, caches' operator chains below them.
+//! The dataflow graph: base tables at the roots, each cache's operator nodes below them.
 //!
 //! Nodes are kept in a `BTreeMap` keyed by a monotonically increasing id; a node is always
-//! created after its parents, so ascending id order is a topological order. Propagation
-//! delivers each node all of its input for a batch before running it, which is what
-//! multi-input operators (joins, later) need.
+//! created after its parents, so ascending id order is a topological order. Edges carry the
+//! input index they feed, so a self-join (one parent on both inputs) receives a batch on
+//! input 0 and then on input 1. Propagation runs each node only once all of its parents have
+//! run, in arrival order of its input batches.
 //!
-//! A new cache is *not ready*: live changes skip its nodes, and the caller fills it with
-//! [`Graph::bootstrap`] from the base table's current contents (which already reflect every
-//! change applied so far). Bootstrapping feeds only that cache's nodes. The graph is driven by
-//! one writer (`&mut self`), does no I/O and spawns no threads; readers run concurrently
-//! through [`ReaderHandle`]s and only see changes after [`Graph::publish`].
+//! A new cache is *not ready*. The caller fills it with [`Graph::bootstrap_rows`] (rows of
+//! each table as of a snapshot taken right after [`Graph::add_cache`]), possibly in many
+//! calls interleaved with live [`Graph::apply`] calls, then calls [`Graph::finish_bootstrap`].
+//! Live changes skip a not-ready cache's nodes; `apply` buffers a copy of them for it instead
+//! (bounded by [`GraphLimits::bootstrap_buffer_max_bytes`]), and `finish_bootstrap` replays
+//! the buffer through that cache's nodes only. The graph is driven by one writer
+//! (`&mut self`), does no I/O and spawns no threads; readers run concurrently through
+//! [`ReaderHandle`]s and only see changes after [`Graph::publish`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use larder_sql::plan::CachePlan;
-use larder_sql::value::{Row, TableSchema};
+use larder_sql::value::{Row, TableSchema, Value};
 
+use crate::build::{compile, BuiltNode};
 use crate::error::GraphError;
-use crate::eval::{CompiledExpr, ExprContext};
-use crate::ops::{BaseOp, Batch, FilterOp, Operator, ProjectOp, ReaderOpNode, Record};
-use crate::reader::{ReadSpec, ReaderHandle, ReaderOp, ReaderState, READ_KEY_COMBINATIONS_MAX};
+use crate::ops::{BaseOp, Batch, Operator, ReaderOpNode, Record};
+use crate::reader::{ReaderHandle, ReaderOp, ReaderState, READ_KEY_COMBINATIONS_MAX};
 
 /// Identifies a base table (assigned by the server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +47,8 @@ pub struct GraphLimits {
     pub caches_max: usize,
     /// Maximum key combinations (product of IN-list sizes) a single read may look up.
     pub read_key_combinations_max: usize,
+    /// Estimated bytes of live changes one bootstrapping cache may buffer.
+    pub bootstrap_buffer_max_bytes: usize,
 }
 
 impl Default for GraphLimits {
@@ -51,6 +56,7 @@ impl Default for GraphLimits {
         GraphLimits {
             caches_max: 10_000,
             read_key_combinations_max: READ_KEY_COMBINATIONS_MAX,
+            bootstrap_buffer_max_bytes: 256 << 20,
         }
     }
 }
@@ -64,7 +70,8 @@ type NodeId = u64;
 struct Node {
     op: Box<dyn Operator>,
     parents: Vec<NodeId>,
-    children: Vec<NodeId>,
+    /// (child, input index of the child this node feeds); a child may appear twice.
+    children: Vec<(NodeId, usize)>,
     /// The cache this node belongs to; `None` for base tables.
     owner: Option<CacheId>,
 }
@@ -75,13 +82,27 @@ struct TableEntry {
     node: NodeId,
 }
 
+/// Where a cache is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Being bootstrapped: live changes of its tables are buffered, in arrival order.
+    Filling {
+        buffer: Vec<(TableId, Vec<Change>)>,
+        bytes: usize,
+    },
+    /// The buffer outgrew its bound; the cache can only be removed.
+    Overflowed,
+    Ready,
+}
+
 #[derive(Debug)]
 struct CacheEntry {
-    table: TableId,
-    /// All nodes of this cache, in creation order.
+    /// The tables the cache reads, each once.
+    tables: Vec<TableId>,
+    /// All nodes of this cache, in creation order (base tables excluded).
     nodes: Vec<NodeId>,
     reader_node: NodeId,
-    ready: bool,
+    phase: Phase,
     handle: ReaderHandle,
 }
 
@@ -127,9 +148,9 @@ impl Graph {
         Ok(())
     }
 
-    /// Unregisters a base table; its caches must have been removed first.
+    /// Unregisters a base table; the caches reading it must have been removed first.
     pub fn remove_table(&mut self, id: TableId) -> Result<(), GraphError> {
-        if self.caches.values().any(|c| c.table == id) {
+        if self.caches.values().any(|c| c.tables.contains(&id)) {
             return Err(GraphError::TableInUse(id.0));
         }
         let entry = self
@@ -152,60 +173,84 @@ impl Graph {
             .map(|(id, _)| *id)
     }
 
-    /// Builds the operators of `plan`. The cache starts not ready: call [`Graph::bootstrap`].
+    /// Validates `plan` and builds one operator per plan node (base tables are shared). The
+    /// cache starts not ready: feed it with [`bootstrap_rows`](Self::bootstrap_rows) and
+    /// [`finish_bootstrap`](Self::finish_bootstrap).
     pub fn add_cache(&mut self, plan: &CachePlan) -> Result<(CacheId, ReaderHandle), GraphError> {
         if self.caches.len() >= self.limits.caches_max {
             return Err(GraphError::TooManyCaches(self.limits.caches_max));
         }
-        let relation = match plan.relations.as_slice() {
-            [one] => one,
-            _ => return Err(invalid("only single-table plans are supported")),
-        };
-        let table = self
-            .table_by_name(&relation.schema, &relation.name)
-            .ok_or_else(|| GraphError::UnknownTableRef {
-                schema: relation.schema.clone(),
-                name: relation.name.clone(),
+        let mut relation_tables = Vec::with_capacity(plan.relations.len());
+        let mut relation_types = Vec::with_capacity(plan.relations.len());
+        for r in &plan.relations {
+            let table = self.table_by_name(&r.schema, &r.name).ok_or_else(|| {
+                GraphError::UnknownTableRef {
+                    schema: r.schema.clone(),
+                    name: r.name.clone(),
+                }
             })?;
-        let (base_node, base_types) = {
-            let t = &self.tables[&table];
-            let types: Vec<_> = t.schema.columns.iter().map(|c| c.ty.clone()).collect();
-            (t.node, types)
-        };
-        let built = BuiltPlan::compile(plan, &base_types, &self.limits)?;
+            let schema = &self.tables[&table].schema;
+            relation_types.push(schema.columns.iter().map(|c| c.ty.clone()).collect());
+            relation_tables.push(table);
+        }
+        let built = compile(plan, &relation_types, &self.limits)?;
 
         let id = CacheId(self.next_cache);
         self.next_cache += 1;
+        let mut tables: Vec<TableId> = Vec::new();
         let mut nodes = Vec::new();
-        let mut parent = base_node;
-        if let Some(filter) = built.filter {
-            parent = self.add_node(Box::new(FilterOp::new(filter)), vec![parent], Some(id));
-            nodes.push(parent);
+        let mut plan_nodes: Vec<NodeId> = Vec::with_capacity(built.nodes.len());
+        for node in built.nodes {
+            let node_id = match node {
+                BuiltNode::Base { relation } => {
+                    let table = relation_tables[relation];
+                    if !tables.contains(&table) {
+                        tables.push(table);
+                    }
+                    self.tables[&table].node
+                }
+                BuiltNode::Op { op, inputs } => {
+                    let parents = inputs.iter().map(|&i| plan_nodes[i]).collect();
+                    let n = self.add_node(op, parents, Some(id));
+                    nodes.push(n);
+                    n
+                }
+            };
+            plan_nodes.push(node_id);
         }
-        parent = self.add_node(
-            Box::new(ProjectOp::new(built.materialized)),
-            vec![parent],
-            Some(id),
-        );
-        nodes.push(parent);
         let (writer, read) =
             left_right::new_from_empty::<ReaderState, ReaderOp>(ReaderState::default());
         let handle = ReaderHandle::new(read.factory(), built.spec);
         drop(read);
-        let reader = ReaderOpNode::new(plan.key.clone(), built.order, writer);
-        let reader_node = self.add_node(Box::new(reader), vec![parent], Some(id));
+        let reader = ReaderOpNode::new(built.key, built.order, writer);
+        let last = *plan_nodes.last().expect("compile refuses empty plans");
+        let reader_node = self.add_node(Box::new(reader), vec![last], Some(id));
         nodes.push(reader_node);
+        // Rows some operators hold before any input (a global aggregate's row): collect
+        // them all first, so no operator sees input before its own initial state exists.
+        let initial: Vec<(NodeId, Batch)> = nodes
+            .iter()
+            .filter_map(|n| {
+                let node = self.nodes.get_mut(n)?;
+                let out = node.op.initial();
+                (!out.is_empty()).then_some((*n, out))
+            })
+            .collect();
         self.caches.insert(
             id,
             CacheEntry {
-                table,
+                tables: tables.clone(),
                 nodes,
                 reader_node,
-                ready: false,
+                phase: Phase::Filling {
+                    buffer: Vec::new(),
+                    bytes: 0,
+                },
                 handle: handle.clone(),
             },
         );
-        tracing::debug!(cache = id.0, table = table.0, "cache added");
+        self.propagate(initial, Scope::Bootstrap(id));
+        tracing::debug!(cache = id.0, ?tables, "cache added");
         Ok((id, handle))
     }
 
@@ -221,7 +266,7 @@ impl Graph {
             if let Some(node) = self.nodes.remove(node_id) {
                 for p in node.parents {
                     if let Some(parent) = self.nodes.get_mut(&p) {
-                        parent.children.retain(|c| c != node_id);
+                        parent.children.retain(|(c, _)| c != node_id);
                     }
                 }
             }
@@ -238,52 +283,84 @@ impl Graph {
         self.caches.keys().copied().collect()
     }
 
-    pub fn cache_table(&self, id: CacheId) -> Option<TableId> {
-        self.caches.get(&id).map(|c| c.table)
+    /// The tables a cache reads, each once (empty for an unknown cache).
+    pub fn cache_tables(&self, id: CacheId) -> Vec<TableId> {
+        self.caches
+            .get(&id)
+            .map(|c| c.tables.clone())
+            .unwrap_or_default()
     }
 
     pub fn is_ready(&self, id: CacheId) -> bool {
-        self.caches.get(&id).is_some_and(|c| c.ready)
+        self.caches
+            .get(&id)
+            .is_some_and(|c| matches!(c.phase, Phase::Ready))
     }
 
-    /// Feeds rows of the cache's base table (as they are now) into a not-ready cache.
-    /// May be called several times; rows are processed in bounded batches.
+    /// Feeds rows of `table` as of the bootstrap snapshot into a not-ready cache. May be
+    /// called any number of times per table, interleaved with [`apply`](Self::apply); rows
+    /// are processed in bounded batches. Fails fast with
+    /// [`GraphError::BootstrapOverflow`] once the cache's buffer overflowed.
     pub fn bootstrap_rows(
         &mut self,
         cache: CacheId,
+        table: TableId,
         rows: impl IntoIterator<Item = Row>,
     ) -> Result<(), GraphError> {
         let entry = self
             .caches
             .get(&cache)
             .ok_or(GraphError::UnknownCache(cache.0))?;
-        if entry.ready {
-            return Err(GraphError::AlreadyReady(cache.0));
+        match entry.phase {
+            Phase::Ready => return Err(GraphError::AlreadyReady(cache.0)),
+            Phase::Overflowed => return Err(GraphError::BootstrapOverflow(cache.0)),
+            Phase::Filling { .. } => {}
         }
-        let table = entry.table;
+        if !entry.tables.contains(&table) {
+            return Err(GraphError::NotCacheTable {
+                cache: cache.0,
+                table: table.0,
+            });
+        }
         let (base, width) = self.table_root(table)?;
         let mut batch = Vec::with_capacity(BATCH_ROWS_MAX);
         for row in rows {
             check_arity(table, width, &row)?;
             batch.push(Record::Row { row, diff: 1 });
             if batch.len() == BATCH_ROWS_MAX {
-                self.propagate(base, std::mem::take(&mut batch), Scope::Bootstrap(cache));
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS_MAX));
+                self.propagate(vec![(base, full)], Scope::Bootstrap(cache));
             }
         }
         if !batch.is_empty() {
-            self.propagate(base, batch, Scope::Bootstrap(cache));
+            self.propagate(vec![(base, batch)], Scope::Bootstrap(cache));
         }
         Ok(())
     }
 
-    /// Marks a cache ready and publishes it: from now on live changes flow into it.
+    /// Replays the changes buffered since [`add_cache`](Self::add_cache), marks the cache
+    /// ready and publishes it: from now on live changes flow into it. After
+    /// [`GraphError::BootstrapOverflow`] the caller must remove the cache.
     pub fn finish_bootstrap(&mut self, cache: CacheId) -> Result<(), GraphError> {
         let entry = self
             .caches
             .get_mut(&cache)
             .ok_or(GraphError::UnknownCache(cache.0))?;
-        entry.ready = true;
+        let buffer = match std::mem::replace(&mut entry.phase, Phase::Ready) {
+            Phase::Filling { buffer, .. } => buffer,
+            Phase::Overflowed => {
+                entry.phase = Phase::Overflowed;
+                return Err(GraphError::BootstrapOverflow(cache.0));
+            }
+            Phase::Ready => return Err(GraphError::AlreadyReady(cache.0)),
+        };
         let reader_node = entry.reader_node;
+        for (table, changes) in buffer {
+            let (base, _) = self.table_root(table)?;
+            for chunk in changes.chunks(BATCH_ROWS_MAX) {
+                self.propagate(vec![(base, to_batch(chunk))], Scope::Bootstrap(cache));
+            }
+        }
         if let Some(reader) = self.reader_op(reader_node) {
             reader.writer.append(ReaderOp::Ready);
             reader.writer.publish();
@@ -292,48 +369,54 @@ impl Graph {
         Ok(())
     }
 
-    /// [`bootstrap_rows`](Self::bootstrap_rows) then [`finish_bootstrap`](Self::finish_bootstrap).
-    pub fn bootstrap(
-        &mut self,
-        cache: CacheId,
-        rows: impl IntoIterator<Item = Row>,
-    ) -> Result<(), GraphError> {
-        self.bootstrap_rows(cache, rows)?;
-        self.finish_bootstrap(cache)
-    }
-
-    /// Propagates changes of `table` to every ready cache. Nothing becomes visible to
-    /// readers before [`publish`](Self::publish). Rows are checked before anything is applied.
+    /// Propagates changes of `table` to every ready cache, and buffers them for caches that
+    /// are bootstrapping. Nothing becomes visible to readers before
+    /// [`publish`](Self::publish). Rows are checked before anything is applied.
     pub fn apply(&mut self, table: TableId, changes: &[Change]) -> Result<(), GraphError> {
         let (base, width) = self.table_root(table)?;
         for change in changes {
             let (Change::Insert(row) | Change::Delete(row)) = change;
             check_arity(table, width, row)?;
         }
-        let has_children = self
-            .nodes
-            .get(&base)
-            .is_some_and(|n| !n.children.is_empty());
-        if !has_children {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.buffer_for_bootstrapping(table, changes);
+        let live = self.nodes.get(&base).is_some_and(|n| {
+            n.children.iter().any(|(c, _)| {
+                self.nodes
+                    .get(c)
+                    .is_some_and(|c| self.in_scope(c, Scope::Live))
+            })
+        });
+        if !live {
             return Ok(());
         }
         for chunk in changes.chunks(BATCH_ROWS_MAX) {
-            let batch = chunk
-                .iter()
-                .map(|c| match c {
-                    Change::Insert(row) => Record::Row {
-                        row: row.clone(),
-                        diff: 1,
-                    },
-                    Change::Delete(row) => Record::Row {
-                        row: row.clone(),
-                        diff: -1,
-                    },
-                })
-                .collect();
-            self.propagate(base, batch, Scope::Live);
+            self.propagate(vec![(base, to_batch(chunk))], Scope::Live);
         }
         Ok(())
+    }
+
+    fn buffer_for_bootstrapping(&mut self, table: TableId, changes: &[Change]) {
+        let max = self.limits.bootstrap_buffer_max_bytes;
+        let mut size: Option<usize> = None;
+        for (id, cache) in self.caches.iter_mut() {
+            if !cache.tables.contains(&table) {
+                continue;
+            }
+            let Phase::Filling { buffer, bytes } = &mut cache.phase else {
+                continue;
+            };
+            let add = *size.get_or_insert_with(|| changes.iter().map(change_bytes).sum());
+            *bytes = bytes.saturating_add(add);
+            if *bytes > max {
+                tracing::warn!(cache = id.0, max, "bootstrap buffer overflowed");
+                cache.phase = Phase::Overflowed;
+            } else {
+                buffer.push((table, changes.to_vec()));
+            }
+        }
     }
 
     /// Makes every change applied so far visible to readers. Waits only for readers that
@@ -373,9 +456,9 @@ impl Graph {
     ) -> NodeId {
         let id = self.next_node;
         self.next_node += 1;
-        for p in &parents {
+        for (input, p) in parents.iter().enumerate() {
             if let Some(parent) = self.nodes.get_mut(p) {
-                parent.children.push(id);
+                parent.children.push((id, input));
             }
         }
         self.nodes.insert(
@@ -393,49 +476,82 @@ impl Graph {
     fn in_scope(&self, node: &Node, scope: Scope) -> bool {
         match (node.owner, scope) {
             (None, _) => true,
-            (Some(owner), Scope::Live) => self.caches.get(&owner).is_some_and(|c| c.ready),
+            (Some(owner), Scope::Live) => self
+                .caches
+                .get(&owner)
+                .is_some_and(|c| matches!(c.phase, Phase::Ready)),
             (Some(owner), Scope::Bootstrap(cache)) => owner == cache,
         }
     }
 
-    /// Runs `batch` through `source` and everything below it that is in `scope`, in
-    /// topological (ascending id) order.
-    fn propagate(&mut self, source: NodeId, batch: Batch, scope: Scope) {
-        let mut pending: BTreeMap<NodeId, Vec<(NodeId, Batch)>> = BTreeMap::new();
-        pending.insert(source, vec![(source, batch)]);
+    /// Delivers each `(node, batch)` as the output of `node` to its children in `scope`,
+    /// and runs everything below in topological order.
+    fn propagate(&mut self, outputs: Vec<(NodeId, Batch)>, scope: Scope) {
+        let mut pending: BTreeMap<NodeId, Vec<(usize, Batch)>> = BTreeMap::new();
+        for (node, batch) in outputs {
+            self.deliver(node, batch, scope, &mut pending);
+        }
         while let Some((id, inputs)) = pending.pop_first() {
             let Some(node) = self.nodes.get_mut(&id) else {
                 continue;
             };
             let mut output = Vec::new();
-            for (from, batch) in inputs {
-                let input = node.parents.iter().position(|p| *p == from).unwrap_or(0);
+            for (input, batch) in inputs {
                 output.extend(node.op.process(input, batch));
             }
-            if output.is_empty() {
-                continue;
-            }
-            let children: Vec<NodeId> = match self.nodes.get(&id) {
-                Some(n) => n
-                    .children
-                    .iter()
-                    .copied()
-                    .filter(|c| self.nodes.get(c).is_some_and(|n| self.in_scope(n, scope)))
-                    .collect(),
-                None => Vec::new(),
-            };
-            debug_assert!(children.iter().all(|c| *c > id), "graph is not topological");
-            if let Some((last, rest)) = children.split_last() {
-                for child in rest {
-                    pending
-                        .entry(*child)
-                        .or_default()
-                        .push((id, output.clone()));
-                }
-                pending.entry(*last).or_default().push((id, output));
-            }
+            self.deliver(id, output, scope, &mut pending);
         }
     }
+
+    fn deliver(
+        &self,
+        from: NodeId,
+        batch: Batch,
+        scope: Scope,
+        pending: &mut BTreeMap<NodeId, Vec<(usize, Batch)>>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let children: Vec<(NodeId, usize)> = match self.nodes.get(&from) {
+            Some(node) => node
+                .children
+                .iter()
+                .filter(|(c, _)| self.nodes.get(c).is_some_and(|n| self.in_scope(n, scope)))
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
+        assert!(
+            children.iter().all(|(c, _)| *c > from),
+            "children are created after their parents, so ids are topological"
+        );
+        if let Some((last, rest)) = children.split_last() {
+            for &(child, input) in rest {
+                pending
+                    .entry(child)
+                    .or_default()
+                    .push((input, batch.clone()));
+            }
+            pending.entry(last.0).or_default().push((last.1, batch));
+        }
+    }
+}
+
+fn to_batch(changes: &[Change]) -> Batch {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert(row) => Record::Row {
+                row: row.clone(),
+                diff: 1,
+            },
+            Change::Delete(row) => Record::Row {
+                row: row.clone(),
+                diff: -1,
+            },
+        })
+        .collect()
 }
 
 fn check_arity(table: TableId, width: usize, row: &Row) -> Result<(), GraphError> {
@@ -449,101 +565,24 @@ fn check_arity(table: TableId, width: usize, row: &Row) -> Result<(), GraphError
     Ok(())
 }
 
-/// A plan validated and compiled into operator parts.
-struct BuiltPlan {
-    filter: Option<CompiledExpr>,
-    materialized: Vec<CompiledExpr>,
-    order: Arc<[larder_sql::plan::OrderKey]>,
-    spec: ReadSpec,
+/// Estimated heap and inline bytes of a value.
+fn value_bytes(v: &Value) -> usize {
+    std::mem::size_of::<Value>()
+        + match v {
+            Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => {
+                s.len()
+            }
+            Value::Bytes(b) => b.len(),
+            Value::Array(items) => items.iter().map(value_bytes).sum(),
+            _ => 0,
+        }
 }
 
-fn invalid(msg: impl Into<String>) -> GraphError {
-    GraphError::InvalidPlan(msg.into())
+/// Estimated bytes a buffered change holds.
+fn change_bytes(c: &Change) -> usize {
+    let (Change::Insert(row) | Change::Delete(row)) = c;
+    std::mem::size_of::<Change>() + row.iter().map(value_bytes).sum::<usize>()
 }
 
-impl BuiltPlan {
-    fn compile(
-        plan: &CachePlan,
-        base_types: &[larder_sql::value::SqlType],
-        limits: &GraphLimits,
-    ) -> Result<BuiltPlan, GraphError> {
-        use larder_sql::plan::NodeOp;
-        let (filter, materialized) = match plan.nodes.as_slice() {
-            [base, project] => (None, (base, project)),
-            [base, filter, project] => match &filter.op {
-                NodeOp::Filter { predicate, .. } => (Some(predicate), (base, project)),
-                _ => return Err(invalid("unsupported plan shape")),
-            },
-            _ => return Err(invalid("unsupported plan shape")),
-        };
-        let (base, project) = materialized;
-        if !matches!(base.op, NodeOp::Base { relation: 0 }) {
-            return Err(invalid("unsupported plan shape"));
-        }
-        let (materialized, materialized_types) = match &project.op {
-            NodeOp::Project { exprs, .. } => (exprs, &project.types),
-            _ => return Err(invalid("unsupported plan shape")),
-        };
-        let width = materialized.len();
-        if materialized_types.len() != width {
-            return Err(invalid(
-                "materialized_types length differs from materialized",
-            ));
-        }
-        if plan.key.len() != plan.key_params.len() {
-            return Err(invalid("key and key_params differ in length"));
-        }
-        if let Some(k) = plan.key.iter().find(|&&k| k >= width) {
-            return Err(invalid(format!("key column {k} out of range")));
-        }
-        if let Some(p) = plan
-            .key_params
-            .iter()
-            .find(|&&p| p >= plan.param_types.len())
-        {
-            return Err(invalid(format!("key param slot {p} out of range")));
-        }
-        if let Some(o) = plan.order_by.iter().find(|o| o.column >= width) {
-            return Err(invalid(format!("order column {} out of range", o.column)));
-        }
-        if let Some(o) = plan.output.iter().find(|o| o.column >= width) {
-            return Err(invalid(format!("output column {} out of range", o.column)));
-        }
-        let base_ctx = ExprContext {
-            columns: base_types,
-            params: None,
-        };
-        let read_ctx = ExprContext {
-            columns: materialized_types,
-            params: Some(&plan.param_types),
-        };
-        let filter = filter
-            .map(|f| CompiledExpr::compile(f, &base_ctx))
-            .transpose()?;
-        let materialized = materialized
-            .iter()
-            .map(|e| CompiledExpr::compile(e, &base_ctx))
-            .collect::<Result<Vec<_>, _>>()?;
-        let residual = plan
-            .residual
-            .as_ref()
-            .map(|r| CompiledExpr::compile(r, &read_ctx))
-            .transpose()?;
-        let order: Arc<[_]> = plan.order_by.clone().into();
-        let spec = ReadSpec {
-            key_params: plan.key_params.clone(),
-            residual,
-            order: Arc::clone(&order),
-            offset: plan.offset,
-            limit: plan.limit,
-            output: plan.output.clone(),
-            key_combinations_max: limits.read_key_combinations_max,
-        };
-        Ok(BuiltPlan {
-            filter,
-            materialized,
-            order,
-            spec,
-        })
-    }
-}
+#[cfg(test)]
+mod tests;

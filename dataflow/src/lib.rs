@@ -1,16 +1,31 @@
 //! Larder's incremental dataflow: keeps cached query results fresh as base tables change.
 //!
-//! A [`Graph`] holds base tables and, below them, one chain of [`Operator`]s per cache
-//! (filter → project/materialize → reader), built from a [`CachePlan`](larder_sql::plan::CachePlan).
-//! Changes are signed multisets (Z-sets), so tables without a key may hold duplicate rows and
-//! a delete removes exactly one copy. The graph is deterministic and does no I/O: the server
-//! feeds it changes and base-table scans, and decides when to [`Graph::publish`].
+//! A [`Graph`] holds base tables at its roots and, below them, one operator node per node of
+//! each cache's [`CachePlan`](larder_sql::plan::CachePlan) (base tables are shared; a table
+//! read twice, as in a self-join, is one node feeding both inputs), ending in a reader.
+//! Everything is driven by signed multisets (Z-sets): a delete removes exactly one copy, and
+//! every operator turns input deltas into output deltas without re-running the query:
+//!
+//! - filter, project, union: stateless;
+//! - join (INNER/LEFT, multi-column equi-join; NULL never matches): both sides' rows by key;
+//! - semi/anti-join (EXISTS, IN, NOT EXISTS, null-aware NOT IN): left rows by key, right
+//!   counts; left multiplicities are never multiplied;
+//! - aggregate (COUNT/SUM/AVG/MIN/MAX, DISTINCT variants): per-group accumulators, exact
+//!   integer and decimal sums, MIN/MAX multisets; emits only each group's net change;
+//! - distinct (multiplicity counting) and TopK per group (keeps every row, refills).
+//!
+//! State is freed when rows go away. A cache is filled with [`Graph::bootstrap_rows`] while
+//! live changes are buffered for it, then [`Graph::finish_bootstrap`] replays the buffer.
+//! The graph is deterministic and does no I/O: the server feeds it changes and table
+//! snapshots, and decides when to [`Graph::publish`].
 //!
 //! Reads go through a [`ReaderHandle`], which never waits for the writer (left-right
 //! concurrency). Anything the dataflow cannot compute exactly — an overflow, an unsupported
-//! cast — never produces a wrong row: the affected key is *poisoned* and reads of it return
+//! cast, a decimal beyond 38 digits — never produces a wrong row: the affected key (or the
+//! whole reader, when the key is unknown) is *poisoned* and reads of it return
 //! [`ReadError::Poisoned`], telling the server to ask upstream instead.
 
+mod build;
 mod cast;
 mod error;
 mod eval;

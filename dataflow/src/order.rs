@@ -128,6 +128,56 @@ impl Ord for SortedRow {
     }
 }
 
+/// A row ordered structurally: the key of the row multisets operators keep.
+#[derive(Clone, Debug)]
+pub(crate) struct OrdRow(pub(crate) Vec<Value>);
+
+impl PartialEq for OrdRow {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for OrdRow {}
+
+impl PartialOrd for OrdRow {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdRow {
+    fn cmp(&self, other: &Self) -> Ordering {
+        structural_cmp_row(&self.0, &other.0)
+    }
+}
+
+/// A single value ordered by SQL comparison, ties broken structurally (MIN/MAX multisets).
+#[derive(Clone, Debug)]
+pub(crate) struct OrdValue(pub(crate) Value);
+
+impl PartialEq for OrdValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for OrdValue {}
+
+impl PartialOrd for OrdValue {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdValue {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(&self.0, &other.0)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| structural_cmp(&self.0, &other.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

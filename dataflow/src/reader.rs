@@ -170,6 +170,8 @@ impl Absorb<ReaderOp> for ReaderState {
 #[derive(Debug)]
 pub(crate) struct ReadSpec {
     pub(crate) key_params: Vec<usize>,
+    /// Slots the cache was computed for: a read must hold exactly this one value there.
+    pub(crate) fixed_params: Vec<(usize, Value)>,
     pub(crate) residual: Option<CompiledExpr>,
     pub(crate) order: Arc<[OrderKey]>,
     pub(crate) offset: usize,
@@ -259,6 +261,12 @@ impl ReaderHandle {
     /// slot mean an `IN` list). Returns rows of [`output_columns`](Self::output_columns).
     pub fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, ReadError> {
         let spec = &self.shared.spec;
+        for (slot, value) in &spec.fixed_params {
+            match params.get(*slot).map(Vec::as_slice) {
+                Some([v]) if v == value => {}
+                _ => return Err(ReadError::OtherParameter { slot: *slot }),
+            }
+        }
         let keys = lookup_keys(spec, params)?;
         self.with_state(|state| read_state(spec, state, &keys, params))?
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 
 use larder_dataflow::{Change, Graph, ReaderHandle, TableId};
-use larder_sql::plan::{CachePlan, Expr, OrderKey, OutputColumn, TableRef};
+use larder_sql::plan::{CachePlan, Expr, NodeOp, OrderKey, OutputColumn, PlanNode, TableRef};
 use larder_sql::value::{Column, Row, SqlType, TableSchema, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,13 +39,23 @@ fn schema() -> TableSchema {
 fn plan() -> CachePlan {
     let types = vec![SqlType::Int8, SqlType::Int4, SqlType::Int8];
     CachePlan {
-        table: TableRef {
+        relations: vec![TableRef {
             schema: "public".into(),
             name: "accounts".into(),
-        },
-        filter: None,
-        materialized: vec![Expr::Column(0), Expr::Column(1), Expr::Column(2)],
-        materialized_types: types.clone(),
+        }],
+        nodes: vec![
+            PlanNode {
+                op: NodeOp::Base { relation: 0 },
+                types: types.clone(),
+            },
+            PlanNode {
+                op: NodeOp::Project {
+                    input: 0,
+                    exprs: vec![Expr::Column(0), Expr::Column(1), Expr::Column(2)],
+                },
+                types: types.clone(),
+            },
+        ],
         key: vec![1],
         key_params: vec![0],
         residual: None,
@@ -64,6 +74,7 @@ fn plan() -> CachePlan {
             })
             .collect(),
         param_types: vec![SqlType::Int4],
+        fixed_params: vec![],
     }
 }
 
@@ -99,14 +110,16 @@ fn readers_see_consistent_snapshots_while_writer_runs() {
     let mut state: Vec<(i64, i64)> = (0..ACCOUNTS).map(|i| (i % GROUPS, BALANCE)).collect();
     let (cache, handle) = graph.add_cache(&plan()).expect("plan");
     graph
-        .bootstrap(
+        .bootstrap_rows(
             cache,
+            table,
             state
                 .iter()
                 .enumerate()
                 .map(|(i, (g, b))| row(i as i64, *g, *b)),
         )
         .expect("bootstrap");
+    graph.finish_bootstrap(cache).expect("finish bootstrap");
 
     let done = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));

@@ -20,7 +20,7 @@ use larder_dataflow::{
     CacheId, Change, CompiledExpr, ExprContext, Graph, ReadError, ReaderHandle, TableId,
 };
 use larder_sql::plan::{
-    BinaryOp, CachePlan, Expr, Func, OrderKey, OutputColumn, TableRef, UnaryOp,
+    BinaryOp, CachePlan, Expr, Func, NodeOp, OrderKey, OutputColumn, PlanNode, TableRef, UnaryOp,
 };
 use larder_sql::value::{compare, sql_eq, Column, Row, SqlType, TableSchema, Value};
 use rand::rngs::StdRng;
@@ -142,14 +142,32 @@ fn plan(
         &(0..materialized.len()).collect::<Vec<_>>(),
         &materialized_types,
     );
+    let mut nodes = vec![PlanNode {
+        op: NodeOp::Base { relation: 0 },
+        types: base_types(),
+    }];
+    if let Some(predicate) = filter {
+        nodes.push(PlanNode {
+            op: NodeOp::Filter {
+                input: 0,
+                predicate,
+            },
+            types: base_types(),
+        });
+    }
+    nodes.push(PlanNode {
+        op: NodeOp::Project {
+            input: nodes.len() - 1,
+            exprs: materialized,
+        },
+        types: materialized_types,
+    });
     CachePlan {
-        table: TableRef {
+        relations: vec![TableRef {
             schema: "public".into(),
             name: "t".into(),
-        },
-        filter,
-        materialized,
-        materialized_types,
+        }],
+        nodes,
         key,
         key_params,
         residual: None,
@@ -158,7 +176,35 @@ fn plan(
         limit: None,
         output,
         param_types,
+        fixed_params: vec![],
     }
+}
+
+/// The single-table shape these plans have: (filter, projections).
+fn filter_of(plan: &CachePlan) -> Option<&Expr> {
+    plan.nodes.iter().find_map(|n| match &n.op {
+        NodeOp::Filter { predicate, .. } => Some(predicate),
+        _ => None,
+    })
+}
+
+fn materialized_of(plan: &CachePlan) -> &[Expr] {
+    match &plan.nodes.last().expect("nodes").op {
+        NodeOp::Project { exprs, .. } => exprs,
+        other => panic!("not a projection: {other:?}"),
+    }
+}
+
+fn materialized_types(plan: &CachePlan) -> Vec<SqlType> {
+    plan.reader_types().to_vec()
+}
+
+/// Bootstraps a cache from `rows` of the one table and marks it ready.
+fn bootstrap(graph: &mut Graph, id: CacheId, rows: impl IntoIterator<Item = Row>) {
+    graph
+        .bootstrap_rows(id, TABLE, rows)
+        .expect("bootstrap rows");
+    graph.finish_bootstrap(id).expect("finish bootstrap");
 }
 
 use SqlType::{Float8, Int4, Int8, Text};
@@ -199,7 +245,7 @@ fn plans() -> Vec<CachePlan> {
         vec![0, 1],
         vec![Int4, Int4],
     );
-    p.output = out(&[2, 3], &p.materialized_types);
+    p.output = out(&[2, 3], &materialized_types(&p));
     v.push(p);
     // P2: BETWEEN filter, key on c, residual range params, ORDER BY d DESC NULLS FIRST, a
     // with OFFSET/LIMIT.
@@ -232,7 +278,7 @@ fn plans() -> Vec<CachePlan> {
     ];
     p.offset = 1;
     p.limit = Some(3);
-    p.output = out(&[1, 2, 3], &p.materialized_types);
+    p.output = out(&[1, 2, 3], &materialized_types(&p));
     v.push(p);
     // P3: no key, overflowing expression (poisons the single key), COALESCE, top-k.
     let mut p = plan(
@@ -453,12 +499,9 @@ impl Reference {
         };
         Reference {
             plan: plan.clone(),
-            filter: plan
-                .filter
-                .as_ref()
+            filter: filter_of(plan)
                 .map(|f| CompiledExpr::compile(f, &ctx).expect("filter compiles")),
-            materialized: plan
-                .materialized
+            materialized: materialized_of(plan)
                 .iter()
                 .map(|e| CompiledExpr::compile(e, &ctx).expect("expr compiles"))
                 .collect(),
@@ -508,7 +551,7 @@ impl Reference {
             );
         }
         if let Some(residual) = &self.plan.residual {
-            let types = self.plan.materialized_types.clone();
+            let types = materialized_types(&self.plan);
             let ctx = ExprContext {
                 columns: &types,
                 params: Some(&self.plan.param_types),
@@ -660,9 +703,7 @@ fn add_cache(graph: &mut Graph, plan: &CachePlan, model: &[Row]) -> Cache {
         handle.read(&vec![vec![]; plan.param_types.len()]).err(),
         Some(ReadError::NotReady)
     );
-    graph
-        .bootstrap(id, model.iter().cloned())
-        .expect("bootstrap");
+    bootstrap(graph, id, model.iter().cloned());
     assert!(handle.is_ready());
     Cache {
         id,
@@ -690,19 +731,18 @@ fn run_seed(seed: u64, steps: usize) {
         graph.apply(TABLE, &changes).expect("apply");
         graph.publish();
         if step % 37 == 36 {
-            // Re-create one cache: changes applied while it is not ready must not count
-            // twice once it is bootstrapped from the current rows.
+            // Re-create one cache: changes applied while it is not ready are buffered and
+            // replayed after the rows of the snapshot taken when it was added.
             let i = rng.gen_range(0..caches.len());
             graph.remove_cache(caches[i].id).expect("remove");
             let params = vec![vec![Value::Int(1)]; plans[i].param_types.len()];
             assert_eq!(caches[i].handle.read(&params).err(), Some(ReadError::Gone));
             let (id, handle) = graph.add_cache(&plans[i]).expect("re-add");
+            let snapshot = model.clone();
             let more = random_changes(&mut rng, &mut model);
             graph.apply(TABLE, &more).expect("apply");
             graph.publish();
-            graph
-                .bootstrap(id, model.iter().cloned())
-                .expect("bootstrap");
+            bootstrap(&mut graph, id, snapshot);
             caches[i] = Cache {
                 id,
                 handle,
@@ -763,7 +803,7 @@ fn too_many_key_combinations() {
     graph.add_table(TABLE, schema()).expect("table");
     let p = &plans()[1];
     let (id, handle) = graph.add_cache(p).expect("valid");
-    graph.bootstrap(id, Vec::new()).expect("bootstrap");
+    bootstrap(&mut graph, id, Vec::new());
     let many: Vec<Value> = (0..101).map(Value::Int).collect();
     assert!(matches!(
         handle.read(&[many.clone(), many.clone()]),
@@ -786,7 +826,7 @@ fn duplicates_and_in_list_dedup() {
         vec![Int4],
     );
     let (id, handle) = graph.add_cache(&p).expect("valid");
-    graph.bootstrap(id, Vec::new()).expect("bootstrap");
+    bootstrap(&mut graph, id, Vec::new());
     let row = vec![
         Value::Int(1),
         Value::Null,

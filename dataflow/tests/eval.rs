@@ -211,15 +211,65 @@ fn float_arithmetic() {
         eval(&bin(BinaryOp::Mul, f(1e30), f(1e30), SqlType::Float4)),
         Err(EvalError::OutOfRange("real"))
     );
+}
+
+fn num(s: &str) -> Expr {
+    lit(Value::Numeric(s.into()))
+}
+
+fn numeric_op(op: BinaryOp, l: Expr, r: Expr) -> Result<Value, EvalError> {
+    eval(&bin(op, l, r, SqlType::Numeric))
+}
+
+#[test]
+fn numeric_arithmetic_uses_postgres_scales() {
+    // Expected values printed by Postgres 15 (`select 1.5 + 1`, ...).
+    let n = |s: &str| Ok(Value::Numeric(s.into()));
+    assert_eq!(numeric_op(BinaryOp::Add, num("1.5"), int(1)), n("2.5"));
+    assert_eq!(numeric_op(BinaryOp::Sub, int(1), num("0.25")), n("0.75"));
+    assert_eq!(
+        numeric_op(BinaryOp::Mul, num("1.10"), num("3.0")),
+        n("3.300")
+    );
+    assert_eq!(
+        numeric_op(BinaryOp::Div, int(1), num("3")),
+        n("0.33333333333333333333")
+    );
+    assert_eq!(
+        numeric_op(BinaryOp::Div, num("10"), int(4)),
+        n("2.5000000000000000")
+    );
+    assert_eq!(numeric_op(BinaryOp::Mod, num("7.5"), int(2)), n("1.5"));
+    assert_eq!(
+        numeric_op(BinaryOp::Div, num("1.5"), num("0.0")),
+        Err(EvalError::DivisionByZero)
+    );
+    assert_eq!(
+        numeric_op(BinaryOp::Add, num("1"), lit(Value::Null)),
+        Ok(Value::Null)
+    );
     assert!(matches!(
-        eval(&bin(
-            BinaryOp::Add,
-            lit(Value::Numeric("1.5".into())),
-            int(1),
-            SqlType::Numeric
-        )),
+        numeric_op(BinaryOp::Add, num("NaN"), int(1)),
         Err(EvalError::Unsupported(_))
     ));
+    assert!(matches!(
+        numeric_op(
+            BinaryOp::Mul,
+            num("99999999999999999999999"),
+            num("99999999999999999999999")
+        ),
+        Err(EvalError::Unsupported(_))
+    ));
+    let neg = Expr::Unary {
+        op: larder_sql::plan::UnaryOp::Neg,
+        expr: Box::new(num("1.50")),
+    };
+    assert_eq!(eval(&neg), n("-1.50"));
+    let abs = Expr::Func {
+        func: larder_sql::plan::Func::Abs,
+        args: vec![num("-0.50")],
+    };
+    assert_eq!(eval(&abs), n("0.50"));
 }
 
 #[test]

@@ -1,0 +1,224 @@
+//! Operators: the nodes of the dataflow graph.
+//!
+//! Every operator consumes batches of signed records (a Z-set: `+1` insert, `-1` delete of
+//! one copy) and emits the batch of changes to its own output. Besides data, records can be
+//! *poison*: "a row here failed to evaluate; whatever it maps to downstream is unknown". A
+//! poison record carries as much of the row as could be computed (`None` for unknown
+//! columns) so the reader can poison just the affected key, or everything when the key
+//! itself is unknown. Operators map a poison record to their output *without looking at
+//! their state*, so deleting the offending row emits the same poison record with the
+//! opposite sign, which clears it. Stateful operators never store poison.
+//!
+//! One module per operator family: [`map`] (filter, project, union), [`join`], [`semijoin`],
+//! [`aggregate`], [`distinct`], [`topk`].
+
+use std::any::Any;
+use std::collections::btree_map;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use larder_sql::plan::OrderKey;
+use larder_sql::value::{Key, Row, Value};
+use left_right::WriteHandle;
+
+use crate::order::{OrdRow, SortedRow};
+use crate::reader::{ReaderOp, ReaderState};
+
+pub(crate) mod accum;
+pub(crate) mod aggregate;
+pub(crate) mod distinct;
+pub(crate) mod join;
+pub(crate) mod map;
+pub(crate) mod semijoin;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub(crate) mod topk;
+
+/// One signed change flowing between operators.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// `diff` copies of `row` were inserted (positive) or deleted (negative).
+    Row { row: Row, diff: i64 },
+    /// A row whose evaluation failed; `None` marks columns that could not be computed.
+    Poison { row: Vec<Option<Value>>, diff: i64 },
+}
+
+pub type Batch = Vec<Record>;
+
+/// A node of the dataflow graph.
+///
+/// `process` is called with batches arriving on input number `input` (the position of the
+/// edge in the plan node's input list; a self-join gets the same batch on input 0, then on
+/// input 1) in topological order; it returns the changes to its output, which the graph
+/// forwards to every child. Operators must be deterministic.
+pub trait Operator: Send + fmt::Debug + Any {
+    fn name(&self) -> &'static str;
+    fn process(&mut self, input: usize, batch: Batch) -> Batch;
+    /// Rows the operator outputs before it has seen any input (a global aggregate's one row
+    /// over nothing). Called once, when the cache is built; the graph propagates the result.
+    fn initial(&mut self) -> Batch {
+        Vec::new()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Row multiset: structural row -> multiplicity; zero counts are removed.
+pub(crate) type RowCounts = BTreeMap<OrdRow, i64>;
+
+/// Adds `diff` copies of `row`; returns the (old, new) multiplicity.
+pub(crate) fn bump(rows: &mut RowCounts, row: Row, diff: i64) -> (i64, i64) {
+    match rows.entry(OrdRow(row)) {
+        btree_map::Entry::Occupied(mut o) => {
+            let old = *o.get();
+            let new = old.saturating_add(diff);
+            if new == 0 {
+                o.remove();
+            } else {
+                *o.get_mut() = new;
+            }
+            (old, new)
+        }
+        btree_map::Entry::Vacant(v) => {
+            if diff != 0 {
+                v.insert(diff);
+            }
+            (0, diff)
+        }
+    }
+}
+
+/// Adds `diff` copies of an ordered row; zero counts are removed.
+pub(crate) fn bump_sorted(rows: &mut BTreeMap<SortedRow, i64>, row: SortedRow, diff: i64) {
+    match rows.entry(row) {
+        btree_map::Entry::Occupied(mut o) => {
+            let new = o.get().saturating_add(diff);
+            if new == 0 {
+                o.remove();
+            } else {
+                *o.get_mut() = new;
+            }
+        }
+        btree_map::Entry::Vacant(v) => {
+            if diff != 0 {
+                v.insert(diff);
+            }
+        }
+    }
+}
+
+/// The SQL-equality key of `cols`, or `None` when one of them is NULL (never equal).
+pub(crate) fn match_key(row: &[Value], cols: &[usize]) -> Option<Key> {
+    let values: Option<Vec<&Value>> = cols
+        .iter()
+        .map(|&c| row.get(c).filter(|v| !v.is_null()))
+        .collect();
+    values.map(Key::from_values)
+}
+
+/// The grouping key of `cols` (NULLs group together, as in GROUP BY).
+pub(crate) fn group_key(row: &[Value], cols: &[usize]) -> Key {
+    Key::from_values(cols.iter().map(|&c| row.get(c).unwrap_or(&NULL)))
+}
+
+/// The values of `cols` in a poison row, if all are known.
+pub(crate) fn known(row: &[Option<Value>], cols: &[usize]) -> Option<Vec<Value>> {
+    cols.iter()
+        .map(|&c| row.get(c).cloned().flatten())
+        .collect()
+}
+
+/// A poison row of `width` columns where only `cols` (set to `values`) are known.
+pub(crate) fn poison_with(width: usize, cols: &[usize], values: &[Value]) -> Vec<Option<Value>> {
+    let mut row = vec![None; width];
+    for (&c, v) in cols.iter().zip(values) {
+        if let Some(slot) = row.get_mut(c) {
+            *slot = Some(v.clone());
+        }
+    }
+    row
+}
+
+/// The root of a base table: forwards its changes unchanged.
+#[derive(Debug, Default)]
+pub struct BaseOp;
+
+impl Operator for BaseOp {
+    fn name(&self) -> &'static str {
+        "base"
+    }
+
+    fn process(&mut self, _input: usize, batch: Batch) -> Batch {
+        batch
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+const NULL: Value = Value::Null;
+
+/// The sink of a cache: groups rows by key into the left-right reader state.
+pub struct ReaderOpNode {
+    key: Vec<usize>,
+    order: Arc<[OrderKey]>,
+    pub(crate) writer: WriteHandle<ReaderState, ReaderOp>,
+}
+
+impl fmt::Debug for ReaderOpNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReaderOpNode")
+            .field("key", &self.key)
+            .field("order", &self.order)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReaderOpNode {
+    pub(crate) fn new(
+        key: Vec<usize>,
+        order: Arc<[OrderKey]>,
+        writer: WriteHandle<ReaderState, ReaderOp>,
+    ) -> ReaderOpNode {
+        ReaderOpNode { key, order, writer }
+    }
+}
+
+impl Operator for ReaderOpNode {
+    fn name(&self) -> &'static str {
+        "reader"
+    }
+
+    fn process(&mut self, _input: usize, batch: Batch) -> Batch {
+        for record in batch {
+            let op = match record {
+                Record::Row { row, diff } => ReaderOp::Row {
+                    key: Key::from_values(self.key.iter().map(|&i| row.get(i).unwrap_or(&NULL))),
+                    row: SortedRow {
+                        order: Arc::clone(&self.order),
+                        row: row.into(),
+                    },
+                    diff,
+                },
+                Record::Poison { row, diff } => {
+                    let parts: Option<Vec<&Value>> =
+                        self.key.iter().map(|&i| row.get(i)?.as_ref()).collect();
+                    if parts.is_none() {
+                        tracing::debug!("reader key not computable; poisoning whole reader");
+                    }
+                    ReaderOp::Poison {
+                        key: parts.map(Key::from_values),
+                        diff,
+                    }
+                }
+            };
+            self.writer.append(op);
+        }
+        Vec::new()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
