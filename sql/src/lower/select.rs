@@ -726,31 +726,35 @@ impl<'g, 'a> Sel<'g, 'a> {
             types.push(row_types[inner].clone());
             names.push(self.l.scope.names[inner].clone());
         }
+        // Sort columns not in the SELECT list ride along until the TopK (never with
+        // DISTINCT, where ORDER BY must name output columns).
+        let visible = exprs.len();
+        let mut keys = Vec::with_capacity(order.len());
+        for o in order {
+            let column = match exprs.iter().position(|x| *x == o.t.expr) {
+                Some(c) => c,
+                None => {
+                    exprs.push(o.t.expr);
+                    types.push(o.t.ty);
+                    exprs.len() - 1
+                }
+            };
+            keys.push(OrderKey {
+                column,
+                descending: o.descending,
+                nulls_first: o.nulls_first,
+            });
+        }
         let g = &mut *self.l.g;
         let mut node = g.project(row, exprs, types.clone());
         if self.distinct {
             node = g.push(NodeOp::Distinct { input: node }, types.clone());
         }
         if let Some(limit) = limit {
-            if order.is_empty() {
+            if keys.is_empty() {
                 return Err(unsupported(
                     "LIMIT without ORDER BY in a subquery is not supported",
                 ));
-            }
-            let mut keys = Vec::with_capacity(order.len());
-            for o in order {
-                let column = self
-                    .outputs
-                    .iter()
-                    .position(|x| x.expr == o.t.expr)
-                    .ok_or_else(|| {
-                        unsupported("ORDER BY in a subquery with LIMIT must be on an output column")
-                    })?;
-                keys.push(OrderKey {
-                    column,
-                    descending: o.descending,
-                    nulls_first: o.nulls_first,
-                });
             }
             let op = NodeOp::TopK {
                 input: node,
@@ -759,6 +763,9 @@ impl<'g, 'a> Sel<'g, 'a> {
                 limit,
             };
             node = g.push(op, types.clone());
+            let keep: Vec<usize> = (0..visible).collect();
+            node = g.select_columns(node, &keep);
+            types.truncate(visible);
         }
         Ok((Rel { node, names, types }, corr))
     }
