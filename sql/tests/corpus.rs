@@ -150,7 +150,11 @@ fn entries() -> Vec<(usize, Expect, String)> {
             let (reason, sql) = rest
                 .split_once("]:")
                 .unwrap_or_else(|| panic!("line {}: malformed NO entry", i + 1));
-            out.push((i + 1, Expect::Refused(reason.into()), sql.trim().to_string()));
+            out.push((
+                i + 1,
+                Expect::Refused(reason.into()),
+                sql.trim().to_string(),
+            ));
         } else {
             panic!("line {}: unknown marker: {line}", i + 1);
         }
@@ -198,9 +202,7 @@ fn validate(plan: &CachePlan) -> Result<(), String> {
                 t == n.types
                     && !on.is_empty()
                     && on.iter().all(|&(l, r)| {
-                        l < ty(*left).len()
-                            && r < ty(*right).len()
-                            && ty(*left)[l] == ty(*right)[r]
+                        l < ty(*left).len() && r < ty(*right).len() && ty(*left)[l] == ty(*right)[r]
                     })
             }
             NodeOp::SemiJoin {
@@ -214,9 +216,7 @@ fn validate(plan: &CachePlan) -> Result<(), String> {
                     && !on.is_empty()
                     && (!null_aware || on.len() == 1)
                     && on.iter().all(|&(l, r)| {
-                        l < ty(*left).len()
-                            && r < ty(*right).len()
-                            && ty(*left)[l] == ty(*right)[r]
+                        l < ty(*left).len() && r < ty(*right).len() && ty(*left)[l] == ty(*right)[r]
                     })
             }
             NodeOp::Aggregate {
@@ -265,7 +265,10 @@ fn validate(plan: &CachePlan) -> Result<(), String> {
             .iter()
             .all(|o| plan.reader_types()[o.column] == o.ty)
         && plan.key_params.iter().all(|&s| s < plan.param_types.len())
-        && plan.fixed_params.iter().all(|(s, _)| *s < plan.param_types.len());
+        && plan
+            .fixed_params
+            .iter()
+            .all(|(s, _)| *s < plan.param_types.len());
     if !reader_ok {
         return Err("reader refers to missing columns or slots".into());
     }
@@ -304,9 +307,9 @@ fn corpus_outcomes() {
                 }
             }
             (Err(e), Expect::Refused(part)) if e.reason.contains(part.as_str()) => refused += 1,
-            (Ok(_), Expect::Refused(part)) => {
-                failures.push(format!("line {line}: cached, expected refusal [{part}]: {sql}"))
-            }
+            (Ok(_), Expect::Refused(part)) => failures.push(format!(
+                "line {line}: cached, expected refusal [{part}]: {sql}"
+            )),
             (Err(e), _) => failures.push(format!("line {line}: refused [{}]: {sql}", e.reason)),
         }
     }

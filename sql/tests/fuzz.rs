@@ -631,7 +631,10 @@ fn seed_corpus_is_saved_and_valid() {
 fn print_lowering_of_seed_statements() {
     for s in STATEMENTS {
         if let Ok(n) = normalize(s, Dialect::Postgres) {
-            eprintln!("{s}\n  -> {:?}", lower(&n.query, &catalog(), &n.params).map(|_| ()));
+            eprintln!(
+                "{s}\n  -> {:?}",
+                lower(&n.query, &catalog(), &n.params).map(|_| ())
+            );
         }
     }
 }

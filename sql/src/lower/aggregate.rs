@@ -104,9 +104,20 @@ impl Lowerer<'_, '_> {
                     .and_then(item_expr),
                 _ => Ok(e),
             },
-            AExpr::Identifier(id) if self.scope.try_column(std::slice::from_ref(id)).ok().flatten().is_none() => {
+            AExpr::Identifier(id)
+                if self
+                    .scope
+                    .try_column(std::slice::from_ref(id))
+                    .ok()
+                    .flatten()
+                    .is_none() =>
+            {
                 let aliased = items.iter().find_map(|item| match item {
-                    SelectItem::ExprWithAlias { expr, alias } if self.scope.eq(&alias.value, &id.value) => Some(expr),
+                    SelectItem::ExprWithAlias { expr, alias }
+                        if self.scope.eq(&alias.value, &id.value) =>
+                    {
+                        Some(expr)
+                    }
                     _ => None,
                 });
                 Ok(aliased.unwrap_or(e))

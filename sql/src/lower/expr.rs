@@ -144,7 +144,11 @@ impl Lowerer<'_, '_> {
         })
     }
 
-    pub(super) fn value(&mut self, v: &AstValue, hint: Option<&SqlType>) -> Result<Typed, Unsupported> {
+    pub(super) fn value(
+        &mut self,
+        v: &AstValue,
+        hint: Option<&SqlType>,
+    ) -> Result<Typed, Unsupported> {
         match v {
             AstValue::Placeholder(p) => self.param(p, hint),
             AstValue::Null => Ok(Typed {
@@ -223,11 +227,7 @@ impl Lowerer<'_, '_> {
         let source = match self.g.sources.get(slot) {
             Some(ParamSource::List(items)) => match items.as_slice() {
                 [one] => Some(one),
-                _ => {
-                    return Err(unsupported(format!(
-                        "an IN list {place} cannot be cached"
-                    )))
-                }
+                _ => return Err(unsupported(format!("an IN list {place} cannot be cached"))),
             },
             other => other,
         };
@@ -496,7 +496,11 @@ impl Lowerer<'_, '_> {
         })
     }
 
-    pub(super) fn cast(&mut self, inner: &AExpr, data_type: &DataType) -> Result<Typed, Unsupported> {
+    pub(super) fn cast(
+        &mut self,
+        inner: &AExpr,
+        data_type: &DataType,
+    ) -> Result<Typed, Unsupported> {
         let target = sql_type_of(data_type)?;
         // Constants are converted now, parameters simply take the target type.
         let folded = match strip_nested(inner) {

@@ -24,7 +24,10 @@ pub(super) struct Item {
     pub scope: Scope,
 }
 
-pub(super) fn lower_from(g: &mut Graph<'_>, from: &[TableWithJoins]) -> Result<Vec<Item>, Unsupported> {
+pub(super) fn lower_from(
+    g: &mut Graph<'_>,
+    from: &[TableWithJoins],
+) -> Result<Vec<Item>, Unsupported> {
     if from.is_empty() {
         return Err(unsupported("a SELECT without FROM has nothing to cache"));
     }
@@ -191,7 +194,9 @@ fn table(g: &mut Graph<'_>, tf: &TableFactor) -> Result<Item, Unsupported> {
     if let [only] = written.as_slice() {
         if let Some(cte) = g.ctes.iter().rev().find(|c| c.name == *only) {
             let rel = rename(cte.rel.clone(), alias.as_ref())?;
-            let q = alias.as_ref().map_or(only.clone(), |a| a.name.value.clone());
+            let q = alias
+                .as_ref()
+                .map_or(only.clone(), |a| a.name.value.clone());
             return Ok(rel_item(g, rel, Qualifier::Alias(q)));
         }
     }
@@ -258,7 +263,12 @@ fn lower_join(
             join_using(g, left, right, kind, &idents)
         }
         JoinConstraint::Natural => {
-            let right_names: Vec<&String> = right.scope.star.iter().map(|&c| &right.scope.names[c]).collect();
+            let right_names: Vec<&String> = right
+                .scope
+                .star
+                .iter()
+                .map(|&c| &right.scope.names[c])
+                .collect();
             let common: Vec<Ident> = left
                 .scope
                 .star
@@ -299,7 +309,9 @@ fn join_on(
         split_conjuncts(on, &mut conjuncts);
         for c in conjuncts {
             if sub_pred(c).is_some() {
-                return Err(unsupported("subqueries in JOIN conditions are not supported"));
+                return Err(unsupported(
+                    "subqueries in JOIN conditions are not supported",
+                ));
             }
             let t = l.expr(c, Some(&SqlType::Bool))?;
             if t.ty != SqlType::Bool {

@@ -137,7 +137,12 @@ impl<'a> Graph<'a> {
 
     /// Appends a cast copy of each join column whose type differs from the common type;
     /// returns the (possibly new) node and the column to join on for each pair side.
-    fn join_side(&mut self, node: NodeRef, cols: &[usize], common: &[SqlType]) -> (NodeRef, Vec<usize>) {
+    fn join_side(
+        &mut self,
+        node: NodeRef,
+        cols: &[usize],
+        common: &[SqlType],
+    ) -> (NodeRef, Vec<usize>) {
         let types = self.types(node);
         let width = types.len();
         let mut exprs: Vec<Expr> = (0..width).map(Expr::Column).collect();

@@ -32,8 +32,8 @@ pub use types::sql_type_of;
 
 use aggregate::AggCtx;
 use graph::Graph;
-use util::strip_nested;
 use scope::Scope;
+use util::strip_nested;
 
 /// The replicated tables lowering may read from.
 pub trait Catalog {
@@ -113,7 +113,6 @@ impl<'g, 'a> Lowerer<'g, 'a> {
         }
     }
 }
-
 
 /// Refuses query-level clauses other than WITH, ORDER BY and LIMIT/OFFSET.
 fn check_query_clauses(q: &Query) -> Result<(), Unsupported> {
@@ -197,7 +196,6 @@ fn body_kind(body: &SetExpr) -> Result<(), Unsupported> {
         _ => Err(unsupported("only SELECT statements can be cached")),
     }
 }
-
 
 /// Number of parameter slots: the highest `$n`. Other placeholder styles are refused.
 fn count_slots(query: &Query) -> Result<usize, Unsupported> {

@@ -3,8 +3,8 @@
 //! (the query itself) or a relation for an enclosing query (a subquery, CTE or UNION branch).
 
 use sqlparser::ast::{
-    self as ast, BinaryOperator, Expr as AExpr, Ident, OrderByKind, OrderBySort, Query,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Value as AstValue,
+    self as ast, BinaryOperator, Expr as AExpr, Ident, OrderByKind, OrderBySort, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Value as AstValue,
 };
 
 use super::from::{lower_from, push_ctes, Item};
@@ -17,8 +17,8 @@ use super::util::{
     strip_nested,
 };
 use super::{
-    body_kind, check_query_clauses, check_select_clauses, lower_limit, setop, unsupported,
-    Lowerer, ParamMode, Typed,
+    body_kind, check_query_clauses, check_select_clauses, lower_limit, setop, unsupported, Lowerer,
+    ParamMode, Typed,
 };
 use crate::error::Unsupported;
 use crate::plan::{BinaryOp, CachePlan, Expr, JoinKind, NodeOp, NodeRef, OrderKey, OutputColumn};
@@ -186,7 +186,40 @@ impl<'g, 'a> Sel<'g, 'a> {
         let mut filters = Vec::new();
         let mut semis = Vec::new();
         if let Some(selection) = &select.selection {
-            sel.lower_where(selection, opts, &key_filter, &spans, &mut candidates, &mut filters, &mut semis)?;
+            sel.lower_where(
+                selection,
+                opts,
+                &key_filter,
+                &spans,
+                &mut candidates,
+                &mut filters,
+                &mut semis,
+            )?;
+        }
+        // A conjunct over one FROM item filters that item before the items are joined.
+        let mut items = items;
+        if items.len() > 1 {
+            let mut kept = Vec::new();
+            for f in filters {
+                let mut cols = Vec::new();
+                f.for_each_column(&mut |c| cols.push(c));
+                let span = cols
+                    .first()
+                    .and_then(|&c| spans.iter().position(|(o, w)| c >= *o && c < o + w));
+                match span {
+                    Some(i)
+                        if cols
+                            .iter()
+                            .all(|&c| c >= spans[i].0 && c < spans[i].0 + spans[i].1) =>
+                    {
+                        let off = spans[i].0;
+                        let local = map_columns(f, &mut |c| c - off);
+                        items[i].node = sel.l.g.filter(items[i].node, Some(local));
+                    }
+                    _ => kept.push(f),
+                }
+            }
+            filters = kept;
         }
         let (node, leftover) = sel.combine(&items, &spans, candidates)?;
         filters.extend(leftover);
@@ -300,7 +333,12 @@ impl<'g, 'a> Sel<'g, 'a> {
             }
         }
         let slot_idx = slot - 1;
-        let slot_free = self.l.g.param_types.get(slot_idx).is_some_and(Option::is_none);
+        let slot_free = self
+            .l
+            .g
+            .param_types
+            .get(slot_idx)
+            .is_some_and(Option::is_none);
         if !keyable(&ty) || self.key_cols.contains(&col) || !slot_free {
             return Ok(false);
         }
@@ -360,12 +398,19 @@ impl<'g, 'a> Sel<'g, 'a> {
                 if !connects(*a, *b, i, &joined) {
                     return true;
                 }
-                let (mine, theirs) = if span(*a) == Some(i) { (*a, *b) } else { (*b, *a) };
+                let (mine, theirs) = if span(*a) == Some(i) {
+                    (*a, *b)
+                } else {
+                    (*b, *a)
+                };
                 let pos = layout.iter().position(|x| *x == theirs).unwrap_or(0);
                 pairs.push((pos, mine - spans[i].0));
                 false
             });
-            acc = self.l.g.equi_join(acc, items[i].node, JoinKind::Inner, &pairs)?;
+            acc = self
+                .l
+                .g
+                .equi_join(acc, items[i].node, JoinKind::Inner, &pairs)?;
             layout.extend(spans[i].0..spans[i].0 + spans[i].1);
             joined[i] = true;
         }
@@ -433,7 +478,8 @@ impl<'g, 'a> Sel<'g, 'a> {
                     };
                     let idents: Option<Vec<Ident>> =
                         name.0.iter().map(|p| p.as_ident().cloned()).collect();
-                    let q = idents.ok_or_else(|| unsupported(format!("{name}.* is not supported")))?;
+                    let q =
+                        idents.ok_or_else(|| unsupported(format!("{name}.* is not supported")))?;
                     let cols = self.l.scope.rel(&q)?.columns.clone();
                     self.output_columns(&cols)?;
                 }
@@ -500,7 +546,10 @@ impl<'g, 'a> Sel<'g, 'a> {
                     cols.extend(scope.column(parts).ok());
                 }
                 SelectItem::Wildcard(_) => cols.extend(scope.star.iter().copied()),
-                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) => {
                     let q: Option<Vec<Ident>> = n.0.iter().map(|p| p.as_ident().cloned()).collect();
                     if let Some(rel) = q.and_then(|q| scope.rel(&q).ok()) {
                         cols.extend(rel.columns.iter().copied());
@@ -875,7 +924,9 @@ fn is_aggregate_query(select: &ast::Select, order_by: Option<&ast::OrderBy>) -> 
         ast::GroupByExpr::All(_) => true,
     };
     let in_items = select.projection.iter().any(|item| match item {
-        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => calls_aggregate(e),
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+            calls_aggregate(e)
+        }
         _ => false,
     });
     let in_order = match order_by.map(|o| &o.kind) {

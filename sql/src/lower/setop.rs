@@ -141,7 +141,11 @@ fn quantifier_all(q: &SetQuantifier) -> Result<bool, Unsupported> {
 }
 
 /// The branches of nested UNIONs of the same kind (`a UNION b UNION c`).
-fn flatten<'q>(body: &'q SetExpr, all: bool, out: &mut Vec<&'q SetExpr>) -> Result<(), Unsupported> {
+fn flatten<'q>(
+    body: &'q SetExpr,
+    all: bool,
+    out: &mut Vec<&'q SetExpr>,
+) -> Result<(), Unsupported> {
     match body {
         SetExpr::SetOperation {
             op: SetOperator::Union,
@@ -185,9 +189,7 @@ fn union_order(query: &Query, rel: &Rel) -> Result<Vec<OrderKey>, Unsupported> {
     let OrderByKind::Expressions(exprs) = &order_by.kind else {
         return Err(unsupported("ORDER BY ALL is not supported"));
     };
-    let refuse = || {
-        unsupported("ORDER BY on a UNION result must be on one of the result columns")
-    };
+    let refuse = || unsupported("ORDER BY on a UNION result must be on one of the result columns");
     let mut keys = Vec::with_capacity(exprs.len());
     for obe in exprs {
         let descending = match &obe.options.sort {

@@ -6,8 +6,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr as AExpr, Ident, ObjectNamePart, Query, TableFactor, UnaryOperator,
-    Visit, Visitor,
+    BinaryOperator, Expr as AExpr, Ident, ObjectNamePart, Query, TableFactor, UnaryOperator, Visit,
+    Visitor,
 };
 
 use super::scope::Scope;
@@ -206,7 +206,9 @@ impl Sel<'_, '_> {
                     return Err(unsupported("subquery has too many columns"));
                 }
                 if negated && !corr.is_empty() {
-                    return Err(unsupported("correlated NOT IN subqueries are not supported"));
+                    return Err(unsupported(
+                        "correlated NOT IN subqueries are not supported",
+                    ));
                 }
                 let mut pairs = vec![(left, 0)];
                 pairs.extend(corr.iter().map(|&(r, o)| (o, r)));

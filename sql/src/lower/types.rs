@@ -68,7 +68,11 @@ pub(super) fn text_operand(ty: &SqlType, what: &str) -> Result<(), Unsupported> 
     }
 }
 
-pub(super) fn arithmetic_type(op: BinaryOp, a: &SqlType, b: &SqlType) -> Result<SqlType, Unsupported> {
+pub(super) fn arithmetic_type(
+    op: BinaryOp,
+    a: &SqlType,
+    b: &SqlType,
+) -> Result<SqlType, Unsupported> {
     use SqlType as S;
     let is_int = |t: &SqlType| matches!(t, S::Int2 | S::Int4 | S::Int8);
     let is_float = |t: &SqlType| matches!(t, S::Float4 | S::Float8);

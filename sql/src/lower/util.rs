@@ -97,7 +97,10 @@ pub(super) fn function_name(f: &ast::Function) -> Result<String, Unsupported> {
     }
 }
 
-pub(super) fn function_args<'a>(f: &'a ast::Function, name: &str) -> Result<Vec<&'a AExpr>, Unsupported> {
+pub(super) fn function_args<'a>(
+    f: &'a ast::Function,
+    name: &str,
+) -> Result<Vec<&'a AExpr>, Unsupported> {
     if !matches!(f.parameters, FunctionArguments::None) || f.null_treatment.is_some() {
         return Err(unsupported(format!(
             "function {name}() with modifiers is not supported"
@@ -220,11 +223,9 @@ pub(super) const NON_DETERMINISTIC: &[&str] = &[
 pub(super) fn unsupported_expr(e: &AExpr) -> Unsupported {
     let what = match e {
         AExpr::Subquery(_) => return unsupported("scalar subqueries are not supported"),
-        AExpr::Exists { .. } | AExpr::InSubquery { .. } => {
-            return unsupported(
-                "subqueries are only supported as top-level WHERE conditions ([NOT] IN, [NOT] EXISTS)",
-            )
-        }
+        AExpr::Exists { .. } | AExpr::InSubquery { .. } => return unsupported(
+            "subqueries are only supported as top-level WHERE conditions ([NOT] IN, [NOT] EXISTS)",
+        ),
         AExpr::Case { .. } => "CASE expressions",
         AExpr::IsTrue(_)
         | AExpr::IsNotTrue(_)

@@ -1,12 +1,12 @@
 //! Lowering tests: helpers and a shared test catalog.
 
 use super::*;
-use crate::plan::{CachePlan, Expr, NodeOp, TableRef};
-use crate::value::{SqlType, TableSchema};
 use crate::normalize::normalize;
 use crate::plan::Expr as P;
+use crate::plan::{CachePlan, Expr, NodeOp, TableRef};
 use crate::statement::Dialect;
 use crate::value::Column;
+use crate::value::{SqlType, TableSchema};
 
 /// The single-table view of a plan (Base -> optional Filter -> Project) these tests check.
 pub(super) trait SingleTable {
@@ -26,7 +26,13 @@ impl SingleTable for CachePlan {
         })
     }
     fn materialized(&self) -> Vec<Expr> {
-        match self.nodes.iter().rev().map(|n| &n.op).find(|op| matches!(op, NodeOp::Project { .. })) {
+        match self
+            .nodes
+            .iter()
+            .rev()
+            .map(|n| &n.op)
+            .find(|op| matches!(op, NodeOp::Project { .. }))
+        {
             Some(NodeOp::Project { exprs, .. }) => exprs.clone(),
             _ => panic!("no Project in {:?}", self.nodes),
         }
@@ -98,6 +104,36 @@ pub(super) fn catalog() -> TestCatalog {
                 "posts",
                 &[("id", S::Int8), ("title", S::Text), ("author_id", S::Int4)],
             ),
+            table(
+                "public",
+                "stories",
+                &[
+                    ("id", S::Int8),        // 0
+                    ("user_id", S::Int4),   // 1
+                    ("title", S::Text),     // 2
+                    ("score", S::Int4),     // 3
+                    ("hotness", S::Float8), // 4
+                ],
+            ),
+            table(
+                "public",
+                "comments",
+                &[
+                    ("id", S::Int8),       // 0
+                    ("story_id", S::Int8), // 1
+                    ("user_id", S::Int4),  // 2
+                    ("score", S::Int4),    // 3
+                ],
+            ),
+            table(
+                "public",
+                "votes",
+                &[
+                    ("user_id", S::Int4),  // 0
+                    ("story_id", S::Int8), // 1
+                    ("vote", S::Int2),     // 2
+                ],
+            ),
         ],
         case_insensitive: false,
     }
@@ -131,4 +167,34 @@ pub(super) fn names(p: &CachePlan) -> Vec<&str> {
     p.output.iter().map(|o| o.name.as_str()).collect()
 }
 
+/// The kind of each node, in order.
+pub(super) fn kinds(p: &CachePlan) -> Vec<&'static str> {
+    p.nodes
+        .iter()
+        .map(|n| match n.op {
+            NodeOp::Base { .. } => "Base",
+            NodeOp::Filter { .. } => "Filter",
+            NodeOp::Project { .. } => "Project",
+            NodeOp::Join { .. } => "Join",
+            NodeOp::SemiJoin { .. } => "SemiJoin",
+            NodeOp::Aggregate { .. } => "Aggregate",
+            NodeOp::Distinct { .. } => "Distinct",
+            NodeOp::TopK { .. } => "TopK",
+            NodeOp::Union { .. } => "Union",
+        })
+        .collect()
+}
+
+/// The first node whose op matches `f`.
+pub(super) fn find<T>(p: &CachePlan, f: impl Fn(&NodeOp) -> Option<T>) -> T {
+    p.nodes
+        .iter()
+        .find_map(|n| f(&n.op))
+        .unwrap_or_else(|| panic!("no such node in {:?}", p.nodes))
+}
+
+mod aggregate;
+mod joins;
+mod setop;
 mod single;
+mod subquery;

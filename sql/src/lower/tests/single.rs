@@ -1,8 +1,8 @@
 //! Single-table queries.
 
 use super::*;
-use crate::normalize::normalize;
 use crate::lower::util::visit_plan_expr;
+use crate::normalize::normalize;
 use crate::plan::{BinaryOp, Expr as P, Func, OrderKey, OutputColumn, TableRef, UnaryOp};
 use crate::statement::Dialect;
 use crate::value::{SqlType, Value};
@@ -50,9 +50,8 @@ fn equality_in_list_and_placeholder_lower_identically() {
 
 #[test]
 fn filter_key_and_residual_split() {
-    let p = plan(
-        "SELECT name FROM users WHERE active AND email IS NOT NULL AND id = 3 AND age > 18",
-    );
+    let p =
+        plan("SELECT name FROM users WHERE active AND email IS NOT NULL AND id = 3 AND age > 18");
     assert_eq!(
         p.filter(),
         Some(P::Binary {
@@ -319,14 +318,14 @@ fn schema_qualified_and_aliased_tables() {
     );
     assert_eq!(p.param_types, vec![SqlType::Int4]);
     assert_eq!(names(&p), ["title"]);
-    let p =
-        plan("SELECT blog.posts.id, posts.title, posts.* FROM blog.posts WHERE posts.id = 1");
+    let p = plan("SELECT blog.posts.id, posts.title, posts.* FROM blog.posts WHERE posts.id = 1");
     assert_eq!(names(&p), ["id", "title", "id", "title", "author_id"]);
     assert_eq!(
         p.materialized(),
         vec![P::Column(0), P::Column(1), P::Column(2)]
     );
-    assert!(refuse("SELECT posts.title FROM blog.posts p").contains("missing FROM-clause entry for table \"posts\""));
+    assert!(refuse("SELECT posts.title FROM blog.posts p")
+        .contains("missing FROM-clause entry for table \"posts\""));
 }
 
 #[test]
