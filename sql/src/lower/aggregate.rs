@@ -292,14 +292,10 @@ impl Lowerer<'_, '_> {
         let mut inputs: Vec<Expr> = ctx.groups.clone();
         inputs.extend(ctx.aggs.iter().filter_map(|a| a.arg.clone()));
         let all_columns = inputs.iter().all(|e| matches!(e, Expr::Column(_)));
-        let (node, index): (NodeRef, Box<dyn Fn(&Expr) -> usize>) = if all_columns {
-            (
-                input,
-                Box::new(|e: &Expr| match e {
-                    Expr::Column(c) => *c,
-                    _ => 0,
-                }),
-            )
+        // `columns[i]` is the expression the Aggregate's input column `i` holds.
+        let (node, columns): (NodeRef, Vec<Expr>) = if all_columns {
+            let width = self.scope.types.len();
+            (input, (0..width).map(Expr::Column).collect())
         } else {
             let mut exprs: Vec<Expr> = Vec::new();
             let mut types = Vec::new();
@@ -310,13 +306,10 @@ impl Lowerer<'_, '_> {
                     exprs.push(e.clone());
                 }
             }
-            let list = exprs.clone();
-            let node = self.g.project(input, exprs, types);
-            (
-                node,
-                Box::new(move |e: &Expr| list.iter().position(|x| x == e).unwrap_or(0)),
-            )
+            let node = self.g.project(input, exprs.clone(), types);
+            (node, exprs)
         };
+        let index = |e: &Expr| columns.iter().position(|x| x == e).unwrap_or(0);
         let op = NodeOp::Aggregate {
             input: node,
             group_by: ctx.groups.iter().map(&index).collect(),

@@ -18,6 +18,7 @@ mod aggregate;
 mod expr;
 mod from;
 mod graph;
+mod reader;
 mod scope;
 mod select;
 mod setop;

@@ -8,7 +8,8 @@ use sqlparser::ast::{
 };
 
 use super::graph::{check_hashable, Graph, Rel};
-use super::select::{lower_query_rel, Opts, ReaderParts, Sel};
+use super::reader::ReaderParts;
+use super::select::{lower_query_rel, Opts, Sel};
 use super::types::union_type;
 use super::util::strip_nested;
 use super::{body_kind, lower_limit, unsupported};
