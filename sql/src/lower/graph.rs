@@ -240,10 +240,9 @@ impl<'a> Graph<'a> {
     }
 }
 
-/// `Column(i)` cast from `from` to `to` (text types share one representation: no cast).
+/// `Column(i)` cast from `from` to `to`.
 pub(super) fn cast_column(i: usize, from: &SqlType, to: &SqlType) -> Expr {
-    let text = |t: &SqlType| matches!(t, SqlType::Text | SqlType::Varchar | SqlType::Name);
-    if from == to || (text(from) && text(to)) {
+    if from == to {
         Expr::Column(i)
     } else {
         Expr::Cast {

@@ -1,6 +1,62 @@
 //! The cacheability check and lowering of a normalized SELECT into a [`CachePlan`].
 //!
-//! DOCS-PLACEHOLDER
+//! Both are one pass: lowering either produces the plan the dataflow runs, or stops at the
+//! first construct it cannot express with an [`Unsupported`] whose reason names that construct
+//! (`RIGHT JOIN is not supported yet`, `function now() is not deterministic`). Keeping one code
+//! path means "supported" can never drift from "what the dataflow can run".
+//!
+//! # Supported
+//!
+//! * FROM: tables (optionally schema-qualified and aliased), `[INNER] JOIN ... ON`,
+//!   `LEFT [OUTER] JOIN ... ON`, `JOIN ... USING (...)`, `NATURAL JOIN`, comma-separated
+//!   relations joined by equalities in WHERE, parenthesized joins, self-joins with aliases,
+//!   derived tables `(SELECT ...) AS d[(cols)]` and non-recursive CTEs (each lowered once,
+//!   however often it is referenced; unreferenced ones are not lowered). Every join needs at
+//!   least one column equality between its sides (`from`, `scope` for name resolution).
+//! * WHERE: `AND`/`OR`/`NOT`, comparisons, `IN` lists, `IS [NOT] NULL`, `[NOT] LIKE`/`ILIKE`,
+//!   `BETWEEN`; top-level `[NOT] IN (SELECT ...)` and `[NOT] EXISTS (SELECT ...)` as semi- and
+//!   anti-joins, correlated through `inner.col = outer.col` equalities (`subquery`).
+//! * GROUP BY (columns or expressions, by position or output name), HAVING, and `count`,
+//!   `sum`, `avg`, `min`, `max` with `DISTINCT`, with or without GROUP BY (`aggregate`).
+//! * `SELECT DISTINCT`, `UNION [ALL]` (`setop`), ORDER BY (name, alias, position or
+//!   expression, `ASC`/`DESC`, `NULLS FIRST/LAST`) and literal `LIMIT`/`OFFSET` (`reader`).
+//! * Expressions: columns, literals, `+ - * / %` on integers and floats, `||` on text,
+//!   `COALESCE`, `ABS`, `LENGTH`, trivial casts (`expr`, typed as Postgres types them,
+//!   see `types`).
+//!
+//! # Where WHERE goes
+//!
+//! The normalizer turned every predicate literal into a slot `$k` and recorded where each
+//! slot's value came from (`params`). For the query's own SELECT, each top-level conjunct of
+//! WHERE becomes one of:
+//! * a reader key, for `column = $k` on any column of the FROM row (through joins too); in a
+//!   grouped query only on a GROUP BY column, under `SELECT DISTINCT` only on an output column;
+//! * a join equality, for `a.x = b.y` between two comma-separated relations;
+//! * a semi-join, for a subquery predicate;
+//! * a dataflow Filter (pushed onto its relation when it reads only one comma-separated
+//!   relation), when it has no parameters;
+//! * the per-read `residual`, over the reader's columns (which are materialized for it),
+//!   when it has parameters and the query has no aggregation or DISTINCT and is no UNION.
+//!   SQL applies WHERE after the joins, so this is right for LEFT JOINs too. A residual
+//!   conjunct `e = $k` is emitted as `e IN ($k)`, because slot `k` may carry several values
+//!   (a collapsed `IN` list, see [`crate::normalize`]).
+//!
+//! HAVING conjuncts with parameters go to the residual as well (over the aggregate's
+//! output); the others filter the aggregate's output.
+//!
+//! A parameter anywhere else the per-read residual would answer wrongly (below an aggregate
+//! or DISTINCT, in a JOIN condition, in a subquery, CTE or UNION branch) is planned as the
+//! literal the query was normalized from and listed in [`CachePlan::fixed_params`]; the
+//! client's own placeholders (`$1`) and IN lists of several values are refused there.
+//!
+//! When the reader orders and limits and there is no residual, a TopK below the reader keeps
+//! only the first `offset + limit` rows per key.
+//!
+//! Types follow Postgres: untyped literals and parameters take the type of what they are
+//! compared with, integer arithmetic widens as Postgres does (`int2 op int2` is `int2`, any
+//! `int8` gives `int8`, otherwise `int4`), any float gives `float8` (`float4 op float4` stays
+//! `float4`), join columns and UNION branches are cast to their common type, and output
+//! columns are named as Postgres names them.
 
 use std::ops::ControlFlow;
 
