@@ -321,3 +321,35 @@ fn corpus_outcomes() {
     assert!(total >= 300, "corpus has only {total} entries");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `LARDER_SQL='SELECT ...' cargo test -p larder-sql --test corpus print_plan -- --ignored
+/// --nocapture` prints the plan of a query over the corpus catalog.
+#[test]
+#[ignore]
+fn print_plan() {
+    let Ok(sql) = std::env::var("LARDER_SQL") else {
+        return;
+    };
+    let n = normalize(&sql, Dialect::Postgres).expect("normalizes");
+    println!("{}", n.text);
+    match lower(&n.query, &catalog(), &n.params) {
+        Ok(plan) => {
+            println!("relations: {:?}", plan.relations);
+            for (i, node) in plan.nodes.iter().enumerate() {
+                println!("{i:>3}: {:?}  {:?}", node.op, node.types);
+            }
+            println!("key {:?} <- slots {:?}", plan.key, plan.key_params);
+            println!("residual {:?}", plan.residual);
+            println!(
+                "order {:?} offset {} limit {:?}",
+                plan.order_by, plan.offset, plan.limit
+            );
+            println!("output {:?}", plan.output);
+            println!(
+                "params {:?} fixed {:?}",
+                plan.param_types, plan.fixed_params
+            );
+        }
+        Err(e) => println!("refused: {e}"),
+    }
+}

@@ -664,6 +664,9 @@ fn chains(n: usize) -> Vec<String> {
         ),
         format!("SELECT tags{} FROM items", "[1]".repeat(n)),
         vec!["SELECT id FROM items"; n + 1].join(" UNION "),
+        // Aggregate contexts try every subexpression as a GROUP BY expression.
+        format!("SELECT count(*){} FROM items", "+1".repeat(n)),
+        format!("SELECT id{} FROM items GROUP BY id", "+1".repeat(n)),
         // 40 nested brackets around a chain: brackets count too.
         format!(
             "SELECT * FROM items WHERE {}id = 1{}{}",

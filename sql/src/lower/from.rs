@@ -381,6 +381,15 @@ fn join_using(
                 })
         };
         let pair = (side(&left.scope, "left")?, side(&right.scope, "right")?);
+        let (lt, rt) = (&left.scope.types[pair.0], &right.scope.types[pair.1]);
+        if lt != rt {
+            // Postgres merges them into a column of the common type; not modelled yet.
+            return Err(unsupported(format!(
+                "JOIN ... USING on columns of different types ({} and {}) is not supported",
+                type_name(lt),
+                type_name(rt)
+            )));
+        }
         if pairs.contains(&pair) {
             return Err(unsupported(format!(
                 "column name \"{}\" appears more than once in USING clause",

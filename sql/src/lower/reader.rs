@@ -247,7 +247,17 @@ impl Sel<'_, '_> {
             });
         }
         let g = &mut *self.l.g;
-        let mut node = g.project(row, exprs, types.clone());
+        let plain: Option<Vec<usize>> = exprs
+            .iter()
+            .map(|e| match e {
+                Expr::Column(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        let mut node = match plain {
+            Some(cols) => g.select_columns(row, &cols),
+            None => g.project(row, exprs, types.clone()),
+        };
         if self.distinct {
             node = g.push(NodeOp::Distinct { input: node }, types.clone());
         }
