@@ -79,7 +79,7 @@ fn derived_table_with_key_through_group_by() {
     let p = plan(
         "SELECT x.user_id, x.n FROM (SELECT user_id, count(*) AS n FROM stories GROUP BY user_id) x WHERE x.user_id = 1",
     );
-    assert_eq!(kinds(&p), ["Base", "Aggregate", "Project", "Project"]);
+    assert_eq!(kinds(&p), ["Base", "Aggregate", "Project"]);
     assert_eq!(p.key_params, vec![0]);
     assert_eq!(names(&p), ["user_id", "n"]);
 }
