@@ -251,7 +251,7 @@ fn check_normalize(input: &[u8]) {
         .unwrap_or_else(|e| panic!("{sql:?} normalized to {:?}, which fails: {e}", n.text));
     assert_eq!(renormalized.text, n.text, "from {sql:?}");
     assert_eq!(renormalized.query_id, n.query_id, "from {sql:?}");
-    if let Ok(plan) = lower(&n.query, &catalog()) {
+    if let Ok(plan) = lower(&n.query, &catalog(), &n.params) {
         // Resolve every slot with a NULL client value: must answer, never panic.
         let _ = resolve_params(&n.params, &|_| Some(Value::Null), &plan.param_types);
     }
@@ -618,7 +618,7 @@ fn seed_corpus_is_saved_and_valid() {
     let lowered = STATEMENTS
         .iter()
         .filter_map(|s| normalize(s, Dialect::Postgres).ok())
-        .filter(|n| lower(&n.query, &catalog()).is_ok())
+        .filter(|n| lower(&n.query, &catalog(), &n.params).is_ok())
         .count();
     assert!(
         lowered >= 3,
@@ -631,7 +631,10 @@ fn seed_corpus_is_saved_and_valid() {
 fn print_lowering_of_seed_statements() {
     for s in STATEMENTS {
         if let Ok(n) = normalize(s, Dialect::Postgres) {
-            eprintln!("{s}\n  -> {:?}", lower(&n.query, &catalog()).map(|_| ()));
+            eprintln!(
+                "{s}\n  -> {:?}",
+                lower(&n.query, &catalog(), &n.params).map(|_| ())
+            );
         }
     }
 }
@@ -661,6 +664,9 @@ fn chains(n: usize) -> Vec<String> {
         ),
         format!("SELECT tags{} FROM items", "[1]".repeat(n)),
         vec!["SELECT id FROM items"; n + 1].join(" UNION "),
+        // Aggregate contexts try every subexpression as a GROUP BY expression.
+        format!("SELECT count(*){} FROM items", "+1".repeat(n)),
+        format!("SELECT id{} FROM items GROUP BY id", "+1".repeat(n)),
         // 40 nested brackets around a chain: brackets count too.
         format!(
             "SELECT * FROM items WHERE {}id = 1{}{}",
@@ -707,7 +713,7 @@ fn operator_chains_at_the_limit_are_walked_safely() {
         for sql in chains(OPERATOR_DEPTH_MAX - 2) {
             let n = normalize(&sql, Dialect::Postgres)
                 .unwrap_or_else(|e| panic!("{}: {e}", &sql[..60]));
-            let _ = lower(&n.query, &catalog());
+            let _ = lower(&n.query, &catalog(), &n.params);
             assert!(normalize_any(&sql, Dialect::Postgres).is_some());
         }
     });
