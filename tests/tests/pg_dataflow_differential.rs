@@ -160,7 +160,10 @@ fn shapes() -> Vec<Shape> {
             "SELECT s.id FROM stories s WHERE NOT EXISTS (SELECT 1 FROM comments c WHERE c.story_id = s.id)",
             &[], false),
         shape("anti_not_in",
-            "SELECT id FROM users WHERE karma NOT IN (SELECT score FROM comments)",
+            "SELECT id FROM users WHERE karma NOT IN (SELECT score FROM comments WHERE score IS NOT NULL AND story_id < 5)",
+            &[], false),
+        shape("anti_not_in_nulls",
+            "SELECT id, karma FROM users WHERE karma NOT IN (SELECT score FROM comments WHERE story_id = 3)",
             &[], false),
         shape("derived_table",
             "SELECT s.id, c.n FROM stories s JOIN (SELECT story_id, count(*) AS n FROM comments GROUP BY story_id) c ON c.story_id = s.id WHERE s.id = $1",
@@ -177,7 +180,7 @@ fn shapes() -> Vec<Shape> {
     ]
 }
 
-fn maybe<T: ToString>(rng: &mut StdRng, null_pct: u32, v: T) -> String {
+fn maybe<T: ToString>(null_pct: u32, v: T, rng: &mut StdRng) -> String {
     if rng.gen_range(0..100) < null_pct {
         "NULL".into()
     } else {
@@ -189,8 +192,8 @@ fn user_row(rng: &mut StdRng, id: i64) -> String {
     let name = ["ann", "bob", "cy", "dee", "o'neil", "ünï"][rng.gen_range(0..6)];
     format!(
         "({id}, {}, {})",
-        maybe(rng, 10, kit::quote(name)),
-        maybe(rng, 10, rng.gen_range(0..6))
+        maybe(10, kit::quote(name), rng),
+        maybe(10, rng.gen_range(0..6), rng)
     )
 }
 
@@ -204,11 +207,11 @@ fn story_row(rng: &mut StdRng, id: i64) -> String {
     let price = format!("{}.{:02}", rng.gen_range(0..500), rng.gen_range(0..100));
     format!(
         "({id}, {}, {}, {}, {}, {})",
-        maybe(rng, 8, author),
-        maybe(rng, 5, kit::quote(&format!("story {}", id % 17))),
-        maybe(rng, 10, score),
-        maybe(rng, 15, price),
-        maybe(rng, 5, rng.gen_bool(0.2))
+        maybe(8, author, rng),
+        maybe(5, kit::quote(&format!("story {}", id % 17)), rng),
+        maybe(10, score, rng),
+        maybe(15, price, rng),
+        maybe(5, rng.gen_bool(0.2), rng)
     )
 }
 
@@ -217,8 +220,8 @@ fn vote_row(rng: &mut StdRng, id: i64) -> String {
     let story = 1 + (rng.gen_range(0.0f64..1.0).powi(2) * (STORIES + 3) as f64) as i64;
     format!(
         "({id}, {}, {}, {})",
-        maybe(rng, 5, story),
-        maybe(rng, 5, rng.gen_range(1..=USERS + 2)),
+        maybe(5, story, rng),
+        maybe(5, rng.gen_range(1..=USERS + 2), rng),
         [-1, 1, 1, 2][rng.gen_range(0..4)]
     )
 }
@@ -226,9 +229,9 @@ fn vote_row(rng: &mut StdRng, id: i64) -> String {
 fn comment_row(rng: &mut StdRng, id: i64) -> String {
     format!(
         "({id}, {}, {}, {})",
-        maybe(rng, 5, rng.gen_range(1..=STORIES + 2)),
-        maybe(rng, 8, rng.gen_range(1..=USERS + 2)),
-        maybe(rng, 10, rng.gen_range(-2..6))
+        maybe(5, rng.gen_range(1..=STORIES + 2), rng),
+        maybe(8, rng.gen_range(1..=USERS + 2), rng),
+        maybe(10, rng.gen_range(-2..6), rng)
     )
 }
 
@@ -274,17 +277,17 @@ fn random_write(rng: &mut StdRng, fresh: &mut i64) -> String {
         }
         4..=7 => {
             let set = match table {
-                "users" => format!("karma = {}", maybe(rng, 10, rng.gen_range(0..6))),
+                "users" => format!("karma = {}", maybe(10, rng.gen_range(0..6), rng)),
                 "stories" => match rng.gen_range(0..3) {
-                    0 => format!("score = {}", maybe(rng, 10, rng.gen_range(-3..30))),
-                    1 => format!("author_id = {}", maybe(rng, 5, rng.gen_range(1..=USERS))),
-                    _ => format!("price = {}", maybe(rng, 10, rng.gen_range(0..900))),
+                    0 => format!("score = {}", maybe(10, rng.gen_range(-3..30), rng)),
+                    1 => format!("author_id = {}", maybe(5, rng.gen_range(1..=USERS), rng)),
+                    _ => format!("price = {}", maybe(10, rng.gen_range(0..900), rng)),
                 },
                 "votes" => match rng.gen_range(0..2) {
-                    0 => format!("story_id = {}", maybe(rng, 5, rng.gen_range(1..=STORIES))),
+                    0 => format!("story_id = {}", maybe(5, rng.gen_range(1..=STORIES), rng)),
                     _ => format!("vote = {}", [-1, 1, 2][rng.gen_range(0..3)]),
                 },
-                _ => format!("score = {}", maybe(rng, 10, rng.gen_range(-2..6))),
+                _ => format!("score = {}", maybe(10, rng.gen_range(-2..6), rng)),
             };
             format!("UPDATE {table} SET {set} WHERE id = {id}")
         }

@@ -34,7 +34,11 @@ impl Controller {
         for (schema, name) in larder_sql::normalize::relations(&normalized.query) {
             self.refuse_not_replicated(schema.as_deref(), &name)?;
         }
-        let plan = lower(&normalized.query, &RegistryCatalog { core: &self.core })
+        let plan = lower(
+            &normalized.query,
+            &RegistryCatalog { core: &self.core },
+            &normalized.params,
+        )
             .map_err(|u| ControllerError::Unsupported(u.reason))?;
         let mut entries = Vec::with_capacity(plan.relations.len());
         for relation in &plan.relations {
