@@ -149,6 +149,8 @@ pub fn classify(sql: &str) -> StatementKind {
     let tx = StatementKind::Transaction;
     if first_is("select") {
         StatementKind::Select
+    } else if first_is("with") {
+        with_statement_kind(Scanner::new(sql))
     } else if [
         "insert", "update", "delete", "merge", "replace", "truncate", "copy", "upsert",
     ]
@@ -523,6 +525,46 @@ fn stmt_err(msg: impl Into<String>) -> SqlError {
 struct Scanner<'a> {
     s: &'a str,
     pos: usize,
+}
+
+/// `WITH ...`: a read when no part of it writes (a data-modifying CTE or a DML body makes it
+/// a write); anything the scanner cannot follow (dollar quoting) is `Other`.
+fn with_statement_kind(mut sc: Scanner<'_>) -> StatementKind {
+    let mut select = false;
+    loop {
+        sc.skip_trivia();
+        match sc.peek() {
+            None => break,
+            Some(q @ (b'\'' | b'"' | b'`')) => {
+                if sc.quoted(q).is_none() {
+                    return StatementKind::Other;
+                }
+            }
+            Some(b'$') => {
+                sc.pos += 1;
+                if !sc.peek().is_some_and(|c| c.is_ascii_digit()) {
+                    return StatementKind::Other;
+                }
+            }
+            Some(_) => match sc.word() {
+                Some(w) => {
+                    if ["insert", "update", "delete", "merge"]
+                        .iter()
+                        .any(|k| w.eq_ignore_ascii_case(k))
+                    {
+                        return StatementKind::Write;
+                    }
+                    select |= w.eq_ignore_ascii_case("select");
+                }
+                None => sc.pos += 1,
+            },
+        }
+    }
+    if select {
+        StatementKind::Select
+    } else {
+        StatementKind::Other
+    }
 }
 
 impl<'a> Scanner<'a> {
@@ -932,7 +974,21 @@ mod tests {
             ("DISCARD ALL", K::Set),
             ("", K::Empty),
             (" ; ;  -- nothing", K::Empty),
-            ("with x as (select 1) select * from x", K::Other),
+            ("with x as (select 1) select * from x", K::Select),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                K::Write,
+            ),
+            (
+                "with x as (select 'update') insert into t select * from x",
+                K::Write,
+            ),
+            (
+                "with x as (select 'update', \"delete\") select * from x",
+                K::Select,
+            ),
+            ("with x as (select $$y$$) select * from x", K::Other),
+            ("with x as (values (1)) table x", K::Other),
             ("create table t (a int)", K::Other),
             ("$$", K::Other),
         ];

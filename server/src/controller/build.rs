@@ -39,7 +39,7 @@ impl Controller {
             &RegistryCatalog { core: &self.core },
             &normalized.params,
         )
-            .map_err(|u| ControllerError::Unsupported(u.reason))?;
+        .map_err(|u| ControllerError::Unsupported(u.reason))?;
         let mut entries = Vec::with_capacity(plan.relations.len());
         for relation in &plan.relations {
             let entry = self
