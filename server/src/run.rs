@@ -156,6 +156,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         unbuilt: std::sync::Mutex::new(Vec::new()),
         privileges,
         relations: relations.clone(),
+        upstream: tokio::sync::Mutex::new(None),
     });
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(

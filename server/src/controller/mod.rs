@@ -90,6 +90,8 @@ pub struct Controller {
     pub unbuilt: Mutex<Vec<(StoredCache, String)>>,
     pub privileges: Arc<Privileges>,
     pub relations: Arc<crate::relations::Relations>,
+    /// See [`Controller::upstream_client`].
+    pub upstream: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
 /// Tables visible to lowering: the replicated, online ones. An unqualified name resolves to
@@ -308,16 +310,25 @@ impl Controller {
         Ok(row)
     }
 
-    /// A fresh SQL session on the upstream, with the settings replication uses.
-    async fn upstream_client(&self) -> Result<tokio_postgres::Client, ControllerError> {
+    /// The controller's SQL session on the upstream (with the settings replication uses),
+    /// opened on first use and again after it closes. Statements never change its state.
+    async fn upstream_client(&self) -> Result<Arc<tokio_postgres::Client>, ControllerError> {
+        let mut slot = self.upstream.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
         let source = self
             .source
             .as_ref()
             .ok_or_else(|| ControllerError::Unavailable("replication is not running".into()))?;
-        source
-            .client()
-            .await
-            .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))
+        let client = Arc::new(
+            source
+                .client()
+                .await
+                .map_err(|e| ControllerError::Unavailable(format!("upstream: {e}")))?,
+        );
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
     }
 
     /// The result columns exactly as the upstream describes them.
