@@ -8,6 +8,7 @@ use std::sync::Arc;
 use larder_sql::plan::{CachePlan, NodeOp, NodeRef, OrderKey};
 use larder_sql::value::SqlType;
 
+use crate::empty_row::EmptyRow;
 use crate::error::GraphError;
 use crate::eval::{CompiledExpr, ExprContext};
 use crate::graph::GraphLimits;
@@ -225,10 +226,25 @@ pub(crate) fn compile(
         .key_params
         .iter()
         .chain(plan.fixed_params.iter().map(|f| &f.0))
+        .chain(&plan.single_value_params)
         .find(|&&p| p >= slots)
     {
         return Err(invalid(format!("param slot {p} out of range")));
     }
+    if let Some(p) = plan
+        .single_value_params
+        .iter()
+        .find(|p| !plan.key_params.contains(p))
+    {
+        return Err(invalid(format!(
+            "single-value param slot {p} is not a key slot"
+        )));
+    }
+    let empty_row = plan
+        .empty_key_row
+        .as_ref()
+        .map(|e| EmptyRow::compile(plan, e))
+        .transpose()?;
     let read_ctx = ExprContext {
         columns: reader_types,
         params: Some(&plan.param_types),
@@ -242,6 +258,8 @@ pub(crate) fn compile(
     let spec = ReadSpec {
         key_params: plan.key_params.clone(),
         fixed_params: plan.fixed_params.clone(),
+        single_value_params: plan.single_value_params.clone(),
+        empty_row,
         residual,
         order: Arc::clone(&order),
         offset: plan.offset,

@@ -80,6 +80,10 @@ pub enum ReadError {
     /// this read holds another value (or several) there.
     #[error("the cache holds results for another value of parameter ${}", slot + 1)]
     OtherParameter { slot: usize },
+    /// The cache answers parameter slot `slot` (0-based) one value at a time, and this read
+    /// holds several (an `IN` list) or none there.
+    #[error("the cache answers one value at a time for parameter ${}", slot + 1)]
+    NotOneValue { slot: usize },
     /// The cache was removed from the graph.
     #[error("cache was removed")]
     Gone,

@@ -27,6 +27,7 @@
 
 mod build;
 mod cast;
+mod empty_row;
 mod error;
 mod eval;
 mod graph;

@@ -29,6 +29,7 @@ use larder_sql::plan::{OrderKey, OutputColumn};
 use larder_sql::value::{Key, Row, Value};
 use left_right::{Absorb, ReadHandle, ReadHandleFactory};
 
+use crate::empty_row::EmptyRow;
 use crate::error::ReadError;
 use crate::eval::CompiledExpr;
 use crate::order::SortedRow;
@@ -54,6 +55,15 @@ impl KeyRows {
 
     fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.poison == 0
+    }
+
+    /// One copy of `row` (the computed row of a key without rows).
+    fn single(row: SortedRow) -> KeyRows {
+        KeyRows {
+            rows: BTreeMap::from([(row, 1)]),
+            poison: 0,
+            negative: 0,
+        }
     }
 }
 
@@ -172,6 +182,10 @@ pub(crate) struct ReadSpec {
     pub(crate) key_params: Vec<usize>,
     /// Slots the cache was computed for: a read must hold exactly this one value there.
     pub(crate) fixed_params: Vec<(usize, Value)>,
+    /// Key slots a read must give exactly one value.
+    pub(crate) single_value_params: Vec<usize>,
+    /// How to compute the row of a key without rows (`CachePlan::empty_key_row`).
+    pub(crate) empty_row: Option<EmptyRow>,
     pub(crate) residual: Option<CompiledExpr>,
     pub(crate) order: Arc<[OrderKey]>,
     pub(crate) offset: usize,
@@ -267,6 +281,11 @@ impl ReaderHandle {
                 _ => return Err(ReadError::OtherParameter { slot: *slot }),
             }
         }
+        for &slot in &spec.single_value_params {
+            if params.get(slot).map_or(0, Vec::len) != 1 {
+                return Err(ReadError::NotOneValue { slot });
+            }
+        }
         let keys = lookup_keys(spec, params)?;
         self.with_state(|state| read_state(spec, state, &keys, params))?
     }
@@ -294,9 +313,22 @@ impl ReaderHandle {
     }
 }
 
+/// One key combination of a read.
+struct Lookup<'p> {
+    key: Key,
+    /// The key's values, when the reader computes rows of keys without rows.
+    values: Vec<&'p Value>,
+    /// `false` when a value is NULL: the combination matches no row.
+    matchable: bool,
+}
+
 /// The distinct keys a read must look up: the cartesian product of the key slots' values,
-/// skipping combinations with a NULL (`col = NULL` never matches).
-fn lookup_keys(spec: &ReadSpec, params: &[Vec<Value>]) -> Result<Vec<Key>, ReadError> {
+/// skipping combinations with a NULL (`col = NULL` never matches) unless the reader
+/// computes a row for keys without rows.
+fn lookup_keys<'p>(
+    spec: &ReadSpec,
+    params: &'p [Vec<Value>],
+) -> Result<Vec<Lookup<'p>>, ReadError> {
     let mut slots = Vec::with_capacity(spec.key_params.len());
     let mut combinations: usize = 1;
     for &slot in &spec.key_params {
@@ -312,15 +344,21 @@ fn lookup_keys(spec: &ReadSpec, params: &[Vec<Value>]) -> Result<Vec<Key>, ReadE
             max: spec.key_combinations_max,
         });
     }
+    let keep_values = spec.empty_row.is_some();
     let mut keys = Vec::with_capacity(combinations);
     let mut seen: HashSet<Key> = HashSet::new();
     let mut index = vec![0usize; slots.len()];
     for _ in 0..combinations {
         let values: Vec<&Value> = slots.iter().zip(&index).map(|(s, &i)| &s[i]).collect();
-        if !values.iter().any(|v| v.is_null()) {
-            let key = Key::from_values(values);
+        let matchable = !values.iter().any(|v| v.is_null());
+        if matchable || keep_values {
+            let key = Key::from_values(values.iter().copied());
             if combinations == 1 || seen.insert(key.clone()) {
-                keys.push(key);
+                keys.push(Lookup {
+                    key,
+                    values: if keep_values { values } else { Vec::new() },
+                    matchable,
+                });
             }
         }
         // Advance the odometer (last slot fastest).
@@ -338,7 +376,7 @@ fn lookup_keys(spec: &ReadSpec, params: &[Vec<Value>]) -> Result<Vec<Key>, ReadE
 fn read_state(
     spec: &ReadSpec,
     state: &ReaderState,
-    keys: &[Key],
+    keys: &[Lookup<'_>],
     params: &[Vec<Value>],
 ) -> Result<Vec<Row>, ReadError> {
     if !state.ready {
@@ -347,15 +385,32 @@ fn read_state(
     if state.poison_all != 0 {
         return Err(ReadError::Poisoned);
     }
-    let mut sources: Vec<&KeyRows> = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(entry) = state.keys.get(key) {
-            if entry.is_poisoned() {
-                return Err(ReadError::Poisoned);
+    // Per key: its rows in the state, or (index into `computed`) its computed row.
+    let mut found: Vec<Result<&KeyRows, usize>> = Vec::with_capacity(keys.len());
+    let mut computed: Vec<KeyRows> = Vec::new();
+    for lookup in keys {
+        let entry = match lookup.matchable {
+            true => state.keys.get(&lookup.key),
+            false => None,
+        };
+        match (entry, &spec.empty_row) {
+            (Some(entry), _) if entry.is_poisoned() => return Err(ReadError::Poisoned),
+            (Some(entry), _) => found.push(Ok(entry)),
+            (None, Some(empty)) => {
+                let row = SortedRow {
+                    order: Arc::clone(&spec.order),
+                    row: empty.row(&lookup.values)?.into(),
+                };
+                found.push(Err(computed.len()));
+                computed.push(KeyRows::single(row));
             }
-            sources.push(entry);
+            (None, None) => {}
         }
     }
+    let sources: Vec<&KeyRows> = found
+        .into_iter()
+        .map(|f| f.unwrap_or_else(|i| &computed[i]))
+        .collect();
     let mut out = Collector::new(spec, params);
     if spec.order.is_empty() || sources.len() <= 1 {
         'all: for src in &sources {

@@ -75,6 +75,8 @@ fn plan() -> CachePlan {
             .collect(),
         param_types: vec![SqlType::Int4],
         fixed_params: vec![],
+        single_value_params: vec![],
+        empty_key_row: None,
     }
 }
 

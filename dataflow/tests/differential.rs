@@ -177,6 +177,8 @@ fn plan(
         output,
         param_types,
         fixed_params: vec![],
+        single_value_params: vec![],
+        empty_key_row: None,
     }
 }
 

@@ -4,26 +4,29 @@
 //! batches of inserts/deletes/updates, and caches bootstrapped both up front and in the
 //! middle of the changes (through the buffering path). After every batch each ready cache's
 //! full contents are compared with a naive evaluator that recomputes the plan from the
-//! current table contents.
+//! current table contents. Keyed shapes (a key on a column a DISTINCT or aggregate does not
+//! output, incl. the empty-key row of an aggregate without GROUP BY) are compared, per key
+//! value, with the SQL query's result for that value (`keyed`).
 //!
 //! `SEED=n` replays one seed; `DATAFLOW_DIFF_ITERS=n` runs `n` seeds (default a few seconds).
 
-use std::collections::HashMap;
-
-use larder_dataflow::{
-    full_cmp, structural_cmp, structural_cmp_row, CacheId, Change, CompiledExpr, ExprContext,
-    Graph, ReaderHandle, TableId,
-};
-use larder_sql::numeric::Decimal;
+use larder_dataflow::{structural_cmp_row, CacheId, Change, Graph, ReaderHandle, TableId};
 use larder_sql::plan::{
     AggFunc, Aggregate, BinaryOp, CachePlan, Expr, JoinKind, NodeOp, OrderKey, OutputColumn,
     PlanNode, TableRef,
 };
-use larder_sql::value::{compare, sql_eq, Column, Key, Row, SqlType, TableSchema, Value};
+use larder_sql::value::{sql_eq, Column, Row, SqlType, TableSchema, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use SqlType::{Int4, Numeric, Text};
+
+#[path = "graph_differential/keyed.rs"]
+mod keyed;
+#[path = "graph_differential/reference.rs"]
+mod reference;
+
+use reference::evaluate;
 
 const TABLES: usize = 2;
 
@@ -343,32 +346,8 @@ impl PlanGen<'_> {
             .map(|_| self.rng.gen_range(0..types.len()))
             .collect();
         let mut out: Vec<SqlType> = group_by.iter().map(|&g| types[g].clone()).collect();
-        let mut aggregates = Vec::new();
-        for _ in 0..self.rng.gen_range(1..=3) {
-            let c = self.rng.gen_range(0..types.len());
-            let distinct = self.rng.gen_bool(0.3);
-            let numeric_arg = matches!(types[c], SqlType::Int2 | Int4 | SqlType::Int8 | Numeric);
-            let (func, arg, ty) = match self.rng.gen_range(0..6) {
-                0 => (AggFunc::Count, None, SqlType::Int8),
-                1 => (AggFunc::Count, Some(c), SqlType::Int8),
-                2 if numeric_arg => {
-                    let ty = match types[c] {
-                        SqlType::Int2 | Int4 => SqlType::Int8,
-                        _ => Numeric,
-                    };
-                    (AggFunc::Sum, Some(c), ty)
-                }
-                3 if numeric_arg => (AggFunc::Avg, Some(c), Numeric),
-                4 => (AggFunc::Min, Some(c), types[c].clone()),
-                _ => (AggFunc::Max, Some(c), types[c].clone()),
-            };
-            aggregates.push(Aggregate {
-                func,
-                arg,
-                distinct: distinct && arg.is_some(),
-            });
-            out.push(ty);
-        }
+        let (aggregates, agg_types) = random_aggregates(self.rng, &types);
+        out.extend(agg_types);
         self.push(
             NodeOp::Aggregate {
                 input,
@@ -405,14 +384,53 @@ impl PlanGen<'_> {
     }
 }
 
-fn random_plan(rng: &mut StdRng) -> CachePlan {
+/// One to three aggregates over columns of `types`, with their result types.
+fn random_aggregates(rng: &mut StdRng, types: &[SqlType]) -> (Vec<Aggregate>, Vec<SqlType>) {
+    let mut aggregates = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..rng.gen_range(1..=3) {
+        let c = rng.gen_range(0..types.len());
+        let distinct = rng.gen_bool(0.3);
+        let numeric_arg = matches!(types[c], SqlType::Int2 | Int4 | SqlType::Int8 | Numeric);
+        let (func, arg, ty) = match rng.gen_range(0..6) {
+            0 => (AggFunc::Count, None, SqlType::Int8),
+            1 => (AggFunc::Count, Some(c), SqlType::Int8),
+            2 if numeric_arg => {
+                let ty = match types[c] {
+                    SqlType::Int2 | Int4 => SqlType::Int8,
+                    _ => Numeric,
+                };
+                (AggFunc::Sum, Some(c), ty)
+            }
+            3 if numeric_arg => (AggFunc::Avg, Some(c), Numeric),
+            4 => (AggFunc::Min, Some(c), types[c].clone()),
+            _ => (AggFunc::Max, Some(c), types[c].clone()),
+        };
+        aggregates.push(Aggregate {
+            func,
+            arg,
+            distinct: distinct && arg.is_some(),
+        });
+        out.push(ty);
+    }
+    (aggregates, out)
+}
+
+/// A random plan; sometimes one of the keyed shapes of `keyed` over a random input, with
+/// what to check it against.
+fn random_plan(rng: &mut StdRng) -> (CachePlan, Option<keyed::Reference>) {
     let depth = rng.gen_range(1..=3);
+    let keyed_shape = rng.gen_bool(0.3);
     let mut gen = PlanGen {
         rng,
         nodes: Vec::new(),
     };
     gen.sub(depth);
     let nodes = gen.nodes;
+    if keyed_shape {
+        let (plan, reference) = keyed::shape(rng, nodes);
+        return (plan, Some(reference));
+    }
     let types = nodes.last().expect("one node").types.clone();
     let (key, key_params, param_types) = if rng.gen_bool(0.5) {
         let k = rng.gen_range(0..types.len());
@@ -420,13 +438,8 @@ fn random_plan(rng: &mut StdRng) -> CachePlan {
     } else {
         (vec![], vec![], vec![])
     };
-    CachePlan {
-        relations: (0..TABLES)
-            .map(|t| TableRef {
-                schema: "public".into(),
-                name: format!("t{t}"),
-            })
-            .collect(),
+    let plan = CachePlan {
+        relations: relations(),
         output: types
             .iter()
             .enumerate()
@@ -445,244 +458,19 @@ fn random_plan(rng: &mut StdRng) -> CachePlan {
         limit: None,
         param_types,
         fixed_params: vec![],
-    }
+        single_value_params: vec![],
+        empty_key_row: None,
+    };
+    (plan, None)
 }
 
-// ---- naive reference ----
-
-/// Recomputes every node of `plan` from the tables' current rows.
-fn evaluate(plan: &CachePlan, tables: &[Vec<Row>]) -> Vec<Row> {
-    let mut results: Vec<Vec<Row>> = Vec::with_capacity(plan.nodes.len());
-    for node in &plan.nodes {
-        let ctx_types = |n: usize| plan.nodes[n].types.clone();
-        let out = match &node.op {
-            NodeOp::Base { relation } => tables[*relation].clone(),
-            NodeOp::Filter { input, predicate } => {
-                let types = ctx_types(*input);
-                let pred = compile(predicate, &types);
-                results[*input]
-                    .iter()
-                    .filter(|r| {
-                        pred.eval_predicate(r, &[]).expect("no poison in plans") == Some(true)
-                    })
-                    .cloned()
-                    .collect()
-            }
-            NodeOp::Project { input, exprs } => {
-                let types = ctx_types(*input);
-                let exprs: Vec<_> = exprs.iter().map(|e| compile(e, &types)).collect();
-                results[*input]
-                    .iter()
-                    .map(|r| {
-                        exprs
-                            .iter()
-                            .map(|e| e.eval(r, &[]).expect("no poison in plans").into_owned())
-                            .collect()
-                    })
-                    .collect()
-            }
-            NodeOp::Join {
-                left,
-                right,
-                kind,
-                on,
-            } => {
-                let right_width = plan.nodes[*right].types.len();
-                let mut out = Vec::new();
-                for l in &results[*left] {
-                    let mut matched = false;
-                    for r in &results[*right] {
-                        if matches_on(l, r, on) {
-                            matched = true;
-                            out.push([l.clone(), r.clone()].concat());
-                        }
-                    }
-                    if !matched && *kind == JoinKind::Left {
-                        out.push([l.clone(), vec![Value::Null; right_width]].concat());
-                    }
-                }
-                out
-            }
-            NodeOp::SemiJoin {
-                left,
-                right,
-                on,
-                anti,
-                null_aware,
-            } => {
-                let rights = &results[*right];
-                results[*left]
-                    .iter()
-                    .filter(|l| {
-                        let exists = rights.iter().any(|r| matches_on(l, r, on));
-                        if *anti && *null_aware {
-                            let (lc, rc) = on[0];
-                            rights.is_empty()
-                                || (!l[lc].is_null()
-                                    && !rights.iter().any(|r| r[rc].is_null())
-                                    && !exists)
-                        } else {
-                            exists != *anti
-                        }
-                    })
-                    .cloned()
-                    .collect()
-            }
-            NodeOp::Aggregate {
-                input,
-                group_by,
-                aggregates,
-            } => aggregate(&results[*input], &ctx_types(*input), group_by, aggregates),
-            NodeOp::Distinct { input } => first_representations(results[*input].clone()),
-            NodeOp::TopK {
-                input,
-                group_by,
-                order,
-                limit,
-            } => {
-                let mut groups: HashMap<Key, Vec<Row>> = HashMap::new();
-                for r in &results[*input] {
-                    groups
-                        .entry(Key::from_values(group_by.iter().map(|&g| &r[g])))
-                        .or_default()
-                        .push(r.clone());
-                }
-                let mut out = Vec::new();
-                for mut rows in groups.into_values() {
-                    rows.sort_by(|a, b| full_cmp(order, a, b));
-                    out.extend(rows.into_iter().take(*limit));
-                }
-                out
-            }
-            NodeOp::Union { inputs } => inputs.iter().flat_map(|&i| results[i].clone()).collect(),
-        };
-        results.push(out);
-    }
-    results.pop().expect("plans have nodes")
-}
-
-fn compile(e: &Expr, types: &[SqlType]) -> CompiledExpr {
-    CompiledExpr::compile(
-        e,
-        &ExprContext {
-            columns: types,
-            params: None,
-        },
-    )
-    .expect("generated expressions compile")
-}
-
-/// SQL-distinct rows, each as its structurally first representation (`1.5` before `1.50`).
-fn first_representations(rows: Vec<Row>) -> Vec<Row> {
-    let mut seen: HashMap<Key, Row> = HashMap::new();
-    for r in rows {
-        let slot = seen
-            .entry(Key::from_values(&r))
-            .or_insert_with(|| r.clone());
-        if structural_cmp_row(&r, slot) == std::cmp::Ordering::Less {
-            *slot = r;
-        }
-    }
-    seen.into_values().collect()
-}
-
-fn matches_on(l: &[Value], r: &[Value], on: &[(usize, usize)]) -> bool {
-    on.iter().all(|&(a, b)| sql_eq(&l[a], &r[b]) == Some(true))
-}
-
-fn aggregate(rows: &[Row], types: &[SqlType], group_by: &[usize], aggs: &[Aggregate]) -> Vec<Row> {
-    let mut groups: Vec<(Key, Vec<&Row>)> = Vec::new();
-    for r in rows {
-        let key = Key::from_values(group_by.iter().map(|&g| &r[g]));
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, members)) => members.push(r),
-            None => groups.push((key, vec![r])),
-        }
-    }
-    if group_by.is_empty() && groups.is_empty() {
-        groups.push((Key(vec![]), vec![]));
-    }
-    groups
-        .into_iter()
-        .map(|(_, members)| {
-            let reps: Vec<Row> = members
-                .iter()
-                .map(|r| group_by.iter().map(|&g| r[g].clone()).collect())
-                .collect();
-            let mut out: Row = reps
-                .into_iter()
-                .min_by(|a, b| structural_cmp_row(a, b))
-                .unwrap_or_default();
-            for a in aggs {
-                out.push(aggregate_one(&members, types, a));
-            }
-            out
+fn relations() -> Vec<TableRef> {
+    (0..TABLES)
+        .map(|t| TableRef {
+            schema: "public".into(),
+            name: format!("t{t}"),
         })
         .collect()
-}
-
-fn aggregate_one(members: &[&Row], types: &[SqlType], a: &Aggregate) -> Value {
-    let Some(arg) = a.arg else {
-        return Value::Int(members.len() as i64);
-    };
-    let mut values: Vec<Value> = members
-        .iter()
-        .map(|r| r[arg].clone())
-        .filter(|v| !v.is_null())
-        .collect();
-    if a.distinct {
-        values = first_representations(values.into_iter().map(|v| vec![v]).collect())
-            .into_iter()
-            .map(|mut r| r.remove(0))
-            .collect();
-    }
-    if a.func == AggFunc::Count {
-        return Value::Int(values.len() as i64);
-    }
-    if values.is_empty() {
-        return Value::Null;
-    }
-    let decimal = |v: &Value| match v {
-        Value::Int(i) => Decimal::from_i128(i128::from(*i)),
-        Value::Numeric(s) => Decimal::parse(s).expect("generated numerics parse"),
-        other => panic!("not a number: {other:?}"),
-    };
-    let sum = || {
-        values.iter().fold(Decimal::ZERO, |acc, v| {
-            acc.checked_add(decimal(v)).expect("small sums")
-        })
-    };
-    let extreme = |want: std::cmp::Ordering| {
-        values
-            .iter()
-            .cloned()
-            .reduce(|best, v| {
-                // SQL-equal values written differently: MIN shows the structurally first,
-                // MAX the structurally last (the dataflow's documented tie-break).
-                let tie = structural_cmp(&v, &best) == want;
-                match compare(&v, &best) {
-                    Some(o) if o == want => v,
-                    Some(std::cmp::Ordering::Equal) if tie => v,
-                    _ => best,
-                }
-            })
-            .expect("non-empty")
-    };
-    match (a.func, &types[arg]) {
-        (AggFunc::Sum, SqlType::Int2 | Int4) => {
-            Value::Int(i64::try_from(sum().mantissa()).expect("fits"))
-        }
-        (AggFunc::Sum, _) => Value::Numeric(sum().to_string()),
-        (AggFunc::Avg, _) => Value::Numeric(
-            sum()
-                .checked_div(Decimal::from_i128(values.len() as i128))
-                .expect("divides")
-                .to_string(),
-        ),
-        (AggFunc::Min, _) => extreme(std::cmp::Ordering::Less),
-        (AggFunc::Max, _) => extreme(std::cmp::Ordering::Greater),
-        (AggFunc::Count, _) => unreachable!("handled above"),
-    }
 }
 
 // ---- driver ----
@@ -691,6 +479,7 @@ struct Cache {
     id: CacheId,
     plan: CachePlan,
     handle: ReaderHandle,
+    keyed: Option<keyed::Reference>,
 }
 
 fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
@@ -700,6 +489,10 @@ fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
 
 /// Compares the reader's full contents with the reference.
 fn check(cache: &Cache, tables: &[Vec<Row>], context: &str) {
+    if let Some(reference) = &cache.keyed {
+        reference.check(&cache.plan, &cache.handle, tables, context);
+        return;
+    }
     let expected = sorted(evaluate(&cache.plan, tables));
     let stats = cache.handle.stats().expect("cache is live");
     assert!(
@@ -791,18 +584,23 @@ fn run_seed(seed: u64) {
     }
     let mut caches = Vec::new();
     for _ in 0..3 {
-        let plan = random_plan(&mut rng);
+        let (plan, keyed) = random_plan(&mut rng);
         let (id, handle) = graph
             .add_cache(&plan)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
         bootstrap_from(&mut graph, id, &tables);
-        caches.push(Cache { id, plan, handle });
+        caches.push(Cache {
+            id,
+            plan,
+            handle,
+            keyed,
+        });
     }
     for step in 0..30 {
         if step % 10 == 5 {
             // A cache added mid-way: snapshot, live changes (buffered), the snapshot's rows
             // in two chunks with more live changes in between, then the replay.
-            let plan = random_plan(&mut rng);
+            let (plan, keyed) = random_plan(&mut rng);
             let (id, handle) = graph
                 .add_cache(&plan)
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
@@ -825,7 +623,12 @@ fn run_seed(seed: u64) {
                 let old: Cache = caches.swap_remove(0);
                 graph.remove_cache(old.id).expect("remove");
             }
-            caches.push(Cache { id, plan, handle });
+            caches.push(Cache {
+                id,
+                plan,
+                handle,
+                keyed,
+            });
         }
         apply_random(&mut rng, &mut graph, &mut tables);
         graph.publish();

@@ -252,6 +252,36 @@ pub struct CachePlan {
     /// Slots planned as literals: a read is answered only when slot `.0` holds exactly the
     /// one value `.1`; otherwise it goes upstream.
     pub fixed_params: Vec<(usize, Value)>,
+    /// Key slots a read must give exactly one value (else it goes upstream): the key of a
+    /// column the query does not output, under DISTINCT or an aggregate. Rows of different
+    /// values there are not the query's answer for all of them together (an `IN` list merges
+    /// their groups), so only one value at a time is answered.
+    pub single_value_params: Vec<usize>,
+    /// Set when the reader must answer a key without rows with a computed row (an aggregate
+    /// without GROUP BY keyed on its WHERE equalities); see [`EmptyKeyRow`].
+    pub empty_key_row: Option<EmptyKeyRow>,
+}
+
+/// How the reader answers a key that has no row, for `SELECT count(*) FROM t WHERE k = $1`
+/// planned as an Aggregate grouped by `k` and keyed on it: SQL returns one row even when
+/// no row matches, but the Aggregate has no group for such a key.
+///
+/// For a key without rows (and not poisoned), the reader builds the row the `aggregate` node
+/// has over no input (the key values in its group columns, `COUNT` 0, the other aggregates
+/// NULL), computes every later node on it (each must be a `Project` of the node before it),
+/// and treats the result as the key's only row: the residual, ORDER BY, OFFSET/LIMIT and
+/// output then apply to it as to any row. With several key combinations (IN lists), each
+/// one without rows gets its own row; a combination holding NULL matches no row and gets
+/// one too.
+///
+/// The reader's key columns must be the Aggregate's group columns, each passed up unchanged
+/// by the Projects, one key column per group column. Nothing above the Aggregate may drop
+/// rows: a Filter there (HAVING) would make "filtered out" look like "no rows"; HAVING goes
+/// to the residual instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmptyKeyRow {
+    /// The Aggregate node (its output row over no input is the starting point).
+    pub aggregate: NodeRef,
 }
 
 impl Expr {

@@ -268,7 +268,19 @@ fn validate(plan: &CachePlan) -> Result<(), String> {
         && plan
             .fixed_params
             .iter()
-            .all(|(s, _)| *s < plan.param_types.len());
+            .all(|(s, _)| *s < plan.param_types.len())
+        && plan
+            .single_value_params
+            .iter()
+            .all(|s| plan.key_params.contains(s))
+        && plan.empty_key_row.as_ref().is_none_or(|e| {
+            matches!(
+                plan.nodes.get(e.aggregate).map(|n| &n.op),
+                Some(NodeOp::Aggregate { .. })
+            ) && plan.nodes[e.aggregate + 1..]
+                .iter()
+                .all(|n| matches!(n.op, NodeOp::Project { .. }))
+        });
     if !reader_ok {
         return Err("reader refers to missing columns or slots".into());
     }
@@ -348,6 +360,10 @@ fn print_plan() {
             println!(
                 "params {:?} fixed {:?}",
                 plan.param_types, plan.fixed_params
+            );
+            println!(
+                "single-value {:?} empty-key row {:?}",
+                plan.single_value_params, plan.empty_key_row
             );
         }
         Err(e) => println!("refused: {e}"),

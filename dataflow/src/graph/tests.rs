@@ -69,6 +69,8 @@ fn plan(relations: &[&str], nodes: Vec<PlanNode>) -> CachePlan {
         limit: None,
         param_types: vec![],
         fixed_params: vec![],
+        single_value_params: vec![],
+        empty_key_row: None,
     }
 }
 

@@ -37,12 +37,28 @@ pub(super) struct AggCtx {
     /// GROUP BY expressions over the FROM row.
     pub groups: Vec<Expr>,
     pub group_types: Vec<SqlType>,
+    /// The last `key_groups` of `groups` are FROM-row columns added for reader keys (a WHERE
+    /// equality on a column the query does not group by): the query cannot name them.
+    pub key_groups: usize,
     pub aggs: Vec<AggItem>,
     /// Set while lowering over the FROM row (an aggregate's argument, a GROUP BY candidate).
     pub inside: bool,
 }
 
 impl AggCtx {
+    /// The GROUP BY expressions of the query itself (what the SELECT list may name).
+    pub fn named_groups(&self) -> &[Expr] {
+        &self.groups[..self.groups.len().saturating_sub(self.key_groups)]
+    }
+
+    /// Groups by FROM-row column `col` too, for a reader key; returns its group column.
+    pub fn add_key_group(&mut self, col: usize, ty: SqlType) -> usize {
+        self.groups.push(Expr::Column(col));
+        self.group_types.push(ty);
+        self.key_groups += 1;
+        self.groups.len() - 1
+    }
+
     /// Types of the Aggregate's output.
     pub fn output_types(&self) -> Vec<SqlType> {
         let mut t = self.group_types.clone();
@@ -154,7 +170,7 @@ impl Lowerer<'_, '_> {
         let attempt = self.over_input(|l| l.expr(e, hint));
         if let Ok(t) = attempt {
             let ctx = self.agg.as_ref().expect("aggregate context");
-            if let Some(g) = ctx.groups.iter().position(|x| *x == t.expr) {
+            if let Some(g) = ctx.named_groups().iter().position(|x| *x == t.expr) {
                 return Ok(Some(Typed {
                     expr: Expr::Column(g),
                     ty: t.ty,

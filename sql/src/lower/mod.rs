@@ -29,8 +29,14 @@
 //! The normalizer turned every predicate literal into a slot `$k` and recorded where each
 //! slot's value came from (`params`). For the query's own SELECT, each top-level conjunct of
 //! WHERE becomes one of:
-//! * a reader key, for `column = $k` on any column of the FROM row (through joins too); in a
-//!   grouped query only on a GROUP BY column, under `SELECT DISTINCT` only on an output column;
+//! * a reader key, for `column = $k` on any column of the FROM row (through joins too). In a
+//!   grouped query on another column than a GROUP BY one, the column is grouped by too (the
+//!   query cannot name it); under `SELECT DISTINCT` on a column it does not output, the
+//!   Distinct runs over it too. Such a key answers one value at a time
+//!   ([`CachePlan::single_value_params`]), and an aggregate without GROUP BY keyed this way
+//!   has the reader compute the row of a key without rows ([`CachePlan::empty_key_row`]),
+//!   with HAVING in the residual. (Not with `SELECT DISTINCT` over such an aggregate, and
+//!   not when this instance has an IN list of several values there: the literal stays.)
 //! * a join equality, for `a.x = b.y` between two comma-separated relations;
 //! * a semi-join, for a subquery predicate;
 //! * a dataflow Filter (pushed onto its relation when it reads only one comma-separated

@@ -9,7 +9,7 @@ use super::types::type_name;
 use super::util::{conjunction, map_columns, strip_nested};
 use super::{unsupported, ParamMode, Typed};
 use crate::error::Unsupported;
-use crate::plan::{CachePlan, Expr, NodeOp, NodeRef, OrderKey, OutputColumn};
+use crate::plan::{CachePlan, EmptyKeyRow, Expr, NodeOp, NodeRef, OrderKey, OutputColumn};
 use crate::value::SqlType;
 
 impl Sel<'_, '_> {
@@ -137,6 +137,9 @@ impl Sel<'_, '_> {
     ) -> Result<CachePlan, Unsupported> {
         debug_assert!(self.top);
         let row = self.finish_row();
+        // Keyed aggregate without GROUP BY: HAVING went to the residual, so `row` is the
+        // Aggregate itself.
+        let empty_key_row = self.empty_key.then_some(EmptyKeyRow { aggregate: row });
         let mut m = Materialized::new(self.row_types());
         let (mut key, mut key_params, mut residual) = (Vec::new(), Vec::new(), Vec::new());
         for p in std::mem::take(&mut self.pending) {
@@ -171,7 +174,7 @@ impl Sel<'_, '_> {
             node = g.push(NodeOp::Distinct { input: node }, types.clone());
         }
         let residual = conjunction(residual);
-        if let Some(limit) = limit {
+        if let (Some(limit), None) = (limit, &empty_key_row) {
             let top = offset.saturating_add(limit);
             if residual.is_none() && !order_by.is_empty() && top > 0 {
                 let op = NodeOp::TopK {
@@ -191,6 +194,8 @@ impl Sel<'_, '_> {
             offset,
             limit,
             output,
+            single_value_params: std::mem::take(&mut self.single_value),
+            empty_key_row,
         };
         reader.into_plan(g)
     }
@@ -331,6 +336,8 @@ pub(super) struct ReaderParts {
     pub offset: usize,
     pub limit: Option<usize>,
     pub output: Vec<OutputColumn>,
+    pub single_value_params: Vec<usize>,
+    pub empty_key_row: Option<EmptyKeyRow>,
 }
 
 impl ReaderParts {
@@ -349,6 +356,9 @@ impl ReaderParts {
         }
         let mut fixed_params = std::mem::take(&mut g.fixed);
         fixed_params.sort_by_key(|(slot, _)| *slot);
+        let mut single_value_params = self.single_value_params;
+        single_value_params.sort_unstable();
+        single_value_params.dedup();
         let plan = CachePlan {
             relations: std::mem::take(&mut g.relations),
             nodes: std::mem::take(&mut g.nodes),
@@ -361,12 +371,18 @@ impl ReaderParts {
             output: self.output,
             param_types,
             fixed_params,
+            single_value_params,
+            empty_key_row: self.empty_key_row,
         };
         let width = plan.reader_types().len();
         debug_assert_eq!(plan.key.len(), plan.key_params.len());
         debug_assert!(plan.key.iter().all(|k| *k < width));
         debug_assert!(plan.output.iter().all(|o| o.column < width));
         debug_assert!(plan.order_by.iter().all(|o| o.column < width));
+        debug_assert!(plan.empty_key_row.as_ref().is_none_or(|e| matches!(
+            plan.nodes.get(e.aggregate).map(|n| &n.op),
+            Some(NodeOp::Aggregate { .. })
+        )));
         Ok(plan)
     }
 }

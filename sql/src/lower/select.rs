@@ -7,6 +7,7 @@ use sqlparser::ast::{
     SelectItemQualifiedWildcardKind, SetExpr,
 };
 
+use super::aggregate::AggCtx;
 use super::from::{lower_from, push_ctes, Item};
 use super::graph::{check_hashable, Graph, Rel};
 use super::scope::Scope;
@@ -21,6 +22,7 @@ use super::{
     ParamMode, Typed,
 };
 use crate::error::Unsupported;
+use crate::normalize::ParamSource;
 use crate::plan::{BinaryOp, CachePlan, Expr, JoinKind, NodeRef};
 use crate::value::SqlType;
 
@@ -65,6 +67,11 @@ pub(super) struct Sel<'g, 'a> {
     /// Correlation equalities of a subquery: (column of this FROM row, outer column).
     pub corr: Vec<(usize, usize)>,
     pub key_cols: Vec<usize>,
+    /// Key slots that must hold one value per read (see `CachePlan::single_value_params`).
+    pub single_value: Vec<usize>,
+    /// An aggregate without GROUP BY grouped by its reader keys: the reader computes the
+    /// row of a key without rows (`CachePlan::empty_key_row`).
+    pub empty_key: bool,
     pub distinct: bool,
     pub has_agg: bool,
     pub top: bool,
@@ -168,6 +175,8 @@ impl<'g, 'a> Sel<'g, 'a> {
             outputs: Vec::new(),
             corr: Vec::new(),
             key_cols: Vec::new(),
+            single_value: Vec::new(),
+            empty_key: false,
             distinct,
             has_agg,
             top: opts.top,
@@ -177,8 +186,9 @@ impl<'g, 'a> Sel<'g, 'a> {
         } else {
             None
         };
-        let key_filter = KeyFilter {
-            groups: agg.as_ref().map(|a| a.groups.clone()),
+        let mut key_filter = KeyFilter {
+            global: agg.as_ref().is_some_and(|a| a.groups.is_empty()),
+            agg,
             distinct_cols: (distinct && opts.top)
                 .then(|| sel.plain_output_columns(&select.projection)),
         };
@@ -189,7 +199,7 @@ impl<'g, 'a> Sel<'g, 'a> {
             sel.lower_where(
                 selection,
                 opts,
-                &key_filter,
+                &mut key_filter,
                 &spans,
                 &mut candidates,
                 &mut filters,
@@ -221,6 +231,8 @@ impl<'g, 'a> Sel<'g, 'a> {
             }
             filters = kept;
         }
+        let agg = key_filter.agg;
+        sel.empty_key = key_filter.global && agg.as_ref().is_some_and(|a| a.key_groups > 0);
         let (node, leftover) = sel.combine(&items, &spans, candidates)?;
         filters.extend(leftover);
         let mut node = sel.l.g.filter(node, conjunction(filters));
@@ -249,7 +261,7 @@ impl<'g, 'a> Sel<'g, 'a> {
         &mut self,
         selection: &'q AExpr,
         opts: Opts<'_>,
-        keys: &KeyFilter,
+        keys: &mut KeyFilter,
         spans: &[(usize, usize)],
         candidates: &mut Vec<(usize, usize, Expr)>,
         filters: &mut Vec<Expr>,
@@ -304,7 +316,7 @@ impl<'g, 'a> Sel<'g, 'a> {
     }
 
     /// Makes `column = $k` (either way round) a reader key. Returns whether it did.
-    fn try_key(&mut self, c: &AExpr, keys: &KeyFilter) -> Result<bool, Unsupported> {
+    fn try_key(&mut self, c: &AExpr, keys: &mut KeyFilter) -> Result<bool, Unsupported> {
         let AExpr::BinaryOp {
             left,
             op: BinaryOperator::Eq,
@@ -342,20 +354,46 @@ impl<'g, 'a> Sel<'g, 'a> {
         if !keyable(&ty) || self.key_cols.contains(&col) || !slot_free {
             return Ok(false);
         }
-        let key = match (&keys.groups, &keys.distinct_cols) {
-            // Grouped: only a group column is a key (the rest filters below the aggregate).
-            (Some(groups), _) => match groups.iter().position(|g| *g == Expr::Column(col)) {
+        let one_value = self.one_value(slot_idx);
+        let key = match (&mut keys.agg, &keys.distinct_cols) {
+            (Some(ctx), _) => match ctx
+                .named_groups()
+                .iter()
+                .position(|g| *g == Expr::Column(col))
+            {
                 Some(g) => Expr::Column(g),
-                None => return Ok(false),
+                // Another column: group by it too (all rows of one key share its value), and
+                // answer one value at a time (several would merge their groups). DISTINCT
+                // over a keyed aggregate without GROUP BY is left as it was.
+                None => {
+                    if !one_value || (keys.global && self.distinct) {
+                        return Ok(false);
+                    }
+                    self.single_value.push(slot_idx);
+                    Expr::Column(ctx.add_key_group(col, ty.clone()))
+                }
             },
-            // DISTINCT: only an output column (rows of different key values stay apart).
-            (None, Some(cols)) if !cols.contains(&col) => return Ok(false),
+            // DISTINCT on a column it does not output: the Distinct runs over the key column
+            // too, one value at a time (rows of several values could repeat an output row).
+            (None, Some(cols)) if !cols.contains(&col) => {
+                if !one_value {
+                    return Ok(false);
+                }
+                self.single_value.push(slot_idx);
+                Expr::Column(col)
+            }
             _ => Expr::Column(col),
         };
         self.l.g.param_types[slot_idx] = Some(ty);
         self.pending.push(Pending::Key(key, slot_idx));
         self.key_cols.push(col);
         Ok(true)
+    }
+
+    /// Whether this instance of the query has at most one value in `slot` (an IN list of
+    /// several values there is planned as before: refused below DISTINCT or an aggregate).
+    fn one_value(&self, slot: usize) -> bool {
+        !matches!(self.l.g.sources.get(slot), Some(ParamSource::List(items)) if items.len() != 1)
     }
 
     /// Joins the FROM items (comma-separated relations) on the column equalities of WHERE
@@ -440,7 +478,9 @@ impl<'g, 'a> Sel<'g, 'a> {
                     type_name(&t.ty)
                 )));
             }
-            if contains_param(&t.expr) {
+            // A keyed aggregate without GROUP BY checks HAVING per read, so that a key whose
+            // row it drops is not taken for a key without rows.
+            if contains_param(&t.expr) || self.empty_key {
                 self.pending.push(Pending::Residual(multi_valued(t.expr)));
             } else {
                 self.having.push(t.expr);
@@ -492,7 +532,7 @@ impl<'g, 'a> Sel<'g, 'a> {
         for &c in cols {
             let expr = match &self.l.agg {
                 None => Expr::Column(c),
-                Some(ctx) => match ctx.groups.iter().position(|g| *g == Expr::Column(c)) {
+                Some(ctx) => match ctx.named_groups().iter().position(|g| *g == Expr::Column(c)) {
                     Some(g) => Expr::Column(g),
                     None => {
                         return Err(unsupported(format!(
@@ -564,8 +604,10 @@ impl<'g, 'a> Sel<'g, 'a> {
 
 /// Which WHERE equalities may become reader keys.
 struct KeyFilter {
-    /// GROUP BY expressions of a grouped query.
-    groups: Option<Vec<Expr>>,
+    /// The aggregate context of a grouped query (a key may add a group column to it).
+    agg: Option<AggCtx>,
+    /// An aggregate without GROUP BY.
+    global: bool,
     /// FROM-row columns a top-level `SELECT DISTINCT` outputs as they are.
     distinct_cols: Option<Vec<usize>>,
 }

@@ -54,6 +54,8 @@ pub(super) fn lower_top_setop(g: &mut Graph<'_>, query: &Query) -> Result<CacheP
         offset,
         limit,
         output,
+        single_value_params: Vec::new(),
+        empty_key_row: None,
     }
     .into_plan(g)
 }

@@ -195,6 +195,7 @@ pub(super) fn find<T>(p: &CachePlan, f: impl Fn(&NodeOp) -> Option<T>) -> T {
 
 mod aggregate;
 mod joins;
+mod keys;
 mod setop;
 mod single;
 mod subquery;

@@ -24,8 +24,12 @@ fn distinct() {
     let p = plan("SELECT DISTINCT user_id, title FROM stories WHERE user_id = 3");
     assert_eq!(kinds(&p), ["Base", "Project", "Distinct"]);
     assert_eq!(p.key_params, vec![0]);
-    // On another column it would change which rows are distinct: a fixed filter below.
+    // On another column the Distinct runs over it too (see `keys`); other predicates are
+    // fixed filters below.
     let p = plan("SELECT DISTINCT title FROM stories WHERE user_id = 3");
+    assert_eq!(kinds(&p), ["Base", "Project", "Distinct"]);
+    assert_eq!(p.single_value_params, vec![0]);
+    let p = plan("SELECT DISTINCT title FROM stories WHERE user_id > 3");
     assert_eq!(kinds(&p), ["Base", "Filter", "Project", "Distinct"]);
     assert!(p.key.is_empty());
     assert_eq!(p.fixed_params, vec![(0, Value::Int(3))]);
