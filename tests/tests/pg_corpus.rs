@@ -173,8 +173,16 @@ async fn same(direct: &Conn, sql: &str, via: &Outcome, want: &Outcome) -> Result
     if via == want {
         return Ok(());
     }
-    let (Outcome::Rows { rows: got, columns: c1 }, Outcome::Rows { rows: exp, columns: c2 }) =
-        (via, want)
+    let (
+        Outcome::Rows {
+            rows: got,
+            columns: c1,
+        },
+        Outcome::Rows {
+            rows: exp,
+            columns: c2,
+        },
+    ) = (via, want)
     else {
         return Err("one side is an error".into());
     };
