@@ -7,8 +7,15 @@
 
 use larder_sql::value::{SqlType, Value};
 
+use larder_sql::numeric::Decimal;
+
 use crate::error::EvalError;
-use crate::eval::{check_int_for, kind_name};
+use crate::eval::{
+    check_int_for, days_from_civil, days_in_month, kind_name, round_decimal, valid_date,
+    valid_timestamp, Rounding,
+};
+
+const USECS_PER_DAY: i64 = 86_400_000_000;
 
 fn unsupported(v: &Value, ty: &SqlType) -> EvalError {
     EvalError::Unsupported(format!("cast from {} to {ty:?}", kind_name(v)))
@@ -131,6 +138,7 @@ pub(crate) fn cast(v: &Value, ty: &SqlType, from_bpchar: bool) -> Result<Value, 
         (T::Int2 | T::Int4 | T::Int8, V::Int(i)) => V::Int(check_int_for(ty, *i)?),
         (T::Int2 | T::Int4 | T::Int8, V::Float(f)) => V::Int(float_to_int(*f, ty)?),
         (T::Int2 | T::Int4 | T::Int8, V::Text(s)) => V::Int(parse_int(s, ty)?),
+        (T::Int2 | T::Int4 | T::Int8, V::Numeric(s)) => V::Int(numeric_to_int(s, ty)?),
         (T::Int4, V::Bool(b)) => V::Int(i64::from(*b)),
         (T::Float8, V::Int(i)) => V::Float(*i as f64),
         (T::Float8, V::Float(f)) => V::Float(*f),
@@ -153,6 +161,11 @@ pub(crate) fn cast(v: &Value, ty: &SqlType, from_bpchar: bool) -> Result<Value, 
         (T::Bool, V::Text(s)) => V::Bool(to_bool_text(s).ok_or_else(|| bad_input(ty, s))?),
         (T::Numeric, V::Int(i)) => V::Numeric(i.to_string()),
         (T::Numeric, V::Numeric(s)) => V::Numeric(s.clone()),
+        (T::Numeric, V::Text(s)) => V::Numeric(parse_numeric(s, from_bpchar)?),
+        (T::Date, V::Text(s)) => V::Date(parse_iso_date(s, from_bpchar)?),
+        (T::Timestamp, V::Text(s)) => V::Timestamp(parse_iso_timestamp(s, from_bpchar)?),
+        (T::Timestamp, V::Date(d)) => V::Timestamp(date_to_timestamp(*d)?),
+        (T::Date, V::Timestamp(t)) => V::Date(timestamp_to_date(*t)),
         (T::Bytea, V::Bytes(b)) => V::Bytes(b.clone()),
         (T::Date, V::Date(d)) => V::Date(*d),
         (T::Time, V::Time(t)) => V::Time(*t),
@@ -161,6 +174,138 @@ pub(crate) fn cast(v: &Value, ty: &SqlType, from_bpchar: bool) -> Result<Value, 
         (T::Uuid, V::Uuid(u)) => V::Uuid(*u),
         _ => return Err(unsupported(v, ty)),
     })
+}
+
+/// numeric to integer: rounded half away from zero, then range-checked.
+fn numeric_to_int(s: &str, ty: &SqlType) -> Result<i64, EvalError> {
+    let d = Decimal::parse(s).map_err(|_| EvalError::Unsupported(format!("numeric {s}")))?;
+    let r = round_decimal(d, 0, Rounding::HalfAway)?;
+    let v = i64::try_from(r.mantissa()).map_err(|_| EvalError::OutOfRange(int_name(ty)))?;
+    check_int_for(ty, v)
+}
+
+/// Plain decimal text (`-1.50`, `.5`, `7.`, surrounded by Postgres whitespace) in its
+/// canonical output form; exponents, `NaN` and infinities are not accepted here.
+fn parse_numeric(s: &str, from_bpchar: bool) -> Result<String, EvalError> {
+    let t = pg_trim(s);
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let plain = !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && body.bytes().filter(|b| *b == b'.').count() <= 1
+        && body != ".";
+    // char(n) padding is blanks, which the trim removes anyway.
+    let _ = from_bpchar;
+    if !plain {
+        return Err(bad_input(&SqlType::Numeric, s));
+    }
+    let d =
+        Decimal::parse(t).map_err(|_| EvalError::Unsupported("numeric beyond 38 digits".into()))?;
+    Ok(d.to_string())
+}
+
+fn digits(s: &str, len: usize) -> Option<u32> {
+    (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// `YYYY-MM-DD` with a 4-digit year 0001..9999 (Postgres reads this the same under every
+/// DateStyle); anything else is not evaluated.
+fn iso_date_days(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    let (y, m, d) = (digits(y, 4)?, digits(m, 2)?, digits(d, 2)?);
+    if y == 0 || !(1..=12).contains(&m) || d == 0 || d > days_in_month(i64::from(y), m) {
+        return None;
+    }
+    Some(days_from_civil(i64::from(y), m, d))
+}
+
+fn parse_iso_date(s: &str, from_bpchar: bool) -> Result<i32, EvalError> {
+    let t = if from_bpchar {
+        s.trim_end_matches(' ')
+    } else {
+        s
+    };
+    let days = iso_date_days(t).ok_or_else(|| bad_input(&SqlType::Date, s))?;
+    if !valid_date(days) {
+        return Err(EvalError::OutOfRange("date"));
+    }
+    i32::try_from(days).map_err(|_| EvalError::OutOfRange("date"))
+}
+
+/// `YYYY-MM-DD`, optionally followed by ` ` or `T` and `HH:MM[:SS[.f]]` (at most 6
+/// fractional digits, hour 0..23, second 0..59).
+fn parse_iso_timestamp(s: &str, from_bpchar: bool) -> Result<i64, EvalError> {
+    let t = if from_bpchar {
+        s.trim_end_matches(' ')
+    } else {
+        s
+    };
+    let bad = || bad_input(&SqlType::Timestamp, s);
+    let (date, time) = match t.find([' ', 'T']) {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    };
+    let days = iso_date_days(date).ok_or_else(bad)?;
+    let mut us: i64 = 0;
+    if let Some(time) = time {
+        let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+        let mut parts = hms.split(':');
+        let h = digits(parts.next().ok_or_else(bad)?, 2).ok_or_else(bad)?;
+        let m = digits(parts.next().ok_or_else(bad)?, 2).ok_or_else(bad)?;
+        let sec = match parts.next() {
+            Some(x) => digits(x, 2).ok_or_else(bad)?,
+            None if frac.is_empty() && !time.contains('.') => 0,
+            None => return Err(bad()),
+        };
+        if parts.next().is_some() || h > 23 || m > 59 || sec > 59 {
+            return Err(bad());
+        }
+        if time.contains('.')
+            && (frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad());
+        }
+        let frac_us: i64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<6}").parse().map_err(|_| bad())?
+        };
+        us = ((i64::from(h) * 60 + i64::from(m)) * 60 + i64::from(sec)) * 1_000_000 + frac_us;
+    }
+    let v = days * USECS_PER_DAY + us;
+    if !valid_timestamp(v) {
+        return Err(EvalError::OutOfRange("timestamp"));
+    }
+    Ok(v)
+}
+
+fn date_to_timestamp(d: i32) -> Result<i64, EvalError> {
+    match d {
+        i32::MIN => Ok(i64::MIN),
+        i32::MAX => Ok(i64::MAX),
+        d => {
+            let v = i64::from(d) * USECS_PER_DAY;
+            if valid_timestamp(v) {
+                Ok(v)
+            } else {
+                Err(EvalError::OutOfRange("date for timestamp"))
+            }
+        }
+    }
+}
+
+fn timestamp_to_date(t: i64) -> i32 {
+    match t {
+        i64::MIN => i32::MIN,
+        i64::MAX => i32::MAX,
+        // Every valid timestamp's day fits.
+        t => t.div_euclid(USECS_PER_DAY) as i32,
+    }
 }
 
 fn numeric_to_float(s: &str, ty: &SqlType, single: bool) -> Result<f64, EvalError> {

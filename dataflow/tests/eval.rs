@@ -410,7 +410,13 @@ fn casts() {
     assert_eq!(eval(&cast(text("42"), SqlType::Int4)), Ok(Value::Int(42)));
     assert!(eval(&cast(text("4x"), SqlType::Int4)).is_err());
     assert!(eval(&cast(lit(Value::Float(0.1)), SqlType::Text)).is_err());
-    assert!(eval(&cast(text("2020-01-01"), SqlType::Date)).is_err());
+    // ISO dates are read exactly; other spellings depend on DateStyle and are not evaluated.
+    assert_eq!(
+        eval(&cast(text("2000-01-02"), SqlType::Date)),
+        Ok(Value::Date(1))
+    );
+    assert!(eval(&cast(text("01/02/2000"), SqlType::Date)).is_err());
+    assert!(eval(&cast(text(" 2000-01-02"), SqlType::Date)).is_err());
 }
 
 #[test]

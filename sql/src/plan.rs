@@ -109,6 +109,69 @@ pub enum Func {
     Abs,
     /// `length`/`char_length` on text: characters
     Length,
+    /// Searched `CASE`: args are `[cond1, then1, ..., condN, thenN, else]` (always an odd
+    /// number, the `ELSE` is `NULL` when absent). Only the chosen branch is evaluated. The
+    /// branches are already cast to the CASE's type; a simple `CASE x WHEN v` is lowered to
+    /// `x = v` conditions.
+    Case,
+    /// `NULLIF(a, b)`: NULL when `a = b`, else `a` (already cast to the result type).
+    NullIf,
+    /// `GREATEST`/`LEAST` over arguments of one type; NULLs are ignored.
+    Greatest,
+    Least,
+    // ---- text (arguments are text; `char(n)` is not accepted) ----
+    /// `lower(text)`, `upper(text)`: ASCII letters only; other text is an evaluation error.
+    Lower,
+    Upper,
+    /// `substr(s, from [, count])` / `substring(s FROM from [FOR count])`: characters.
+    Substr,
+    /// `left(s, n)`, `right(s, n)`: characters; negative `n` drops from the other end.
+    Left,
+    Right,
+    /// `btrim`/`ltrim`/`rtrim(s [, chars])` (`trim(BOTH|LEADING|TRAILING ...)`).
+    Btrim,
+    Ltrim,
+    Rtrim,
+    /// `replace(s, from, to)`.
+    Replace,
+    /// `concat(...)`: text of every non-NULL argument (text, integer, numeric, boolean as
+    /// `t`/`f`); never NULL.
+    Concat,
+    /// `concat_ws(sep, ...)`: NULL when `sep` is NULL, NULL arguments skipped.
+    ConcatWs,
+    /// `strpos(s, sub)` / `position(sub IN s)`: 1-based character position, 0 if absent.
+    Strpos,
+    /// `starts_with(s, prefix)` (bool).
+    StartsWith,
+    /// `repeat(s, n)`.
+    Repeat,
+    /// `lpad`/`rpad(s, len [, fill])`.
+    Lpad,
+    Rpad,
+    /// `reverse(s)`: characters.
+    Reverse,
+    /// `split_part(s, delimiter, n)`; negative `n` counts from the end.
+    SplitPart,
+    /// `octet_length(text)`: bytes (int4).
+    OctetLength,
+    // ---- date/time ----
+    /// `date_trunc(unit, timestamp)` (timestamp).
+    DateTrunc,
+    /// `extract(field FROM timestamp|date)` (numeric); args `[field text, value]`.
+    Extract,
+    /// `date_part(field, timestamp|date)` (float8).
+    DatePart,
+    // ---- numeric ----
+    /// `round(x [, n])`: numeric (half away from zero, scale `max(n, 0)`) or float8 (ties
+    /// to even).
+    Round,
+    /// `trunc(x [, n])`: numeric or float8.
+    Trunc,
+    /// `ceil`/`ceiling(x)`, `floor(x)`: numeric (scale 0) or float8.
+    Ceil,
+    Floor,
+    /// `mod(a, b)` on integers of one width or numerics: as `%`.
+    Mod,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

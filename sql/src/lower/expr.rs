@@ -121,6 +121,45 @@ impl Lowerer<'_, '_> {
                 }))
             }
             AExpr::Function(f) => self.function(f),
+            AExpr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => self.case(operand.as_deref(), conditions, else_result.as_deref()),
+            AExpr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                ..
+            } => self.substring(
+                expr,
+                substring_from.as_deref(),
+                substring_for.as_deref(),
+                "substring",
+            ),
+            AExpr::Trim {
+                expr,
+                trim_where,
+                trim_what,
+                trim_characters: None,
+            } => self.trim(expr, trim_where.as_ref(), trim_what.as_deref()),
+            AExpr::Position { expr: sub, r#in } => {
+                let s = self.expr(r#in, Some(&SqlType::Text))?;
+                let p = self.expr(sub, Some(&SqlType::Text))?;
+                text_operand(&s.ty, "position()")?;
+                text_operand(&p.ty, "position()")?;
+                Ok(Typed {
+                    expr: Expr::Func {
+                        func: Func::Strpos,
+                        args: vec![s.expr, p.expr],
+                    },
+                    ty: SqlType::Int4,
+                })
+            }
+            AExpr::Extract { field, expr, .. } => self.extract(field, expr),
+            AExpr::Ceil { expr, field } => self.ceil_floor(expr, field, Func::Ceil),
+            AExpr::Floor { expr, field } => self.ceil_floor(expr, field, Func::Floor),
             AExpr::Cast {
                 kind,
                 expr,
@@ -336,6 +375,9 @@ impl Lowerer<'_, '_> {
         let default = if is_arithmetic { hint } else { None };
         let (l, r) = self.operands(left, right, default)?;
         if is_arithmetic {
+            if let Some(result) = date_arithmetic_type(plan_op, &l.ty, &r.ty)? {
+                return Ok(binary_typed(plan_op, l, r, result));
+            }
             let result = arithmetic_type(plan_op, &l.ty, &r.ty)?;
             Ok(binary_typed(plan_op, l, r, result))
         } else {
@@ -362,6 +404,27 @@ impl Lowerer<'_, '_> {
                 }))
             }
             UnaryOperator::Plus => self.expr(inner, hint),
+            UnaryOperator::PGAbs => {
+                let t = self.expr(inner, hint)?;
+                match t.ty {
+                    SqlType::Int2
+                    | SqlType::Int4
+                    | SqlType::Int8
+                    | SqlType::Float4
+                    | SqlType::Float8
+                    | SqlType::Numeric => Ok(Typed {
+                        expr: Expr::Func {
+                            func: Func::Abs,
+                            args: vec![t.expr],
+                        },
+                        ty: t.ty,
+                    }),
+                    ref ty => Err(unsupported(format!(
+                        "@ on {} values is not supported",
+                        type_name(ty)
+                    ))),
+                }
+            }
             UnaryOperator::Minus => {
                 let t = self.expr(inner, hint)?;
                 match (&t.ty, t.expr) {
@@ -427,7 +490,8 @@ impl Lowerer<'_, '_> {
                     | SqlType::Int4
                     | SqlType::Int8
                     | SqlType::Float4
-                    | SqlType::Float8 => Ok(Typed {
+                    | SqlType::Float8
+                    | SqlType::Numeric => Ok(Typed {
                         expr: Expr::Func {
                             func: Func::Abs,
                             args: vec![t.expr],
@@ -454,9 +518,11 @@ impl Lowerer<'_, '_> {
                     ty: SqlType::Int4,
                 })
             }
-            _ => Err(unsupported(format!(
-                "function {name}() is not supported yet"
-            ))),
+            _ => self.function_more(&name, &args).unwrap_or_else(|| {
+                Err(unsupported(format!(
+                    "function {name}() is not supported yet"
+                )))
+            }),
         }
     }
 
@@ -551,9 +617,23 @@ pub(super) fn trivial_cast(t: Typed, target: SqlType) -> Result<Typed, Unsupport
             ty: target,
         });
     }
+    let is_text = |ty: &SqlType| matches!(ty, S::Text | S::Varchar | S::Name);
+    let is_float = |ty: &SqlType| matches!(ty, S::Float4 | S::Float8);
     let node = (is_int(&t.ty) && is_int(&target))
-        || ((is_int(&t.ty) || matches!(t.ty, S::Float4 | S::Float8))
-            && matches!(target, S::Float4 | S::Float8));
+        || ((is_int(&t.ty) || is_float(&t.ty) || t.ty == S::Numeric) && is_float(&target))
+        || (is_int(&t.ty) && target == S::Numeric)
+        || (is_float(&t.ty) && is_int(&target))
+        || (t.ty == S::Numeric && is_int(&target))
+        || ((is_int(&t.ty) || matches!(t.ty, S::Numeric | S::Bool))
+            && matches!(target, S::Text | S::Varchar))
+        || (is_text(&t.ty)
+            && (is_int(&target)
+                || is_float(&target)
+                || matches!(target, S::Numeric | S::Bool | S::Date | S::Timestamp)))
+        || (t.ty == S::Bool && target == S::Int4)
+        || (t.ty == S::Int4 && target == S::Bool)
+        || (t.ty == S::Date && target == S::Timestamp)
+        || (t.ty == S::Timestamp && target == S::Date);
     if node {
         return Ok(Typed {
             expr: Expr::Cast {
@@ -563,11 +643,49 @@ pub(super) fn trivial_cast(t: Typed, target: SqlType) -> Result<Typed, Unsupport
             ty: target,
         });
     }
+    let why = match (&t.ty, &target) {
+        (S::Float4 | S::Float8, S::Text | S::Varchar) => {
+            " (float output depends on the session's extra_float_digits)"
+        }
+        (S::Date | S::Timestamp | S::TimestampTz | S::Time, S::Text | S::Varchar) => {
+            " (the text form depends on the session's DateStyle)"
+        }
+        (_, S::TimestampTz) | (S::TimestampTz, _) => " (depends on the session's TimeZone)",
+        (S::Float4 | S::Float8, S::Numeric) => " (not exact)",
+        _ => "",
+    };
     Err(unsupported(format!(
-        "cast from {} to {} is not supported yet",
+        "cast from {} to {} is not supported{why}",
         type_name(&t.ty),
         type_name(&target)
     )))
+}
+
+/// `date ± integer` (a date) and `date - date` (days, `integer`); `None` when neither side
+/// is a date or time. Intervals do not exist here, so timestamp arithmetic is refused.
+fn date_arithmetic_type(
+    op: BinaryOp,
+    a: &SqlType,
+    b: &SqlType,
+) -> Result<Option<SqlType>, Unsupported> {
+    use SqlType as S;
+    let int = |t: &SqlType| matches!(t, S::Int2 | S::Int4);
+    let temporal = |t: &SqlType| matches!(t, S::Date | S::Time | S::Timestamp | S::TimestampTz);
+    if !temporal(a) && !temporal(b) {
+        return Ok(None);
+    }
+    Ok(Some(match (op, a, b) {
+        (BinaryOp::Add, S::Date, x) | (BinaryOp::Add, x, S::Date) if int(x) => S::Date,
+        (BinaryOp::Sub, S::Date, x) if int(x) => S::Date,
+        (BinaryOp::Sub, S::Date, S::Date) => S::Int4,
+        _ => {
+            return Err(unsupported(format!(
+                "arithmetic on {} and {} is not supported (no interval type)",
+                type_name(a),
+                type_name(b)
+            )))
+        }
+    }))
 }
 
 pub(super) fn number_literal(n: &str) -> Result<Typed, Unsupported> {

@@ -21,8 +21,11 @@
 //! * `SELECT DISTINCT`, `UNION [ALL]` (`setop`), ORDER BY (name, alias, position or
 //!   expression, `ASC`/`DESC`, `NULLS FIRST/LAST`) and literal `LIMIT`/`OFFSET` (`reader`).
 //! * Expressions: columns, literals, `+ - * / %` on integers and floats, `||` on text,
-//!   `COALESCE`, `ABS`, `LENGTH`, trivial casts (`expr`, typed as Postgres types them,
-//!   see `types`).
+//!   `COALESCE`, `ABS`/`@`, `LENGTH`, exact casts (`expr`, typed as Postgres types them,
+//!   see `types`); `CASE`, `NULLIF`, `GREATEST`/`LEAST`, string functions, `date_trunc`/
+//!   `extract`/`date_part` on timestamp and date, `date ± int`, `date - date`, `round`/
+//!   `trunc`/`ceil`/`floor`/`mod` (`funcs`). Session-dependent ones (timestamptz, DateStyle,
+//!   locale) are refused with the reason.
 //!
 //! # Where WHERE goes
 //!
@@ -79,6 +82,7 @@ use crate::value::{SqlType, TableSchema};
 mod aggregate;
 mod expr;
 mod from;
+mod funcs;
 mod graph;
 mod reader;
 mod scope;

@@ -233,6 +233,20 @@ pub(super) fn figure_colname(e: &AExpr) -> Option<(String, u8)> {
             .map(|t| (short_type_name(&t).to_string(), 1)),
         AExpr::Value(v) if matches!(v.value, AstValue::Boolean(_)) => Some(("bool".into(), 1)),
         AExpr::Case { .. } => Some(("case".into(), 1)),
+        AExpr::Substring { .. } => Some(("substring".into(), 2)),
+        AExpr::Trim { trim_where, .. } => Some((
+            match trim_where {
+                Some(sqlparser::ast::TrimWhereField::Leading) => "ltrim",
+                Some(sqlparser::ast::TrimWhereField::Trailing) => "rtrim",
+                _ => "btrim",
+            }
+            .into(),
+            2,
+        )),
+        AExpr::Position { .. } => Some(("position".into(), 2)),
+        AExpr::Extract { .. } => Some(("extract".into(), 2)),
+        AExpr::Ceil { .. } => Some(("ceil".into(), 2)),
+        AExpr::Floor { .. } => Some(("floor".into(), 2)),
         _ => None,
     }
 }

@@ -194,6 +194,7 @@ pub(super) fn find<T>(p: &CachePlan, f: impl Fn(&NodeOp) -> Option<T>) -> T {
 }
 
 mod aggregate;
+mod functions;
 mod joins;
 mod keys;
 mod setop;

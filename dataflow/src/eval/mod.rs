@@ -20,6 +20,19 @@ use larder_sql::value::{compare, SqlType, Value};
 use crate::error::{EvalError, GraphError};
 use crate::like::like_match;
 
+mod datetime;
+mod func;
+mod logic;
+mod numeric;
+mod text;
+
+pub(crate) use datetime::{days_from_civil, days_in_month, valid_date, valid_timestamp};
+use func::{compile_func, eval_call, eval_case, func_type};
+use logic::{and3, cmp_values, eval_and_or, eval_in_list};
+use numeric::{arith, decimal_error, eval_abs, eval_neg};
+pub(crate) use numeric::{check_int_for, round_decimal, Rounding};
+use text::{eval_concat, eval_like};
+
 /// Input description an expression is compiled against.
 #[derive(Clone, Copy, Debug)]
 pub struct ExprContext<'a> {
@@ -163,6 +176,23 @@ enum Node {
         ty: SqlType,
         from_bpchar: bool,
     },
+    /// Searched CASE: the first branch whose condition is true, else `else_`.
+    Case {
+        branches: Vec<(Node, Node)>,
+        else_: Box<Node>,
+    },
+    /// Any other function; `kind` is the numeric kind of the first argument.
+    Call {
+        func: Func,
+        args: Vec<Node>,
+        kind: NumKind,
+    },
+    /// `date ± int`, `date - date`.
+    DateArith {
+        op: ArithOp,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
 }
 
 /// An expression ready to be evaluated on rows of the context it was compiled for.
@@ -218,6 +248,10 @@ fn infer_type(expr: &Expr, ctx: &ExprContext<'_>) -> Option<SqlType> {
             Value::Float(_) => Some(SqlType::Float8),
             Value::Numeric(_) => Some(SqlType::Numeric),
             Value::Text(_) => Some(SqlType::Text),
+            Value::Date(_) => Some(SqlType::Date),
+            Value::Timestamp(_) => Some(SqlType::Timestamp),
+            Value::TimestampTz(_) => Some(SqlType::TimestampTz),
+            Value::Time(_) => Some(SqlType::Time),
             _ => None,
         },
         Expr::Param(i) => ctx.params.and_then(|p| p.get(*i)).cloned(),
@@ -232,17 +266,7 @@ fn infer_type(expr: &Expr, ctx: &ExprContext<'_>) -> Option<SqlType> {
         Expr::IsNull { .. } | Expr::InList { .. } | Expr::Between { .. } | Expr::Like { .. } => {
             Some(SqlType::Bool)
         }
-        Expr::Func {
-            func: Func::Coalesce,
-            args,
-        } => args.iter().find_map(|a| infer_type(a, ctx)),
-        Expr::Func {
-            func: Func::Abs,
-            args,
-        } => args.first().and_then(|a| infer_type(a, ctx)),
-        Expr::Func {
-            func: Func::Length, ..
-        } => Some(SqlType::Int4),
+        Expr::Func { func, args } => func_type(*func, args, ctx),
         Expr::Cast { ty, .. } => Some(ty.clone()),
     }
 }
@@ -354,11 +378,24 @@ fn compile_binary(
         left: l.clone(),
         right: r.clone(),
     };
-    let arith = |op| Node::Arith {
-        op,
-        left: l.clone(),
-        right: r.clone(),
-        kind: num_kind(Some(ty)),
+    let is_date = |e: &Expr| infer_type(e, ctx) == Some(SqlType::Date);
+    let date_arith =
+        *ty == SqlType::Date || (op == BinaryOp::Sub && is_date(left) && is_date(right));
+    let arith = |op| {
+        if date_arith {
+            Node::DateArith {
+                op,
+                left: l.clone(),
+                right: r.clone(),
+            }
+        } else {
+            Node::Arith {
+                op,
+                left: l.clone(),
+                right: r.clone(),
+                kind: num_kind(Some(ty)),
+            }
+        }
     };
     Ok(match op {
         BinaryOp::And => Node::And(l, r),
@@ -384,43 +421,6 @@ fn compile_binary(
                 bpchar: is_bpchar(right, ctx),
             },
         ),
-    })
-}
-
-fn compile_func(
-    func: Func,
-    args: &[Expr],
-    ctx: &ExprContext<'_>,
-    depth: usize,
-) -> Result<Node, GraphError> {
-    let one = |name: &str| -> Result<&Expr, GraphError> {
-        match args {
-            [a] => Ok(a),
-            _ => Err(invalid(format!("{name} takes one argument"))),
-        }
-    };
-    Ok(match func {
-        Func::Coalesce => {
-            if args.is_empty() {
-                return Err(invalid("COALESCE needs arguments"));
-            }
-            Node::Coalesce(
-                args.iter()
-                    .map(|a| compile_node(a, ctx, depth + 1))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        Func::Abs => {
-            let a = one("abs")?;
-            Node::Abs(boxed(a, ctx, depth)?, num_kind(infer_type(a, ctx).as_ref()))
-        }
-        Func::Length => {
-            let a = one("length")?;
-            Node::Length(TextArg {
-                expr: boxed(a, ctx, depth)?,
-                bpchar: is_bpchar(a, ctx),
-            })
-        }
     })
 }
 
@@ -586,330 +586,12 @@ fn eval_node<'a>(node: &'a Node, env: &Env<'a>) -> Res<'a> {
             let v = eval_node(expr, env)?;
             owned(crate::cast::cast(&v, ty, *from_bpchar)?)
         }
-    }
-}
-
-fn and3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(false), _) | (_, Some(false)) => Some(false),
-        (Some(true), Some(true)) => Some(true),
-        _ => None,
-    }
-}
-
-fn or3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(true), _) | (_, Some(true)) => Some(true),
-        (Some(false), Some(false)) => Some(false),
-        _ => None,
-    }
-}
-
-/// AND/OR with short circuit on the deciding value. An error on one side is forgiven only
-/// when the other side alone decides the result (Postgres may evaluate in either order).
-fn eval_and_or<'a>(l: &'a Node, r: &'a Node, env: &Env<'a>, is_or: bool) -> Res<'a> {
-    let decisive = is_or;
-    let left = eval_node(l, env).and_then(|v| truth(&v));
-    if left == Ok(Some(decisive)) {
-        return owned(Value::Bool(decisive));
-    }
-    let right = eval_node(r, env).and_then(|v| truth(&v));
-    if right == Ok(Some(decisive)) {
-        return owned(Value::Bool(decisive));
-    }
-    let (a, b) = (left?, right?);
-    owned(bool_value(if is_or { or3(a, b) } else { and3(a, b) }))
-}
-
-fn trimmed<'v>(v: &'v Value, bpchar: bool) -> Cow<'v, Value> {
-    match v {
-        Value::Text(s) if bpchar && s.ends_with(' ') => {
-            Cow::Owned(Value::Text(s.trim_end_matches(' ').to_string()))
+        Node::Case { branches, else_ } => eval_case(branches, else_, env),
+        Node::Call { func, args, kind } => eval_call(*func, args, *kind, env),
+        Node::DateArith { op, left, right } => {
+            let l = eval_node(left, env)?;
+            let r = eval_node(right, env)?;
+            owned(datetime::date_arith(*op, &l, &r)?)
         }
-        _ => Cow::Borrowed(v),
-    }
-}
-
-/// Compares two non-NULL-checked values; `None` when either is NULL.
-fn cmp_values(op: CmpOp, l: &Value, r: &Value, bpchar: bool) -> Result<Option<bool>, EvalError> {
-    if l.is_null() || r.is_null() {
-        return Ok(None);
-    }
-    let (l, r) = (trimmed(l, bpchar), trimmed(r, bpchar));
-    let ord = compare(&l, &r).ok_or_else(|| {
-        EvalError::TypeMismatch(format!("compare {} with {}", kind_name(&l), kind_name(&r)))
-    })?;
-    use std::cmp::Ordering::*;
-    Ok(Some(match op {
-        CmpOp::Eq => ord == Equal,
-        CmpOp::NotEq => ord != Equal,
-        CmpOp::Lt => ord == Less,
-        CmpOp::LtEq => ord != Greater,
-        CmpOp::Gt => ord == Greater,
-        CmpOp::GtEq => ord != Less,
-    }))
-}
-
-fn eval_in_list<'a>(
-    expr: &'a Node,
-    list: &'a [Node],
-    bpchar: bool,
-    env: &Env<'a>,
-) -> Result<Option<bool>, EvalError> {
-    let v = eval_node(expr, env)?;
-    if v.is_null() {
-        return Ok(None);
-    }
-    let mut saw_null = false;
-    for item in list {
-        let x = eval_node(item, env)?;
-        match cmp_values(CmpOp::Eq, &v, &x, bpchar)? {
-            Some(true) => return Ok(Some(true)),
-            Some(false) => {}
-            None => saw_null = true,
-        }
-    }
-    Ok(if saw_null { None } else { Some(false) })
-}
-
-fn eval_like(v: &Value, p: &Value, case_insensitive: bool) -> Result<Option<bool>, EvalError> {
-    match (v, p) {
-        (Value::Null, _) | (_, Value::Null) => Ok(None),
-        (Value::Text(s), Value::Text(pat)) => {
-            if case_insensitive {
-                if !s.is_ascii() || !pat.is_ascii() {
-                    return Err(EvalError::Unsupported(
-                        "ILIKE on non-ASCII text depends on the locale".into(),
-                    ));
-                }
-                let s = s.to_ascii_lowercase();
-                let pat = pat.to_ascii_lowercase();
-                like_match(&s, &pat).map(Some)
-            } else {
-                like_match(s, pat).map(Some)
-            }
-        }
-        (a, b) => Err(EvalError::TypeMismatch(format!(
-            "{} LIKE {}",
-            kind_name(a),
-            kind_name(b)
-        ))),
-    }
-}
-
-fn text_of<'v>(v: &'v Value, bpchar: bool) -> Result<Option<Cow<'v, str>>, EvalError> {
-    Ok(match v {
-        Value::Null => None,
-        Value::Text(s) if bpchar => Some(Cow::Borrowed(s.trim_end_matches(' '))),
-        Value::Text(s) | Value::Numeric(s) => Some(Cow::Borrowed(s.as_str())),
-        Value::Int(i) => Some(Cow::Owned(i.to_string())),
-        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        other => {
-            return Err(EvalError::Unsupported(format!(
-                "|| on {} (text form is ambiguous)",
-                kind_name(other)
-            )))
-        }
-    })
-}
-
-fn eval_concat<'a>(l: &'a TextArg, r: &'a TextArg, env: &Env<'a>) -> Res<'a> {
-    let lv = eval_node(&l.expr, env)?;
-    let rv = eval_node(&r.expr, env)?;
-    let (a, b) = (text_of(&lv, l.bpchar)?, text_of(&rv, r.bpchar)?);
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let mut s = String::with_capacity(a.len() + b.len());
-            s.push_str(&a);
-            s.push_str(&b);
-            owned(Value::Text(s))
-        }
-        _ => owned(Value::Null),
-    }
-}
-
-fn as_f64(v: &Value) -> Result<f64, EvalError> {
-    match v {
-        Value::Int(i) => Ok(*i as f64),
-        Value::Float(f) => Ok(*f),
-        other => Err(EvalError::TypeMismatch(format!(
-            "float arithmetic on {}",
-            kind_name(other)
-        ))),
-    }
-}
-
-fn arith(op: ArithOp, l: &Value, r: &Value, kind: NumKind) -> Result<Value, EvalError> {
-    if l.is_null() || r.is_null() {
-        return Ok(Value::Null);
-    }
-    match kind {
-        NumKind::Int(w) => match (l, r) {
-            (Value::Int(a), Value::Int(b)) => int_arith(op, *a, *b, w).map(Value::Int),
-            _ => Err(EvalError::TypeMismatch(format!(
-                "integer arithmetic on {} and {}",
-                kind_name(l),
-                kind_name(r)
-            ))),
-        },
-        NumKind::Float8 => float_arith(op, as_f64(l)?, as_f64(r)?, false).map(Value::Float),
-        NumKind::Float4 => float_arith(op, as_f64(l)?, as_f64(r)?, true).map(Value::Float),
-        NumKind::Numeric => {
-            let (a, b) = (decimal(l)?, decimal(r)?);
-            let v = match op {
-                ArithOp::Add => a.checked_add(b),
-                ArithOp::Sub => a.checked_sub(b),
-                ArithOp::Mul => a.checked_mul(b),
-                ArithOp::Div => a.checked_div(b),
-                ArithOp::Mod => a.checked_rem(b),
-            };
-            Ok(Value::Numeric(v.map_err(decimal_error)?.to_string()))
-        }
-        NumKind::Other => Err(EvalError::Unsupported(format!(
-            "arithmetic on {} and {}",
-            kind_name(l),
-            kind_name(r)
-        ))),
-    }
-}
-
-/// A numeric operand; integers are promoted as Postgres does.
-fn decimal(v: &Value) -> Result<Decimal, EvalError> {
-    match v {
-        Value::Int(i) => Ok(Decimal::from_i128(i128::from(*i))),
-        Value::Numeric(s) => Decimal::parse(s).map_err(decimal_error),
-        other => Err(EvalError::TypeMismatch(format!(
-            "numeric arithmetic on {}",
-            kind_name(other)
-        ))),
-    }
-}
-
-fn decimal_error(e: DecimalError) -> EvalError {
-    match e {
-        DecimalError::DivisionByZero => EvalError::DivisionByZero,
-        // Postgres could compute these; we cannot exactly: unsupported, never approximate.
-        DecimalError::Overflow => EvalError::Unsupported("numeric beyond 38 digits".into()),
-        DecimalError::Invalid(s) => EvalError::Unsupported(format!("numeric value {s}")),
-    }
-}
-
-fn int_arith(op: ArithOp, a: i64, b: i64, w: IntWidth) -> Result<i64, EvalError> {
-    let overflow = EvalError::OutOfRange(w.name());
-    let v = match op {
-        ArithOp::Add => a.checked_add(b),
-        ArithOp::Sub => a.checked_sub(b),
-        ArithOp::Mul => a.checked_mul(b),
-        ArithOp::Div => {
-            if b == 0 {
-                return Err(EvalError::DivisionByZero);
-            }
-            // Rust's `/` truncates toward zero, like Postgres.
-            a.checked_div(b)
-        }
-        ArithOp::Mod => {
-            if b == 0 {
-                return Err(EvalError::DivisionByZero);
-            }
-            // Postgres special-cases -1 so that MIN % -1 is 0 instead of an overflow.
-            if b == -1 {
-                Some(0)
-            } else {
-                Some(a % b)
-            }
-        }
-    };
-    w.check(v.ok_or(overflow)?)
-}
-
-fn float_arith(op: ArithOp, a: f64, b: f64, single: bool) -> Result<f64, EvalError> {
-    // NaN / 0 is NaN in Postgres; any other division by zero is an error.
-    if matches!(op, ArithOp::Div) && b == 0.0 && !a.is_nan() {
-        return Err(EvalError::DivisionByZero);
-    }
-    let name = if single { "real" } else { "double precision" };
-    let (v, inf_in, zero_in) = if single {
-        let (x, y) = (a as f32, b as f32);
-        let v = match op {
-            ArithOp::Add => x + y,
-            ArithOp::Sub => x - y,
-            ArithOp::Mul => x * y,
-            ArithOp::Div => x / y,
-            ArithOp::Mod => return Err(EvalError::Unsupported("% on floats".into())),
-        };
-        (
-            v as f64,
-            x.is_infinite() || y.is_infinite(),
-            x == 0.0 || (y == 0.0 && matches!(op, ArithOp::Mul)),
-        )
-    } else {
-        let v = match op {
-            ArithOp::Add => a + b,
-            ArithOp::Sub => a - b,
-            ArithOp::Mul => a * b,
-            ArithOp::Div => a / b,
-            ArithOp::Mod => return Err(EvalError::Unsupported("% on floats".into())),
-        };
-        (
-            v,
-            a.is_infinite() || b.is_infinite(),
-            a == 0.0 || (b == 0.0 && matches!(op, ArithOp::Mul)),
-        )
-    };
-    if v.is_infinite() && !inf_in {
-        return Err(EvalError::OutOfRange(name));
-    }
-    // Postgres reports underflow for products and quotients that round to zero.
-    if v == 0.0 && !zero_in && matches!(op, ArithOp::Mul | ArithOp::Div) && !inf_in {
-        return Err(EvalError::OutOfRange(name));
-    }
-    Ok(v)
-}
-
-fn eval_neg(v: &Value, kind: NumKind) -> Result<Value, EvalError> {
-    eval_sign_op(v, kind, "unary minus", i64::checked_neg, |f| -f)
-}
-
-fn eval_abs(v: &Value, kind: NumKind) -> Result<Value, EvalError> {
-    eval_sign_op(v, kind, "abs", i64::checked_abs, f64::abs)
-}
-
-/// Unary minus and `abs`: integers overflow-checked against the expression's width (in
-/// Postgres `-(-32768::int2)` is an error), floats never overflow.
-fn eval_sign_op(
-    v: &Value,
-    kind: NumKind,
-    what: &str,
-    int_op: fn(i64) -> Option<i64>,
-    float_op: fn(f64) -> f64,
-) -> Result<Value, EvalError> {
-    match v {
-        Value::Null => Ok(Value::Null),
-        Value::Int(i) => {
-            let w = match kind {
-                NumKind::Int(w) => w,
-                _ => IntWidth::I64,
-            };
-            let n = int_op(*i).ok_or(EvalError::OutOfRange(w.name()))?;
-            w.check(n).map(Value::Int)
-        }
-        Value::Float(f) => Ok(Value::Float(float_op(*f))),
-        Value::Numeric(s) => {
-            let d = Decimal::parse(s).map_err(decimal_error)?;
-            let r = if what == "abs" { d.abs() } else { d.negated() };
-            Ok(Value::Numeric(r.to_string()))
-        }
-        other => Err(EvalError::Unsupported(format!(
-            "{what} on {}",
-            kind_name(other)
-        ))),
-    }
-}
-
-/// Range check of an integer against the width of `ty` (used by casts).
-pub(crate) fn check_int_for(ty: &SqlType, v: i64) -> Result<i64, EvalError> {
-    match num_kind(Some(ty)) {
-        NumKind::Int(w) => w.check(v),
-        _ => Ok(v),
     }
 }
