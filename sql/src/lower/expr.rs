@@ -441,7 +441,8 @@ impl Lowerer<'_, '_> {
                         | SqlType::Int4
                         | SqlType::Int8
                         | SqlType::Float4
-                        | SqlType::Float8,
+                        | SqlType::Float8
+                        | SqlType::Numeric,
                         expr,
                     ) => Ok(Typed {
                         expr: Expr::Unary {

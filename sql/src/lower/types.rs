@@ -76,9 +76,15 @@ pub(super) fn arithmetic_type(
     use SqlType as S;
     let is_int = |t: &SqlType| matches!(t, S::Int2 | S::Int4 | S::Int8);
     let is_float = |t: &SqlType| matches!(t, S::Float4 | S::Float8);
+    // numeric with numeric or an integer is exact numeric arithmetic (Postgres casts the
+    // integer); with a float Postgres computes in float8 instead, which is not supported.
     if matches!(a, S::Numeric) || matches!(b, S::Numeric) {
+        let exact = |t: &SqlType| matches!(t, S::Numeric) || is_int(t);
+        if exact(a) && exact(b) {
+            return Ok(S::Numeric);
+        }
         return Err(unsupported(
-            "arithmetic on numeric values is not supported yet",
+            "arithmetic mixing numeric and floating-point values is not supported",
         ));
     }
     for t in [a, b] {

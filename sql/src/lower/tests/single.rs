@@ -429,8 +429,8 @@ fn refusals_name_the_construct() {
             "OFFSET with a parameter is not supported yet",
         ),
         (
-            "SELECT balance + 1 FROM users",
-            "arithmetic on numeric values is not supported yet",
+            "SELECT balance + score FROM users",
+            "arithmetic mixing numeric and floating-point values is not supported",
         ),
         (
             "SELECT id FROM users WHERE code = 'x'",
