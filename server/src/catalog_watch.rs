@@ -33,6 +33,9 @@ pub async fn run(core: Arc<Core>, source: Arc<PgSource>) {
             client = source.client().await.ok();
         }
         let Some(c) = &client else { continue };
+        if let Err(e) = keep_ddl_triggers(&core, &source, c).await {
+            debug!(error = %e, "checking the DDL event triggers failed");
+        }
         match check_once(&core, c).await {
             Ok(()) => {}
             Err(e) => {
@@ -41,6 +44,37 @@ pub async fn run(core: Arc<Core>, source: Arc<PgSource>) {
             }
         }
     }
+}
+
+/// Puts Larder's DDL event triggers back when a user's DDL removed them (say `DROP SCHEMA
+/// larder CASCADE`, or an `ALTER EVENT TRIGGER ... DISABLE`). Meanwhile this watch's own
+/// polling notices shape changes, as it does for a role that cannot install them.
+async fn keep_ddl_triggers(
+    core: &Core,
+    source: &PgSource,
+    client: &tokio_postgres::Client,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    if !core.ddl_triggers.load(Ordering::SeqCst)
+        || PgSource::ddl_announcements_present(client)
+            .await
+            .map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
+    warn!("Larder's DDL event triggers were removed upstream; installing them again");
+    // A disabled trigger is not replaced by the idempotent install: drop them first.
+    client
+        .batch_execute(
+            "DROP EVENT TRIGGER IF EXISTS larder_ddl_end; DROP EVENT TRIGGER IF EXISTS larder_ddl_drop",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    source
+        .ensure_ddl_announcements()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn check_once(

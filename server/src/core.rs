@@ -307,6 +307,9 @@ pub struct Core {
     pub search_path_defaults: RwLock<Option<SearchPathDefaults>>,
     /// True when text ordering in the upstream database is bytewise (libc "C" collation).
     pub c_collation: AtomicBool,
+    /// True once Larder installed its DDL event triggers upstream (the role is a superuser):
+    /// the catalog watch then puts them back whenever a user's DDL removed them.
+    pub ddl_triggers: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild: RebuildRequests,
 }
@@ -406,6 +409,7 @@ impl Core {
             output_overrides: RwLock::new(Vec::new()),
             search_path_defaults: RwLock::new(None),
             c_collation: AtomicBool::new(false),
+            ddl_triggers: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
         };
         Arc::new(core)

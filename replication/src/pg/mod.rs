@@ -172,10 +172,18 @@ pub fn object_name(deployment: &str) -> String {
 /// definition changes or that is dropped (content: the table's oid).
 pub const DDL_MESSAGE_PREFIX: &str = "larder_ddl";
 
+/// The schema that holds Larder's own objects upstream (the event triggers' function), apart
+/// from the users' schemas so that resetting one (`DROP SCHEMA public CASCADE`) leaves it.
+pub const LARDER_SCHEMA: &str = "larder";
+
 /// Installs (idempotently) the event triggers that announce DDL in the change stream. Shared by
-/// every Larder deployment of the database.
+/// every Larder deployment of the database. A function left in `public` by an older Larder is
+/// dropped with the triggers that use it, which are then created again on the new function.
 const DDL_TRIGGER_SQL: &str = r#"
-CREATE OR REPLACE FUNCTION public.larder_ddl_announce() RETURNS event_trigger
+CREATE SCHEMA IF NOT EXISTS larder;
+REVOKE ALL ON SCHEMA larder FROM PUBLIC;
+DROP FUNCTION IF EXISTS public.larder_ddl_announce() CASCADE;
+CREATE OR REPLACE FUNCTION larder.ddl_announce() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE r record;
 BEGIN
@@ -196,11 +204,11 @@ DO $do$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'larder_ddl_end') THEN
     CREATE EVENT TRIGGER larder_ddl_end ON ddl_command_end
-      EXECUTE FUNCTION public.larder_ddl_announce();
+      EXECUTE FUNCTION larder.ddl_announce();
   END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'larder_ddl_drop') THEN
     CREATE EVENT TRIGGER larder_ddl_drop ON sql_drop
-      EXECUTE FUNCTION public.larder_ddl_announce();
+      EXECUTE FUNCTION larder.ddl_announce();
   END IF;
 END
 $do$;
@@ -254,7 +262,9 @@ impl PgSource {
                 .batch_execute(
                     "DROP EVENT TRIGGER IF EXISTS larder_ddl_end; \
                      DROP EVENT TRIGGER IF EXISTS larder_ddl_drop; \
-                     DROP FUNCTION IF EXISTS public.larder_ddl_announce()",
+                     DROP FUNCTION IF EXISTS larder.ddl_announce(); \
+                     DROP FUNCTION IF EXISTS public.larder_ddl_announce(); \
+                     DROP SCHEMA IF EXISTS larder",
                 )
                 .await
                 .map_err(ReplicationError::pg("dropping the DDL event triggers"))?;
@@ -276,6 +286,24 @@ impl PgSource {
             .await
             .map_err(ReplicationError::pg("installing the DDL event triggers"))?;
         Ok(true)
+    }
+
+    /// Whether both DDL event triggers are present, enabled and run Larder's function (a
+    /// user's DDL may have removed them, e.g. `DROP SCHEMA larder CASCADE`).
+    pub async fn ddl_announcements_present(client: &Client) -> Result<bool, tokio_postgres::Error> {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_event_trigger t \
+                 JOIN pg_catalog.pg_proc p ON p.oid = t.evtfoid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE t.evtname IN ('larder_ddl_end', 'larder_ddl_drop') \
+                   AND t.evtenabled <> 'D' AND n.nspname = 'larder' \
+                   AND p.proname = 'ddl_announce'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(n == 2)
     }
 
     /// `url`: a libpq-style URL or key/value string (`sslmode` disable/prefer/require).

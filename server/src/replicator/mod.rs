@@ -69,7 +69,10 @@ pub async fn start(core: Arc<Core>, source: Arc<PgSource>) -> Result<(), ApplyEr
     source.check_prerequisites().await?;
     source.ensure_publication().await?;
     match source.ensure_ddl_announcements().await {
-        Ok(true) => info!("DDL is announced in the change stream (event triggers installed)"),
+        Ok(true) => {
+            core.ddl_triggers.store(true, Ordering::SeqCst);
+            info!("DDL is announced in the change stream (event triggers installed)")
+        }
         Ok(false) => warn!(
             "the replication role is not a superuser: DDL is noticed by polling the catalog only"
         ),
