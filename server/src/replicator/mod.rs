@@ -643,9 +643,10 @@ pub fn apply_batch(
     }
     txn.commit()?;
     for (table, changes) in pending.0 {
-        graph
-            .apply(DfTableId(table as u64), &changes)
-            .map_err(|e| ApplyError::Dataflow(e.to_string()))?;
+        let table = DfTableId(table as u64);
+        if let Err(e) = graph.apply(table, &changes) {
+            quarantine_table(core, &mut graph, table, &e);
+        }
     }
     graph.publish();
     if position == 0 {
@@ -936,6 +937,11 @@ fn forget_table(
         cache.invalidate(reason);
         let _ = graph.remove_cache(cache.cache_id);
     }
+    if let Some(stored) = &entry.stored {
+        // Caches the registry does not list under this oid (being filled, or built on an
+        // older relation of the name) must not keep the table's node alive.
+        remove_graph_caches_of(graph, DfTableId(stored.id as u64));
+    }
     if entry.stored.is_none() {
         txn.delete_skipped(entry.oid);
     }
@@ -950,6 +956,43 @@ fn forget_table(
         .expect("tables lock poisoned")
         .remove(entry.oid);
     Ok(())
+}
+
+/// Removes from the graph every cache that reads `table`.
+fn remove_graph_caches_of(graph: &mut larder_dataflow::Graph, table: DfTableId) {
+    for id in graph.cache_ids() {
+        if graph.cache_tables(id).contains(&table) {
+            let _ = graph.remove_cache(id);
+        }
+    }
+}
+
+/// A change of one table could not be applied to the dataflow (storage has it): the caches
+/// that read the table stop serving with the reason, leave the graph, and are rebuilt from
+/// storage; replication goes on for everything else.
+fn quarantine_table(
+    core: &Core,
+    graph: &mut larder_dataflow::Graph,
+    table: DfTableId,
+    error: &larder_dataflow::GraphError,
+) {
+    let entry = core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .all()
+        .find(|t| t.stored.as_ref().is_some_and(|s| s.id as u64 == table.0))
+        .map(|t| (t.oid, format!("{}.{}", t.schema.schema, t.schema.name)));
+    let Some((oid, name)) = entry else {
+        warn!(table = table.0, %error, "applying changes to an unknown table failed");
+        remove_graph_caches_of(graph, table);
+        return;
+    };
+    let reason = format!("applying a change to {name} failed ({error}); the cache is rebuilt");
+    warn!(table = %name, %error, "caches on the table stop serving and are rebuilt; replication goes on");
+    core.invalidate_caches_on(oid, &reason);
+    remove_graph_caches_of(graph, table);
+    core.request_rebuild(oid);
 }
 
 /// Copy a table as of now, from the applier thread (the stream waits meanwhile).
