@@ -307,3 +307,45 @@ async fn cache_hits_respect_privileges_row_security_and_roles() {
     q(&ops, "DROP ALL CACHES").await;
     assert!(q(&admin, "SHOW CACHES").await.rows.is_empty());
 }
+
+/// A cache over several tables answers a role only if it may read every one of them (and
+/// every column the query reads in each), learned per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_caches_need_privileges_on_every_table() {
+    let s = tokio::task::block_in_place(|| setup("privjoin"));
+    let admin = connect(&s.larder_admin()).await;
+    wait_streaming(&admin).await;
+    let join =
+        "SELECT i.name, n.body FROM items i JOIN hidden.notes n ON n.id = i.id WHERE i.id = 1";
+    let count =
+        "SELECT count(*) FROM items i WHERE i.id IN (SELECT id FROM hidden.notes) AND i.id = 2";
+    for sql in [join, count] {
+        q(&admin, &format!("CREATE CACHE FROM {sql}")).await;
+    }
+    let reader = connect(&s.larder_as("reader")).await;
+    let reader_d = connect(&s.direct_as("reader")).await;
+    for sql in [join, count] {
+        until_hit(&reader, &reader_d, sql).await;
+    }
+    // SELECT on notes, but neither USAGE on its schema nor SELECT on items.
+    let nousage = connect(&s.larder_as("nousage")).await;
+    let nousage_d = connect(&s.direct_as("nousage")).await;
+    for sql in [join, count] {
+        never_hit(&nousage, &nousage_d, sql, "items").await;
+    }
+    // SELECT on items (through a group), nothing on notes: still refused, then granted.
+    let member = connect(&s.larder_as("member")).await;
+    let member_d = connect(&s.direct_as("member")).await;
+    never_hit(&member, &member_d, join, "USAGE").await;
+    q(
+        &admin,
+        &format!(
+            "GRANT USAGE ON SCHEMA hidden TO {g}; GRANT SELECT ON hidden.notes TO {g}",
+            g = s.role("group")
+        ),
+    )
+    .await;
+    for sql in [join, count] {
+        until_hit(&member, &member_d, sql).await;
+    }
+}
