@@ -310,9 +310,7 @@ fn fill_cache(
     drop(snapshot);
     let finished = filled.and_then(|()| {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        graph
-            .finish_bootstrap(cache_id)
-            .map_err(|e| internal(e.to_string()))
+        graph.finish_bootstrap(cache_id).map_err(fill_error)
     });
     if let Err(e) = finished {
         if announce {
@@ -341,12 +339,20 @@ fn fill_from(
                     return Err(ControllerError::Unavailable("shutting down".into()));
                 }
                 let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-                graph
-                    .bootstrap_rows(cache, table, rows)
-                    .map_err(|e| ControllerError::Internal(e.to_string()))
+                graph.bootstrap_rows(cache, table, rows).map_err(fill_error)
             })?;
     }
     Ok(())
+}
+
+/// Too many changes arrived while the cache was being filled: worth trying again later.
+fn fill_error(e: larder_dataflow::GraphError) -> ControllerError {
+    match e {
+        larder_dataflow::GraphError::BootstrapOverflow(_) => ControllerError::Unavailable(
+            "the tables changed faster than the new cache could be filled; try again".into(),
+        ),
+        other => ControllerError::Internal(other.to_string()),
+    }
 }
 
 impl From<crate::storage::StorageError> for ControllerError {
