@@ -245,6 +245,14 @@ pub(crate) fn compile(
         .as_ref()
         .map(|e| EmptyRow::compile(plan, e))
         .transpose()?;
+    if plan.range.is_some() && plan.empty_key_row.is_some() {
+        return Err(invalid("a range read with an empty-key row"));
+    }
+    let range = plan
+        .range
+        .as_ref()
+        .map(|r| crate::range::RangeRead::compile(r, reader_types, slots))
+        .transpose()?;
     let read_ctx = ExprContext {
         columns: reader_types,
         params: Some(&plan.param_types),
@@ -260,6 +268,7 @@ pub(crate) fn compile(
         fixed_params: plan.fixed_params.clone(),
         single_value_params: plan.single_value_params.clone(),
         empty_row,
+        range,
         residual,
         order: Arc::clone(&order),
         offset: plan.offset,

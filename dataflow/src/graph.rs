@@ -218,8 +218,9 @@ impl Graph {
             };
             plan_nodes.push(node_id);
         }
-        let (writer, read) =
-            left_right::new_from_empty::<ReaderState, ReaderOp>(ReaderState::default());
+        let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(
+            ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind))),
+        );
         let handle = ReaderHandle::new(read.factory(), built.spec);
         drop(read);
         let reader = ReaderOpNode::new(built.key, built.order, writer);

@@ -34,6 +34,7 @@ mod graph;
 mod like;
 mod ops;
 mod order;
+mod range;
 mod reader;
 
 pub use error::{EvalError, GraphError, ReadError};

@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{btree_map, hash_map, BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{btree_map, hash_map, BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use crate::empty_row::EmptyRow;
 use crate::error::ReadError;
 use crate::eval::CompiledExpr;
 use crate::order::SortedRow;
+use crate::range::{Indexed, RangeKind, RangeRead, RangeValue, Visit};
 
 /// Default bound on the number of key combinations one read may expand to.
 pub const READ_KEY_COMBINATIONS_MAX: usize = 10_000;
@@ -46,9 +47,37 @@ struct KeyRows {
     poison: i64,
     /// Number of rows whose count is negative.
     negative: u32,
+    /// With a range read: the rows in `rows` by the indexed column's value (NULLs left out).
+    index: BTreeMap<RangeValue, BTreeSet<SortedRow>>,
+    /// With a range read: rows whose value the index cannot place (visited by every read).
+    unplaced: BTreeSet<SortedRow>,
 }
 
 impl KeyRows {
+    /// Keeps the range index in step with `rows`: a row is indexed while its count is not 0.
+    fn reindex(&mut self, place: Indexed, row: SortedRow, was: bool, is: bool) {
+        match (place, was, is) {
+            (Indexed::At(value), false, true) => {
+                self.index.entry(value).or_default().insert(row);
+            }
+            (Indexed::At(value), true, false) => {
+                if let btree_map::Entry::Occupied(mut o) = self.index.entry(value) {
+                    o.get_mut().remove(&row);
+                    if o.get().is_empty() {
+                        o.remove();
+                    }
+                }
+            }
+            (Indexed::Unplaced, false, true) => {
+                self.unplaced.insert(row);
+            }
+            (Indexed::Unplaced, true, false) => {
+                self.unplaced.remove(&row);
+            }
+            _ => {}
+        }
+    }
+
     fn is_poisoned(&self) -> bool {
         self.poison != 0 || self.negative != 0
     }
@@ -63,6 +92,8 @@ impl KeyRows {
             rows: BTreeMap::from([(row, 1)]),
             poison: 0,
             negative: 0,
+            index: BTreeMap::new(),
+            unplaced: BTreeSet::new(),
         }
     }
 }
@@ -74,6 +105,8 @@ pub(crate) struct ReaderState {
     /// Net count of rows whose reader key could not be computed.
     poison_all: i64,
     keys: HashMap<Key, KeyRows>,
+    /// The column each key's rows are indexed on, for range reads, and its type family.
+    range_column: Option<(usize, RangeKind)>,
     /// Rows with positive counts, counted with multiplicity.
     row_count: u64,
     poisoned_keys: u64,
@@ -88,6 +121,14 @@ pub(crate) enum ReaderOp {
 }
 
 impl ReaderState {
+    /// An empty state whose keys index their rows on `range_column`, if any.
+    pub(crate) fn indexed_on(range_column: Option<(usize, RangeKind)>) -> ReaderState {
+        ReaderState {
+            range_column,
+            ..ReaderState::default()
+        }
+    }
+
     fn apply(&mut self, op: ReaderOp) {
         match op {
             ReaderOp::Row { key, row, diff } => self.apply_row(key, row, diff),
@@ -102,6 +143,9 @@ impl ReaderState {
 
     fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
         let mut positive_delta: i64 = 0;
+        let indexed = self
+            .range_column
+            .map(|(c, kind)| (RangeValue::place(row.row.get(c), kind), row.clone()));
         self.update_key(key, |entry| {
             let (old, new) = match entry.rows.entry(row) {
                 btree_map::Entry::Occupied(mut o) => {
@@ -121,6 +165,9 @@ impl ReaderState {
                     (0, diff)
                 }
             };
+            if let Some((place, row)) = indexed {
+                entry.reindex(place, row, old != 0, new != 0);
+            }
             if old < 0 && new >= 0 {
                 entry.negative = entry.negative.saturating_sub(1);
             } else if old >= 0 && new < 0 {
@@ -186,6 +233,8 @@ pub(crate) struct ReadSpec {
     pub(crate) single_value_params: Vec<usize>,
     /// How to compute the row of a key without rows (`CachePlan::empty_key_row`).
     pub(crate) empty_row: Option<EmptyRow>,
+    /// The indexed range of a range read (`CachePlan::range`).
+    pub(crate) range: Option<RangeRead>,
     pub(crate) residual: Option<CompiledExpr>,
     pub(crate) order: Arc<[OrderKey]>,
     pub(crate) offset: usize,
@@ -412,6 +461,16 @@ fn read_state(
         .map(|f| f.unwrap_or_else(|i| &computed[i]))
         .collect();
     let mut out = Collector::new(spec, params);
+    if let Some(range) = &spec.range {
+        match range.visit(params) {
+            Visit::Everything => {}
+            Visit::Nothing => return Ok(out.rows),
+            Visit::Range(lower, upper) => {
+                read_range(spec, range, &sources, (lower, upper), &mut out)?;
+                return Ok(out.rows);
+            }
+        }
+    }
     if spec.order.is_empty() || sources.len() <= 1 {
         'all: for src in &sources {
             for (row, &count) in &src.rows {
@@ -424,6 +483,63 @@ fn read_state(
         merge_sorted(&sources, &mut out)?;
     }
     Ok(out.rows)
+}
+
+/// A range read: only the keys' rows whose indexed value is within `bounds`, in the read's
+/// order. One key ordered by the indexed column streams straight from the index (stopping at
+/// the limit); otherwise the rows in range are sorted first.
+fn read_range(
+    spec: &ReadSpec,
+    range: &RangeRead,
+    sources: &[&KeyRows],
+    bounds: (std::ops::Bound<RangeValue>, std::ops::Bound<RangeValue>),
+    out: &mut Collector<'_>,
+) -> Result<(), ReadError> {
+    let count = |src: &KeyRows, row: &SortedRow| src.rows.get(row).copied().unwrap_or(0);
+    let first = spec.order.first();
+    if let ([src], Some(first)) = (sources, first) {
+        if first.column == range.column && src.unplaced.is_empty() {
+            let buckets = src.index.range(bounds);
+            let mut offer = |set: &BTreeSet<SortedRow>| -> Result<bool, ReadError> {
+                for row in set {
+                    if !out.offer(row, count(src, row))? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            };
+            if first.descending {
+                for (_, set) in buckets.rev() {
+                    if !offer(set)? {
+                        break;
+                    }
+                }
+            } else {
+                for (_, set) in buckets {
+                    if !offer(set)? {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+    let mut rows: Vec<(&SortedRow, i64)> = Vec::new();
+    for src in sources {
+        for (_, set) in src.index.range(bounds.clone()) {
+            rows.extend(set.iter().map(|r| (r, count(src, r))));
+        }
+        rows.extend(src.unplaced.iter().map(|r| (r, count(src, r))));
+    }
+    if !spec.order.is_empty() {
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    for (row, n) in rows {
+        if !out.offer(row, n)? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Applies residual, offset, limit and output projection to rows offered in final order.

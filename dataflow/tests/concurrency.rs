@@ -77,6 +77,7 @@ fn plan() -> CachePlan {
         fixed_params: vec![],
         single_value_params: vec![],
         empty_key_row: None,
+        range: None,
     }
 }
 

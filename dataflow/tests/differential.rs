@@ -179,6 +179,7 @@ fn plan(
         fixed_params: vec![],
         single_value_params: vec![],
         empty_key_row: None,
+        range: None,
     }
 }
 

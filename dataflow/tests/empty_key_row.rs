@@ -98,6 +98,7 @@ fn plan(exprs: Vec<(Expr, SqlType)>) -> CachePlan {
         fixed_params: vec![],
         single_value_params: vec![0],
         empty_key_row: Some(EmptyKeyRow { aggregate: 1 }),
+        range: None,
     }
 }
 

@@ -460,6 +460,7 @@ fn random_plan(rng: &mut StdRng) -> (CachePlan, Option<keyed::Reference>) {
         fixed_params: vec![],
         single_value_params: vec![],
         empty_key_row: None,
+        range: None,
     };
     (plan, None)
 }

@@ -323,6 +323,28 @@ pub struct CachePlan {
     /// Set when the reader must answer a key without rows with a computed row (an aggregate
     /// without GROUP BY keyed on its WHERE equalities); see [`EmptyKeyRow`].
     pub empty_key_row: Option<EmptyKeyRow>,
+    /// A range on one reader column that the residual also checks: the reader keeps an
+    /// ordered index on that column per key, so a read visits only the rows in the range
+    /// instead of all the key's rows. It only narrows; the residual stays the judge.
+    pub range: Option<RangeSpec>,
+}
+
+/// `column > $a`, `column <= $b`, `column BETWEEN $a AND $b`, ... on a reader column of a
+/// type whose order Larder knows exactly (integers, numeric, date, timestamp, timestamptz,
+/// text types bytewise). A NULL bound or column value is in no range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSpec {
+    pub column: usize,
+    pub lower: Option<RangeBound>,
+    pub upper: Option<RangeBound>,
+}
+
+/// One end of a [`RangeSpec`]: the value of parameter slot `slot` (which must hold exactly
+/// one value), included or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeBound {
+    pub slot: usize,
+    pub inclusive: bool,
 }
 
 /// How the reader answers a key that has no row, for `SELECT count(*) FROM t WHERE k = $1`

@@ -71,6 +71,7 @@ fn plan(relations: &[&str], nodes: Vec<PlanNode>) -> CachePlan {
         fixed_params: vec![],
         single_value_params: vec![],
         empty_key_row: None,
+        range: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn nodes_plan(nodes: Vec<PlanNode>) -> CachePlan {
         fixed_params: vec![],
         single_value_params: vec![],
         empty_key_row: None,
+        range: None,
     }
 }
 

@@ -84,6 +84,7 @@ mod expr;
 mod from;
 mod funcs;
 mod graph;
+mod range;
 mod reader;
 mod scope;
 mod select;

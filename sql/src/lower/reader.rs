@@ -359,6 +359,11 @@ impl ReaderParts {
         let mut single_value_params = self.single_value_params;
         single_value_params.sort_unstable();
         single_value_params.dedup();
+        let reader_types = g.nodes.last().map(|n| n.types.clone()).unwrap_or_default();
+        let range = match self.empty_key_row {
+            None => super::range::range_of(self.residual.as_ref(), &reader_types, &param_types),
+            Some(_) => None,
+        };
         let plan = CachePlan {
             relations: std::mem::take(&mut g.relations),
             nodes: std::mem::take(&mut g.nodes),
@@ -373,6 +378,7 @@ impl ReaderParts {
             fixed_params,
             single_value_params,
             empty_key_row: self.empty_key_row,
+            range,
         };
         let width = plan.reader_types().len();
         debug_assert_eq!(plan.key.len(), plan.key_params.len());
