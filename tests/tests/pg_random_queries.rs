@@ -42,8 +42,10 @@ mod kit;
 
 use kit::{Conn, Deployment, Outcome};
 
-/// Stands for the key literal in a query's text until it is written out.
-const KEY: &str = "\u{1}key\u{1}";
+/// Literals stand in a query's text as `SLOT_OPEN <n> SLOT_CLOSE` until it is written out,
+/// so that a read can change one of them.
+const SLOT_OPEN: char = '\u{2}';
+const SLOT_CLOSE: char = '\u{3}';
 
 /// How long one read may take before the test gives up on Larder.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -474,42 +476,46 @@ enum Order {
     Partial(Vec<usize>),
 }
 
+/// A literal of a generated query: where its values come from, and its value.
+#[derive(Clone, Debug)]
+struct Lit {
+    ty: Ty,
+    dom: Dom,
+    value: String,
+}
+
 struct Case {
     n: usize,
-    /// The query as generated (its key literal written out).
+    /// The query as generated (its literals written out).
     sql: String,
-    /// The text with [`KEY`] where the key literal goes, if the query has one.
+    /// The text with slots for its literals.
     template: String,
     /// The same without its LIMIT/OFFSET (to check rows of a partial order with a limit).
     unlimited: String,
-    /// The column of the key equality, and its literal in `sql`.
-    key: Option<(SCol, String)>,
+    lits: Vec<Lit>,
+    /// The slot of the key equality's literal, if the query has one.
+    key: Option<usize>,
     order: Order,
     limited: bool,
     features: BTreeSet<&'static str>,
 }
 
 impl Case {
-    fn new(
-        n: usize,
-        template: String,
-        unlimited: String,
-        key: Option<(SCol, String)>,
-        order: Order,
-        limited: bool,
-        features: BTreeSet<&'static str>,
-    ) -> Case {
-        let lit = key.as_ref().map(|k| k.1.clone()).unwrap_or_default();
-        Case {
-            n,
-            sql: template.replace(KEY, &lit),
-            template,
-            unlimited,
-            key,
-            order,
-            limited,
-            features,
+    /// `text` with its literals written out, slot `over.0` as `over.1`.
+    fn render(&self, text: &str, over: Option<(usize, &str)>) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(SLOT_OPEN) {
+            out += &rest[..i];
+            let j = rest[i..].find(SLOT_CLOSE).expect("slot end") + i;
+            let slot: usize = rest[i + 1..j].parse().expect("slot number");
+            match over {
+                Some((o, v)) if o == slot => out += v,
+                _ => out += &self.lits[slot].value,
+            }
+            rest = &rest[j + 1..];
         }
+        out + rest
     }
 }
 
@@ -519,8 +525,10 @@ struct Gen<'a> {
     aliases: usize,
     ctes: Vec<String>,
     feats: BTreeSet<&'static str>,
-    /// The key equality of the query being generated: its column and literal.
-    key: Option<(SCol, String)>,
+    /// The literals of the query being generated.
+    lits: Vec<Lit>,
+    /// The slot of its key equality's literal.
+    key: Option<usize>,
 }
 
 impl<'a> Gen<'a> {
@@ -537,8 +545,23 @@ impl<'a> Gen<'a> {
         format!("{prefix}{}", self.aliases)
     }
 
+    /// A literal for comparisons with `c`, as a slot.
     fn lit(&mut self, c: &SCol) -> String {
+        let v = self.lit_value(c);
+        self.slot(c, v)
+    }
+
+    fn lit_value(&mut self, c: &SCol) -> String {
         literal(&mut self.rng, self.s, c.ty, c.dom)
+    }
+
+    fn slot(&mut self, c: &SCol, value: String) -> String {
+        self.lits.push(Lit {
+            ty: c.ty,
+            dom: c.dom,
+            value,
+        });
+        format!("{SLOT_OPEN}{}{SLOT_CLOSE}", self.lits.len() - 1)
     }
 
     fn table_cols(&self, t: usize, alias: &str) -> Vec<SCol> {
@@ -617,7 +640,7 @@ impl<'a> Gen<'a> {
                     }
                     7 => {
                         self.feats.insert("BETWEEN");
-                        let (mut a, mut b) = (self.lit(c), self.lit(c));
+                        let (mut a, mut b) = (self.lit_value(c), self.lit_value(c));
                         // Mostly low to high (else BETWEEN is always false); text compares
                         // in the C collation, like bytes.
                         let numeric = |x: &str| x.trim_matches('\'').parse::<f64>().ok();
@@ -628,6 +651,7 @@ impl<'a> Gen<'a> {
                         if swap && self.pct(85) {
                             std::mem::swap(&mut a, &mut b);
                         }
+                        let (a, b) = (self.slot(c, a), self.slot(c, b));
                         format!("{e} BETWEEN {a} AND {b}")
                     }
                     8 => {
@@ -735,11 +759,18 @@ impl<'a> Gen<'a> {
             }
             let c = self.pick(&cols);
             let w = self.pred(&c);
-            format!(
+            let mut body = format!(
                 "SELECT {} FROM {} {q} WHERE {w}",
                 items.join(", "),
                 self.s.tables[t].name
-            )
+            );
+            if self.pct(20) {
+                // The first rows by the key: which rows is certain.
+                self.feats.insert("TopK in a derived table");
+                let dir = self.pick(&["", " DESC"]);
+                body += &format!(" ORDER BY 1{dir} LIMIT {}", self.rng.gen_range(1..=10));
+            }
+            body
         };
         if self.pct(50) {
             self.feats.insert("CTE");
@@ -752,17 +783,24 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// The FROM clause and the columns in scope.
-    fn from(&mut self) -> (String, Vec<SCol>) {
+    /// The FROM clause, the columns in scope, and the join conditions that go to WHERE
+    /// (tables listed with commas).
+    fn from(&mut self) -> (String, Vec<SCol>, Vec<String>) {
         let n = self.pick(&[1, 1, 1, 2, 2, 2, 2, 3, 3]);
+        let comma = n > 1 && self.pct(10);
+        if comma {
+            self.feats.insert("comma join");
+        }
+        let mut conds = Vec::new();
         let t = self.rng.gen_range(0..self.s.tables.len());
         let a = self.alias("a");
         let mut used = vec![t];
         let mut from = format!("{} {a}", self.s.tables[t].name);
         let mut scope = self.table_cols(t, &a);
-        for _ in 1..n {
+        for i in 1..n {
             let ctes = self.ctes.len();
-            let (item, cols) = if self.pct(15) {
+            let derived = self.pct(15);
+            let (item, cols) = if derived {
                 self.derived()
             } else {
                 let t = self.rng.gen_range(0..self.s.tables.len());
@@ -798,6 +836,12 @@ impl<'a> Gen<'a> {
                     }
                 }
             }
+            if comma {
+                from += &format!(", {item}");
+                conds.extend(on);
+                scope.extend(cols);
+                continue;
+            }
             let kind = if self.pct(40) {
                 self.feats.insert("LEFT JOIN");
                 "LEFT JOIN"
@@ -805,10 +849,17 @@ impl<'a> Gen<'a> {
                 self.feats.insert("JOIN");
                 "JOIN"
             };
-            from += &format!(" {kind} {item} ON {}", on.join(" AND "));
+            let name = |c: &SCol| c.expr.split('.').nth(1).unwrap_or("").to_string();
+            // USING needs the name once on the left: only right after the first table.
+            if i == 1 && !derived && on.len() == 1 && name(&l) == name(&r) && self.pct(50) {
+                self.feats.insert("USING");
+                from += &format!(" {kind} {item} USING ({})", name(&l));
+            } else {
+                from += &format!(" {kind} {item} ON {}", on.join(" AND "));
+            }
             scope.extend(cols);
         }
-        (from, scope)
+        (from, scope, conds)
     }
 
     /// A semi- or anti-join condition on the scope.
@@ -900,18 +951,26 @@ impl<'a> Gen<'a> {
                 let lit = self.lit(&c);
                 if allow_sub && self.key.is_none() {
                     // The top level's key: read with other values too.
-                    out.push(format!("{} = {KEY}", c.expr));
-                    self.key = Some((c, lit));
-                } else {
-                    out.push(format!("{} = {lit}", c.expr));
+                    self.key = Some(self.lits.len() - 1);
                 }
+                out.push(format!("{} = {lit}", c.expr));
             }
         }
         let n = self.pick(&[0, 0, 1, 1, 1, 1, 2, 2, 3]);
         for _ in 0..n {
             let c = self.pick(scope);
             let p = self.pred(&c);
-            out.push(p);
+            if self.pct(8) {
+                self.feats.insert("OR");
+                let c2 = self.pick(scope);
+                let p2 = self.pred(&c2);
+                out.push(format!("({p} OR {p2})"));
+            } else if self.pct(3) {
+                self.feats.insert("NOT (...)");
+                out.push(format!("NOT ({p})"));
+            } else {
+                out.push(p);
+            }
         }
         if allow_sub && self.pct(22) {
             if let Some(sq) = self.subquery(scope) {
@@ -1025,8 +1084,8 @@ impl<'a> Gen<'a> {
 
     /// A SELECT without ORDER BY; `grouped` makes it an aggregate.
     fn core(&mut self, grouped: bool, distinct: bool, allow_sub: bool) -> Core {
-        let (from, scope) = self.from();
-        let wheres = self.wheres(&scope, allow_sub);
+        let (from, scope, mut wheres) = self.from();
+        wheres.extend(self.wheres(&scope, allow_sub));
         if !grouped {
             return Core {
                 distinct,
@@ -1102,7 +1161,7 @@ impl<'a> Gen<'a> {
     fn union_branch(&mut self, types: &[Ty]) -> Option<Core> {
         for _ in 0..20 {
             let ctes = self.ctes.len();
-            let (from, scope) = self.from();
+            let (from, scope, conds) = self.from();
             let mut items = Vec::new();
             for ty in types {
                 let fits: Vec<SCol> = scope
@@ -1120,7 +1179,8 @@ impl<'a> Gen<'a> {
                 // Drop what this attempt defined: an unused CTE is a shape of its own.
                 self.ctes.truncate(ctes);
             } else {
-                let wheres = self.wheres(&scope, false);
+                let mut wheres = conds;
+                wheres.extend(self.wheres(&scope, false));
                 return Some(Core {
                     distinct: false,
                     items,
@@ -1137,6 +1197,7 @@ impl<'a> Gen<'a> {
     fn case(&mut self, n: usize) -> Case {
         self.ctes.clear();
         self.feats.clear();
+        self.lits.clear();
         self.key = None;
         let shape = self.rng.gen_range(0..100);
         let (body, items, union) = if shape < 14 {
@@ -1144,18 +1205,25 @@ impl<'a> Gen<'a> {
             let grouped = self.pct(20);
             let first = self.core(grouped, false, false);
             let types: Vec<Ty> = first.items.iter().map(|i| i.1).collect();
-            match self.union_branch(&types) {
-                Some(second) => {
-                    let all = self.pct(50);
-                    self.feats.insert(if all { "UNION ALL" } else { "UNION" });
-                    let op = if all { "UNION ALL" } else { "UNION" };
-                    (
-                        format!("{} {op} {}", first.sql(), second.sql()),
-                        first.items,
-                        true,
-                    )
+            let mut body = self.union_part(&first);
+            let mut branches = 1;
+            for _ in 0..if self.pct(25) { 2 } else { 1 } {
+                let Some(next) = self.union_branch(&types) else {
+                    break;
+                };
+                branches += 1;
+                let all = self.pct(50);
+                self.feats.insert(if all { "UNION ALL" } else { "UNION" });
+                let op = if all { "UNION ALL" } else { "UNION" };
+                body = format!("{body} {op} {}", self.union_part(&next));
+            }
+            if branches == 1 {
+                (first.sql(), first.items, false)
+            } else {
+                if branches > 2 {
+                    self.feats.insert("UNION of 3 branches");
                 }
-                None => (first.sql(), first.items, false),
+                (body, first.items, true)
             }
         } else {
             let grouped = shape < 50;
@@ -1212,26 +1280,66 @@ impl<'a> Gen<'a> {
                     tail += &format!(" OFFSET {}", self.rng.gen_range(1..=4));
                 }
                 let with = self.with_clause();
-                return Case::new(
+                return self.finish(
                     n,
                     format!("{with}{body}{tail}"),
                     format!("{with}{body}{unlimited_tail}"),
-                    self.key.clone(),
                     order,
                     limited,
-                    self.feats.clone(),
                 );
             }
         }
         let with = self.with_clause();
-        Case::new(
+        self.finish(
             n,
             format!("{with}{body}{tail}"),
             format!("{with}{body}{tail}"),
-            self.key.clone(),
             order,
             limited,
-            self.feats.clone(),
+        )
+    }
+
+    fn finish(
+        &mut self,
+        n: usize,
+        template: String,
+        unlimited: String,
+        order: Order,
+        limited: bool,
+    ) -> Case {
+        let mut case = Case {
+            n,
+            sql: String::new(),
+            template,
+            unlimited,
+            lits: self.lits.clone(),
+            key: self.key,
+            order,
+            limited,
+            features: self.feats.clone(),
+        };
+        case.sql = case.render(&case.template, None);
+        case
+    }
+
+    /// A UNION branch: the core, or now and then its first rows in parentheses (ordered by
+    /// every column, so that which rows is certain).
+    fn union_part(&mut self, core: &Core) -> String {
+        if !self.pct(12) {
+            return core.sql();
+        }
+        self.feats.insert("TopK in a UNION branch");
+        let keys: Vec<String> = (1..=core.items.len())
+            .map(|p| {
+                let dir = self.pick(&["", " DESC"]);
+                format!("{p}{dir}")
+            })
+            .collect();
+        format!(
+            "({} ORDER BY {} LIMIT {})",
+            core.sql(),
+            keys.join(", "),
+            self.rng.gen_range(1..=6)
         )
     }
 
@@ -1352,8 +1460,8 @@ struct Read {
     unlimited: String,
     /// The key value bound to `$1` (extended protocol, binary).
     param: Option<i64>,
-    /// The key value is not the literal the cache was created with.
-    other_key: bool,
+    /// A literal differs from the one the cache was created with.
+    varied: bool,
 }
 
 impl Read {
@@ -1365,10 +1473,16 @@ impl Read {
         }
     }
 
+    fn kind(&self) -> String {
+        let varied = if self.varied { ", another literal" } else { "" };
+        format!("{}{varied}", self.proto())
+    }
+
     fn label(&self) -> String {
+        let varied = if self.varied { ", another literal" } else { "" };
         match self.param {
-            Some(v) => format!("{} = {v}", self.proto()),
-            None => self.proto().to_string(),
+            Some(v) => format!("{} = {v}{varied}", self.proto()),
+            None => format!("{}{varied}", self.proto()),
         }
     }
 
@@ -1383,48 +1497,44 @@ impl Read {
     }
 }
 
-/// The reads of one round: the query as cached, with both protocols; and when it has a key,
-/// with another key value, as a literal and bound to `$1`.
+/// The reads of one round: the query as cached, with both protocols; when it has a key,
+/// with another key value, as a literal and bound to `$1`; and with another value for one of
+/// its other literals (a read Larder normalizes to the same cache).
 fn reads(case: &Case, rng: &mut StdRng, s: &Schema) -> Vec<Read> {
-    let mut out = vec![
-        Read {
-            extended: false,
-            sql: case.sql.clone(),
-            unlimited: case.unlimited.replace(
-                KEY,
-                &case.key.as_ref().map(|k| k.1.clone()).unwrap_or_default(),
-            ),
-            param: None,
-            other_key: false,
-        },
-        Read {
-            extended: true,
-            sql: case.sql.clone(),
-            unlimited: case.unlimited.replace(
-                KEY,
-                &case.key.as_ref().map(|k| k.1.clone()).unwrap_or_default(),
-            ),
-            param: None,
-            other_key: false,
-        },
-    ];
-    if let Some((col, lit)) = &case.key {
-        let other = literal(rng, s, col.ty, col.dom);
-        out.push(Read {
-            extended: false,
-            sql: case.template.replace(KEY, &other),
-            unlimited: case.unlimited.replace(KEY, &other),
-            param: None,
-            other_key: &other != lit,
-        });
-        let other = literal(rng, s, col.ty, col.dom);
-        out.push(Read {
-            extended: true,
-            sql: case.template.replace(KEY, "$1"),
-            unlimited: case.unlimited.replace(KEY, "$1"),
-            param: Some(other.parse().expect("an int key")),
-            other_key: &other != lit,
-        });
+    let read = |extended: bool, over: Option<(usize, &str)>, param: Option<i64>| Read {
+        extended,
+        sql: case.render(&case.template, over),
+        unlimited: case.render(&case.unlimited, over),
+        param,
+        varied: over.is_some_and(|(slot, v)| v != case.lits[slot].value),
+    };
+    let mut out = vec![read(false, None, None), read(true, None, None)];
+    let other = |rng: &mut StdRng, slot: usize| {
+        let l = &case.lits[slot];
+        literal(rng, s, l.ty, l.dom)
+    };
+    if let Some(key) = case.key {
+        let v = other(rng, key);
+        out.push(read(false, Some((key, &v)), None));
+        let v = other(rng, key);
+        let mut r = read(
+            true,
+            Some((key, "$1")),
+            Some(v.parse().expect("an int key")),
+        );
+        r.varied = v != case.lits[key].value;
+        out.push(r);
+    }
+    let others: Vec<usize> = (0..case.lits.len())
+        .filter(|i| Some(*i) != case.key)
+        .collect();
+    if !others.is_empty() {
+        let slot = others[rng.gen_range(0..others.len())];
+        let v = other(rng, slot);
+        if v != case.lits[slot].value {
+            let extended = rng.gen_bool(0.5);
+            out.push(read(extended, Some((slot, &v)), None));
+        }
     }
     out
 }
@@ -1477,7 +1587,7 @@ fn allowed_miss(case: &Case, read: &Read, reason: &str) -> Option<&'static str> 
     // Where the plan cannot make the key equality a key (below DISTINCT over an aggregate,
     // say), it evaluates the literal the cache was created with; a read with another value
     // goes upstream (`pg_dataflow_differential`'s `Fixed` parameters).
-    if read.other_key && reason.contains("the cache holds results for another value of parameter") {
+    if read.varied && reason.contains("the cache holds results for another value of parameter") {
         return Some("a literal fixed in the plan, read with another value");
     }
     None
@@ -1521,6 +1631,7 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
         aliases: 0,
         ctes: Vec::new(),
         feats: BTreeSet::new(),
+        lits: Vec::new(),
         key: None,
     };
     let mut cases: Vec<Case> = Vec::new();
@@ -1600,6 +1711,8 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
     let mut compared = 0u64;
     let mut empty = 0u64;
     let mut allowed: BTreeMap<&'static str, usize> = BTreeMap::new();
+    // Per kind of read: (reads, answered from the cache).
+    let mut kinds: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut ever_rows: BTreeSet<usize> = BTreeSet::new();
     let mut misses: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut wrong: BTreeSet<usize> = BTreeSet::new();
@@ -1639,7 +1752,11 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
                     (via, direct.simple(&read.sql).await)
                 };
                 let (dest, reason) = kit::explain_last(&larder.client).await;
-                if dest != "cache" {
+                let kind = kinds.entry(read.kind()).or_default();
+                kind.0 += 1;
+                if dest == "cache" {
+                    kind.1 += 1;
+                } else {
                     if let Some(why) = allowed_miss(case, &read, &reason) {
                         *allowed.entry(why).or_default() += 1;
                         continue;
@@ -1719,6 +1836,10 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
     report += "features (generated / cached):\n";
     for (f, (g, c)) in &features {
         report += &format!("  {f}: {g} / {c}\n");
+    }
+    report += "reads (answered from the cache / in all):\n";
+    for (k, (n, hits)) in &kinds {
+        report += &format!("  {k}: {hits} / {n}\n");
     }
     if !allowed.is_empty() {
         report += "reads sent upstream for a listed reason (not failures):\n";
