@@ -1384,6 +1384,50 @@ fn sorted(rows: &[Vec<kit::Cell>]) -> Vec<Vec<kit::Cell>> {
     r
 }
 
+fn sorted_outcome(o: Outcome) -> Outcome {
+    match o {
+        Outcome::Rows { columns, rows } => Outcome::Rows {
+            columns,
+            rows: sorted(&rows),
+        },
+        e => e,
+    }
+}
+
+/// The rows only one side holds (as multisets), for failure messages.
+fn difference(via: &Outcome, want: &Outcome) -> String {
+    let (Outcome::Rows { rows: got, .. }, Outcome::Rows { rows: exp, .. }) = (via, want) else {
+        return String::new();
+    };
+    let count = |rows: &[Vec<kit::Cell>]| {
+        let mut m: BTreeMap<Vec<kit::Cell>, i64> = BTreeMap::new();
+        for r in rows {
+            *m.entry(r.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (g, e) = (count(got), count(exp));
+    let only = |a: &BTreeMap<Vec<kit::Cell>, i64>, b: &BTreeMap<Vec<kit::Cell>, i64>| {
+        let rows: Vec<Vec<kit::Cell>> = a
+            .iter()
+            .flat_map(|(r, n)| {
+                let extra = n - b.get(r).copied().unwrap_or(0);
+                std::iter::repeat(r.clone()).take(extra.max(0) as usize)
+            })
+            .collect();
+        rows
+    };
+    let (extra, missing) = (only(&g, &e), only(&e, &g));
+    if extra.is_empty() && missing.is_empty() {
+        return "same rows as multisets\n".into();
+    }
+    format!(
+        "rows only Larder returned:\n{}  rows only Postgres returned:\n{}",
+        kit::show_rows(&extra, 10),
+        kit::show_rows(&missing, 10)
+    )
+}
+
 fn keys(rows: &[Vec<kit::Cell>], cols: &[usize]) -> Vec<Vec<kit::Cell>> {
     rows.iter()
         .map(|r| cols.iter().map(|&c| r.get(c).cloned().flatten()).collect())
@@ -1793,13 +1837,18 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
                             "seed {seed}: query {} round {round} ({label}) differs: {why}",
                             case.n
                         );
+                        let (via, want) = match case.order {
+                            Order::Total => (via, want),
+                            _ => (sorted_outcome(via), sorted_outcome(want)),
+                        };
                         failures.push(Failure {
                             case: case.n,
                             text: format!(
                                 "round {round}, read {label}: {why}\n  CREATE CACHE FROM {}\n  \
-                                 read: {}\n  larder: {}  direct: {}",
+                                 read: {}\n  {}  larder: {}  direct: {}",
                                 case.sql,
                                 read.sql,
+                                difference(&via, &want),
                                 kit::show_outcome(&via).replace('\n', "\n    "),
                                 kit::show_outcome(&want).replace('\n', "\n    ")
                             ),
@@ -1867,7 +1916,11 @@ async fn random_queries_stay_equal_to_postgres_under_random_writes() {
              -- run in a database created WITH TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'\n\
              {ddl}{data}\n-- through Larder:\n"
         );
-        let failing: BTreeSet<usize> = failures.iter().map(|f| f.case).collect();
+        let failing: BTreeSet<usize> = failures
+            .iter()
+            .map(|f| f.case)
+            .chain(misses.values().flatten().copied())
+            .collect();
         for (n, sql) in &all_cases {
             if failing.contains(n) {
                 script += &format!("CREATE CACHE FROM {sql};\n");
