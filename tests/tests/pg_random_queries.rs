@@ -10,26 +10,40 @@
 //!   timestamp), an integer primary key, and foreign-key-like int columns whose values dangle
 //!   now and then; data with NULLs, duplicates and skew, in a database with the `C` collation
 //!   (text orders bytewise);
-//! - queries of 1-3 tables joined by INNER/LEFT JOIN on equalities of int columns (self-joins
-//!   included), WHERE conjunctions of comparisons with literals, GROUP BY with aggregates and
-//!   HAVING, DISTINCT, ORDER BY .. LIMIT/OFFSET (total or partial orders), UNION [ALL],
-//!   IN/NOT IN/EXISTS/NOT EXISTS subqueries, derived tables and CTEs with aggregates joined
-//!   back, and often an equality `col = <literal>` that acts as the cache's key.
+//! - queries of 1-3 tables joined by INNER/LEFT JOIN (ON, USING, or commas) on equalities of
+//!   int columns (now and then of text columns; self-joins included), WHERE conjunctions of
+//!   comparisons with literals (=, <>, <, >=, BETWEEN, IN lists, IS NULL, LIKE/ILIKE, a few
+//!   ORs and NOTs), GROUP BY with aggregates (count, count DISTINCT, sum, avg, min, max) and
+//!   HAVING, DISTINCT, ORDER BY .. LIMIT/OFFSET (total or partial orders), UNION [ALL] of two
+//!   or three branches (some a TopK of their own), IN/NOT IN/EXISTS/NOT EXISTS subqueries
+//!   (correlated by an equality or not), derived tables and CTEs (aggregates joined back, or
+//!   filters, some a TopK), and often an equality `col = <literal>` that acts as the cache's
+//!   key.
 //!
-//! Every query must be valid for Postgres (else the generator has a bug: the test fails). Each
-//! is made a cache with `CREATE CACHE FROM`; a refusal must be a clear one (SQLSTATE 0A000 or
-//! 55000), never an internal error. Then, in rounds, random inserts, updates (of join, group
-//! and key columns too) and deletes are sent through Larder; after Larder caught up, every
-//! cached query is read through Larder with the simple protocol and with the extended protocol
-//! (the same text, prepared), and directly, and the results compared: as lists when ORDER BY
-//! gives a total order, as multisets otherwise; with a partial order the sort keys must come
-//! in Postgres' order, and with a LIMIT every row must be one of Postgres' unlimited answer.
-//! Every read through Larder must be answered from the cache (`EXPLAIN LAST STATEMENT`).
+//! Every query must be valid for Postgres (else the generator has a bug: the test fails); a
+//! query with no rows is regenerated (twice at most), so that most comparisons are not of
+//! empty results. Each is made a cache with `CREATE CACHE FROM`; a refusal must be a clear one
+//! (SQLSTATE 0A000 or 55000), never an internal error nor any other code. Then, in rounds,
+//! random inserts, updates (of join, group and key columns too, and of many rows at once) and
+//! deletes, some cancelling out within a transaction, are sent through Larder; after Larder
+//! caught up, every cached query is read through Larder and directly, and the results
+//! compared: as lists when ORDER BY gives a total order, as multisets otherwise; with a
+//! partial order the sort keys must come in Postgres' order, and with a LIMIT every row must
+//! be one of Postgres' unlimited answer. Each round reads every query
+//!
+//! - as it was cached, with the simple protocol and with the extended protocol (the same
+//!   text, prepared: Larder normalizes both to the cache);
+//! - when it has a key equality, with another key value: as a literal, and bound to `$1`;
+//! - with another value for one of its other literals (normalized to the same cache too).
+//!
+//! Every read through Larder must be answered from the cache (`EXPLAIN LAST STATEMENT`),
+//! except for the reasons `allowed_miss` lists and explains.
 //!
 //! The seed is printed at the start and in every failure; `LARDER_TEST_SEED=<seed>` replays it.
 //! `LARDER_RANDOM_QUERIES=<n>` and `LARDER_RANDOM_ROUNDS=<n>` run longer than the default
 //! budget (60 queries, 4 rounds of writes). A failure writes a replay script (schema, data,
-//! the failing CREATE CACHE statements, the writes round by round) to the temp directory.
+//! the failing CREATE CACHE statements, the writes round by round) to the temp directory;
+//! `LARDER_RANDOM_VERBOSE=1` prints every generated query.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
