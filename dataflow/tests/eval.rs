@@ -392,6 +392,31 @@ fn between_and_in() {
     assert_eq!(eval(&in_list(null(), vec![int(1)], false)), Ok(Value::Null));
 }
 
+/// A parameter inside an IN list stands for every value of its slot (a collapsed literal
+/// list): `k = 2 AND k IN (2, 3)` plans `k IN ($2)` as a residual with slot 2 = [2, 3].
+#[test]
+fn a_parameter_in_an_in_list_is_all_of_its_values() {
+    let expr = Expr::InList {
+        expr: Box::new(col(0)),
+        list: vec![Expr::Param(0)],
+        negated: false,
+    };
+    let ctx = ExprContext {
+        columns: &[SqlType::Int4],
+        params: Some(&[SqlType::Int4]),
+    };
+    let compiled = CompiledExpr::compile(&expr, &ctx).expect("compiles");
+    let params = vec![vec![Value::Int(2), Value::Int(3)]];
+    let at = |k: i64| {
+        compiled
+            .eval(&[Value::Int(k)], &params)
+            .map(|v| v.into_owned())
+    };
+    assert_eq!(at(3), b(true));
+    assert_eq!(at(2), b(true));
+    assert_eq!(at(4), b(false));
+}
+
 #[test]
 fn casts() {
     let cast = |e: Expr, ty| Expr::Cast {

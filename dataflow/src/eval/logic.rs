@@ -79,12 +79,28 @@ pub(super) fn eval_in_list<'a>(
         return Ok(None);
     }
     let mut saw_null = false;
-    for item in list {
-        let x = eval_node(item, env)?;
-        match cmp_values(CmpOp::Eq, &v, &x, bpchar)? {
-            Some(true) => return Ok(Some(true)),
+    let mut compare = |x: &Value| -> Result<bool, EvalError> {
+        match cmp_values(CmpOp::Eq, &v, x, bpchar)? {
+            Some(true) => return Ok(true),
             Some(false) => {}
             None => saw_null = true,
+        }
+        Ok(false)
+    };
+    for item in list {
+        // A parameter in an IN list stands for all of its slot's values (a collapsed list,
+        // see `larder_sql::normalize`).
+        if let Node::Param(i) = item {
+            let values = env.params.get(*i).ok_or(EvalError::ParamMissing(*i))?;
+            for x in values {
+                if compare(x)? {
+                    return Ok(Some(true));
+                }
+            }
+            continue;
+        }
+        if compare(&*eval_node(item, env)?)? {
+            return Ok(Some(true));
         }
     }
     Ok(if saw_null { None } else { Some(false) })

@@ -346,6 +346,15 @@ impl ReaderParts {
         for (i, ty) in g.param_types.iter().enumerate() {
             match ty {
                 Some(ty) => param_types.push(ty.clone()),
+                // A literal in a part of the query that nothing reads (an unreferenced CTE):
+                // whatever its value, the result is the same; it is read as text.
+                None if matches!(
+                    g.sources.get(i),
+                    Some(crate::normalize::ParamSource::Literal(_))
+                ) =>
+                {
+                    param_types.push(SqlType::Text)
+                }
                 None => {
                     return Err(unsupported(format!(
                         "parameter ${} is not used in a supported position",
