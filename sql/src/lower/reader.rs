@@ -347,13 +347,18 @@ impl ReaderParts {
             match ty {
                 Some(ty) => param_types.push(ty.clone()),
                 // A literal in a part of the query that nothing reads (an unreferenced CTE):
-                // whatever its value, the result is the same; it is read as text.
+                // whatever its value, the result is the same; it is read by its own kind.
                 None if matches!(
                     g.sources.get(i),
                     Some(crate::normalize::ParamSource::Literal(_))
                 ) =>
                 {
-                    param_types.push(SqlType::Text)
+                    use crate::normalize::{Literal, ParamSource};
+                    param_types.push(match g.sources.get(i) {
+                        Some(ParamSource::Literal(Literal::Number(_))) => SqlType::Numeric,
+                        Some(ParamSource::Literal(Literal::Bool(_))) => SqlType::Bool,
+                        _ => SqlType::Text,
+                    })
                 }
                 None => {
                     return Err(unsupported(format!(
