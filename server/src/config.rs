@@ -110,8 +110,17 @@ pub struct Config {
     #[arg(long, env = "ADMIN_ROLE")]
     pub admin_role: Option<String>,
 
-    /// Runtime worker threads serving sessions: 0 = one per core; 1 = every session on one
-    /// worker (no wake-ups between workers).
+    /// How client sessions are scheduled. `multi-thread`: on the one work-stealing runtime that
+    /// also runs replication. `per-core`: on --worker-threads single-threaded runtimes, one
+    /// thread each, each accepting on its own listener on --address (SO_REUSEPORT; the kernel
+    /// spreads connections over them); the Unix socket is served by the first. Replication and
+    /// the controller then keep a small multi-thread runtime of their own.
+    #[arg(long, env = "SESSION_RUNTIME", value_enum, default_value_t = SessionRuntime::MultiThread)]
+    pub session_runtime: SessionRuntime,
+
+    /// Threads serving sessions: 0 = one per core. With `--session-runtime multi-thread`, the
+    /// runtime's workers (1 = every session on one worker, no wake-ups between workers); with
+    /// `per-core`, the number of session runtimes.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
@@ -126,6 +135,18 @@ pub enum LogFormat {
     Full,
     Json,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SessionRuntime {
+    /// Sessions on the shared multi-thread (work-stealing) runtime.
+    MultiThread,
+    /// Sessions on one single-threaded runtime per core, with SO_REUSEPORT listeners.
+    PerCore,
+}
+
+/// Workers of the multi-thread runtime that keeps replication and the controller when sessions
+/// run per core (at most one per core).
+pub const BACKGROUND_WORKERS_PER_CORE_MODE: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -261,6 +282,10 @@ impl std::str::FromStr for UpstreamUrl {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Reads a password file: the content without trailing newlines (`\n` or `\r\n`).
 fn read_password_file(path: &Path) -> Result<String, ConfigError> {
     let shown = path.display().to_string();
@@ -293,6 +318,22 @@ impl Config {
         }
         let password = read_password_file(path)?;
         Ok(self.upstream_db_url.with_password(&password))
+    }
+
+    /// Threads serving sessions: --worker-threads, or one per core when 0.
+    pub fn session_threads(&self) -> usize {
+        match self.worker_threads {
+            0 => cores(),
+            n => n,
+        }
+    }
+
+    /// Workers of the multi-thread runtime.
+    pub fn multi_thread_workers(&self) -> usize {
+        match self.session_runtime {
+            SessionRuntime::MultiThread => self.session_threads(),
+            SessionRuntime::PerCore => BACKGROUND_WORKERS_PER_CORE_MODE.min(cores()),
+        }
     }
 
     pub fn dialect(&self) -> Result<Dialect, String> {
