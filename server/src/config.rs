@@ -110,12 +110,14 @@ pub struct Config {
     #[arg(long, env = "ADMIN_ROLE")]
     pub admin_role: Option<String>,
 
-    /// How client sessions are scheduled. `multi-thread`: on the one work-stealing runtime that
-    /// also runs replication. `per-core`: on --worker-threads single-threaded runtimes, one
-    /// thread each, each accepting on its own listener on --address (SO_REUSEPORT; the kernel
-    /// spreads connections over them); the Unix socket is served by the first. Replication and
-    /// the controller then keep a small multi-thread runtime of their own.
-    #[arg(long, env = "SESSION_RUNTIME", value_enum, default_value_t = SessionRuntime::MultiThread)]
+    /// How client sessions are scheduled. `per-core`: on --worker-threads single-threaded
+    /// runtimes, one thread each, each accepting on its own listener on --address
+    /// (SO_REUSEPORT; the kernel spreads connections over them, a session stays on its thread);
+    /// the Unix socket is served by the first; replication and the controller keep a small
+    /// multi-thread runtime of their own. `multi-thread`: on the one work-stealing runtime that
+    /// also runs replication (balances uneven sessions, at the cost of wake-ups between
+    /// workers).
+    #[arg(long, env = "SESSION_RUNTIME", value_enum, default_value_t = SessionRuntime::PerCore)]
     pub session_runtime: SessionRuntime,
 
     /// Threads serving sessions: 0 = one per core. With `--session-runtime multi-thread`, the

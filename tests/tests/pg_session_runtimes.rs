@@ -1,8 +1,9 @@
-//! End-to-end: sessions served by per-core runtimes (`--session-runtime per-core`), the mode
-//! that is not the default, so it stays covered:
+//! End-to-end: both session runtimes (`--session-runtime per-core`, the default, and
+//! `multi-thread`), so the one the other suites do not run stays covered:
 //!
-//! - concurrent clients over many connections (spread by `SO_REUSEPORT` over the runtimes) get
-//!   cache hits and pass-through answers, and writes replicate into the cache;
+//! - concurrent clients over many connections (with per-core runtimes, spread by
+//!   `SO_REUSEPORT` over them) get cache hits and pass-through answers, and writes replicate
+//!   into the cache;
 //! - `CREATE CACHE` and `SHOW` statements, which run on the multi-thread runtime, answer;
 //! - a cancel request reaches its session whichever runtime accepted either connection;
 //! - the Unix socket (served by the first runtime) relays and hits too.
@@ -18,8 +19,8 @@ use tokio_postgres::{Client, NoTls};
 const CLIENTS: usize = 12;
 const QUERIES_PER_CLIENT: usize = 20;
 
-fn setup(prefix: &str, extra: &[&str]) -> CachingLarder {
-    let mut flags = vec!["--session-runtime", "per-core", "--worker-threads", "3"];
+fn setup(prefix: &str, runtime: &str, extra: &[&str]) -> CachingLarder {
+    let mut flags = vec!["--session-runtime", runtime, "--worker-threads", "3"];
     flags.extend_from_slice(extra);
     CachingLarder::start(
         prefix,
@@ -52,7 +53,24 @@ async fn hit_count(admin: &Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_core_runtimes_serve_hits_pass_through_and_larder_statements() {
-    let s = tokio::task::block_in_place(|| setup("percore", &[]));
+    let s = tokio::task::block_in_place(|| setup("percore", "per-core", &[]));
+    workload(&s).await;
+    assert!(s.larder.log().contains("runtimes=3"), "{}", s.larder.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_thread_runtime_serves_hits_pass_through_and_larder_statements() {
+    let s = tokio::task::block_in_place(|| setup("multithread", "multi-thread", &[]));
+    workload(&s).await;
+    assert!(
+        s.larder.log().contains("session_runtime=MultiThread"),
+        "{}",
+        s.larder.log()
+    );
+}
+
+/// Clients in parallel, then a write that must reach the cache.
+async fn workload(s: &CachingLarder) {
     let admin = connect(&s.admin_url()).await;
     wait_streaming(&admin).await;
     q(
@@ -83,12 +101,11 @@ async fn per_core_runtimes_serve_hits_pass_through_and_larder_statements() {
     let a = q(&c, "SELECT name FROM items WHERE id = 5").await;
     assert_eq!(a.rows, vec![vec![Some("renamed".to_string())]]);
     assert_eq!(explain_last(&c).await.0, "cache");
-    assert!(s.larder.log().contains("runtimes=3"), "{}", s.larder.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_requests_cross_runtimes() {
-    let s = tokio::task::block_in_place(|| setup("percorecancel", &[]));
+    let s = tokio::task::block_in_place(|| setup("percorecancel", "per-core", &[]));
     // Several sessions, so that their connections and the cancel requests land on different
     // runtimes; every cancel must reach its own session.
     for _ in 0..6 {
@@ -110,7 +127,9 @@ async fn cancel_requests_cross_runtimes() {
 async fn the_unix_socket_is_served_with_per_core_runtimes() {
     let dir = Scratch::new("percoreunix");
     let dir_text = dir.0.display().to_string();
-    let s = tokio::task::block_in_place(|| setup("percoreunix", &["--unix-socket-dir", &dir_text]));
+    let s = tokio::task::block_in_place(|| {
+        setup("percoreunix", "per-core", &["--unix-socket-dir", &dir_text])
+    });
     let admin = connect(&s.admin_url()).await;
     wait_streaming(&admin).await;
     q(
