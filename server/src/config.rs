@@ -360,6 +360,22 @@ mod tests {
     }
 
     #[test]
+    fn session_runtime_defaults_to_per_core_and_sizes_the_runtimes() {
+        let base = ["larder", "--upstream-db-url", "postgresql://u@h/db"];
+        let from_env = ["SESSION_RUNTIME", "WORKER_THREADS"].map(std::env::var_os);
+        if from_env.iter().all(Option::is_none) {
+            let cfg = Config::parse_from(base);
+            assert_eq!(cfg.session_runtime, SessionRuntime::PerCore);
+            assert_eq!(cfg.session_threads(), cores());
+            assert!(cfg.multi_thread_workers() <= BACKGROUND_WORKERS_PER_CORE_MODE);
+        }
+        let flags = ["--session-runtime", "multi-thread", "--worker-threads", "3"];
+        let cfg = Config::parse_from(base.into_iter().chain(flags));
+        assert_eq!(cfg.session_runtime, SessionRuntime::MultiThread);
+        assert_eq!((cfg.session_threads(), cfg.multi_thread_workers()), (3, 3));
+    }
+
+    #[test]
     fn redaction_hides_every_password_form() {
         let cases = [
             (
