@@ -9,8 +9,10 @@
 pub mod cache;
 pub mod error;
 pub mod pg;
+pub mod runtime;
 
 pub use error::{AdapterError, ErrorClass};
 pub use pg::{
-    load_tls_config, serve, serve_with, serve_with_unix, PgProxyConfig, SslMode, UpstreamConfig,
+    load_tls_config, serve, serve_with, serve_with_unix, PgProxyConfig, Proxy, SslMode,
+    UpstreamConfig,
 };

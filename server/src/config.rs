@@ -110,8 +110,19 @@ pub struct Config {
     #[arg(long, env = "ADMIN_ROLE")]
     pub admin_role: Option<String>,
 
-    /// Runtime worker threads serving sessions: 0 = one per core; 1 = every session on one
-    /// worker (no wake-ups between workers).
+    /// How client sessions are scheduled. `per-core`: on --worker-threads single-threaded
+    /// runtimes, one thread each, each accepting on its own listener on --address
+    /// (SO_REUSEPORT; the kernel spreads connections over them, a session stays on its thread);
+    /// the Unix socket is served by the first; replication and the controller keep a small
+    /// multi-thread runtime of their own. `multi-thread`: on the one work-stealing runtime that
+    /// also runs replication (balances uneven sessions, at the cost of wake-ups between
+    /// workers).
+    #[arg(long, env = "SESSION_RUNTIME", value_enum, default_value_t = SessionRuntime::PerCore)]
+    pub session_runtime: SessionRuntime,
+
+    /// Threads serving sessions: 0 = one per core. With `--session-runtime multi-thread`, the
+    /// runtime's workers (1 = every session on one worker, no wake-ups between workers); with
+    /// `per-core`, the number of session runtimes.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
@@ -126,6 +137,18 @@ pub enum LogFormat {
     Full,
     Json,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SessionRuntime {
+    /// Sessions on the shared multi-thread (work-stealing) runtime.
+    MultiThread,
+    /// Sessions on one single-threaded runtime per core, with SO_REUSEPORT listeners.
+    PerCore,
+}
+
+/// Workers of the multi-thread runtime that keeps replication and the controller when sessions
+/// run per core (at most one per core).
+pub const BACKGROUND_WORKERS_PER_CORE_MODE: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -261,6 +284,10 @@ impl std::str::FromStr for UpstreamUrl {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Reads a password file: the content without trailing newlines (`\n` or `\r\n`).
 fn read_password_file(path: &Path) -> Result<String, ConfigError> {
     let shown = path.display().to_string();
@@ -295,6 +322,22 @@ impl Config {
         Ok(self.upstream_db_url.with_password(&password))
     }
 
+    /// Threads serving sessions: --worker-threads, or one per core when 0.
+    pub fn session_threads(&self) -> usize {
+        match self.worker_threads {
+            0 => cores(),
+            n => n,
+        }
+    }
+
+    /// Workers of the multi-thread runtime.
+    pub fn multi_thread_workers(&self) -> usize {
+        match self.session_runtime {
+            SessionRuntime::MultiThread => self.session_threads(),
+            SessionRuntime::PerCore => BACKGROUND_WORKERS_PER_CORE_MODE.min(cores()),
+        }
+    }
+
     pub fn dialect(&self) -> Result<Dialect, String> {
         let url = self.upstream_db_url.expose();
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
@@ -314,6 +357,22 @@ mod tests {
 
     fn url(s: &str) -> UpstreamUrl {
         UpstreamUrl::new(s)
+    }
+
+    #[test]
+    fn session_runtime_defaults_to_per_core_and_sizes_the_runtimes() {
+        let base = ["larder", "--upstream-db-url", "postgresql://u@h/db"];
+        let from_env = ["SESSION_RUNTIME", "WORKER_THREADS"].map(std::env::var_os);
+        if from_env.iter().all(Option::is_none) {
+            let cfg = Config::parse_from(base);
+            assert_eq!(cfg.session_runtime, SessionRuntime::PerCore);
+            assert_eq!(cfg.session_threads(), cores());
+            assert!(cfg.multi_thread_workers() <= BACKGROUND_WORKERS_PER_CORE_MODE);
+        }
+        let flags = ["--session-runtime", "multi-thread", "--worker-threads", "3"];
+        let cfg = Config::parse_from(base.into_iter().chain(flags));
+        assert_eq!(cfg.session_runtime, SessionRuntime::MultiThread);
+        assert_eq!((cfg.session_threads(), cfg.multi_thread_workers()), (3, 3));
     }
 
     #[test]

@@ -13,13 +13,12 @@ fn main() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
-    // The multi-thread scheduler always (replication's walsender commands need
-    // `block_in_place`); `--worker-threads 1` runs every session on one worker, without
-    // wake-ups between workers. Blocking work (RocksDB, snapshots) has its own pool.
+    // The multi-thread scheduler always runs replication and the controller (replication's
+    // walsender commands need `block_in_place`); with `--session-runtime multi-thread` it
+    // serves the sessions too, with `per-core` those get runtimes of their own (see
+    // `larder_adapter::runtime`). Blocking work (RocksDB, snapshots) has its own pool.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.worker_threads > 0 {
-        builder.worker_threads(cfg.worker_threads);
-    }
+    builder.worker_threads(cfg.multi_thread_workers());
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let (tx, rx) = watch::channel(false);

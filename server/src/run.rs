@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Dialect, UpstreamUrl};
+use crate::config::{Config, Dialect, SessionRuntime, UpstreamUrl};
 use crate::controller::{Controller, ProxiedQueries};
 use crate::core::Core;
 use crate::storage::{IdentityDecision, Storage, UpstreamIdentity};
@@ -83,32 +83,12 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         shutdown_grace_ms: cfg.shutdown_grace_ms,
         tls,
     });
-    let listener = TcpListener::bind(cfg.address)
-        .await
-        .with_context(|| format!("binding {}", cfg.address))?;
-    info!(address = %cfg.address, "accepting Postgres clients");
     // Removes the socket file when this function returns, however it returns.
-    let (unix_listener, _unix_socket_file) = match &cfg.unix_socket_dir {
-        Some(dir) => {
-            let port = listener
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or(cfg.address.port());
-            let (l, f) = bind_unix_socket(dir, port)?;
-            (Some(l), Some(f))
-        }
-        None => (None, None),
-    };
+    let (listeners, _unix_socket_file) = bind_listeners(&cfg).await?;
 
     if cfg.proxy_only {
-        larder_adapter::serve_with_unix(
-            listener,
-            unix_listener,
-            proxy_cfg,
-            shutdown,
-            Arc::new(larder_adapter::pg::PassThrough),
-        )
-        .await?;
+        let passthrough = Arc::new(larder_adapter::pg::PassThrough);
+        serve_sessions(listeners, proxy_cfg, shutdown, passthrough).await?;
         info!("stopped");
         return Ok(());
     }
@@ -172,14 +152,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
 
     let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
         Arc::new(crate::backend::Backend::new(controller.clone()));
-    let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
-    let serve = larder_adapter::serve_with_unix(
-        listener,
-        unix_listener,
-        proxy_cfg,
-        shutdown.clone(),
+    // Larder's own statements run on this (multi-thread) runtime, whichever runs the session.
+    let backend = Arc::new(larder_adapter::runtime::ExecuteOn::new(
         backend,
-    );
+        tokio::runtime::Handle::current(),
+    ));
+    let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
+    let serve = serve_sessions(listeners, proxy_cfg, shutdown.clone(), backend);
     tokio::pin!(serve);
     tokio::select! {
         r = &mut serve => r?,
@@ -197,6 +176,71 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         warn!(error = %e, "flushing storage at shutdown");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Where client sessions are accepted.
+struct Listeners {
+    tcp: TcpListeners,
+    unix: Option<UnixListener>,
+}
+
+enum TcpListeners {
+    /// One listener, served on the current (multi-thread) runtime.
+    Shared(TcpListener),
+    /// One `SO_REUSEPORT` listener per session runtime.
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+/// Binds --address (as --session-runtime wants it) and the Unix socket of --unix-socket-dir.
+async fn bind_listeners(cfg: &Config) -> anyhow::Result<(Listeners, Option<UnixSocketFile>)> {
+    let binding = || format!("binding {}", cfg.address);
+    let (tcp, port) = match cfg.session_runtime {
+        SessionRuntime::MultiThread => {
+            let l = TcpListener::bind(cfg.address).await.with_context(binding)?;
+            let port = l.local_addr().map_or(cfg.address.port(), |a| a.port());
+            (TcpListeners::Shared(l), port)
+        }
+        SessionRuntime::PerCore => {
+            let ls = larder_adapter::runtime::bind_reuseport(cfg.address, cfg.session_threads())
+                .with_context(binding)?;
+            let port = ls[0].local_addr().map_or(cfg.address.port(), |a| a.port());
+            (TcpListeners::PerCore(ls), port)
+        }
+    };
+    info!(address = %cfg.address, session_runtime = ?cfg.session_runtime,
+        session_threads = cfg.session_threads(), "accepting Postgres clients");
+    let (unix, file) = match &cfg.unix_socket_dir {
+        Some(dir) => {
+            let (l, f) = bind_unix_socket(dir, port)?;
+            (Some(l), Some(f))
+        }
+        None => (None, None),
+    };
+    Ok((Listeners { tcp, unix }, file))
+}
+
+/// Serves client sessions on `listeners` until `shutdown` (see `larder_adapter::serve`).
+async fn serve_sessions(
+    listeners: Listeners,
+    proxy_cfg: Arc<larder_adapter::PgProxyConfig>,
+    shutdown: watch::Receiver<bool>,
+    interceptors: Arc<dyn larder_adapter::pg::InterceptorFactory>,
+) -> anyhow::Result<()> {
+    match listeners.tcp {
+        TcpListeners::Shared(tcp) => {
+            larder_adapter::serve_with_unix(tcp, listeners.unix, proxy_cfg, shutdown, interceptors)
+                .await?
+        }
+        TcpListeners::PerCore(tcp) => {
+            let proxy = larder_adapter::Proxy::new(proxy_cfg, interceptors)?;
+            let unix = listeners.unix.map(|l| l.into_std()).transpose()?;
+            let unix_path = unix.as_ref().and_then(|l| l.local_addr().ok());
+            let unix_path = unix_path.as_ref().and_then(|a| a.as_pathname());
+            proxy.log_listening(tcp[0].local_addr().ok(), unix_path);
+            larder_adapter::runtime::serve_per_core(proxy, tcp, unix, shutdown).await?
+        }
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ pub use intercept::{
     ClientBatch, Dispatch, Interceptor, InterceptorFactory, LocalResponse, PassThrough, Peer,
     ResponseMode, SessionState, CAPTURE_SIZE_MAX_BYTES,
 };
-pub use proxy::{serve, serve_with, serve_with_unix};
+pub use proxy::{serve, serve_with, serve_with_unix, Proxy};
 pub use route::CacheRouter;
 pub use tls::load_tls_config;
 pub use upstream::{SslMode, UpstreamConfig};
