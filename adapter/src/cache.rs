@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use larder_sql::search_path::{PathEntry, Resolved};
 use larder_sql::statement::LarderStatement;
-use larder_sql::{Row, SqlType, Value};
+use larder_sql::{SqlType, Value};
 
 /// A result column exactly as the upstream describes it (for RowDescription).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +57,11 @@ pub struct Miss {
     pub reason: String,
 }
 
+/// Receives the rows of a cache read (see [`CachedQuery::read_into`]): a row, and the index of
+/// each output column in it. An error ends the read.
+pub type RowSink<'s> =
+    dyn FnMut(&[Value], &mut dyn Iterator<Item = usize>) -> Result<(), String> + 's;
+
 /// A table a cache reads, as it was when the cache was built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedRelation {
@@ -79,7 +84,10 @@ pub trait CachedQuery: Send + Sync {
     /// Type of each parameter slot of the normalized query.
     fn param_types(&self) -> &[SqlType];
     /// Rows of the result for these parameter values (one list per slot); counts a hit.
-    fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, Miss>;
+    /// Hands each result row to `sink` (a row as the cache holds it, and the output columns
+    /// to take from it), in order, for these parameter values (one list per slot); counts a
+    /// hit. Returns the number of rows.
+    fn read_into(&self, params: &[Vec<Value>], sink: &mut RowSink<'_>) -> Result<u64, Miss>;
 }
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -87,4 +87,7 @@ pub enum ReadError {
     /// The cache was removed from the graph.
     #[error("cache was removed")]
     Gone,
+    /// The caller's row sink refused a row (say, a value it cannot encode).
+    #[error("{0}")]
+    Sink(String),
 }

@@ -43,4 +43,4 @@ pub use graph::{CacheId, Change, Graph, GraphLimits, TableId};
 pub use like::like_match;
 pub use ops::{Batch, Operator, Record};
 pub use order::{full_cmp, order_by_cmp, structural_cmp, structural_cmp_row};
-pub use reader::{ReaderHandle, ReaderStats, READ_KEY_COMBINATIONS_MAX};
+pub use reader::{ReaderHandle, ReaderStats, RowSink, READ_KEY_COMBINATIONS_MAX};

@@ -323,6 +323,28 @@ impl ReaderHandle {
     /// Answers the query for `params` (one `Vec` per parameter slot; several values in a key
     /// slot mean an `IN` list). Returns rows of [`output_columns`](Self::output_columns).
     pub fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, ReadError> {
+        let mut rows = Vec::new();
+        self.read_into(params, &mut |row: &[Value], output: &[OutputColumn]| {
+            rows.push(
+                output
+                    .iter()
+                    .map(|c| row.get(c.column).cloned().unwrap_or(Value::Null))
+                    .collect(),
+            );
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Like [`read`](Self::read), but hands each result row to `sink` in order, as the
+    /// reader holds it (all reader columns) with the output columns to take from it, without
+    /// copying: a cache hit encodes straight from here. A `sink` error ends the read with
+    /// [`ReadError::Sink`]. Returns the number of rows.
+    pub fn read_into(
+        &self,
+        params: &[Vec<Value>],
+        sink: &mut RowSink<'_>,
+    ) -> Result<u64, ReadError> {
         let spec = &self.shared.spec;
         for (slot, value) in &spec.fixed_params {
             match params.get(*slot).map(Vec::as_slice) {
@@ -336,7 +358,7 @@ impl ReaderHandle {
             }
         }
         let keys = lookup_keys(spec, params)?;
-        self.with_state(|state| read_state(spec, state, &keys, params))?
+        self.with_state(|state| read_state(spec, state, &keys, params, sink))?
     }
 
     /// Runs `f` on the currently published copy without blocking.
@@ -427,7 +449,8 @@ fn read_state(
     state: &ReaderState,
     keys: &[Lookup<'_>],
     params: &[Vec<Value>],
-) -> Result<Vec<Row>, ReadError> {
+    sink: &mut RowSink<'_>,
+) -> Result<u64, ReadError> {
     if !state.ready {
         return Err(ReadError::NotReady);
     }
@@ -460,7 +483,7 @@ fn read_state(
         .into_iter()
         .map(|f| f.unwrap_or_else(|i| &computed[i]))
         .collect();
-    let mut out = Collector::new(spec, params);
+    let mut out = Collector::new(spec, params, sink);
     if let Some(range) = &spec.range {
         match range.visit(params) {
             Visit::Everything => {}
@@ -493,7 +516,7 @@ fn read_range(
     range: &RangeRead,
     sources: &[&KeyRows],
     bounds: (std::ops::Bound<RangeValue>, std::ops::Bound<RangeValue>),
-    out: &mut Collector<'_>,
+    out: &mut Collector<'_, '_>,
 ) -> Result<(), ReadError> {
     let count = |src: &KeyRows, row: &SortedRow| src.rows.get(row).copied().unwrap_or(0);
     let first = spec.order.first();
@@ -543,22 +566,28 @@ fn read_range(
 }
 
 /// Applies residual, offset, limit and output projection to rows offered in final order.
-struct Collector<'a> {
+struct Collector<'a, 's> {
     spec: &'a ReadSpec,
     params: &'a [Vec<Value>],
     skip: usize,
     remaining: usize,
-    rows: Vec<Row>,
+    /// Rows handed to `sink` so far.
+    rows: u64,
+    sink: &'a mut RowSink<'s>,
 }
 
-impl<'a> Collector<'a> {
-    fn new(spec: &'a ReadSpec, params: &'a [Vec<Value>]) -> Self {
+/// Receives the rows of a read: a reader row and the output columns to take from it.
+pub type RowSink<'s> = dyn FnMut(&[Value], &[OutputColumn]) -> Result<(), String> + 's;
+
+impl<'a, 's> Collector<'a, 's> {
+    fn new(spec: &'a ReadSpec, params: &'a [Vec<Value>], sink: &'a mut RowSink<'s>) -> Self {
         Collector {
             spec,
             params,
             skip: spec.offset,
             remaining: spec.limit.unwrap_or(usize::MAX),
-            rows: Vec::new(),
+            rows: 0,
+            sink,
         }
     }
 
@@ -581,13 +610,8 @@ impl<'a> Collector<'a> {
         copies -= skipped;
         let take = copies.min(self.remaining);
         for _ in 0..take {
-            let projected = self
-                .spec
-                .output
-                .iter()
-                .map(|c| row.row.get(c.column).cloned().unwrap_or(Value::Null))
-                .collect();
-            self.rows.push(projected);
+            (self.sink)(&row.row, &self.spec.output).map_err(ReadError::Sink)?;
+            self.rows += 1;
         }
         self.remaining -= take;
         Ok(self.remaining > 0)
@@ -625,7 +649,7 @@ impl Ord for Head<'_> {
 }
 
 /// Merges the keys' already sorted rows, stopping as soon as the limit is reached.
-fn merge_sorted(sources: &[&KeyRows], out: &mut Collector<'_>) -> Result<(), ReadError> {
+fn merge_sorted(sources: &[&KeyRows], out: &mut Collector<'_, '_>) -> Result<(), ReadError> {
     let mut iters: Vec<_> = sources.iter().map(|s| s.rows.iter()).collect();
     let mut heap = BinaryHeap::with_capacity(iters.len());
     for (source, it) in iters.iter_mut().enumerate() {

@@ -4,13 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use larder_adapter::cache::{
-    BoxFuture, CacheBackend, CachedQuery, CachedRelation, Miss, ResultColumn, StatementContext,
-    StatementError, TextTable,
+    BoxFuture, CacheBackend, CachedQuery, CachedRelation, Miss, ResultColumn, RowSink,
+    StatementContext, StatementError, TextTable,
 };
 use larder_dataflow::ReadError;
 use larder_sql::search_path::{self, PathEntry, Resolved};
 use larder_sql::statement::LarderStatement;
-use larder_sql::{Row, SqlType, Value};
+use larder_sql::{SqlType, Value};
 
 use crate::controller::{Controller, ControllerError};
 use crate::core::CacheEntry;
@@ -42,17 +42,20 @@ impl CachedQuery for CacheEntry {
     fn param_types(&self) -> &[SqlType] {
         &self.plan.param_types
     }
-    fn read(&self, params: &[Vec<Value>]) -> Result<Vec<Row>, Miss> {
+    fn read_into(&self, params: &[Vec<Value>], sink: &mut RowSink<'_>) -> Result<u64, Miss> {
         if !self.serving.load(Ordering::Acquire) {
             let reason = self
                 .invalid_reason()
                 .unwrap_or_else(|| "the cache is not serving".into());
             return Err(Miss { reason });
         }
-        match self.reader.read(params) {
-            Ok(rows) => {
+        let read = self.reader.read_into(params, &mut |row, output| {
+            sink(row, &mut output.iter().map(|c| c.column))
+        });
+        match read {
+            Ok(n) => {
                 self.hits.add(1);
-                Ok(rows)
+                Ok(n)
             }
             Err(e) => Err(Miss {
                 reason: read_error_reason(&e),

@@ -211,3 +211,56 @@ mod tests {
         }
     }
 }
+
+/// Encodes cache rows as DataRows into a response buffer, reusing its scratch buffers.
+pub(super) struct RowEncoder<'a> {
+    pub(super) columns: &'a [crate::cache::ResultColumn],
+    pub(super) formats: &'a Formats<'a>,
+    pub(super) tz: TimeZoneSetting,
+    pub(super) text: String,
+    pub(super) bin: Vec<u8>,
+    pub(super) out: &'a mut BytesMut,
+}
+
+impl RowEncoder<'_> {
+    /// One DataRow: the output columns `output` (indices into `row`), in order.
+    pub(super) fn data_row(
+        &mut self,
+        row: &[Value],
+        output: &mut dyn Iterator<Item = usize>,
+    ) -> Result<(), String> {
+        let out = &mut *self.out;
+        out.put_u8(b'D');
+        let at = out.len();
+        out.put_i32(0);
+        out.put_i16(self.columns.len() as i16);
+        for (i, col) in self.columns.iter().enumerate() {
+            let v = output
+                .next()
+                .and_then(|c| row.get(c))
+                .unwrap_or(&Value::Null);
+            if v.is_null() {
+                out.put_i32(-1);
+                continue;
+            }
+            let bytes: &[u8] = if self.formats.is_binary(i) {
+                self.bin.clear();
+                if let Err(e) = pgtypes::encode_binary(&col.ty, v, &mut self.bin) {
+                    return Err(format!("column {} cannot be encoded: {e}", col.name));
+                }
+                &self.bin
+            } else {
+                self.text.clear();
+                if let Err(e) = pgtypes::write_text(&col.ty, v, self.tz, &mut self.text) {
+                    return Err(format!("column {} cannot be encoded: {e}", col.name));
+                }
+                self.text.as_bytes()
+            };
+            out.put_i32(bytes.len() as i32);
+            out.put_slice(bytes);
+        }
+        let len = (out.len() - at) as i32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+}

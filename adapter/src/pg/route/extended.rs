@@ -174,19 +174,26 @@ impl RouterSession {
             Kind::Select(shape) => {
                 let Some(bind) = &unit.bind else { return false };
                 match self.try_cache(session, shape, Some((bind, &param_types)), dispatch) {
-                    Ok((cache, rows)) => {
+                    Ok((cache, params)) => {
                         let formats = Formats::new(&bind.result_formats);
                         BindComplete.encode(&mut out);
                         if unit.describe {
                             self.put_row_description(&cache, &bind.result_formats, &mut out);
                         }
-                        if let Err(reason) =
-                            self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out)
-                        {
-                            self.miss(shape, reason);
-                            return false;
-                        }
-                        finish(&mut out, rows.len(), session.transaction_status());
+                        let rows = match self.read_hit(
+                            session,
+                            cache.as_ref(),
+                            &params,
+                            &formats,
+                            &mut out,
+                        ) {
+                            Ok(rows) => rows,
+                            Err(reason) => {
+                                self.miss(shape, reason);
+                                return false;
+                            }
+                        };
+                        finish(&mut out, rows, session.transaction_status());
                         self.hit(&cache);
                         dispatch.respond(out.freeze());
                     }

@@ -286,13 +286,13 @@ impl RouterSession {
                 self.run_larder(session, stmt, None, dispatch);
             }
             Kind::Select(shape) => match self.try_cache(session, shape, None, dispatch) {
-                Ok((cache, rows)) => {
+                Ok((cache, params)) => {
                     let mut out = BytesMut::new();
                     let formats = Formats::all_text();
                     self.put_row_description(&cache, &[], &mut out);
-                    match self.encode_rows(session, cache.as_ref(), &rows, &formats, &mut out) {
-                        Ok(()) => {
-                            finish(&mut out, rows.len(), session.transaction_status());
+                    match self.read_hit(session, cache.as_ref(), &params, &formats, &mut out) {
+                        Ok(rows) => {
+                            finish(&mut out, rows, session.transaction_status());
                             self.hit(&cache);
                             dispatch.respond(out.freeze());
                         }
@@ -328,7 +328,8 @@ impl RouterSession {
 
     // ---- the cache path ----
 
-    /// Decides whether `shape` can be answered locally and reads it.
+    /// Decides whether `shape` can be answered locally; returns the cache and the read's
+    /// parameter values.
     fn try_cache(
         &mut self,
         session: &SessionState,
@@ -425,8 +426,7 @@ impl RouterSession {
                 .map_err(|e| e.to_string())?
             }
         };
-        let rows = cache.read(&params).map_err(|m| m.reason)?;
-        Ok((cache, rows))
+        Ok((cache, params))
     }
 
     /// The session's `TimeZone` as Larder can apply it (parsed once per value).
@@ -462,14 +462,16 @@ impl RouterSession {
         self.row_desc_memo = Some((Arc::clone(cache), formats.to_vec(), b.freeze()));
     }
 
-    fn encode_rows(
+    /// Reads the cache and encodes its rows (DataRows) straight into `out`: no row is copied.
+    /// Returns the number of rows.
+    fn read_hit(
         &self,
         session: &SessionState,
         cache: &dyn CachedQuery,
-        rows: &[Vec<Value>],
+        params: &[Vec<Value>],
         formats: &Formats,
         out: &mut BytesMut,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let tz = self
             .tz_memo
             .as_ref()
@@ -481,40 +483,18 @@ impl RouterSession {
                     .and_then(TimeZoneSetting::from_name)
             })
             .unwrap_or(TimeZoneSetting::Utc);
-        let columns = cache.columns();
-        let mut text = String::new();
-        let mut bin = Vec::new();
-        for row in rows {
-            out.put_u8(b'D');
-            let at = out.len();
-            out.put_i32(0);
-            out.put_i16(columns.len() as i16);
-            for (i, col) in columns.iter().enumerate() {
-                let v = row.get(i).unwrap_or(&Value::Null);
-                if v.is_null() {
-                    out.put_i32(-1);
-                    continue;
-                }
-                let bytes: &[u8] = if formats.is_binary(i) {
-                    bin.clear();
-                    if let Err(e) = pgtypes::encode_binary(&col.ty, v, &mut bin) {
-                        return Err(format!("column {} cannot be encoded: {e}", col.name));
-                    }
-                    &bin
-                } else {
-                    text.clear();
-                    if let Err(e) = pgtypes::write_text(&col.ty, v, tz, &mut text) {
-                        return Err(format!("column {} cannot be encoded: {e}", col.name));
-                    }
-                    text.as_bytes()
-                };
-                out.put_i32(bytes.len() as i32);
-                out.put_slice(bytes);
-            }
-            let len = (out.len() - at) as i32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
-        Ok(())
+        let mut encoder = RowEncoder {
+            columns: cache.columns(),
+            formats,
+            tz,
+            text: String::new(),
+            bin: Vec::new(),
+            out,
+        };
+        let rows = cache
+            .read_into(params, &mut |row, output| encoder.data_row(row, output))
+            .map_err(|m| m.reason)?;
+        usize::try_from(rows).map_err(|_| "too many rows".to_string())
     }
 
     fn hit(&mut self, cache: &Arc<dyn CachedQuery>) {
