@@ -1110,6 +1110,7 @@ impl Checker {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         what: &str,

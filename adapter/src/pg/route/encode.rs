@@ -193,25 +193,6 @@ pub(super) fn first_row(response: &[u8]) -> Option<Vec<Option<String>>> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_tags_match_the_encoder() {
-        for rows in [0usize, 7, 10, 12345, usize::MAX] {
-            let mut mine = BytesMut::new();
-            finish(&mut mine, rows, TransactionStatus::Idle);
-            let mut theirs = BytesMut::new();
-            CommandComplete {
-                tag: format!("SELECT {rows}"),
-            }
-            .encode(&mut theirs);
-            assert_eq!(&mine[..theirs.len()], &theirs[..], "{rows}");
-        }
-    }
-}
-
 /// Encodes cache rows as DataRows into a response buffer, reusing its scratch buffers.
 pub(super) struct RowEncoder<'a> {
     pub(super) columns: &'a [crate::cache::ResultColumn],
@@ -262,5 +243,24 @@ impl RowEncoder<'_> {
         let len = (out.len() - at) as i32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_match_the_encoder() {
+        for rows in [0usize, 7, 10, 12345, usize::MAX] {
+            let mut mine = BytesMut::new();
+            finish(&mut mine, rows, TransactionStatus::Idle);
+            let mut theirs = BytesMut::new();
+            CommandComplete {
+                tag: format!("SELECT {rows}"),
+            }
+            .encode(&mut theirs);
+            assert_eq!(&mine[..theirs.len()], &theirs[..], "{rows}");
+        }
     }
 }

@@ -67,12 +67,9 @@ pub(super) fn parse_lsn(text: &str) -> Option<u64> {
 /// are not parsed: a `;` inside a literal only makes this conservative.
 pub(super) fn is_multi_statement(sql: &str) -> bool {
     match sql.find(';') {
-        Some(i) => {
-            sql[i + 1..]
-                .trim_matches(|c: char| c.is_whitespace() || c == ';')
-                .len()
-                > 0
-        }
+        Some(i) => !sql[i + 1..]
+            .trim_matches(|c: char| c.is_whitespace() || c == ';')
+            .is_empty(),
         None => false,
     }
 }

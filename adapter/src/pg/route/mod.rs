@@ -115,6 +115,9 @@ enum Kind {
     Other,
 }
 
+/// A cache that can answer a statement, and the read's parameter values (one list per slot).
+type CacheRead = (Arc<dyn CachedQuery>, Vec<Vec<Value>>);
+
 struct Statement {
     sql: String,
     param_types: Vec<u32>,
@@ -336,7 +339,7 @@ impl RouterSession {
         shape: &Shape,
         bound: Option<(&Bind, &Vec<u32>)>,
         dispatch: &mut Dispatch<'_>,
-    ) -> Result<(Arc<dyn CachedQuery>, Vec<Vec<Value>>), String> {
+    ) -> Result<CacheRead, String> {
         if !self.eligible_db {
             return Err(format!(
                 "database {} is not the replicated database",
@@ -383,10 +386,7 @@ impl RouterSession {
         }
         let tz = self.time_zone(session);
         let needs_tz = cache.columns().iter().any(|c| c.ty == SqlType::TimestampTz)
-            || cache
-                .param_types()
-                .iter()
-                .any(|t| *t == SqlType::TimestampTz);
+            || cache.param_types().contains(&SqlType::TimestampTz);
         if needs_tz && tz.is_none() {
             return Err("the session TimeZone is not UTC or a fixed offset".into());
         }
@@ -572,12 +572,12 @@ impl RouterSession {
         self.facts.watch(kind, sql, settings, in_block);
         // Output settings Larder cannot see (they are not reported by the server): once the
         // session touches them, caches with affected column types are not used any more.
-        if matches!(kind, StatementKind::Set | StatementKind::Select) && sql.len() < 64 * 1024 {
-            if contains_ignore_ascii_case(sql, "extra_float_digits")
-                || contains_ignore_ascii_case(sql, "bytea_output")
-            {
-                self.custom_output = true;
-            }
+        if matches!(kind, StatementKind::Set | StatementKind::Select)
+            && sql.len() < 64 * 1024
+            && (contains_ignore_ascii_case(sql, "extra_float_digits")
+                || contains_ignore_ascii_case(sql, "bytea_output"))
+        {
+            self.custom_output = true;
         }
     }
 
@@ -643,9 +643,9 @@ mod tests {
     #[test]
     fn bind_statement_name_reads_only_the_header() {
         let buf = encoded_bind("", "stmt_1");
-        assert_eq!(bind_statement_name(&buf[5..]).as_deref(), Some("stmt_1"));
+        assert_eq!(bind_statement_name(&buf[5..]), Some("stmt_1"));
         let buf = encoded_bind("p", "");
-        assert_eq!(bind_statement_name(&buf[5..]).as_deref(), Some(""));
+        assert_eq!(bind_statement_name(&buf[5..]), Some(""));
         assert_eq!(bind_statement_name(b"no terminator"), None);
         assert_eq!(bind_statement_name(b"portal\0unterminated"), None);
     }
