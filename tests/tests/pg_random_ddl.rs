@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Steps of the suite's run (all sessions together); `LARDER_DDL_STEPS` overrides it.
-const DEFAULT_STEPS: usize = 160;
+const DEFAULT_STEPS: usize = 600;
 /// Client sessions sending steps at once.
 const SESSIONS: usize = 3;
 /// Steps per session between two quiet points (at most).
@@ -1089,5 +1089,36 @@ async fn renamed_schema_renames_its_tables() {
         ],
     )
     .await;
+    w.check_or_fail(None).await;
+}
+
+/// A table created and altered in one transaction (the batch both introduces and copies it),
+/// with a cache dropped meanwhile: replication goes on, the table is listed with its final
+/// shape. The copy once ran on the shared runtime under the dataflow lock, and a `DROP CACHE`
+/// blocked on that lock could starve it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_created_and_altered_in_one_transaction() {
+    let mut w = replay(
+        "rddl_create_alter",
+        &[
+            (
+                Some(0),
+                "CREATE CACHE c1 FROM SELECT id, a FROM public.t1 WHERE id = 1",
+            ),
+            (
+                Some(1),
+                "CREATE TABLE sb.t4 (id int PRIMARY KEY, a int); INSERT INTO sb.t4 VALUES (1, 1); \
+                 ALTER TABLE sb.t4 ADD COLUMN b text DEFAULT 'x'",
+            ),
+            (Some(0), "DROP CACHE c1"),
+            (None, "created and altered"),
+            (
+                Some(0),
+                "CREATE CACHE FROM SELECT id, b FROM sb.t4 WHERE id = 1",
+            ),
+        ],
+    )
+    .await;
+    w.step(1, "UPDATE sb.t4 SET b = 'y' WHERE id = 1").await;
     w.check_or_fail(None).await;
 }

@@ -44,6 +44,8 @@ pub enum ApplyError {
     Dataflow(String),
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+    #[error("copying a table: {0}")]
+    Copy(String),
 }
 
 impl ApplyError {
@@ -1023,11 +1025,27 @@ fn prefetch_copies(
     changes: &[Change],
 ) -> Result<Copies, ApplyError> {
     let mut wanted: Vec<u32> = Vec::new();
+    // Tables the batch itself introduces (created in it): later changes may copy them too.
+    let mut introduced: Vec<&RelationInfo> = Vec::new();
     {
         let tables = core.tables.read().expect("tables lock poisoned");
         for change in changes {
             let oid = match change {
-                Change::SchemaChanged { rel } if tables.get(*rel).is_some() => *rel,
+                Change::SchemaChanged { rel }
+                    if tables.get(*rel).is_some() || introduced.iter().any(|r| r.oid == *rel) =>
+                {
+                    *rel
+                }
+                Change::Relation(rel) if tables.get(rel.oid).is_none() => {
+                    match introduced.iter().position(|r| r.oid == rel.oid) {
+                        Some(i) if introduced[i].schema != rel.schema => rel.oid,
+                        Some(_) => continue,
+                        None => {
+                            introduced.push(rel);
+                            continue;
+                        }
+                    }
+                }
                 Change::Relation(rel) => match tables.get(rel.oid) {
                     Some(e) => match (e.stored.is_some(), rel.status.is_replicated()) {
                         (true, true) if e.schema == rel.schema => continue,
@@ -1063,8 +1081,13 @@ fn copy_now(
         }
     }
     let mut sink = Collect(Vec::new());
-    let copied =
-        tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
+    // On a runtime of its own: the copy (and its connection task) must not depend on the
+    // shared workers, one of which may be blocked on the dataflow lock this thread holds.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ApplyError::Copy(e.to_string()))?;
+    let copied = runtime.block_on(source.copy_table_now(oid, &mut sink))?;
     Ok(copied.map(|(table, lsn)| (table.relation, sink.0, lsn)))
 }
 
