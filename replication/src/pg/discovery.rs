@@ -137,6 +137,13 @@ struct Keys {
     replident_index: Vec<String>,
 }
 
+const TABLE_SQL: &str = "\
+SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = $2 AND (n.nspname, c.relname) IN (
+    SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = $1)";
+
 /// Lists every table of `publication` with its shape and status.
 pub(crate) async fn discover(
     client: &Client,
@@ -147,6 +154,29 @@ pub(crate) async fn discover(
         .query(TABLES_SQL, &[&publication])
         .await
         .map_err(ReplicationError::pg("listing published tables"))?;
+    describe(client, rows, filter).await
+}
+
+/// One table of `publication` by oid, as the catalog describes it now (`None`: it does not
+/// exist, or the publication does not cover it).
+pub(crate) async fn discover_one(
+    client: &Client,
+    publication: &str,
+    oid: u32,
+    filter: &TableFilter,
+) -> Result<Option<DiscoveredTable>, ReplicationError> {
+    let rows = client
+        .query(TABLE_SQL, &[&publication, &oid])
+        .await
+        .map_err(ReplicationError::pg("looking up a published table"))?;
+    Ok(describe(client, rows, filter).await?.into_iter().next())
+}
+
+async fn describe(
+    client: &Client,
+    rows: Vec<tokio_postgres::Row>,
+    filter: &TableFilter,
+) -> Result<Vec<DiscoveredTable>, ReplicationError> {
     let oids: Vec<u32> = rows.iter().map(|r| r.get(0)).collect();
     let mut columns = fetch_columns(client, &oids).await?;
     let mut keys = fetch_keys(client, &oids).await?;

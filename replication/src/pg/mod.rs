@@ -169,7 +169,8 @@ pub fn object_name(deployment: &str) -> String {
 }
 
 /// Prefix of the logical messages Larder's event trigger emits for every table whose
-/// definition changes or that is dropped (content: the table's oid).
+/// definition changes or that is dropped (content: the table's oid), or that is created
+/// (content: the oid followed by ` created`). Every table of a renamed schema is announced.
 pub const DDL_MESSAGE_PREFIX: &str = "larder_ddl";
 
 /// The schema that holds Larder's own objects upstream (the event triggers' function), apart
@@ -193,8 +194,20 @@ BEGIN
       PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
     END LOOP;
   ELSE
-    FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
+    FOR r IN SELECT objid, command_tag, object_type FROM pg_event_trigger_ddl_commands()
              WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
+      IF r.object_type = 'table'
+         AND r.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') THEN
+        PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text || ' created');
+      ELSE
+        PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
+      END IF;
+    END LOOP;
+    -- A renamed schema renames its tables: each is announced.
+    FOR r IN SELECT c.oid AS objid FROM pg_event_trigger_ddl_commands() d
+             JOIN pg_catalog.pg_class c ON c.relnamespace = d.objid
+             WHERE d.classid = 'pg_catalog.pg_namespace'::regclass
+               AND d.command_tag = 'ALTER SCHEMA' AND c.relkind IN ('r', 'p') LOOP
       PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
     END LOOP;
   END IF;

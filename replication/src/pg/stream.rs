@@ -39,7 +39,7 @@ use tokio::time::{interval, Interval, MissedTickBehavior};
 use tokio_postgres::Client;
 use tracing::{debug, info};
 
-use super::discovery::{build_relation, relation_extras, RawColumn};
+use super::discovery::{build_relation, discover_one, relation_extras, RawColumn};
 use super::{Lsn, PgSource};
 use crate::change::{Change, NewRow, OldRow, RelationInfo, ReplicaIdentity};
 use crate::error::ReplicationError;
@@ -91,6 +91,9 @@ const PART_QUEUE_POLL: Duration = Duration::from_millis(2);
 
 struct Txn {
     skip: bool,
+    /// The upstream transaction id (for waiting until its effects are visible to a catalog
+    /// query).
+    xid: u32,
     /// `final_lsn` of BEGIN.
     final_lsn: Lsn,
     changes: Vec<Change>,
@@ -234,7 +237,7 @@ impl<'a> Streamer<'a> {
     ) -> Result<bool, ReplicationError> {
         use LogicalReplicationMessage as M;
         match msg {
-            M::Begin { final_lsn, .. } => {
+            M::Begin { final_lsn, xid, .. } => {
                 if self.txn.is_some() {
                     return Err(ReplicationError::Protocol(
                         "BEGIN inside a transaction".into(),
@@ -246,6 +249,7 @@ impl<'a> Streamer<'a> {
                 }
                 self.txn = Some(Txn {
                     skip,
+                    xid,
                     final_lsn: Lsn(final_lsn),
                     changes: Vec::new(),
                     bytes: 0,
@@ -337,12 +341,19 @@ impl<'a> Streamer<'a> {
                 prefix, content, ..
             } => {
                 // Emitted by Larder's event trigger inside the DDL's own transaction.
-                if prefix == super::DDL_MESSAGE_PREFIX && self.txn.is_some() {
-                    let oid = std::str::from_utf8(&content)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    if let Some(rel) = oid {
-                        self.push(8, Change::SchemaChanged { rel })?;
+                if prefix == super::DDL_MESSAGE_PREFIX && self.txn.as_ref().is_some_and(|t| !t.skip)
+                {
+                    match parse_ddl_message(&content) {
+                        Some((rel, false)) => self.push(8, Change::SchemaChanged { rel })?,
+                        Some((rel, true)) => {
+                            // A table created in this transaction: announced now, so it is
+                            // listed (and can be cached) before its first row arrives. Its
+                            // rows all come from the stream.
+                            if let Some(rel) = self.created_relation(rel).await? {
+                                self.push(8, Change::Relation(rel))?;
+                            }
+                        }
+                        None => {}
                     }
                 }
             }
@@ -395,6 +406,15 @@ impl<'a> Streamer<'a> {
     /// to the consumer as a non-final part. Waits until the consumer has taken every earlier
     /// batch, so parts do not pile up in the queue. Returns `false` when the consumer is gone.
     async fn send_part(&mut self) -> Result<bool, ReplicationError> {
+        let ddl = self
+            .txn
+            .as_ref()
+            .filter(|t| !t.skip && announces_ddl(&t.changes))
+            .map(|t| t.xid);
+        if let Some(xid) = ddl {
+            let client = self.catalog().await?;
+            wait_visible(client, xid).await?;
+        }
         let (batch, bytes, parts) = {
             let Some(txn) = self.txn.as_mut().filter(|t| !t.skip) else {
                 return Ok(true);
@@ -453,6 +473,11 @@ impl<'a> Streamer<'a> {
             });
         }
         self.last_commit = end;
+        if announces_ddl(&txn.changes) {
+            // The consumer copies changed tables as of now: they must show this transaction.
+            let client = self.catalog().await?;
+            wait_visible(client, txn.xid).await?;
+        }
         let part = (txn.parts_sent > 0).then_some(TxnPart {
             txn: txn.final_lsn,
             first: false,
@@ -541,6 +566,23 @@ impl<'a> Streamer<'a> {
         ))
     }
 
+    /// A table announced as created, as the catalog describes it now (`None` when it is gone
+    /// again or not published). When later DDL changed it meanwhile, the shape is ahead of the
+    /// stream; the table's own Relation message then differs and the consumer copies it again.
+    async fn created_relation(
+        &mut self,
+        oid: u32,
+    ) -> Result<Option<RelationInfo>, ReplicationError> {
+        let publication = self.source.publication_name().to_string();
+        let filter = self.source.filter().clone();
+        let xid = self.txn.as_ref().map_or(0, |t| t.xid);
+        let client = self.catalog().await?;
+        wait_visible(client, xid).await?;
+        Ok(discover_one(client, &publication, oid, &filter)
+            .await?
+            .map(|t| t.relation))
+    }
+
     async fn catalog(&mut self) -> Result<&Client, ReplicationError> {
         if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
             self.catalog = Some(self.source.client().await?);
@@ -580,6 +622,54 @@ impl<'a> Streamer<'a> {
         debug!(received = %self.received, flushed = %flush, "sent standby status");
         Ok(())
     }
+}
+
+/// Whether changes announce DDL (the consumer then reads the catalog and copies tables).
+fn announces_ddl(changes: &[Change]) -> bool {
+    changes
+        .iter()
+        .any(|c| matches!(c, Change::SchemaChanged { .. }))
+}
+
+/// Longest wait for a decoded transaction to become visible to catalog queries.
+const VISIBLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until upstream transaction `xid` is visible to new snapshots. The walsender sends a
+/// transaction once its commit record is flushed, which can be a moment before the commit is
+/// visible to other sessions; a catalog query in that moment would miss what it created.
+async fn wait_visible(client: &Client, xid: u32) -> Result<(), ReplicationError> {
+    // The 32-bit xid made 64-bit with the epoch of the snapshot's xmax (one less when the xid
+    // is from before the xmax's wraparound).
+    const SQL: &str = "SELECT pg_catalog.pg_visible_in_snapshot((((( \
+            pg_catalog.pg_snapshot_xmax(s)::text::int8 >> 32) \
+            - CASE WHEN $1::int8 > (pg_catalog.pg_snapshot_xmax(s)::text::int8 & 4294967295) \
+                   THEN 1 ELSE 0 END) << 32) | $1::int8)::text::xid8, s) \
+        FROM pg_catalog.pg_current_snapshot() s";
+    if xid == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + VISIBLE_WAIT;
+    loop {
+        let visible: bool = client
+            .query_one(SQL, &[&i64::from(xid)])
+            .await
+            .map_err(ReplicationError::pg(
+                "waiting for a transaction to be visible",
+            ))?
+            .get(0);
+        if visible || Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A DDL announcement: the table's oid, and whether the table was created.
+fn parse_ddl_message(content: &[u8]) -> Option<(u32, bool)> {
+    let text = std::str::from_utf8(content).ok()?.trim();
+    let (oid, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let oid = oid.parse::<u32>().ok()?;
+    Some((oid, rest.trim() == "created"))
 }
 
 fn tuple_bytes(t: &TupleData) -> usize {
@@ -644,4 +734,18 @@ fn decode_tuple(
         row.push(value);
     }
     Ok((row, unchanged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ddl_message;
+
+    #[test]
+    fn ddl_announcements_parse_with_and_without_creation() {
+        assert_eq!(parse_ddl_message(b"16384"), Some((16384, false)));
+        assert_eq!(parse_ddl_message(b"16384 created"), Some((16384, true)));
+        assert_eq!(parse_ddl_message(b" 7 other "), Some((7, false)));
+        assert_eq!(parse_ddl_message(b"x created"), None);
+        assert_eq!(parse_ddl_message(&[0xff, 0x31]), None);
+    }
 }

@@ -44,6 +44,8 @@ pub enum ApplyError {
     Dataflow(String),
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+    #[error("copying a table: {0}")]
+    Copy(String),
 }
 
 impl ApplyError {
@@ -480,6 +482,10 @@ pub fn apply_batch(
     } else {
         position
     };
+    // Tables this batch copies again are copied before the dataflow lock is taken: a copy
+    // waits on the upstream (and on the runtime), and nothing that takes the lock from an
+    // async task may wait for it meanwhile.
+    let copies = prefetch_copies(core, source, &batch.changes)?;
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
     let mut txn = core.storage.begin();
     let mut rebuild = Vec::new();
@@ -502,7 +508,7 @@ pub fn apply_batch(
         match change {
             Change::Relation(rel) => {
                 let oid = rel.oid;
-                handle_relation(core, source, &mut txn, &mut graph, rel, at)?;
+                handle_relation(core, source, &copies, &mut txn, &mut graph, rel, at)?;
                 if core
                     .tables
                     .read()
@@ -593,7 +599,7 @@ pub fn apply_batch(
                 );
                 warn!(%reason, "DDL in the change stream: caches on the table stop serving and it is copied again");
                 recopy(
-                    core, source, &mut txn, &mut graph, &entry, None, &reason, at,
+                    core, source, &copies, &mut txn, &mut graph, &entry, None, &reason, at,
                 )?;
                 if core
                     .tables
@@ -741,6 +747,7 @@ fn check_row(table: &StoredTable, row: &Row) -> Result<(), ApplyError> {
 fn handle_relation(
     core: &Core,
     source: &PgSource,
+    copies: &Copies,
     txn: &mut Txn<'_>,
     graph: &mut larder_dataflow::Graph,
     rel: RelationInfo,
@@ -808,6 +815,7 @@ fn handle_relation(
     recopy(
         core,
         source,
+        copies,
         txn,
         graph,
         &entry,
@@ -826,6 +834,7 @@ fn handle_relation(
 fn recopy(
     core: &Core,
     source: &PgSource,
+    copies: &Copies,
     txn: &mut Txn<'_>,
     graph: &mut larder_dataflow::Graph,
     entry: &TableEntry,
@@ -835,7 +844,12 @@ fn recopy(
 ) -> Result<(), ApplyError> {
     forget_table(core, txn, graph, entry, reason)?;
     let name = format!("{}.{}", entry.schema.schema, entry.schema.name);
-    let Some((rel, rows, copy_lsn)) = copy_now(source, entry.oid)? else {
+    let copied = match copies.get(&entry.oid) {
+        Some(c) => c.clone(),
+        // Not foreseen (rare): copied under the lock.
+        None => copy_now(source, entry.oid)?,
+    };
+    let Some((rel, rows, copy_lsn)) = copied else {
         info!(table = %name, "table dropped upstream");
         return Ok(());
     };
@@ -995,6 +1009,65 @@ fn quarantine_table(
     core.request_rebuild(oid);
 }
 
+/// A table copied as of now: its shape, rows and the WAL position of the copy (`None`: the
+/// table no longer exists).
+type Copied = Option<(RelationInfo, Vec<Row>, Lsn)>;
+/// Copies taken for one batch, by table oid.
+type Copies = std::collections::HashMap<u32, Copied>;
+
+/// Copies every table the batch will copy again (announced DDL on a table Larder knows, or a
+/// Relation message with another shape than Larder holds), each once. A copy is as of now,
+/// which is at or after every change of the batch, so one copy serves each recopy of a table
+/// in the batch.
+fn prefetch_copies(
+    core: &Core,
+    source: &PgSource,
+    changes: &[Change],
+) -> Result<Copies, ApplyError> {
+    let mut wanted: Vec<u32> = Vec::new();
+    // Tables the batch itself introduces (created in it): later changes may copy them too.
+    let mut introduced: Vec<&RelationInfo> = Vec::new();
+    {
+        let tables = core.tables.read().expect("tables lock poisoned");
+        for change in changes {
+            let oid = match change {
+                Change::SchemaChanged { rel }
+                    if tables.get(*rel).is_some() || introduced.iter().any(|r| r.oid == *rel) =>
+                {
+                    *rel
+                }
+                Change::Relation(rel) if tables.get(rel.oid).is_none() => {
+                    match introduced.iter().position(|r| r.oid == rel.oid) {
+                        Some(i) if introduced[i].schema != rel.schema => rel.oid,
+                        Some(_) => continue,
+                        None => {
+                            introduced.push(rel);
+                            continue;
+                        }
+                    }
+                }
+                Change::Relation(rel) => match tables.get(rel.oid) {
+                    Some(e) => match (e.stored.is_some(), rel.status.is_replicated()) {
+                        (true, true) if e.schema == rel.schema => continue,
+                        (false, false) => continue,
+                        _ => rel.oid,
+                    },
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if !wanted.contains(&oid) {
+                wanted.push(oid);
+            }
+        }
+    }
+    let mut copies = Copies::new();
+    for oid in wanted {
+        copies.insert(oid, copy_now(source, oid)?);
+    }
+    Ok(copies)
+}
+
 /// Copy a table as of now, from the applier thread (the stream waits meanwhile).
 fn copy_now(
     source: &PgSource,
@@ -1008,8 +1081,13 @@ fn copy_now(
         }
     }
     let mut sink = Collect(Vec::new());
-    let copied =
-        tokio::runtime::Handle::current().block_on(source.copy_table_now(oid, &mut sink))?;
+    // On a runtime of its own: the copy (and its connection task) must not depend on the
+    // shared workers, one of which may be blocked on the dataflow lock this thread holds.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ApplyError::Copy(e.to_string()))?;
+    let copied = runtime.block_on(source.copy_table_now(oid, &mut sink))?;
     Ok(copied.map(|(table, lsn)| (table.relation, sink.0, lsn)))
 }
 
