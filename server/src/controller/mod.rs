@@ -148,10 +148,10 @@ impl Controller {
             LarderStatement::ExplainCreateCache { source } => {
                 self.explain_create_cache(source, ctx).await
             }
-            LarderStatement::DropCache { name } => self.drop_cache(&name),
+            LarderStatement::DropCache { name } => self.drop_cache(&name).await,
             LarderStatement::DropAllCaches => {
                 for c in self.core.caches.all() {
-                    self.drop_cache(&c.query_id)?;
+                    self.drop_cache(&c.query_id).await?;
                 }
                 let unbuilt: Vec<String> = self
                     .unbuilt
@@ -161,7 +161,7 @@ impl Controller {
                     .map(|(c, _)| c.name.clone())
                     .collect();
                 for name in unbuilt {
-                    self.drop_cache(&name)?;
+                    self.drop_cache(&name).await?;
                 }
                 Ok(Table::done("DROP ALL CACHES"))
             }
@@ -364,7 +364,7 @@ impl Controller {
             .collect()
     }
 
-    fn drop_cache(&self, name: &str) -> Result<Table, ControllerError> {
+    async fn drop_cache(&self, name: &str) -> Result<Table, ControllerError> {
         {
             let mut unbuilt = self.unbuilt.lock().expect("unbuilt lock poisoned");
             if let Some(i) = unbuilt
@@ -385,10 +385,16 @@ impl Controller {
             .by_name_or_id(name)
             .ok_or_else(|| ControllerError::NotFound(format!("no cache named {name}")))?;
         self.core.caches.remove(&entry.query_id);
-        {
-            let mut graph = self.core.dataflow.lock().expect("dataflow lock poisoned");
-            let _ = graph.remove_cache(entry.cache_id);
-        }
+        // The dataflow lock may be held for a while (a transaction being applied, a cache
+        // being filled): wait for it off the async workers.
+        let core = self.core.clone();
+        let cache_id = entry.cache_id;
+        tokio::task::spawn_blocking(move || {
+            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            let _ = graph.remove_cache(cache_id);
+        })
+        .await
+        .map_err(|e| ControllerError::Internal(e.to_string()))?;
         self.core
             .storage
             .delete_cache(&entry.name)
