@@ -427,8 +427,8 @@ impl Gen<'_> {
                     0 => String::new(),
                     1 => format!(" DEFAULT '{}'", self.rng.gen_range(0..6)),
                     2 => format!(" DEFAULT (floor(random() * 5)::int)::{ty}"),
-                    _ if ty != "text" => format!(" GENERATED ALWAYS AS (id * 2) STORED"),
-                    _ => format!(" DEFAULT 'x'"),
+                    _ if ty != "text" => " GENERATED ALWAYS AS (id * 2) STORED".to_string(),
+                    _ => " DEFAULT 'x'".to_string(),
                 };
                 d(format!("ALTER TABLE {name} ADD COLUMN {c} {ty}{default}"))
             }
