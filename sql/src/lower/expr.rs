@@ -404,27 +404,7 @@ impl Lowerer<'_, '_> {
                 }))
             }
             UnaryOperator::Plus => self.expr(inner, hint),
-            UnaryOperator::PGAbs => {
-                let t = self.expr(inner, hint)?;
-                match t.ty {
-                    SqlType::Int2
-                    | SqlType::Int4
-                    | SqlType::Int8
-                    | SqlType::Float4
-                    | SqlType::Float8
-                    | SqlType::Numeric => Ok(Typed {
-                        expr: Expr::Func {
-                            func: Func::Abs,
-                            args: vec![t.expr],
-                        },
-                        ty: t.ty,
-                    }),
-                    ref ty => Err(unsupported(format!(
-                        "@ on {} values is not supported",
-                        type_name(ty)
-                    ))),
-                }
-            }
+            UnaryOperator::PGAbs => abs(self.expr(inner, hint)?, "@ on {} values is not supported"),
             UnaryOperator::Minus => {
                 let t = self.expr(inner, hint)?;
                 match (&t.ty, t.expr) {
@@ -436,15 +416,7 @@ impl Lowerer<'_, '_> {
                         expr: Expr::Literal(Value::Numeric(negate_decimal(&n))),
                         ty: t.ty,
                     }),
-                    (
-                        SqlType::Int2
-                        | SqlType::Int4
-                        | SqlType::Int8
-                        | SqlType::Float4
-                        | SqlType::Float8
-                        | SqlType::Numeric,
-                        expr,
-                    ) => Ok(Typed {
+                    (ty, expr) if is_number(ty) => Ok(Typed {
                         expr: Expr::Unary {
                             op: UnaryOp::Neg,
                             expr: Box::new(expr),
@@ -485,25 +457,10 @@ impl Lowerer<'_, '_> {
                 let [arg] = args.as_slice() else {
                     return Err(unsupported("abs() takes one argument"));
                 };
-                let t = self.expr(arg, None)?;
-                match t.ty {
-                    SqlType::Int2
-                    | SqlType::Int4
-                    | SqlType::Int8
-                    | SqlType::Float4
-                    | SqlType::Float8
-                    | SqlType::Numeric => Ok(Typed {
-                        expr: Expr::Func {
-                            func: Func::Abs,
-                            args: vec![t.expr],
-                        },
-                        ty: t.ty,
-                    }),
-                    ref ty => Err(unsupported(format!(
-                        "abs() on {} values is not supported yet",
-                        type_name(ty)
-                    ))),
-                }
+                abs(
+                    self.expr(arg, None)?,
+                    "abs() on {} values is not supported yet",
+                )
             }
             "length" | "char_length" | "character_length" => {
                 let [arg] = args.as_slice() else {
@@ -733,4 +690,31 @@ pub(super) fn binary_typed(op: BinaryOp, l: Typed, r: Typed, ty: SqlType) -> Typ
         },
         ty,
     }
+}
+
+/// Integer, float and numeric types: what `-`, `abs` and `@` accept.
+fn is_number(ty: &SqlType) -> bool {
+    matches!(
+        ty,
+        SqlType::Int2
+            | SqlType::Int4
+            | SqlType::Int8
+            | SqlType::Float4
+            | SqlType::Float8
+            | SqlType::Numeric
+    )
+}
+
+/// `abs(t)` (also `@ t`), of the argument's type; `refusal` names the operator, `{}` the type.
+fn abs(t: Typed, refusal: &str) -> Result<Typed, Unsupported> {
+    if !is_number(&t.ty) {
+        return Err(unsupported(refusal.replace("{}", type_name(&t.ty))));
+    }
+    Ok(Typed {
+        expr: Expr::Func {
+            func: Func::Abs,
+            args: vec![t.expr],
+        },
+        ty: t.ty,
+    })
 }
