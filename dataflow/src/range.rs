@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 
 use larder_sql::numeric::cmp_decimal_text;
-use larder_sql::plan::{RangeBound, RangeSpec};
+use larder_sql::plan::{RangeBound, RangeFamily, RangeSpec};
 use larder_sql::value::{SqlType, Value};
 
 use crate::error::GraphError;
@@ -25,29 +25,6 @@ pub(crate) enum RangeValue {
     Time(i64),
 }
 
-/// The indexed column's type family: values (of rows and of bounds) are read in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RangeKind {
-    Int,
-    Numeric,
-    Text,
-    Date,
-    Time,
-}
-
-impl RangeKind {
-    pub(crate) fn of_type(ty: &SqlType) -> Option<RangeKind> {
-        Some(match ty {
-            SqlType::Int2 | SqlType::Int4 | SqlType::Int8 => RangeKind::Int,
-            SqlType::Numeric => RangeKind::Numeric,
-            SqlType::Text | SqlType::Varchar | SqlType::Name => RangeKind::Text,
-            SqlType::Date => RangeKind::Date,
-            SqlType::Timestamp | SqlType::TimestampTz => RangeKind::Time,
-            _ => return None,
-        })
-    }
-}
-
 /// Where a row goes in the index.
 pub(crate) enum Indexed {
     /// NULL: in no range, not indexed.
@@ -60,25 +37,26 @@ pub(crate) enum Indexed {
 
 impl RangeValue {
     /// `v` read as a value of `kind`; `None` when it cannot be placed exactly.
-    pub(crate) fn of(v: &Value, kind: RangeKind) -> Option<RangeValue> {
+    pub(crate) fn of(v: &Value, kind: RangeFamily) -> Option<RangeValue> {
         Some(match (kind, v) {
-            (RangeKind::Int, Value::Int(i)) => RangeValue::Int(*i),
-            (RangeKind::Numeric, Value::Int(i)) => RangeValue::Numeric(i.to_string()),
-            (RangeKind::Numeric, Value::Numeric(n)) if n == "NaN" => RangeValue::NumericNaN,
-            (RangeKind::Numeric, Value::Numeric(n)) => {
+            (RangeFamily::Int, Value::Int(i)) => RangeValue::Int(*i),
+            (RangeFamily::Numeric, Value::Int(i)) => RangeValue::Numeric(i.to_string()),
+            (RangeFamily::Numeric, Value::Numeric(n)) if n == "NaN" => RangeValue::NumericNaN,
+            (RangeFamily::Numeric, Value::Numeric(n)) => {
                 // Only plain decimals are placed (not infinities).
                 cmp_decimal_text(n, "0")?;
                 RangeValue::Numeric(n.clone())
             }
-            (RangeKind::Text, Value::Text(s)) => RangeValue::Text(s.clone()),
-            (RangeKind::Date, Value::Date(d)) => RangeValue::Date(*d),
-            (RangeKind::Time, Value::Timestamp(t) | Value::TimestampTz(t)) => RangeValue::Time(*t),
+            (RangeFamily::Text, Value::Text(s)) => RangeValue::Text(s.clone()),
+            (RangeFamily::Date, Value::Date(d)) => RangeValue::Date(*d),
+            (RangeFamily::Timestamp, Value::Timestamp(t))
+            | (RangeFamily::TimestampTz, Value::TimestampTz(t)) => RangeValue::Time(*t),
             _ => return None,
         })
     }
 
     /// Where a row whose indexed column holds `v` goes.
-    pub(crate) fn place(v: Option<&Value>, kind: RangeKind) -> Indexed {
+    pub(crate) fn place(v: Option<&Value>, kind: RangeFamily) -> Indexed {
         match v {
             None | Some(Value::Null) => Indexed::Null,
             Some(v) => RangeValue::of(v, kind).map_or(Indexed::Unplaced, Indexed::At),
@@ -130,7 +108,7 @@ impl Eq for RangeValue {}
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RangeRead {
     pub(crate) column: usize,
-    pub(crate) kind: RangeKind,
+    pub(crate) kind: RangeFamily,
     pub(crate) lower: Option<RangeBound>,
     pub(crate) upper: Option<RangeBound>,
 }
@@ -146,7 +124,7 @@ impl RangeRead {
         let ty = reader_types
             .get(spec.column)
             .ok_or_else(|| invalid(format!("column {} out of range", spec.column)))?;
-        let kind = RangeKind::of_type(ty)
+        let kind = RangeFamily::of(ty)
             .ok_or_else(|| invalid(format!("column type {ty:?} is not indexed")))?;
         if spec.lower.is_none() && spec.upper.is_none() {
             return Err(invalid("no bound".into()));
@@ -214,14 +192,14 @@ mod tests {
 
     #[test]
     fn numeric_values_order_numerically_whatever_their_scale() {
-        let n = |s: &str| RangeValue::of(&Value::Numeric(s.into()), RangeKind::Numeric).unwrap();
+        let n = |s: &str| RangeValue::of(&Value::Numeric(s.into()), RangeFamily::Numeric).unwrap();
         assert_eq!(n("10.00"), n("10"));
         assert!(n("9.99") < n("10"));
         assert!(n("-1.05") < n("0.5"));
         assert!(n("120.99") < n("NaN"));
         let read = RangeRead {
             column: 0,
-            kind: RangeKind::Numeric,
+            kind: RangeFamily::Numeric,
             lower: Some(RangeBound {
                 slot: 0,
                 inclusive: true,

@@ -33,7 +33,8 @@ use crate::empty_row::EmptyRow;
 use crate::error::ReadError;
 use crate::eval::CompiledExpr;
 use crate::order::SortedRow;
-use crate::range::{Indexed, RangeKind, RangeRead, RangeValue, Visit};
+use crate::range::{Indexed, RangeRead, RangeValue, Visit};
+use larder_sql::plan::RangeFamily;
 
 /// Default bound on the number of key combinations one read may expand to.
 pub const READ_KEY_COMBINATIONS_MAX: usize = 10_000;
@@ -106,7 +107,7 @@ pub(crate) struct ReaderState {
     poison_all: i64,
     keys: HashMap<Key, KeyRows>,
     /// The column each key's rows are indexed on, for range reads, and its type family.
-    range_column: Option<(usize, RangeKind)>,
+    range_column: Option<(usize, RangeFamily)>,
     /// Rows with positive counts, counted with multiplicity.
     row_count: u64,
     poisoned_keys: u64,
@@ -122,7 +123,7 @@ pub(crate) enum ReaderOp {
 
 impl ReaderState {
     /// An empty state whose keys index their rows on `range_column`, if any.
-    pub(crate) fn indexed_on(range_column: Option<(usize, RangeKind)>) -> ReaderState {
+    pub(crate) fn indexed_on(range_column: Option<(usize, RangeFamily)>) -> ReaderState {
         ReaderState {
             range_column,
             ..ReaderState::default()

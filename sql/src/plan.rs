@@ -339,6 +339,33 @@ pub struct RangeSpec {
     pub upper: Option<RangeBound>,
 }
 
+/// The type families a range read indexes: their order is known exactly (text bytewise). A
+/// range's column and bounds are of one family. Lowering picks ranges by it and the dataflow
+/// reads values in it, so the two always agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeFamily {
+    Int,
+    Numeric,
+    Text,
+    Date,
+    Timestamp,
+    TimestampTz,
+}
+
+impl RangeFamily {
+    pub fn of(ty: &SqlType) -> Option<RangeFamily> {
+        Some(match ty {
+            SqlType::Int2 | SqlType::Int4 | SqlType::Int8 => RangeFamily::Int,
+            SqlType::Numeric => RangeFamily::Numeric,
+            SqlType::Text | SqlType::Varchar | SqlType::Name => RangeFamily::Text,
+            SqlType::Date => RangeFamily::Date,
+            SqlType::Timestamp => RangeFamily::Timestamp,
+            SqlType::TimestampTz => RangeFamily::TimestampTz,
+            _ => return None,
+        })
+    }
+}
+
 /// One end of a [`RangeSpec`]: the value of parameter slot `slot` (which must hold exactly
 /// one value), included or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

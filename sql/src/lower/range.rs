@@ -2,22 +2,8 @@
 //! that the reader can visit only the rows in the range ([`RangeSpec`]). The residual keeps
 //! them, so a range only ever narrows what is checked.
 
-use crate::plan::{BinaryOp, Expr, RangeBound, RangeSpec};
+use crate::plan::{BinaryOp, Expr, RangeBound, RangeFamily, RangeSpec};
 use crate::value::SqlType;
-
-/// Type families whose order Larder knows exactly (and the reader indexes); a bound must be
-/// of the same family as the column.
-fn family(ty: &SqlType) -> Option<u8> {
-    Some(match ty {
-        SqlType::Int2 | SqlType::Int4 | SqlType::Int8 => 0,
-        SqlType::Numeric => 1,
-        SqlType::Text | SqlType::Varchar | SqlType::Name => 2,
-        SqlType::Date => 3,
-        SqlType::Timestamp => 4,
-        SqlType::TimestampTz => 5,
-        _ => return None,
-    })
-}
 
 fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     match e {
@@ -93,9 +79,9 @@ pub(super) fn range_of(
     conjuncts(residual?, &mut parts);
     let mut range: Option<RangeSpec> = None;
     for (column, lower, upper) in parts.into_iter().filter_map(bounds_of) {
-        let col_family = family(reader_types.get(column)?)?;
+        let col_family = RangeFamily::of(reader_types.get(column)?)?;
         let same = |b: &Option<RangeBound>| {
-            b.is_none_or(|b| param_types.get(b.slot).and_then(family) == Some(col_family))
+            b.is_none_or(|b| param_types.get(b.slot).and_then(RangeFamily::of) == Some(col_family))
         };
         if !same(&lower) || !same(&upper) {
             continue;
