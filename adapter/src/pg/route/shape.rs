@@ -37,8 +37,8 @@ impl RouterSession {
         if let Some(k) = self.shapes.get_refresh(sql) {
             return k.clone();
         }
-        let select = parse_larder_statement(sql, Dialect::Postgres).is_none()
-            && classify(sql) == StatementKind::Select;
+        let larder = parse_larder_statement(sql, Dialect::Postgres);
+        let select = larder.is_none() && classify(sql) == StatementKind::Select;
         // A text that differs from a known one only in its literals: no parse.
         let fp = if select && sql.len() <= MEMO_TEXT_MAX_BYTES {
             fingerprint(sql)
@@ -55,7 +55,7 @@ impl RouterSession {
                 }
             }
         }
-        let kind = Arc::new(match parse_larder_statement(sql, Dialect::Postgres) {
+        let kind = Arc::new(match larder {
             Some(Ok(stmt)) => Kind::Larder(stmt),
             Some(Err(_)) => Kind::Other,
             None if select => match normalize(sql, Dialect::Postgres) {
