@@ -785,6 +785,12 @@ impl Relay {
                     relay = true;
                 }
                 backend_tag::NOTIFICATION_RESPONSE => relay = true,
+                // Counted in every segment; dropped when it answers a Parse of Larder's.
+                backend_tag::PARSE_COMPLETE
+                    if self.state.authenticated && self.pipe.on_parse_complete() =>
+                {
+                    relay = false;
+                }
                 backend_tag::BACKEND_KEY_DATA if !self.state.authenticated => {
                     replacement = Some(self.issue_cancel_key(body)?);
                 }
@@ -830,6 +836,10 @@ impl Relay {
                 server_version = self.state.parameter("server_version").unwrap_or(""),
                 "session authenticated");
             return;
+        }
+        for lost in self.pipe.end_segment() {
+            self.interceptor
+                .on_parse_lost(&self.state, &lost.statement, lost.token);
         }
         match self.pipe.slots.pop_front() {
             Some(Slot::Capture) => {
