@@ -210,7 +210,7 @@ fn statement_prepared_from_the_cache_joins_the_clients_pipeline() {
         };
         let mut c = login(&format!("127.0.0.1:{port}"), db);
         let mut out = Vec::new();
-        let mut send = |c: &mut std::net::TcpStream, parts: &[Vec<u8>]| {
+        let send = |c: &mut std::net::TcpStream, parts: &[Vec<u8>]| {
             c.write_all(&parts.concat()).unwrap();
         };
         // Prepared and answered from the cache: the upstream has no s1 yet.
