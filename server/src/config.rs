@@ -129,6 +129,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
     pub log_format: LogFormat,
+
+    /// Testing only: applying a replicated transaction that writes to a table of this name
+    /// fails, once per transaction position, as a storage failure would (exercises the
+    /// retry after a whole-transaction apply error).
+    #[arg(long, env = "LARDER_FAILPOINT_APPLY_TABLE", hide = true)]
+    pub failpoint_apply_table: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

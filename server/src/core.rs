@@ -293,6 +293,18 @@ pub struct Status {
     pub replication: Mutex<String>,
     pub last_error: Mutex<Option<String>>,
     pub shutting_down: AtomicBool,
+    /// Times the change stream was started again after it ended or failed to apply.
+    pub restarts: AtomicU64,
+}
+
+/// Injected failures for tests (`--failpoint-apply-table`, hidden).
+#[derive(Default)]
+pub struct Failpoints {
+    /// Applying a transaction that writes to a table of this name fails once per commit
+    /// position.
+    pub apply_table: Option<String>,
+    /// Commit positions already failed once.
+    pub apply_failed_at: Mutex<Vec<u64>>,
 }
 
 pub struct Core {
@@ -312,6 +324,7 @@ pub struct Core {
     pub ddl_triggers: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild: RebuildRequests,
+    pub failpoints: Failpoints,
 }
 
 /// Most table oids waiting for a cache rebuild; beyond it the requests collapse into one
@@ -399,7 +412,7 @@ impl RebuildRequests {
 }
 
 impl Core {
-    pub fn new(storage: Storage) -> Arc<Core> {
+    pub fn new(storage: Storage, failpoints: Failpoints) -> Arc<Core> {
         let core = Core {
             storage,
             dataflow: Mutex::new(Graph::new()),
@@ -411,6 +424,7 @@ impl Core {
             c_collation: AtomicBool::new(false),
             ddl_triggers: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
+            failpoints,
         };
         Arc::new(core)
     }

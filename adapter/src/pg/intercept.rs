@@ -706,8 +706,14 @@ mod tests {
         d.send_upstream(&parse_msg("c"), ResponseMode::Relay);
         d.inject_parse(&parse_msg("t"), "t", 8);
         d.send_upstream(&encoded(Sync), ResponseMode::Relay);
-        assert!(!pipe.on_parse_complete(), "the client's first ParseComplete is relayed");
-        assert!(pipe.on_parse_complete(), "the second answers Larder's Parse");
+        assert!(
+            !pipe.on_parse_complete(),
+            "the client's first ParseComplete is relayed"
+        );
+        assert!(
+            pipe.on_parse_complete(),
+            "the second answers Larder's Parse"
+        );
         assert!(!pipe.on_parse_complete());
         assert!(pipe.end_segment().is_empty());
         // Segment 1 answered with an error: no ParseComplete at all.
