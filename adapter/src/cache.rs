@@ -141,6 +141,10 @@ pub trait CacheBackend: Send + Sync + 'static {
         false
     }
     /// The upstream WAL position replication has applied (for read-your-DDL barriers).
+    /// False while an operator has turned caching off (`ALTER LARDER SET caching = off`):
+    /// every query goes upstream. Checked on every cacheable query: one atomic load.
+    fn caching_on(&self) -> bool;
+
     fn applied_position(&self) -> u64 {
         u64::MAX
     }

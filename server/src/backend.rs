@@ -119,6 +119,14 @@ impl CacheBackend for Backend {
             .any(|(r, d)| (r.is_empty() || r == user) && (d.is_empty() || d == database))
     }
 
+    fn caching_on(&self) -> bool {
+        self.controller
+            .core
+            .status
+            .caching_on
+            .load(Ordering::Relaxed)
+    }
+
     fn applied_position(&self) -> u64 {
         self.controller
             .core

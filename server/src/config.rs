@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long, env = "PROXY_ONLY", default_value_t = false)]
     pub proxy_only: bool,
 
+    /// The emergency switch at start: `off` sends every query upstream while replication and
+    /// caches keep running, until `ALTER LARDER SET caching = on`.
+    #[arg(long, env = "CACHING", value_enum, default_value_t = Switch::On)]
+    pub caching: Switch,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
@@ -135,6 +140,12 @@ pub struct Config {
     /// retry after a whole-transaction apply error).
     #[arg(long, env = "LARDER_FAILPOINT_APPLY_TABLE", hide = true)]
     pub failpoint_apply_table: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -295,6 +295,9 @@ pub struct Status {
     pub shutting_down: AtomicBool,
     /// Times the change stream was started again after it ended or failed to apply.
     pub restarts: AtomicU64,
+    /// The emergency switch: false sends every query upstream (`ALTER LARDER SET caching`,
+    /// `--caching`).
+    pub caching_on: AtomicBool,
 }
 
 /// Injected failures for tests (`--failpoint-apply-table`, hidden).
@@ -418,7 +421,10 @@ impl Core {
             dataflow: Mutex::new(Graph::new()),
             tables: RwLock::new(TableRegistry::default()),
             caches: CacheRegistry::default(),
-            status: Status::default(),
+            status: Status {
+                caching_on: AtomicBool::new(true),
+                ..Status::default()
+            },
             output_overrides: RwLock::new(Vec::new()),
             search_path_defaults: RwLock::new(None),
             c_collation: AtomicBool::new(false),

@@ -110,6 +110,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
             ..Default::default()
         },
     );
+    core.status.caching_on.store(
+        cfg.caching == crate::config::Switch::On,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    if cfg.caching == crate::config::Switch::Off {
+        warn!("caching is off (--caching off): every query goes upstream until ALTER LARDER SET caching = on");
+    }
     let source = Arc::new(
         PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
             .context("configuring replication")?

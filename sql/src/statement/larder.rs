@@ -51,6 +51,9 @@ pub enum LarderStatement {
     ShowTables,
     /// `SHOW LARDER VERSION`
     ShowVersion,
+    /// `ALTER LARDER SET caching = on|off` (also `TO`, `true`/`false`): the emergency switch
+    /// that sends every query upstream (off) or lets caches answer again (on).
+    SetCaching { on: bool },
 }
 
 /// Recognizes Larder's own statements. Returns `None` (after looking at two words at most)
@@ -76,6 +79,7 @@ pub fn parse_larder_statement(
         _ if eq(first, "show") => ["caches", "proxied", "larder", "readyset"]
             .iter()
             .any(|k| eq(second, k)),
+        _ if eq(first, "alter") => eq(second, "larder"),
         _ => false,
     };
     if !ours {
@@ -117,6 +121,23 @@ fn parse_ours(
                 sc.expect_keyword("queries")?;
                 LarderStatement::DropAllProxiedQueries
             }
+        }
+        ("alter", "larder") => {
+            sc.expect_keyword("set")?;
+            sc.expect_keyword("caching")?;
+            if !sc.punct(b'=') {
+                sc.expect_keyword("to")?;
+            }
+            let value = sc
+                .word()
+                .ok_or_else(|| stmt_err("expected ON or OFF"))?
+                .to_ascii_lowercase();
+            let on = match value.as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                other => return Err(stmt_err(format!("expected ON or OFF, found {other}"))),
+            };
+            LarderStatement::SetCaching { on }
         }
         ("show", "caches") => LarderStatement::ShowCaches {
             query_id: parse_where_query_id(&mut sc)?,
@@ -422,6 +443,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn alter_larder_set_caching() {
+        assert_eq!(
+            ok("ALTER LARDER SET caching = off"),
+            LarderStatement::SetCaching { on: false }
+        );
+        assert_eq!(
+            ok("alter larder set CACHING to ON;"),
+            LarderStatement::SetCaching { on: true }
+        );
+        assert_eq!(
+            ok("ALTER LARDER SET caching = true"),
+            LarderStatement::SetCaching { on: true }
+        );
+        assert!(matches!(
+            pg("ALTER LARDER SET caching = maybe"),
+            Some(Err(_))
+        ));
+        assert!(matches!(pg("ALTER LARDER SET other = on"), Some(Err(_))));
+        assert_eq!(pg("ALTER TABLE larder SET caching = on"), None);
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub(super) fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] 
         LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
         LarderStatement::ShowTables => &["table", "status", "description"],
         LarderStatement::DropCache { .. }
+        | LarderStatement::SetCaching { .. }
         | LarderStatement::DropAllCaches
         | LarderStatement::DropAllProxiedQueries => &[],
     }

@@ -348,6 +348,9 @@ impl RouterSession {
         bound: Option<(&Bind, &Vec<u32>)>,
         dispatch: &mut Dispatch<'_>,
     ) -> Result<CacheRead, String> {
+        if !self.backend.caching_on() {
+            return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
+        }
         if !self.eligible_db {
             return Err(format!(
                 "database {} is not the replicated database",
