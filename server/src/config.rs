@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
 
+    /// Load shedding: most client statements in flight to the database across all sessions;
+    /// past it a new statement from a session at rest (not in a transaction) is refused with
+    /// SQLSTATE 53400 instead of queueing. Default: 4 x --max-connections; 0: no bound.
+    #[arg(long, env = "UPSTREAM_QUERIES_MAX")]
+    pub upstream_queries_max: Option<usize>,
+
     /// Largest protocol message accepted from a client or upstream.
     #[arg(long, env = "MESSAGE_SIZE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub message_size_max_bytes: usize,

@@ -76,6 +76,9 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         listen: cfg.address,
         upstream,
         max_connections: cfg.max_connections,
+        upstream_queries_max: cfg
+            .upstream_queries_max
+            .unwrap_or(cfg.max_connections.saturating_mul(4)),
         message_size_max_bytes: cfg.message_size_max_bytes,
         client_output_max_bytes: cfg.client_output_max_bytes,
         startup_timeout_ms: cfg.startup_timeout_ms,
