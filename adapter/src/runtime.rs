@@ -199,6 +199,9 @@ impl CacheBackend for ExecuteOn {
     fn caching_on(&self) -> bool {
         self.inner.caching_on()
     }
+    fn shape_epoch(&self) -> u64 {
+        self.inner.shape_epoch()
+    }
     fn applied_position(&self) -> u64 {
         self.inner.applied_position()
     }

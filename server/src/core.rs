@@ -31,6 +31,8 @@ pub struct CacheEntry {
     pub reader: ReaderHandle,
     pub columns: Vec<ResultColumn>,
     pub hits: HitCounter,
+    /// [`Core::shape_epoch`] when the build began.
+    pub built_epoch: u64,
     /// Why the cache does not serve right now (e.g. its table changed shape); `None` = serving.
     pub invalid: Mutex<Option<String>>,
     pub serving: AtomicBool,
@@ -327,6 +329,10 @@ pub struct Core {
     pub ddl_triggers: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild: RebuildRequests,
+    /// Counts changes of replicated tables' shapes (altered, dropped, re-created). A prepared
+    /// statement is not answered by a cache built after a shape change that followed its
+    /// preparation: the client holds the old result description.
+    pub shape_epoch: AtomicU64,
     pub failpoints: Failpoints,
 }
 
@@ -431,6 +437,7 @@ impl Core {
             ddl_triggers: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
             failpoints,
+            shape_epoch: AtomicU64::new(0),
         };
         Arc::new(core)
     }

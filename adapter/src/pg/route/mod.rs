@@ -126,6 +126,8 @@ struct Statement {
     /// Tells this remembering of the name apart from earlier and later ones (a session
     /// counter), for the answer to a Parse injected for it.
     token: u64,
+    /// The backend's shape epoch when the client prepared it.
+    epoch: u64,
 }
 
 /// What a captured response answers.
