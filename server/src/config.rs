@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "CACHING", value_enum, default_value_t = Switch::On)]
     pub caching: Switch,
 
+    /// Read-your-writes: after a session writes to a table a cache reads (or commits a
+    /// transaction that did), its reads from caches wait until replication has applied the
+    /// write (they go upstream meanwhile). Each session may `SET larder.read_your_writes`.
+    #[arg(long, env = "READ_YOUR_WRITES", value_enum, default_value_t = Switch::On)]
+    pub read_your_writes: Switch,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,

@@ -173,7 +173,10 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         backend,
         tokio::runtime::Handle::current(),
     ));
-    let backend = Arc::new(larder_adapter::pg::CacheRouter::new(backend));
+    let backend = Arc::new(larder_adapter::pg::CacheRouter::new(
+        backend,
+        cfg.read_your_writes == crate::config::Switch::On,
+    ));
     let serve = serve_sessions(listeners, proxy_cfg, shutdown.clone(), backend);
     tokio::pin!(serve);
     tokio::select! {

@@ -569,6 +569,18 @@ impl Dispatch<'_> {
         }
     }
 
+    /// Like [`Dispatch::capture`], but sent at once, right behind the client's last unit (in
+    /// the same round trip), when that unit is complete (it ended at a sync point) and nothing
+    /// of Larder's waits before it. The caller must know the client's unit cannot leave the
+    /// upstream in COPY (whose data would then follow Larder's messages).
+    pub fn capture_behind(&mut self, raw: &[u8]) {
+        if self.pipe.unsynced || !self.pipe.deferred.is_empty() {
+            self.capture(raw);
+        } else {
+            self.send_upstream(raw, ResponseMode::Capture);
+        }
+    }
+
     /// Sync points forwarded earlier whose ReadyForQuery has not arrived yet.
     pub fn pending_sync_points(&self) -> usize {
         self.pipe.pending_sync_points()

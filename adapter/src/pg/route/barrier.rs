@@ -24,13 +24,21 @@ impl RouterSession {
         dispatch: &mut Dispatch<'_>,
     ) {
         let kind = classify(sql);
+        if kind == StatementKind::Set {
+            if let Some(on) = read_your_writes_setting(sql) {
+                self.read_your_writes = on;
+            }
+            return;
+        }
         // A multi-statement string may hold DDL after a first harmless statement.
         let multi = is_multi_statement(sql);
         let ddl = kind == StatementKind::Other || multi;
-        let write = kind == StatementKind::Write
+        let write = self.read_your_writes
+            && kind == StatementKind::Write
             && write_target(sql).is_none_or(|t| self.backend.caches_relation_named(&t));
         if multi {
             self.barrier_at_commit = true;
+            self.ddl_at_commit = true;
         }
         let ends_transaction = matches!(
             kind,
@@ -39,22 +47,35 @@ impl RouterSession {
         let in_transaction = session.transaction_status() != TransactionStatus::Idle;
         if (ddl || write) && in_transaction {
             self.barrier_at_commit = true;
+            self.ddl_at_commit |= ddl;
             self.wrote_in_transaction |= write;
         }
+        // Whether the barrier follows DDL (the transaction's, when this ends one).
+        let mut after_ddl = ddl;
         if ends_transaction && !multi {
             self.wrote_in_transaction = false;
+            after_ddl = std::mem::take(&mut self.ddl_at_commit);
             if !std::mem::take(&mut self.barrier_at_commit) {
                 return;
             }
         } else if !ddl && !write {
             return;
         }
-        capture_query(
-            dispatch,
-            "SELECT pg_catalog.pg_current_wal_lsn()::text",
-            &[],
-        );
-        self.captures.push_back(CaptureKind::WalPosition { ddl });
+        // A plain write or a COMMIT cannot leave the upstream in COPY: the question goes right
+        // behind it, in the same round trip. DDL and anything less plain wait for the
+        // boundary.
+        let plain = !ddl
+            && !multi
+            && (ends_transaction
+                || write_target(sql).is_some_and(|_| !starts_with_word(sql, "copy")));
+        let question = "SELECT pg_catalog.pg_current_wal_lsn()::text";
+        if plain {
+            capture_query_behind(dispatch, question, &[]);
+        } else {
+            capture_query(dispatch, question, &[]);
+        }
+        self.captures
+            .push_back(CaptureKind::WalPosition { ddl: after_ddl });
         self.barrier_lsn = Some(0);
     }
 
@@ -93,6 +114,52 @@ impl RouterSession {
         }
         Ok(())
     }
+}
+
+/// The value of `SET [SESSION] larder.read_your_writes {=|TO} on|off` (`true`/`false`,
+/// quoted or not; `DEFAULT` and `RESET` mean on). `SET LOCAL` is not followed: it would
+/// revert at the transaction's end.
+fn read_your_writes_setting(sql: &str) -> Option<bool> {
+    let text = sql.trim().trim_end_matches(';').to_ascii_lowercase();
+    let mut words = text.split_ascii_whitespace();
+    let first = words.next()?;
+    let mut name = words.next()?;
+    if first == "reset" {
+        return (name == "larder.read_your_writes").then_some(true);
+    }
+    if first != "set" {
+        return None;
+    }
+    if name == "session" {
+        name = words.next()?;
+    }
+    let (name, rest) = match name.split_once('=') {
+        Some((n, v)) => (n, v.to_string()),
+        None => (name, String::new()),
+    };
+    if name != "larder.read_your_writes" {
+        return None;
+    }
+    let mut value = rest;
+    if value.is_empty() {
+        let next = words.next()?;
+        value = match next.strip_prefix('=') {
+            Some(v) if !v.is_empty() => v.to_string(),
+            _ if next == "=" || next == "to" => words.next()?.to_string(),
+            _ => return None,
+        };
+    }
+    match value.trim_matches(['\'', '"']) {
+        "on" | "true" | "default" => Some(true),
+        "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+fn starts_with_word(sql: &str, word: &str) -> bool {
+    sql.split_ascii_whitespace()
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// The table a simple `INSERT INTO t`, `UPDATE [ONLY] t`, `DELETE FROM [ONLY] t`,
@@ -154,6 +221,19 @@ fn write_target(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::write_target;
+
+    #[test]
+    fn read_your_writes_settings() {
+        use super::read_your_writes_setting as s;
+        assert_eq!(s("SET larder.read_your_writes = off"), Some(false));
+        assert_eq!(s("set LARDER.READ_YOUR_WRITES to 'on';"), Some(true));
+        assert_eq!(s("SET SESSION larder.read_your_writes=false"), Some(false));
+        assert_eq!(s("SET larder.read_your_writes =off"), Some(false));
+        assert_eq!(s("RESET larder.read_your_writes"), Some(true));
+        assert_eq!(s("SET LOCAL larder.read_your_writes = off"), None);
+        assert_eq!(s("SET search_path = a"), None);
+        assert_eq!(s("SET larder.read_your_writes = maybe"), None);
+    }
 
     #[test]
     fn write_targets() {

@@ -262,6 +262,7 @@ impl RouterSession {
                                     kind,
                                     StatementKind::Other
                                         | StatementKind::Write
+                                        | StatementKind::Set
                                         | StatementKind::Transaction(_)
                                 ) {
                                     executed = Some(stmt.sql.clone());

@@ -90,6 +90,18 @@ pub(super) const CAPTURE_NAME: &str = "__larder_capture";
 /// text, and the client's unnamed statement and portal are left alone (a simple `Query` would
 /// destroy the unnamed statement).
 pub(super) fn capture_query(dispatch: &mut Dispatch<'_>, sql: &str, params: &[&str]) {
+    dispatch.capture(&capture_unit(sql, params));
+}
+
+/// [`capture_query`] sent right behind the client's last unit instead of at the next
+/// boundary (see [`Dispatch::capture_behind`]): the caller knows that unit is complete and
+/// cannot leave the upstream in COPY.
+pub(super) fn capture_query_behind(dispatch: &mut Dispatch<'_>, sql: &str, params: &[&str]) {
+    dispatch.capture_behind(&capture_unit(sql, params));
+}
+
+/// Larder's own question as one unit on its own statement and portal, ending with Sync.
+fn capture_unit(sql: &str, params: &[&str]) -> BytesMut {
     let mut buf = BytesMut::new();
     Parse {
         name: CAPTURE_NAME.into(),
@@ -124,7 +136,7 @@ pub(super) fn capture_query(dispatch: &mut Dispatch<'_>, sql: &str, params: &[&s
     }
     .encode(&mut buf);
     Sync.encode(&mut buf);
-    dispatch.capture(&buf);
+    buf
 }
 
 /// What the router knows of the session state a cached answer depends on: the current role

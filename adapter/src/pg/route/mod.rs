@@ -71,11 +71,16 @@ const TEXT_OID: u32 = 25;
 
 pub struct CacheRouter {
     backend: Arc<dyn CacheBackend>,
+    /// Read-your-writes for new sessions (each may `SET larder.read_your_writes`).
+    read_your_writes: bool,
 }
 
 impl CacheRouter {
-    pub fn new(backend: Arc<dyn CacheBackend>) -> CacheRouter {
-        CacheRouter { backend }
+    pub fn new(backend: Arc<dyn CacheBackend>, read_your_writes: bool) -> CacheRouter {
+        CacheRouter {
+            backend,
+            read_your_writes,
+        }
     }
 }
 
@@ -94,6 +99,8 @@ impl InterceptorFactory for CacheRouter {
             captures: std::collections::VecDeque::new(),
             barrier_lsn: None,
             barrier_at_commit: false,
+            read_your_writes: self.read_your_writes,
+            ddl_at_commit: false,
             wrote_in_transaction: false,
 
             facts: SessionFacts::new(session, self.backend.as_ref()),
@@ -193,6 +200,11 @@ struct RouterSession {
     /// DDL or a write was forwarded inside the current transaction (its commit needs a new
     /// barrier).
     barrier_at_commit: bool,
+    /// Writes close this session's cache reads until replication has applied them
+    /// (`--read-your-writes`, `SET larder.read_your_writes`).
+    read_your_writes: bool,
+    /// DDL was forwarded inside the current transaction (its commit's barrier is a DDL one).
+    ddl_at_commit: bool,
     /// The current transaction wrote to a table a cache reads: its own uncommitted rows are
     /// not in any cache.
     wrote_in_transaction: bool,
