@@ -49,12 +49,25 @@ impl CachedQuery for CacheEntry {
                 .unwrap_or_else(|| "the cache is not serving".into());
             return Err(Miss { reason });
         }
+        // The staleness bound: one atomic load against the clock, which also starts the
+        // hit's timing.
+        let started = std::time::Instant::now();
+        if !self.ops.freshness.fresh_at(started) {
+            return Err(Miss {
+                reason: self
+                    .ops
+                    .freshness
+                    .stale_reason(started)
+                    .unwrap_or_else(|| "replication is behind the staleness bound".into()),
+            });
+        }
         let read = self.reader.read_into(params, &mut |row, output| {
             sink(row, &mut output.iter().map(|c| c.column))
         });
         match read {
             Ok(n) => {
                 self.hits.add(1);
+                self.ops.cache_reads.observe(started.elapsed());
                 Ok(n)
             }
             Err(e) => Err(Miss {
@@ -193,6 +206,17 @@ impl CacheBackend for Backend {
 
     fn session_closed(&self) {
         self.controller.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn fell_back(&self, query_id: &str, reason: &str) {
+        // Only SELECTs a cache exists for count as fallbacks (the rest simply have none).
+        if self.controller.core.caches.get(query_id).is_some() {
+            self.controller.core.ops.fell_back(reason);
+        }
+    }
+
+    fn answered_locally(&self) {
+        self.controller.core.ops.local.inc();
     }
 }
 

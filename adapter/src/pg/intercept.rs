@@ -226,6 +226,10 @@ pub(crate) struct Pipeline {
     /// Larder's own captured units waiting for the upstream to reach a boundary (see
     /// [`Pipeline::at_boundary`]); sent, in order, by [`Pipeline::release_deferred`].
     pub deferred: BytesMut,
+    /// When each relayed sync point still waiting for its ReadyForQuery was forwarded, and
+    /// where its duration is counted (`None`: not timed).
+    pub relay_started: VecDeque<std::time::Instant>,
+    pub metrics: Option<std::sync::Arc<crate::metrics::ProxyMetrics>>,
 }
 
 impl Pipeline {
@@ -284,6 +288,9 @@ impl Pipeline {
         for msg in it.by_ref().map_while(Result::ok) {
             match msg.frame.tag {
                 frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
+                    if mode == ResponseMode::Relay && self.metrics.is_some() {
+                        self.relay_started.push_back(std::time::Instant::now());
+                    }
                     self.slots.push_back(match mode {
                         ResponseMode::Relay => Slot::Relay,
                         ResponseMode::Discard => Slot::Discard,
@@ -306,6 +313,13 @@ impl Pipeline {
             raw.len(),
             "send_upstream needs whole messages"
         );
+    }
+
+    /// The ReadyForQuery of the oldest relayed sync point arrived: counts its duration.
+    pub fn relay_done(&mut self) {
+        if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
+            m.upstream_done(started);
+        }
     }
 
     /// Appends leading ready local responses to the client output.

@@ -34,8 +34,6 @@ pub use parts::{hold_partial_tables, PartsState};
 
 /// Upper bound of transactions waiting between the stream reader and the applier.
 const APPLY_QUEUE_MAX: usize = 64;
-/// Snapshot progress is logged every this many rows of a table.
-const SNAPSHOT_LOG_EVERY_ROWS: u64 = 100_000;
 /// How often applied positions are flushed to disk and acknowledged upstream.
 const ACK_INTERVAL_MS: u64 = 500;
 
@@ -193,6 +191,7 @@ impl SnapshotSink for StorageSink<'_> {
             return Err(format!("snapshot rows for unknown relation {}", batch.rel));
         };
         let mut txn = core.storage.begin();
+        core.ops.snapshot_rows.add(batch.rows.len() as u64);
         for row in batch.rows {
             check_row(&table, &row).map_err(|e| e.to_string())?;
             txn.insert(&table, row).map_err(|e| e.to_string())?;
@@ -200,20 +199,11 @@ impl SnapshotSink for StorageSink<'_> {
         txn.commit().map_err(|e| e.to_string())?;
         let mut tables = core.tables.write().expect("tables lock poisoned");
         if let Some(entry) = tables.get_mut(batch.rel) {
-            let before = match entry.state {
-                TableState::Snapshotting { rows_done, .. } => rows_done,
-                _ => 0,
+            let now = std::time::Instant::now();
+            let mut clock = match entry.state {
+                TableState::Snapshotting { clock: Some(c), .. } => c,
+                _ => crate::tables::SnapshotClock::new(now),
             };
-            if !batch.table_done
-                && batch.rows_done / SNAPSHOT_LOG_EVERY_ROWS > before / SNAPSHOT_LOG_EVERY_ROWS
-            {
-                info!(
-                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
-                    rows_done = batch.rows_done,
-                    rows_estimated = batch.rows_estimated.unwrap_or(0),
-                    "snapshot progress"
-                );
-            }
             entry.state = if batch.table_done {
                 info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
                 TableState::Online
@@ -221,8 +211,23 @@ impl SnapshotSink for StorageSink<'_> {
                 TableState::Snapshotting {
                     rows_done: batch.rows_done,
                     rows_estimated: batch.rows_estimated,
+                    clock: Some(clock),
                 }
             };
+            if !batch.table_done && clock.log_due(now) {
+                let p = entry.state.progress(now).unwrap_or_default();
+                info!(
+                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
+                    rows_done = p.rows_done,
+                    rows_estimated = p.rows_estimated.unwrap_or(0),
+                    percent = p.percent.map_or(-1.0, |x| (x * 10.0).round() / 10.0),
+                    eta_seconds = p.eta.map_or(-1, |d| d.as_secs() as i64),
+                    "snapshot progress"
+                );
+                if let TableState::Snapshotting { clock: c, .. } = &mut entry.state {
+                    *c = Some(clock);
+                }
+            }
         }
         Ok(())
     }
@@ -251,6 +256,7 @@ async fn initial_snapshot(
                 TableState::Snapshotting {
                     rows_done: 0,
                     rows_estimated: t.estimated_rows,
+                    clock: None,
                 },
             )?;
             registry.insert(entry);

@@ -339,6 +339,7 @@ impl Relay {
         };
         let pipe = Pipeline {
             client_output_max_bytes: Some(shared.cfg.client_output_max_bytes),
+            metrics: Some(shared.cfg.metrics.clone()),
             ..Pipeline::default()
         };
         Relay {
@@ -838,7 +839,8 @@ impl Relay {
                 self.pipe.captured = captured;
                 self.pipe.captured.clear();
             }
-            Some(Slot::Relay | Slot::Discard) => {}
+            Some(Slot::Relay) => self.pipe.relay_done(),
+            Some(Slot::Discard) => {}
             Some(slot) => {
                 // Local answers are never left at the front (they are drained at once).
                 debug_assert!(false, "ReadyForQuery with {slot:?} at the front");
