@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use larder_replication::PgSource;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use super::Ops;
 use crate::core::Core;
@@ -58,6 +58,8 @@ pub struct Freshness {
     pub stale_periods: AtomicU64,
     /// What replication was doing at the last poll (`SHOW LARDER STATUS`'s words).
     replication: Mutex<String>,
+    /// Set when replication can never catch up again (its slot is gone): caches stop for good.
+    halted: Mutex<Option<String>>,
 }
 
 impl Freshness {
@@ -75,6 +77,7 @@ impl Freshness {
             upstream_error: Mutex::new(None),
             stale_periods: AtomicU64::new(0),
             replication: Mutex::new(String::new()),
+            halted: Mutex::new(None),
         }
     }
 
@@ -105,6 +108,11 @@ impl Freshness {
         if self.fresh_at(now) {
             return None;
         }
+        if let Some(why) = self.halted.lock().expect("freshness lock").clone() {
+            return Some(format!(
+                "caches are stopped past the staleness bound: {why}"
+            ));
+        }
         let replication = self.replication.lock().expect("freshness lock").clone();
         let bound = self.max_lag.as_millis();
         let state = if replication.is_empty() {
@@ -130,8 +138,17 @@ impl Freshness {
         })
     }
 
+    /// Replication can never catch up again: no cache serves from now on.
+    pub fn halt(&self, why: &str) {
+        *self.halted.lock().expect("freshness lock") = Some(why.to_string());
+        self.serve_until_nanos.store(0, Ordering::Release);
+    }
+
     /// Replication confirmed the poll made at `polled`.
     fn confirm(&self, polled: Instant) {
+        if self.halted.lock().expect("freshness lock").is_some() {
+            return;
+        }
         let at = self.nanos(polled).max(1);
         if at > self.confirmed_nanos.load(Ordering::Relaxed) {
             self.confirmed_nanos.store(at, Ordering::Release);
@@ -202,6 +219,12 @@ pub async fn run(
         };
         freshness.lag_ms.store(lag_ms, Ordering::Relaxed);
         let newest = pending.back().map_or(applied, |p| p.1);
+        trace!(
+            upstream_lsn = newest,
+            applied_lsn = applied,
+            lag_ms,
+            "freshness poll"
+        );
         freshness
             .lag_bytes
             .store(newest.saturating_sub(applied), Ordering::Relaxed);

@@ -365,10 +365,31 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
             .open(Some(Lsn(core.status.applied_lsn.load(Ordering::SeqCst))))
             .await
         {
+            if let OpenOutcome::Fresh(fresh) = outcome {
+                slot_lost(&core, &source, fresh).await;
+                return;
+            }
             core.set_replication_status("Streaming");
             backoff_ms = 100;
             next = Some(outcome);
         }
+    }
+}
+
+/// The slot disappeared while streaming (dropped upstream, or invalidated): the changes since
+/// the applied position are gone, so the stored tables can never catch up from here. Caches
+/// stop serving for good, and the slot `open` just created is dropped again so that a restart
+/// takes a fresh snapshot instead of resuming past the lost changes.
+async fn slot_lost(core: &Core, source: &PgSource, fresh: larder_replication::FreshSlot) {
+    drop(fresh);
+    let reason = "the replication slot is gone (dropped or invalidated upstream): the stored \
+                  tables cannot catch up; restart Larder to take a fresh snapshot";
+    error!("{reason}");
+    core.ops.freshness.halt(reason);
+    core.set_last_error(reason.to_string());
+    core.set_replication_status("Stopped: replication slot lost");
+    if let Err(e) = source.drop_slot().await {
+        warn!(error = %e, "dropping the replication slot created while reconnecting");
     }
 }
 
