@@ -424,6 +424,7 @@ impl Core {
             .replication
             .lock()
             .expect("status lock poisoned") = s.to_string();
+        self.ops.freshness.set_replication(s);
     }
 
     /// What replication is doing, as `SHOW LARDER STATUS` says it.

@@ -203,7 +203,8 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     Ok(())
 }
 
-/// Starts the freshness poller and, with `--metrics-address`, the HTTP endpoints.
+/// Starts the freshness poller (the staleness bound) and, with `--metrics-address`, the HTTP
+/// endpoints.
 fn start_ops(
     ops: &Arc<crate::ops::Ops>,
     listener: Option<TcpListener>,
@@ -211,12 +212,15 @@ fn start_ops(
     core: Option<Arc<Core>>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    tokio::spawn(crate::ops::freshness::run(
-        ops.clone(),
-        source,
-        core.clone(),
-        shutdown.clone(),
-    ));
+    // With --proxy-only the poll only feeds /ready: without the endpoints it is not needed.
+    if core.is_some() || listener.is_some() {
+        tokio::spawn(crate::ops::freshness::run(
+            ops.clone(),
+            source,
+            core.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let Some(listener) = listener {
         let endpoints = Arc::new(crate::ops::http::Endpoints {
             registry: crate::ops::metrics::MetricsRegistry::new(ops.clone(), core.clone()),

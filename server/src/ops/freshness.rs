@@ -60,6 +60,8 @@ pub struct Freshness {
     replication: Mutex<String>,
     /// Set when replication can never catch up again (its slot is gone): caches stop for good.
     halted: Mutex<Option<String>>,
+    /// Polls replication has not reached yet: (when, the upstream's position then).
+    pending: Mutex<VecDeque<(Instant, u64)>>,
 }
 
 impl Freshness {
@@ -78,6 +80,7 @@ impl Freshness {
             stale_periods: AtomicU64::new(0),
             replication: Mutex::new(String::new()),
             halted: Mutex::new(None),
+            pending: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -158,43 +161,74 @@ impl Freshness {
     }
 }
 
+/// How often polls are checked against the applied position (cheap: an atomic load and a
+/// short lock), so a poll is confirmed within this of replication reaching it.
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(20);
+
+impl Freshness {
+    /// The upstream was at `lsn` at `polled`.
+    fn polled(&self, polled: Instant, lsn: u64) {
+        self.upstream_lsn.store(lsn, Ordering::Relaxed);
+        let mut pending = self.pending.lock().expect("freshness lock");
+        if pending.len() == PENDING_POLLS_MAX {
+            pending.remove(PENDING_POLLS_MAX / 2);
+        }
+        pending.push_back((polled, lsn));
+    }
+
+    /// Confirms every poll replication has reached by `applied`; updates the lag figures.
+    fn check(&self, applied: u64, now: Instant) -> u64 {
+        let mut pending = self.pending.lock().expect("freshness lock");
+        while let Some(&(polled, lsn)) = pending.front() {
+            if lsn > applied {
+                break;
+            }
+            self.confirm(polled);
+            pending.pop_front();
+        }
+        let lag_ms = match pending.front() {
+            None if self.upstream_reachable.load(Ordering::Relaxed) => 0,
+            _ => self.confirmed_age_ms(now).unwrap_or(0),
+        };
+        self.lag_ms.store(lag_ms, Ordering::Relaxed);
+        let newest = pending.back().map_or(applied, |p| p.1);
+        self.lag_bytes
+            .store(newest.saturating_sub(applied), Ordering::Relaxed);
+        lag_ms
+    }
+
+    /// What replication is doing (`SHOW LARDER STATUS`'s words), for the reasons given.
+    pub fn set_replication(&self, status: &str) {
+        *self.replication.lock().expect("freshness lock") = status.to_string();
+    }
+}
+
 /// Polls the upstream's WAL position until shutdown and keeps [`Freshness`] up to date.
-/// Without `core` (`--proxy-only`) it only tells whether the upstream is reachable.
+/// Without `core` (`--proxy-only`) it only tells whether the upstream is reachable, on a
+/// connection opened for each poll.
 pub async fn run(
     ops: Arc<Ops>,
     source: Arc<PgSource>,
     core: Option<Arc<Core>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    if let Some(core) = core.clone() {
+        tokio::spawn(confirm_loop(ops.clone(), core, shutdown.clone()));
+    }
     let freshness = &ops.freshness;
     let mut interval = tokio::time::interval(poll_interval(freshness.max_lag()));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<tokio_postgres::Client> = None;
-    let mut pending: VecDeque<(Instant, u64)> = VecDeque::new();
-    let mut was_fresh = false;
     while !*shutdown.borrow() {
         interval.tick().await;
-        let Some(core) = &core else {
-            if let Err(e) = poll(&source, &mut client).await {
-                client = None;
-                freshness.upstream_reachable.store(false, Ordering::Relaxed);
-                *freshness.upstream_error.lock().expect("freshness lock") = Some(e);
-            } else {
-                freshness.upstream_reachable.store(true, Ordering::Relaxed);
-            }
-            continue;
-        };
-        *freshness.replication.lock().expect("freshness lock") = core.replication_status();
         match poll(&source, &mut client).await {
             Ok(lsn) => {
-                freshness.upstream_lsn.store(lsn, Ordering::Relaxed);
                 if !freshness.upstream_reachable.swap(true, Ordering::Relaxed) {
                     info!("the upstream answers the freshness poll");
                 }
-                if pending.len() == PENDING_POLLS_MAX {
-                    pending.remove(PENDING_POLLS_MAX / 2);
+                if core.is_some() {
+                    freshness.polled(Instant::now(), lsn);
                 }
-                pending.push_back((Instant::now(), lsn));
             }
             Err(e) => {
                 client = None;
@@ -204,30 +238,37 @@ pub async fn run(
                 *freshness.upstream_error.lock().expect("freshness lock") = Some(e);
             }
         }
-        let applied = core.status.applied_lsn.load(Ordering::SeqCst);
-        while let Some(&(polled, lsn)) = pending.front() {
-            if lsn > applied {
-                break;
-            }
-            freshness.confirm(polled);
-            pending.pop_front();
+        if core.is_none() {
+            client = None;
         }
+    }
+}
+
+/// Confirms polls as replication reaches them, and logs when caches start or stop serving.
+async fn confirm_loop(
+    ops: Arc<Ops>,
+    core: Arc<Core>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let freshness = &ops.freshness;
+    let mut interval = tokio::time::interval(CONFIRM_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_fresh = false;
+    let mut last_trace = Instant::now();
+    while !*shutdown.borrow() {
+        interval.tick().await;
+        let applied = core.status.applied_lsn.load(Ordering::SeqCst);
         let now = Instant::now();
-        let lag_ms = match pending.front() {
-            None if freshness.upstream_reachable.load(Ordering::Relaxed) => 0,
-            _ => freshness.confirmed_age_ms(now).unwrap_or(0),
-        };
-        freshness.lag_ms.store(lag_ms, Ordering::Relaxed);
-        let newest = pending.back().map_or(applied, |p| p.1);
-        trace!(
-            upstream_lsn = newest,
-            applied_lsn = applied,
-            lag_ms,
-            "freshness poll"
-        );
-        freshness
-            .lag_bytes
-            .store(newest.saturating_sub(applied), Ordering::Relaxed);
+        let lag_ms = freshness.check(applied, now);
+        if now.duration_since(last_trace) >= Duration::from_secs(1) {
+            last_trace = now;
+            trace!(
+                upstream_lsn = freshness.upstream_lsn.load(Ordering::Relaxed),
+                applied_lsn = applied,
+                lag_ms,
+                "freshness"
+            );
+        }
         let fresh = freshness.fresh_at(now);
         if fresh != was_fresh {
             if fresh {
