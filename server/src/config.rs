@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Testing only: applying a replicated transaction that writes to a table of this name
+    /// fails, once per transaction position, as a storage failure would (exercises the
+    /// retry after a whole-transaction apply error).
+    #[arg(long, env = "LARDER_FAILPOINT_APPLY_TABLE", hide = true)]
+    pub failpoint_apply_table: Option<String>,
+
     // --- Operations (issue #8) ---
     /// Serve `/health`, `/ready` and `/metrics` (Prometheus text) over HTTP on this address;
     /// off unless set.

@@ -289,6 +289,18 @@ pub struct Status {
     pub replication: Mutex<String>,
     pub last_error: Mutex<Option<String>>,
     pub shutting_down: AtomicBool,
+    /// Times the change stream was started again after it ended or failed to apply.
+    pub restarts: AtomicU64,
+}
+
+/// Injected failures for tests (`--failpoint-apply-table`, hidden).
+#[derive(Default)]
+pub struct Failpoints {
+    /// Applying a transaction that writes to a table of this name fails once per commit
+    /// position.
+    pub apply_table: Option<String>,
+    /// Commit positions already failed once.
+    pub apply_failed_at: Mutex<Vec<u64>>,
 }
 
 pub struct Core {
@@ -308,6 +320,7 @@ pub struct Core {
     pub ddl_triggers: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild: RebuildRequests,
+    pub failpoints: Failpoints,
     /// Operations: the staleness bound and the counters behind `/metrics`.
     pub ops: Arc<Ops>,
 }
@@ -397,11 +410,11 @@ impl RebuildRequests {
 }
 
 impl Core {
-    pub fn new(storage: Storage) -> Arc<Core> {
-        Core::with_ops(storage, Arc::new(Ops::default()))
+    pub fn new(storage: Storage, failpoints: Failpoints) -> Arc<Core> {
+        Core::with_ops(storage, failpoints, Arc::new(Ops::default()))
     }
 
-    pub fn with_ops(storage: Storage, ops: Arc<Ops>) -> Arc<Core> {
+    pub fn with_ops(storage: Storage, failpoints: Failpoints, ops: Arc<Ops>) -> Arc<Core> {
         let core = Core {
             ops,
             storage,
@@ -414,6 +427,7 @@ impl Core {
             c_collation: AtomicBool::new(false),
             ddl_triggers: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
+            failpoints,
         };
         Arc::new(core)
     }

@@ -120,7 +120,14 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     // Stored tables are loaded only once the upstream is known to be the one they were copied
     // from (in `start_replication`): until then nothing stored is served or shown.
-    let core = Core::with_ops(storage, ops.clone());
+    let core = Core::with_ops(
+        storage,
+        crate::core::Failpoints {
+            apply_table: cfg.failpoint_apply_table.clone(),
+            ..Default::default()
+        },
+        ops.clone(),
+    );
     let source = Arc::new(
         PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
             .context("configuring replication")?

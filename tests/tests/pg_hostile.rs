@@ -9,19 +9,23 @@
 //! The hostile clients log in as `larder_plain` (cleartext password over TCP in the testkit's
 //! pg_hba.conf) so that the raw protocol needs no SCRAM.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use larder_testkit::{LarderProcess, PgServer};
+
+#[path = "common/raw.rs"]
+mod raw;
+use raw::{
+    bind_execute_sync, connect_until_password, error_fields, login, parse, query, read_msg, sync,
+    until_ready,
+};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 const WAIT: Duration = Duration::from_secs(60);
-const PLAIN_USER: &str = "larder_plain";
-const PLAIN_PASSWORD: &str = "plain_pw";
 const MIB: u64 = 1 << 20;
 
 // ------------------------------------------------------------------------------------------
@@ -57,16 +61,7 @@ impl Drop for ScratchDir {
 /// A fresh database (with the `larder_plain` role allowed in) on the shared server.
 fn database(prefix: &str) -> (&'static PgServer, String) {
     let pg = PgServer::shared();
-    static ROLE: OnceLock<()> = OnceLock::new();
-    ROLE.get_or_init(|| {
-        pg.psql(
-            "postgres",
-            "DO $$ BEGIN \
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'larder_plain') \
-               THEN CREATE ROLE larder_plain LOGIN PASSWORD 'plain_pw'; END IF; END $$;",
-        )
-        .unwrap_or_else(|e| panic!("creating role: {e:#}"));
-    });
+    raw::plain_role(pg);
     let db = pg.create_database(prefix).unwrap();
     (pg, db)
 }
@@ -196,128 +191,6 @@ async fn wait_cached(c: &Client, sql: &str) {
         }
         assert!(Instant::now() < deadline, "never cached: {last:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Raw protocol
-// ------------------------------------------------------------------------------------------
-
-fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut v = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(&body);
-    v
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    tagged(b'Q', &cstr(sql))
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = cstr(name);
-    body.extend_from_slice(&cstr(sql));
-    body.extend_from_slice(&0u16.to_be_bytes());
-    tagged(b'P', &body)
-}
-
-/// Bind (no parameters, text results) of `statement` to the unnamed portal, Execute, Sync.
-fn bind_execute_sync(statement: &str) -> Vec<u8> {
-    let mut body = cstr("");
-    body.extend_from_slice(&cstr(statement));
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut v = tagged(b'B', &body);
-    let mut exec = cstr("");
-    exec.extend_from_slice(&0u32.to_be_bytes());
-    v.extend(tagged(b'E', &exec));
-    v.extend(sync());
-    v
-}
-
-fn sync() -> Vec<u8> {
-    tagged(b'S', &[])
-}
-
-fn read_msg(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)?;
-    Ok((head[0], body))
-}
-
-/// The (SQLSTATE, message) of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    for field in body.split(|b| *b == 0) {
-        match field.first() {
-            Some(b'C') => code = String::from_utf8_lossy(&field[1..]).into_owned(),
-            Some(b'M') => message = String::from_utf8_lossy(&field[1..]).into_owned(),
-            _ => {}
-        }
-    }
-    (code, message)
-}
-
-/// Connects and sends the StartupMessage; returns once the upstream asks for the password.
-fn connect_until_password(addr: &str, db: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connecting to larder");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(&startup(PLAIN_USER, db)).unwrap();
-    let (tag, body) = read_msg(&mut s).expect("reading the authentication request");
-    assert_eq!(
-        (tag, &body[..4]),
-        (b'R', &3u32.to_be_bytes()[..]),
-        "expected a cleartext password request, got {:?}",
-        String::from_utf8_lossy(&body)
-    );
-    s
-}
-
-/// A session logged in as `larder_plain`, after its first ReadyForQuery.
-fn login(addr: &str, db: &str) -> TcpStream {
-    let mut s = connect_until_password(addr, db);
-    s.write_all(&tagged(b'p', &cstr(PLAIN_PASSWORD))).unwrap();
-    loop {
-        match read_msg(&mut s).expect("reading the login") {
-            (b'Z', _) => return s,
-            (b'E', body) => panic!("login failed: {:?}", error_fields(&body)),
-            _ => {}
-        }
-    }
-}
-
-/// Reads messages until ReadyForQuery; returns the tags seen.
-fn until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut seen = Vec::new();
-    loop {
-        let m = read_msg(s).expect("reading a response");
-        let done = m.0 == b'Z';
-        seen.push(m);
-        if done {
-            return seen;
-        }
     }
 }
 

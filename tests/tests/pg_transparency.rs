@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use larder_testkit::{LarderProcess, PgServer};
 
+#[path = "common/raw.rs"]
+mod raw;
+
 /// A database on the shared server with a Larder in caching mode in front of it, and a twin
 /// database used directly.
 struct Setup {
@@ -160,4 +163,138 @@ fn ddl_then_streamed_copy_and_failing_copy() {
          select count(*) from big;\n",
     );
     s.assert_same(&input);
+}
+
+/// Issue #10: a statement the client prepared while the cache answered it is prepared upstream
+/// when the client first uses it for something the cache does not answer. Larder used to send
+/// that Parse with a Sync of its own. In the middle of a client's pipeline (messages sent and
+/// flushed, Sync not yet sent) that Sync ended the client's implicit transaction early: here an
+/// INSERT that a later error must roll back was committed. Now the Parse joins the client's
+/// segment and only its ParseComplete is dropped. When an earlier error makes the upstream skip
+/// it, Larder knows the statement is still not prepared upstream and prepares it again later.
+#[test]
+fn statement_prepared_from_the_cache_joins_the_clients_pipeline() {
+    use raw::{
+        bind, describe_statement, execute, flush, login, parse, query, read_n, read_until, summary,
+        sync, until_ready,
+    };
+    use std::io::Write as _;
+
+    let s = Setup::new("tr_pipe");
+    raw::plain_role(s.pg);
+    let setup = "CREATE TABLE t (id int PRIMARY KEY, v text); \
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'); CREATE TABLE w (x int); \
+                 GRANT ALL ON t, w TO larder_plain;";
+    for db in [&s.direct_db, &s.larder_db] {
+        s.pg.psql(db, setup).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (out, status) = s.psql(
+            true,
+            "\\set ON_ERROR_STOP 1\nCREATE CACHE FROM SELECT v FROM t WHERE id = $1;\n",
+        );
+        if status == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "CREATE CACHE: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let cached = "SELECT v FROM t WHERE id = $1";
+
+    let run = |through_larder: bool| -> Vec<Vec<String>> {
+        let (port, db) = if through_larder {
+            (s.larder.port(), &s.larder_db)
+        } else {
+            (s.pg.port(), &s.direct_db)
+        };
+        let mut c = login(&format!("127.0.0.1:{port}"), db);
+        let mut out = Vec::new();
+        let send = |c: &mut std::net::TcpStream, parts: &[Vec<u8>]| {
+            c.write_all(&parts.concat()).unwrap();
+        };
+        // Prepared and answered from the cache: the upstream has no s1 yet.
+        send(
+            &mut c,
+            &[parse("s1", cached), bind("s1", &["1"]), execute(), sync()],
+        );
+        out.push(summary(&until_ready(&mut c)));
+        if through_larder {
+            send(&mut c, &[query("EXPLAIN LAST STATEMENT")]);
+            let explain = summary(&until_ready(&mut c));
+            assert!(
+                explain.iter().any(|m| m.starts_with("D cache")),
+                "s1 was not answered by the cache: {explain:?}"
+            );
+        }
+        // A pipeline: an INSERT, flushed and answered, then s1 (not answerable by the cache in
+        // this unit) and an error, then Sync. The error rolls back the INSERT.
+        send(
+            &mut c,
+            &[
+                parse("", "INSERT INTO w VALUES (1)"),
+                bind("", &[]),
+                execute(),
+                flush(),
+            ],
+        );
+        out.push(summary(&read_n(&mut c, 3)));
+        send(
+            &mut c,
+            &[
+                bind("s1", &["2"]),
+                execute(),
+                parse("", "SELECT 1/0"),
+                bind("", &[]),
+                execute(),
+                sync(),
+            ],
+        );
+        out.push(summary(&until_ready(&mut c)));
+        send(&mut c, &[query("SELECT count(*) FROM w")]);
+        out.push(summary(&until_ready(&mut c)));
+
+        // s2 answered from the cache; then an error, flushed; then a use of s2 in the same
+        // segment: the upstream skips the Parse Larder injects for it.
+        send(
+            &mut c,
+            &[parse("s2", cached), bind("s2", &["1"]), execute(), sync()],
+        );
+        out.push(summary(&until_ready(&mut c)));
+        send(
+            &mut c,
+            &[parse("", "SELECT 1/0"), bind("", &[]), execute(), flush()],
+        );
+        out.push(summary(&read_until(&mut c, b'E')));
+        send(&mut c, &[bind("s2", &["2"]), execute(), sync()]);
+        out.push(summary(&until_ready(&mut c)));
+        // s2 must still work: Larder prepares it upstream again.
+        send(&mut c, &[describe_statement("s2"), sync()]);
+        out.push(summary(&until_ready(&mut c)));
+        send(
+            &mut c,
+            &[
+                bind("s2", &["2"]),
+                execute(),
+                parse("", "SELECT 1"),
+                bind("", &[]),
+                execute(),
+                sync(),
+            ],
+        );
+        out.push(summary(&until_ready(&mut c)));
+        out
+    };
+    let direct = run(false);
+    let through = run(true);
+    assert_eq!(
+        through,
+        direct,
+        "responses through larder (left) differ from direct (right); larder log:\n{}",
+        s.larder.log()
+    );
+    assert_eq!(
+        direct[3][1], "D 0",
+        "the INSERT must have been rolled back: {direct:?}"
+    );
 }

@@ -230,6 +230,33 @@ pub(crate) struct Pipeline {
     /// where its duration is counted (`None`: not timed).
     pub relay_started: VecDeque<std::time::Instant>,
     pub metrics: Option<std::sync::Arc<crate::metrics::ProxyMetrics>>,
+    /// Where sent messages stand: the segment (sync points sent so far) and the Parse messages
+    /// sent in it.
+    pub sent: SegmentCursor,
+    /// Where upstream responses stand: the segment (ReadyForQuery received so far) and the
+    /// ParseCompletes received in it.
+    pub received: SegmentCursor,
+    /// Parses Larder put into the client's stream (see [`Dispatch::inject_parse`]), oldest
+    /// first, whose ParseComplete has not come back yet.
+    pub injected: VecDeque<InjectedParse>,
+}
+
+/// A position in the upstream conversation, counted in segments (the messages up to and
+/// including one sync point) and Parse messages within a segment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentCursor {
+    pub segment: u64,
+    pub parses: u32,
+}
+
+/// A Parse Larder sent in the middle of the client's messages: its ParseComplete is the
+/// `ordinal`-th of its segment and is dropped. If the segment ends without it (the Parse
+/// failed, or an earlier error made the upstream skip it), the interceptor is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InjectedParse {
+    pub at: SegmentCursor,
+    pub statement: String,
+    pub token: u64,
 }
 
 impl Pipeline {
@@ -297,9 +324,16 @@ impl Pipeline {
                         ResponseMode::Capture => Slot::Capture,
                     });
                     self.unsynced = false;
+                    self.sent = SegmentCursor {
+                        segment: self.sent.segment + 1,
+                        parses: 0,
+                    };
                 }
-                frontend_tag::PARSE
-                | frontend_tag::BIND
+                frontend_tag::PARSE => {
+                    self.unsynced = true;
+                    self.sent.parses += 1;
+                }
+                frontend_tag::BIND
                 | frontend_tag::DESCRIBE
                 | frontend_tag::EXECUTE
                 | frontend_tag::CLOSE
@@ -320,6 +354,34 @@ impl Pipeline {
         if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
             m.upstream_done(started);
         }
+    }
+
+    /// Counts a ParseComplete from the upstream (after authentication); true if it answers a
+    /// Parse Larder injected, so it must not reach the client.
+    pub fn on_parse_complete(&mut self) -> bool {
+        self.received.parses += 1;
+        match self.injected.front() {
+            Some(p) if p.at == self.received => {
+                self.injected.pop_front();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the segment being answered (a ReadyForQuery after authentication); returns the
+    /// injected Parses of that segment that never completed.
+    pub fn end_segment(&mut self) -> Vec<InjectedParse> {
+        let ended = self.received.segment;
+        self.received = SegmentCursor {
+            segment: ended + 1,
+            parses: 0,
+        };
+        let mut lost = Vec::new();
+        while self.injected.front().is_some_and(|p| p.at.segment <= ended) {
+            lost.extend(self.injected.pop_front());
+        }
+        lost
     }
 
     /// Appends leading ready local responses to the client output.
@@ -370,6 +432,21 @@ impl Dispatch<'_> {
     /// Sends complete, well-formed frontend messages upstream (forwarded or synthesized).
     pub fn send_upstream(&mut self, raw: &[u8], mode: ResponseMode) {
         self.pipe.send(raw, mode);
+    }
+
+    /// Sends one Parse message of Larder's in the middle of the client's messages, without a
+    /// sync point of its own (so it never ends the client's pipeline or implicit transaction
+    /// early). Its ParseComplete is dropped; an error it causes reaches the client, in the
+    /// place of the response to the client's next message. If it does not complete, the
+    /// interceptor's [`Interceptor::on_parse_lost`] gets `statement` and `token`.
+    pub fn inject_parse(&mut self, parse: &[u8], statement: &str, token: u64) {
+        debug_assert_eq!(parse.first(), Some(&frontend_tag::PARSE));
+        self.pipe.send(parse, ResponseMode::Relay);
+        self.pipe.injected.push_back(InjectedParse {
+            at: self.pipe.sent,
+            statement: statement.to_string(),
+            token,
+        });
     }
 
     /// Answers the client locally. `response` must be complete backend messages ending with
@@ -455,6 +532,12 @@ pub trait Interceptor: Send {
     fn on_captured(&mut self, session: &SessionState, response: &[u8]) {
         let _ = (session, response);
     }
+
+    /// A Parse sent with [`Dispatch::inject_parse`] did not complete: the upstream does not
+    /// hold that statement.
+    fn on_parse_lost(&mut self, session: &SessionState, statement: &str, token: u64) {
+        let _ = (session, statement, token);
+    }
 }
 
 /// Creates the interceptor of each new session.
@@ -478,7 +561,7 @@ impl InterceptorFactory for PassThrough {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::messages::{Bind, Encode, Execute, Query, Sync};
+    use crate::pg::messages::{Bind, Encode, Execute, Parse, Query, Sync};
 
     #[test]
     fn sync_points_and_local_ordering() {
@@ -608,5 +691,49 @@ mod tests {
         let mut pipe = Pipeline::default();
         Dispatch { pipe: &mut pipe }.capture(&own);
         assert_eq!(&pipe.upstream_out[..], &own[..]);
+    }
+
+    fn encoded(m: impl Encode) -> BytesMut {
+        let mut b = BytesMut::new();
+        m.encode(&mut b);
+        b
+    }
+
+    fn parse_msg(name: &str) -> BytesMut {
+        encoded(Parse {
+            name: name.into(),
+            query: "SELECT 1".into(),
+            param_types: vec![],
+        })
+    }
+
+    #[test]
+    fn injected_parses_are_matched_by_segment_and_ordinal() {
+        let mut pipe = Pipeline::default();
+        let mut d = Dispatch { pipe: &mut pipe };
+        // Segment 0: the client's Parse, Larder's, the client's; then Sync.
+        d.send_upstream(&parse_msg("a"), ResponseMode::Relay);
+        d.inject_parse(&parse_msg("s"), "s", 7);
+        d.send_upstream(&parse_msg("b"), ResponseMode::Relay);
+        d.send_upstream(&encoded(Sync), ResponseMode::Relay);
+        // Segment 1: an injected Parse the upstream will skip (an earlier error).
+        d.send_upstream(&parse_msg("c"), ResponseMode::Relay);
+        d.inject_parse(&parse_msg("t"), "t", 8);
+        d.send_upstream(&encoded(Sync), ResponseMode::Relay);
+        assert!(
+            !pipe.on_parse_complete(),
+            "the client's first ParseComplete is relayed"
+        );
+        assert!(
+            pipe.on_parse_complete(),
+            "the second answers Larder's Parse"
+        );
+        assert!(!pipe.on_parse_complete());
+        assert!(pipe.end_segment().is_empty());
+        // Segment 1 answered with an error: no ParseComplete at all.
+        let lost = pipe.end_segment();
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].statement.as_str(), lost[0].token), ("t", 8));
+        assert!(pipe.injected.is_empty());
     }
 }

@@ -87,6 +87,10 @@ impl Controller {
             },
         ]);
         t.push(vec![
+            "Replication Restarts".into(),
+            status.restarts.load(Ordering::Relaxed).to_string(),
+        ]);
+        t.push(vec![
             "Replication Offset".into(),
             format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
         ]);

@@ -47,6 +47,9 @@ pub enum ApplyError {
     Replication(#[from] ReplicationError),
     #[error("copying a table: {0}")]
     Copy(String),
+    /// Injected by a test (`--failpoint-apply-table`).
+    #[error("injected failure: {0}")]
+    Failpoint(String),
 }
 
 impl ApplyError {
@@ -338,10 +341,17 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
         let applied = applier.await;
         match (&result, applied) {
             (_, Ok(Err(e))) => {
-                error!(error = %e, "applying replicated changes failed; replication stopped");
+                // Nothing of the failed transaction is stored: the stream starts again at the
+                // applied position and delivers it again.
+                error!(error = %e, retry_in_ms = backoff_ms,
+                    "applying replicated changes failed; the caches on its tables stop serving and replication restarts");
                 core.set_last_error(format!("applying changes: {e}"));
-                core.set_replication_status("Stopped: apply error");
-                return;
+                core.set_replication_status("Retrying: apply error");
+            }
+            (_, Err(e)) => {
+                error!(error = %e, retry_in_ms = backoff_ms, "the apply task failed; replication restarts");
+                core.set_last_error(format!("applying changes: {e}"));
+                core.set_replication_status("Retrying: apply error");
             }
             (Err(e), _) => {
                 warn!(error = %e, retry_in_ms = backoff_ms, "replication stream ended; reconnecting");
@@ -359,6 +369,7 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
         if core.is_shutting_down() {
             return;
         }
+        core.status.restarts.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         backoff_ms = (backoff_ms * 2).min(10_000);
         if let Ok(outcome) = source
@@ -426,9 +437,61 @@ fn apply_loop(
 ) -> Result<(), ApplyError> {
     let mut parts = None;
     while let Some(batch) = rx.blocking_recv() {
-        apply_batch(core, source, batch, &mut parts)?;
+        let mut touched: Vec<u32> = Vec::new();
+        for change in &batch.changes {
+            let oids = match change {
+                Change::Relation(rel) => std::slice::from_ref(&rel.oid),
+                other => tables_of(other),
+            };
+            for oid in oids {
+                if !touched.contains(oid) {
+                    touched.push(*oid);
+                }
+            }
+        }
+        if let Err(e) = apply_batch(core, source, batch, &mut parts) {
+            // Storage committed nothing of the batch, but the dataflow may hold part of it:
+            // the caches on its tables stop serving until rebuilt from storage.
+            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            for oid in touched {
+                tables::quarantine_after_failed_batch(core, &mut graph, oid, &e);
+            }
+            graph.publish();
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// `--failpoint-apply-table`: fails a transaction writing to that table once per position,
+/// after part of it reached the dataflow would have (the caller cannot tell the difference).
+fn failpoint_apply(core: &Core, batch: &ChangeBatch, position: u64) -> Result<(), ApplyError> {
+    let Some(name) = &core.failpoints.apply_table else {
+        return Ok(());
+    };
+    let tables = core.tables.read().expect("tables lock poisoned");
+    let hits = batch
+        .changes
+        .iter()
+        .flat_map(tables_of)
+        .any(|oid| tables.get(*oid).is_some_and(|t| &t.schema.name == name));
+    drop(tables);
+    if !hits || position == 0 {
+        return Ok(());
+    }
+    let mut failed = core
+        .failpoints
+        .apply_failed_at
+        .lock()
+        .expect("failpoint lock poisoned");
+    if failed.contains(&position) {
+        return Ok(());
+    }
+    failed.push(position);
+    Err(ApplyError::Failpoint(format!(
+        "applying the transaction at {} fails once",
+        Lsn(position)
+    )))
 }
 
 /// Tables a change writes to.
@@ -512,6 +575,7 @@ pub fn apply_batch(
     } else {
         position
     };
+    failpoint_apply(core, &batch, position)?;
     // Tables this batch copies again are copied before the dataflow lock is taken: a copy
     // waits on the upstream (and on the runtime), and nothing that takes the lock from an
     // async task may wait for it meanwhile.

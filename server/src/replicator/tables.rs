@@ -271,6 +271,30 @@ pub(super) fn quarantine_table(
     core.request_rebuild(oid);
 }
 
+/// A batch touching the table `oid` failed to apply as a whole (nothing of it was committed,
+/// but the dataflow may hold part of it): the caches that read the table stop serving with the
+/// reason, leave the graph, and are rebuilt from storage, which holds exactly the changes up
+/// to the applied position.
+pub(super) fn quarantine_after_failed_batch(
+    core: &Core,
+    graph: &mut larder_dataflow::Graph,
+    oid: u32,
+    error: &ApplyError,
+) {
+    let stored = core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .get(oid)
+        .and_then(|t| t.stored.as_ref().map(|s| s.id as u64));
+    let reason = format!("applying a replicated transaction failed ({error}); replication retries and the cache is rebuilt");
+    core.invalidate_caches_on(oid, &reason);
+    if let Some(id) = stored {
+        remove_graph_caches_of(graph, DfTableId(id));
+    }
+    core.request_rebuild(oid);
+}
+
 /// A table copied as of now: its shape, rows and the WAL position of the copy (`None`: the
 /// table no longer exists).
 type Copied = Option<(RelationInfo, Vec<Row>, Lsn)>;

@@ -370,6 +370,17 @@ impl Deployment {
 
     /// Like [`Deployment::start`], with extra `CREATE DATABASE` options (e.g. a locale).
     pub fn start_with(prefix: &str, create_options: &str, setup_sql: &str) -> Deployment {
+        Deployment::start_env(prefix, create_options, setup_sql, &[])
+    }
+
+    /// Like [`Deployment::start_with`], with extra environment for Larder (settings by their
+    /// environment variables).
+    pub fn start_env(
+        prefix: &str,
+        create_options: &str,
+        setup_sql: &str,
+        env: &[(&str, &str)],
+    ) -> Deployment {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let pg = PgServer::shared();
@@ -387,7 +398,7 @@ impl Deployment {
             pg.psql(&db, setup_sql).expect("setup sql");
         }
         let url = pg.url(&db);
-        let larder = LarderProcess::spawn(&["--upstream-db-url", &url, "--deployment", &db], &[])
+        let larder = LarderProcess::spawn(&["--upstream-db-url", &url, "--deployment", &db], env)
             .unwrap_or_else(|e| panic!("starting larder: {e:#}"));
         Deployment { pg, db, larder }
     }

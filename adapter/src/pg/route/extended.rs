@@ -12,12 +12,12 @@ pub(super) struct LocalUnit {
     pub(super) describe_statement: bool,
 }
 
-/// Bytes charged in the statement memo for `p`, beyond its name.
-pub(super) fn statement_bytes(p: &Parse, kind: &Kind) -> usize {
+/// Bytes charged in the statement memo for a statement, beyond its name.
+pub(super) fn statement_bytes(sql: &str, param_types: &[u32], kind: &Kind) -> usize {
     std::mem::size_of::<Statement>()
-        + p.query.len()
-        + p.param_types.len() * 4
-        + kind_bytes(kind, p.query.len())
+        + sql.len()
+        + param_types.len() * 4
+        + kind_bytes(kind, sql.len())
 }
 
 impl RouterSession {
@@ -286,7 +286,7 @@ impl RouterSession {
         }
         let kind = self.kind_of(&p.query);
         self.statements
-            .fits_pinned(&p.name, statement_bytes(p, &kind))
+            .fits_pinned(&p.name, statement_bytes(&p.query, &p.param_types, &kind))
     }
 
     /// Remembers a prepared statement. Statements only Larder knows (`!on_upstream`) are
@@ -295,12 +295,14 @@ impl RouterSession {
     /// forgotten either way).
     pub(super) fn remember(&mut self, p: &Parse, on_upstream: bool) {
         let kind = self.kind_of(&p.query);
-        let size = statement_bytes(p, &kind);
+        let size = statement_bytes(&p.query, &p.param_types, &kind);
+        self.statement_tokens += 1;
         let stmt = Statement {
             sql: p.query.clone(),
             param_types: p.param_types.clone(),
             on_upstream,
             kind,
+            token: self.statement_tokens,
         };
         let stored = p.query.len() <= MEMO_TEXT_MAX_BYTES
             && self
@@ -314,6 +316,9 @@ impl RouterSession {
         }
     }
 
+    /// Prepares upstream a statement the client prepared while it was answered locally, just
+    /// before the client's message that uses it. The Parse joins the client's own segment (no
+    /// Sync of Larder's), so a pipeline or implicit transaction is never cut short.
     pub(super) fn ensure_upstream(&mut self, name: &str, dispatch: &mut Dispatch<'_>) {
         let Some(stmt) = self.statements.get_mut(name) else {
             return;
@@ -328,9 +333,32 @@ impl RouterSession {
             param_types: stmt.param_types.clone(),
         }
         .encode(&mut buf);
-        Sync.encode(&mut buf);
-        dispatch.send_upstream(&buf, ResponseMode::Discard);
+        dispatch.inject_parse(&buf, name, stmt.token);
         stmt.on_upstream = true;
         self.statements.set_pinned(name, false);
+    }
+
+    /// An injected Parse did not complete (it failed, or an earlier error in its segment made
+    /// the upstream skip it): the statement is local-only again, unless the name has been
+    /// prepared anew since.
+    pub(super) fn parse_lost(&mut self, name: &str, token: u64) {
+        let Some(stmt) = self.statements.get(name) else {
+            return;
+        };
+        if stmt.token != token || !stmt.on_upstream {
+            return;
+        }
+        let bytes = statement_bytes(&stmt.sql, &stmt.param_types, &stmt.kind);
+        if self.statements.fits_pinned(name, bytes) {
+            if let Some(stmt) = self.statements.get_mut(name) {
+                stmt.on_upstream = false;
+            }
+            self.statements.set_pinned(name, true);
+        } else {
+            // It cannot be kept local within the budget: forget it, like any statement the
+            // memo could not hold.
+            self.statements.remove(name);
+            self.statements_skipped = true;
+        }
     }
 }

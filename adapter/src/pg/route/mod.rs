@@ -29,9 +29,7 @@ use larder_sql::statement::{
 };
 use larder_sql::{SqlType, Value};
 
-use super::intercept::{
-    ClientBatch, Dispatch, Interceptor, InterceptorFactory, ResponseMode, SessionState,
-};
+use super::intercept::{ClientBatch, Dispatch, Interceptor, InterceptorFactory, SessionState};
 use super::memo::ByteBoundedMap;
 use super::messages::{
     frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode,
@@ -90,6 +88,7 @@ impl InterceptorFactory for CacheRouter {
             shapes: ByteBoundedMap::new(SHAPES_MAX_BYTES),
             fingerprints: ByteBoundedMap::new(SHAPES_MAX_BYTES),
             statements_skipped: false,
+            statement_tokens: 0,
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
             ddl_barrier_lsn: None,
@@ -124,6 +123,9 @@ struct Statement {
     /// Whether the upstream has this statement prepared.
     on_upstream: bool,
     kind: Arc<Kind>,
+    /// Tells this remembering of the name apart from earlier and later ones (a session
+    /// counter), for the answer to a Parse injected for it.
+    token: u64,
 }
 
 /// What a captured response answers.
@@ -175,6 +177,8 @@ struct RouterSession {
     fingerprints: ByteBoundedMap<Arc<KnownShape>>,
     /// A prepared statement was not remembered (too long, or the memo was full).
     statements_skipped: bool,
+    /// The last [`Statement::token`] handed out.
+    statement_tokens: u64,
     /// Captures sent upstream, in order (their responses arrive in the same order).
     captures: std::collections::VecDeque<CaptureKind>,
     /// The session ran DDL (or committed a transaction that did): no cache answers until
@@ -246,6 +250,10 @@ impl Interceptor for RouterSession {
             }
         }
         Ok(())
+    }
+
+    fn on_parse_lost(&mut self, _session: &SessionState, statement: &str, token: u64) {
+        self.parse_lost(statement, token);
     }
 
     fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {

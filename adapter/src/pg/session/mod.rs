@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -137,31 +136,37 @@ async fn run_session(
 }
 
 /// Runs the relay while watching the shutdown signal.
-async fn drive(mut relay: Relay, mut shutdown: watch::Receiver<bool>) -> CloseReason {
-    let requested = AtomicBool::new(*shutdown.borrow_and_update());
-    let mut watching = !requested.load(Ordering::Relaxed);
-    let mut fut = pin!(std::future::poll_fn(|cx| {
-        if requested.load(Ordering::Relaxed) {
-            relay.shutdown_requested = true;
-        }
-        relay.poll_relay(cx)
-    }));
-    loop {
-        tokio::select! {
-            biased;
-            reason = &mut fut => return reason,
-            changed = shutdown.changed(), if watching => match changed {
-                Ok(()) => {
-                    if *shutdown.borrow_and_update() {
-                        requested.store(true, Ordering::Relaxed);
-                        watching = false;
-                    }
+///
+/// The signal's future is polled once to register this task's waker, and after that only when
+/// the receiver reports a change (an atomic version check): polling it on every wake-up cost
+/// about a tenth of a pass-through query's instructions.
+async fn drive(relay: Relay, mut shutdown: watch::Receiver<bool>) -> CloseReason {
+    let mut relay = relay;
+    if *shutdown.borrow_and_update() {
+        relay.shutdown_requested = true;
+    }
+    let probe = shutdown.clone();
+    let mut watching = !relay.shutdown_requested;
+    let mut registered = false;
+    let mut changed = pin!(shutdown.changed());
+    std::future::poll_fn(|cx| {
+        if watching && (!registered || probe.has_changed().unwrap_or(true)) {
+            match changed.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    // Only `true` is ever sent (waiting on for another change would need a
+                    // new future).
+                    debug_assert!(*probe.borrow(), "shutdown signal set to false");
+                    relay.shutdown_requested = *probe.borrow();
+                    watching = false;
                 }
                 // The sender is gone: no shutdown can be signalled any more.
-                Err(_) => watching = false,
-            },
+                Poll::Ready(Err(_)) => watching = false,
+                Poll::Pending => registered = true,
+            }
         }
-    }
+        relay.poll_relay(cx)
+    })
+    .await
 }
 
 /// Why a session ended.
@@ -786,6 +791,12 @@ impl Relay {
                     relay = true;
                 }
                 backend_tag::NOTIFICATION_RESPONSE => relay = true,
+                // Counted in every segment; dropped when it answers a Parse of Larder's.
+                backend_tag::PARSE_COMPLETE
+                    if self.state.authenticated && self.pipe.on_parse_complete() =>
+                {
+                    relay = false;
+                }
                 backend_tag::BACKEND_KEY_DATA if !self.state.authenticated => {
                     replacement = Some(self.issue_cancel_key(body)?);
                 }
@@ -831,6 +842,10 @@ impl Relay {
                 server_version = self.state.parameter("server_version").unwrap_or(""),
                 "session authenticated");
             return;
+        }
+        for lost in self.pipe.end_segment() {
+            self.interceptor
+                .on_parse_lost(&self.state, &lost.statement, lost.token);
         }
         match self.pipe.slots.pop_front() {
             Some(Slot::Capture) => {
