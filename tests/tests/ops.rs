@@ -1,9 +1,10 @@
 //! Operations (issue #8): `/health`, `/ready` and `/metrics` on `--metrics-address`, scraped by a
 //! real Prometheus and checked by `promtool`; the Grafana dashboard's metrics against the live
 //! `/metrics`; JSON logs; and the staleness bound `--max-replication-lag-ms`, for real: a
-//! walsender that stops (SIGSTOP) makes caches go upstream with the reason once the bound has
-//! passed, and they serve again by themselves once it resumes; a slot dropped upstream stops
-//! them for good; an idle upstream never counts as lagging.
+//! walsender that stops (SIGSTOP) or a replication connection that dies and cannot come back
+//! makes caches go upstream with the reason once the bound has passed, and they serve again by
+//! themselves once replication resumes; a slot dropped upstream stops them for good; an idle
+//! upstream never counts as lagging.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -751,4 +752,47 @@ async fn proxy_only_is_ready_while_the_upstream_answers() {
     assert!(m.get("larder_queries_total{destination=\"upstream\"}") >= 1.0);
     assert_eq!(m.get("larder_queries_total{destination=\"cache\"}"), 0.0);
     assert!(m.get("larder_connections{state=\"session\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replication_connection_sends_queries_upstream_until_it_is_back() {
+    const BOUND_MS: u64 = 1500;
+    let bound = BOUND_MS.to_string();
+    let d = OpsDeployment::start("ops_dead", &["--max-replication-lag-ms", &bound], &[]);
+    let larder = kit::connect(&d.larder_url()).await;
+    let direct = kit::connect(&d.pg.url(&d.db)).await;
+    create_cache(&larder).await;
+    // Kill the walsender while no new connection to the database is allowed: replication
+    // cannot reconnect (the sessions already open, and Larder's poll, keep working).
+    let allow = |on: bool| {
+        d.pg.psql(
+            "postgres",
+            &format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS {on}", d.db),
+        )
+        .expect("ALTER DATABASE ... ALLOW_CONNECTIONS")
+    };
+    allow(false);
+    direct
+        .simple_query(&format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+            d.slot()
+        ))
+        .await
+        .unwrap();
+    direct
+        .batch_execute("UPDATE items SET price = price + 1000 WHERE id = 10")
+        .await
+        .unwrap();
+    let fresh_rows = kit::text_rows(&direct, QUERY).await;
+    let (rows, reason) =
+        query_until(&larder, "upstream", Duration::from_millis(BOUND_MS + 5_000)).await;
+    assert_eq!(rows, fresh_rows);
+    assert!(reason.contains("staleness bound"), "{reason}");
+    let body = d.wait_ready(503).await;
+    assert!(body.contains("staleness bound"), "{body}");
+    allow(true);
+    let (rows, _) = query_until(&larder, "cache", WAIT).await;
+    assert_eq!(rows, fresh_rows);
+    assert_eq!(d.wait_ready(200).await, "ready\n");
 }
