@@ -180,3 +180,43 @@ impl TableRegistry {
             .find(|t| t.stored.as_ref().map(|s| s.id) == Some(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_progress_has_percent_and_eta_from_the_rate_so_far() {
+        let t0 = Instant::now();
+        let state = TableState::Snapshotting {
+            rows_done: 250,
+            rows_estimated: Some(1000),
+            clock: Some(SnapshotClock::new(t0)),
+        };
+        let p = state.progress(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(p.rows_done, 250);
+        assert_eq!(p.percent, Some(25.0));
+        // 250 rows in 10 s: 750 more take 30 s.
+        assert_eq!(p.eta.map(|d| d.as_secs()), Some(30));
+        // No estimate (never analyzed): rows only.
+        let unknown = TableState::Snapshotting {
+            rows_done: 5,
+            rows_estimated: None,
+            clock: Some(SnapshotClock::new(t0)),
+        };
+        let p = unknown.progress(t0).unwrap();
+        assert_eq!((p.percent, p.eta), (None, None));
+        assert_eq!(unknown.describe().1, "5 rows");
+        assert!(TableState::Online.progress(t0).is_none());
+    }
+
+    #[test]
+    fn progress_lines_are_due_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let mut c = SnapshotClock::new(t0);
+        assert!(!c.log_due(t0 + Duration::from_secs(1)));
+        assert!(c.log_due(t0 + SNAPSHOT_LOG_INTERVAL));
+        assert!(!c.log_due(t0 + SNAPSHOT_LOG_INTERVAL + Duration::from_secs(1)));
+        assert!(c.log_due(t0 + 2 * SNAPSHOT_LOG_INTERVAL));
+    }
+}

@@ -1,13 +1,9 @@
 //! Operations (issue #8): `/health`, `/ready` and `/metrics` on `--metrics-address`, scraped by a
 //! real Prometheus and checked by `promtool`; the Grafana dashboard's metrics against the live
-//! `/metrics`; JSON logs; and the staleness bound `--max-replication-lag-ms`, for real: a
-//! walsender that stops (SIGSTOP) or a replication connection that dies and cannot come back
-//! makes caches go upstream with the reason once the bound has passed, and they serve again by
-//! themselves once replication resumes; a slot dropped upstream stops them for good; an idle
-//! upstream never counts as lagging.
+//! `/metrics`; JSON logs; `--proxy-only` readiness; snapshot progress per table. The staleness
+//! bound is in `ops_staleness.rs`.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,215 +11,11 @@ use std::time::{Duration, Instant};
 
 #[path = "common/kit.rs"]
 mod kit;
+#[path = "common/ops_kit.rs"]
+mod ops_kit;
 
 use larder_testkit::{free_port, LarderProcess, PgServer};
-use tokio_postgres::Client;
-
-const WAIT: Duration = Duration::from_secs(30);
-const SETUP: &str = "CREATE TABLE items (id int PRIMARY KEY, category text NOT NULL, price int NOT NULL);
-     INSERT INTO items SELECT g, CASE WHEN g % 2 = 0 THEN 'books' ELSE 'games' END, g FROM generate_series(1, 200) g;";
-const QUERY: &str = "SELECT id, price FROM items WHERE category = 'books' AND id = 10";
-
-/// A database with a Larder in front that serves the operator's endpoints.
-struct OpsDeployment {
-    pg: &'static PgServer,
-    db: String,
-    larder: LarderProcess,
-    http: u16,
-}
-
-impl OpsDeployment {
-    fn start(prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> OpsDeployment {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let pg = PgServer::shared();
-        let db = format!(
-            "{prefix}_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""))
-            .expect("create database");
-        pg.psql(&db, SETUP).expect("setup sql");
-        let http = free_port();
-        let url = pg.url(&db);
-        let metrics = format!("127.0.0.1:{http}");
-        let mut args = vec![
-            "--upstream-db-url",
-            &url,
-            "--deployment",
-            &db,
-            "--metrics-address",
-            &metrics,
-        ];
-        args.extend_from_slice(extra);
-        let larder =
-            LarderProcess::spawn(&args, envs).unwrap_or_else(|e| panic!("starting larder: {e:#}"));
-        OpsDeployment {
-            pg,
-            db,
-            larder,
-            http,
-        }
-    }
-
-    fn larder_url(&self) -> String {
-        self.larder
-            .pg_url(self.pg.admin_user(), self.pg.admin_password(), &self.db)
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
-    }
-
-    fn metrics(&self) -> Metrics {
-        let (status, body) = self.get("/metrics");
-        assert_eq!(status, 200, "/metrics answered {status}: {body}");
-        Metrics::parse(&body)
-    }
-
-    fn slot(&self) -> String {
-        format!("larder_{}", self.db.to_ascii_lowercase())
-    }
-
-    /// Waits until the metrics satisfy `ok`; returns them.
-    async fn wait_metrics(&self, ok: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let m = self.metrics();
-            if ok(&m) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metrics never as expected:\n{}",
-                m.text
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until `/ready` answers `want`; returns the body.
-    async fn wait_ready(&self, want: u16) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, body) = self.get("/ready");
-            if status == want {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/ready stayed {status} ({body}), expected {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// One HTTP/1.1 GET on 127.0.0.1:`port`: (status, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the HTTP response");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("an HTTP status");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
-/// Samples of a Prometheus exposition: `name{labels}` -> value.
-struct Metrics {
-    text: String,
-    samples: HashMap<String, f64>,
-}
-
-impl Metrics {
-    fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect();
-        Metrics {
-            text: text.to_string(),
-            samples,
-        }
-    }
-
-    fn get(&self, key: &str) -> f64 {
-        *self
-            .samples
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} is not in /metrics:\n{}", self.text))
-    }
-
-    fn has_family(&self, name: &str) -> bool {
-        self.text.contains(&format!("# TYPE {name} "))
-    }
-}
-
-async fn first_cell(c: &Client, sql: &str) -> String {
-    kit::text_rows(c, sql)
-        .await
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .unwrap_or_default()
-}
-
-async fn create_cache(larder: &Client) -> String {
-    kit::wait_online(larder).await;
-    larder
-        .simple_query(&format!("CREATE CACHE ops_items FROM {QUERY}"))
-        .await
-        .expect("CREATE CACHE");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        larder.simple_query(QUERY).await.expect("query");
-        if kit::explain_last(larder).await.0 == "cache" {
-            return "ops_items".into();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cache never answered: {:?}",
-            kit::explain_last(larder).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use ops_kit::{create_cache, http_get, Metrics, OpsDeployment, QUERY, WAIT};
 
 /// Finds `name` on PATH or in /usr/bin; the suite installs it (scripts/lib/deps.sh).
 fn tool(name: &str) -> PathBuf {
@@ -542,186 +334,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// Resumes a stopped process when dropped (so a failing test never leaves a walsender stopped).
-struct Stopped(i32);
-
-impl Stopped {
-    fn stop(pid: i32) -> Stopped {
-        // SAFETY: sending a signal to a process id has no memory effects.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGSTOP) },
-            0,
-            "SIGSTOP {pid}"
-        );
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
-/// Runs `QUERY` through Larder until `EXPLAIN LAST STATEMENT` says `dest`; returns the rows
-/// of that answer and the reason.
-async fn query_until(
-    larder: &Client,
-    dest: &str,
-    within: Duration,
-) -> (Vec<Vec<Option<String>>>, String) {
-    let deadline = Instant::now() + within;
-    loop {
-        let rows = kit::text_rows(larder, QUERY).await;
-        let (d, reason) = kit::explain_last(larder).await;
-        if d == dest {
-            return (rows, reason);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer from {dest} within {within:?}; last: {d} ({reason})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_stream_sends_queries_upstream_within_the_bound_and_caches_come_back() {
-    const BOUND_MS: u64 = 1500;
-    let bound = BOUND_MS.to_string();
-    let d = OpsDeployment::start("ops_stall", &["--max-replication-lag-ms", &bound], &[]);
-    let larder = kit::connect(&d.larder_url()).await;
-    let direct = kit::connect(&d.pg.url(&d.db)).await;
-    create_cache(&larder).await;
-
-    // An idle upstream is not lagging: several bounds later, the cache still answers.
-    tokio::time::sleep(Duration::from_millis(3 * BOUND_MS)).await;
-    let (_, reason) = query_until(&larder, "cache", Duration::from_millis(1)).await;
-    assert!(reason.contains("answered by the cache"), "{reason}");
-    assert_eq!(d.get("/ready").0, 200);
-
-    // Stop the walsender: the stream says nothing more, while the upstream moves on.
-    let pid: i32 = first_cell(
-        &direct,
-        &format!(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
-            d.slot()
-        ),
-    )
-    .await
-    .parse()
-    .expect("the slot's walsender pid");
-    let stopped = Stopped::stop(pid);
-    let stalled_at = Instant::now();
-    direct
-        .batch_execute("UPDATE items SET price = price + 1000 WHERE id = 10")
-        .await
-        .unwrap();
-    let fresh_rows = kit::text_rows(&direct, QUERY).await;
-    let (rows, reason) =
-        query_until(&larder, "upstream", Duration::from_millis(BOUND_MS + 5_000)).await;
-    let waited = stalled_at.elapsed();
-    assert!(
-        reason.contains("staleness bound")
-            && reason.contains(&format!("--max-replication-lag-ms={BOUND_MS}")),
-        "{reason}"
-    );
-    assert_eq!(rows, fresh_rows, "the upstream's answer is the fresh one");
-    // The bound counts from the last position replication confirmed (polled at most a poll
-    // interval before the stall), so caches stop within the bound plus that and some slack.
-    assert!(
-        waited < Duration::from_millis(BOUND_MS + 3_000),
-        "caches served for {waited:?} after the stall"
-    );
-    let body = d.wait_ready(503).await;
-    assert!(body.contains("staleness bound"), "{body}");
-    // The poller notices at its next poll.
-    let m = d
-        .wait_metrics(|m| m.get("larder_replication_stale_total") >= 1.0)
-        .await;
-    assert!(m.get("larder_cache_fallbacks_total{reason=\"replication_lag\"}") >= 1.0);
-    assert_eq!(m.get("larder_caches_fresh"), 0.0);
-    assert!(m.get("larder_replication_lag_seconds") >= 1.0);
-    assert!(m.get("larder_replication_lag_bytes") > 0.0);
-    assert!(m.get("larder_replication_stale_total") >= 1.0);
-
-    // Resume it: caches serve again on their own, with the new row.
-    drop(stopped);
-    let (rows, _) = query_until(&larder, "cache", WAIT).await;
-    assert_eq!(rows, fresh_rows);
-    assert_eq!(d.wait_ready(200).await, "ready\n");
-    d.wait_metrics(|m| m.get("larder_caches_fresh") == 1.0)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_dropped_upstream_stops_caches_for_good() {
-    let d = OpsDeployment::start("ops_slot", &["--max-replication-lag-ms", "2000"], &[]);
-    let larder = kit::connect(&d.larder_url()).await;
-    let direct = kit::connect(&d.pg.url(&d.db)).await;
-    create_cache(&larder).await;
-    // Terminate the walsender and drop the slot in the moment before Larder reconnects.
-    let slot = d.slot();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        direct
-            .simple_query(&format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                 WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
-            ))
-            .await
-            .unwrap();
-        let dropped = direct
-            .simple_query(&format!("SELECT pg_drop_replication_slot('{slot}')"))
-            .await;
-        if dropped.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "could not drop the slot: {dropped:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    direct
-        .batch_execute("UPDATE items SET price = price + 1000 WHERE id = 10")
-        .await
-        .unwrap();
-    let fresh_rows = kit::text_rows(&direct, QUERY).await;
-    let (rows, reason) = query_until(&larder, "upstream", WAIT).await;
-    assert_eq!(rows, fresh_rows);
-    assert!(reason.contains("replication slot is gone"), "{reason}");
-    let body = d.wait_ready(503).await;
-    assert!(body.contains("replication slot is gone"), "{body}");
-    // It stays so (the stored tables can never catch up), and the slot Larder created while
-    // reconnecting is dropped again, so a restart takes a fresh snapshot.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    larder.simple_query(QUERY).await.unwrap();
-    assert_eq!(kit::explain_last(&larder).await.0, "upstream");
-    let deadline = Instant::now() + WAIT;
-    while first_cell(
-        &direct,
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-    )
-    .await
-        != "0"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the re-created slot was not dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = kit::status(&larder).await;
-    assert!(
-        status
-            .get("Replication Status")
-            .is_some_and(|s| s.contains("slot lost")),
-        "{status:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_only_is_ready_while_the_upstream_answers() {
     let pg = PgServer::shared();
@@ -755,44 +367,92 @@ async fn proxy_only_is_ready_while_the_upstream_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_replication_connection_sends_queries_upstream_until_it_is_back() {
-    const BOUND_MS: u64 = 1500;
-    let bound = BOUND_MS.to_string();
-    let d = OpsDeployment::start("ops_dead", &["--max-replication-lag-ms", &bound], &[]);
-    let larder = kit::connect(&d.larder_url()).await;
-    let direct = kit::connect(&d.pg.url(&d.db)).await;
-    create_cache(&larder).await;
-    // Kill the walsender while no new connection to the database is allowed: replication
-    // cannot reconnect (the sessions already open, and Larder's poll, keep working).
-    let allow = |on: bool| {
-        d.pg.psql(
-            "postgres",
-            &format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS {on}", d.db),
-        )
-        .expect("ALTER DATABASE ... ALLOW_CONNECTIONS")
+async fn snapshot_progress_is_shown_per_table_while_it_runs() {
+    const ROWS: u64 = 500_000;
+    let pg = PgServer::shared();
+    let db = format!("ops_progress_{}", std::process::id());
+    pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""))
+        .unwrap();
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL);
+             INSERT INTO big SELECT g, repeat('x', 40) FROM generate_series(1, {ROWS}) g;
+             ANALYZE big;"
+        ),
+    )
+    .unwrap();
+    let http = free_port();
+    let (url, metrics) = (pg.url(&db), format!("127.0.0.1:{http}"));
+    let larder = LarderProcess::spawn(
+        &[
+            "--upstream-db-url",
+            &url,
+            "--deployment",
+            &db,
+            "--metrics-address",
+            &metrics,
+        ],
+        &[],
+    )
+    .unwrap();
+    let c = kit::connect(&larder.pg_url(pg.admin_user(), pg.admin_password(), &db)).await;
+    // While the copy runs: rows copied, the estimate (pg_class.reltuples), percent and ETA.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (row, m) = loop {
+        let rows = kit::text_rows(&c, "SHOW LARDER TABLES").await;
+        let m = Metrics::parse(&http_get(http, "/metrics").1);
+        let big = rows
+            .into_iter()
+            .find(|r| r.first().cloned().flatten().as_deref() == Some("\"public\".\"big\""));
+        let row: Vec<String> = big
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        assert_ne!(
+            row.get(1).map(String::as_str),
+            Some("Online"),
+            "the copy was never seen running"
+        );
+        if row.get(1).map(String::as_str) == Some("Snapshotting") && !row[6].is_empty() {
+            break (row, m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot never showed progress: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    allow(false);
-    direct
-        .simple_query(&format!(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-             WHERE slot_name = '{}' AND active_pid IS NOT NULL",
-            d.slot()
-        ))
-        .await
-        .unwrap();
-    direct
-        .batch_execute("UPDATE items SET price = price + 1000 WHERE id = 10")
-        .await
-        .unwrap();
-    let fresh_rows = kit::text_rows(&direct, QUERY).await;
-    let (rows, reason) =
-        query_until(&larder, "upstream", Duration::from_millis(BOUND_MS + 5_000)).await;
-    assert_eq!(rows, fresh_rows);
-    assert!(reason.contains("staleness bound"), "{reason}");
-    let body = d.wait_ready(503).await;
-    assert!(body.contains("staleness bound"), "{body}");
-    allow(true);
-    let (rows, _) = query_until(&larder, "cache", WAIT).await;
-    assert_eq!(rows, fresh_rows);
-    assert_eq!(d.wait_ready(200).await, "ready\n");
+    let copied: u64 = row[3].parse().unwrap();
+    let estimated: u64 = row[4].parse().unwrap();
+    let percent: f64 = row[5].parse().unwrap();
+    let eta: u64 = row[6].parse().unwrap();
+    assert!(copied > 0 && copied < ROWS, "{row:?}");
+    assert!(
+        (ROWS * 9 / 10..=ROWS * 11 / 10).contains(&estimated),
+        "{row:?}"
+    );
+    assert!(percent > 0.0 && percent < 100.0, "{row:?}");
+    assert!(eta < 3600, "{row:?}");
+    assert!(
+        row[2].contains(&format!("of ~{estimated} rows")) && row[2].contains("s left"),
+        "{row:?}"
+    );
+    assert!(m.get("larder_snapshot_table_rows_copied{table=\"public.big\"}") > 0.0);
+    assert_eq!(
+        m.get("larder_snapshot_table_rows_estimated{table=\"public.big\"}"),
+        estimated as f64
+    );
+    assert_eq!(m.get("larder_tables{state=\"snapshotting\"}"), 1.0);
+    // Done: every row counted, the per-table gauges gone.
+    kit::wait_online(&c).await;
+    let m = Metrics::parse(&http_get(http, "/metrics").1);
+    assert!(m.get("larder_snapshot_rows_total") >= ROWS as f64);
+    assert_eq!(m.get("larder_tables{state=\"online\"}"), 1.0);
+    assert!(
+        !m.has_family("larder_snapshot_table_rows_copied"),
+        "{}",
+        m.text
+    );
 }
