@@ -49,25 +49,27 @@ impl CachedQuery for CacheEntry {
                 .unwrap_or_else(|| "the cache is not serving".into());
             return Err(Miss { reason });
         }
-        // The staleness bound: one atomic load against the clock, which also starts the
-        // hit's timing.
-        let started = std::time::Instant::now();
-        if !self.ops.freshness.fresh_at(started) {
+        // The staleness bound: one atomic load against the coarse clock.
+        if !self.ops.freshness.fresh_now() {
             return Err(Miss {
                 reason: self
                     .ops
                     .freshness
-                    .stale_reason(started)
+                    .stale_reason(std::time::Instant::now())
                     .unwrap_or_else(|| "replication is behind the staleness bound".into()),
             });
         }
+        let started = self.ops.clock.raw();
         let read = self.reader.read_into(params, &mut |row, output| {
             sink(row, &mut output.iter().map(|c| c.column))
         });
         match read {
             Ok(n) => {
                 self.hits.add(1);
-                self.ops.cache_reads.observe(started.elapsed());
+                let ops = &self.ops;
+                let nanos = ops.clock.delta_as_nanos(started, ops.clock.raw());
+                ops.cache_reads
+                    .observe(std::time::Duration::from_nanos(nanos));
                 Ok(n)
             }
             Err(e) => Err(Miss {

@@ -28,6 +28,20 @@ use crate::core::Core;
 /// are dropped (the oldest decides the lag, the newest the bytes).
 const PENDING_POLLS_MAX: usize = 1024;
 
+/// `clock_gettime(clock)` in nanoseconds.
+fn monotonic_nanos(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; a monotonic clock is always available on
+    // Linux (the call cannot fail for it).
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// How often the upstream's position is polled for a bound of `max_lag`: a quarter of it,
 /// between 50 ms and 1 s.
 pub fn poll_interval(max_lag: Duration) -> Duration {
@@ -36,8 +50,10 @@ pub fn poll_interval(max_lag: Duration) -> Duration {
 
 /// Replication's freshness as the poller last measured it, and the serving deadline.
 pub struct Freshness {
-    /// The clock every deadline is measured on.
+    /// The clock every deadline is measured on, as an `Instant` and as raw `CLOCK_MONOTONIC`
+    /// nanoseconds (the same moment), so the hit path can read the coarse clock instead.
     epoch: Instant,
+    epoch_raw_nanos: u64,
     max_lag: Duration,
     /// Caches serve while the clock (nanoseconds since `epoch`) is at most this; 0 = never
     /// confirmed (no cache serves yet).
@@ -68,6 +84,7 @@ impl Freshness {
     pub fn new(max_lag: Duration) -> Freshness {
         Freshness {
             epoch: Instant::now(),
+            epoch_raw_nanos: monotonic_nanos(libc::CLOCK_MONOTONIC),
             max_lag,
             serve_until_nanos: AtomicU64::new(0),
             stale_logged: AtomicBool::new(false),
@@ -92,9 +109,20 @@ impl Freshness {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether caches may serve now (the hit path: one atomic load and a clock read).
+    /// Whether caches may serve at `now`.
     pub fn fresh_at(&self, now: Instant) -> bool {
-        self.nanos(now) <= self.serve_until_nanos.load(Ordering::Acquire)
+        let until = self.serve_until_nanos.load(Ordering::Acquire);
+        until != 0 && self.nanos(now) <= until
+    }
+
+    /// Whether caches may serve now, for the hit path: the coarse monotonic clock (a few
+    /// nanoseconds to read; it trails the precise one by at most a scheduler tick, a few
+    /// milliseconds, which is all the bound can be passed by) and one atomic load.
+    pub fn fresh_now(&self) -> bool {
+        let now =
+            monotonic_nanos(libc::CLOCK_MONOTONIC_COARSE).saturating_sub(self.epoch_raw_nanos);
+        let until = self.serve_until_nanos.load(Ordering::Acquire);
+        until != 0 && now <= until
     }
 
     /// Milliseconds since replication last confirmed the upstream's position (`None`: never).
@@ -332,6 +360,11 @@ mod tests {
         let reason = f.stale_reason(t0 + Duration::from_millis(900)).unwrap();
         assert!(reason.contains("over the staleness bound"), "{reason}");
         assert!(reason.contains("Reconnecting"), "{reason}");
+        // The coarse clock of the hit path agrees.
+        let f2 = Freshness::new(Duration::from_secs(60));
+        assert!(!f2.fresh_now());
+        f2.confirm(Instant::now());
+        assert!(f2.fresh_now());
         // An older confirmation never moves the deadline back.
         f.confirm(t0 + Duration::from_millis(300));
         f.confirm(t0 + Duration::from_millis(100));

@@ -110,6 +110,10 @@ pub struct Ops {
     pub snapshot_rows: Counter,
     /// The proxy's own counters (connections, statements relayed upstream).
     pub proxy: Arc<ProxyMetrics>,
+    /// Times cache hits: the processor's time-stamp counter where it is reliable (a few
+    /// nanoseconds a read, against about 25 for the monotonic clock here), calibrated at
+    /// start; else the monotonic clock.
+    pub clock: quanta::Clock,
 }
 
 impl Ops {
@@ -122,6 +126,7 @@ impl Ops {
             local: Counter::default(),
             snapshot_rows: Counter::default(),
             proxy: ProxyMetrics::new(),
+            clock: quanta::Clock::new(),
         }
     }
 
