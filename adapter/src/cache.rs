@@ -88,6 +88,8 @@ pub trait CachedQuery: Send + Sync {
     /// to take from it), in order, for these parameter values (one list per slot); counts a
     /// hit. Returns the number of rows.
     fn read_into(&self, params: &[Vec<Value>], sink: &mut RowSink<'_>) -> Result<u64, Miss>;
+    /// The backend's [`CacheBackend::shape_epoch`] when this cache's build began.
+    fn built_epoch(&self) -> u64;
 }
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -141,6 +143,13 @@ pub trait CacheBackend: Send + Sync + 'static {
         false
     }
     /// The upstream WAL position replication has applied (for read-your-DDL barriers).
+    /// False while an operator has turned caching off (`ALTER LARDER SET caching = off`):
+    /// every query goes upstream. Checked on every cacheable query: one atomic load.
+    fn caching_on(&self) -> bool;
+
+    /// Counts changes of table shapes seen so far (see [`CachedQuery::built_epoch`]).
+    fn shape_epoch(&self) -> u64;
+
     fn applied_position(&self) -> u64 {
         u64::MAX
     }

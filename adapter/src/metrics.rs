@@ -136,6 +136,9 @@ pub struct ProxyMetrics {
     /// Client requests relayed upstream (a simple Query or an extended-protocol unit up to
     /// its Sync), timed from forwarding to the upstream's ReadyForQuery.
     pub upstream: Histogram,
+    /// Client statements refused with 53400 because too many were in flight upstream
+    /// (`--upstream-queries-max`, load shedding).
+    pub shed: Counter,
 }
 
 /// What a connection is doing, for [`ProxyMetrics`]; see [`ConnectionGauge`].

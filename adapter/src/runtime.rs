@@ -196,6 +196,12 @@ impl CacheBackend for ExecuteOn {
     fn custom_output_for(&self, user: &str, database: &str) -> bool {
         self.inner.custom_output_for(user, database)
     }
+    fn caching_on(&self) -> bool {
+        self.inner.caching_on()
+    }
+    fn shape_epoch(&self) -> u64 {
+        self.inner.shape_epoch()
+    }
     fn applied_position(&self) -> u64 {
         self.inner.applied_position()
     }

@@ -42,6 +42,9 @@ impl CachedQuery for CacheEntry {
     fn param_types(&self) -> &[SqlType] {
         &self.plan.param_types
     }
+    fn built_epoch(&self) -> u64 {
+        self.built_epoch
+    }
     fn read_into(&self, params: &[Vec<Value>], sink: &mut RowSink<'_>) -> Result<u64, Miss> {
         if !self.serving.load(Ordering::Acquire) {
             let reason = self
@@ -132,6 +135,18 @@ impl CacheBackend for Backend {
         overrides
             .iter()
             .any(|(r, d)| (r.is_empty() || r == user) && (d.is_empty() || d == database))
+    }
+
+    fn shape_epoch(&self) -> u64 {
+        self.controller.core.shape_epoch.load(Ordering::SeqCst)
+    }
+
+    fn caching_on(&self) -> bool {
+        self.controller
+            .core
+            .status
+            .caching_on
+            .load(Ordering::Relaxed)
     }
 
     fn applied_position(&self) -> u64 {

@@ -67,9 +67,20 @@ pub struct Config {
     #[arg(long, env = "PROXY_ONLY", default_value_t = false)]
     pub proxy_only: bool,
 
+    /// The emergency switch at start: `off` sends every query upstream while replication and
+    /// caches keep running, until `ALTER LARDER SET caching = on`.
+    #[arg(long, env = "CACHING", value_enum, default_value_t = Switch::On)]
+    pub caching: Switch,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
+
+    /// Load shedding: most client statements in flight to the database across all sessions;
+    /// past it a new statement from a session at rest (not in a transaction) is refused with
+    /// SQLSTATE 53400 instead of queueing. Default: 4 x --max-connections; 0: no bound.
+    #[arg(long, env = "UPSTREAM_QUERIES_MAX")]
+    pub upstream_queries_max: Option<usize>,
 
     /// Largest protocol message accepted from a client or upstream.
     #[arg(long, env = "MESSAGE_SIZE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -151,6 +162,12 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..))]
     pub max_replication_lag_ms: u64,
     // --- end of operations ---
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

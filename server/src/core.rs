@@ -32,6 +32,8 @@ pub struct CacheEntry {
     pub reader: ReaderHandle,
     pub columns: Vec<ResultColumn>,
     pub hits: HitCounter,
+    /// [`Core::shape_epoch`] when the build began.
+    pub built_epoch: u64,
     /// Why the cache does not serve right now (e.g. its table changed shape); `None` = serving.
     pub invalid: Mutex<Option<String>>,
     pub serving: AtomicBool,
@@ -291,6 +293,9 @@ pub struct Status {
     pub shutting_down: AtomicBool,
     /// Times the change stream was started again after it ended or failed to apply.
     pub restarts: AtomicU64,
+    /// The emergency switch: false sends every query upstream (`ALTER LARDER SET caching`,
+    /// `--caching`).
+    pub caching_on: AtomicBool,
 }
 
 /// Injected failures for tests (`--failpoint-apply-table`, hidden).
@@ -320,6 +325,10 @@ pub struct Core {
     pub ddl_triggers: AtomicBool,
     /// Tables (upstream oids) that came online again: caches on them are rebuilt.
     pub rebuild: RebuildRequests,
+    /// Counts changes of replicated tables' shapes (altered, dropped, re-created). A prepared
+    /// statement is not answered by a cache built after a shape change that followed its
+    /// preparation: the client holds the old result description.
+    pub shape_epoch: AtomicU64,
     pub failpoints: Failpoints,
     /// Operations: the staleness bound and the counters behind `/metrics`.
     pub ops: Arc<Ops>,
@@ -421,13 +430,17 @@ impl Core {
             dataflow: Mutex::new(Graph::new()),
             tables: RwLock::new(TableRegistry::default()),
             caches: CacheRegistry::default(),
-            status: Status::default(),
+            status: Status {
+                caching_on: AtomicBool::new(true),
+                ..Status::default()
+            },
             output_overrides: RwLock::new(Vec::new()),
             search_path_defaults: RwLock::new(None),
             c_collation: AtomicBool::new(false),
             ddl_triggers: AtomicBool::new(false),
             rebuild: RebuildRequests::default(),
             failpoints,
+            shape_epoch: AtomicU64::new(0),
         };
         Arc::new(core)
     }

@@ -87,6 +87,9 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         listen: cfg.address,
         upstream,
         max_connections: cfg.max_connections,
+        upstream_queries_max: cfg
+            .upstream_queries_max
+            .unwrap_or(cfg.max_connections.saturating_mul(4)),
         message_size_max_bytes: cfg.message_size_max_bytes,
         client_output_max_bytes: cfg.client_output_max_bytes,
         startup_timeout_ms: cfg.startup_timeout_ms,
@@ -128,6 +131,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         },
         ops.clone(),
     );
+    core.status.caching_on.store(
+        cfg.caching == crate::config::Switch::On,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    if cfg.caching == crate::config::Switch::Off {
+        warn!("caching is off (--caching off): every query goes upstream until ALTER LARDER SET caching = on");
+    }
     let source = Arc::new(
         PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
             .context("configuring replication")?

@@ -130,6 +130,23 @@ async fn endpoints_metrics_dashboard_and_a_real_prometheus() {
         .await
         .unwrap();
 
+    // The emergency switch: with caching off, the cache's queries fall back for that reason.
+    larder
+        .simple_query("ALTER LARDER SET caching = off")
+        .await
+        .unwrap();
+    larder.simple_query(QUERY).await.unwrap();
+    let (dest, reason) = kit::explain_last(&larder).await;
+    assert_eq!(dest, "upstream", "{reason}");
+    let m = d.metrics();
+    assert_eq!(m.get("larder_caching_enabled"), 0.0);
+    assert!(m.get("larder_cache_fallbacks_total{reason=\"caching_off\"}") >= 1.0);
+    larder
+        .simple_query("ALTER LARDER SET caching = on")
+        .await
+        .unwrap();
+    assert_eq!(d.metrics().get("larder_caching_enabled"), 1.0);
+
     // Connections past --max-connections are refused and counted.
     let mut extra = Vec::new();
     let mut refused = false;
@@ -185,6 +202,7 @@ async fn endpoints_metrics_dashboard_and_a_real_prometheus() {
     assert!(m.get("larder_replication_lag_seconds") < 5.0);
     assert!(m.get("process_resident_memory_bytes") > 0.0);
     assert!(m.get("process_open_fds") > 0.0);
+    assert_eq!(m.get("larder_statements_shed_total"), 0.0);
     // Labels carry no query text and no values.
     for needle in ["SELECT", "select", "books", secret_literal, secret_param] {
         for key in m.samples.keys() {

@@ -46,6 +46,63 @@ fn proxy_url(pg: &PgServer, larder: &larder_testkit::LarderProcess, db: &str) ->
     larder.pg_url(pg.admin_user(), pg.admin_password(), db)
 }
 
+/// Load shedding (issue #8): with `--upstream-queries-max 1`, while one statement is in
+/// flight upstream, a new statement from another session at rest is refused at once with
+/// SQLSTATE 53400 (simple and extended protocol alike) instead of queueing on the database;
+/// the refused session stays usable and runs normally once the upstream has room again. A
+/// session inside a transaction is never refused (its statements would fail the transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_past_the_in_flight_bound_get_53400() {
+    let pg = PgServer::shared();
+    let (db, larder) = blocking(move || {
+        let db = pg.create_database("shed").unwrap();
+        let l = spawn_larder(pg, &db, &["--upstream-queries-max", "1"]);
+        (db, l)
+    })
+    .await;
+    let url = proxy_url(pg, &larder, &db);
+    let busy = connect_within(&url).await.unwrap();
+    let other = connect_within(&url).await.unwrap();
+    let in_tx = connect_within(&url).await.unwrap();
+    in_tx.batch_execute("BEGIN").await.unwrap();
+    let sleeper =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(2)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let simple = other
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("not refused");
+    assert_eq!(
+        simple.code(),
+        Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED),
+        "{simple}"
+    );
+    let message = simple
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("in flight"), "{message}");
+    let extended = other
+        .query_one("SELECT $1::int", &[&7i32])
+        .await
+        .expect_err("not refused");
+    assert_eq!(
+        extended.code(),
+        Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED),
+        "{extended}"
+    );
+    // Inside a transaction: queued behind the bound, never refused.
+    assert_eq!(one(&in_tx, "SELECT 2::int8").await, 2);
+    in_tx.batch_execute("COMMIT").await.unwrap();
+    sleeper
+        .await
+        .unwrap()
+        .expect("the statement in flight completes");
+    assert_eq!(one(&other, "SELECT 3::int8").await, 3);
+    let row = other.query_one("SELECT $1::int8", &[&4i64]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_get_53300_not_a_hang() {
     let pg = PgServer::shared();

@@ -4,6 +4,13 @@
 //! catalog, and that every cached answer is the upstream's (never from a relation that no
 //! longer exists).
 //!
+//! The DDL covers: columns added (with defaults and generated), dropped, renamed and retyped;
+//! tables renamed, moved between schemas, dropped and created again (in one transaction or
+//! several), created as copies or with foreign keys; TRUNCATE of one or several tables, with
+//! CASCADE; DDL in a transaction that rolls back; REPLICA IDENTITY; schemas dropped with
+//! CASCADE, created and renamed; partitioned tables created with their partitions, partitions
+//! detached and tables attached; ownership changes and `DROP OWNED`.
+//!
 //! The suite runs a fixed budget of steps with a random seed; `LARDER_TEST_SEED=<n>` replays a
 //! seed and `LARDER_DDL_STEPS=<n>` runs longer. A failure prints the seed and every step so far
 //! in the order the sessions sent them (a script that reproduces it). Bugs it found have their
@@ -49,6 +56,7 @@ const COLUMN_POOL: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 const TYPE_POOL: [&str; 4] = ["int", "bigint", "numeric", "text"];
 
 const SETUP: &str = "
+DO $$ BEGIN CREATE ROLE larder_ddl_owner; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
 CREATE SCHEMA sa; CREATE SCHEMA sb;
 CREATE TABLE public.t1 (id int PRIMARY KEY, a int, b text);
 CREATE TABLE public.t2 (id int PRIMARY KEY, a int, c numeric);
@@ -71,6 +79,10 @@ struct Table {
     /// `relreplident`: d, f, n or i.
     identity: char,
     has_pk: bool,
+    /// A partitioned table (relkind p).
+    partitioned: bool,
+    /// The partitioned table this one is a partition of (qualified).
+    partition_of: Option<String>,
 }
 
 impl Table {
@@ -117,7 +129,10 @@ impl Catalog {
                coalesce((SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod) \
                    || ':' || (a.attgenerated <> '')::text, ',' ORDER BY a.attnum) \
                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                   AND NOT a.attisdropped), '') \
+                   AND NOT a.attisdropped), ''), c.relkind::text, \
+               (SELECT pn.nspname || '.' || pc.relname FROM pg_inherits i \
+                  JOIN pg_class pc ON pc.oid = i.inhparent \
+                  JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE i.inhrelid = c.oid) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'larder') \
@@ -143,6 +158,8 @@ impl Catalog {
                     cols,
                     identity: cell(&r, 2).chars().next().unwrap_or('d'),
                     has_pk: cell(&r, 3) == "true",
+                    partitioned: cell(&r, 5) == "p",
+                    partition_of: r.get(6).cloned().flatten(),
                 },
             );
         }
@@ -151,7 +168,10 @@ impl Catalog {
 
     /// The status `SHOW LARDER TABLES` should give the table.
     fn expected_status(t: &Table) -> &'static str {
-        if t.identity == 'n' || (!t.has_pk && t.identity != 'f') {
+        if t.partitioned {
+            // Its partitions are replicated, each as a table of its own.
+            "Not Replicated"
+        } else if t.identity == 'n' || (!t.has_pk && t.identity != 'f') {
             "Not Replicated"
         } else if !t.has_pk {
             // Keyless tables are copied only in a fresh snapshot; either is right.
@@ -419,7 +439,7 @@ impl Gen<'_> {
                 })
                 .copied()
         };
-        match self.rng.gen_range(0..17) {
+        match self.rng.gen_range(0..21) {
             0 | 1 => {
                 let Some(c) = free_col else { return vec![] };
                 let ty = self.ty();
@@ -573,6 +593,78 @@ impl Gen<'_> {
                     d(sql)
                 }
             }
+            17 => {
+                // A partitioned table with two partitions, in one transaction or two.
+                let schemas: Vec<String> = self.cat.schemas.iter().cloned().collect();
+                let Some(s2) = schemas.choose(self.rng).cloned() else {
+                    return vec![];
+                };
+                let free: Vec<&str> = TABLE_POOL
+                    .iter()
+                    .filter(|n| !self.cat.tables.contains_key(&(s2.clone(), n.to_string())))
+                    .copied()
+                    .collect();
+                let [p, a, b, ..] = free.as_slice() else {
+                    return vec![];
+                };
+                let parent = format!("{s2}.{p}");
+                let create = format!(
+                    "CREATE TABLE {parent} (id int, a int, b text, PRIMARY KEY (id)) PARTITION BY RANGE (id)"
+                );
+                let parts = format!(
+                    "CREATE TABLE {s2}.{a} PARTITION OF {parent} FOR VALUES FROM (MINVALUE) TO (5); \
+                     CREATE TABLE {s2}.{b} PARTITION OF {parent} FOR VALUES FROM (5) TO (MAXVALUE); \
+                     INSERT INTO {parent} (id, a, b) SELECT g, g % 3, (g % 2)::text FROM generate_series(1, 8) g"
+                );
+                if self.rng.gen_bool(0.5) {
+                    d(format!("{create}; {parts}"))
+                } else {
+                    vec![Step::new(Kind::Ddl, create), Step::new(Kind::Ddl, parts)]
+                }
+            }
+            18 => {
+                // Detach a partition, or attach a table to a partitioned one.
+                let parts: Vec<(String, String)> = self
+                    .cat
+                    .tables
+                    .iter()
+                    .filter_map(|((ps, pt), t)| {
+                        Some((format!("{ps}.{pt}"), t.partition_of.clone()?))
+                    })
+                    .collect();
+                if self.rng.gen_bool(0.5) {
+                    match parts.choose(self.rng) {
+                        Some((part, parent)) => {
+                            d(format!("ALTER TABLE {parent} DETACH PARTITION {part}"))
+                        }
+                        None => vec![],
+                    }
+                } else {
+                    let parents: Vec<String> = self
+                        .cat
+                        .tables
+                        .iter()
+                        .filter(|(_, t)| t.partitioned)
+                        .map(|((ps, pt), _)| format!("{ps}.{pt}"))
+                        .collect();
+                    let bound = [
+                        "FOR VALUES FROM (MINVALUE) TO (5)",
+                        "FOR VALUES FROM (5) TO (MAXVALUE)",
+                        "DEFAULT",
+                    ]
+                    .choose(self.rng)
+                    .copied()
+                    .unwrap_or("DEFAULT");
+                    match parents.choose(self.rng) {
+                        Some(parent) if *parent != name => d(format!(
+                            "ALTER TABLE {parent} ATTACH PARTITION {name} {bound}"
+                        )),
+                        _ => vec![],
+                    }
+                }
+            }
+            19 => d(format!("ALTER TABLE {name} OWNER TO larder_ddl_owner")),
+            20 => d("DROP OWNED BY larder_ddl_owner CASCADE".to_string()),
             15 => {
                 let from: Vec<&String> = self
                     .cat
@@ -1120,5 +1212,50 @@ async fn table_created_and_altered_in_one_transaction() {
     )
     .await;
     w.step(1, "UPDATE sb.t4 SET b = 'y' WHERE id = 1").await;
+    w.check_or_fail(None).await;
+}
+
+/// Partitions: each is replicated as a table of its own and the partitioned table is listed as
+/// not replicated. Renaming or retyping a column of the partitioned table changes its
+/// partitions too, which the DDL command does not list: the event trigger announces each
+/// partition, so a cache on a partition stops answering with the old column at once (it once
+/// answered until the partition's next change). Attaching and detaching keep the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_follow_their_partitioned_table() {
+    let mut w = replay(
+        "rddl_partitions",
+        &[
+            (
+                Some(0),
+                "CREATE TABLE sb.t1 (id int, a int, b text, PRIMARY KEY (id)) PARTITION BY RANGE (id); \
+                 CREATE TABLE sb.t2 PARTITION OF sb.t1 FOR VALUES FROM (MINVALUE) TO (5); \
+                 CREATE TABLE sb.t4 PARTITION OF sb.t1 FOR VALUES FROM (5) TO (MAXVALUE); \
+                 INSERT INTO sb.t1 SELECT g, g % 3, (g % 2)::text FROM generate_series(1, 8) g",
+            ),
+            (None, "partitioned"),
+            (
+                Some(0),
+                "CREATE CACHE FROM SELECT id, a FROM sb.t2 WHERE a = 2",
+            ),
+            (Some(1), "SELECT id, a FROM sb.t2 WHERE a = 2"),
+            (Some(0), "ALTER TABLE sb.t1 RENAME COLUMN a TO d"),
+            (None, "column renamed"),
+            (Some(0), "ALTER TABLE sb.t1 ALTER COLUMN b TYPE bigint USING b::bigint"),
+            (
+                Some(1),
+                "CREATE CACHE FROM SELECT id, b FROM sb.t4 WHERE id = 6",
+            ),
+            (None, "column retyped"),
+            (Some(0), "ALTER TABLE sb.t1 DETACH PARTITION sb.t4"),
+            (Some(1), "UPDATE sb.t4 SET b = 7 WHERE id = 6"),
+            (None, "detached"),
+            (
+                Some(0),
+                "ALTER TABLE sb.t1 ATTACH PARTITION sb.t4 FOR VALUES FROM (5) TO (MAXVALUE)",
+            ),
+            (Some(1), "UPDATE sb.t1 SET b = 8 WHERE id = 6"),
+        ],
+    )
+    .await;
     w.check_or_fail(None).await;
 }

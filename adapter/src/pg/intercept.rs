@@ -21,6 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -239,6 +241,84 @@ pub(crate) struct Pipeline {
     /// Parses Larder put into the client's stream (see [`Dispatch::inject_parse`]), oldest
     /// first, whose ParseComplete has not come back yet.
     pub injected: VecDeque<InjectedParse>,
+    /// Client statements in flight upstream across all sessions (the session's own
+    /// [`Slot::Relay`] slots are counted in it).
+    pub inflight: Option<InflightShare>,
+}
+
+/// Client statements (sync points) in flight upstream across the sessions of one proxy, with
+/// the bound past which new statements are refused.
+#[derive(Debug, Default)]
+pub struct InflightGauge {
+    count: AtomicUsize,
+    /// 0: no bound.
+    pub max: usize,
+}
+
+impl InflightGauge {
+    pub fn new(max: usize) -> Self {
+        InflightGauge {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when a new statement must be refused.
+    pub fn full(&self) -> bool {
+        self.max != 0 && self.current() >= self.max
+    }
+
+    fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        let before = self.count.fetch_sub(n, Ordering::Relaxed);
+        debug_assert!(before >= n, "in-flight gauge below zero");
+    }
+}
+
+/// One session's part of an [`InflightGauge`]: what it added, taken back when it ends.
+#[derive(Debug)]
+pub struct InflightShare {
+    gauge: Arc<InflightGauge>,
+    held: usize,
+}
+
+impl InflightShare {
+    pub fn new(gauge: Arc<InflightGauge>) -> Self {
+        InflightShare { gauge, held: 0 }
+    }
+
+    pub fn gauge(&self) -> &InflightGauge {
+        &self.gauge
+    }
+
+    fn add(&mut self) {
+        self.held += 1;
+        self.gauge.add(1);
+    }
+
+    fn sub(&mut self) {
+        debug_assert!(
+            self.held > 0,
+            "a session answered more statements than it sent"
+        );
+        if self.held > 0 {
+            self.held -= 1;
+            self.gauge.sub(1);
+        }
+    }
+}
+
+impl Drop for InflightShare {
+    fn drop(&mut self) {
+        self.gauge.sub(self.held);
+    }
 }
 
 /// A position in the upstream conversation, counted in segments (the messages up to and
@@ -315,8 +395,13 @@ impl Pipeline {
         for msg in it.by_ref().map_while(Result::ok) {
             match msg.frame.tag {
                 frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
-                    if mode == ResponseMode::Relay && self.metrics.is_some() {
-                        self.relay_started.push_back(std::time::Instant::now());
+                    if mode == ResponseMode::Relay {
+                        if let Some(share) = &mut self.inflight {
+                            share.add();
+                        }
+                        if self.metrics.is_some() {
+                            self.relay_started.push_back(std::time::Instant::now());
+                        }
                     }
                     self.slots.push_back(match mode {
                         ResponseMode::Relay => Slot::Relay,
@@ -349,11 +434,19 @@ impl Pipeline {
         );
     }
 
-    /// The ReadyForQuery of the oldest relayed sync point arrived: counts its duration.
-    pub fn relay_done(&mut self) {
-        if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
-            m.upstream_done(started);
+    /// Removes the slot at the front, answered by a ReadyForQuery (a relayed one's duration
+    /// is counted).
+    pub fn pop_answered(&mut self) -> Option<Slot> {
+        let slot = self.slots.pop_front();
+        if let Some(Slot::Relay) = &slot {
+            if let Some(share) = &mut self.inflight {
+                share.sub();
+            }
+            if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
+                m.upstream_done(started);
+            }
         }
+        slot
     }
 
     /// Counts a ParseComplete from the upstream (after authentication); true if it answers a

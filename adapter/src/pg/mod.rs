@@ -53,6 +53,10 @@ pub struct PgProxyConfig {
     pub upstream: UpstreamConfig,
     /// Maximum concurrent client sessions; the excess get SQLSTATE 53300.
     pub max_connections: usize,
+    /// Most client statements (sync points) in flight upstream across all sessions; past it, a
+    /// session that starts a new statement outside a transaction gets SQLSTATE 53400 instead
+    /// of queueing on the database. 0: no bound.
+    pub upstream_queries_max: usize,
     /// Largest protocol message accepted from a client.
     pub message_size_max_bytes: usize,
     /// Most response bytes a client may leave unread while it keeps sending statements that
@@ -77,6 +81,7 @@ impl PgProxyConfig {
             listen,
             upstream,
             max_connections: MAX_CONNECTIONS_DEFAULT,
+            upstream_queries_max: 0,
             message_size_max_bytes: messages::MESSAGE_SIZE_MAX_BYTES_DEFAULT,
             client_output_max_bytes: CLIENT_OUTPUT_MAX_BYTES_DEFAULT,
             startup_timeout_ms: STARTUP_TIMEOUT_MS_DEFAULT,

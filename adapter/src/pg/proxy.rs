@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::cancel::CancelRegistry;
 use super::conn::Conn;
-use super::intercept::{InterceptorFactory, PassThrough, Peer};
+use super::intercept::{InflightGauge, InterceptorFactory, PassThrough, Peer};
 use super::session::{handle_connection, Shared};
 use super::upstream::UpstreamConnector;
 use super::PgProxyConfig;
@@ -91,6 +91,7 @@ impl Proxy {
             cancels: CancelRegistry::new(),
             sessions: Arc::new(Semaphore::new(cfg.max_connections)),
             interceptors,
+            inflight: Arc::new(InflightGauge::new(cfg.upstream_queries_max)),
             cfg,
         });
         Ok(Arc::new(Proxy {

@@ -107,12 +107,20 @@ pub(crate) fn build_relation(
     }
 }
 
+/// Published tables, and partitioned tables: with `publish_via_partition_root` off (Larder's
+/// publication), changes arrive for each partition under its own oid, so a partitioned table
+/// itself is listed as not replicated.
 const TABLES_SQL: &str = "\
-SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8
+SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8,
+       c.relkind::text
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE (n.nspname, c.relname) IN (
     SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = $1)
+   OR (c.relkind = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg\\_%'
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication p
+                   WHERE p.pubname = $1 AND p.puballtables))
 ORDER BY 2, 3";
 
 const COLUMNS_SQL: &str = "\
@@ -138,11 +146,21 @@ struct Keys {
 }
 
 const TABLE_SQL: &str = "\
-SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8
+SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::float8,
+       c.relkind::text
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = $2 AND (n.nspname, c.relname) IN (
-    SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = $1)";
+WHERE c.oid = $2 AND ((n.nspname, c.relname) IN (
+    SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = $1)
+   OR (c.relkind = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg\\_%'
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication p
+                   WHERE p.pubname = $1 AND p.puballtables)))";
+
+/// Why a partitioned table is listed but not replicated.
+pub(crate) const PARTITIONED_REASON: &str = "a partitioned table: each partition is replicated \
+as a table of its own (cache queries on the partitions); queries on the partitioned table go \
+upstream";
 
 /// Lists every table of `publication` with its shape and status.
 pub(crate) async fn discover(
@@ -190,7 +208,13 @@ async fn describe(
         let k = keys.remove(&oid).unwrap_or_default();
         let key = key_indices(identity, &raw, &k);
         let reltuples: f64 = r.get(4);
-        let relation = build_relation(oid, r.get(1), r.get(2), identity, raw, key, filter);
+        let mut relation = build_relation(oid, r.get(1), r.get(2), identity, raw, key, filter);
+        let relkind: String = r.get(5);
+        if relkind == "p" {
+            relation.status = TableStatus::NotReplicated {
+                reason: PARTITIONED_REASON.into(),
+            };
+        }
         out.push(DiscoveredTable {
             relation,
             estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),

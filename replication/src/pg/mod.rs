@@ -170,7 +170,8 @@ pub fn object_name(deployment: &str) -> String {
 
 /// Prefix of the logical messages Larder's event trigger emits for every table whose
 /// definition changes or that is dropped (content: the table's oid), or that is created
-/// (content: the oid followed by ` created`). Every table of a renamed schema is announced.
+/// (content: the oid followed by ` created`). Every table of a renamed schema, and every
+/// partition of an altered partitioned table, is announced.
 pub const DDL_MESSAGE_PREFIX: &str = "larder_ddl";
 
 /// The schema that holds Larder's own objects upstream (the event triggers' function), apart
@@ -201,6 +202,13 @@ BEGIN
         PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text || ' created');
       ELSE
         PERFORM pg_logical_emit_message(true, 'larder_ddl', r.objid::text);
+        -- A change to a partitioned table (a column's type or name, say) changes its
+        -- partitions, which the command does not list: each is announced.
+        IF r.object_type IN ('table', 'table column') THEN
+          PERFORM pg_logical_emit_message(true, 'larder_ddl', t.relid::oid::text)
+          FROM pg_catalog.pg_partition_tree(r.objid) t
+          WHERE t.relid::oid <> r.objid;
+        END IF;
       END IF;
     END LOOP;
     -- A renamed schema renames its tables: each is announced.

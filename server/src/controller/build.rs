@@ -186,6 +186,12 @@ impl Controller {
         always: bool,
         announce: bool,
     ) -> Result<Arc<CacheEntry>, ControllerError> {
+        // Read before anything of the tables' shapes is: a shape change from here on makes
+        // this build older than it, which prepared statements compare against.
+        let built_epoch = self
+            .core
+            .shape_epoch
+            .load(std::sync::atomic::Ordering::SeqCst);
         let (plan, tables) = self.check_supported(normalized)?;
         self.check_collations(&plan, &tables).await?;
         let columns = self.describe(&normalized.text).await?;
@@ -209,6 +215,7 @@ impl Controller {
             always,
             relations,
             columns,
+            built_epoch,
         };
         tokio::task::spawn_blocking(move || fill_cache(&core, plan, template, announce))
             .await
@@ -270,6 +277,7 @@ struct PendingEntry {
     always: bool,
     relations: Vec<CachedRelation>,
     columns: Vec<crate::core::ResultColumn>,
+    built_epoch: u64,
 }
 
 /// Adds the plan to the dataflow and fills it from a storage snapshot (see the module docs).
@@ -299,6 +307,7 @@ fn fill_cache(
         cache_id,
         reader,
         columns: pending.columns,
+        built_epoch: pending.built_epoch,
         hits: crate::core::HitCounter::default(),
         invalid: Mutex::new(None),
         serving: AtomicBool::new(true),

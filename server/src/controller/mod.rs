@@ -137,6 +137,9 @@ impl Controller {
             LarderStatement::DropAllProxiedQueries => {
                 self.require_admin(role, "DROP ALL PROXIED QUERIES").await?
             }
+            LarderStatement::SetCaching { .. } => {
+                self.require_admin(role, "ALTER LARDER SET caching").await?
+            }
             _ => {}
         }
         match stmt {
@@ -181,6 +184,12 @@ impl Controller {
             LarderStatement::ShowStatus => Ok(self.show_status()),
             LarderStatement::ShowTables => Ok(self.show_tables()),
             LarderStatement::ShowVersion => Ok(show_version()),
+            LarderStatement::SetCaching { on } => {
+                let was = self.core.status.caching_on.swap(on, Ordering::SeqCst);
+                let state = if on { "on" } else { "off" };
+                tracing::warn!(caching = state, was_on = was, %role, "caching switched by ALTER LARDER");
+                Ok(Table::done("ALTER LARDER"))
+            }
             LarderStatement::ExplainLastStatement => Err(ControllerError::Internal(
                 "EXPLAIN LAST STATEMENT is answered by the session".into(),
             )),

@@ -87,6 +87,14 @@ impl Controller {
             },
         ]);
         t.push(vec![
+            "Caching".into(),
+            if status.caching_on.load(Ordering::Relaxed) {
+                "on".into()
+            } else {
+                "off (every query goes upstream)".into()
+            },
+        ]);
+        t.push(vec![
             "Replication Restarts".into(),
             status.restarts.load(Ordering::Relaxed).to_string(),
         ]);

@@ -51,6 +51,8 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("larder_snapshot_table_rows_copied", "Rows copied so far of each table being snapshotted.", MetricType::GAUGE, &["table"]),
     ("larder_snapshot_table_rows_estimated", "Estimated rows (pg_class.reltuples) of each table being snapshotted.", MetricType::GAUGE, &["table"]),
     ("larder_connections", "Client connections by state: negotiating (TLS, start-up) or session (holding a session slot).", MetricType::GAUGE, &["state"]),
+    ("larder_statements_shed_total", "Client statements refused with SQLSTATE 53400 because --upstream-queries-max statements were in flight upstream (load shedding).", MetricType::COUNTER, &[]),
+    ("larder_caching_enabled", "1 while caching is on, 0 after ALTER LARDER SET caching = off (or --caching off).", MetricType::GAUGE, &[]),
     ("larder_connections_refused_total", "Client connections refused: over --max-connections (53300) or too many negotiating.", MetricType::COUNTER, &[]),
 ];
 
@@ -383,6 +385,17 @@ impl Collector for LarderCollector {
                 .collect(),
         );
         f.one(
+            "larder_statements_shed_total",
+            Value::Counter(ops.proxy.shed.total() as f64),
+        );
+        if let Some(core) = &self.core {
+            let on = core.status.caching_on.load(Ordering::Relaxed);
+            f.one(
+                "larder_caching_enabled",
+                Value::Gauge(if on { 1.0 } else { 0.0 }),
+            );
+        }
+        f.one(
             "larder_connections_refused_total",
             Value::Counter(ops.proxy.refused.total() as f64),
         );
@@ -427,7 +440,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
-        for name in family_names().filter(|n| !n.starts_with("larder_snapshot_table")) {
+        for name in family_names()
+            .filter(|n| !n.starts_with("larder_snapshot_table") && *n != "larder_caching_enabled")
+        {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} missing:\n{text}"

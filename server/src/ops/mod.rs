@@ -21,6 +21,8 @@ pub use freshness::Freshness;
 /// `larder_cache_fallbacks_total` stays bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FallbackReason {
+    /// Caching is switched off (`ALTER LARDER SET caching = off`, `--caching off`).
+    CachingOff,
     /// Replication is behind past `--max-replication-lag-ms`.
     ReplicationLag,
     /// The cache is not serving: being filled, rebuilt after a table change, a large
@@ -41,7 +43,8 @@ pub enum FallbackReason {
 }
 
 impl FallbackReason {
-    pub const ALL: [FallbackReason; 8] = [
+    pub const ALL: [FallbackReason; 9] = [
+        FallbackReason::CachingOff,
         FallbackReason::ReplicationLag,
         FallbackReason::NotReady,
         FallbackReason::Transaction,
@@ -54,6 +57,7 @@ impl FallbackReason {
 
     pub fn label(self) -> &'static str {
         match self {
+            FallbackReason::CachingOff => "caching_off",
             FallbackReason::ReplicationLag => "replication_lag",
             FallbackReason::NotReady => "not_ready",
             FallbackReason::Transaction => "transaction",
@@ -68,7 +72,9 @@ impl FallbackReason {
     /// The bucket of a reason as the router words it (`EXPLAIN LAST STATEMENT`).
     pub fn classify(reason: &str) -> FallbackReason {
         let has = |s: &str| reason.contains(s);
-        if has("staleness bound") {
+        if has("caching is off") {
+            FallbackReason::CachingOff
+        } else if has("staleness bound") {
             FallbackReason::ReplicationLag
         } else if has("still being filled")
             || has("not serving")
@@ -103,7 +109,7 @@ pub struct Ops {
     /// Time to answer a cache hit (reading the cache and encoding the rows).
     pub cache_reads: Histogram,
     /// Per [`FallbackReason::ALL`], in that order.
-    pub fallbacks: [Counter; 8],
+    pub fallbacks: [Counter; 9],
     /// Larder's own statements answered.
     pub local: Counter,
     /// Rows copied by snapshots (the initial one and tables copied again).
@@ -154,6 +160,10 @@ mod tests {
     fn router_reasons_fall_in_their_buckets() {
         let cases = [
             (
+                "caching is off (ALTER LARDER SET caching = off, or --caching off)",
+                FallbackReason::CachingOff,
+            ),
+            (
                 "replication lag 3000 ms is over the staleness bound --max-replication-lag-ms=2000",
                 FallbackReason::ReplicationLag,
             ),
@@ -185,6 +195,6 @@ mod tests {
         }
         let ops = Ops::default();
         ops.fell_back("the cache is still being filled");
-        assert_eq!(ops.fallbacks[1].total(), 1);
+        assert_eq!(ops.fallbacks[2].total(), 1);
     }
 }

@@ -209,6 +209,7 @@ pub(super) fn forget_table(
     entry: &TableEntry,
     reason: &str,
 ) -> Result<(), ApplyError> {
+    core.shape_epoch.fetch_add(1, Ordering::SeqCst);
     for cache in core.caches.reading(entry.oid) {
         cache.invalidate(reason);
         let _ = graph.remove_cache(cache.cache_id);

@@ -97,6 +97,7 @@ pub(super) fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] 
             "eta_seconds",
         ],
         LarderStatement::DropCache { .. }
+        | LarderStatement::SetCaching { .. }
         | LarderStatement::DropAllCaches
         | LarderStatement::DropAllProxiedQueries => &[],
     }

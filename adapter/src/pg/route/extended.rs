@@ -173,7 +173,10 @@ impl RouterSession {
             }
             Kind::Select(shape) => {
                 let Some(bind) = &unit.bind else { return false };
-                match self.try_cache(session, shape, Some((bind, &param_types)), dispatch) {
+                match self
+                    .try_cache(session, shape, Some((bind, &param_types)), dispatch)
+                    .and_then(|read| self.described_alike(unit, read))
+                {
                     Ok((cache, params)) => {
                         let formats = Formats::new(&bind.result_formats);
                         BindComplete.encode(&mut out);
@@ -210,6 +213,22 @@ impl RouterSession {
             self.remember(p, false);
         }
         true
+    }
+
+    /// A statement prepared earlier was described to the client then: a cache built after a
+    /// table shape change that followed may describe its result otherwise (Postgres itself
+    /// then refuses with "cached plan must not change result type"), so it does not answer.
+    fn described_alike(&self, unit: &LocalUnit, read: CacheRead) -> Result<CacheRead, String> {
+        if unit.parse.is_some() {
+            return Ok(read);
+        }
+        match self.statements.get(&unit.statement) {
+            Some(s) if read.0.built_epoch() > s.epoch => Err(
+                "a table it reads changed shape after the statement was prepared (prepare it again to use the cache)"
+                    .into(),
+            ),
+            _ => Ok(read),
+        }
     }
 
     /// Forwards messages unchanged, keeping track of statements; re-creates upstream any
@@ -303,6 +322,7 @@ impl RouterSession {
             on_upstream,
             kind,
             token: self.statement_tokens,
+            epoch: self.backend.shape_epoch(),
         };
         let stored = p.query.len() <= MEMO_TEXT_MAX_BYTES
             && self

@@ -126,6 +126,8 @@ struct Statement {
     /// Tells this remembering of the name apart from earlier and later ones (a session
     /// counter), for the answer to a Parse injected for it.
     token: u64,
+    /// The backend's shape epoch when the client prepared it.
+    epoch: u64,
 }
 
 /// What a captured response answers.
@@ -348,6 +350,9 @@ impl RouterSession {
         bound: Option<(&Bind, &Vec<u32>)>,
         dispatch: &mut Dispatch<'_>,
     ) -> Result<CacheRead, String> {
+        if !self.backend.caching_on() {
+            return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
+        }
         if !self.eligible_db {
             return Err(format!(
                 "database {} is not the replicated database",

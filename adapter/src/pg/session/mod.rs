@@ -26,8 +26,8 @@ use tracing::{debug, warn};
 use super::cancel::{forward_cancel, CancelKeyGuard, CancelRegistry, CancelTarget};
 use super::conn::Conn;
 use super::intercept::{
-    ClientBatch, Dispatch, InterceptorFactory, Peer, Pipeline, ResponseMode, SessionState, Slot,
-    CAPTURE_SIZE_MAX_BYTES,
+    ClientBatch, Dispatch, InflightGauge, InflightShare, InterceptorFactory, Peer, Pipeline,
+    ResponseMode, SessionState, Slot, CAPTURE_SIZE_MAX_BYTES,
 };
 use super::messages::{
     backend_tag, frontend_tag, peek_frame, peek_header, Authentication, BackendKeyData,
@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub sessions: Arc<Semaphore>,
     pub interceptors: Arc<dyn InterceptorFactory>,
+    /// Client statements in flight upstream, for load shedding.
+    pub inflight: Arc<InflightGauge>,
 }
 
 /// Connects upstream, forwards the startup message and relays until the session ends.
@@ -322,6 +324,8 @@ struct Relay {
     /// [`CLOSE_FLUSH_TIMEOUT_MS`]).
     linger: bool,
     shutdown_requested: bool,
+    /// Skipping the rest of an extended-protocol unit refused by load shedding, up to its Sync.
+    shedding: bool,
     timer: Pin<Box<Sleep>>,
     timer_mode: TimerMode,
     startup_deadline: Instant,
@@ -344,6 +348,7 @@ impl Relay {
         };
         let pipe = Pipeline {
             client_output_max_bytes: Some(shared.cfg.client_output_max_bytes),
+            inflight: Some(InflightShare::new(shared.inflight.clone())),
             metrics: Some(shared.cfg.metrics.clone()),
             ..Pipeline::default()
         };
@@ -367,6 +372,7 @@ impl Relay {
             closing: None,
             linger: false,
             shutdown_requested: false,
+            shedding: false,
             timer: Box::pin(sleep_until(startup_deadline)),
             timer_mode: TimerMode::Startup,
             startup_deadline,
@@ -716,8 +722,13 @@ impl Relay {
         if complete == 0 {
             return Ok(());
         }
+        let shed = if self.state.authenticated {
+            self.shed_leading(complete)
+        } else {
+            0
+        };
         let batch = ClientBatch {
-            raw: &self.cbuf[..complete],
+            raw: &self.cbuf[shed..complete],
         };
         let mut dispatch = Dispatch {
             pipe: &mut self.pipe,
@@ -735,6 +746,89 @@ impl Relay {
         }
         self.cbuf.advance(complete);
         Ok(())
+    }
+
+    /// Load shedding: while the upstream has `upstream_queries_max` client statements in flight
+    /// (across all sessions), a new statement from a session at rest (nothing in flight, not
+    /// in a transaction) is refused with SQLSTATE 53400 instead of queueing on the database.
+    /// A refused extended-protocol unit is skipped up to its Sync, as Postgres does after an
+    /// error. Returns the bytes of `cbuf[..complete]` consumed.
+    fn shed_leading(&mut self, complete: usize) -> usize {
+        let Some(gauge) = self.pipe.inflight.as_ref().map(|s| s.gauge()) else {
+            return 0;
+        };
+        let (full, current, max) = (gauge.full(), gauge.current(), gauge.max);
+        let mut pos = 0;
+        while pos < complete {
+            let Ok(Some(h)) = peek_frame(&self.cbuf[pos..complete], usize::MAX) else {
+                break;
+            };
+            let tag = self.cbuf[pos];
+            if self.shedding {
+                if tag == frontend_tag::SYNC {
+                    self.shedding = false;
+                    let mut out = BytesMut::new();
+                    ReadyForQuery {
+                        status: self.state.transaction_status,
+                    }
+                    .encode(&mut out);
+                    Dispatch {
+                        pipe: &mut self.pipe,
+                    }
+                    .respond(out.freeze());
+                } else if tag == frontend_tag::TERMINATE {
+                    self.shedding = false;
+                    break;
+                }
+                pos += h.total_len;
+                continue;
+            }
+            let starts_unit = matches!(
+                tag,
+                frontend_tag::QUERY
+                    | frontend_tag::FUNCTION_CALL
+                    | frontend_tag::PARSE
+                    | frontend_tag::BIND
+                    | frontend_tag::DESCRIBE
+                    | frontend_tag::EXECUTE
+                    | frontend_tag::CLOSE
+            );
+            if !starts_unit
+                || !full
+                || !self.pipe.at_boundary()
+                || !self.pipe.slots.is_empty()
+                || self.state.transaction_status != super::messages::TransactionStatus::Idle
+            {
+                break;
+            }
+            warn!(peer = %self.state.peer(), in_flight = current, max,
+                "too many statements in flight upstream: a statement is refused");
+            self.shared.cfg.metrics.shed.inc();
+            let mut out = BytesMut::new();
+            ErrorResponse::error(
+                "53400",
+                format!(
+                    "Larder: too many statements in flight to the database ({} at most, \
+                     upstream_queries_max); try again",
+                    max
+                ),
+            )
+            .encode(&mut out);
+            if matches!(tag, frontend_tag::QUERY | frontend_tag::FUNCTION_CALL) {
+                ReadyForQuery {
+                    status: self.state.transaction_status,
+                }
+                .encode(&mut out);
+            } else {
+                self.shedding = true;
+            }
+            Dispatch {
+                pipe: &mut self.pipe,
+            }
+            .respond(out.freeze());
+            pos += h.total_len;
+        }
+        pos
     }
 
     /// Cuts complete upstream messages from `ubuf`, tracks session state and relays them.
@@ -847,15 +941,14 @@ impl Relay {
             self.interceptor
                 .on_parse_lost(&self.state, &lost.statement, lost.token);
         }
-        match self.pipe.slots.pop_front() {
+        match self.pipe.pop_answered() {
             Some(Slot::Capture) => {
                 let captured = std::mem::take(&mut self.pipe.captured);
                 self.interceptor.on_captured(&self.state, &captured);
                 self.pipe.captured = captured;
                 self.pipe.captured.clear();
             }
-            Some(Slot::Relay) => self.pipe.relay_done(),
-            Some(Slot::Discard) => {}
+            Some(Slot::Relay | Slot::Discard) => {}
             Some(slot) => {
                 // Local answers are never left at the front (they are drained at once).
                 debug_assert!(false, "ReadyForQuery with {slot:?} at the front");
