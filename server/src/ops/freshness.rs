@@ -254,6 +254,7 @@ pub async fn run(
                 if !freshness.upstream_reachable.swap(true, Ordering::Relaxed) {
                     info!("the upstream answers the freshness poll");
                 }
+                trace!(upstream_lsn = lsn, "polled the upstream's WAL position");
                 if core.is_some() {
                     freshness.polled(Instant::now(), lsn);
                 }
@@ -282,21 +283,11 @@ async fn confirm_loop(
     let mut interval = tokio::time::interval(CONFIRM_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_fresh = false;
-    let mut last_trace = Instant::now();
     while !*shutdown.borrow() {
         interval.tick().await;
         let applied = core.status.applied_lsn.load(Ordering::SeqCst);
         let now = Instant::now();
         let lag_ms = freshness.check(applied, now);
-        if now.duration_since(last_trace) >= Duration::from_secs(1) {
-            last_trace = now;
-            trace!(
-                upstream_lsn = freshness.upstream_lsn.load(Ordering::Relaxed),
-                applied_lsn = applied,
-                lag_ms,
-                "freshness"
-            );
-        }
         let fresh = freshness.fresh_at(now);
         if fresh != was_fresh {
             if fresh {
