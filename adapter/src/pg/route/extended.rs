@@ -34,7 +34,7 @@ impl RouterSession {
             }
         }
         if let Some(sql) = self.forward_unit(msgs, dispatch) {
-            self.ddl_barrier_after(session, &sql, dispatch);
+            self.barrier_after(session, &sql, dispatch);
         }
     }
 
@@ -260,7 +260,9 @@ impl RouterSession {
                                 self.facts.watch(kind, &stmt.sql, false, true);
                                 if matches!(
                                     kind,
-                                    StatementKind::Other | StatementKind::Transaction(_)
+                                    StatementKind::Other
+                                        | StatementKind::Write
+                                        | StatementKind::Transaction(_)
                                 ) {
                                     executed = Some(stmt.sql.clone());
                                 }

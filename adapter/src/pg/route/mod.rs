@@ -39,6 +39,7 @@ use super::messages::{
 use crate::cache::{CacheBackend, CachedQuery, StatementContext, StatementError, TextTable};
 use crate::AdapterError;
 
+mod barrier;
 mod bind;
 mod encode;
 mod extended;
@@ -91,8 +92,10 @@ impl InterceptorFactory for CacheRouter {
             statement_tokens: 0,
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
-            ddl_barrier_lsn: None,
-            ddl_in_transaction: false,
+            barrier_lsn: None,
+            barrier_at_commit: false,
+            wrote_in_transaction: false,
+
             facts: SessionFacts::new(session, self.backend.as_ref()),
             tz_memo: None,
             row_desc_memo: None,
@@ -134,8 +137,8 @@ struct Statement {
 enum CaptureKind {
     /// The session's role, `search_path`, temporary schema and output settings.
     Facts,
-    /// `pg_current_wal_lsn()` after this session's DDL.
-    WalPosition,
+    /// `pg_current_wal_lsn()` after this session's DDL (`ddl`) or writes.
+    WalPosition { ddl: bool },
 }
 
 struct Last {
@@ -183,12 +186,17 @@ struct RouterSession {
     statement_tokens: u64,
     /// Captures sent upstream, in order (their responses arrive in the same order).
     captures: std::collections::VecDeque<CaptureKind>,
-    /// The session ran DDL (or committed a transaction that did): no cache answers until
-    /// replication has applied the upstream up to this WAL position. `Some(0)` while the
-    /// position is still being asked for.
-    ddl_barrier_lsn: Option<u64>,
-    /// DDL was forwarded inside the current transaction (its commit needs a new barrier).
-    ddl_in_transaction: bool,
+    /// The session ran DDL or wrote to a cached table (or committed a transaction that did):
+    /// no cache answers until replication has applied the upstream up to this WAL position.
+    /// `Some(0)` while the position is still being asked for. See `barrier.rs`.
+    barrier_lsn: Option<u64>,
+    /// DDL or a write was forwarded inside the current transaction (its commit needs a new
+    /// barrier).
+    barrier_at_commit: bool,
+    /// The current transaction wrote to a table a cache reads: its own uncommitted rows are
+    /// not in any cache.
+    wrote_in_transaction: bool,
+
     /// The session changed `extra_float_digits` or `bytea_output` (not reported by the server).
     custom_output: bool,
     facts: SessionFacts,
@@ -260,14 +268,11 @@ impl Interceptor for RouterSession {
 
     fn on_captured(&mut self, _session: &SessionState, response: &[u8]) {
         match self.captures.pop_front() {
-            Some(CaptureKind::WalPosition) => {
+            Some(CaptureKind::WalPosition { ddl }) => {
                 let lsn = first_row(response)
                     .and_then(|r| r.into_iter().next().flatten())
                     .and_then(|t| parse_lsn(&t));
-                // Unknown position: keep refusing cache answers until the next DDL capture.
-                let lsn = lsn.unwrap_or(u64::MAX);
-                self.ddl_barrier_lsn = Some(lsn);
-                self.ddl_lsn = self.ddl_lsn.max(lsn);
+                self.on_barrier_position(lsn, ddl);
             }
             Some(CaptureKind::Facts) => {
                 let row = first_row(response).unwrap_or_default();
@@ -332,7 +337,7 @@ impl RouterSession {
                     reason: "not a cacheable SELECT".into(),
                 };
                 dispatch.forward(msg);
-                self.ddl_barrier_after(session, &q.sql, dispatch);
+                self.barrier_after(session, &q.sql, dispatch);
             }
         }
     }
@@ -359,12 +364,7 @@ impl RouterSession {
                 session.database()
             ));
         }
-        if let Some(barrier) = self.ddl_barrier_lsn {
-            if barrier == 0 || self.backend.applied_position() < barrier {
-                return Err("waiting for replication to apply this session's DDL".into());
-            }
-            self.ddl_barrier_lsn = None;
-        }
+        self.check_barrier(session)?;
         if dispatch.pending_client_statements() > 0 || dispatch.unsynced() {
             return Err("earlier statements of the session are still in flight".into());
         }
@@ -530,45 +530,6 @@ impl RouterSession {
             destination: "upstream",
             reason: reason.into(),
         };
-    }
-
-    /// After forwarding `sql`: DDL (or the commit of a transaction that ran DDL) sets a barrier
-    /// at the upstream's WAL position once it is done; the capture is queued behind it.
-    fn ddl_barrier_after(
-        &mut self,
-        session: &SessionState,
-        sql: &str,
-        dispatch: &mut Dispatch<'_>,
-    ) {
-        let kind = classify(sql);
-        // A multi-statement string may hold DDL after a first harmless statement.
-        let multi = is_multi_statement(sql);
-        let ddl = kind == StatementKind::Other || multi;
-        if multi {
-            self.ddl_in_transaction = true;
-        }
-        let ends_transaction = matches!(
-            kind,
-            StatementKind::Transaction(TransactionKind::Commit | TransactionKind::Rollback)
-        );
-        let in_transaction = session.transaction_status() != TransactionStatus::Idle;
-        if ddl && in_transaction {
-            self.ddl_in_transaction = true;
-        }
-        if ends_transaction && !multi {
-            if !std::mem::take(&mut self.ddl_in_transaction) {
-                return;
-            }
-        } else if !ddl {
-            return;
-        }
-        capture_query(
-            dispatch,
-            "SELECT pg_catalog.pg_current_wal_lsn()::text",
-            &[],
-        );
-        self.captures.push_back(CaptureKind::WalPosition);
-        self.ddl_barrier_lsn = Some(0);
     }
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.
