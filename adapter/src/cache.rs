@@ -159,4 +159,11 @@ pub trait CacheBackend: Send + Sync + 'static {
         let _ = user;
     }
     fn session_closed(&self) {}
+    /// A SELECT went upstream for `reason` (what `EXPLAIN LAST STATEMENT` shows); `query_id`
+    /// is the id the session means (for counting fallbacks of existing caches by reason).
+    fn fell_back(&self, query_id: &str, reason: &str) {
+        let _ = (query_id, reason);
+    }
+    /// One of Larder's own statements was answered by Larder.
+    fn answered_locally(&self) {}
 }

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod metrics;
 pub mod pg;
 pub mod runtime;
 

@@ -211,4 +211,10 @@ impl CacheBackend for ExecuteOn {
     fn session_closed(&self) {
         self.inner.session_closed()
     }
+    fn fell_back(&self, query_id: &str, reason: &str) {
+        self.inner.fell_back(query_id, reason)
+    }
+    fn answered_locally(&self) {
+        self.inner.answered_locally()
+    }
 }

@@ -567,7 +567,7 @@ fn check_arity(table: TableId, width: usize, row: &Row) -> Result<(), GraphError
 }
 
 /// Estimated heap and inline bytes of a value.
-fn value_bytes(v: &Value) -> usize {
+pub(crate) fn value_bytes(v: &Value) -> usize {
     std::mem::size_of::<Value>()
         + match v {
             Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => {

@@ -99,6 +99,14 @@ impl KeyRows {
     }
 }
 
+/// Estimated bytes one distinct row takes in a reader (its values, the row itself and the
+/// map entry it lives in).
+fn row_bytes(row: &SortedRow) -> usize {
+    std::mem::size_of::<SortedRow>()
+        + 2 * std::mem::size_of::<usize>()
+        + row.row.iter().map(crate::graph::value_bytes).sum::<usize>()
+}
+
 /// One copy of a reader's data.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ReaderState {
@@ -110,6 +118,8 @@ pub(crate) struct ReaderState {
     range_column: Option<(usize, RangeFamily)>,
     /// Rows with positive counts, counted with multiplicity.
     row_count: u64,
+    /// Estimated bytes of the distinct rows held (one copy of the left-right pair).
+    row_bytes: u64,
     poisoned_keys: u64,
 }
 
@@ -144,6 +154,8 @@ impl ReaderState {
 
     fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
         let mut positive_delta: i64 = 0;
+        let mut bytes_delta: i64 = 0;
+        let bytes = row_bytes(&row) as i64;
         let indexed = self
             .range_column
             .map(|(c, kind)| (RangeValue::place(row.row.get(c), kind), row.clone()));
@@ -154,6 +166,7 @@ impl ReaderState {
                     let new = old.saturating_add(diff);
                     if new == 0 {
                         o.remove();
+                        bytes_delta = -bytes;
                     } else {
                         *o.get_mut() = new;
                     }
@@ -162,6 +175,7 @@ impl ReaderState {
                 btree_map::Entry::Vacant(v) => {
                     if diff != 0 {
                         v.insert(diff);
+                        bytes_delta = bytes;
                     }
                     (0, diff)
                 }
@@ -177,6 +191,7 @@ impl ReaderState {
             positive_delta = new.max(0) - old.max(0);
         });
         self.row_count = self.row_count.saturating_add_signed(positive_delta);
+        self.row_bytes = self.row_bytes.saturating_add_signed(bytes_delta);
     }
 
     /// Runs `f` on the key's entry (created if missing), keeping the poisoned-key count and
@@ -267,6 +282,9 @@ pub struct ReaderStats {
     pub keys: u64,
     /// Rows held, counted with multiplicity.
     pub rows: u64,
+    /// Estimated bytes of the rows held, both copies of the left-right pair (values and
+    /// per-row overhead; the operators' own state below the reader is not included).
+    pub bytes: u64,
     pub poisoned_keys: u64,
     /// The whole reader is poisoned (a row's key could not be computed).
     pub poisoned_all: bool,
@@ -305,6 +323,7 @@ impl ReaderHandle {
             ready: s.ready,
             keys: s.keys.len() as u64,
             rows: s.row_count,
+            bytes: s.row_bytes.saturating_mul(2),
             poisoned_keys: s.poisoned_keys,
             poisoned_all: s.poison_all != 0,
         })

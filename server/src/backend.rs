@@ -52,12 +52,27 @@ impl CachedQuery for CacheEntry {
                 .unwrap_or_else(|| "the cache is not serving".into());
             return Err(Miss { reason });
         }
+        // The staleness bound: one atomic load against the coarse clock.
+        if !self.ops.freshness.fresh_now() {
+            return Err(Miss {
+                reason: self
+                    .ops
+                    .freshness
+                    .stale_reason(std::time::Instant::now())
+                    .unwrap_or_else(|| "replication is behind the staleness bound".into()),
+            });
+        }
+        let started = self.ops.clock.raw();
         let read = self.reader.read_into(params, &mut |row, output| {
             sink(row, &mut output.iter().map(|c| c.column))
         });
         match read {
             Ok(n) => {
                 self.hits.add(1);
+                let ops = &self.ops;
+                let nanos = ops.clock.delta_as_nanos(started, ops.clock.raw());
+                ops.cache_reads
+                    .observe(std::time::Duration::from_nanos(nanos));
                 Ok(n)
             }
             Err(e) => Err(Miss {
@@ -208,6 +223,17 @@ impl CacheBackend for Backend {
 
     fn session_closed(&self) {
         self.controller.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn fell_back(&self, query_id: &str, reason: &str) {
+        // Only SELECTs a cache exists for count as fallbacks (the rest simply have none).
+        if self.controller.core.caches.get(query_id).is_some() {
+            self.controller.core.ops.fell_back(reason);
+        }
+    }
+
+    fn answered_locally(&self) {
+        self.controller.core.ops.local.inc();
     }
 }
 

@@ -143,8 +143,9 @@ pub struct Config {
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
+    /// Log format: `text` (one line per event, human-readable), `json` (one JSON object per
+    /// line: timestamp, level, target, message and fields), or `full` (text with every span).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Testing only: applying a replicated transaction that writes to a table of this name
@@ -152,6 +153,21 @@ pub struct Config {
     /// retry after a whole-transaction apply error).
     #[arg(long, env = "LARDER_FAILPOINT_APPLY_TABLE", hide = true)]
     pub failpoint_apply_table: Option<String>,
+
+    // --- Operations (issue #8) ---
+    /// Serve `/health`, `/ready` and `/metrics` (Prometheus text) over HTTP on this address;
+    /// off unless set.
+    #[arg(long, env = "METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+
+    /// Staleness bound: when replication has not confirmed the upstream's WAL position of
+    /// more than this many milliseconds ago (a stalled or dead stream, an apply error, a lost
+    /// slot, an unreachable upstream), caches stop serving and queries go upstream, until it
+    /// has caught up again. `/ready` answers 503 meanwhile.
+    #[arg(long, env = "MAX_REPLICATION_LAG_MS", default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub max_replication_lag_ms: u64,
+    // --- end of operations ---
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -162,7 +178,9 @@ pub enum Switch {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    Compact,
+    /// One compact text line per event.
+    #[value(alias = "compact")]
+    Text,
     Full,
     Json,
 }

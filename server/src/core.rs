@@ -10,6 +10,7 @@ use larder_sql::plan::CachePlan;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use crate::ops::Ops;
 use crate::storage::Storage;
 use crate::tables::TableRegistry;
 
@@ -36,9 +37,23 @@ pub struct CacheEntry {
     /// Why the cache does not serve right now (e.g. its table changed shape); `None` = serving.
     pub invalid: Mutex<Option<String>>,
     pub serving: AtomicBool,
+    /// The process's operations state: the staleness bound each hit checks, and the
+    /// counters a hit's duration and a retired cache's hits go to.
+    pub ops: Arc<Ops>,
+    /// Set once the cache left the registry and its hits moved to `ops.retired_hits`.
+    pub retired: AtomicBool,
 }
 
 impl CacheEntry {
+    /// The cache left the registry (dropped or replaced): its hits count on as retired ones,
+    /// so `larder_queries_total` never goes down. Called after the registry published the
+    /// map without it.
+    pub fn retire(&self) {
+        if !self.retired.swap(true, Ordering::AcqRel) {
+            self.ops.retired_hits.add(self.hits.total());
+        }
+    }
+
     pub fn invalidate(&self, reason: &str) {
         self.serving.store(false, Ordering::SeqCst);
         *self.invalid.lock().expect("cache lock poisoned") = Some(reason.to_string());
@@ -61,39 +76,9 @@ impl CacheEntry {
     }
 }
 
-/// A hit count that sessions on different cores bump without sharing a cache line: one
-/// padded counter per shard, a thread always using the same shard; reading sums them.
-#[derive(Default)]
-pub struct HitCounter {
-    shards: [PaddedCount; HIT_SHARDS],
-}
-
-const HIT_SHARDS: usize = 8;
-
-#[derive(Default)]
-#[repr(align(128))]
-struct PaddedCount(AtomicU64);
-
-thread_local! {
-    static HIT_SHARD: usize = {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) as usize % HIT_SHARDS
-    };
-}
-
-impl HitCounter {
-    pub fn add(&self, n: u64) {
-        let shard = HIT_SHARD.with(|s| *s);
-        self.shards[shard].0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn total(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
-    }
-}
+/// A hit count that sessions on different cores bump without sharing a cache line (one padded
+/// counter per shard, a thread always using the same shard); reading sums them.
+pub type HitCounter = larder_adapter::metrics::Counter;
 
 /// Caches by query id. Written only by the controller (CREATE/DROP), read on every query.
 ///
@@ -234,24 +219,35 @@ impl CacheRegistry {
     }
 
     pub fn insert(&self, entry: Arc<CacheEntry>) {
-        self.update(|map| map.insert(entry));
+        if let Some(old) = self.update(|map| map.insert(entry)) {
+            old.retire();
+        }
     }
 
     /// Removes `entry` if it is still the one registered under its query id.
     pub fn remove_if_same(&self, entry: &Arc<CacheEntry>) {
-        self.update(|map| {
+        let removed = self.update(|map| {
             if map
                 .by_id
                 .get(&entry.query_id)
                 .is_some_and(|e| Arc::ptr_eq(e, entry))
             {
-                map.remove(&entry.query_id);
+                map.remove(&entry.query_id)
+            } else {
+                None
             }
         });
+        if let Some(old) = removed {
+            old.retire();
+        }
     }
 
     pub fn remove(&self, query_id: &str) -> Option<Arc<CacheEntry>> {
-        self.update(|map| map.remove(query_id))
+        let old = self.update(|map| map.remove(query_id));
+        if let Some(old) = &old {
+            old.retire();
+        }
+        old
     }
 
     pub fn all(&self) -> Vec<Arc<CacheEntry>> {
@@ -334,6 +330,8 @@ pub struct Core {
     /// preparation: the client holds the old result description.
     pub shape_epoch: AtomicU64,
     pub failpoints: Failpoints,
+    /// Operations: the staleness bound and the counters behind `/metrics`.
+    pub ops: Arc<Ops>,
 }
 
 /// Most table oids waiting for a cache rebuild; beyond it the requests collapse into one
@@ -422,7 +420,12 @@ impl RebuildRequests {
 
 impl Core {
     pub fn new(storage: Storage, failpoints: Failpoints) -> Arc<Core> {
+        Core::with_ops(storage, failpoints, Arc::new(Ops::default()))
+    }
+
+    pub fn with_ops(storage: Storage, failpoints: Failpoints, ops: Arc<Ops>) -> Arc<Core> {
         let core = Core {
+            ops,
             storage,
             dataflow: Mutex::new(Graph::new()),
             tables: RwLock::new(TableRegistry::default()),
@@ -448,6 +451,16 @@ impl Core {
             .replication
             .lock()
             .expect("status lock poisoned") = s.to_string();
+        self.ops.freshness.set_replication(s);
+    }
+
+    /// What replication is doing, as `SHOW LARDER STATUS` says it.
+    pub fn replication_status(&self) -> String {
+        self.status
+            .replication
+            .lock()
+            .expect("status lock poisoned")
+            .clone()
     }
 
     pub fn set_last_error(&self, e: String) {

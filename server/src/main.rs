@@ -35,17 +35,31 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Log directives LARDER_LOG cannot override: these crates log statement values.
+const QUIET: [&str; 2] = ["sqlparser=off", "tokio_postgres=info"];
+
 fn init_logging(format: LogFormat) {
     // pg_walstream logs every standby status update at info level.
     let filter = EnvFilter::try_from_env("LARDER_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,pg_walstream=warn"));
+    // Whatever LARDER_LOG says: sqlparser's debug output prints the literals of the statements
+    // it parses, and tokio-postgres' prints the parameters of the statements it runs; neither
+    // may ever reach the log.
+    let filter = QUIET.iter().fold(filter, |f, d| {
+        f.add_directive(d.parse().expect("a valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Compact => builder.compact().init(),
+        LogFormat::Text => builder.compact().init(),
         LogFormat::Full => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }

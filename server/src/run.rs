@@ -72,6 +72,17 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
              connections in by the OS user (peer) or without a password (trust), every client \
              of Larder gets that too; use password authentication (scram-sha-256) for them");
     }
+    let ops = Arc::new(crate::ops::Ops::new(std::time::Duration::from_millis(
+        cfg.max_replication_lag_ms,
+    )));
+    let metrics_listener = match cfg.metrics_address {
+        Some(addr) => Some(
+            crate::ops::http::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-address {addr}"))?,
+        ),
+        None => None,
+    };
     let proxy_cfg = Arc::new(larder_adapter::PgProxyConfig {
         listen: cfg.address,
         upstream,
@@ -85,11 +96,17 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         idle_timeout_ms: cfg.idle_timeout_ms,
         shutdown_grace_ms: cfg.shutdown_grace_ms,
         tls,
+        metrics: ops.proxy.clone(),
     });
     // Removes the socket file when this function returns, however it returns.
     let (listeners, _unix_socket_file) = bind_listeners(&cfg).await?;
 
     if cfg.proxy_only {
+        let source = Arc::new(
+            PgSource::new(url.expose(), &cfg.deployment, &cfg.replication_tables)
+                .context("parsing --upstream-db-url")?,
+        );
+        start_ops(&ops, metrics_listener, source, None, &shutdown);
         let passthrough = Arc::new(larder_adapter::pg::PassThrough);
         serve_sessions(listeners, proxy_cfg, shutdown, passthrough).await?;
         info!("stopped");
@@ -106,12 +123,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     // Stored tables are loaded only once the upstream is known to be the one they were copied
     // from (in `start_replication`): until then nothing stored is served or shown.
-    let core = Core::new(
+    let core = Core::with_ops(
         storage,
         crate::core::Failpoints {
             apply_table: cfg.failpoint_apply_table.clone(),
             ..Default::default()
         },
+        ops.clone(),
     );
     core.status.caching_on.store(
         cfg.caching == crate::config::Switch::On,
@@ -127,6 +145,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
                 transaction_memory_max_bytes: cfg.transaction_memory_max_bytes,
                 ..Default::default()
             }),
+    );
+    start_ops(
+        &ops,
+        metrics_listener,
+        source.clone(),
+        Some(core.clone()),
+        &shutdown,
     );
     let relations = Arc::new(crate::relations::Relations::default());
     tokio::spawn(crate::relations::run(
@@ -196,6 +221,38 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     }
     info!("stopped");
     Ok(())
+}
+
+/// Starts the freshness poller (the staleness bound) and, with `--metrics-address`, the HTTP
+/// endpoints.
+fn start_ops(
+    ops: &Arc<crate::ops::Ops>,
+    listener: Option<TcpListener>,
+    source: Arc<PgSource>,
+    core: Option<Arc<Core>>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    // With --proxy-only the poll only feeds /ready: without the endpoints it is not needed.
+    if core.is_some() || listener.is_some() {
+        tokio::spawn(crate::ops::freshness::run(
+            ops.clone(),
+            source,
+            core.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = listener {
+        let endpoints = Arc::new(crate::ops::http::Endpoints {
+            registry: crate::ops::metrics::MetricsRegistry::new(ops.clone(), core.clone()),
+            ops: ops.clone(),
+            core,
+        });
+        tokio::spawn(crate::ops::http::serve(
+            listener,
+            endpoints,
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// Where client sessions are accepted.

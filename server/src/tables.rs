@@ -2,6 +2,7 @@
 //! dataflow id) and the others with the reason they are not replicated.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use larder_sql::TableSchema;
 
@@ -13,6 +14,8 @@ pub enum TableState {
     Snapshotting {
         rows_done: u64,
         rows_estimated: Option<u64>,
+        /// Set when the table's first rows arrived.
+        clock: Option<SnapshotClock>,
     },
     /// Snapshot done (or created after the slot): follows the change stream.
     Online,
@@ -23,23 +26,90 @@ pub enum TableState {
     NotReplicated { reason: String },
 }
 
+/// How often at most a table's snapshot progress is logged.
+pub const SNAPSHOT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When a table's snapshot started delivering rows, and when its progress was last logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotClock {
+    pub started: Instant,
+    pub logged: Instant,
+}
+
+impl SnapshotClock {
+    pub fn new(now: Instant) -> SnapshotClock {
+        SnapshotClock {
+            started: now,
+            logged: now,
+        }
+    }
+
+    /// Whether a progress line is due (at most one per [`SNAPSHOT_LOG_INTERVAL`]); marks it
+    /// logged.
+    pub fn log_due(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.logged) >= SNAPSHOT_LOG_INTERVAL {
+            self.logged = now;
+            return true;
+        }
+        false
+    }
+}
+
+/// A table snapshot's progress for a person watching.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotProgress {
+    pub rows_done: u64,
+    /// From `pg_class.reltuples` when the snapshot started.
+    pub rows_estimated: Option<u64>,
+    /// Of the estimate, at most 100.
+    pub percent: Option<f64>,
+    /// At the rate so far, until the estimate is copied.
+    pub eta: Option<Duration>,
+}
+
 impl TableState {
+    /// The snapshot's progress, while the table is being copied.
+    pub fn progress(&self, now: Instant) -> Option<SnapshotProgress> {
+        let TableState::Snapshotting {
+            rows_done,
+            rows_estimated,
+            clock,
+        } = self
+        else {
+            return None;
+        };
+        let total = rows_estimated.filter(|t| *t > 0);
+        let percent = total.map(|t| (*rows_done as f64 / t as f64 * 100.0).min(100.0));
+        let eta = match (total, clock) {
+            (Some(t), Some(c)) if *rows_done > 0 => {
+                let elapsed = now.saturating_duration_since(c.started).as_secs_f64();
+                let left = t.saturating_sub(*rows_done) as f64;
+                Some(Duration::from_secs_f64(elapsed / *rows_done as f64 * left))
+            }
+            _ => None,
+        };
+        Some(SnapshotProgress {
+            rows_done: *rows_done,
+            rows_estimated: *rows_estimated,
+            percent,
+            eta,
+        })
+    }
+
     pub fn describe(&self) -> (String, String) {
         match self {
-            TableState::Snapshotting {
-                rows_done,
-                rows_estimated,
-            } => {
-                let progress = match rows_estimated {
-                    Some(total) if *total > 0 => {
-                        format!(
-                            "{rows_done} of ~{total} rows ({:.0}%)",
-                            (*rows_done as f64 / *total as f64 * 100.0).min(100.0)
-                        )
+            TableState::Snapshotting { .. } => {
+                let p = self.progress(Instant::now()).unwrap_or_default();
+                let mut text = match (p.rows_estimated, p.percent) {
+                    (Some(total), Some(pct)) => {
+                        format!("{} of ~{total} rows ({pct:.0}%)", p.rows_done)
                     }
-                    _ => format!("{rows_done} rows"),
+                    _ => format!("{} rows", p.rows_done),
                 };
-                ("Snapshotting".into(), progress)
+                if let Some(eta) = p.eta {
+                    text.push_str(&format!(", about {} s left", eta.as_secs()));
+                }
+                ("Snapshotting".into(), text)
             }
             TableState::Online => ("Online".into(), String::new()),
             // Held while a large upstream transaction is applied in parts (replicator.rs).
@@ -108,5 +178,45 @@ impl TableRegistry {
         self.by_oid
             .values()
             .find(|t| t.stored.as_ref().map(|s| s.id) == Some(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_progress_has_percent_and_eta_from_the_rate_so_far() {
+        let t0 = Instant::now();
+        let state = TableState::Snapshotting {
+            rows_done: 250,
+            rows_estimated: Some(1000),
+            clock: Some(SnapshotClock::new(t0)),
+        };
+        let p = state.progress(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(p.rows_done, 250);
+        assert_eq!(p.percent, Some(25.0));
+        // 250 rows in 10 s: 750 more take 30 s.
+        assert_eq!(p.eta.map(|d| d.as_secs()), Some(30));
+        // No estimate (never analyzed): rows only.
+        let unknown = TableState::Snapshotting {
+            rows_done: 5,
+            rows_estimated: None,
+            clock: Some(SnapshotClock::new(t0)),
+        };
+        let p = unknown.progress(t0).unwrap();
+        assert_eq!((p.percent, p.eta), (None, None));
+        assert_eq!(unknown.describe().1, "5 rows");
+        assert!(TableState::Online.progress(t0).is_none());
+    }
+
+    #[test]
+    fn progress_lines_are_due_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let mut c = SnapshotClock::new(t0);
+        assert!(!c.log_due(t0 + Duration::from_secs(1)));
+        assert!(c.log_due(t0 + SNAPSHOT_LOG_INTERVAL));
+        assert!(!c.log_due(t0 + SNAPSHOT_LOG_INTERVAL + Duration::from_secs(1)));
+        assert!(c.log_due(t0 + 2 * SNAPSHOT_LOG_INTERVAL));
     }
 }

@@ -228,6 +228,10 @@ pub(crate) struct Pipeline {
     /// Larder's own captured units waiting for the upstream to reach a boundary (see
     /// [`Pipeline::at_boundary`]); sent, in order, by [`Pipeline::release_deferred`].
     pub deferred: BytesMut,
+    /// When each relayed sync point still waiting for its ReadyForQuery was forwarded, and
+    /// where its duration is counted (`None`: not timed).
+    pub relay_started: VecDeque<std::time::Instant>,
+    pub metrics: Option<std::sync::Arc<crate::metrics::ProxyMetrics>>,
     /// Where sent messages stand: the segment (sync points sent so far) and the Parse messages
     /// sent in it.
     pub sent: SegmentCursor,
@@ -395,6 +399,9 @@ impl Pipeline {
                         if let Some(share) = &mut self.inflight {
                             share.add();
                         }
+                        if self.metrics.is_some() {
+                            self.relay_started.push_back(std::time::Instant::now());
+                        }
                     }
                     self.slots.push_back(match mode {
                         ResponseMode::Relay => Slot::Relay,
@@ -427,11 +434,17 @@ impl Pipeline {
         );
     }
 
-    /// Removes the slot at the front, answered by a ReadyForQuery.
+    /// Removes the slot at the front, answered by a ReadyForQuery (a relayed one's duration
+    /// is counted).
     pub fn pop_answered(&mut self) -> Option<Slot> {
         let slot = self.slots.pop_front();
-        if let (Some(Slot::Relay), Some(share)) = (&slot, &mut self.inflight) {
-            share.sub();
+        if let Some(Slot::Relay) = &slot {
+            if let Some(share) = &mut self.inflight {
+                share.sub();
+            }
+            if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
+                m.upstream_done(started);
+            }
         }
         slot
     }

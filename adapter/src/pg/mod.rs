@@ -70,6 +70,8 @@ pub struct PgProxyConfig {
     pub shutdown_grace_ms: u64,
     /// TLS for clients; `None` answers SSLRequest with `N`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where the proxy counts connections and relayed statements (for `/metrics`).
+    pub metrics: Arc<crate::metrics::ProxyMetrics>,
 }
 
 impl PgProxyConfig {
@@ -86,6 +88,7 @@ impl PgProxyConfig {
             idle_timeout_ms: 0,
             shutdown_grace_ms: SHUTDOWN_GRACE_MS_DEFAULT,
             tls: None,
+            metrics: crate::metrics::ProxyMetrics::new(),
         }
     }
 

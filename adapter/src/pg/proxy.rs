@@ -149,6 +149,7 @@ impl Proxy {
         shutdown: &watch::Receiver<bool>,
     ) {
         let Some(permit) = self.handshake_permit(&peer) else {
+            self.shared.cfg.metrics.refused.inc();
             drop(conn);
             return;
         };

@@ -311,6 +311,8 @@ fn fill_cache(
         hits: crate::core::HitCounter::default(),
         invalid: Mutex::new(None),
         serving: AtomicBool::new(true),
+        ops: core.ops.clone(),
+        retired: AtomicBool::new(false),
     });
     if announce {
         core.caches.insert(Arc::clone(&entry));

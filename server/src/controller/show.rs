@@ -119,16 +119,37 @@ impl Controller {
     }
 
     pub(super) fn show_tables(&self) -> Table {
-        let mut t = Table::new(&["table", "status", "description"]);
+        let mut t = Table::new(&[
+            "table",
+            "status",
+            "description",
+            "rows_copied",
+            "rows_estimated",
+            "percent",
+            "eta_seconds",
+        ]);
         let tables = self.core.tables.read().expect("tables lock poisoned");
+        let now = std::time::Instant::now();
         let mut rows: Vec<_> = tables
             .all()
             .map(|e| {
                 let (status, description) = e.state.describe();
+                let p = e.state.progress(now);
+                let p = p.as_ref();
                 vec![
                     format!("\"{}\".\"{}\"", e.schema.schema, e.schema.name),
                     status,
                     description,
+                    p.map(|p| p.rows_done.to_string()).unwrap_or_default(),
+                    p.and_then(|p| p.rows_estimated)
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    p.and_then(|p| p.percent)
+                        .map(|x| format!("{x:.1}"))
+                        .unwrap_or_default(),
+                    p.and_then(|p| p.eta)
+                        .map(|d| d.as_secs().to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();

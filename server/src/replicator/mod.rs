@@ -34,8 +34,6 @@ pub use parts::{hold_partial_tables, PartsState};
 
 /// Upper bound of transactions waiting between the stream reader and the applier.
 const APPLY_QUEUE_MAX: usize = 64;
-/// Snapshot progress is logged every this many rows of a table.
-const SNAPSHOT_LOG_EVERY_ROWS: u64 = 100_000;
 /// How often applied positions are flushed to disk and acknowledged upstream.
 const ACK_INTERVAL_MS: u64 = 500;
 
@@ -196,6 +194,7 @@ impl SnapshotSink for StorageSink<'_> {
             return Err(format!("snapshot rows for unknown relation {}", batch.rel));
         };
         let mut txn = core.storage.begin();
+        core.ops.snapshot_rows.add(batch.rows.len() as u64);
         for row in batch.rows {
             check_row(&table, &row).map_err(|e| e.to_string())?;
             txn.insert(&table, row).map_err(|e| e.to_string())?;
@@ -203,20 +202,11 @@ impl SnapshotSink for StorageSink<'_> {
         txn.commit().map_err(|e| e.to_string())?;
         let mut tables = core.tables.write().expect("tables lock poisoned");
         if let Some(entry) = tables.get_mut(batch.rel) {
-            let before = match entry.state {
-                TableState::Snapshotting { rows_done, .. } => rows_done,
-                _ => 0,
+            let now = std::time::Instant::now();
+            let mut clock = match entry.state {
+                TableState::Snapshotting { clock: Some(c), .. } => c,
+                _ => crate::tables::SnapshotClock::new(now),
             };
-            if !batch.table_done
-                && batch.rows_done / SNAPSHOT_LOG_EVERY_ROWS > before / SNAPSHOT_LOG_EVERY_ROWS
-            {
-                info!(
-                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
-                    rows_done = batch.rows_done,
-                    rows_estimated = batch.rows_estimated.unwrap_or(0),
-                    "snapshot progress"
-                );
-            }
             entry.state = if batch.table_done {
                 info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
                 TableState::Online
@@ -224,8 +214,23 @@ impl SnapshotSink for StorageSink<'_> {
                 TableState::Snapshotting {
                     rows_done: batch.rows_done,
                     rows_estimated: batch.rows_estimated,
+                    clock: Some(clock),
                 }
             };
+            if !batch.table_done && clock.log_due(now) {
+                let p = entry.state.progress(now).unwrap_or_default();
+                info!(
+                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
+                    rows_done = p.rows_done,
+                    rows_estimated = p.rows_estimated.unwrap_or(0),
+                    percent = p.percent.map_or(-1.0, |x| (x * 10.0).round() / 10.0),
+                    eta_seconds = p.eta.map_or(-1, |d| d.as_secs() as i64),
+                    "snapshot progress"
+                );
+                if let TableState::Snapshotting { clock: c, .. } = &mut entry.state {
+                    *c = Some(clock);
+                }
+            }
         }
         Ok(())
     }
@@ -254,6 +259,7 @@ async fn initial_snapshot(
                 TableState::Snapshotting {
                     rows_done: 0,
                     rows_estimated: t.estimated_rows,
+                    clock: None,
                 },
             )?;
             registry.insert(entry);
@@ -370,10 +376,31 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
             .open(Some(Lsn(core.status.applied_lsn.load(Ordering::SeqCst))))
             .await
         {
+            if let OpenOutcome::Fresh(fresh) = outcome {
+                slot_lost(&core, &source, fresh).await;
+                return;
+            }
             core.set_replication_status("Streaming");
             backoff_ms = 100;
             next = Some(outcome);
         }
+    }
+}
+
+/// The slot disappeared while streaming (dropped upstream, or invalidated): the changes since
+/// the applied position are gone, so the stored tables can never catch up from here. Caches
+/// stop serving for good, and the slot `open` just created is dropped again so that a restart
+/// takes a fresh snapshot instead of resuming past the lost changes.
+async fn slot_lost(core: &Core, source: &PgSource, fresh: larder_replication::FreshSlot) {
+    drop(fresh);
+    let reason = "the replication slot is gone (dropped or invalidated upstream): the stored \
+                  tables cannot catch up; restart Larder to take a fresh snapshot";
+    error!("{reason}");
+    core.ops.freshness.halt(reason);
+    core.set_last_error(reason.to_string());
+    core.set_replication_status("Stopped: replication slot lost");
+    if let Err(e) = source.drop_slot().await {
+        warn!(error = %e, "dropping the replication slot created while reconnecting");
     }
 }
 

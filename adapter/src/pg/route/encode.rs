@@ -87,7 +87,15 @@ pub(super) fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] 
         LarderStatement::ShowProxiedQueries { .. } => &["query_id", "query", "supported", "count"],
         LarderStatement::ExplainLastStatement => &["query_destination", "reason"],
         LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
-        LarderStatement::ShowTables => &["table", "status", "description"],
+        LarderStatement::ShowTables => &[
+            "table",
+            "status",
+            "description",
+            "rows_copied",
+            "rows_estimated",
+            "percent",
+            "eta_seconds",
+        ],
         LarderStatement::DropCache { .. }
         | LarderStatement::SetCaching { .. }
         | LarderStatement::DropAllCaches

@@ -537,6 +537,7 @@ impl RouterSession {
             .resolve_id(shape)
             .unwrap_or_else(|_| shape.query_id.clone());
         self.backend.record_proxied(&id, &shape.text);
+        self.backend.fell_back(&id, &reason);
         self.last = Last {
             destination: "upstream",
             reason: reason.into(),
@@ -597,6 +598,7 @@ impl RouterSession {
             dispatch.respond(encode_text_table(prefix, Ok(table), header, status));
             return;
         }
+        self.backend.answered_locally();
         self.last = Last {
             destination: "larder",
             reason: "Larder statement".into(),

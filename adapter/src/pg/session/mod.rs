@@ -349,6 +349,7 @@ impl Relay {
         let pipe = Pipeline {
             client_output_max_bytes: Some(shared.cfg.client_output_max_bytes),
             inflight: Some(InflightShare::new(shared.inflight.clone())),
+            metrics: Some(shared.cfg.metrics.clone()),
             ..Pipeline::default()
         };
         Relay {
@@ -802,6 +803,7 @@ impl Relay {
             }
             warn!(peer = %self.state.peer(), in_flight = current, max,
                 "too many statements in flight upstream: a statement is refused");
+            self.shared.cfg.metrics.shed.inc();
             let mut out = BytesMut::new();
             ErrorResponse::error(
                 "53400",

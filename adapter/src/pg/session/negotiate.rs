@@ -22,6 +22,7 @@ pub(crate) async fn handle_connection(
     if let Conn::Plain(tcp) = &client {
         let _ = tcp.set_nodelay(true);
     }
+    let mut gauge = shared.cfg.metrics.connection();
     let deadline = Instant::now() + Duration::from_millis(shared.cfg.startup_timeout_ms);
     let negotiated = match timeout_at(deadline, negotiate(&shared, client)).await {
         Ok(Ok(n)) => n,
@@ -44,9 +45,11 @@ pub(crate) async fn handle_connection(
             }
             let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
                 warn!(%peer, max_connections = shared.cfg.max_connections, "too many clients");
+                shared.cfg.metrics.refused.inc();
                 reject(conn, "53300", "sorry, too many clients already").await;
                 return;
             };
+            gauge.set(crate::metrics::ConnectionState::Session);
             run_session(&shared, conn, startup, peer, deadline, shutdown).await;
             drop(permit);
         }
