@@ -143,5 +143,8 @@ async fn eight_writers_each_see_their_own_writes_and_off_shows_why() {
         }
     }
     eprintln!("stale reads with read-your-writes off: {stale} of 200");
-    assert!(stale > 0, "no stale read without the barrier: the test shows nothing");
+    assert!(
+        stale > 0,
+        "no stale read without the barrier: the test shows nothing"
+    );
 }

@@ -46,6 +46,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("larder_upstream_wal_position", "The upstream's current WAL position (LSN as a number) at the last poll.", MetricType::GAUGE, &[]),
     ("larder_upstream_reachable", "1 when the last poll of the upstream succeeded, else 0.", MetricType::GAUGE, &[]),
     ("larder_replication_stale_total", "Times caches stopped serving because replication fell behind the staleness bound.", MetricType::COUNTER, &[]),
+    ("larder_replication_restarts_total", "Times the change stream was started again: it ended, failed, or a transaction failed to apply (the caches on its tables are rebuilt).", MetricType::COUNTER, &[]),
     ("larder_tables", "Upstream tables by replication state.", MetricType::GAUGE, &["state"]),
     ("larder_snapshot_rows_total", "Rows copied by table snapshots.", MetricType::COUNTER, &[]),
     ("larder_snapshot_table_rows_copied", "Rows copied so far of each table being snapshotted.", MetricType::GAUGE, &["table"]),
@@ -312,6 +313,14 @@ impl Collector for LarderCollector {
         f.one(
             "larder_replication_stale_total",
             Value::Counter(fr.stale_periods.load(Ordering::Relaxed) as f64),
+        );
+        let restarts = self
+            .core
+            .as_ref()
+            .map_or(0, |c| c.status.restarts.load(Ordering::Relaxed));
+        f.one(
+            "larder_replication_restarts_total",
+            Value::Counter(restarts as f64),
         );
 
         // Tables and snapshot progress.

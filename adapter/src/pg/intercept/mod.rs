@@ -11,24 +11,27 @@
 //! client right after the upstream's ReadyForQuery for the last of them. So an interceptor must
 //! answer locally only whole units ending at a sync point (e.g. `Query`, or
 //! `Bind/Describe/Execute/Sync`), including the final ReadyForQuery in its response.
-//! [`ResponseMode::Discard`] lets it forward messages whose responses the client must not see
-//! (e.g. re-creating upstream a statement the client prepared while being served locally), and
+//! [`ResponseMode::Discard`] lets it forward messages whose responses the client must not see,
+//! [`Dispatch::inject_parse`] prepares upstream, inside the client's own segment, a statement
+//! the client prepared while being served locally, and
 //! [`Dispatch::capture`] sends a query of its own whose response goes to
 //! [`Interceptor::on_captured`] instead of the client. [`Dispatch::respond_later`] queues a
 //! local answer that is computed asynchronously (it is polled by the session, in order).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::messages::{frontend_tag, FrameIter, RawFrame, TransactionStatus};
 use crate::AdapterError;
+
+mod pipeline;
+
+pub use pipeline::{InflightGauge, InflightShare};
+pub(crate) use pipeline::{InjectedParse, Pipeline, Slot};
 
 /// Where a client connected from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,343 +171,6 @@ pub type LocalResponse = Pin<Box<dyn Future<Output = Bytes> + Send + 'static>>;
 
 /// Most bytes collected for one captured response; the rest is dropped.
 pub const CAPTURE_SIZE_MAX_BYTES: usize = 1 << 20;
-
-/// One expected response unit, in client order.
-pub(crate) enum Slot {
-    /// Relay upstream output up to the next ReadyForQuery.
-    Relay,
-    /// Drop upstream output up to the next ReadyForQuery.
-    Discard,
-    /// Collect upstream output up to the next ReadyForQuery for the interceptor.
-    Capture,
-    /// Bytes produced by Larder, written once everything before it is out.
-    Local(Bytes),
-    /// Bytes Larder is still computing; written when ready and everything before it is out.
-    Later(LocalResponse),
-}
-
-impl Slot {
-    /// True for slots answered by an upstream ReadyForQuery.
-    fn is_sync_point(&self) -> bool {
-        matches!(self, Slot::Relay | Slot::Discard | Slot::Capture)
-    }
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slot::Relay => write!(f, "Relay"),
-            Slot::Discard => write!(f, "Discard"),
-            Slot::Capture => write!(f, "Capture"),
-            Slot::Local(b) => write!(f, "Local({} bytes)", b.len()),
-            Slot::Later(_) => write!(f, "Later"),
-        }
-    }
-}
-
-/// Buffers and ordering state shared by the two directions of a session.
-#[derive(Debug, Default)]
-pub(crate) struct Pipeline {
-    pub upstream_out: BytesMut,
-    pub client_out: BytesMut,
-    pub slots: VecDeque<Slot>,
-    /// Extended-protocol messages were forwarded since the last sync point.
-    pub unsynced: bool,
-    /// The client's Terminate was forwarded.
-    pub terminated: bool,
-    /// The response being captured for the interceptor.
-    pub captured: BytesMut,
-    /// Bytes of the [`Slot::Local`] answers queued in `slots`.
-    pub local_queued_bytes: usize,
-    /// Number of [`Slot::Later`] answers queued in `slots`.
-    pub later_queued: usize,
-    /// Most unread bytes (client output plus queued local answers) a local answer may add to;
-    /// `None` is unlimited. An answer alone larger than this still goes out once the client
-    /// has read everything before it.
-    pub client_output_max_bytes: Option<usize>,
-    /// Set when a local answer was dropped because it would have passed
-    /// `client_output_max_bytes`: the unread bytes it would have made. The session ends.
-    pub output_overflow: Option<usize>,
-    /// Larder's own captured units waiting for the upstream to reach a boundary (see
-    /// [`Pipeline::at_boundary`]); sent, in order, by [`Pipeline::release_deferred`].
-    pub deferred: BytesMut,
-    /// When each relayed sync point still waiting for its ReadyForQuery was forwarded, and
-    /// where its duration is counted (`None`: not timed).
-    pub relay_started: VecDeque<std::time::Instant>,
-    pub metrics: Option<std::sync::Arc<crate::metrics::ProxyMetrics>>,
-    /// Where sent messages stand: the segment (sync points sent so far) and the Parse messages
-    /// sent in it.
-    pub sent: SegmentCursor,
-    /// Where upstream responses stand: the segment (ReadyForQuery received so far) and the
-    /// ParseCompletes received in it.
-    pub received: SegmentCursor,
-    /// Parses Larder put into the client's stream (see [`Dispatch::inject_parse`]), oldest
-    /// first, whose ParseComplete has not come back yet.
-    pub injected: VecDeque<InjectedParse>,
-    /// Client statements in flight upstream across all sessions (the session's own
-    /// [`Slot::Relay`] slots are counted in it).
-    pub inflight: Option<InflightShare>,
-}
-
-/// Client statements (sync points) in flight upstream across the sessions of one proxy, with
-/// the bound past which new statements are refused.
-#[derive(Debug, Default)]
-pub struct InflightGauge {
-    count: AtomicUsize,
-    /// 0: no bound.
-    pub max: usize,
-}
-
-impl InflightGauge {
-    pub fn new(max: usize) -> Self {
-        InflightGauge {
-            count: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// True when a new statement must be refused.
-    pub fn full(&self) -> bool {
-        self.max != 0 && self.current() >= self.max
-    }
-
-    fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sub(&self, n: usize) {
-        let before = self.count.fetch_sub(n, Ordering::Relaxed);
-        debug_assert!(before >= n, "in-flight gauge below zero");
-    }
-}
-
-/// One session's part of an [`InflightGauge`]: what it added, taken back when it ends.
-#[derive(Debug)]
-pub struct InflightShare {
-    gauge: Arc<InflightGauge>,
-    held: usize,
-}
-
-impl InflightShare {
-    pub fn new(gauge: Arc<InflightGauge>) -> Self {
-        InflightShare { gauge, held: 0 }
-    }
-
-    pub fn gauge(&self) -> &InflightGauge {
-        &self.gauge
-    }
-
-    fn add(&mut self) {
-        self.held += 1;
-        self.gauge.add(1);
-    }
-
-    fn sub(&mut self) {
-        debug_assert!(
-            self.held > 0,
-            "a session answered more statements than it sent"
-        );
-        if self.held > 0 {
-            self.held -= 1;
-            self.gauge.sub(1);
-        }
-    }
-}
-
-impl Drop for InflightShare {
-    fn drop(&mut self) {
-        self.gauge.sub(self.held);
-    }
-}
-
-/// A position in the upstream conversation, counted in segments (the messages up to and
-/// including one sync point) and Parse messages within a segment.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SegmentCursor {
-    pub segment: u64,
-    pub parses: u32,
-}
-
-/// A Parse Larder sent in the middle of the client's messages: its ParseComplete is the
-/// `ordinal`-th of its segment and is dropped. If the segment ends without it (the Parse
-/// failed, or an earlier error made the upstream skip it), the interceptor is told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InjectedParse {
-    pub at: SegmentCursor,
-    pub statement: String,
-    pub token: u64,
-}
-
-impl Pipeline {
-    /// Number of forwarded sync points still waiting for their ReadyForQuery.
-    pub fn pending_sync_points(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_sync_point()).count()
-    }
-
-    /// Response bytes the client has not read yet that Larder already holds: the client output
-    /// buffer and the local answers queued behind forwarded statements.
-    pub fn client_backlog_bytes(&self) -> usize {
-        self.client_out.len() + self.local_queued_bytes
-    }
-
-    /// Whether a local answer of `len` bytes may be added to the client's unread output;
-    /// records the overflow otherwise.
-    fn admit_local(&mut self, len: usize) -> bool {
-        if self.output_overflow.is_some() {
-            return false;
-        }
-        let Some(max) = self.client_output_max_bytes else {
-            return true;
-        };
-        let unread = self.client_backlog_bytes();
-        if unread > 0 && unread.saturating_add(len) > max {
-            self.output_overflow = Some(unread.saturating_add(len));
-            return false;
-        }
-        true
-    }
-
-    /// True when the upstream session is at a ReadyForQuery boundary with nothing of the
-    /// client's in flight: every forwarded sync point has been answered and no extended-protocol
-    /// messages wait for their Sync. Only then may Larder send a unit of its own: otherwise it
-    /// would land in the middle of a COPY (the upstream fails the session with "unexpected
-    /// message type 0x50 during COPY from stdin"), of a pipeline (its Sync would end the
-    /// client's implicit transaction or error recovery early) or of a statement.
-    pub fn at_boundary(&self) -> bool {
-        self.pending_sync_points() == 0 && !self.unsynced
-    }
-
-    /// Sends the deferred captured units once the upstream is at a boundary (called by the
-    /// session after every ReadyForQuery).
-    pub fn release_deferred(&mut self) {
-        if self.deferred.is_empty() || self.terminated || !self.at_boundary() {
-            return;
-        }
-        let raw = std::mem::take(&mut self.deferred);
-        self.send(&raw, ResponseMode::Capture);
-    }
-
-    /// Queues complete frontend messages for the upstream and the slots of their responses.
-    fn send(&mut self, raw: &[u8], mode: ResponseMode) {
-        self.upstream_out.extend_from_slice(raw);
-        let mut it = FrameIter::new(raw, usize::MAX);
-        for msg in it.by_ref().map_while(Result::ok) {
-            match msg.frame.tag {
-                frontend_tag::QUERY | frontend_tag::SYNC | frontend_tag::FUNCTION_CALL => {
-                    if mode == ResponseMode::Relay {
-                        if let Some(share) = &mut self.inflight {
-                            share.add();
-                        }
-                        if self.metrics.is_some() {
-                            self.relay_started.push_back(std::time::Instant::now());
-                        }
-                    }
-                    self.slots.push_back(match mode {
-                        ResponseMode::Relay => Slot::Relay,
-                        ResponseMode::Discard => Slot::Discard,
-                        ResponseMode::Capture => Slot::Capture,
-                    });
-                    self.unsynced = false;
-                    self.sent = SegmentCursor {
-                        segment: self.sent.segment + 1,
-                        parses: 0,
-                    };
-                }
-                frontend_tag::PARSE => {
-                    self.unsynced = true;
-                    self.sent.parses += 1;
-                }
-                frontend_tag::BIND
-                | frontend_tag::DESCRIBE
-                | frontend_tag::EXECUTE
-                | frontend_tag::CLOSE
-                | frontend_tag::FLUSH => self.unsynced = true,
-                frontend_tag::TERMINATE => self.terminated = true,
-                _ => {}
-            }
-        }
-        debug_assert_eq!(
-            it.consumed(),
-            raw.len(),
-            "send_upstream needs whole messages"
-        );
-    }
-
-    /// Removes the slot at the front, answered by a ReadyForQuery (a relayed one's duration
-    /// is counted).
-    pub fn pop_answered(&mut self) -> Option<Slot> {
-        let slot = self.slots.pop_front();
-        if let Some(Slot::Relay) = &slot {
-            if let Some(share) = &mut self.inflight {
-                share.sub();
-            }
-            if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
-                m.upstream_done(started);
-            }
-        }
-        slot
-    }
-
-    /// Counts a ParseComplete from the upstream (after authentication); true if it answers a
-    /// Parse Larder injected, so it must not reach the client.
-    pub fn on_parse_complete(&mut self) -> bool {
-        self.received.parses += 1;
-        match self.injected.front() {
-            Some(p) if p.at == self.received => {
-                self.injected.pop_front();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends the segment being answered (a ReadyForQuery after authentication); returns the
-    /// injected Parses of that segment that never completed.
-    pub fn end_segment(&mut self) -> Vec<InjectedParse> {
-        let ended = self.received.segment;
-        self.received = SegmentCursor {
-            segment: ended + 1,
-            parses: 0,
-        };
-        let mut lost = Vec::new();
-        while self.injected.front().is_some_and(|p| p.at.segment <= ended) {
-            lost.extend(self.injected.pop_front());
-        }
-        lost
-    }
-
-    /// Appends leading ready local responses to the client output.
-    pub fn drain_local_front(&mut self) {
-        while let Some(Slot::Local(_)) = self.slots.front() {
-            if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
-                self.local_queued_bytes -= bytes.len();
-                self.client_out.extend_from_slice(&bytes);
-            }
-        }
-    }
-
-    /// Polls a pending local response at the front; true if one completed.
-    pub fn poll_later_front(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut progress = false;
-        while let Some(Slot::Later(fut)) = self.slots.front_mut() {
-            let Poll::Ready(bytes) = fut.as_mut().poll(cx) else {
-                break;
-            };
-            self.slots.pop_front();
-            self.later_queued -= 1;
-            if self.admit_local(bytes.len()) {
-                self.client_out.extend_from_slice(&bytes);
-            }
-            self.drain_local_front();
-            progress = true;
-        }
-        progress
-    }
-}
 
 /// What an interceptor can do with client messages.
 pub struct Dispatch<'a> {
@@ -667,6 +333,7 @@ impl InterceptorFactory for PassThrough {
 mod tests {
     use super::*;
     use crate::pg::messages::{Bind, Encode, Execute, Parse, Query, Sync};
+    use bytes::BytesMut;
 
     #[test]
     fn sync_points_and_local_ordering() {
