@@ -20,7 +20,9 @@
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{btree_map, hash_map, BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{btree_map, hash_map, BTreeMap, BTreeSet, BinaryHeap};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -113,7 +115,8 @@ pub(crate) struct ReaderState {
     ready: bool,
     /// Net count of rows whose reader key could not be computed.
     poison_all: i64,
-    keys: HashMap<Key, KeyRows>,
+    /// FxHash: keys come from the table's rows (not from clients), and a hit hashes one key.
+    keys: FxHashMap<Key, KeyRows>,
     /// The column each key's rows are indexed on, for range reads, and its type family.
     range_column: Option<(usize, RangeFamily)>,
     /// Rows with positive counts, counted with multiplicity.
@@ -270,8 +273,8 @@ struct Shared {
 static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    static HANDLES: RefCell<HashMap<u64, Rc<ReadHandle<ReaderState>>>> =
-        RefCell::new(HashMap::new());
+    static HANDLES: RefCell<FxHashMap<u64, Rc<ReadHandle<ReaderState>>>> =
+        RefCell::new(FxHashMap::default());
 }
 
 /// Counters describing a reader's contents (for `SHOW CACHES` and metrics).
@@ -437,7 +440,7 @@ fn lookup_keys<'p>(
     }
     let keep_values = spec.empty_row.is_some();
     let mut keys = Vec::with_capacity(combinations);
-    let mut seen: HashSet<Key> = HashSet::new();
+    let mut seen: FxHashSet<Key> = FxHashSet::default();
     let mut index = vec![0usize; slots.len()];
     for _ in 0..combinations {
         let values: Vec<&Value> = slots.iter().zip(&index).map(|(s, &i)| &s[i]).collect();

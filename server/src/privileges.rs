@@ -118,6 +118,17 @@ pub struct Privileges {
     /// Bumped whenever everything learned is forgotten: an answer fetched before that must not
     /// be stored after it (it may predate a REVOKE).
     generation: AtomicU64,
+    /// Bumped (under the write lock) whenever `roles` changes at all: a thread's memo of the
+    /// last role it checked is good while this stays the same.
+    version: AtomicU64,
+}
+
+thread_local! {
+    /// The last role a cache hit on this thread checked: (the `Privileges` it came from,
+    /// its `version` then, the role, what it may read). Spares the hit path the shared lock
+    /// and the map lookup; a session's hits nearly always check the same role again.
+    static LAST_ROLE: std::cell::RefCell<Option<(usize, u64, String, Arc<RoleAccess>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl Privileges {
@@ -134,6 +145,7 @@ impl Privileges {
             requests: tx,
             admin_role: admin_role.filter(|r| !r.is_empty()),
             generation: AtomicU64::new(0),
+            version: AtomicU64::new(0),
         };
         (Arc::new(p), rx)
     }
@@ -141,12 +153,32 @@ impl Privileges {
     /// The hit-path check: `Err` names why `role` may not be answered from a cache reading
     /// `reads` (or that its privileges are being learned: then a fetch is requested).
     pub fn may_read(&self, role: &str, reads: &Reads<'_>) -> Result<(), String> {
-        let verdict = self
-            .roles
-            .read()
-            .expect("privileges lock poisoned")
-            .get(role)
-            .and_then(|a| a.check(role, reads));
+        let me = self as *const Privileges as usize;
+        let version = self.version.load(Ordering::Acquire);
+        let memo = LAST_ROLE.with(|m| match &*m.borrow() {
+            Some((p, v, r, access)) if *p == me && *v == version && r == role => {
+                Some(access.check(role, reads))
+            }
+            _ => None,
+        });
+        let verdict = match memo {
+            Some(v) => v,
+            None => {
+                let access = self
+                    .roles
+                    .read()
+                    .expect("privileges lock poisoned")
+                    .get(role)
+                    .cloned();
+                access.and_then(|a| {
+                    let verdict = a.check(role, reads);
+                    LAST_ROLE.with(|m| {
+                        *m.borrow_mut() = Some((me, version, role.to_string(), a));
+                    });
+                    verdict
+                })
+            }
+        };
         match verdict {
             Some(v) => v,
             None => {
@@ -190,6 +222,7 @@ impl Privileges {
             roles.clear();
         }
         roles.insert(role, Arc::new(access));
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     fn generation(&self) -> u64 {
@@ -199,6 +232,7 @@ impl Privileges {
     fn forget_all(&self) -> Vec<String> {
         let mut roles = self.roles.write().expect("privileges lock poisoned");
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.version.fetch_add(1, Ordering::Release);
         roles.drain().map(|(r, _)| r).collect()
     }
 

@@ -226,6 +226,22 @@ impl Dispatch<'_> {
         }
     }
 
+    /// [`Dispatch::respond`] from a buffer the caller keeps (and reuses): when nothing is
+    /// queued before it, the bytes go straight to the client output, with no allocation.
+    pub fn respond_copy(&mut self, response: &[u8]) {
+        if !self.pipe.admit_local(response.len()) {
+            return;
+        }
+        if self.pipe.slots.is_empty() {
+            self.pipe.client_out.extend_from_slice(response);
+        } else {
+            self.pipe.local_queued_bytes += response.len();
+            self.pipe
+                .slots
+                .push_back(Slot::Local(Bytes::copy_from_slice(response)));
+        }
+    }
+
     /// Answers the client locally with bytes computed asynchronously (same rules as
     /// [`Dispatch::respond`]); the session polls the future once everything before it is out.
     pub fn respond_later(&mut self, response: LocalResponse) {

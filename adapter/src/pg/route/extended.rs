@@ -140,7 +140,7 @@ impl RouterSession {
             (None, Some(s)) => (s.kind.clone(), s.param_types.clone()),
             (None, None) => return false,
         };
-        let mut out = BytesMut::new();
+        let mut out = self.take_scratch();
         if unit.parse.is_some() {
             ParseComplete.encode(&mut out);
         }
@@ -198,7 +198,8 @@ impl RouterSession {
                         };
                         finish(&mut out, rows, session.transaction_status());
                         self.hit(&cache);
-                        dispatch.respond(out.freeze());
+                        dispatch.respond_copy(&out);
+                        self.put_scratch(out);
                     }
                     Err(reason) => {
                         self.miss(shape, reason);

@@ -68,6 +68,8 @@ const MEMO_TEXT_MAX_BYTES: usize = 64 << 10;
 /// What a Bind of a statement the router forgot is treated as: possibly DDL.
 const FORGOTTEN_STATEMENT_SQL: &str = ";";
 const TEXT_OID: u32 = 25;
+/// Largest hit response buffer kept for reuse by a session.
+const SCRATCH_KEEP_MAX_BYTES: usize = 64 << 10;
 
 pub struct CacheRouter {
     backend: Arc<dyn CacheBackend>,
@@ -95,6 +97,7 @@ impl InterceptorFactory for CacheRouter {
             fingerprints: ByteBoundedMap::new(SHAPES_MAX_BYTES),
             statements_skipped: false,
             statement_tokens: 0,
+            scratch: BytesMut::new(),
             custom_output: custom_output_at_startup(session.startup_params()),
             captures: std::collections::VecDeque::new(),
             barrier_lsn: None,
@@ -191,6 +194,8 @@ struct RouterSession {
     statements_skipped: bool,
     /// The last [`Statement::token`] handed out.
     statement_tokens: u64,
+    /// See [`RouterSession::take_scratch`].
+    scratch: BytesMut,
     /// Captures sent upstream, in order (their responses arrive in the same order).
     captures: std::collections::VecDeque<CaptureKind>,
     /// The session ran DDL or wrote to a cached table (or committed a transaction that did):
@@ -317,14 +322,15 @@ impl RouterSession {
             }
             Kind::Select(shape) => match self.try_cache(session, shape, None, dispatch) {
                 Ok((cache, params)) => {
-                    let mut out = BytesMut::new();
+                    let mut out = self.take_scratch();
                     let formats = Formats::all_text();
                     self.put_row_description(&cache, &[], &mut out);
                     match self.read_hit(session, cache.as_ref(), &params, &formats, &mut out) {
                         Ok(rows) => {
                             finish(&mut out, rows, session.transaction_status());
                             self.hit(&cache);
-                            dispatch.respond(out.freeze());
+                            dispatch.respond_copy(&out);
+                            self.put_scratch(out);
                         }
                         Err(reason) => {
                             self.miss(shape, reason);
@@ -360,6 +366,20 @@ impl RouterSession {
 
     /// Decides whether `shape` can be answered locally; returns the cache and the read's
     /// parameter values.
+    /// The buffer a cache hit's response is encoded into, reused from hit to hit.
+    fn take_scratch(&mut self) -> BytesMut {
+        let mut b = std::mem::take(&mut self.scratch);
+        b.clear();
+        b
+    }
+
+    /// Keeps a hit's buffer for the next hit, unless a large result made it big.
+    fn put_scratch(&mut self, b: BytesMut) {
+        if b.capacity() <= SCRATCH_KEEP_MAX_BYTES {
+            self.scratch = b;
+        }
+    }
+
     fn try_cache(
         &mut self,
         session: &SessionState,
