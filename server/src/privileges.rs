@@ -123,11 +123,20 @@ pub struct Privileges {
     version: AtomicU64,
 }
 
+/// The last role a cache hit on a thread checked.
+struct RoleMemo {
+    /// The `Privileges` it came from (its address).
+    from: usize,
+    /// Its `version` then.
+    version: u64,
+    role: String,
+    access: Arc<RoleAccess>,
+}
+
 thread_local! {
-    /// The last role a cache hit on this thread checked: (the `Privileges` it came from,
-    /// its `version` then, the role, what it may read). Spares the hit path the shared lock
-    /// and the map lookup; a session's hits nearly always check the same role again.
-    static LAST_ROLE: std::cell::RefCell<Option<(usize, u64, String, Arc<RoleAccess>)>> =
+    /// Spares the hit path the shared lock and the map lookup: a session's hits nearly always
+    /// check the same role again.
+    static LAST_ROLE: std::cell::RefCell<Option<RoleMemo>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -156,8 +165,8 @@ impl Privileges {
         let me = self as *const Privileges as usize;
         let version = self.version.load(Ordering::Acquire);
         let memo = LAST_ROLE.with(|m| match &*m.borrow() {
-            Some((p, v, r, access)) if *p == me && *v == version && r == role => {
-                Some(access.check(role, reads))
+            Some(m) if m.from == me && m.version == version && m.role == role => {
+                Some(m.access.check(role, reads))
             }
             _ => None,
         });
@@ -173,7 +182,12 @@ impl Privileges {
                 access.and_then(|a| {
                     let verdict = a.check(role, reads);
                     LAST_ROLE.with(|m| {
-                        *m.borrow_mut() = Some((me, version, role.to_string(), a));
+                        *m.borrow_mut() = Some(RoleMemo {
+                            from: me,
+                            version,
+                            role: role.to_string(),
+                            access: a,
+                        });
                     });
                     verdict
                 })
