@@ -201,7 +201,7 @@ impl CacheBackend for Backend {
     }
 
     fn relation_oid(&self, schema: &str, name: &str) -> Option<u32> {
-        self.controller.relations.snapshot()?.oid(schema, name)
+        self.controller.relations.oid(schema, name)
     }
 
     fn default_search_path(&self, user: &str, database: &str) -> Option<String> {

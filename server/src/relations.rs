@@ -80,6 +80,30 @@ impl Relations {
         }
     }
 
+    /// The oid of `schema.name` in the last load. Each thread keeps the load it last used
+    /// while the generation stays the same, so a cache hit takes neither the lock nor a
+    /// reference count shared with other cores.
+    pub fn oid(&self, schema: &str, name: &str) -> Option<u32> {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(usize, u64, Arc<RelationSnapshot>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let me = self as *const Relations as usize;
+        let generation = self.generation();
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((p, g, snap)) if *p == me && *g == generation => snap.oid(schema, name),
+                _ => {
+                    let snap = self.snapshot()?;
+                    let oid = snap.oid(schema, name);
+                    *last = Some((me, generation, snap));
+                    oid
+                }
+            }
+        })
+    }
+
     /// See [`Relations::store`]; content that did not change keeps the generation.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
