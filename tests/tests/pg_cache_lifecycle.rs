@@ -159,10 +159,9 @@ fn psql(d: &Deployment<'_>, sql: &str) -> String {
 /// replication is known to have caught up with the upstream). Panics if the cache does not
 /// answer within a few tries, or within 20 s of waiting for replication.
 async fn via_cache(c: &Client, sql: &str) -> Answer {
-    let mut why = String::new();
     let mut tries = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let why = loop {
         let a = q(c, sql).await;
         let (dest, reason) = explain_last(c).await;
         if dest == "cache" {
@@ -170,14 +169,13 @@ async fn via_cache(c: &Client, sql: &str) -> Answer {
         }
         tries += 1;
         let catching_up = reason.contains("has not caught up");
-        why = reason;
         if (!catching_up && tries >= 4) || Instant::now() > deadline {
-            break;
+            break reason;
         }
         if catching_up {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
+    };
     panic!("{sql} was not answered by the cache: {why}");
 }
 

@@ -101,7 +101,7 @@ impl Controller {
             names.dedup();
             Some(self.readable_relations(role, names).await?)
         };
-        let mut t = Table::new(&["query_id", "query", "supported", "count"]);
+        let mut t = Table::new(columns::SHOW_PROXIED_QUERIES);
         for (id, text, count) in shapes {
             if query_id.is_some_and(|q| q != id) {
                 continue;

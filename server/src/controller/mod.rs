@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use larder_replication::PgSource;
 use larder_sql::lower::Catalog;
 use larder_sql::normalize::{normalize_query, Normalized};
-use larder_sql::statement::{parse_select, CacheSource, Dialect, LarderStatement};
+use larder_sql::statement::{columns, parse_select, CacheSource, Dialect, LarderStatement};
 use larder_sql::{pgtypes, TableSchema};
 use thiserror::Error;
 use tracing::info;
@@ -259,7 +259,7 @@ impl Controller {
                 Err(e) => format!("no: {e}"),
             }
         };
-        let mut t = Table::new(&["query_id", "query", "supported"]);
+        let mut t = Table::new(columns::EXPLAIN_CREATE_CACHE);
         t.push(vec![normalized.query_id, normalized.text, supported]);
         Ok(t)
     }

@@ -4,7 +4,7 @@ use super::*;
 
 impl Controller {
     pub(super) fn show_caches(&self, query_id: Option<&str>) -> Table {
-        let mut t = Table::new(&["query_id", "name", "query", "properties", "count"]);
+        let mut t = Table::new(columns::SHOW_CACHES);
         for c in self.core.caches.all() {
             if query_id.is_some_and(|id| id != c.query_id) {
                 continue;
@@ -47,7 +47,7 @@ impl Controller {
     }
 
     pub(super) fn show_status(&self) -> Table {
-        let mut t = Table::new(&["name", "value"]);
+        let mut t = Table::new(columns::NAME_VALUE);
         let status = &self.core.status;
         let lsn = status.applied_lsn.load(Ordering::SeqCst);
         let repl = status.replication.lock().expect("status lock").clone();
@@ -119,15 +119,7 @@ impl Controller {
     }
 
     pub(super) fn show_tables(&self) -> Table {
-        let mut t = Table::new(&[
-            "table",
-            "status",
-            "description",
-            "rows_copied",
-            "rows_estimated",
-            "percent",
-            "eta_seconds",
-        ]);
+        let mut t = Table::new(columns::SHOW_TABLES);
         let tables = self.core.tables.read().expect("tables lock poisoned");
         let now = std::time::Instant::now();
         let mut rows: Vec<_> = tables
@@ -162,7 +154,7 @@ impl Controller {
 }
 
 pub(super) fn cache_row(c: &CacheEntry) -> Table {
-    let mut t = Table::new(&["query_id", "name", "query", "cache_type"]);
+    let mut t = Table::new(columns::CREATE_CACHE);
     t.push(vec![
         c.query_id.clone(),
         c.name.clone(),
@@ -173,7 +165,7 @@ pub(super) fn cache_row(c: &CacheEntry) -> Table {
 }
 
 pub(super) fn show_version() -> Table {
-    let mut t = Table::new(&["name", "value"]);
+    let mut t = Table::new(columns::NAME_VALUE);
     t.push(vec!["version".into(), env!("CARGO_PKG_VERSION").into()]);
     t.push(vec![
         "commit".into(),

@@ -56,6 +56,45 @@ pub enum LarderStatement {
     SetCaching { on: bool },
 }
 
+/// The result columns of Larder's statements: what a Describe announces before a statement
+/// runs, and what the server's answer has (one definition for both).
+pub mod columns {
+    pub const CREATE_CACHE: &[&str] = &["query_id", "name", "query", "cache_type"];
+    pub const EXPLAIN_CREATE_CACHE: &[&str] = &["query_id", "query", "supported"];
+    pub const SHOW_CACHES: &[&str] = &["query_id", "name", "query", "properties", "count"];
+    pub const SHOW_PROXIED_QUERIES: &[&str] = &["query_id", "query", "supported", "count"];
+    pub const EXPLAIN_LAST_STATEMENT: &[&str] = &["query_destination", "reason"];
+    pub const NAME_VALUE: &[&str] = &["name", "value"];
+    pub const SHOW_TABLES: &[&str] = &[
+        "table",
+        "status",
+        "description",
+        "rows_copied",
+        "rows_estimated",
+        "percent",
+        "eta_seconds",
+    ];
+}
+
+impl LarderStatement {
+    /// See [`columns`]; empty for statements that return no rows.
+    pub fn result_columns(&self) -> &'static [&'static str] {
+        match self {
+            LarderStatement::CreateCache { .. } => columns::CREATE_CACHE,
+            LarderStatement::ExplainCreateCache { .. } => columns::EXPLAIN_CREATE_CACHE,
+            LarderStatement::ShowCaches { .. } => columns::SHOW_CACHES,
+            LarderStatement::ShowProxiedQueries { .. } => columns::SHOW_PROXIED_QUERIES,
+            LarderStatement::ExplainLastStatement => columns::EXPLAIN_LAST_STATEMENT,
+            LarderStatement::ShowStatus | LarderStatement::ShowVersion => columns::NAME_VALUE,
+            LarderStatement::ShowTables => columns::SHOW_TABLES,
+            LarderStatement::DropCache { .. }
+            | LarderStatement::SetCaching { .. }
+            | LarderStatement::DropAllCaches
+            | LarderStatement::DropAllProxiedQueries => &[],
+        }
+    }
+}
+
 /// Recognizes Larder's own statements. Returns `None` (after looking at two words at most)
 /// when `sql` is not one, `Some(Err)` when it is one but malformed.
 pub fn parse_larder_statement(

@@ -51,7 +51,7 @@ impl Dialect {
 mod larder;
 mod scanner;
 
-pub use larder::{is_query_id, parse_larder_statement, CacheSource, LarderStatement};
+pub use larder::{columns, is_query_id, parse_larder_statement, CacheSource, LarderStatement};
 use scanner::Scanner;
 
 /// Coarse class of a statement, for routing.

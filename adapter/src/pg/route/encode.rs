@@ -78,34 +78,9 @@ pub(super) fn finish(out: &mut BytesMut, rows: usize, status: TransactionStatus)
     ReadyForQuery { status }.encode(out);
 }
 
-/// Columns of each Larder statement's result (for Describe before execution).
-pub(super) fn larder_columns(stmt: &LarderStatement) -> &'static [&'static str] {
-    match stmt {
-        LarderStatement::CreateCache { .. } => &["query_id", "name", "query", "cache_type"],
-        LarderStatement::ExplainCreateCache { .. } => &["query_id", "query", "supported"],
-        LarderStatement::ShowCaches { .. } => &["query_id", "name", "query", "properties", "count"],
-        LarderStatement::ShowProxiedQueries { .. } => &["query_id", "query", "supported", "count"],
-        LarderStatement::ExplainLastStatement => &["query_destination", "reason"],
-        LarderStatement::ShowStatus | LarderStatement::ShowVersion => &["name", "value"],
-        LarderStatement::ShowTables => &[
-            "table",
-            "status",
-            "description",
-            "rows_copied",
-            "rows_estimated",
-            "percent",
-            "eta_seconds",
-        ],
-        LarderStatement::DropCache { .. }
-        | LarderStatement::SetCaching { .. }
-        | LarderStatement::DropAllCaches
-        | LarderStatement::DropAllProxiedQueries => &[],
-    }
-}
-
 /// RowDescription (or NoData) of a Larder statement, before it runs.
 pub(super) fn encode_larder_row_description(stmt: &LarderStatement, out: &mut BytesMut) {
-    let cols = larder_columns(stmt);
+    let cols = stmt.result_columns();
     if cols.is_empty() {
         NoData.encode(out);
     } else {

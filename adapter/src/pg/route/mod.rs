@@ -608,7 +608,11 @@ impl RouterSession {
         };
         if let LarderStatement::ExplainLastStatement = stmt {
             let table = TextTable {
-                columns: vec!["query_destination".into(), "reason".into()],
+                columns: stmt
+                    .result_columns()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
                 rows: vec![vec![
                     Some(self.last.destination.to_string()),
                     Some(self.last.reason.text()),
