@@ -267,8 +267,22 @@ pub(super) fn quarantine_table(
     };
     let reason = format!("applying a change to {name} failed ({error}); the cache is rebuilt");
     warn!(table = %name, %error, "caches on the table stop serving and are rebuilt; replication goes on");
-    core.invalidate_caches_on(oid, &reason);
-    remove_graph_caches_of(graph, table);
+    stop_and_rebuild(core, graph, oid, Some(table), &reason);
+}
+
+/// The caches that read table `oid` (stored as `table`) stop serving with `reason`, leave the
+/// graph, and are rebuilt from storage.
+fn stop_and_rebuild(
+    core: &Core,
+    graph: &mut larder_dataflow::Graph,
+    oid: u32,
+    table: Option<DfTableId>,
+    reason: &str,
+) {
+    core.invalidate_caches_on(oid, reason);
+    if let Some(table) = table {
+        remove_graph_caches_of(graph, table);
+    }
     core.request_rebuild(oid);
 }
 
@@ -287,13 +301,9 @@ pub(super) fn quarantine_after_failed_batch(
         .read()
         .expect("tables lock poisoned")
         .get(oid)
-        .and_then(|t| t.stored.as_ref().map(|s| s.id as u64));
+        .and_then(|t| t.stored.as_ref().map(|s| DfTableId(s.id as u64)));
     let reason = format!("applying a replicated transaction failed ({error}); replication retries and the cache is rebuilt");
-    core.invalidate_caches_on(oid, &reason);
-    if let Some(id) = stored {
-        remove_graph_caches_of(graph, DfTableId(id));
-    }
-    core.request_rebuild(oid);
+    stop_and_rebuild(core, graph, oid, stored, &reason);
 }
 
 /// A table copied as of now: its shape, rows and the WAL position of the copy (`None`: the

@@ -229,16 +229,10 @@ impl Dispatch<'_> {
     /// [`Dispatch::respond`] from a buffer the caller keeps (and reuses): when nothing is
     /// queued before it, the bytes go straight to the client output, with no allocation.
     pub fn respond_copy(&mut self, response: &[u8]) {
-        if !self.pipe.admit_local(response.len()) {
-            return;
-        }
-        if self.pipe.slots.is_empty() {
+        if !self.pipe.slots.is_empty() {
+            self.respond(Bytes::copy_from_slice(response));
+        } else if self.pipe.admit_local(response.len()) {
             self.pipe.client_out.extend_from_slice(response);
-        } else {
-            self.pipe.local_queued_bytes += response.len();
-            self.pipe
-                .slots
-                .push_back(Slot::Local(Bytes::copy_from_slice(response)));
         }
     }
 
