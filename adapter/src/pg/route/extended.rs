@@ -135,11 +135,13 @@ impl RouterSession {
                 return false;
             }
         }
-        let (kind, param_types) = match (&unit.parse, self.statements.get(&unit.statement)) {
-            (Some(p), _) => (self.kind_of(&p.query), p.param_types.clone()),
-            (None, Some(s)) => (s.kind.clone(), s.param_types.clone()),
-            (None, None) => return false,
-        };
+        // `prepared_epoch`: for a statement prepared in an earlier unit, the shape epoch then.
+        let (kind, param_types, prepared_epoch) =
+            match (&unit.parse, self.statements.get(&unit.statement)) {
+                (Some(p), _) => (self.kind_of(&p.query), p.param_types.clone(), None),
+                (None, Some(s)) => (s.kind.clone(), s.param_types.clone(), Some(s.epoch)),
+                (None, None) => return false,
+            };
         let mut out = self.take_scratch();
         if unit.parse.is_some() {
             ParseComplete.encode(&mut out);
@@ -175,7 +177,7 @@ impl RouterSession {
                 let Some(bind) = &unit.bind else { return false };
                 match self
                     .try_cache(session, shape, Some((bind, &param_types)), dispatch)
-                    .and_then(|read| self.described_alike(unit, read))
+                    .and_then(|read| described_alike(prepared_epoch, read))
                 {
                     Ok((cache, params)) => {
                         let formats = Formats::new(&bind.result_formats);
@@ -214,22 +216,6 @@ impl RouterSession {
             self.remember(p, false);
         }
         true
-    }
-
-    /// A statement prepared earlier was described to the client then: a cache built after a
-    /// table shape change that followed may describe its result otherwise (Postgres itself
-    /// then refuses with "cached plan must not change result type"), so it does not answer.
-    fn described_alike(&self, unit: &LocalUnit, read: CacheRead) -> Result<CacheRead, String> {
-        if unit.parse.is_some() {
-            return Ok(read);
-        }
-        match self.statements.get(&unit.statement) {
-            Some(s) if read.0.built_epoch() > s.epoch => Err(
-                "a table it reads changed shape after the statement was prepared (prepare it again to use the cache)"
-                    .into(),
-            ),
-            _ => Ok(read),
-        }
     }
 
     /// Forwards messages unchanged, keeping track of statements; re-creates upstream any
@@ -384,5 +370,19 @@ impl RouterSession {
             self.statements.remove(name);
             self.statements_skipped = true;
         }
+    }
+}
+
+/// A statement prepared earlier (at shape epoch `prepared_epoch`) was described to the client
+/// then: a cache built after a table shape change that followed may describe its result
+/// otherwise (Postgres itself then refuses with "cached plan must not change result type"), so
+/// it does not answer.
+fn described_alike(prepared_epoch: Option<u64>, read: CacheRead) -> Result<CacheRead, String> {
+    match prepared_epoch {
+        Some(epoch) if read.0.built_epoch() > epoch => Err(
+            "a table it reads changed shape after the statement was prepared (prepare it again to use the cache)"
+                .into(),
+        ),
+        _ => Ok(read),
     }
 }
