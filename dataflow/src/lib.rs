@@ -14,8 +14,10 @@
 //!   integer and decimal sums, MIN/MAX multisets; emits only each group's net change;
 //! - distinct (multiplicity counting) and TopK per group (keeps every row, refills).
 //!
-//! State is freed when rows go away. A cache is filled with [`Graph::bootstrap_rows`] while
-//! live changes are buffered for it, then [`Graph::finish_bootstrap`] replays the buffer.
+//! State is freed when rows go away. Caches share every operator they both compute (the same
+//! operator over the same inputs), reference-counted. A cache is filled with
+//! [`Graph::bootstrap_rows`] and [`Graph::bootstrap_shared`] while live changes are held for
+//! it, then [`Graph::finish_bootstrap`] replays them.
 //! The graph is deterministic and does no I/O: the server feeds it changes and table
 //! snapshots, and decides when to [`Graph::publish`].
 //!
@@ -39,7 +41,7 @@ mod reader;
 
 pub use error::{EvalError, GraphError, ReadError};
 pub use eval::{CompiledExpr, ExprContext};
-pub use graph::{CacheId, Change, Graph, GraphLimits, TableId};
+pub use graph::{CacheId, CacheNodes, Change, Graph, GraphLimits, TableId};
 pub use like::like_match;
 pub use ops::{Batch, Operator, Record};
 pub use order::{full_cmp, order_by_cmp, structural_cmp, structural_cmp_row};

@@ -16,6 +16,8 @@ use larder_sql::plan::{
     PlanNode, TableRef,
 };
 use larder_sql::value::{sql_eq, Column, Row, SqlType, TableSchema, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -431,6 +433,42 @@ fn random_plan(rng: &mut StdRng) -> (CachePlan, Option<keyed::Reference>) {
         let (plan, reference) = keyed::shape(rng, nodes);
         return (plan, Some(reference));
     }
+    (full_reader(rng, nodes), None)
+}
+
+/// A plan that shares a prefix of `base`'s nodes with it: cut after a random node, with
+/// sometimes one more node on top, read in full or by a random key. The graph shares the
+/// common nodes, so the new cache starts from their present output.
+fn derived_plan(rng: &mut StdRng, base: &CachePlan) -> CachePlan {
+    let cut = rng.gen_range(0..base.nodes.len());
+    let mut gen = PlanGen {
+        rng,
+        nodes: base.nodes[..=cut].to_vec(),
+    };
+    match gen.rng.gen_range(0..6) {
+        0 => {
+            gen.filter(cut);
+        }
+        1 => {
+            gen.project(cut);
+        }
+        2 => {
+            gen.aggregate(cut);
+        }
+        3 => {
+            gen.topk(cut);
+        }
+        4 => {
+            gen.push(NodeOp::Distinct { input: cut }, gen.types(cut));
+        }
+        _ => {}
+    }
+    let nodes = gen.nodes;
+    full_reader(rng, nodes)
+}
+
+/// `nodes` read in full or by one random key column, outputting every column.
+fn full_reader(rng: &mut StdRng, nodes: Vec<PlanNode>) -> CachePlan {
     let types = nodes.last().expect("one node").types.clone();
     let (key, key_params, param_types) = if rng.gen_bool(0.5) {
         let k = rng.gen_range(0..types.len());
@@ -438,7 +476,7 @@ fn random_plan(rng: &mut StdRng) -> (CachePlan, Option<keyed::Reference>) {
     } else {
         (vec![], vec![], vec![])
     };
-    let plan = CachePlan {
+    CachePlan {
         relations: relations(),
         output: types
             .iter()
@@ -461,8 +499,7 @@ fn random_plan(rng: &mut StdRng) -> (CachePlan, Option<keyed::Reference>) {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
-    };
-    (plan, None)
+    }
 }
 
 fn relations() -> Vec<TableRef> {
@@ -568,6 +605,18 @@ fn apply_random(rng: &mut StdRng, graph: &mut Graph, tables: &mut [Vec<Row>]) {
     graph.apply(TableId(t as u64), &changes).expect("apply");
 }
 
+/// Shared nodes seen in caches added mid-way, over all seeds: sharing must be exercised.
+static SHARED_NODES: AtomicUsize = AtomicUsize::new(0);
+
+/// A random plan, or half the time one that shares nodes with an existing cache.
+fn next_plan(rng: &mut StdRng, caches: &[Cache]) -> (CachePlan, Option<keyed::Reference>) {
+    if !caches.is_empty() && rng.gen_bool(0.5) {
+        let base = &caches[rng.gen_range(0..caches.len())].plan;
+        return (derived_plan(rng, base), None);
+    }
+    random_plan(rng)
+}
+
 fn run_seed(seed: u64) {
     let _guard = SeedGuard(seed);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -583,9 +632,9 @@ fn run_seed(seed: u64) {
                 .collect(),
         );
     }
-    let mut caches = Vec::new();
+    let mut caches: Vec<Cache> = Vec::new();
     for _ in 0..3 {
-        let (plan, keyed) = random_plan(&mut rng);
+        let (plan, keyed) = next_plan(&mut rng, &caches);
         let (id, handle) = graph
             .add_cache(&plan)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
@@ -601,25 +650,33 @@ fn run_seed(seed: u64) {
         if step % 10 == 5 {
             // A cache added mid-way: snapshot, live changes (buffered), the snapshot's rows
             // in two chunks with more live changes in between, then the replay.
-            let (plan, keyed) = random_plan(&mut rng);
+            // Its shared nodes' output is fed a few records at a time, and a cache whose
+            // nodes it may share is sometimes dropped while it fills.
+            let (plan, keyed) = next_plan(&mut rng, &caches);
             let (id, handle) = graph
                 .add_cache(&plan)
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
             let snapshot = tables.clone();
             apply_random(&mut rng, &mut graph, &mut tables);
-            let cache_tables = graph.cache_tables(id);
-            for table in &cache_tables {
+            for table in graph.bootstrap_tables(id) {
                 let rows = &snapshot[table.0 as usize];
                 let half = rows.len() / 2;
                 graph
-                    .bootstrap_rows(id, *table, rows[..half].to_vec())
+                    .bootstrap_rows(id, table, rows[..half].to_vec())
                     .expect("rows");
                 apply_random(&mut rng, &mut graph, &mut tables);
+                graph.bootstrap_shared(id, 2).expect("shared");
                 graph
-                    .bootstrap_rows(id, *table, rows[half..].to_vec())
+                    .bootstrap_rows(id, table, rows[half..].to_vec())
                     .expect("rows");
             }
+            if rng.gen_bool(0.3) && !caches.is_empty() {
+                let old: Cache = caches.swap_remove(rng.gen_range(0..caches.len()));
+                graph.remove_cache(old.id).expect("remove");
+            }
+            apply_random(&mut rng, &mut graph, &mut tables);
             graph.finish_bootstrap(id).expect("finish");
+            SHARED_NODES.fetch_add(graph.cache_nodes(id).shared, Ordering::Relaxed);
             if rng.gen_bool(0.5) && !caches.is_empty() {
                 let old: Cache = caches.swap_remove(0);
                 graph.remove_cache(old.id).expect("remove");
@@ -656,4 +713,7 @@ fn random_plans_match_naive_evaluation() {
     for seed in 0..iters {
         run_seed(seed);
     }
+    let shared = SHARED_NODES.load(Ordering::Relaxed);
+    eprintln!("graph_differential: {iters} seeds, {shared} shared nodes in caches added mid-way");
+    assert!(iters < 20 || shared > 0, "no cache shared a node");
 }

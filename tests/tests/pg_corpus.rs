@@ -311,6 +311,19 @@ async fn corpus_shapes_are_cached_and_equal_to_postgres() {
     }
     let total = entries_total();
     let correct = cached.len() - wrong.len();
+    let sharing = kit::text_rows(&larder.client, "SHOW CACHES")
+        .await
+        .iter()
+        .filter(|row| {
+            row[3]
+                .as_deref()
+                .is_some_and(|p| p.contains("operators with other caches"))
+        })
+        .count();
+    eprintln!(
+        "seed {seed}: {sharing} of {} caches share operators",
+        cached.len()
+    );
     eprintln!(
         "seed {seed}: corpus {total} shapes, {} marked cacheable; CREATE CACHE accepted {}, \
          {correct} cached and equal to Postgres in {rounds} rounds ({:.1}% of the corpus); {:?}",

@@ -367,11 +367,9 @@ fn invalid_plans_are_refused() {
     assert!(g.cache_ids().is_empty());
 }
 
-#[test]
-fn poison_reaches_the_reader_and_clears() {
-    let mut g = graph_with(GraphLimits::default());
-    // SELECT c0, count(*) FROM (SELECT c0, c1 * 1000000 FROM t) GROUP BY c0: int4 overflow.
-    let p = plan(
+/// SELECT c0, max(c1 * 1000000) FROM t GROUP BY c0, keyed on c0: int4 overflow poisons.
+fn overflowing_max() -> CachePlan {
+    let mut p = plan(
         &["t"],
         vec![
             base_t(),
@@ -404,11 +402,16 @@ fn poison_reaches_the_reader_and_clears() {
             ),
         ],
     );
-    let mut p = p;
     p.key = vec![0];
     p.key_params = vec![0];
     p.param_types = vec![SqlType::Int4];
-    let (id, reader) = g.add_cache(&p).unwrap();
+    p
+}
+
+#[test]
+fn poison_reaches_the_reader_and_clears() {
+    let mut g = graph_with(GraphLimits::default());
+    let (id, reader) = g.add_cache(&overflowing_max()).unwrap();
     g.finish_bootstrap(id).unwrap();
     g.apply(
         T,
@@ -431,4 +434,81 @@ fn poison_reaches_the_reader_and_clears() {
     g.publish();
     assert_eq!(reader.read(&[vec![Value::Int(2)]]), Ok(vec![]));
     assert_eq!(reader.stats().map(|s| s.poisoned_keys), Some(0));
+}
+
+#[test]
+fn identical_nodes_are_shared_and_freed_with_their_last_cache() {
+    let mut g = graph_with(GraphLimits::default());
+    let (a, reader_a) = g.add_cache(&overflowing_max()).unwrap();
+    g.finish_bootstrap(a).unwrap();
+    g.apply(
+        T,
+        &[
+            Change::Insert(int_row(&[1, 1])),
+            Change::Insert(int_row(&[2, 5000])),
+        ],
+    )
+    .unwrap();
+    // The same aggregate read in full: project and aggregate are shared, the reader is new.
+    let mut full = overflowing_max();
+    full.key.clear();
+    full.key_params.clear();
+    full.param_types.clear();
+    let (b, reader_b) = g.add_cache(&full).unwrap();
+    assert_eq!(
+        g.cache_nodes(b),
+        CacheNodes {
+            total: 3,
+            shared: 2
+        }
+    );
+    assert_eq!(g.node_count(), 4, "two shared nodes and two readers");
+    assert!(g.bootstrap_tables(b).is_empty(), "no table rows needed");
+    // A change while B fills reaches A at once and B on its replay.
+    g.apply(T, &[Change::Insert(int_row(&[3, 7]))]).unwrap();
+    g.finish_bootstrap(b).unwrap();
+    g.publish();
+    // The poisoned group's poison reached B's reader from the shared aggregate.
+    assert_eq!(reader_b.read(&[]), Err(ReadError::Poisoned));
+    g.apply(T, &[Change::Delete(int_row(&[2, 5000]))]).unwrap();
+    g.publish();
+    assert_eq!(
+        sorted(reader_b.read(&[]).unwrap()),
+        vec![int_row(&[1, 1_000_000]), int_row(&[3, 7_000_000])]
+    );
+    assert_eq!(
+        reader_a.read(&[vec![Value::Int(3)]]),
+        Ok(vec![int_row(&[3, 7_000_000])])
+    );
+    // Dropping A keeps what B uses; dropping B frees everything.
+    g.remove_cache(a).unwrap();
+    assert_eq!(g.node_count(), 3);
+    assert_eq!(
+        g.cache_nodes(b),
+        CacheNodes {
+            total: 3,
+            shared: 0
+        }
+    );
+    g.apply(T, &[Change::Insert(int_row(&[4, 1]))]).unwrap();
+    g.publish();
+    assert_eq!(reader_b.read(&[]).map(|r| r.len()), Ok(3));
+    g.remove_cache(b).unwrap();
+    assert_eq!(g.node_count(), 0);
+    assert!(
+        g.signatures.is_empty(),
+        "the signature index is emptied too"
+    );
+}
+
+#[test]
+fn a_node_of_a_cache_still_filling_is_not_shared() {
+    let mut g = graph_with(GraphLimits::default());
+    let (a, _) = g.add_cache(&overflowing_max()).unwrap();
+    let (b, _) = g.add_cache(&overflowing_max()).unwrap();
+    assert_eq!(g.cache_nodes(b).shared, 0, "A's nodes are not live yet");
+    g.finish_bootstrap(a).unwrap();
+    g.finish_bootstrap(b).unwrap();
+    let (c, _) = g.add_cache(&overflowing_max()).unwrap();
+    assert_eq!(g.cache_nodes(c).shared, 2);
 }

@@ -167,6 +167,21 @@ impl Operator for AggregateOp {
         out
     }
 
+    fn current_output(&self) -> Option<Batch> {
+        Some(
+            self.groups
+                .values()
+                .filter_map(|g| match &g.emitted {
+                    Some(Out::Row(row)) => Some(Record::Row {
+                        row: row.clone(),
+                        diff: 1,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

@@ -65,6 +65,16 @@ impl Operator for DistinctOp {
         out
     }
 
+    fn current_output(&self) -> Option<Batch> {
+        Some(
+            self.rows
+                .values()
+                .filter_map(|reps| representative(Some(reps)))
+                .map(|row| Record::Row { row, diff: 1 })
+                .collect(),
+        )
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

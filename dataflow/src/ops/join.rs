@@ -33,6 +33,9 @@ pub struct JoinOp {
     right_width: usize,
     left: HashMap<Key, KeyRows>,
     right: HashMap<Key, KeyRows>,
+    /// LEFT join only: left rows with a NULL in their `on` columns (they match nothing and
+    /// are output padded with NULLs), kept so that [`Operator::current_output`] can list them.
+    left_unmatchable: RowCounts,
 }
 
 fn concat(l: &[Value], r: &[Value]) -> Row {
@@ -88,6 +91,7 @@ impl JoinOp {
             right_width,
             left: HashMap::new(),
             right: HashMap::new(),
+            left_unmatchable: RowCounts::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl JoinOp {
                     row: concat(&row, &self.nulls()),
                     diff,
                 });
+                bump(&mut self.left_unmatchable, row, diff);
             }
             return;
         };
@@ -200,6 +205,36 @@ impl Operator for JoinOp {
             }
         }
         out
+    }
+
+    fn current_output(&self) -> Option<Batch> {
+        let mut out = Vec::new();
+        let nulls = self.nulls();
+        for (key, left) in &self.left {
+            let right = self.right.get(key);
+            let matched = right.is_some_and(|r| r.total > 0);
+            for (l, &lc) in &left.rows {
+                for (r, &rc) in right.iter().flat_map(|r| &r.rows) {
+                    out.push(Record::Row {
+                        row: concat(&l.0, &r.0),
+                        diff: lc.saturating_mul(rc),
+                    });
+                }
+                if self.kind == JoinKind::Left && !matched {
+                    out.push(Record::Row {
+                        row: concat(&l.0, &nulls),
+                        diff: lc,
+                    });
+                }
+            }
+        }
+        for (l, &c) in &self.left_unmatchable {
+            out.push(Record::Row {
+                row: concat(&l.0, &nulls),
+                diff: c,
+            });
+        }
+        Some(out)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -60,6 +60,14 @@ pub trait Operator: Send + fmt::Debug + Any {
     fn initial(&mut self) -> Batch {
         Vec::new()
     }
+    /// The rows this operator outputs now, each with its multiplicity, computed from its
+    /// state: what a new child must receive to start from the operator's present. Poison is
+    /// left out (the graph keeps the poison each node emitted). `None` for an operator without
+    /// the state to say (filter, project, union): such a node cannot feed a new child that
+    /// shares it, so the graph copies it instead.
+    fn current_output(&self) -> Option<Batch> {
+        None
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

@@ -21,8 +21,9 @@ pub struct SemiJoinOp {
     /// `NOT IN` three-valued logic (only meaningful with `anti`).
     null_aware: bool,
     left_width: usize,
-    /// Left rows by key. Rows with a NULL key are kept (in `left_null`) only when
-    /// `null_aware`, since only then can their outcome change.
+    /// Left rows by key. Rows with a NULL key are kept in `left_null` when they can pass
+    /// (`anti`): `NOT IN` may change their outcome, and [`Operator::current_output`] lists
+    /// them.
     left: HashMap<Key, RowCounts>,
     left_null: RowCounts,
     /// Right rows per non-NULL key.
@@ -87,7 +88,7 @@ impl SemiJoinOp {
                     self.left.remove(&key);
                 }
             }
-            None if self.null_aware => {
+            None if self.anti => {
                 bump(&mut self.left_null, row, diff);
             }
             None => {}
@@ -187,6 +188,26 @@ impl Operator for SemiJoinOp {
             }
         }
         out
+    }
+
+    fn current_output(&self) -> Option<Batch> {
+        let (total, nulls) = (self.right_total, self.right_nulls);
+        let mut out = Vec::new();
+        let mut emit = |rows: &RowCounts| {
+            out.extend(rows.iter().map(|(r, &c)| Record::Row {
+                row: r.0.clone(),
+                diff: c,
+            }))
+        };
+        for (key, rows) in &self.left {
+            if self.passes(total, nulls, Some(self.right_count(key))) {
+                emit(rows);
+            }
+        }
+        if self.passes(total, nulls, None) {
+            emit(&self.left_null);
+        }
+        Some(out)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

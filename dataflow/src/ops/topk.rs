@@ -113,6 +113,19 @@ impl Operator for TopKOp {
         out
     }
 
+    fn current_output(&self) -> Option<Batch> {
+        Some(
+            self.groups
+                .values()
+                .flat_map(|g| top(Some(g), self.limit))
+                .map(|(row, diff)| Record::Row {
+                    row: row.row.to_vec(),
+                    diff,
+                })
+                .collect(),
+        )
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

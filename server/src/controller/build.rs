@@ -5,8 +5,10 @@
 //! nodes are added and a storage snapshot is taken; both reflect the same applied
 //! transactions, because the replicator writes storage and applies to the graph under that
 //! lock. The snapshot is then read in chunks, each fed to the new nodes under a short hold of
-//! the lock, while the graph buffers the live changes of the cache's tables for it. Finishing
-//! replays that buffer and makes the cache ready: snapshot plus every later change.
+//! the lock, while the graph buffers the live changes of the cache's tables for it. Nodes the
+//! cache shares with other caches are not filled again: the nodes built over them get their
+//! present output, also in chunks, and only the tables that feed a built node are read.
+//! Finishing replays that buffer and makes the cache ready: snapshot plus every later change.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -293,7 +295,7 @@ fn fill_cache(
         let (id, reader) = graph
             .add_cache(&plan)
             .map_err(|e| internal(e.to_string()))?;
-        let tables = graph.cache_tables(id);
+        let tables = graph.bootstrap_tables(id);
         (id, reader, tables, core.storage.snapshot())
     };
     let entry = Arc::new(CacheEntry {
@@ -334,13 +336,26 @@ fn fill_cache(
     Ok(entry)
 }
 
-/// Feeds each table's rows as of `snapshot` to the new cache, a chunk per lock hold.
+/// Feeds the new cache the output of the nodes it shares and each table's rows as of
+/// `snapshot`, a chunk per lock hold.
 fn fill_from(
     core: &Core,
     snapshot: &crate::storage::Snapshot<'_>,
     cache: larder_dataflow::CacheId,
     tables: &[DfTableId],
 ) -> Result<(), ControllerError> {
+    loop {
+        if core.is_shutting_down() {
+            return Err(ControllerError::Unavailable("shutting down".into()));
+        }
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        if graph
+            .bootstrap_shared(cache, FILL_CHUNK_ROWS)
+            .map_err(fill_error)?
+        {
+            break;
+        }
+    }
     for &table in tables {
         let stored = u32::try_from(table.0)
             .map_err(|_| ControllerError::Internal(format!("table id {} out of range", table.0)))?;

@@ -11,6 +11,18 @@ impl Controller {
             }
             let mut props = vec![if c.always { "always" } else { "" }.to_string()];
             props.retain(|p| !p.is_empty());
+            let nodes = self
+                .core
+                .dataflow
+                .lock()
+                .expect("dataflow lock poisoned")
+                .cache_nodes(c.cache_id);
+            if nodes.shared > 0 {
+                props.push(format!(
+                    "shares {} of its {} operators with other caches",
+                    nodes.shared, nodes.total
+                ));
+            }
             if !c.reader.is_ready() {
                 props.push("filling: its queries go upstream until it is ready".into());
             }

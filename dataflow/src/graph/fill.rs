@@ -1,0 +1,370 @@
+//! Adding a cache and filling it while live changes keep flowing.
+//!
+//! [`Graph::add_cache`] builds the nodes the cache cannot share ([`super::share`]) and notes
+//! what each of them is owed as of that moment, t0:
+//! - a node fed by a base table is owed the table's rows as of t0: the caller reads them from
+//!   a storage snapshot taken right after `add_cache` and feeds them with
+//!   [`Graph::bootstrap_rows`] ([`Graph::bootstrap_tables`] lists which tables);
+//! - a node fed by a shared (live) node is owed that node's present output, which
+//!   `add_cache` copies at t0 (the *seed*) and [`Graph::bootstrap_shared`] feeds in chunks.
+//!
+//! From t0 on, every batch a live node sends to one of the new nodes is held, in arrival
+//! order (bounded by [`GraphLimits::bootstrap_buffer_max_bytes`](super::GraphLimits)).
+//! [`Graph::finish_bootstrap`] feeds the rest of the seed, then replays the held batches,
+//! marks the new nodes live and publishes the reader. Each new node thus sees its inputs as
+//! of t0 and then every later change once, which is exactly what it would have seen had it
+//! existed all along: operators compute exact changes of their output whatever the order
+//! of their input deltas, and everything owed at t0 is an insertion, so no count goes
+//! negative before the replay.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use larder_sql::plan::{CachePlan, NodeOp, NodeRef};
+use larder_sql::value::Row;
+
+use super::share::{plan_reuse, Signature};
+use super::{
+    batch_bytes, check_arity, CacheEntry, CacheId, Graph, GraphError, Held, NodeId, Phase, Scope,
+    TableId, BATCH_ROWS_MAX,
+};
+use crate::build::{compile, BuiltNode};
+use crate::ops::{Batch, ReaderOpNode, Record};
+use crate::reader::{ReaderHandle, ReaderOp, ReaderState};
+
+/// What a cache being filled still needs, and what it has been sent meanwhile.
+#[derive(Debug, Default)]
+pub(super) struct Filling {
+    /// Tables whose rows feed a node the cache built.
+    tables: Vec<TableId>,
+    /// Present output of shared nodes at t0, owed to the nodes built over them.
+    seed: VecDeque<(NodeId, usize, Batch)>,
+    /// Batches live nodes sent to the cache's nodes since t0, in arrival order.
+    held: Vec<(NodeId, usize, Batch)>,
+    bytes: usize,
+}
+
+impl Graph {
+    /// Validates `plan`, shares every node a live node already computes and builds the
+    /// rest. The cache starts not ready: feed it with [`bootstrap_rows`](Self::bootstrap_rows)
+    /// for each of [`bootstrap_tables`](Self::bootstrap_tables), optionally
+    /// [`bootstrap_shared`](Self::bootstrap_shared), then
+    /// [`finish_bootstrap`](Self::finish_bootstrap).
+    pub fn add_cache(&mut self, plan: &CachePlan) -> Result<(CacheId, ReaderHandle), GraphError> {
+        if self.caches.len() >= self.limits.caches_max {
+            return Err(GraphError::TooManyCaches(self.limits.caches_max));
+        }
+        let mut relation_tables = Vec::with_capacity(plan.relations.len());
+        let mut relation_types = Vec::with_capacity(plan.relations.len());
+        for r in &plan.relations {
+            let table = self.table_by_name(&r.schema, &r.name).ok_or_else(|| {
+                GraphError::UnknownTableRef {
+                    schema: r.schema.clone(),
+                    name: r.name.clone(),
+                }
+            })?;
+            let schema = &self.tables[&table].schema;
+            relation_types.push(schema.columns.iter().map(|c| c.ty.clone()).collect());
+            relation_tables.push(table);
+        }
+        let built = compile(plan, &relation_types, &self.limits)?;
+        let reuse = self.plan_sharing(plan, &relation_tables);
+
+        let id = CacheId(self.next_cache);
+        self.next_cache += 1;
+        let mut tables: Vec<TableId> = Vec::new();
+        let mut nodes: Vec<NodeId> = Vec::new();
+        let mut filling = Filling::default();
+        let mut graph_of: Vec<NodeId> = Vec::with_capacity(built.nodes.len());
+        for (i, node) in built.nodes.into_iter().enumerate() {
+            let node_id = match (node, reuse[i]) {
+                (BuiltNode::Base { relation }, _) => {
+                    let table = relation_tables[relation];
+                    if !tables.contains(&table) {
+                        tables.push(table);
+                    }
+                    self.tables[&table].node
+                }
+                (BuiltNode::Op { .. }, Some(shared)) => {
+                    if !nodes.contains(&shared) {
+                        if let Some(n) = self.nodes.get_mut(&shared) {
+                            n.users += 1;
+                        }
+                        nodes.push(shared);
+                    }
+                    shared
+                }
+                (BuiltNode::Op { op, inputs }, None) => {
+                    let parents: Vec<NodeId> = inputs.iter().map(|&p| graph_of[p]).collect();
+                    let sig = Signature::new(&plan.nodes[i].op, &plan.nodes[i].types, &parents);
+                    let n = self.add_node(op, parents.clone(), Some(id), Some(sig));
+                    self.note_owed(n, &parents, &mut filling);
+                    nodes.push(n);
+                    n
+                }
+            };
+            graph_of.push(node_id);
+        }
+        let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(
+            ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind))),
+        );
+        let handle = ReaderHandle::new(read.factory(), built.spec);
+        drop(read);
+        let reader = ReaderOpNode::new(built.key, built.order, writer);
+        let last = *graph_of.last().expect("compile refuses empty plans");
+        let reader_node = self.add_node(Box::new(reader), vec![last], Some(id), None);
+        self.note_owed(reader_node, &[last], &mut filling);
+        nodes.push(reader_node);
+        // Rows some operators hold before any input (a global aggregate's row): collect
+        // them all first, so no operator sees input before its own initial state exists.
+        let initial: Vec<(NodeId, Batch)> = nodes
+            .iter()
+            .filter_map(|n| {
+                let node = self.nodes.get_mut(n)?;
+                if node.creator != Some(id) {
+                    return None;
+                }
+                let out = node.op.initial();
+                if let Some(ledger) = &mut node.poison {
+                    ledger.record(&out);
+                }
+                (!out.is_empty()).then_some((*n, out))
+            })
+            .collect();
+        let shared = nodes.iter().filter(|n| self.nodes[n].creator != Some(id));
+        tracing::debug!(
+            cache = id.0,
+            ?tables,
+            nodes = nodes.len(),
+            shared = shared.count(),
+            "cache added"
+        );
+        self.caches.insert(
+            id,
+            CacheEntry {
+                tables,
+                nodes,
+                reader_node,
+                phase: Phase::Filling(filling),
+                handle: handle.clone(),
+            },
+        );
+        self.propagate(initial, Scope::Bootstrap(id));
+        Ok((id, handle))
+    }
+
+    /// For each plan node, the live node that already computes it, if any (see
+    /// [`plan_reuse`]).
+    fn plan_sharing(&self, plan: &CachePlan, relation_tables: &[TableId]) -> Vec<Option<NodeId>> {
+        let mut inputs: Vec<Vec<NodeRef>> = plan.nodes.iter().map(|n| n.op.inputs()).collect();
+        // The reader: never shared, but a node it reads must be able to seed it.
+        let reader = inputs.len();
+        inputs.push(vec![reader - 1]);
+        let base = |i: NodeRef| match plan.nodes.get(i).map(|n| &n.op) {
+            Some(NodeOp::Base { relation }) => Some(self.tables[&relation_tables[*relation]].node),
+            _ => None,
+        };
+        let mut find = |i: NodeRef, parents: &[NodeId]| {
+            let node = plan.nodes.get(i)?;
+            let sig = Signature::new(&node.op, &node.types, parents);
+            self.signatures
+                .get(&sig.bucket())?
+                .iter()
+                .copied()
+                .find(|n| {
+                    self.nodes
+                        .get(n)
+                        .is_some_and(|n| n.live && n.signature.as_ref() == Some(&sig))
+                })
+        };
+        let stateful = |n: NodeId| self.nodes.get(&n).is_some_and(|n| n.poison.is_some());
+        let mut reuse = plan_reuse(&inputs, &base, &mut find, &stateful);
+        reuse.pop();
+        reuse
+    }
+
+    /// Records what new node `node` is owed as of now from each of its `parents`.
+    fn note_owed(&self, node: NodeId, parents: &[NodeId], filling: &mut Filling) {
+        for (input, p) in parents.iter().enumerate() {
+            let Some(parent) = self.nodes.get(p) else {
+                continue;
+            };
+            if parent.creator.is_none() {
+                let table = self
+                    .tables
+                    .iter()
+                    .find(|(_, t)| t.node == *p)
+                    .map(|(id, _)| *id);
+                if let Some(table) = table.filter(|t| !filling.tables.contains(t)) {
+                    filling.tables.push(table);
+                }
+            } else if parent.live {
+                let mut output = parent
+                    .op
+                    .current_output()
+                    .expect("only stateful nodes feed a new node (plan_reuse)");
+                if let Some(ledger) = &parent.poison {
+                    output.extend(ledger.records());
+                }
+                if !output.is_empty() {
+                    filling.seed.push_back((node, input, output));
+                }
+            }
+        }
+    }
+
+    /// The tables whose rows (as of the snapshot taken right after
+    /// [`add_cache`](Self::add_cache)) the cache still needs through
+    /// [`bootstrap_rows`](Self::bootstrap_rows): those feeding a node it built. Empty once
+    /// the cache is ready.
+    pub fn bootstrap_tables(&self, cache: CacheId) -> Vec<TableId> {
+        match self.caches.get(&cache).map(|c| &c.phase) {
+            Some(Phase::Filling(f)) => f.tables.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Feeds rows of `table` as of the bootstrap snapshot into a not-ready cache. May be
+    /// called any number of times per table, interleaved with [`apply`](Self::apply); rows
+    /// are processed in bounded batches. A table the cache reads only through shared nodes
+    /// needs no rows: they are ignored. Fails fast with [`GraphError::BootstrapOverflow`]
+    /// once the cache's buffer overflowed.
+    pub fn bootstrap_rows(
+        &mut self,
+        cache: CacheId,
+        table: TableId,
+        rows: impl IntoIterator<Item = Row>,
+    ) -> Result<(), GraphError> {
+        let entry = self
+            .caches
+            .get(&cache)
+            .ok_or(GraphError::UnknownCache(cache.0))?;
+        let filling = match &entry.phase {
+            Phase::Ready => return Err(GraphError::AlreadyReady(cache.0)),
+            Phase::Overflowed => return Err(GraphError::BootstrapOverflow(cache.0)),
+            Phase::Filling(f) => f,
+        };
+        if !entry.tables.contains(&table) {
+            return Err(GraphError::NotCacheTable {
+                cache: cache.0,
+                table: table.0,
+            });
+        }
+        if !filling.tables.contains(&table) {
+            return Ok(());
+        }
+        let (base, width) = self.table_root(table)?;
+        let mut batch = Vec::with_capacity(BATCH_ROWS_MAX);
+        for row in rows {
+            check_arity(table, width, &row)?;
+            batch.push(Record::Row { row, diff: 1 });
+            if batch.len() == BATCH_ROWS_MAX {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS_MAX));
+                self.propagate(vec![(base, full)], Scope::Bootstrap(cache));
+            }
+        }
+        if !batch.is_empty() {
+            self.propagate(vec![(base, batch)], Scope::Bootstrap(cache));
+        }
+        Ok(())
+    }
+
+    /// Feeds up to `records_max` records of the shared nodes' output owed to a not-ready
+    /// cache (so a caller can bound each hold of its lock). Returns whether nothing is left.
+    pub fn bootstrap_shared(
+        &mut self,
+        cache: CacheId,
+        records_max: usize,
+    ) -> Result<bool, GraphError> {
+        let mut budget = records_max.max(1);
+        loop {
+            let entry = self
+                .caches
+                .get_mut(&cache)
+                .ok_or(GraphError::UnknownCache(cache.0))?;
+            let filling = match &mut entry.phase {
+                Phase::Ready => return Err(GraphError::AlreadyReady(cache.0)),
+                Phase::Overflowed => return Err(GraphError::BootstrapOverflow(cache.0)),
+                Phase::Filling(f) => f,
+            };
+            if budget == 0 {
+                return Ok(filling.seed.is_empty());
+            }
+            let Some((node, input, mut batch)) = filling.seed.pop_front() else {
+                return Ok(true);
+            };
+            let take = batch.len().min(budget).min(BATCH_ROWS_MAX);
+            if take < batch.len() {
+                let rest = batch.split_off(take);
+                filling.seed.push_front((node, input, rest));
+            }
+            budget -= take;
+            self.run(
+                BTreeMap::from([(node, vec![(input, batch)])]),
+                Scope::Bootstrap(cache),
+                Vec::new(),
+            );
+        }
+    }
+
+    /// Feeds what is left of the seed, replays the batches held since
+    /// [`add_cache`](Self::add_cache), marks the cache's nodes live and publishes it: from
+    /// now on live changes flow into it. After [`GraphError::BootstrapOverflow`] the caller
+    /// must remove the cache.
+    pub fn finish_bootstrap(&mut self, cache: CacheId) -> Result<(), GraphError> {
+        while !self.bootstrap_shared(cache, usize::MAX)? {}
+        let entry = self
+            .caches
+            .get_mut(&cache)
+            .ok_or(GraphError::UnknownCache(cache.0))?;
+        let held = match std::mem::replace(&mut entry.phase, Phase::Ready) {
+            Phase::Filling(f) => f.held,
+            Phase::Overflowed => {
+                entry.phase = Phase::Overflowed;
+                return Err(GraphError::BootstrapOverflow(cache.0));
+            }
+            Phase::Ready => return Err(GraphError::AlreadyReady(cache.0)),
+        };
+        let reader_node = entry.reader_node;
+        let nodes = entry.nodes.clone();
+        for (node, input, batch) in held {
+            self.run(
+                BTreeMap::from([(node, vec![(input, batch)])]),
+                Scope::Bootstrap(cache),
+                Vec::new(),
+            );
+        }
+        for n in nodes {
+            if let Some(node) = self.nodes.get_mut(&n) {
+                if node.creator == Some(cache) {
+                    node.live = true;
+                }
+            }
+        }
+        if let Some(reader) = self.reader_op(reader_node) {
+            reader.writer.append(ReaderOp::Ready);
+            reader.writer.publish();
+        }
+        tracing::debug!(cache = cache.0, "cache bootstrapped");
+        Ok(())
+    }
+
+    /// Keeps batches live nodes sent to caches being filled, for their replay.
+    pub(super) fn hold(&mut self, held: Vec<Held>) {
+        let max = self.limits.bootstrap_buffer_max_bytes;
+        for h in held {
+            let Some(cache) = self.caches.get_mut(&h.cache) else {
+                continue;
+            };
+            let Phase::Filling(filling) = &mut cache.phase else {
+                continue;
+            };
+            filling.bytes = filling.bytes.saturating_add(batch_bytes(&h.batch));
+            if filling.bytes > max {
+                tracing::warn!(cache = h.cache.0, max, "bootstrap buffer overflowed");
+                cache.phase = Phase::Overflowed;
+            } else {
+                filling.held.push((h.node, h.input, h.batch));
+            }
+        }
+    }
+}
