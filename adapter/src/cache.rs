@@ -94,13 +94,26 @@ pub trait CachedQuery: Send + Sync {
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Told when a statement relayed upstream is answered: from forwarding to the upstream's
+/// ReadyForQuery, and the DataRows it sent.
+pub trait UpstreamTiming: Send + Sync {
+    fn done(&self, duration: std::time::Duration, rows: u64);
+}
+
 /// What the server offers the adapter.
 pub trait CacheBackend: Send + Sync + 'static {
     /// The upstream database whose tables are replicated; other sessions are proxied only.
     fn database(&self) -> &str;
     fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>>;
-    /// A SELECT shape went upstream (for `SHOW PROXIED QUERIES`).
-    fn record_proxied(&self, query_id: &str, normalized_text: &str);
+    /// A SELECT shape goes upstream (for `SHOW PROXIED QUERIES`). `context` gives the
+    /// session's context, should the backend need it (to create a cache on its own). The
+    /// answer, if any, is told how long the upstream took and how many rows it sent.
+    fn record_proxied(
+        &self,
+        query_id: &str,
+        normalized_text: &str,
+        context: &dyn Fn() -> StatementContext,
+    ) -> Option<Arc<dyn UpstreamTiming>>;
     /// Runs one of Larder's own statements (may take a while: `CREATE CACHE`).
     fn execute(
         &self,

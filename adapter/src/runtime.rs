@@ -22,6 +22,7 @@ use larder_sql::statement::LarderStatement;
 
 use crate::cache::{
     BoxFuture, CacheBackend, CachedQuery, StatementContext, StatementError, TextTable,
+    UpstreamTiming,
 };
 use crate::pg::Proxy;
 use crate::AdapterError;
@@ -149,8 +150,14 @@ impl CacheBackend for ExecuteOn {
     fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>> {
         self.inner.lookup(query_id)
     }
-    fn record_proxied(&self, query_id: &str, normalized_text: &str) {
-        self.inner.record_proxied(query_id, normalized_text)
+    fn record_proxied(
+        &self,
+        query_id: &str,
+        normalized_text: &str,
+        context: &dyn Fn() -> StatementContext,
+    ) -> Option<Arc<dyn UpstreamTiming>> {
+        self.inner
+            .record_proxied(query_id, normalized_text, context)
     }
     fn execute(
         &self,

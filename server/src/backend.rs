@@ -1,15 +1,15 @@
 //! The server side of the adapter's cache trait: lookups, reads, Larder statements.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use larder_adapter::cache::{
     BoxFuture, CacheBackend, CachedQuery, CachedRelation, Miss, ResultColumn, RowSink,
-    StatementContext, StatementError, TextTable,
+    StatementContext, StatementError, TextTable, UpstreamTiming,
 };
 use larder_dataflow::ReadError;
 use larder_sql::search_path::{self, PathEntry, Resolved};
-use larder_sql::statement::LarderStatement;
+use larder_sql::statement::{CacheSource, LarderStatement};
 use larder_sql::{SqlType, Value};
 
 use crate::controller::{Controller, ControllerError};
@@ -18,11 +18,70 @@ use crate::privileges::Reads;
 
 pub struct Backend {
     controller: Arc<Controller>,
+    auto: Option<Arc<AutoCaching>>,
 }
 
 impl Backend {
-    pub fn new(controller: Arc<Controller>) -> Backend {
-        Backend { controller }
+    /// `auto`: `--query-caching async`.
+    pub fn new(controller: Arc<Controller>, auto: Option<AutoCaching>) -> Backend {
+        Backend {
+            controller,
+            auto: auto.map(Arc::new),
+        }
+    }
+}
+
+/// `--query-caching async`: caches Larder makes on its own for queries it sees go upstream.
+pub struct AutoCaching {
+    caches_max: usize,
+    made: AtomicUsize,
+    /// One creation at a time: fills are not stacked on each other.
+    one_at_a_time: tokio::sync::Semaphore,
+    /// Where creations run (the multi-thread runtime of Larder's own statements).
+    runtime: tokio::runtime::Handle,
+}
+
+impl AutoCaching {
+    pub fn new(caches_max: usize, runtime: tokio::runtime::Handle) -> AutoCaching {
+        AutoCaching {
+            caches_max,
+            made: AtomicUsize::new(0),
+            one_at_a_time: tokio::sync::Semaphore::new(1),
+            runtime,
+        }
+    }
+
+    /// Tries, in the background, to make a cache of a shape just seen for the first time.
+    fn consider(self: &Arc<Self>, controller: &Arc<Controller>, id: &str, ctx: StatementContext) {
+        if self.made.load(Ordering::Relaxed) >= self.caches_max
+            || ctx.role.is_none()
+            || !controller.core.status.caching_on.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let (auto, controller, id) = (Arc::clone(self), Arc::clone(controller), id.to_string());
+        self.runtime.spawn(async move {
+            let Ok(_permit) = auto.one_at_a_time.acquire().await else {
+                return;
+            };
+            if auto.made.load(Ordering::Relaxed) >= auto.caches_max
+                || controller.core.caches.get(&id).is_some()
+            {
+                return;
+            }
+            let stmt = LarderStatement::CreateCache {
+                always: false,
+                name: None,
+                source: CacheSource::QueryId(id.clone()),
+            };
+            match controller.execute(stmt, &ctx).await {
+                Ok(_) => {
+                    let made = auto.made.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(query_id = %id, made, max = auto.caches_max, "cache made on its own (--query-caching async)");
+                }
+                Err(e) => tracing::debug!(query_id = %id, error = %e, "not cached on its own"),
+            }
+        });
     }
 }
 
@@ -100,8 +159,17 @@ impl CacheBackend for Backend {
         Some(entry)
     }
 
-    fn record_proxied(&self, query_id: &str, normalized_text: &str) {
-        self.controller.proxied.record(query_id, normalized_text);
+    fn record_proxied(
+        &self,
+        query_id: &str,
+        normalized_text: &str,
+        context: &dyn Fn() -> StatementContext,
+    ) -> Option<Arc<dyn UpstreamTiming>> {
+        let (stats, new) = self.controller.proxied.record(query_id, normalized_text)?;
+        if let (true, Some(auto)) = (new, &self.auto) {
+            auto.consider(&self.controller, query_id, context());
+        }
+        Some(stats)
     }
 
     fn execute(

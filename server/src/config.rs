@@ -78,6 +78,16 @@ pub struct Config {
     #[arg(long, env = "READ_YOUR_WRITES", value_enum, default_value_t = Switch::On)]
     pub read_your_writes: Switch,
 
+    /// Who makes caches: `explicit`, only `CREATE CACHE`; `async`, also Larder itself, in the
+    /// background, for a query the dataflow supports once it has gone upstream (as the role
+    /// that ran it), up to --query-caching-caches-max caches made this way.
+    #[arg(long, env = "QUERY_CACHING", value_enum, default_value_t = QueryCaching::Explicit)]
+    pub query_caching: QueryCaching,
+
+    /// Most caches `--query-caching async` makes (per process).
+    #[arg(long, env = "QUERY_CACHING_CACHES_MAX", default_value_t = 100)]
+    pub query_caching_caches_max: usize,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
@@ -168,6 +178,12 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..))]
     pub max_replication_lag_ms: u64,
     // --- end of operations ---
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QueryCaching {
+    Explicit,
+    Async,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -192,7 +192,15 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
     ));
 
     let backend: Arc<dyn larder_adapter::cache::CacheBackend> =
-        Arc::new(crate::backend::Backend::new(controller.clone()));
+        Arc::new(crate::backend::Backend::new(
+            controller.clone(),
+            (cfg.query_caching == crate::config::QueryCaching::Async).then(|| {
+                crate::backend::AutoCaching::new(
+                    cfg.query_caching_caches_max,
+                    tokio::runtime::Handle::current(),
+                )
+            }),
+        ));
     // Larder's own statements run on this (multi-thread) runtime, whichever runs the session.
     let backend = Arc::new(larder_adapter::runtime::ExecuteOn::new(
         backend,

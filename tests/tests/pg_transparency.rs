@@ -213,6 +213,25 @@ fn statement_prepared_from_the_cache_joins_the_clients_pipeline() {
         let send = |c: &mut std::net::TcpStream, parts: &[Vec<u8>]| {
             c.write_all(&parts.concat()).unwrap();
         };
+        // A role created a moment ago may not be known to Larder yet: its session then learns
+        // its role and search_path from the upstream first (asked by its first query of a
+        // cached table). Wait until the cache answers this session.
+        for attempt in 0.. {
+            if !through_larder {
+                break;
+            }
+            send(&mut c, &[query("SELECT v FROM t WHERE id = 2")]);
+            until_ready(&mut c);
+            send(&mut c, &[query("EXPLAIN LAST STATEMENT")]);
+            if summary(&until_ready(&mut c))
+                .iter()
+                .any(|m| m.starts_with("D cache"))
+            {
+                break;
+            }
+            assert!(attempt < 100, "the cache never answered this session");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         // Prepared and answered from the cache: the upstream has no s1 yet.
         send(
             &mut c,

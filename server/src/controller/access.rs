@@ -94,29 +94,29 @@ impl Controller {
         } else {
             let mut names: Vec<String> = shapes
                 .iter()
-                .filter_map(|(_, text, _)| relations_of(text))
+                .filter_map(|shape| relations_of(&shape.text))
                 .flatten()
                 .collect();
             names.sort();
             names.dedup();
             Some(self.readable_relations(role, names).await?)
         };
-        let mut t = Table::new(columns::SHOW_PROXIED_QUERIES);
-        for (id, text, count) in shapes {
-            if query_id.is_some_and(|q| q != id) {
+        let mut rows: Vec<(u64, Vec<Option<String>>)> = Vec::new();
+        for shape in shapes {
+            if query_id.is_some_and(|q| q != shape.query_id) {
                 continue;
             }
             if let Some(readable) = &visible {
-                let ok = relations_of(&text)
+                let ok = relations_of(&shape.text)
                     .is_some_and(|rels| rels.iter().all(|r| readable.contains(r)));
                 if !ok {
                     continue;
                 }
             }
-            let supported = if self.core.caches.get(&id).is_some() {
+            let supported = if self.core.caches.get(&shape.query_id).is_some() {
                 "cached".to_string()
             } else {
-                match parse_select(&text, Dialect::Postgres) {
+                match parse_select(&shape.text, Dialect::Postgres) {
                     Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
                     Ok(q) => match self.check_supported(&normalize_query(q)) {
                         Ok(_) => "yes".to_string(),
@@ -128,11 +128,45 @@ impl Controller {
             if supported_only && !(supported == "yes" || supported == "cached") {
                 continue;
             }
-            t.push(vec![id, text, supported, count.to_string()]);
-            if limit.is_some_and(|l| t.rows.len() as u64 >= l) {
-                break;
-            }
+            let saving_us = if supported == "yes" || supported.starts_with("pending") {
+                estimated_saving_us(&shape)
+            } else {
+                0
+            };
+            let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+            rows.push((
+                saving_us,
+                vec![
+                    Some(shape.query_id),
+                    Some(shape.text),
+                    Some(supported),
+                    Some(shape.count.to_string()),
+                    Some(ms(shape.total_us)),
+                    shape.p50_us.map(|u| ms(u64::from(u))),
+                    shape.p99_us.map(|u| ms(u64::from(u))),
+                    Some(shape.rows.to_string()),
+                    Some(ms(saving_us)),
+                ],
+            ));
         }
+        // Most worth caching first; ties (nothing to save) by id.
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].cmp(&b.1[0])));
+        let mut t = Table::new(columns::SHOW_PROXIED_QUERIES);
+        let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        t.rows
+            .extend(rows.into_iter().take(limit).map(|(_, row)| row));
         Ok(t)
     }
+}
+
+/// What a hit costs Larder, measured (`benches/compare`, cached c1: about 24 µs of CPU per
+/// query); the advisor subtracts it from the upstream time a cache would save.
+const HIT_COST_US: u64 = 25;
+
+/// The upstream time a cache would have saved this shape so far: every timed statement's
+/// upstream time minus what a hit costs instead.
+fn estimated_saving_us(shape: &crate::proxied::ProxiedShape) -> u64 {
+    shape
+        .total_us
+        .saturating_sub(shape.timed.saturating_mul(HIT_COST_US))
 }

@@ -62,7 +62,17 @@ pub mod columns {
     pub const CREATE_CACHE: &[&str] = &["query_id", "name", "query", "cache_type"];
     pub const EXPLAIN_CREATE_CACHE: &[&str] = &["query_id", "query", "supported"];
     pub const SHOW_CACHES: &[&str] = &["query_id", "name", "query", "properties", "count"];
-    pub const SHOW_PROXIED_QUERIES: &[&str] = &["query_id", "query", "supported", "count"];
+    pub const SHOW_PROXIED_QUERIES: &[&str] = &[
+        "query_id",
+        "query",
+        "supported",
+        "count",
+        "upstream_total_ms",
+        "upstream_p50_ms",
+        "upstream_p99_ms",
+        "rows",
+        "estimated_saving_ms",
+    ];
     pub const EXPLAIN_LAST_STATEMENT: &[&str] = &["query_destination", "reason"];
     pub const NAME_VALUE: &[&str] = &["name", "value"];
     pub const SHOW_TABLES: &[&str] = &[

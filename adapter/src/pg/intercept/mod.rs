@@ -183,6 +183,16 @@ impl Dispatch<'_> {
         self.send_upstream(msg.raw, ResponseMode::Relay);
     }
 
+    /// Tells `timing` how the last statement forwarded (the last sync point sent, if its
+    /// response is relayed) fares upstream.
+    pub fn time_last_relay(&mut self, timing: std::sync::Arc<dyn crate::cache::UpstreamTiming>) {
+        if matches!(self.pipe.slots.back(), Some(Slot::Relay)) {
+            if let Some(last) = self.pipe.relay_started.back_mut() {
+                last.timing = Some(timing);
+            }
+        }
+    }
+
     /// Forwards the whole batch unchanged (the pass-through fast path).
     pub fn forward_all(&mut self, batch: &ClientBatch<'_>) {
         self.send_upstream(batch.raw, ResponseMode::Relay);

@@ -72,9 +72,11 @@ pub(crate) struct Pipeline {
     /// Larder's own captured units waiting for the upstream to reach a boundary (see
     /// [`Pipeline::at_boundary`]); sent, in order, by [`Pipeline::release_deferred`].
     pub deferred: BytesMut,
-    /// When each relayed sync point still waiting for its ReadyForQuery was forwarded, and
-    /// where its duration is counted (`None`: not timed).
-    pub relay_started: VecDeque<std::time::Instant>,
+    /// Each relayed sync point still waiting for its ReadyForQuery: when it was forwarded,
+    /// and who else wants its duration.
+    pub relay_started: VecDeque<Relayed>,
+    /// DataRows relayed so far for the relayed sync point at the front.
+    pub rows_in_front: u64,
     pub metrics: Option<std::sync::Arc<crate::metrics::ProxyMetrics>>,
     /// Where sent messages stand: the segment (sync points sent so far) and the Parse messages
     /// sent in it.
@@ -88,6 +90,21 @@ pub(crate) struct Pipeline {
     /// Client statements in flight upstream across all sessions (the session's own
     /// [`Slot::Relay`] slots are counted in it).
     pub inflight: Option<InflightShare>,
+}
+
+/// A relayed sync point waiting for its ReadyForQuery.
+pub struct Relayed {
+    pub started: std::time::Instant,
+    pub timing: Option<std::sync::Arc<dyn crate::cache::UpstreamTiming>>,
+}
+
+impl std::fmt::Debug for Relayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relayed")
+            .field("started", &self.started)
+            .field("timed", &self.timing.is_some())
+            .finish()
+    }
 }
 
 /// Client statements (sync points) in flight upstream across the sessions of one proxy, with
@@ -243,9 +260,10 @@ impl Pipeline {
                         if let Some(share) = &mut self.inflight {
                             share.add();
                         }
-                        if self.metrics.is_some() {
-                            self.relay_started.push_back(std::time::Instant::now());
-                        }
+                        self.relay_started.push_back(Relayed {
+                            started: std::time::Instant::now(),
+                            timing: None,
+                        });
                     }
                     self.slots.push_back(match mode {
                         ResponseMode::Relay => Slot::Relay,
@@ -282,12 +300,18 @@ impl Pipeline {
     /// is counted).
     pub fn pop_answered(&mut self) -> Option<Slot> {
         let slot = self.slots.pop_front();
+        let rows = std::mem::take(&mut self.rows_in_front);
         if let Some(Slot::Relay) = &slot {
             if let Some(share) = &mut self.inflight {
                 share.sub();
             }
-            if let (Some(started), Some(m)) = (self.relay_started.pop_front(), &self.metrics) {
-                m.upstream_done(started);
+            if let Some(relayed) = self.relay_started.pop_front() {
+                if let Some(m) = &self.metrics {
+                    m.upstream_done(relayed.started);
+                }
+                if let Some(timing) = relayed.timing {
+                    timing.done(relayed.started.elapsed(), rows);
+                }
             }
         }
         slot

@@ -33,7 +33,9 @@ impl RouterSession {
                 return;
             }
         }
-        if let Some(sql) = self.forward_unit(msgs, dispatch) {
+        let executed = self.forward_unit(msgs, dispatch);
+        self.time_forwarded(dispatch);
+        if let Some(sql) = executed {
             self.barrier_after(session, &sql, dispatch);
         }
     }
@@ -194,7 +196,7 @@ impl RouterSession {
                         ) {
                             Ok(rows) => rows,
                             Err(reason) => {
-                                self.miss(shape, reason);
+                                self.miss(session, shape, reason);
                                 return false;
                             }
                         };
@@ -204,7 +206,7 @@ impl RouterSession {
                         self.put_scratch(out);
                     }
                     Err(reason) => {
-                        self.miss(shape, reason);
+                        self.miss(session, shape, reason);
                         return false;
                     }
                 }

@@ -36,7 +36,9 @@ use super::messages::{
     ErrorResponse, Execute, FieldDescription, NoData, ParameterDescription, Parse, ParseComplete,
     Query, RawFrame, ReadyForQuery, RowDescription, Sync, Target, TransactionStatus,
 };
-use crate::cache::{CacheBackend, CachedQuery, StatementContext, StatementError, TextTable};
+use crate::cache::{
+    CacheBackend, CachedQuery, StatementContext, StatementError, TextTable, UpstreamTiming,
+};
 use crate::AdapterError;
 
 mod barrier;
@@ -114,6 +116,7 @@ impl InterceptorFactory for CacheRouter {
                 destination: "upstream",
                 reason: "no statement yet".into(),
             },
+            upstream_timing: None,
         })
     }
 }
@@ -225,6 +228,9 @@ struct RouterSession {
     /// with a catalog that reflects it.
     ddl_lsn: u64,
     last: Last,
+    /// Who wants to know how the statement that just missed fares upstream (set by `miss`,
+    /// attached to the forwarded statement by `time_forwarded`).
+    upstream_timing: Option<Arc<dyn UpstreamTiming>>,
 }
 
 impl Drop for RouterSession {
@@ -333,17 +339,19 @@ impl RouterSession {
                             self.put_scratch(out);
                         }
                         Err(reason) => {
-                            self.miss(shape, reason);
+                            self.miss(session, shape, reason);
                             dispatch.forward(msg);
+                            self.time_forwarded(dispatch);
                         }
                     }
                 }
                 Err(reason) => {
-                    self.miss(shape, reason);
+                    self.miss(session, shape, reason);
                     let in_block = session.transaction_status() != TransactionStatus::Idle
                         || is_multi_statement(&q.sql);
                     self.watch_forwarded(&q.sql, in_block);
                     dispatch.forward(msg);
+                    self.time_forwarded(dispatch);
                 }
             },
             Kind::Other => {
@@ -550,18 +558,28 @@ impl RouterSession {
         };
     }
 
-    fn miss(&mut self, shape: &Shape, reason: String) {
+    fn miss(&mut self, session: &SessionState, shape: &Shape, reason: String) {
         // The id as this session means the query, when Larder can tell: what
         // `CREATE CACHE FROM <id>` gives the cache.
         let id = self
             .resolve_id(shape)
             .unwrap_or_else(|_| shape.query_id.clone());
-        self.backend.record_proxied(&id, &shape.text);
+        let facts = &self.facts;
+        self.upstream_timing = self
+            .backend
+            .record_proxied(&id, &shape.text, &|| facts.context(session.user()));
         self.backend.fell_back(&id, &reason);
         self.last = Last {
             destination: "upstream",
             reason: reason.into(),
         };
+    }
+
+    /// Hands the timing asked for by the latest miss to the statement just forwarded.
+    fn time_forwarded(&mut self, dispatch: &mut Dispatch<'_>) {
+        if let Some(timing) = self.upstream_timing.take() {
+            dispatch.time_last_relay(timing);
+        }
     }
 
     /// Forget `search_path` resolutions when a forwarded statement could change them.

@@ -193,6 +193,7 @@ impl Relay {
                     relay = true;
                 }
                 backend_tag::NOTIFICATION_RESPONSE => relay = true,
+                backend_tag::DATA_ROW => self.pipe.rows_in_front += 1,
                 // Counted in every segment; dropped when it answers a Parse of Larder's.
                 backend_tag::PARSE_COMPLETE
                     if self.state.authenticated && self.pipe.on_parse_complete() =>
