@@ -247,7 +247,7 @@ impl Absorb<ReaderOp> for ReaderState {
 pub(crate) struct ReadSpec {
     pub(crate) key_params: Vec<usize>,
     /// Slots the cache was computed for: a read must hold exactly this one value there.
-    pub(crate) fixed_params: Vec<(usize, Value)>,
+    pub(crate) fixed_params: Vec<(usize, Vec<Value>)>,
     /// Key slots a read must give exactly one value.
     pub(crate) single_value_params: Vec<usize>,
     /// How to compute the row of a key without rows (`CachePlan::empty_key_row`).
@@ -369,10 +369,14 @@ impl ReaderHandle {
         sink: &mut RowSink<'_>,
     ) -> Result<u64, ReadError> {
         let spec = &self.shared.spec;
-        for (slot, value) in &spec.fixed_params {
-            match params.get(*slot).map(Vec::as_slice) {
-                Some([v]) if v == value => {}
-                _ => return Err(ReadError::OtherParameter { slot: *slot }),
+        for (slot, values) in &spec.fixed_params {
+            // Both lists are free of duplicates: equal lengths and inclusion make them equal
+            // as sets (an IN list's order does not matter).
+            let same = params.get(*slot).is_some_and(|read| {
+                read.len() == values.len() && read.iter().all(|v| values.contains(v))
+            });
+            if !same {
+                return Err(ReadError::OtherParameter { slot: *slot });
             }
         }
         for &slot in &spec.single_value_params {

@@ -313,8 +313,9 @@ pub struct CachePlan {
     /// Type of each parameter slot of the normalized query (used to decode client values).
     pub param_types: Vec<SqlType>,
     /// Slots planned as literals: a read is answered only when slot `.0` holds exactly the
-    /// one value `.1`; otherwise it goes upstream.
-    pub fixed_params: Vec<(usize, Value)>,
+    /// values `.1` (one value, or the values of a collapsed `IN` list, without NULLs or
+    /// duplicates, in any order); otherwise it goes upstream.
+    pub fixed_params: Vec<(usize, Vec<Value>)>,
     /// Key slots a read must give exactly one value (else it goes upstream): the key of a
     /// column the query does not output, under DISTINCT or an aggregate. Rows of different
     /// values there are not the query's answer for all of them together (an `IN` list merges

@@ -124,7 +124,7 @@ impl Graph {
                     return None;
                 }
                 let out = node.op.initial();
-                if let Some(ledger) = &mut node.poison {
+                if let Some(ledger) = &mut node.ledger {
                     ledger.record(&out);
                 }
                 (!out.is_empty()).then_some((*n, out))
@@ -176,8 +176,16 @@ impl Graph {
                         .is_some_and(|n| n.live && n.signature.as_ref() == Some(&sig))
                 })
         };
-        let stateful = |n: NodeId| self.nodes.get(&n).is_some_and(|n| n.poison.is_some());
-        let mut reuse = plan_reuse(&inputs, &base, &mut find, &stateful);
+        // A node a new one can start from: it lists its output, and that output is small
+        // enough to copy under the lock.
+        let max = i64::try_from(self.limits.seed_rows_max).unwrap_or(i64::MAX);
+        let seedable = |n: NodeId| {
+            self.nodes
+                .get(&n)
+                .and_then(|n| n.ledger.as_ref())
+                .is_some_and(|l| l.rows <= max)
+        };
+        let mut reuse = plan_reuse(&inputs, &base, &mut find, &seedable);
         reuse.pop();
         reuse
     }
@@ -202,8 +210,8 @@ impl Graph {
                     .op
                     .current_output()
                     .expect("only stateful nodes feed a new node (plan_reuse)");
-                if let Some(ledger) = &parent.poison {
-                    output.extend(ledger.records());
+                if let Some(ledger) = &parent.ledger {
+                    output.extend(ledger.poison());
                 }
                 if !output.is_empty() {
                     filling.seed.push_back((node, input, output));

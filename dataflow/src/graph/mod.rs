@@ -27,7 +27,7 @@ use crate::reader::{ReaderHandle, READ_KEY_COMBINATIONS_MAX};
 mod fill;
 mod share;
 
-use share::{PoisonLedger, Signature};
+use share::{OutputLedger, Signature};
 
 /// Identifies a base table (assigned by the server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +53,10 @@ pub struct GraphLimits {
     pub read_key_combinations_max: usize,
     /// Estimated bytes of live changes one bootstrapping cache may buffer.
     pub bootstrap_buffer_max_bytes: usize,
+    /// Largest present output (in rows) of a shared node that a new cache's node starts
+    /// from: that copy is taken under the writer's hold of the graph, so a larger node is
+    /// built again for the new cache and filled from storage in chunks instead.
+    pub seed_rows_max: usize,
 }
 
 impl Default for GraphLimits {
@@ -61,6 +65,7 @@ impl Default for GraphLimits {
             caches_max: 10_000,
             read_key_combinations_max: READ_KEY_COMBINATIONS_MAX,
             bootstrap_buffer_max_bytes: 256 << 20,
+            seed_rows_max: 250_000,
         }
     }
 }
@@ -84,8 +89,9 @@ struct Node {
     live: bool,
     /// What the node computes, for sharing; `None` for base tables and readers.
     signature: Option<Signature>,
-    /// For nodes that can list their output (stateful operators): the poison they emitted.
-    poison: Option<PoisonLedger>,
+    /// For nodes that can list their output (stateful operators): its size and the poison
+    /// in it.
+    ledger: Option<OutputLedger>,
 }
 
 #[derive(Debug)]
@@ -342,7 +348,7 @@ impl Graph {
         if let Some(sig) = &signature {
             self.signatures.entry(sig.bucket()).or_default().push(id);
         }
-        let poison = op.current_output().map(|_| PoisonLedger::default());
+        let ledger = op.current_output().map(|_| OutputLedger::default());
         self.nodes.insert(
             id,
             Node {
@@ -353,7 +359,7 @@ impl Graph {
                 users: usize::from(creator.is_some()),
                 live: false,
                 signature,
-                poison,
+                ledger,
             },
         );
         id
@@ -393,7 +399,7 @@ impl Graph {
             for (input, batch) in inputs {
                 output.extend(node.op.process(input, batch));
             }
-            if let Some(ledger) = &mut node.poison {
+            if let Some(ledger) = &mut node.ledger {
                 ledger.record(&output);
             }
             self.deliver(id, output, scope, &mut pending, &mut held);

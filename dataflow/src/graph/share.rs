@@ -11,9 +11,12 @@
 //! A new node whose input is a shared node must start from that node's present output. A
 //! stateful operator (join, semi-join, aggregate, DISTINCT, TopK) can list it
 //! ([`Operator::current_output`](crate::ops::Operator::current_output)), plus the poison it
-//! emitted, which the graph keeps per stateful node in a [`PoisonLedger`]. A stateless one
+//! emitted, which the graph keeps per stateful node in an [`OutputLedger`]. A stateless one
 //! (filter, project, union) cannot, so [`plan_reuse`] copies a shared stateless node that
-//! would feed a new one, down to the nearest stateful node or base table.
+//! would feed a new one, down to the nearest stateful node or base table. So does a shared
+//! node whose output is larger than [`GraphLimits::seed_rows_max`](super::GraphLimits): its
+//! copy is taken under the graph's lock, and filling a new node from storage instead never
+//! holds the lock for long.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -77,15 +80,16 @@ fn with_inputs(op: &NodeOp, map: &mut impl FnMut(NodeRef) -> NodeRef) -> NodeOp 
 /// For each plan node, the live graph node to use instead of a new one (`None`: build it).
 ///
 /// `find(i, parents)` answers whether a live node computes plan node `i` over the graph nodes
-/// `parents`; `base(i)` gives the root of a base-table node; `stateful(n)` says whether graph
-/// node `n` can list its output. A node is reused only if all its inputs are. Then every
-/// reused stateless node that feeds a node to be built is itself built instead, which may
-/// in turn expose its own inputs; walking the plan backwards settles this in one pass.
+/// `parents`; `base(i)` gives the root of a base-table node; `seedable(n)` says whether graph
+/// node `n` can hand its output to a new node. A node is reused only if all its inputs are.
+/// Then every reused node that feeds a node to be built and is not seedable is itself built
+/// instead, which may in turn expose its own inputs; walking the plan backwards settles this
+/// in one pass.
 pub(super) fn plan_reuse(
     inputs: &[Vec<NodeRef>],
     base: &impl Fn(NodeRef) -> Option<u64>,
     find: &mut impl FnMut(NodeRef, &[u64]) -> Option<u64>,
-    stateful: &impl Fn(u64) -> bool,
+    seedable: &impl Fn(u64) -> bool,
 ) -> Vec<Option<u64>> {
     let mut reuse: Vec<Option<u64>> = Vec::with_capacity(inputs.len());
     for (i, ins) in inputs.iter().enumerate() {
@@ -101,7 +105,7 @@ pub(super) fn plan_reuse(
             continue;
         }
         for &p in &inputs[i] {
-            if base(p).is_none() && reuse[p].is_some_and(|n| !stateful(n)) {
+            if base(p).is_none() && reuse[p].is_some_and(|n| !seedable(n)) {
                 reuse[p] = None;
             }
         }
@@ -141,30 +145,34 @@ impl Ord for PoisonRow {
     }
 }
 
-/// The poison a stateful node has emitted and not yet retracted: with its current rows, the
-/// node's whole present output. Operators keep no poison in their state (see [`crate::ops`]),
-/// so the graph counts it on the way out.
+/// What a stateful node has emitted and not retracted: how many rows, and the poison.
+/// Operators keep no poison in their state (see [`crate::ops`]), so the graph counts it on
+/// the way out; with the operator's current rows it is the node's whole present output.
 #[derive(Debug, Default)]
-pub(super) struct PoisonLedger {
-    rows: BTreeMap<PoisonRow, i64>,
+pub(super) struct OutputLedger {
+    /// Net rows emitted (the present output's size).
+    pub(super) rows: i64,
+    poison: BTreeMap<PoisonRow, i64>,
 }
 
-impl PoisonLedger {
+impl OutputLedger {
     pub(super) fn record(&mut self, batch: &Batch) {
         for record in batch {
-            let Record::Poison { row, diff } = record else {
-                continue;
-            };
-            let entry = self.rows.entry(PoisonRow(row.clone())).or_insert(0);
-            *entry = entry.saturating_add(*diff);
-            if *entry == 0 {
-                self.rows.remove(&PoisonRow(row.clone()));
+            match record {
+                Record::Row { diff, .. } => self.rows = self.rows.saturating_add(*diff),
+                Record::Poison { row, diff } => {
+                    let entry = self.poison.entry(PoisonRow(row.clone())).or_insert(0);
+                    *entry = entry.saturating_add(*diff);
+                    if *entry == 0 {
+                        self.poison.remove(&PoisonRow(row.clone()));
+                    }
+                }
             }
         }
     }
 
-    pub(super) fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        self.rows.iter().map(|(row, &diff)| Record::Poison {
+    pub(super) fn poison(&self) -> impl Iterator<Item = Record> + '_ {
+        self.poison.iter().map(|(row, &diff)| Record::Poison {
             row: row.0.clone(),
             diff,
         })
@@ -201,16 +209,21 @@ mod tests {
     }
 
     #[test]
-    fn ledger_keeps_net_poison() {
-        let mut l = PoisonLedger::default();
+    fn ledger_keeps_net_rows_and_poison() {
+        let mut l = OutputLedger::default();
         let p = |diff| Record::Poison {
             row: vec![None, Some(Value::Int(1))],
             diff,
         };
-        l.record(&vec![p(1), p(1)]);
+        let row = |diff| Record::Row {
+            row: vec![Value::Int(2)],
+            diff,
+        };
+        l.record(&vec![p(1), p(1), row(3)]);
+        l.record(&vec![p(-1), row(-1)]);
+        assert_eq!(l.poison().collect::<Vec<_>>(), vec![p(1)]);
+        assert_eq!(l.rows, 2);
         l.record(&vec![p(-1)]);
-        assert_eq!(l.records().collect::<Vec<_>>(), vec![p(1)]);
-        l.record(&vec![p(-1)]);
-        assert_eq!(l.records().count(), 0);
+        assert_eq!(l.poison().count(), 0);
     }
 }

@@ -247,7 +247,7 @@ fn fixed_params_answer_only_their_value() {
     let mut g = graph_with(GraphLimits::default());
     let mut p = self_join();
     p.param_types = vec![SqlType::Int4];
-    p.fixed_params = vec![(0, Value::Int(5))];
+    p.fixed_params = vec![(0, vec![Value::Int(5)])];
     let (id, reader) = g.add_cache(&p).unwrap();
     g.finish_bootstrap(id).unwrap();
     assert_eq!(reader.read(&[vec![Value::Int(5)]]), Ok(vec![]));
@@ -261,6 +261,24 @@ fn fixed_params_answer_only_their_value() {
         reader.read(&[vec![Value::Int(5), Value::Int(6)]]),
         Err(ReadError::OtherParameter { slot: 0 })
     );
+    // A slot fixed to an IN list answers exactly that list.
+    p.fixed_params = vec![(0, vec![Value::Int(5), Value::Int(6)])];
+    let (id, reader) = g.add_cache(&p).unwrap();
+    g.finish_bootstrap(id).unwrap();
+    assert_eq!(
+        reader.read(&[vec![Value::Int(5), Value::Int(6)]]),
+        Ok(vec![])
+    );
+    assert_eq!(
+        reader.read(&[vec![Value::Int(6), Value::Int(5)]]),
+        Ok(vec![])
+    );
+    for other in [vec![Value::Int(5)], vec![Value::Int(6), Value::Int(7)]] {
+        assert_eq!(
+            reader.read(&[other]),
+            Err(ReadError::OtherParameter { slot: 0 })
+        );
+    }
 }
 
 #[test]
@@ -350,7 +368,7 @@ fn invalid_plans_are_refused() {
         ],
     );
     let mut bad_fixed = self_join();
-    bad_fixed.fixed_params = vec![(3, Value::Int(1))];
+    bad_fixed.fixed_params = vec![(3, vec![Value::Int(1)])];
     for p in [
         join(vec![]),
         join(vec![(0, 9)]),
@@ -511,4 +529,35 @@ fn a_node_of_a_cache_still_filling_is_not_shared() {
     g.finish_bootstrap(b).unwrap();
     let (c, _) = g.add_cache(&overflowing_max()).unwrap();
     assert_eq!(g.cache_nodes(c).shared, 2);
+}
+
+#[test]
+fn a_shared_node_too_large_to_copy_is_built_again() {
+    let mut g = graph_with(GraphLimits {
+        seed_rows_max: 2,
+        ..GraphLimits::default()
+    });
+    let (a, _) = g.add_cache(&overflowing_max()).unwrap();
+    g.finish_bootstrap(a).unwrap();
+    let rows: Vec<Change> = (1..=3).map(|k| Change::Insert(int_row(&[k, 1]))).collect();
+    g.apply(T, &rows).unwrap();
+    let mut full = overflowing_max();
+    full.key.clear();
+    full.key_params.clear();
+    full.param_types.clear();
+    // Three groups: more than the new reader may be seeded with; the aggregate and the
+    // project under it are built again and filled from the table.
+    let (b, reader) = g.add_cache(&full).unwrap();
+    assert_eq!(
+        g.cache_nodes(b),
+        CacheNodes {
+            total: 3,
+            shared: 0
+        }
+    );
+    assert_eq!(g.bootstrap_tables(b), vec![T]);
+    g.bootstrap_rows(b, T, (1..=3).map(|k| int_row(&[k, 1])))
+        .unwrap();
+    g.finish_bootstrap(b).unwrap();
+    assert_eq!(reader.read(&[]).map(|r| r.len()), Ok(3));
 }

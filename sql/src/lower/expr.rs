@@ -16,7 +16,7 @@ use super::{placeholder_slot, unsupported, Lowerer, ParamMode, Typed};
 use crate::error::Unsupported;
 use crate::normalize::{literal_value, text_value, Literal, ParamSource};
 use crate::plan::{BinaryOp, Expr, Func, UnaryOp};
-use crate::value::{SqlType, Value};
+use crate::value::{Key, SqlType, Value};
 
 impl Lowerer<'_, '_> {
     /// Lowers an expression over the current row. `hint` types untyped literals and
@@ -61,6 +61,19 @@ impl Lowerer<'_, '_> {
                 let t = self.expr(expr, None)?;
                 let mut items = Vec::with_capacity(list.len());
                 for item in list {
+                    // A collapsed literal list evaluated below the reader: each of its
+                    // values is a literal of the plan.
+                    if let AExpr::Value(sqlparser::ast::ValueWithSpan {
+                        value: AstValue::Placeholder(p),
+                        ..
+                    }) = item
+                    {
+                        if let ParamMode::Fixed(place) = self.mode {
+                            let (slot, ty) = self.typed_slot(p, Some(&t.ty))?;
+                            items.extend(self.fixed_values(slot, &ty, place, true)?);
+                            continue;
+                        }
+                    }
                     let it = self.expr(item, Some(&t.ty))?;
                     comparable(&t.ty, &it.ty)?;
                     items.push(it.expr);
@@ -223,6 +236,43 @@ impl Lowerer<'_, '_> {
     }
 
     pub(super) fn param(&mut self, p: &str, hint: Option<&SqlType>) -> Result<Typed, Unsupported> {
+        let (slot, ty) = self.typed_slot(p, hint)?;
+        match self.mode {
+            ParamMode::Fixed(place) => {
+                let value = self
+                    .fixed_values(slot, &ty, place, false)?
+                    .pop()
+                    .expect("one value unless a list is allowed");
+                Ok(Typed { expr: value, ty })
+            }
+            _ => Ok(Typed {
+                expr: Expr::Param(slot),
+                ty,
+            }),
+        }
+    }
+
+    /// Whether `e` is a placeholder whose slot holds several values (a collapsed `IN` list).
+    fn is_value_list(&self, e: &AExpr) -> bool {
+        let AExpr::Value(sqlparser::ast::ValueWithSpan {
+            value: AstValue::Placeholder(p),
+            ..
+        }) = e
+        else {
+            return false;
+        };
+        placeholder_slot(p)
+            .and_then(|n| self.g.sources.get(n - 1))
+            .is_some_and(|s| matches!(s, ParamSource::List(items) if items.len() > 1))
+    }
+
+    /// The 0-based slot of placeholder `p`, typed by `hint` (refused where parameters are, or
+    /// where its type is unknown or disagrees with an earlier use).
+    fn typed_slot(
+        &mut self,
+        p: &str,
+        hint: Option<&SqlType>,
+    ) -> Result<(usize, SqlType), Unsupported> {
         let n = placeholder_slot(p)
             .ok_or_else(|| unsupported(format!("placeholder {p} is not supported")))?;
         let Some(ty) = hint else {
@@ -246,53 +296,67 @@ impl Lowerer<'_, '_> {
             }
             _ => *slot = Some(ty.clone()),
         }
-        match self.mode {
-            ParamMode::Fixed(place) => self.fixed_param(n - 1, ty, place),
-            _ => Ok(Typed {
-                expr: Expr::Param(n - 1),
-                ty: ty.clone(),
-            }),
-        }
+        Ok((n - 1, ty.clone()))
     }
 
-    /// A slot evaluated below the reader: the literal the query was normalized from, which
-    /// the plan then only serves (see [`crate::plan::CachePlan::fixed_params`]).
-    fn fixed_param(
+    /// A slot evaluated below the reader: the literal(s) the query was normalized from,
+    /// which the plan then only serves (see [`crate::plan::CachePlan::fixed_params`]). A
+    /// collapsed `IN` list of several values is accepted only where `list` (the slot is a
+    /// whole `IN` list), giving one literal per value.
+    fn fixed_values(
         &mut self,
         slot: usize,
         ty: &SqlType,
         place: &str,
-    ) -> Result<Typed, Unsupported> {
-        let source = match self.g.sources.get(slot) {
-            Some(ParamSource::List(items)) => match items.as_slice() {
-                [one] => Some(one),
-                _ => return Err(unsupported(format!("an IN list {place} cannot be cached"))),
-            },
-            other => other,
-        };
-        let lit = match source {
-            Some(ParamSource::Literal(lit)) => lit,
-            Some(ParamSource::Placeholder(k)) => {
-                return Err(unsupported(format!(
-                    "parameter ${k} {place} cannot be cached"
-                )))
+        list: bool,
+    ) -> Result<Vec<Expr>, Unsupported> {
+        let sources: Vec<&ParamSource> = match self.g.sources.get(slot) {
+            Some(ParamSource::List(items)) if items.len() == 1 || list => items.iter().collect(),
+            Some(ParamSource::List(_)) => {
+                return Err(unsupported(format!("an IN list {place} cannot be cached")))
             }
-            _ => {
-                return Err(unsupported(format!(
-                    "parameter ${} {place} cannot be cached",
-                    slot + 1
-                )))
-            }
+            Some(other) => vec![other],
+            None => Vec::new(),
         };
-        let v = literal_value(lit, ty)
-            .map_err(|e| unsupported(format!("literal cannot be used here: {e}")))?;
-        if !self.g.fixed.iter().any(|(s, _)| *s == slot) {
-            self.g.fixed.push((slot, v.clone()));
+        let mut values = Vec::with_capacity(sources.len());
+        for source in &sources {
+            match source {
+                ParamSource::Literal(lit) => values.push(
+                    literal_value(lit, ty)
+                        .map_err(|e| unsupported(format!("literal cannot be used here: {e}")))?,
+                ),
+                ParamSource::Placeholder(k) => {
+                    return Err(unsupported(format!(
+                        "parameter ${k} {place} cannot be cached"
+                    )))
+                }
+                ParamSource::List(_) => {
+                    return Err(unsupported(format!("an IN list {place} cannot be cached")))
+                }
+            }
         }
-        Ok(Typed {
-            expr: Expr::Literal(v),
-            ty: ty.clone(),
-        })
+        if values.is_empty() {
+            return Err(unsupported(format!(
+                "parameter ${} {place} cannot be cached",
+                slot + 1
+            )));
+        }
+        if !self.g.fixed.iter().any(|(s, _)| *s == slot) {
+            // What a read of this list resolves to (`normalize::resolve_params`): without
+            // NULLs and duplicates. The plan keeps the list as written.
+            let read = if matches!(self.g.sources.get(slot), Some(ParamSource::List(_))) {
+                let mut seen = std::collections::HashSet::new();
+                values
+                    .iter()
+                    .filter(|v| !v.is_null() && seen.insert(Key::from_values([*v])))
+                    .cloned()
+                    .collect()
+            } else {
+                values.clone()
+            };
+            self.g.fixed.push((slot, read));
+        }
+        Ok(values.into_iter().map(Expr::Literal).collect())
     }
 
     /// Lowers two operands that must agree on a type: an untyped side (string literal,
@@ -326,6 +390,20 @@ impl Lowerer<'_, '_> {
         hint: Option<&SqlType>,
     ) -> Result<Typed, Unsupported> {
         use BinaryOperator as B;
+        if let (B::Eq, ParamMode::Fixed(_)) = (op, self.mode) {
+            // `x = $k` where slot k is a collapsed `IN` list of several literals: below the
+            // reader it is that `IN` list.
+            for (col, p) in [(left, right), (right, left)] {
+                if self.is_value_list(p) {
+                    let as_list = AExpr::InList {
+                        expr: Box::new(col.clone()),
+                        list: vec![p.clone()],
+                        negated: false,
+                    };
+                    return self.expr(&as_list, hint);
+                }
+            }
+        }
         let plan_op = match op {
             B::And => BinaryOp::And,
             B::Or => BinaryOp::Or,

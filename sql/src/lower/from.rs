@@ -11,7 +11,7 @@ use super::graph::{Cte, Graph, Rel};
 use super::scope::{Merged, Qualifier, Scope};
 use super::select::lower_query_rel;
 use super::subquery::sub_pred;
-use super::types::type_name;
+use super::types::{join_type, type_name};
 use super::util::{conjunction, map_columns, split_conjuncts};
 use super::{unsupported, Lowerer, ParamMode};
 use crate::error::Unsupported;
@@ -369,6 +369,7 @@ fn join_using(
 ) -> Result<Item, Unsupported> {
     let lw = left.scope.width();
     let mut pairs = Vec::with_capacity(names.len());
+    let mut merged_types = Vec::with_capacity(names.len());
     for name in names {
         let side = |scope: &Scope, which: &str| {
             scope
@@ -382,14 +383,15 @@ fn join_using(
         };
         let pair = (side(&left.scope, "left")?, side(&right.scope, "right")?);
         let (lt, rt) = (&left.scope.types[pair.0], &right.scope.types[pair.1]);
-        if lt != rt {
-            // Postgres merges them into a column of the common type; not modelled yet.
-            return Err(unsupported(format!(
-                "JOIN ... USING on columns of different types ({} and {}) is not supported",
+        // Postgres merges the two into one column of their common type.
+        let common = join_type(lt, rt).map_err(|_| {
+            unsupported(format!(
+                "JOIN ... USING on columns of types {} and {} is not supported",
                 type_name(lt),
                 type_name(rt)
-            )));
-        }
+            ))
+        })?;
+        merged_types.push(common);
         if pairs.contains(&pair) {
             return Err(unsupported(format!(
                 "column name \"{}\" appears more than once in USING clause",
@@ -398,11 +400,34 @@ fn join_using(
         }
         pairs.push(pair);
     }
-    let node = g.equi_join(left.node, right.node, kind, &pairs)?;
+    let mut node = g.equi_join(left.node, right.node, kind, &pairs)?;
     let mut scope = left.scope.concat(right.scope)?;
     let lcols: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     let rcols: Vec<usize> = pairs.iter().map(|p| p.1 + lw).collect();
-    let mut star = lcols.clone();
+    // A merged column whose type differs from the left one's is a column of its own: the
+    // left value cast to the common type (in an inner or left join, the left value is the
+    // merged one: a row without a match has no right value).
+    let mut merged_cols = lcols.clone();
+    let retyped: Vec<usize> = (0..pairs.len())
+        .filter(|&i| scope.types[lcols[i]] != merged_types[i])
+        .collect();
+    if !retyped.is_empty() {
+        let width = scope.width();
+        let mut exprs: Vec<Expr> = (0..width).map(Expr::Column).collect();
+        let mut types = scope.types.clone();
+        for (k, &i) in retyped.iter().enumerate() {
+            exprs.push(Expr::Cast {
+                expr: Box::new(Expr::Column(lcols[i])),
+                ty: merged_types[i].clone(),
+            });
+            types.push(merged_types[i].clone());
+            scope.names.push(names[i].value.clone());
+            scope.types.push(merged_types[i].clone());
+            merged_cols[i] = width + k;
+        }
+        node = g.project(node, exprs, types);
+    }
+    let mut star = merged_cols.clone();
     star.extend(
         scope
             .star
@@ -411,11 +436,15 @@ fn join_using(
             .filter(|c| !lcols.contains(c) && !rcols.contains(c)),
     );
     scope.star = star;
-    let merged = names.iter().zip(&pairs).map(|(n, &(l, r))| Merged {
-        name: n.value.clone(),
-        column: l,
-        hides: vec![l, r + lw],
-    });
+    let merged = names
+        .iter()
+        .zip(&pairs)
+        .zip(&merged_cols)
+        .map(|((n, &(l, r)), &column)| Merged {
+            name: n.value.clone(),
+            column,
+            hides: vec![l, r + lw],
+        });
     let mut all: Vec<Merged> = merged.collect();
     all.extend(std::mem::take(&mut scope.merged));
     scope.merged = all;

@@ -33,7 +33,7 @@ pub(super) struct Graph<'a> {
     bases: Vec<NodeRef>,
     pub nodes: Vec<PlanNode>,
     pub param_types: Vec<Option<SqlType>>,
-    pub fixed: Vec<(usize, Value)>,
+    pub fixed: Vec<(usize, Vec<Value>)>,
     /// Visible CTEs, innermost last.
     pub ctes: Vec<Cte>,
     pub case_insensitive: bool,

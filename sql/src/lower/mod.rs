@@ -39,7 +39,8 @@
 //!   ([`CachePlan::single_value_params`]), and an aggregate without GROUP BY keyed this way
 //!   has the reader compute the row of a key without rows ([`CachePlan::empty_key_row`]),
 //!   with HAVING in the residual. (Not with `SELECT DISTINCT` over such an aggregate, and
-//!   not when this instance has an IN list of several values there: the literal stays.)
+//!   not when this instance has an IN list of several values there: the literal list stays,
+//!   as a filter below.)
 //! * a join equality, for `a.x = b.y` between two comma-separated relations;
 //! * a semi-join, for a subquery predicate;
 //! * a dataflow Filter (pushed onto its relation when it reads only one comma-separated
@@ -55,8 +56,9 @@
 //!
 //! A parameter anywhere else the per-read residual would answer wrongly (below an aggregate
 //! or DISTINCT, in a JOIN condition, in a subquery, CTE or UNION branch) is planned as the
-//! literal the query was normalized from and listed in [`CachePlan::fixed_params`]; the
-//! client's own placeholders (`$1`) and IN lists of several values are refused there.
+//! literal the query was normalized from and listed in [`CachePlan::fixed_params`] (an IN
+//! list of several literals, or `col = $k` whose slot is one, keeps all of them, and the
+//! cache answers exactly that list); the client's own placeholders (`$1`) are refused there.
 //!
 //! When the reader orders and limits and there is no residual, a TopK below the reader keeps
 //! only the first `offset + limit` rows per key.

@@ -147,7 +147,7 @@ fn key_on_a_group_column() {
 fn parameters_below_an_aggregate_are_fixed_literals() {
     let p = plan("SELECT count(*) FROM stories WHERE user_id > 5");
     assert!(p.key.is_empty());
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(5))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(5)])]);
     assert_eq!(
         p.filter(),
         Some(P::Binary {
@@ -163,10 +163,14 @@ fn parameters_below_an_aggregate_are_fixed_literals() {
         refuse("SELECT count(*) FROM stories WHERE user_id > $1"),
         "parameter $1 below an aggregate cannot be cached"
     );
+    // A literal IN list below it stays in the plan, every value of it: the cache answers
+    // that list only.
+    let p = plan("SELECT count(*) FROM stories WHERE user_id IN (1, 2)");
     assert_eq!(
-        refuse("SELECT count(*) FROM stories WHERE user_id IN (1, 2)"),
-        "an IN list below an aggregate cannot be cached"
+        p.fixed_params,
+        vec![(0, vec![Value::Int(1), Value::Int(2)])]
     );
+    assert!(p.key_params.is_empty() && p.single_value_params.is_empty());
 }
 
 #[test]

@@ -94,7 +94,7 @@ fn left_join_right_side_conditions_filter_the_right_input() {
             ty: SqlType::Bool
         })
     );
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(7))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(7)])]);
     assert_eq!(p.param_types, vec![SqlType::Int4]);
 }
 

@@ -35,11 +35,13 @@ fn distinct_keys_on_a_column_it_does_not_output() {
         assert_eq!(p.single_value_params, vec![0]);
         assert_eq!(p.empty_key_row, None);
     }
-    // Several values would repeat output rows: an IN list stays refused.
+    // Several values would repeat output rows as a key: the IN list is a filter below.
+    let p = plan("SELECT DISTINCT user_id FROM votes WHERE story_id IN (1, 2)");
     assert_eq!(
-        refuse("SELECT DISTINCT user_id FROM votes WHERE story_id IN (1, 2)"),
-        "an IN list below DISTINCT cannot be cached"
+        p.fixed_params,
+        vec![(0, vec![Value::Int(1), Value::Int(2)])]
     );
+    assert!(p.key_params.is_empty() && p.single_value_params.is_empty());
     // A key on an output column still takes IN lists.
     let p = plan("SELECT DISTINCT user_id, vote FROM votes WHERE user_id IN (1, 2)");
     assert_eq!(p.key_params, vec![0]);
@@ -87,10 +89,14 @@ fn group_by_keys_on_a_column_it_does_not_group_by() {
     assert_eq!(p.key_params, vec![0, 1]);
     assert_eq!(p.single_value_params, vec![1]);
     assert_eq!(group_by(&p), vec![0, 1]);
+    // A literal IN list below it stays in the plan, every value of it: the cache answers
+    // that list only.
+    let p = plan("SELECT user_id, count(*) FROM votes WHERE story_id IN (1, 2) GROUP BY user_id");
     assert_eq!(
-        refuse("SELECT user_id, count(*) FROM votes WHERE story_id IN (1, 2) GROUP BY user_id"),
-        "an IN list below an aggregate cannot be cached"
+        p.fixed_params,
+        vec![(0, vec![Value::Int(1), Value::Int(2)])]
     );
+    assert!(p.key_params.is_empty() && p.single_value_params.is_empty());
     // The added group column cannot be named, as in Postgres.
     for sql in [
         "SELECT user_id, story_id, count(*) FROM votes WHERE story_id = 1 GROUP BY user_id",
@@ -145,7 +151,7 @@ fn aggregate_without_group_by_keys_with_an_empty_key_row() {
     assert_eq!(group_by(&p), vec![1, 2]);
     assert_eq!(p.key_params, vec![0, 1]);
     assert_eq!(p.single_value_params, vec![0, 1]);
-    assert_eq!(p.fixed_params, vec![(2, Value::Int(2))]);
+    assert_eq!(p.fixed_params, vec![(2, vec![Value::Int(2)])]);
     assert_eq!(p.empty_key_row, Some(EmptyKeyRow { aggregate: 2 }));
 
     // Through a join.
@@ -201,14 +207,16 @@ fn other_shapes_keep_the_fixed_literal() {
         "SELECT id FROM stories WHERE id IN (SELECT story_id FROM votes WHERE user_id = 1)",
     ] {
         let p = plan(sql);
-        assert_eq!(p.fixed_params, vec![(0, Value::Int(1))], "{sql}");
+        assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(1)])], "{sql}");
         assert!(p.single_value_params.is_empty(), "{sql}");
         assert_eq!(p.empty_key_row, None, "{sql}");
     }
+    let p = plan("SELECT count(*) FROM stories WHERE user_id IN (1, 2)");
     assert_eq!(
-        refuse("SELECT count(*) FROM stories WHERE user_id IN (1, 2)"),
-        "an IN list below an aggregate cannot be cached"
+        p.fixed_params,
+        vec![(0, vec![Value::Int(1), Value::Int(2)])]
     );
+    assert!(p.key_params.is_empty() && p.single_value_params.is_empty());
     assert_eq!(
         refuse("SELECT user_id, count(*) FROM stories WHERE user_id = 1"),
         "column \"stories.user_id\" must appear in the GROUP BY clause or be used in an aggregate function"

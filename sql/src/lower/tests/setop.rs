@@ -32,7 +32,7 @@ fn distinct() {
     let p = plan("SELECT DISTINCT title FROM stories WHERE user_id > 3");
     assert_eq!(kinds(&p), ["Base", "Filter", "Project", "Distinct"]);
     assert!(p.key.is_empty());
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(3))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(3)])]);
     assert_eq!(
         refuse("SELECT DISTINCT ON (user_id) title FROM stories"),
         "DISTINCT ON is not supported"
@@ -127,7 +127,7 @@ fn union_distinct_order_and_limit() {
 #[test]
 fn union_parameters_are_fixed() {
     let p = plan("SELECT id FROM stories WHERE user_id = 1 UNION SELECT id FROM comments");
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(1))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(1)])]);
     assert!(p.key.is_empty() && p.residual.is_none());
     assert_eq!(
         refuse("SELECT id FROM stories UNION SELECT id, title FROM stories"),

@@ -27,7 +27,7 @@ fn in_and_not_in_subqueries() {
     let p = plan(
         "SELECT title FROM stories WHERE id IN (SELECT story_id FROM comments WHERE score > 4)",
     );
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(4))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(4)])]);
 }
 
 #[test]
@@ -37,7 +37,7 @@ fn correlated_exists() {
     );
     // The subquery outputs `1` then its correlation column c.story_id.
     assert_eq!(semi(&p), (vec![(0, 1)], false, false));
-    assert_eq!(p.fixed_params, vec![(0, Value::Int(10))]);
+    assert_eq!(p.fixed_params, vec![(0, vec![Value::Int(10)])]);
     let p = plan("SELECT title FROM stories s WHERE NOT EXISTS (SELECT 1 FROM votes v WHERE v.story_id = s.id AND v.user_id = s.user_id)");
     assert_eq!(semi(&p), (vec![(0, 1), (1, 2)], true, false));
     assert_eq!(
