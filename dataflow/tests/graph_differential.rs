@@ -717,3 +717,65 @@ fn random_plans_match_naive_evaluation() {
     eprintln!("graph_differential: {iters} seeds, {shared} shared nodes in caches added mid-way");
     assert!(iters < 20 || shared > 0, "no cache shared a node");
 }
+
+/// Operators account for the bytes of their state as they store and drop it: once every row
+/// is deleted again, the graph holds exactly what it held over empty tables, and in between
+/// it held more.
+#[test]
+fn state_bytes_return_to_their_start_when_the_tables_empty() {
+    let iters: u64 = std::env::var("DATAFLOW_DIFF_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let mut grew = 0;
+    for seed in 0..iters {
+        let _guard = SeedGuard(seed);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_b17e);
+        let mut graph = Graph::new();
+        for t in 0..TABLES {
+            graph
+                .add_table(TableId(t as u64), schema(t))
+                .expect("table");
+        }
+        let mut caches: Vec<Cache> = Vec::new();
+        for _ in 0..3 {
+            let (plan, keyed) = next_plan(&mut rng, &caches);
+            let (id, handle) = graph.add_cache(&plan).expect("plan");
+            graph.finish_bootstrap(id).expect("finish");
+            caches.push(Cache {
+                id,
+                plan,
+                handle,
+                keyed,
+            });
+        }
+        let empty = graph.state_bytes();
+        let mut tables: Vec<Vec<Row>> = vec![Vec::new(); TABLES];
+        let mut peak = empty;
+        for _ in 0..25 {
+            apply_random(&mut rng, &mut graph, &mut tables);
+            peak = peak.max(graph.state_bytes());
+        }
+        for (t, rows) in tables.iter_mut().enumerate() {
+            let changes: Vec<Change> = rows.drain(..).map(Change::Delete).collect();
+            graph
+                .apply(TableId(t as u64), &changes)
+                .expect("delete all");
+        }
+        assert_eq!(
+            graph.state_bytes(),
+            empty,
+            "seed {seed}: state left over after every row was deleted"
+        );
+        for c in &caches {
+            assert!(graph.cache_state_bytes(c.id) <= peak);
+        }
+        if peak > empty {
+            grew += 1;
+        }
+    }
+    assert!(
+        grew > iters / 2,
+        "state grew in only {grew} of {iters} seeds"
+    );
+}

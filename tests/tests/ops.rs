@@ -196,6 +196,7 @@ async fn endpoints_metrics_dashboard_and_a_real_prometheus() {
     assert_eq!(m.get("larder_caches_fresh"), 1.0);
     assert_eq!(m.get("larder_caches{state=\"serving\"}"), 1.0);
     assert!(m.get("larder_cache_memory_bytes") > 0.0);
+    assert!(m.get("larder_dataflow_state_bytes") >= 0.0);
     assert!(m.get("larder_cache_rows") >= 1.0);
     assert!(m.get("larder_tables{state=\"online\"}") >= 1.0);
     assert!(m.get("larder_snapshot_rows_total") >= 200.0);

@@ -467,6 +467,22 @@ async fn relational_caches_stay_equal_to_postgres_under_random_writes() {
                     .is_some_and(|p| p.contains("operators with other caches"))
         })
     };
+    // Each cache's memory: its reader and the operators it uses (a join holds both sides).
+    let memory = |name: &str| -> u64 {
+        let row = caches
+            .iter()
+            .find(|row| row[1].as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in {caches:?}"));
+        row[5]
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .expect("memory_bytes")
+    };
+    assert!(
+        memory("c_story_with_author_and_votes") > memory("c_global_aggregate"),
+        "{caches:?}"
+    );
+    assert!(memory("c_global_aggregate") > 0, "{caches:?}");
     for name in [
         "c_count_votes",
         "c_votes_per_story",

@@ -28,7 +28,7 @@ use super::{
     TableId, BATCH_ROWS_MAX,
 };
 use crate::build::{compile, BuiltNode};
-use crate::ops::{Batch, ReaderOpNode, Record};
+use crate::ops::{mem, Batch, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, ReaderOp, ReaderState};
 
 /// What a cache being filled still needs, and what it has been sent meanwhile.
@@ -123,7 +123,9 @@ impl Graph {
                 if node.creator != Some(id) {
                     return None;
                 }
+                mem::take();
                 let out = node.op.initial();
+                node.state_bytes = node.state_bytes.saturating_add(mem::take());
                 if let Some(ledger) = &mut node.ledger {
                     ledger.record(&out);
                 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use larder_sql::value::{Row, TableSchema, Value};
 
 use crate::error::GraphError;
-use crate::ops::{BaseOp, Batch, Operator, ReaderOpNode, Record};
+use crate::ops::{mem, BaseOp, Batch, Operator, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, READ_KEY_COMBINATIONS_MAX};
 
 mod fill;
@@ -92,6 +92,8 @@ struct Node {
     /// For nodes that can list their output (stateful operators): its size and the poison
     /// in it.
     ledger: Option<OutputLedger>,
+    /// Estimated heap bytes of the operator's state (see [`crate::ops::mem`]).
+    state_bytes: i64,
 }
 
 #[derive(Debug)]
@@ -273,6 +275,26 @@ impl Graph {
         }
     }
 
+    /// Estimated heap bytes of the state of the operators a cache uses (shared ones
+    /// included; its reader excluded, see [`ReaderHandle::stats`]).
+    pub fn cache_state_bytes(&self, id: CacheId) -> u64 {
+        self.caches.get(&id).map_or(0, |c| {
+            c.nodes
+                .iter()
+                .filter_map(|n| self.nodes.get(n))
+                .map(|n| n.state_bytes.max(0) as u64)
+                .sum()
+        })
+    }
+
+    /// Estimated heap bytes of the state of every operator, each counted once.
+    pub fn state_bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|n| n.state_bytes.max(0) as u64)
+            .sum()
+    }
+
     /// Operator nodes in the graph (base tables excluded): what all caches hold.
     pub fn node_count(&self) -> usize {
         self.nodes.values().filter(|n| n.creator.is_some()).count()
@@ -360,6 +382,7 @@ impl Graph {
                 live: false,
                 signature,
                 ledger,
+                state_bytes: 0,
             },
         );
         id
@@ -396,9 +419,16 @@ impl Graph {
                 continue;
             };
             let mut output = Vec::new();
+            mem::take();
             for (input, batch) in inputs {
                 output.extend(node.op.process(input, batch));
             }
+            node.state_bytes = node.state_bytes.saturating_add(mem::take());
+            debug_assert!(
+                node.state_bytes >= 0,
+                "state bytes of {} below 0",
+                node.op.name()
+            );
             if let Some(ledger) = &mut node.ledger {
                 ledger.record(&output);
             }

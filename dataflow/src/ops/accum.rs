@@ -10,7 +10,7 @@ use larder_sql::numeric::Decimal;
 use larder_sql::plan::AggFunc;
 use larder_sql::value::{Key, Value};
 
-use super::{bump, RowCounts};
+use super::{bump, mem, RowCounts};
 use crate::order::OrdValue;
 
 /// The structurally first value with a positive count.
@@ -62,6 +62,9 @@ struct NumericSum {
     overflowed: bool,
 }
 
+/// A numeric sum's entry for one input scale.
+const SCALE_ENTRY_BYTES: i64 = 40;
+
 /// One aggregate of one group.
 #[derive(Debug)]
 pub(crate) struct Accumulator {
@@ -108,12 +111,12 @@ impl Accumulator {
         };
         // Each SQL-distinct value counts once, folded as its first present representation.
         let key = Key::from_values([value]);
-        let reps = distinct.entry(key.clone()).or_default();
+        let reps = mem::entry(distinct, key.clone());
         let before = first_present(reps);
         bump(reps, vec![value.clone()], diff);
         let after = first_present(reps);
         if reps.is_empty() {
-            distinct.remove(&key);
+            mem::remove(distinct, &key);
         }
         if before != after {
             if let Some(old) = before {
@@ -142,10 +145,14 @@ impl Accumulator {
                 match parsed {
                     Some(d) => {
                         let scales = &mut n.scales;
-                        let c = scales.entry(d.scale()).or_insert(0);
+                        let c = scales.entry(d.scale()).or_insert_with(|| {
+                            mem::charge(SCALE_ENTRY_BYTES);
+                            0
+                        });
                         *c = c.saturating_add(diff);
                         if *c == 0 {
                             scales.remove(&d.scale());
+                            mem::charge(-SCALE_ENTRY_BYTES);
                         }
                         match d
                             .checked_mul(Decimal::from_i128(i128::from(diff)))
@@ -160,10 +167,14 @@ impl Accumulator {
             }
             State::Extreme(values) => {
                 let key = OrdValue(value.clone());
-                let c = values.entry(key.clone()).or_insert(0);
+                let c = values.entry(key.clone()).or_insert_with(|| {
+                    mem::charge(mem::row_bytes(std::slice::from_ref(value)));
+                    0
+                });
                 *c = c.saturating_add(diff);
                 if *c == 0 {
                     values.remove(&key);
+                    mem::charge(-mem::row_bytes(std::slice::from_ref(value)));
                 }
             }
         }

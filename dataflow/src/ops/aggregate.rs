@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use larder_sql::value::{Key, Row, Value};
 
 use super::accum::{AccKind, Accumulator};
-use super::{bump, group_key, known, poison_with, Batch, Operator, Record, RowCounts};
+use super::{bump, group_key, known, mem, poison_with, Batch, Operator, Record, RowCounts};
 
 /// One aggregate of the node: how it folds, and which input column it reads.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +64,12 @@ impl AggregateOp {
         }
     }
 
+    /// A group's own bytes besides its key, representatives, accumulated values and output.
+    fn group_bytes(&self) -> i64 {
+        (std::mem::size_of::<Group>() + self.specs.len() * std::mem::size_of::<Accumulator>())
+            as i64
+    }
+
     fn width(&self) -> usize {
         self.group_by.len() + self.specs.len()
     }
@@ -100,6 +106,14 @@ impl AggregateOp {
     }
 }
 
+/// The bytes of a group's current output row (kept to retract it later).
+fn emitted_bytes(out: &Option<Out>) -> i64 {
+    match out {
+        Some(Out::Row(row)) => mem::row_bytes(row),
+        _ => 0,
+    }
+}
+
 impl Operator for AggregateOp {
     fn name(&self) -> &'static str {
         "aggregate"
@@ -112,7 +126,9 @@ impl Operator for AggregateOp {
         let mut group = self.new_group();
         let out = self.output(&group);
         group.emitted = out.clone();
-        self.groups.insert(Key(Vec::new()), group);
+        let key = Key(Vec::new());
+        mem::charge(mem::key_bytes(&key) + self.group_bytes() + emitted_bytes(&out));
+        self.groups.insert(key, group);
         out.into_iter().map(|o| o.record(1)).collect()
     }
 
@@ -125,6 +141,7 @@ impl Operator for AggregateOp {
                     let key = group_key(&row, &self.group_by);
                     if !self.groups.contains_key(&key) {
                         let group = self.new_group();
+                        mem::charge(mem::key_bytes(&key) + self.group_bytes());
                         self.groups.insert(key.clone(), group);
                     }
                     let group = self.groups.get_mut(&key).expect("inserted above");
@@ -159,8 +176,15 @@ impl Operator for AggregateOp {
                 }
             }
             if new.is_none() {
-                self.groups.remove(&key);
+                if let Some(group) = self.groups.remove(&key) {
+                    mem::charge(
+                        -(mem::key_bytes(&key)
+                            + self.group_bytes()
+                            + emitted_bytes(&group.emitted)),
+                    );
+                }
             } else if let Some(group) = self.groups.get_mut(&key) {
+                mem::charge(emitted_bytes(&new) - emitted_bytes(&group.emitted));
                 group.emitted = new;
             }
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use larder_sql::value::{Key, Row};
 
-use super::{bump, Batch, Operator, Record, RowCounts};
+use super::{bump, mem, Batch, Operator, Record, RowCounts};
 
 #[derive(Debug, Default)]
 pub struct DistinctOp {
@@ -49,10 +49,10 @@ impl Operator for DistinctOp {
             if !before.iter().any(|(k, _)| *k == key) {
                 before.push((key.clone(), representative(self.rows.get(&key))));
             }
-            let reps = self.rows.entry(key.clone()).or_default();
+            let reps = mem::entry(&mut self.rows, key.clone());
             bump(reps, row, diff);
             if reps.is_empty() {
-                self.rows.remove(&key);
+                mem::remove(&mut self.rows, &key);
             }
         }
         for (key, old) in before {

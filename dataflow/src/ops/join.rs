@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use larder_sql::plan::JoinKind;
 use larder_sql::value::{Key, Row, Value};
 
-use super::{bump, known, match_key, Batch, Operator, Record, RowCounts};
+use super::{bump, known, match_key, mem, Batch, Operator, Record, RowCounts};
 
 /// The rows of one side that share a key.
 #[derive(Debug, Default)]
@@ -56,6 +56,7 @@ fn store(side: &mut HashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (i6
             e.total = e.total.saturating_add(diff);
             let new = e.total;
             if e.rows.is_empty() && e.total == 0 {
+                mem::charge(-mem::key_bytes(o.key()));
                 o.remove();
             }
             (old, new)
@@ -65,6 +66,7 @@ fn store(side: &mut HashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (i6
             bump(&mut e.rows, row, diff);
             e.total = diff;
             if !e.rows.is_empty() {
+                mem::charge(mem::key_bytes(v.key()));
                 v.insert(e);
             }
             (0, diff)

@@ -30,6 +30,7 @@ pub(crate) mod aggregate;
 pub(crate) mod distinct;
 pub(crate) mod join;
 pub(crate) mod map;
+pub(crate) mod mem;
 pub(crate) mod semijoin;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -81,6 +82,7 @@ pub(crate) fn bump(rows: &mut RowCounts, row: Row, diff: i64) -> (i64, i64) {
             let old = *o.get();
             let new = old.saturating_add(diff);
             if new == 0 {
+                mem::charge(-mem::row_bytes(&o.key().0));
                 o.remove();
             } else {
                 *o.get_mut() = new;
@@ -89,6 +91,7 @@ pub(crate) fn bump(rows: &mut RowCounts, row: Row, diff: i64) -> (i64, i64) {
         }
         btree_map::Entry::Vacant(v) => {
             if diff != 0 {
+                mem::charge(mem::row_bytes(&v.key().0));
                 v.insert(diff);
             }
             (0, diff)
@@ -102,6 +105,7 @@ pub(crate) fn bump_sorted(rows: &mut BTreeMap<SortedRow, i64>, row: SortedRow, d
         btree_map::Entry::Occupied(mut o) => {
             let new = o.get().saturating_add(diff);
             if new == 0 {
+                mem::charge(-mem::row_bytes(&o.key().row));
                 o.remove();
             } else {
                 *o.get_mut() = new;
@@ -109,6 +113,7 @@ pub(crate) fn bump_sorted(rows: &mut BTreeMap<SortedRow, i64>, row: SortedRow, d
         }
         btree_map::Entry::Vacant(v) => {
             if diff != 0 {
+                mem::charge(mem::row_bytes(&v.key().row));
                 v.insert(diff);
             }
         }

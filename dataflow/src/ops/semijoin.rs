@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use larder_sql::value::{Key, Row, Value};
 
-use super::{bump, known, match_key, poison_with, Batch, Operator, Record, RowCounts};
+use super::{bump, known, match_key, mem, poison_with, Batch, Operator, Record, RowCounts};
 
 #[derive(Debug)]
 pub struct SemiJoinOp {
@@ -82,10 +82,10 @@ impl SemiJoinOp {
         }
         match key {
             Some(key) => {
-                let rows = self.left.entry(key.clone()).or_default();
+                let rows = mem::entry(&mut self.left, key.clone());
                 bump(rows, row, diff);
                 if rows.is_empty() {
-                    self.left.remove(&key);
+                    mem::remove(&mut self.left, &key);
                 }
             }
             None if self.anti => {
@@ -105,10 +105,10 @@ impl SemiJoinOp {
         self.right_total = self.right_total.saturating_add(diff);
         match &key {
             Some(k) => {
-                let c = self.right.entry(k.clone()).or_insert(0);
+                let c = mem::entry(&mut self.right, k.clone());
                 *c = c.saturating_add(diff);
                 if *c == 0 {
-                    self.right.remove(k);
+                    mem::remove(&mut self.right, k);
                 }
             }
             None => self.right_nulls = self.right_nulls.saturating_add(diff),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use larder_sql::plan::OrderKey;
 use larder_sql::value::Key;
 
-use super::{group_key, known, poison_with, Batch, Operator, Record};
+use super::{group_key, known, mem, poison_with, Batch, Operator, Record};
 use crate::order::SortedRow;
 
 type Group = BTreeMap<SortedRow, i64>;
@@ -70,7 +70,7 @@ impl Operator for TopKOp {
                     if !before.contains_key(&key) {
                         before.insert(key.clone(), top(self.groups.get(&key), self.limit));
                     }
-                    let group = self.groups.entry(key.clone()).or_default();
+                    let group = mem::entry(&mut self.groups, key.clone());
                     super::bump_sorted(
                         group,
                         SortedRow {
@@ -80,7 +80,7 @@ impl Operator for TopKOp {
                         diff,
                     );
                     if group.is_empty() {
-                        self.groups.remove(&key);
+                        mem::remove(&mut self.groups, &key);
                     }
                 }
                 Record::Poison { row, diff } => {

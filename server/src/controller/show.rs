@@ -11,12 +11,14 @@ impl Controller {
             }
             let mut props = vec![if c.always { "always" } else { "" }.to_string()];
             props.retain(|p| !p.is_empty());
-            let nodes = self
-                .core
-                .dataflow
-                .lock()
-                .expect("dataflow lock poisoned")
-                .cache_nodes(c.cache_id);
+            let (nodes, state_bytes) = {
+                let graph = self.core.dataflow.lock().expect("dataflow lock poisoned");
+                (
+                    graph.cache_nodes(c.cache_id),
+                    graph.cache_state_bytes(c.cache_id),
+                )
+            };
+            let reader_bytes = c.reader.stats().map_or(0, |s| s.bytes);
             if nodes.shared > 0 {
                 props.push(format!(
                     "shares {} of its {} operators with other caches",
@@ -35,6 +37,7 @@ impl Controller {
                 c.query.clone(),
                 props.join(", "),
                 c.hits.total().to_string(),
+                (reader_bytes + state_bytes).to_string(),
             ]);
         }
         for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {
@@ -52,6 +55,7 @@ impl Controller {
                 c.name.clone(),
                 c.query.clone(),
                 props.join(", "),
+                "0".into(),
                 "0".into(),
             ]);
         }

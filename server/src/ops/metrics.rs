@@ -39,6 +39,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("larder_caches", "Caches defined, by whether they serve now.", MetricType::GAUGE, &["state"]),
     ("larder_cache_memory_bytes", "Estimated bytes of the rows the caches' readers hold.", MetricType::GAUGE, &[]),
     ("larder_cache_rows", "Rows the caches' readers hold.", MetricType::GAUGE, &[]),
+    ("larder_dataflow_state_bytes", "Estimated bytes of the state the caches' operators hold (joins, aggregates, DISTINCT, TopK), each shared operator once.", MetricType::GAUGE, &[]),
     ("larder_caches_fresh", "1 while replication is within --max-replication-lag-ms (caches may serve), else 0.", MetricType::GAUGE, &[]),
     ("larder_replication_lag_seconds", "Age of the newest upstream WAL position (polled on an ordinary connection) that replication has applied; 0 when it has applied everything polled.", MetricType::GAUGE, &[]),
     ("larder_replication_lag_bytes", "Bytes of upstream WAL between the last polled position and the applied position.", MetricType::GAUGE, &[]),
@@ -274,6 +275,16 @@ impl Collector for LarderCollector {
             .fold((0u64, 0u64), |(r, b), s| (r + s.rows, b + s.bytes));
         f.one("larder_cache_memory_bytes", Value::Gauge(bytes as f64));
         f.one("larder_cache_rows", Value::Gauge(rows as f64));
+        let state_bytes = self.core.as_ref().map_or(0, |c| {
+            c.dataflow
+                .lock()
+                .expect("dataflow lock poisoned")
+                .state_bytes()
+        });
+        f.one(
+            "larder_dataflow_state_bytes",
+            Value::Gauge(state_bytes as f64),
+        );
 
         // Replication and freshness.
         let fr = &ops.freshness;

@@ -61,7 +61,14 @@ pub enum LarderStatement {
 pub mod columns {
     pub const CREATE_CACHE: &[&str] = &["query_id", "name", "query", "cache_type"];
     pub const EXPLAIN_CREATE_CACHE: &[&str] = &["query_id", "query", "supported"];
-    pub const SHOW_CACHES: &[&str] = &["query_id", "name", "query", "properties", "count"];
+    pub const SHOW_CACHES: &[&str] = &[
+        "query_id",
+        "name",
+        "query",
+        "properties",
+        "count",
+        "memory_bytes",
+    ];
     pub const SHOW_PROXIED_QUERIES: &[&str] = &[
         "query_id",
         "query",
