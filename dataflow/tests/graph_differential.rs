@@ -605,6 +605,24 @@ fn apply_random(rng: &mut StdRng, graph: &mut Graph, tables: &mut [Vec<Row>]) {
     graph.apply(TableId(t as u64), &changes).expect("apply");
 }
 
+/// Half the time the plan with its base tables narrowed to the columns read above them
+/// (`larder_sql::lower::prune_columns`, as `CREATE CACHE` lowers): the reader must hold the
+/// same rows as the naive evaluation of the plan as written.
+fn maybe_pruned(rng: &mut StdRng, plan: &CachePlan, keyed: &Option<keyed::Reference>) -> CachePlan {
+    if keyed.is_none() && rng.gen_bool(0.5) {
+        let pruned = larder_sql::lower::prune_columns(plan.clone());
+        if pruned != *plan {
+            PRUNED_PLANS.fetch_add(1, Ordering::Relaxed);
+        }
+        pruned
+    } else {
+        plan.clone()
+    }
+}
+
+/// Plans that pruning narrowed, over all seeds: pruning must be exercised.
+static PRUNED_PLANS: AtomicUsize = AtomicUsize::new(0);
+
 /// Shared nodes seen in caches added mid-way, over all seeds: sharing must be exercised.
 static SHARED_NODES: AtomicUsize = AtomicUsize::new(0);
 
@@ -636,7 +654,7 @@ fn run_seed(seed: u64) {
     for _ in 0..3 {
         let (plan, keyed) = next_plan(&mut rng, &caches);
         let (id, handle) = graph
-            .add_cache(&plan)
+            .add_cache(&maybe_pruned(&mut rng, &plan, &keyed))
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
         bootstrap_from(&mut graph, id, &tables);
         caches.push(Cache {
@@ -654,7 +672,7 @@ fn run_seed(seed: u64) {
             // nodes it may share is sometimes dropped while it fills.
             let (plan, keyed) = next_plan(&mut rng, &caches);
             let (id, handle) = graph
-                .add_cache(&plan)
+                .add_cache(&maybe_pruned(&mut rng, &plan, &keyed))
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
             let snapshot = tables.clone();
             apply_random(&mut rng, &mut graph, &mut tables);
@@ -714,8 +732,13 @@ fn random_plans_match_naive_evaluation() {
         run_seed(seed);
     }
     let shared = SHARED_NODES.load(Ordering::Relaxed);
-    eprintln!("graph_differential: {iters} seeds, {shared} shared nodes in caches added mid-way");
+    let pruned = PRUNED_PLANS.load(Ordering::Relaxed);
+    eprintln!(
+        "graph_differential: {iters} seeds, {shared} shared nodes in caches added mid-way, \
+         {pruned} plans narrowed by pruning"
+    );
     assert!(iters < 20 || shared > 0, "no cache shared a node");
+    assert!(iters < 20 || pruned > 0, "no plan was narrowed by pruning");
 }
 
 /// Operators account for the bytes of their state as they store and drop it: once every row
@@ -740,7 +763,9 @@ fn state_bytes_return_to_their_start_when_the_tables_empty() {
         let mut caches: Vec<Cache> = Vec::new();
         for _ in 0..3 {
             let (plan, keyed) = next_plan(&mut rng, &caches);
-            let (id, handle) = graph.add_cache(&plan).expect("plan");
+            let (id, handle) = graph
+                .add_cache(&maybe_pruned(&mut rng, &plan, &keyed))
+                .expect("plan");
             graph.finish_bootstrap(id).expect("finish");
             caches.push(Cache {
                 id,

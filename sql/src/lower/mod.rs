@@ -86,6 +86,7 @@ mod expr;
 mod from;
 mod funcs;
 mod graph;
+mod prune;
 mod range;
 mod reader;
 mod scope;
@@ -98,6 +99,7 @@ mod util;
 #[cfg(test)]
 mod tests;
 
+pub use prune::prune_columns;
 pub use types::sql_type_of;
 
 use aggregate::AggCtx;
@@ -130,6 +132,16 @@ pub const PARAMS_MAX: usize = 1024;
 /// [`CachePlan::fixed_params`]; a client's own placeholder there is refused. Passing `&[]`
 /// treats every slot as a client placeholder.
 pub fn lower(
+    query: &Query,
+    catalog: &dyn Catalog,
+    params: &[ParamSource],
+) -> Result<CachePlan, Unsupported> {
+    lower_unpruned(query, catalog, params).map(prune::prune_columns)
+}
+
+/// [`lower`] without narrowing base tables to the columns read ([`prune_columns`]): the plan
+/// as the query's structure gives it.
+pub fn lower_unpruned(
     query: &Query,
     catalog: &dyn Catalog,
     params: &[ParamSource],

@@ -139,9 +139,11 @@ pub(super) fn catalog() -> TestCatalog {
     }
 }
 
+/// The plan as lowering builds it, before [`prune_columns`](crate::lower::prune_columns)
+/// (whose own tests are in `prune`).
 pub(super) fn plan(sql: &str) -> CachePlan {
     let n = normalize(sql, Dialect::Postgres).unwrap();
-    match lower(&n.query, &catalog(), &n.params) {
+    match crate::lower::lower_unpruned(&n.query, &catalog(), &n.params) {
         Ok(p) => p,
         Err(e) => panic!("{sql}: {e}"),
     }
@@ -197,6 +199,7 @@ mod aggregate;
 mod functions;
 mod joins;
 mod keys;
+mod prune;
 mod setop;
 mod single;
 mod subquery;
