@@ -19,8 +19,8 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use super::copy_text::for_each_field;
-use super::snapshot_plan::{Part, Plan, TableCopy, TID_RANGE_SCAN_VERSION_NUM};
 pub use super::snapshot_plan::SnapshotMemory;
+use super::snapshot_plan::{Part, Plan, TableCopy, TID_RANGE_SCAN_VERSION_NUM};
 use super::{quote_ident, DiscoveredTable, PgSource, PgSourceOptions};
 use crate::change::RelationInfo;
 use crate::error::ReplicationError;
@@ -354,9 +354,7 @@ impl Batcher<'_> {
         limits: &Limits,
     ) -> Result<(), ReplicationError> {
         let rel = &self.table.relation;
-        self.bytes += line.len()
-            + 24
-            + rel.schema.columns.len() * std::mem::size_of::<Value>();
+        self.bytes += line.len() + 24 + rel.schema.columns.len() * std::mem::size_of::<Value>();
         self.rows.push(parse_copy_row(rel, line)?);
         if self.rows.len() >= limits.batch_rows_max || self.bytes >= limits.batch_bytes_max {
             self.flush(sink, false, false).await?;

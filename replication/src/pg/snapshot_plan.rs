@@ -186,7 +186,14 @@ mod tests {
         let (big, small, keyless) = (table(1, true), table(2, true), table(3, false));
         let block = 8192;
         let sizes = [1000 * block, 3 * block, 1000 * block];
-        let plan = Plan::new(vec![&big, &small, &keyless], &sizes, block, 100 * block, 2, true);
+        let plan = Plan::new(
+            vec![&big, &small, &keyless],
+            &sizes,
+            block,
+            100 * block,
+            2,
+            true,
+        );
         let big_parts: Vec<_> = plan.parts.iter().filter(|p| p.table == 0).collect();
         assert_eq!(big_parts.len(), 4);
         let mut ranges: Vec<_> = big_parts.iter().map(|p| p.pages.unwrap()).collect();

@@ -149,7 +149,12 @@ async fn text_order_is_bytewise(source: &PgSource) -> bool {
 }
 
 /// Load the tables Larder already has (after a restart) into the registry and the graph.
+/// Without a stored position no snapshot ever completed (a copy was interrupted): the stored
+/// rows are not trusted, nothing is loaded, and replication starts with a fresh snapshot.
 pub fn load_stored_tables(core: &Core) -> Result<(), ApplyError> {
+    if core.storage.position()?.is_none() {
+        return Ok(());
+    }
     let stored = core.storage.tables()?;
     let skipped = core.storage.skipped_tables()?;
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");

@@ -73,8 +73,10 @@ impl BulkBuffer {
             encode_key(&row[..key.len()], &mut self.arena);
         } else {
             self.key_values.clear();
-            self.key_values
-                .extend(key.iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)));
+            self.key_values.extend(
+                key.iter()
+                    .map(|&i| row.get(i).cloned().unwrap_or(Value::Null)),
+            );
             encode_key(&self.key_values, &mut self.arena);
         }
         let key_len = self.arena.len() - offset;
@@ -264,10 +266,7 @@ mod tests {
             schema: TableSchema {
                 schema: "public".into(),
                 name: "t".into(),
-                columns: vec![
-                    col("a", SqlType::Int8, 20),
-                    col("b", SqlType::Text, 25),
-                ],
+                columns: vec![col("a", SqlType::Int8, 20), col("b", SqlType::Text, 25)],
                 key,
             },
         }
@@ -304,13 +303,21 @@ mod tests {
                 .bulk_insert(&mut buffer, &keyless, vec![row(7, "dup"), row(8, "one")])
                 .unwrap();
         }
-        storage.bulk_insert(&mut buffer, &keyless, vec![row(7, "dup")]).unwrap();
+        storage
+            .bulk_insert(&mut buffer, &keyless, vec![row(7, "dup")])
+            .unwrap();
         storage.bulk_load_end().unwrap();
 
         assert_eq!(storage.count_rows(keyed.id).unwrap(), 60_001);
         let mut txn = storage.begin();
-        assert_eq!(txn.get(&keyed, &[Value::Int(5)]).unwrap(), Some(row(5, "again")));
-        assert_eq!(txn.get(&keyed, &[Value::Int(-1)]).unwrap(), Some(row(-1, "neg")));
+        assert_eq!(
+            txn.get(&keyed, &[Value::Int(5)]).unwrap(),
+            Some(row(5, "again"))
+        );
+        assert_eq!(
+            txn.get(&keyed, &[Value::Int(-1)]).unwrap(),
+            Some(row(-1, "neg"))
+        );
         assert_eq!(
             txn.get(&keyed, &[Value::Int(59_999)]).unwrap(),
             Some(row(59_999, &"x".repeat(80)))
@@ -319,7 +326,16 @@ mod tests {
         assert_eq!(txn.get(&by_second, &probe).unwrap(), Some(row(2, "k2")));
         let mut rows = storage.scan_table(keyless.id).unwrap();
         rows.sort_by_key(|r| format!("{r:?}"));
-        assert_eq!(rows, vec![row(7, "dup"), row(7, "dup"), row(7, "dup"), row(8, "one"), row(8, "one")]);
+        assert_eq!(
+            rows,
+            vec![
+                row(7, "dup"),
+                row(7, "dup"),
+                row(7, "dup"),
+                row(8, "one"),
+                row(8, "one")
+            ]
+        );
         // Rows written by the stream afterwards behave as before.
         assert_eq!(
             txn.insert(&keyed, row(5, "updated")).unwrap(),

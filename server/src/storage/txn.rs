@@ -189,7 +189,10 @@ impl<'a> Txn<'a> {
 
     /// Write everything without the WAL (bulk loading only: see [`Storage::bulk_load_end`]).
     pub(super) fn commit_unlogged(mut self) -> Result<(), StorageError> {
-        debug_assert!(self.position.is_none(), "a position is never written unlogged");
+        debug_assert!(
+            self.position.is_none(),
+            "a position is never written unlogged"
+        );
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
         self.storage
