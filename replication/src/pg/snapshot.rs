@@ -461,3 +461,53 @@ pub(crate) fn parse_copy_row(rel: &RelationInfo, line: &[u8]) -> Result<Row, Rep
     }
     Ok(row)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ReplicaIdentity, TableStatus};
+    use larder_sql::{Column, SqlType, TableSchema};
+
+    fn rel() -> RelationInfo {
+        let col = |name: &str, ty, type_oid| Column {
+            name: name.into(),
+            ty,
+            type_oid,
+            typmod: -1,
+        };
+        RelationInfo {
+            oid: 1,
+            schema: TableSchema {
+                schema: "public".into(),
+                name: "t".into(),
+                columns: vec![col("id", SqlType::Int4, 23), col("note", SqlType::Text, 25)],
+                key: vec![0],
+            },
+            replica_identity: ReplicaIdentity::Default,
+            status: TableStatus::Replicated,
+        }
+    }
+
+    #[test]
+    fn copy_rows_decode_to_typed_values_and_shape_errors_are_reported() {
+        let r = rel();
+        assert_eq!(
+            parse_copy_row(&r, b"7\ta\\tb").unwrap(),
+            vec![Value::Int(7), Value::Text("a\tb".into())]
+        );
+        assert_eq!(
+            parse_copy_row(&r, b"\\N\t\\N").unwrap(),
+            vec![Value::Null, Value::Null]
+        );
+        // Not an int4: kept as text, never an error.
+        assert_eq!(
+            parse_copy_row(&r, b"99999999999\tx").unwrap()[0],
+            Value::Unrepresentable("99999999999".into())
+        );
+        for bad in [&b"1"[..], b"1\tx\ty"] {
+            let e = parse_copy_row(&r, bad).unwrap_err().to_string();
+            assert!(e.contains("expected 2"), "{e}");
+        }
+        assert!(parse_copy_row(&r, b"1\t\\377").is_err());
+    }
+}

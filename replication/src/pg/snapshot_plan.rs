@@ -47,7 +47,8 @@ impl PgSourceOptions {
         SnapshotMemory {
             workers,
             batch_max_bytes,
-            sink_buffer_max_bytes: per_worker.saturating_sub(batch_max_bytes),
+            // Sinks index their buffers with 32-bit offsets; a gigabyte is plenty.
+            sink_buffer_max_bytes: per_worker.saturating_sub(batch_max_bytes).min(1 << 30),
         }
     }
 }

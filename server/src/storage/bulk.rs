@@ -29,7 +29,7 @@ const BULK_DIR: &str = "bulk";
 const SST_MIN_BYTES: usize = 4 << 20;
 /// Rows read ahead of the one being written to an SST file.
 const PREFETCH_DISTANCE: usize = 16;
-/// A buffer never grows past this (offsets are `u32`).
+/// A buffer never grows past this (offsets are `u32`; callers flush far earlier).
 const BUFFER_MAX_BYTES: usize = 1 << 31;
 
 /// One encoded row: key then value, at `offset` in the buffer's arena.
@@ -86,9 +86,8 @@ impl BulkBuffer {
         encode_row(row, &mut self.arena);
         let value_len = self.arena.len() - offset - key_len;
         if self.arena.len() > BUFFER_MAX_BYTES {
-            return Err(StorageError::Corrupt {
-                what: "bulk load buffer".into(),
-                detail: format!("more than {BUFFER_MAX_BYTES} bytes"),
+            return Err(StorageError::BulkBufferFull {
+                limit_bytes: BUFFER_MAX_BYTES,
             });
         }
         let mut prefix = [0u8; 8];

@@ -42,6 +42,8 @@ pub enum StorageError {
     Corrupt { what: String, detail: String },
     #[error("replication position would move backwards: stored {stored}, new {new}")]
     PositionBackwards { stored: u64, new: u64 },
+    #[error("bulk load buffer above {limit_bytes} bytes: flush it earlier")]
+    BulkBufferFull { limit_bytes: usize },
     #[error("{path}: {source}")]
     Io {
         path: String,
