@@ -20,5 +20,5 @@ pub use change::{Change, NewRow, OldRow, RelationInfo, ReplicaIdentity, TableSta
 pub use error::ReplicationError;
 pub use pg::{
     ChangeBatch, DiscoveredTable, FreshSlot, Lsn, OpenOutcome, PgSource, PgSourceOptions,
-    SnapshotBatch, SnapshotSink, SnapshotSummary,
+    SnapshotBatch, SnapshotMemory, SnapshotSink, SnapshotSummary,
 };

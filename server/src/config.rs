@@ -112,6 +112,22 @@ pub struct Config {
     #[arg(long, env = "TRANSACTION_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub transaction_memory_max_bytes: usize,
 
+    /// Initial snapshot: tables (or ranges of large tables) copied at once, each on its own
+    /// upstream connection importing the same exported snapshot.
+    #[arg(long, env = "SNAPSHOT_PARALLELISM", default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub snapshot_parallelism: u16,
+
+    /// Initial snapshot: memory the copy may hold in all (decoded batches and buffers of
+    /// encoded rows, divided between the workers).
+    #[arg(long, env = "SNAPSHOT_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub snapshot_memory_max_bytes: usize,
+
+    /// Initial snapshot: a keyed table whose heap is at least this large is copied in ranges
+    /// of pages by several workers (Postgres 14 and later; 0: never split).
+    #[arg(long, env = "SNAPSHOT_SPLIT_MIN_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub snapshot_split_min_bytes: usize,
+
     /// Time a client has to finish start-up and authentication.
     #[arg(long, env = "STARTUP_TIMEOUT_MS", default_value_t = 30_000)]
     pub startup_timeout_ms: u64,

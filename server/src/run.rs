@@ -143,6 +143,9 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
             .context("configuring replication")?
             .with_options(larder_replication::PgSourceOptions {
                 transaction_memory_max_bytes: cfg.transaction_memory_max_bytes,
+                snapshot_parallelism: cfg.snapshot_parallelism.into(),
+                snapshot_memory_max_bytes: cfg.snapshot_memory_max_bytes,
+                snapshot_split_min_bytes: cfg.snapshot_split_min_bytes,
                 ..Default::default()
             }),
     );

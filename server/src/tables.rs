@@ -65,6 +65,8 @@ pub struct SnapshotProgress {
     pub percent: Option<f64>,
     /// At the rate so far, until the estimate is copied.
     pub eta: Option<Duration>,
+    /// Rows copied per second so far.
+    pub rows_per_second: Option<f64>,
 }
 
 impl TableState {
@@ -80,19 +82,24 @@ impl TableState {
         };
         let total = rows_estimated.filter(|t| *t > 0);
         let percent = total.map(|t| (*rows_done as f64 / t as f64 * 100.0).min(100.0));
-        let eta = match (total, clock) {
-            (Some(t), Some(c)) if *rows_done > 0 => {
-                let elapsed = now.saturating_duration_since(c.started).as_secs_f64();
+        let elapsed = clock.map(|c| now.saturating_duration_since(c.started).as_secs_f64());
+        let eta = match (total, elapsed) {
+            (Some(t), Some(elapsed)) if *rows_done > 0 => {
                 let left = t.saturating_sub(*rows_done) as f64;
                 Some(Duration::from_secs_f64(elapsed / *rows_done as f64 * left))
             }
             _ => None,
         };
+        // Over less than a second the rate says little.
+        let rows_per_second = elapsed
+            .filter(|e| *e >= 1.0 && *rows_done > 0)
+            .map(|e| *rows_done as f64 / e);
         Some(SnapshotProgress {
             rows_done: *rows_done,
             rows_estimated: *rows_estimated,
             percent,
             eta,
+            rows_per_second,
         })
     }
 
@@ -106,6 +113,9 @@ impl TableState {
                     }
                     _ => format!("{} rows", p.rows_done),
                 };
+                if let Some(rate) = p.rows_per_second {
+                    text.push_str(&format!(", {rate:.0} rows/s"));
+                }
                 if let Some(eta) = p.eta {
                     text.push_str(&format!(", about {} s left", eta.as_secs()));
                 }
@@ -198,6 +208,7 @@ mod tests {
         assert_eq!(p.percent, Some(25.0));
         // 250 rows in 10 s: 750 more take 30 s.
         assert_eq!(p.eta.map(|d| d.as_secs()), Some(30));
+        assert_eq!(p.rows_per_second, Some(25.0));
         // No estimate (never analyzed): rows only.
         let unknown = TableState::Snapshotting {
             rows_done: 5,
@@ -205,7 +216,7 @@ mod tests {
             clock: Some(SnapshotClock::new(t0)),
         };
         let p = unknown.progress(t0).unwrap();
-        assert_eq!((p.percent, p.eta), (None, None));
+        assert_eq!((p.percent, p.eta, p.rows_per_second), (None, None, None));
         assert_eq!(unknown.describe().1, "5 rows");
         assert!(TableState::Online.progress(t0).is_none());
     }

@@ -6,10 +6,38 @@
 //! backslash-escaped (`\t \n \r \\ \b \f \v`, `\ooo` octal, `\xhh` hex; any other escaped
 //! character stands for itself).
 
+use std::borrow::Cow;
+
 /// Splits one row (without its trailing newline) into decoded fields; `None` is SQL NULL.
 /// Fails when an escape produces bytes that are not UTF-8.
 pub fn decode_row(line: &[u8]) -> Result<Vec<Option<String>>, String> {
     line.split(|b| *b == b'\t').map(decode_field).collect()
+}
+
+/// Calls `f` with each field of one row (without its trailing newline), in order. A field
+/// without escapes is lent from `line` (no allocation); `None` is SQL NULL. Stops at the first
+/// error, of decoding or of `f`.
+pub fn for_each_field<E: From<String>>(
+    line: &[u8],
+    mut f: impl FnMut(Option<Cow<'_, str>>) -> Result<(), E>,
+) -> Result<(), E> {
+    for raw in line.split(|b| *b == b'\t') {
+        f(field_cow(raw)?)?;
+    }
+    Ok(())
+}
+
+/// One field, borrowed when it holds no escape.
+fn field_cow(raw: &[u8]) -> Result<Option<Cow<'_, str>>, String> {
+    if raw == b"\\N" {
+        return Ok(None);
+    }
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(raw)
+            .map(|s| Some(Cow::Borrowed(s)))
+            .map_err(|e| format!("COPY field is not UTF-8: {e}"));
+    }
+    Ok(decode_field(raw)?.map(Cow::Owned))
 }
 
 /// Decodes one field of a COPY text row.
@@ -114,6 +142,22 @@ mod tests {
         assert_eq!(decode_field(b"\\xzz").unwrap(), s("xzz"));
         // A literal "\N" inside a longer value is escaped as "\\N" by Postgres.
         assert_eq!(decode_field(b"\\\\N").unwrap(), s("\\N"));
+    }
+
+    #[test]
+    fn fields_are_lent_unless_escaped() {
+        let mut seen = Vec::new();
+        for_each_field::<String>(b"1\t\\N\tab\\tc\t", |f| {
+            seen.push(match f {
+                None => "NULL".to_string(),
+                Some(Cow::Borrowed(s)) => format!("lent {s}"),
+                Some(Cow::Owned(s)) => format!("owned {s}"),
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["lent 1", "NULL", "owned ab\tc", "lent "]);
+        assert!(for_each_field::<String>(b"\\377", |_| Ok(())).is_err());
     }
 
     #[test]

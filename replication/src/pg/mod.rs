@@ -43,6 +43,7 @@ mod filter;
 mod lsn;
 mod prereq;
 mod snapshot;
+mod snapshot_plan;
 mod stream;
 
 use std::fmt;
@@ -56,7 +57,7 @@ use tracing::{info, warn};
 pub use discovery::DiscoveredTable;
 pub use filter::TableFilter;
 pub use lsn::Lsn;
-pub use snapshot::{SnapshotBatch, SnapshotSink, SnapshotSummary};
+pub use snapshot::{SnapshotBatch, SnapshotMemory, SnapshotSink, SnapshotSummary};
 pub use stream::{ChangeBatch, TxnPart};
 
 use crate::error::ReplicationError;
@@ -66,8 +67,14 @@ use crate::error::ReplicationError;
 pub struct PgSourceOptions {
     /// Rows per [`SnapshotBatch`].
     pub snapshot_batch_rows_max: usize,
-    /// Approximate decoded bytes per [`SnapshotBatch`].
+    /// Approximate decoded bytes per [`SnapshotBatch`] (at most; see [`SnapshotMemory`]).
     pub snapshot_batch_bytes_max: usize,
+    /// Tables or table ranges copied at once, each on its own connection.
+    pub snapshot_parallelism: usize,
+    /// Memory the snapshot copy may hold in all (batches and sink buffers of every worker).
+    pub snapshot_memory_max_bytes: usize,
+    /// Heap size from which a keyed table is copied in ranges by several workers (0: never).
+    pub snapshot_split_min_bytes: usize,
     /// Longest single COPY row accepted.
     pub copy_row_bytes_max: usize,
     /// Largest part of an upstream transaction held in memory (approximate: sum of the
@@ -81,8 +88,11 @@ pub struct PgSourceOptions {
 impl Default for PgSourceOptions {
     fn default() -> Self {
         PgSourceOptions {
-            snapshot_batch_rows_max: 1_000,
+            snapshot_batch_rows_max: 16_384,
             snapshot_batch_bytes_max: 8 << 20,
+            snapshot_parallelism: 1,
+            snapshot_memory_max_bytes: 256 << 20,
+            snapshot_split_min_bytes: 64 << 20,
             copy_row_bytes_max: 256 << 20,
             transaction_memory_max_bytes: 256 << 20,
             status_interval_ms: 1_000,
@@ -359,6 +369,7 @@ impl PgSource {
     /// Replaces the tunables; zero sizes/intervals are raised to 1.
     pub fn with_options(mut self, mut options: PgSourceOptions) -> PgSource {
         options.snapshot_batch_rows_max = options.snapshot_batch_rows_max.max(1);
+        options.snapshot_parallelism = options.snapshot_parallelism.max(1);
         options.transaction_memory_max_bytes = options.transaction_memory_max_bytes.max(1);
         options.status_interval_ms = options.status_interval_ms.max(1);
         self.options = options;
@@ -567,15 +578,15 @@ impl PgSource {
         discovery::discover(&client, &self.name, &self.filter).await
     }
 
-    /// Copies every `Replicated` table of `tables` as of `fresh`'s snapshot into `sink`.
-    pub async fn snapshot<S: SnapshotSink>(
+    /// Copies every `Replicated` table of `tables` as of `fresh`'s snapshot into `sink` (and
+    /// its clones, one per worker beyond the first).
+    pub async fn snapshot<S: SnapshotSink + Clone>(
         &self,
         fresh: &FreshSlot,
         tables: &[DiscoveredTable],
         sink: &mut S,
     ) -> Result<SnapshotSummary, ReplicationError> {
-        let client = self.client().await?;
-        snapshot::run(&client, &fresh.snapshot, tables, sink, &self.options).await
+        snapshot::run(self, &fresh.snapshot, tables, sink, &self.options).await
     }
 
     /// Copies one table as it is now (after its shape changed); see `snapshot::run_now`.
@@ -629,7 +640,7 @@ impl PgSource {
         &self.filter
     }
 
-    pub(crate) fn options(&self) -> &PgSourceOptions {
+    pub fn options(&self) -> &PgSourceOptions {
         &self.options
     }
 }

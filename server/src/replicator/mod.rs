@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::core::Core;
-use crate::storage::{StorageError, StoredTable, Txn};
+use crate::storage::{BulkBuffer, StorageError, StoredTable, Txn};
 use crate::tables::{TableEntry, TableState};
 
 mod apply;
@@ -149,7 +149,12 @@ async fn text_order_is_bytewise(source: &PgSource) -> bool {
 }
 
 /// Load the tables Larder already has (after a restart) into the registry and the graph.
+/// Without a stored position no snapshot ever completed (a copy was interrupted): the stored
+/// rows are not trusted, nothing is loaded, and replication starts with a fresh snapshot.
 pub fn load_stored_tables(core: &Core) -> Result<(), ApplyError> {
+    if core.storage.position()?.is_none() {
+        return Ok(());
+    }
     let stored = core.storage.tables()?;
     let skipped = core.storage.skipped_tables()?;
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
@@ -182,65 +187,116 @@ pub fn load_stored_tables(core: &Core) -> Result<(), ApplyError> {
     Ok(())
 }
 
-struct StorageSink<'a> {
-    core: &'a Core,
+/// Writes a snapshot's rows into storage, bulk-loaded (see `storage::bulk`). Each copy worker
+/// has its own clone, with its own buffer of encoded rows.
+struct StorageSink {
+    core: Arc<Core>,
+    buffer: Option<BulkBuffer>,
+    buffer_max_bytes: usize,
 }
 
-impl SnapshotSink for StorageSink<'_> {
-    async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
-        let core = self.core;
+impl Clone for StorageSink {
+    fn clone(&self) -> Self {
+        StorageSink {
+            core: self.core.clone(),
+            buffer: Some(BulkBuffer::default()),
+            buffer_max_bytes: self.buffer_max_bytes,
+        }
+    }
+}
+
+impl SnapshotSink for StorageSink {
+    async fn deliver(&mut self, mut batch: SnapshotBatch) -> Result<(), String> {
         let stored = {
-            let tables = core.tables.read().expect("tables lock poisoned");
+            let tables = self.core.tables.read().expect("tables lock poisoned");
             tables.get(batch.rel).and_then(|t| t.stored.clone())
         };
         let Some(table) = stored else {
             return Err(format!("snapshot rows for unknown relation {}", batch.rel));
         };
-        let mut txn = core.storage.begin();
-        core.ops.snapshot_rows.add(batch.rows.len() as u64);
-        for row in batch.rows {
-            check_row(&table, &row).map_err(|e| e.to_string())?;
-            txn.insert(&table, row).map_err(|e| e.to_string())?;
-        }
-        txn.commit().map_err(|e| e.to_string())?;
-        let mut tables = core.tables.write().expect("tables lock poisoned");
-        if let Some(entry) = tables.get_mut(batch.rel) {
-            let now = std::time::Instant::now();
-            let mut clock = match entry.state {
-                TableState::Snapshotting { clock: Some(c), .. } => c,
-                _ => crate::tables::SnapshotClock::new(now),
-            };
-            entry.state = if batch.table_done {
-                info!(table = %format!("{}.{}", entry.schema.schema, entry.schema.name), rows = batch.rows_done, "table snapshot done");
-                TableState::Online
-            } else {
-                TableState::Snapshotting {
-                    rows_done: batch.rows_done,
-                    rows_estimated: batch.rows_estimated,
-                    clock: Some(clock),
+        self.core.ops.snapshot_rows.add(batch.rows.len() as u64);
+        // Encoding and writing are blocking work: off the runtime, while the other workers
+        // go on reading their COPY.
+        let rows = std::mem::take(&mut batch.rows);
+        let flush = batch.part_done || batch.table_done;
+        let buffer_max_bytes = self.buffer_max_bytes;
+        let mut buffer = self.buffer.take().unwrap_or_default();
+        let core = self.core.clone();
+        let (buffer, written) = tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                for row in &rows {
+                    check_row(&table, row)?;
                 }
-            };
-            if !batch.table_done && clock.log_due(now) {
-                let p = entry.state.progress(now).unwrap_or_default();
-                info!(
-                    table = %format!("{}.{}", entry.schema.schema, entry.schema.name),
-                    rows_done = p.rows_done,
-                    rows_estimated = p.rows_estimated.unwrap_or(0),
-                    percent = p.percent.map_or(-1.0, |x| (x * 10.0).round() / 10.0),
-                    eta_seconds = p.eta.map_or(-1, |d| d.as_secs() as i64),
-                    "snapshot progress"
-                );
-                if let TableState::Snapshotting { clock: c, .. } = &mut entry.state {
-                    *c = Some(clock);
+                core.storage.bulk_insert(&mut buffer, &table, rows)?;
+                if flush || buffer.bytes() >= buffer_max_bytes {
+                    core.storage.bulk_flush(&mut buffer)?;
                 }
-            }
-        }
+                Ok::<(), ApplyError>(())
+            })();
+            (buffer, written)
+        })
+        .await
+        .map_err(|e| format!("snapshot write task: {e}"))?;
+        self.buffer = Some(buffer);
+        written.map_err(|e| e.to_string())?;
+        record_progress(&self.core, &batch);
         Ok(())
     }
 }
 
+/// A table's snapshot state after a delivered batch: progress (rows, percent, ETA, rate, with
+/// a log line at a bounded interval), or Online once every part of it is stored.
+fn record_progress(core: &Core, batch: &SnapshotBatch) {
+    let mut tables = core.tables.write().expect("tables lock poisoned");
+    let Some(entry) = tables.get_mut(batch.rel) else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    let (mut clock, done_before) = match entry.state {
+        TableState::Snapshotting {
+            clock: Some(c),
+            rows_done,
+            ..
+        } => (c, rows_done),
+        _ => (crate::tables::SnapshotClock::new(now), 0),
+    };
+    let name = format!("{}.{}", entry.schema.schema, entry.schema.name);
+    if batch.table_done {
+        let secs = now.saturating_duration_since(clock.started).as_secs_f64();
+        info!(
+            table = %name,
+            rows = batch.rows_done,
+            seconds = (secs * 10.0).round() / 10.0,
+            rows_per_second = (batch.rows_done as f64 / secs.max(0.001)) as u64,
+            "table snapshot done"
+        );
+        entry.state = TableState::Online;
+        return;
+    }
+    // Workers deliver concurrently: a later batch may carry an older count.
+    let rows_done = batch.rows_done.max(done_before);
+    let log = clock.log_due(now);
+    entry.state = TableState::Snapshotting {
+        rows_done,
+        rows_estimated: batch.rows_estimated,
+        clock: Some(clock),
+    };
+    if log {
+        let p = entry.state.progress(now).unwrap_or_default();
+        info!(
+            table = %name,
+            rows_done = p.rows_done,
+            rows_estimated = p.rows_estimated.unwrap_or(0),
+            percent = p.percent.map_or(-1.0, |x| (x * 10.0).round() / 10.0),
+            rows_per_second = p.rows_per_second.map_or(0, |r| r as u64),
+            eta_seconds = p.eta.map_or(-1, |d| d.as_secs() as i64),
+            "snapshot progress"
+        );
+    }
+}
+
 async fn initial_snapshot(
-    core: &Core,
+    core: &Arc<Core>,
     source: &PgSource,
     fresh: &larder_replication::FreshSlot,
     tables: &[DiscoveredTable],
@@ -269,12 +325,43 @@ async fn initial_snapshot(
         }
         txn.commit()?;
     }
-    let summary = source
-        .snapshot(fresh, tables, &mut StorageSink { core })
-        .await?;
+    let memory = source.options().snapshot_memory();
+    info!(
+        workers = memory.workers,
+        memory_max_bytes = memory.total_max_bytes(),
+        "snapshot memory bound"
+    );
+    core.storage.bulk_load_begin()?;
+    let started = std::time::Instant::now();
+    let mut sink = StorageSink {
+        core: core.clone(),
+        buffer: Some(BulkBuffer::default()),
+        buffer_max_bytes: memory.sink_buffer_max_bytes,
+    };
+    let summary = match source.snapshot(fresh, tables, &mut sink).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Err(abort) = core.storage.bulk_load_abort() {
+                warn!(error = %abort, "ending the failed bulk load");
+            }
+            return Err(e.into());
+        }
+    };
+    drop(sink);
+    // Durable before the caller records the position the copy is consistent at.
+    let storage = core.clone();
+    tokio::task::spawn_blocking(move || storage.storage.bulk_load_end())
+        .await
+        .map_err(|e| ApplyError::Copy(format!("finishing the bulk load: {e}")))??;
+    let secs = started.elapsed().as_secs_f64();
     info!(
         tables = summary.tables,
         rows = summary.rows,
+        parts = summary.parts,
+        workers = summary.workers,
+        seconds = (secs * 10.0).round() / 10.0,
+        rows_per_second = (summary.rows as f64 / secs.max(0.001)) as u64,
+        stored_bytes = core.storage.rows_disk_bytes().unwrap_or(0),
         "snapshot copied"
     );
     Ok(())

@@ -19,8 +19,10 @@ use larder_sql::{Row, TableSchema, Value};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use thiserror::Error;
 
+mod bulk;
 mod txn;
 
+pub use bulk::BulkBuffer;
 pub use txn::Txn;
 
 const CF_ROWS: &str = "rows";
@@ -40,6 +42,14 @@ pub enum StorageError {
     Corrupt { what: String, detail: String },
     #[error("replication position would move backwards: stored {stored}, new {new}")]
     PositionBackwards { stored: u64, new: u64 },
+    #[error("bulk load buffer above {limit_bytes} bytes: flush it earlier")]
+    BulkBufferFull { limit_bytes: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type TableId = u32;
@@ -115,6 +125,9 @@ pub struct Snapshot<'a>(rocksdb::SnapshotWithThreadMode<'a, DB>);
 
 pub struct Storage {
     db: DB,
+    dir: std::path::PathBuf,
+    /// Names of bulk-load SST files (see [`Storage::bulk_load_begin`]).
+    bulk_files: std::sync::atomic::AtomicU64,
 }
 
 impl Storage {
@@ -127,7 +140,11 @@ impl Storage {
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Storage { db })
+        Ok(Storage {
+            db,
+            dir: dir.to_path_buf(),
+            bulk_files: Default::default(),
+        })
     }
 
     pub(super) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

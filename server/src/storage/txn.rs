@@ -187,6 +187,20 @@ impl<'a> Txn<'a> {
         self.position = Some(position);
     }
 
+    /// Write everything without the WAL (bulk loading only: see [`Storage::bulk_load_end`]).
+    pub(super) fn commit_unlogged(mut self) -> Result<(), StorageError> {
+        debug_assert!(
+            self.position.is_none(),
+            "a position is never written unlogged"
+        );
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        self.storage
+            .db
+            .write_opt(std::mem::take(&mut self.batch), &opts)?;
+        Ok(())
+    }
+
     /// Write everything, together with the new position if one was set, atomically.
     pub fn commit(mut self) -> Result<(), StorageError> {
         if let Some(new) = self.position {
