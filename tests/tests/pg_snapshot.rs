@@ -193,6 +193,18 @@ async fn parallel_range_split_copy_holds_every_row_exactly_once() {
     );
     wait_caught_up(&direct, &lc).await;
     every_row_matches(&lc, &direct).await;
+    // The copy's bounds are shown with the status.
+    let status = lc.simple_query("SHOW LARDER STATUS").await.expect("status");
+    let copy = status.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("Snapshot Copy") => {
+            r.get(1).map(str::to_string)
+        }
+        _ => None,
+    });
+    assert_eq!(
+        copy.as_deref(),
+        Some("3 connections, at most 12582912 bytes of rows in memory")
+    );
 }
 
 /// `kill -9` while the copy runs (with parts of it already written as SST files): the restart

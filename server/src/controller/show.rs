@@ -94,6 +94,16 @@ impl Controller {
             self.connections.load(Ordering::Relaxed).to_string(),
         ]);
         t.push(vec!["Snapshot Status".into(), snapshot.into()]);
+        if let Some(source) = &self.source {
+            let o = source.options();
+            t.push(vec![
+                "Snapshot Copy".into(),
+                format!(
+                    "{} connections, at most {} bytes of rows in memory",
+                    o.snapshot_parallelism, o.snapshot_memory_max_bytes
+                ),
+            ]);
+        }
         t.push(vec![
             "Replication Status".into(),
             if repl.is_empty() {
