@@ -121,7 +121,10 @@ fn print_fill_rate() {
     let mut g = Graph::new();
     g.add_table(
         TableId(0),
-        schema("stories", &[("id", Int8), ("user_id", Int4), ("title", Text)]),
+        schema(
+            "stories",
+            &[("id", Int8), ("user_id", Int4), ("title", Text)],
+        ),
     )
     .unwrap();
     g.add_table(TableId(1), schema("users", &[("id", Int4), ("name", Text)]))
@@ -135,7 +138,7 @@ fn print_fill_rate() {
     let started = Instant::now();
     let chunk = 8192;
     let feed = |g: &mut Graph, table: u64, rows: &mut dyn Iterator<Item = Row>| loop {
-        let part: Vec<Row> = rows.by_ref().take(chunk).collect();
+        let part: Vec<Row> = (&mut *rows).take(chunk).collect();
         if part.is_empty() {
             break;
         }

@@ -41,6 +41,12 @@ pub(super) struct Filling {
     /// Batches live nodes sent to the cache's nodes since t0, in arrival order.
     held: Vec<(NodeId, usize, Batch)>,
     bytes: usize,
+    /// `(from, to, input)`: while the cache fills, the output of stateful node `from` does
+    /// not go on to `to`, the next node on a chain of filters and projects up to the reader.
+    /// The fill changes `from`'s output over and over (an aggregate's group, once per
+    /// batch); the chain and the reader take its final output once, at the finish, before
+    /// the held batches.
+    pub(super) defer: Option<(NodeId, NodeId, usize)>,
 }
 
 impl Graph {
@@ -114,6 +120,7 @@ impl Graph {
         let reader_node = self.add_node(Box::new(reader), vec![last], Some(id), None);
         self.note_owed(reader_node, &[last], &mut filling);
         nodes.push(reader_node);
+        filling.defer = self.deferrable(id, reader_node);
         // Rows some operators hold before any input (a global aggregate's row): collect
         // them all first, so no operator sees input before its own initial state exists.
         let initial: Vec<(NodeId, Batch)> = nodes
@@ -152,6 +159,30 @@ impl Graph {
         );
         self.propagate(initial, Scope::Bootstrap(id));
         Ok((id, handle))
+    }
+
+    /// The edge below `reader` whose batches the fill may hold back (`Filling::defer`): from
+    /// the nearest node built by `cache` that lists its output, through nodes it built
+    /// that only filter or project their one input.
+    fn deferrable(&self, cache: CacheId, reader: NodeId) -> Option<(NodeId, NodeId, usize)> {
+        let mut to = reader;
+        loop {
+            let node = self.nodes.get(&to)?;
+            let [from] = node.parents[..] else {
+                return None;
+            };
+            let parent = self.nodes.get(&from)?;
+            if parent.creator != Some(cache) || parent.live {
+                return None;
+            }
+            if parent.ledger.is_some() {
+                return Some((from, to, 0));
+            }
+            if !matches!(parent.op.name(), "filter" | "project") {
+                return None;
+            }
+            to = from;
+        }
     }
 
     /// For each plan node, the live node that already computes it, if any (see
@@ -326,8 +357,10 @@ impl Graph {
             .caches
             .get_mut(&cache)
             .ok_or(GraphError::UnknownCache(cache.0))?;
-        let held = match std::mem::replace(&mut entry.phase, Phase::Ready) {
-            Phase::Filling(f) => f.held,
+        // Ready from here on (nothing holds batches back any more); its nodes become live
+        // once the deferred output and the held batches have gone through them.
+        let (held, defer) = match std::mem::replace(&mut entry.phase, Phase::Ready) {
+            Phase::Filling(f) => (f.held, f.defer),
             Phase::Overflowed => {
                 entry.phase = Phase::Overflowed;
                 return Err(GraphError::BootstrapOverflow(cache.0));
@@ -336,6 +369,22 @@ impl Graph {
         };
         let reader_node = entry.reader_node;
         let nodes = entry.nodes.clone();
+        if let Some((from, to, input)) = defer {
+            if let Some(node) = self.nodes.get(&from) {
+                let mut output = node
+                    .op
+                    .current_output()
+                    .expect("only a node that lists its output is deferred");
+                if let Some(ledger) = &node.ledger {
+                    output.extend(ledger.poison());
+                }
+                self.run(
+                    BTreeMap::from([(to, vec![(input, output)])]),
+                    Scope::Bootstrap(cache),
+                    Vec::new(),
+                );
+            }
+        }
         for (node, input, batch) in held {
             self.run(
                 BTreeMap::from([(node, vec![(input, batch)])]),

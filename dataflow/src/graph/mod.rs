@@ -457,6 +457,11 @@ impl Graph {
                 continue;
             };
             if Self::in_scope(c, scope) {
+                if let Scope::Bootstrap(cache) = scope {
+                    if self.deferred(cache) == Some((from, child, input)) {
+                        continue;
+                    }
+                }
                 targets.push((child, input));
             } else if matches!(scope, Scope::Live) {
                 // A live node feeding a node still being filled: that cache replays it later.
@@ -482,6 +487,14 @@ impl Graph {
                     .push((input, batch.clone()));
             }
             pending.entry(last.0).or_default().push((last.1, batch));
+        }
+    }
+
+    /// The edge whose batches a filling cache does not deliver (see `fill::Filling::defer`).
+    fn deferred(&self, cache: CacheId) -> Option<(NodeId, NodeId, usize)> {
+        match self.caches.get(&cache).map(|c| &c.phase) {
+            Some(Phase::Filling(f)) => f.defer,
+            _ => None,
         }
     }
 

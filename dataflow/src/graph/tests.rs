@@ -561,3 +561,26 @@ fn a_shared_node_too_large_to_copy_is_built_again() {
     g.finish_bootstrap(b).unwrap();
     assert_eq!(reader.read(&[]).map(|r| r.len()), Ok(3));
 }
+
+#[test]
+fn a_fill_hands_the_reader_its_final_output_and_poison_once() {
+    let mut g = graph_with(GraphLimits::default());
+    let (id, reader) = g.add_cache(&overflowing_max()).unwrap();
+    // The aggregate's group 1 changes with every batch of the fill; the reader takes only
+    // its final row (and group 2's poison), then the change held meanwhile.
+    for v in 1..=3 {
+        g.bootstrap_rows(id, T, vec![int_row(&[1, v])]).unwrap();
+    }
+    g.bootstrap_rows(id, T, vec![int_row(&[2, 5000])]).unwrap();
+    g.apply(T, &[Change::Insert(int_row(&[1, 9]))]).unwrap();
+    g.finish_bootstrap(id).unwrap();
+    assert_eq!(
+        reader.read(&[vec![Value::Int(1)]]),
+        Ok(vec![int_row(&[1, 9_000_000])])
+    );
+    assert_eq!(
+        reader.read(&[vec![Value::Int(2)]]),
+        Err(ReadError::Poisoned)
+    );
+    assert_eq!(reader.stats().map(|s| s.rows), Some(1));
+}

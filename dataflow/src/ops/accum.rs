@@ -4,7 +4,9 @@
 //! which it does for any realistic row count), numerics as [`Decimal`]s. Whatever cannot be
 //! represented makes the value unknown (`Err`), which the aggregate turns into poison.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use larder_sql::numeric::Decimal;
 use larder_sql::plan::AggFunc;
@@ -75,7 +77,7 @@ pub(crate) struct Accumulator {
     /// Net count of values that could not be folded (not a number).
     bad: i64,
     /// `DISTINCT`: the representations of each SQL-distinct value, with counts.
-    distinct: Option<HashMap<Key, RowCounts>>,
+    distinct: Option<FxHashMap<Key, RowCounts>>,
 }
 
 impl Accumulator {
@@ -96,7 +98,7 @@ impl Accumulator {
             state,
             values: 0,
             bad: 0,
-            distinct: distinct.then(HashMap::new),
+            distinct: distinct.then(FxHashMap::default),
         }
     }
 

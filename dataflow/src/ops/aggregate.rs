@@ -6,13 +6,14 @@
 //! group of an aggregate without GROUP BY, which always has one row and emits it at creation.
 //! A value that cannot be computed exactly turns the group's row into poison.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
 
 use larder_sql::value::{Key, Row, Value};
 
 use super::accum::{AccKind, Accumulator};
 use super::{bump, group_key, known, mem, poison_with, Batch, Operator, Record, RowCounts};
+use crate::order::structural_cmp;
 
 /// One aggregate of the node: how it folds, and which input column it reads.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +53,7 @@ struct Group {
 pub struct AggregateOp {
     group_by: Vec<usize>,
     specs: Vec<AggSpec>,
-    groups: HashMap<Key, Group>,
+    groups: FxHashMap<Key, Group>,
 }
 
 impl AggregateOp {
@@ -60,7 +61,7 @@ impl AggregateOp {
         AggregateOp {
             group_by,
             specs,
-            groups: HashMap::new(),
+            groups: FxHashMap::default(),
         }
     }
 
@@ -134,7 +135,7 @@ impl Operator for AggregateOp {
 
     fn process(&mut self, _input: usize, batch: Batch) -> Batch {
         let mut out = Vec::new();
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        let mut touched: FxHashSet<Key> = FxHashSet::default();
         for record in batch {
             match record {
                 Record::Row { row, diff } => {
@@ -146,8 +147,28 @@ impl Operator for AggregateOp {
                     }
                     let group = self.groups.get_mut(&key).expect("inserted above");
                     group.rows = group.rows.saturating_add(diff);
-                    let values = self.group_by.iter().map(|&c| row[c].clone()).collect();
-                    bump(&mut group.reps, values, diff);
+                    // Nearly always the group's rows all show its values one way: count the
+                    // row against that representation without copying the values.
+                    let one_rep = group.reps.len() == 1;
+                    let same_rep = match group.reps.iter_mut().next() {
+                        Some((rep, count)) if one_rep => {
+                            let same = self
+                                .group_by
+                                .iter()
+                                .zip(rep.0.iter())
+                                .all(|(&c, v)| structural_cmp(&row[c], v).is_eq());
+                            let kept = count.saturating_add(diff);
+                            if same && kept != 0 {
+                                *count = kept;
+                            }
+                            same && kept != 0
+                        }
+                        _ => false,
+                    };
+                    if !same_rep {
+                        let values = self.group_by.iter().map(|&c| row[c].clone()).collect();
+                        bump(&mut group.reps, values, diff);
+                    }
                     for (acc, spec) in group.accs.iter_mut().zip(&self.specs) {
                         let value = spec.arg.map_or(&Value::Null, |a| &row[a]);
                         acc.update(value, diff);

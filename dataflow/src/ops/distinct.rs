@@ -1,8 +1,8 @@
 //! `DISTINCT`: each SQL-distinct row once, by multiplicity counting (emitted when its first
 //! copy arrives, retracted when its last copy goes).
 
+use rustc_hash::FxHashMap;
 use std::any::Any;
-use std::collections::HashMap;
 
 use larder_sql::value::{Key, Row};
 
@@ -13,7 +13,7 @@ pub struct DistinctOp {
     /// Row key -> the representations seen with that key (SQL-equal rows can differ, e.g.
     /// `1.5` and `1.50`), with multiplicities. The output shows the structurally first one
     /// that is present, so it always exists in the input.
-    rows: HashMap<Key, RowCounts>,
+    rows: FxHashMap<Key, RowCounts>,
 }
 
 impl DistinctOp {

@@ -7,9 +7,9 @@
 //! both inputs are the same node (self-join). LEFT joins also emit a left row padded with
 //! NULLs while its key has no right row, and retract that when the first match arrives.
 
+use rustc_hash::FxHashMap;
 use std::any::Any;
 use std::collections::hash_map;
-use std::collections::HashMap;
 
 use larder_sql::plan::JoinKind;
 use larder_sql::value::{Key, Row, Value};
@@ -31,8 +31,8 @@ pub struct JoinOp {
     right_on: Vec<usize>,
     left_width: usize,
     right_width: usize,
-    left: HashMap<Key, KeyRows>,
-    right: HashMap<Key, KeyRows>,
+    left: FxHashMap<Key, KeyRows>,
+    right: FxHashMap<Key, KeyRows>,
     /// LEFT join only: left rows with a NULL in their `on` columns (they match nothing and
     /// are output padded with NULLs), kept so that [`Operator::current_output`] can list them.
     left_unmatchable: RowCounts,
@@ -47,7 +47,7 @@ fn concat(l: &[Value], r: &[Value]) -> Row {
 
 /// Adds `diff` copies of `row` under `key`, dropping the key when nothing is left.
 /// Returns the key's total before and after.
-fn store(side: &mut HashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (i64, i64) {
+fn store(side: &mut FxHashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (i64, i64) {
     match side.entry(key) {
         hash_map::Entry::Occupied(mut o) => {
             let e = o.get_mut();
@@ -91,8 +91,8 @@ impl JoinOp {
             right_on: on.iter().map(|p| p.1).collect(),
             left_width,
             right_width,
-            left: HashMap::new(),
-            right: HashMap::new(),
+            left: FxHashMap::default(),
+            right: FxHashMap::default(),
             left_unmatchable: RowCounts::new(),
         }
     }

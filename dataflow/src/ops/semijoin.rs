@@ -6,8 +6,8 @@
 //! by its number of matches; when a right change flips whether a key passes, the left rows
 //! of that key are emitted or retracted.
 
+use rustc_hash::FxHashMap;
 use std::any::Any;
-use std::collections::HashMap;
 
 use larder_sql::value::{Key, Row, Value};
 
@@ -24,10 +24,10 @@ pub struct SemiJoinOp {
     /// Left rows by key. Rows with a NULL key are kept in `left_null` when they can pass
     /// (`anti`): `NOT IN` may change their outcome, and [`Operator::current_output`] lists
     /// them.
-    left: HashMap<Key, RowCounts>,
+    left: FxHashMap<Key, RowCounts>,
     left_null: RowCounts,
     /// Right rows per non-NULL key.
-    right: HashMap<Key, i64>,
+    right: FxHashMap<Key, i64>,
     right_nulls: i64,
     right_total: i64,
 }
@@ -50,9 +50,9 @@ impl SemiJoinOp {
             // `x IN (...)` used as a filter drops NULL and false alike: plain semi-join.
             null_aware: null_aware && anti,
             left_width,
-            left: HashMap::new(),
+            left: FxHashMap::default(),
             left_null: RowCounts::new(),
-            right: HashMap::new(),
+            right: FxHashMap::default(),
             right_nulls: 0,
             right_total: 0,
         }

@@ -5,7 +5,9 @@
 //! the difference is emitted.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use larder_sql::plan::OrderKey;
@@ -22,7 +24,7 @@ pub struct TopKOp {
     order: Arc<[OrderKey]>,
     limit: usize,
     width: usize,
-    groups: HashMap<Key, Group>,
+    groups: FxHashMap<Key, Group>,
 }
 
 /// The first `limit` copies of a group, as (row, copies).
@@ -49,7 +51,7 @@ impl TopKOp {
             order: order.into(),
             limit,
             width,
-            groups: HashMap::new(),
+            groups: FxHashMap::default(),
         }
     }
 }
