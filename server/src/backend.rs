@@ -31,10 +31,16 @@ impl Backend {
     }
 }
 
+/// Most creations `--query-caching async` keeps waiting for their turn.
+const AUTO_CACHING_PENDING_MAX: usize = 64;
+
 /// `--query-caching async`: caches Larder makes on its own for queries it sees go upstream.
 pub struct AutoCaching {
     caches_max: usize,
     made: AtomicUsize,
+    /// Creations waiting for their turn; past [`AUTO_CACHING_PENDING_MAX`] new shapes are
+    /// not considered (they are considered again after `DROP ALL PROXIED QUERIES`).
+    pending: AtomicUsize,
     /// One creation at a time: fills are not stacked on each other.
     one_at_a_time: tokio::sync::Semaphore,
     /// Where creations run (the multi-thread runtime of Larder's own statements).
@@ -46,6 +52,7 @@ impl AutoCaching {
         AutoCaching {
             caches_max,
             made: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             one_at_a_time: tokio::sync::Semaphore::new(1),
             runtime,
         }
@@ -59,9 +66,15 @@ impl AutoCaching {
         {
             return;
         }
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= AUTO_CACHING_PENDING_MAX {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let (auto, controller, id) = (Arc::clone(self), Arc::clone(controller), id.to_string());
         self.runtime.spawn(async move {
-            let Ok(_permit) = auto.one_at_a_time.acquire().await else {
+            let permit = auto.one_at_a_time.acquire().await;
+            auto.pending.fetch_sub(1, Ordering::Relaxed);
+            let Ok(_permit) = permit else {
                 return;
             };
             if auto.made.load(Ordering::Relaxed) >= auto.caches_max
