@@ -33,6 +33,7 @@ mod empty_row;
 mod error;
 mod eval;
 mod graph;
+mod key_rows;
 mod like;
 mod ops;
 mod order;

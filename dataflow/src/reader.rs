@@ -34,6 +34,7 @@ use left_right::{Absorb, ReadHandle, ReadHandleFactory};
 use crate::empty_row::EmptyRow;
 use crate::error::ReadError;
 use crate::eval::CompiledExpr;
+use crate::key_rows::RowSet;
 use crate::order::SortedRow;
 use crate::range::{Indexed, RangeRead, RangeValue, Visit};
 use larder_sql::plan::RangeFamily;
@@ -45,39 +46,59 @@ pub const READ_KEY_COMBINATIONS_MAX: usize = 10_000;
 #[derive(Clone, Debug, Default)]
 struct KeyRows {
     /// Row -> multiplicity. Counts are never zero; negative counts mark unmatched deletes.
-    rows: BTreeMap<SortedRow, i64>,
+    rows: RowSet,
     /// Net count of rows that failed to evaluate and map to this key.
     poison: i64,
     /// Number of rows whose count is negative.
     negative: u32,
-    /// With a range read: the rows in `rows` by the indexed column's value (NULLs left out).
+    /// With a range read, once the key has rows: its range index (boxed, so that keys of
+    /// readers without one do not pay for its empty maps).
+    range: Option<Box<RangeRows>>,
+}
+
+/// A key's range index, or `none` when it has no rows.
+fn range_of<'a>(src: &'a KeyRows, none: &'a RangeRows) -> &'a RangeRows {
+    src.range.as_deref().unwrap_or(none)
+}
+
+/// The range index of one key's rows.
+#[derive(Clone, Debug, Default)]
+struct RangeRows {
+    /// The rows in `rows` by the indexed column's value (NULLs left out).
     index: BTreeMap<RangeValue, BTreeSet<SortedRow>>,
-    /// With a range read: rows whose value the index cannot place (visited by every read).
+    /// Rows whose value the index cannot place (visited by every read).
     unplaced: BTreeSet<SortedRow>,
 }
 
 impl KeyRows {
     /// Keeps the range index in step with `rows`: a row is indexed while its count is not 0.
     fn reindex(&mut self, place: Indexed, row: SortedRow, was: bool, is: bool) {
-        match (place, was, is) {
-            (Indexed::At(value), false, true) => {
-                self.index.entry(value).or_default().insert(row);
+        if was == is || matches!(place, Indexed::Null) {
+            return;
+        }
+        let range = self.range.get_or_insert_with(Box::default);
+        match (place, is) {
+            (Indexed::At(value), true) => {
+                range.index.entry(value).or_default().insert(row);
             }
-            (Indexed::At(value), true, false) => {
-                if let btree_map::Entry::Occupied(mut o) = self.index.entry(value) {
+            (Indexed::At(value), false) => {
+                if let btree_map::Entry::Occupied(mut o) = range.index.entry(value) {
                     o.get_mut().remove(&row);
                     if o.get().is_empty() {
                         o.remove();
                     }
                 }
             }
-            (Indexed::Unplaced, false, true) => {
-                self.unplaced.insert(row);
+            (Indexed::Unplaced, true) => {
+                range.unplaced.insert(row);
             }
-            (Indexed::Unplaced, true, false) => {
-                self.unplaced.remove(&row);
+            (Indexed::Unplaced, false) => {
+                range.unplaced.remove(&row);
             }
-            _ => {}
+            (Indexed::Null, _) => {}
+        }
+        if range.index.is_empty() && range.unplaced.is_empty() {
+            self.range = None;
         }
     }
 
@@ -92,11 +113,10 @@ impl KeyRows {
     /// One copy of `row` (the computed row of a key without rows).
     fn single(row: SortedRow) -> KeyRows {
         KeyRows {
-            rows: BTreeMap::from([(row, 1)]),
+            rows: RowSet::single(row),
             poison: 0,
             negative: 0,
-            index: BTreeMap::new(),
-            unplaced: BTreeSet::new(),
+            range: None,
         }
     }
 }
@@ -163,26 +183,12 @@ impl ReaderState {
             .range_column
             .map(|(c, kind)| (RangeValue::place(row.row.get(c), kind), row.clone()));
         self.update_key(key, |entry| {
-            let (old, new) = match entry.rows.entry(row) {
-                btree_map::Entry::Occupied(mut o) => {
-                    let old = *o.get();
-                    let new = old.saturating_add(diff);
-                    if new == 0 {
-                        o.remove();
-                        bytes_delta = -bytes;
-                    } else {
-                        *o.get_mut() = new;
-                    }
-                    (old, new)
-                }
-                btree_map::Entry::Vacant(v) => {
-                    if diff != 0 {
-                        v.insert(diff);
-                        bytes_delta = bytes;
-                    }
-                    (0, diff)
-                }
-            };
+            let (old, new) = entry.rows.update(row, diff);
+            if old == 0 && new != 0 {
+                bytes_delta = bytes;
+            } else if old != 0 && new == 0 {
+                bytes_delta = -bytes;
+            }
             if let Some((place, row)) = indexed {
                 entry.reindex(place, row, old != 0, new != 0);
             }
@@ -545,11 +551,12 @@ fn read_range(
     bounds: (std::ops::Bound<RangeValue>, std::ops::Bound<RangeValue>),
     out: &mut Collector<'_, '_>,
 ) -> Result<(), ReadError> {
-    let count = |src: &KeyRows, row: &SortedRow| src.rows.get(row).copied().unwrap_or(0);
+    let count = |src: &KeyRows, row: &SortedRow| src.rows.get(row);
     let first = spec.order.first();
+    let none = RangeRows::default();
     if let ([src], Some(first)) = (sources, first) {
-        if first.column == range.column && src.unplaced.is_empty() {
-            let buckets = src.index.range(bounds);
+        if first.column == range.column && range_of(src, &none).unplaced.is_empty() {
+            let buckets = range_of(src, &none).index.range(bounds);
             let mut offer = |set: &BTreeSet<SortedRow>| -> Result<bool, ReadError> {
                 for row in set {
                     if !out.offer(row, count(src, row))? {
@@ -576,10 +583,15 @@ fn read_range(
     }
     let mut rows: Vec<(&SortedRow, i64)> = Vec::new();
     for src in sources {
-        for (_, set) in src.index.range(bounds.clone()) {
+        for (_, set) in range_of(src, &none).index.range(bounds.clone()) {
             rows.extend(set.iter().map(|r| (r, count(src, r))));
         }
-        rows.extend(src.unplaced.iter().map(|r| (r, count(src, r))));
+        rows.extend(
+            range_of(src, &none)
+                .unplaced
+                .iter()
+                .map(|r| (r, count(src, r))),
+        );
     }
     if !spec.order.is_empty() {
         rows.sort_by(|a, b| a.0.cmp(b.0));
