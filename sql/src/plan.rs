@@ -458,7 +458,30 @@ impl CachePlan {
     /// group columns, aggregate arguments, projections, and everything the reader keeps):
     /// what column privileges must cover. Sorted, unique.
     pub fn relation_columns_read(&self) -> Vec<Vec<usize>> {
+        let top = vec![true; self.reader_types().len()];
+        let needed = self.columns_needed(top, false);
         let mut read: Vec<Vec<usize>> = vec![Vec::new(); self.relations.len()];
+        for (node, need) in self.nodes.iter().zip(&needed) {
+            if let NodeOp::Base { relation } = node.op {
+                if let Some(cols) = read.get_mut(relation) {
+                    cols.extend((0..need.len()).filter(|&i| need[i]));
+                }
+            }
+        }
+        for cols in &mut read {
+            cols.sort_unstable();
+            cols.dedup();
+        }
+        read
+    }
+
+    /// For each node, which of its output columns something above it reads, given which of
+    /// the last node's columns are read (`top`). Postgres checks every column a SELECT list
+    /// names, so a Project reads all its expressions' columns. DISTINCT reads whole input
+    /// rows; with `whole_rows`, so do TopK (ties are broken by whole rows) and UNION, as
+    /// narrowing their inputs would change which rows they output; without it they read only
+    /// what is read of them (and TopK its group and order columns).
+    pub fn columns_needed(&self, top: Vec<bool>, whole_rows: bool) -> Vec<Vec<bool>> {
         // needed[n] = columns of node n's output that something above reads.
         let mut needed: Vec<Vec<bool>> = self
             .nodes
@@ -466,7 +489,9 @@ impl CachePlan {
             .map(|n| vec![false; n.types.len()])
             .collect();
         if let Some(last) = needed.last_mut() {
-            last.iter_mut().for_each(|c| *c = true);
+            for (slot, t) in last.iter_mut().zip(top) {
+                *slot = t;
+            }
         }
         for n in (0..self.nodes.len()).rev() {
             let out = std::mem::take(&mut needed[n]);
@@ -476,26 +501,22 @@ impl CachePlan {
                 }
             };
             let used = |i: usize| out.get(i).copied().unwrap_or(false);
+            let width = |node: NodeRef| self.nodes.get(node).map_or(0, |x| x.types.len());
             match &self.nodes[n].op {
-                NodeOp::Base { relation } => {
-                    if let Some(cols) = read.get_mut(*relation) {
-                        cols.extend((0..out.len()).filter(|&i| used(i)));
-                    }
-                }
+                NodeOp::Base { .. } => {}
                 NodeOp::Filter { input, predicate } => {
                     predicate.for_each_column(&mut |i| need(*input, i));
                     (0..out.len())
                         .filter(|&i| used(i))
                         .for_each(|i| need(*input, i));
                 }
-                // Postgres checks every column the SELECT list names, used above or not.
                 NodeOp::Project { input, exprs } => exprs
                     .iter()
                     .for_each(|e| e.for_each_column(&mut |i| need(*input, i))),
                 NodeOp::Join {
                     left, right, on, ..
                 } => {
-                    let left_width = self.nodes.get(*left).map_or(0, |l| l.types.len());
+                    let left_width = width(*left);
                     for &(l, r) in on {
                         need(*left, l);
                         need(*right, r);
@@ -530,7 +551,10 @@ impl CachePlan {
                         .filter_map(|a| a.arg)
                         .for_each(|a| need(*input, a));
                 }
-                NodeOp::Distinct { input } => (0..out.len()).for_each(|i| need(*input, i)),
+                NodeOp::Distinct { input } => (0..width(*input)).for_each(|i| need(*input, i)),
+                NodeOp::TopK { input, .. } if whole_rows => {
+                    (0..width(*input)).for_each(|i| need(*input, i))
+                }
                 NodeOp::TopK {
                     input,
                     group_by,
@@ -544,18 +568,15 @@ impl CachePlan {
                         .for_each(|i| need(*input, i));
                 }
                 NodeOp::Union { inputs } => {
-                    for input in inputs {
-                        (0..out.len())
-                            .filter(|&i| used(i))
-                            .for_each(|i| need(*input, i));
+                    for &input in inputs {
+                        (0..width(input))
+                            .filter(|&i| whole_rows || used(i))
+                            .for_each(|i| need(input, i));
                     }
                 }
             }
+            needed[n] = out;
         }
-        for cols in &mut read {
-            cols.sort_unstable();
-            cols.dedup();
-        }
-        read
+        needed
     }
 }

@@ -36,20 +36,12 @@ pub fn prune_columns(plan: CachePlan) -> CachePlan {
     pruned
 }
 
-/// For each node, which of its output columns something reads.
+/// For each node, which of its output columns something reads: the reader's columns above
+/// the last node, and whole rows below DISTINCT, TopK and UNION.
 fn needed_columns(plan: &CachePlan) -> Vec<Vec<bool>> {
-    let mut needed: Vec<Vec<bool>> = plan
-        .nodes
-        .iter()
-        .map(|n| vec![false; n.types.len()])
-        .collect();
-    let Some(top) = needed.last_mut() else {
-        return needed;
-    };
-    if plan.empty_key_row.is_some() {
-        // The reader computes rows over the last node's columns itself: keep them all.
-        top.iter_mut().for_each(|c| *c = true);
-    }
+    let width = plan.reader_types().len();
+    // The reader computes an empty key's row over the last node's columns itself.
+    let mut top = vec![plan.empty_key_row.is_some(); width];
     let mut mark = |c: usize| {
         if let Some(slot) = top.get_mut(c) {
             *slot = true;
@@ -64,77 +56,7 @@ fn needed_columns(plan: &CachePlan) -> Vec<Vec<bool>> {
     if let Some(r) = &plan.range {
         mark(r.column);
     }
-    for n in (0..plan.nodes.len()).rev() {
-        let out = std::mem::take(&mut needed[n]);
-        let mut need = |node: NodeRef, col: usize| {
-            if let Some(c) = needed.get_mut(node).and_then(|cols| cols.get_mut(col)) {
-                *c = true;
-            }
-        };
-        let used = |i: usize| out.get(i).copied().unwrap_or(false);
-        let width = |node: NodeRef| plan.nodes.get(node).map_or(0, |x| x.types.len());
-        match &plan.nodes[n].op {
-            NodeOp::Base { .. } => {}
-            NodeOp::Filter { input, predicate } => {
-                predicate.for_each_column(&mut |i| need(*input, i));
-                (0..out.len())
-                    .filter(|&i| used(i))
-                    .for_each(|i| need(*input, i));
-            }
-            NodeOp::Project { input, exprs } => exprs
-                .iter()
-                .for_each(|e| e.for_each_column(&mut |i| need(*input, i))),
-            NodeOp::Join {
-                left, right, on, ..
-            } => {
-                let lw = width(*left);
-                for &(l, r) in on {
-                    need(*left, l);
-                    need(*right, r);
-                }
-                for i in (0..out.len()).filter(|&i| used(i)) {
-                    if i < lw {
-                        need(*left, i);
-                    } else {
-                        need(*right, i - lw);
-                    }
-                }
-            }
-            NodeOp::SemiJoin {
-                left, right, on, ..
-            } => {
-                for &(l, r) in on {
-                    need(*left, l);
-                    need(*right, r);
-                }
-                (0..out.len())
-                    .filter(|&i| used(i))
-                    .for_each(|i| need(*left, i));
-            }
-            NodeOp::Aggregate {
-                input,
-                group_by,
-                aggregates,
-            } => {
-                group_by.iter().for_each(|&g| need(*input, g));
-                aggregates
-                    .iter()
-                    .filter_map(|a| a.arg)
-                    .for_each(|a| need(*input, a));
-            }
-            // Their output is defined by whole input rows.
-            NodeOp::Distinct { input } | NodeOp::TopK { input, .. } => {
-                (0..width(*input)).for_each(|i| need(*input, i))
-            }
-            NodeOp::Union { inputs } => {
-                for &input in inputs {
-                    (0..width(input)).for_each(|i| need(input, i));
-                }
-            }
-        }
-        needed[n] = out;
-    }
-    needed
+    plan.columns_needed(top, true)
 }
 
 /// Rebuilds the nodes bottom-up with each base table narrowed, renumbering columns.
