@@ -24,8 +24,8 @@ use larder_sql::value::Row;
 
 use super::share::{plan_reuse, Signature};
 use super::{
-    batch_bytes, check_arity, CacheEntry, CacheId, Graph, GraphError, Held, NodeId, Phase, Scope,
-    TableId, BATCH_ROWS_MAX,
+    batch_bytes, check_arity, CacheEntry, CacheId, Graph, GraphError, Held, Node, NodeId, Phase,
+    Scope, TableId, BATCH_ROWS_MAX,
 };
 use crate::build::{compile, BuiltNode};
 use crate::ops::{mem, Batch, ReaderOpNode, Record};
@@ -239,13 +239,7 @@ impl Graph {
                     filling.tables.push(table);
                 }
             } else if parent.live {
-                let mut output = parent
-                    .op
-                    .current_output()
-                    .expect("only stateful nodes feed a new node (plan_reuse)");
-                if let Some(ledger) = &parent.ledger {
-                    output.extend(ledger.poison());
-                }
+                let output = present_output(parent);
                 if !output.is_empty() {
                     filling.seed.push_back((node, input, output));
                 }
@@ -371,13 +365,7 @@ impl Graph {
         let nodes = entry.nodes.clone();
         if let Some((from, to, input)) = defer {
             if let Some(node) = self.nodes.get(&from) {
-                let mut output = node
-                    .op
-                    .current_output()
-                    .expect("only a node that lists its output is deferred");
-                if let Some(ledger) = &node.ledger {
-                    output.extend(ledger.poison());
-                }
+                let output = present_output(node);
                 self.run(
                     BTreeMap::from([(to, vec![(input, output)])]),
                     Scope::Bootstrap(cache),
@@ -426,4 +414,17 @@ impl Graph {
             }
         }
     }
+}
+
+/// A stateful node's whole present output: the rows its operator lists and the poison the
+/// graph kept for it. Only stateful nodes seed others (`plan_reuse`) or are deferred.
+fn present_output(node: &Node) -> Batch {
+    let mut output = node
+        .op
+        .current_output()
+        .expect("only a node that lists its output hands it on");
+    if let Some(ledger) = &node.ledger {
+        output.extend(ledger.poison());
+    }
+    output
 }

@@ -29,28 +29,11 @@ pub(crate) fn take() -> i64 {
     CHARGED.with(|c| c.replace(0))
 }
 
-fn value_heap_bytes(v: &Value) -> i64 {
-    let heap = match v {
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => s.len(),
-        Value::Bytes(b) => b.len(),
-        Value::Array(items) => {
-            return items
-                .iter()
-                .map(|i| std::mem::size_of::<Value>() as i64 + value_heap_bytes(i))
-                .sum()
-        }
-        _ => 0,
-    };
-    heap as i64
-}
-
 /// A stored row: its values and the map entry holding it.
 pub(crate) fn row_bytes(row: &[Value]) -> i64 {
-    let values: i64 = row.iter().map(value_heap_bytes).sum();
+    let values: usize = row.iter().map(crate::graph::value_bytes).sum();
     ENTRY_OVERHEAD_BYTES
-        + (std::mem::size_of_val(row) + std::mem::size_of::<Vec<Value>>()) as i64
-        + values
-        + std::mem::size_of::<i64>() as i64
+        + (values + std::mem::size_of::<Vec<Value>>() + std::mem::size_of::<i64>()) as i64
 }
 
 /// A key entry of a keyed map (the key and the entry; what it maps to is charged apart).
