@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use larder_testkit::{LarderProcess, PgServer};
 
 pub mod client;
+pub mod lifecycle;
 
 /// Flags every proxy test passes: these suites test the relay, not the cache.
 pub const PROXY_FLAGS: &[&str] = &["--proxy-only"];
