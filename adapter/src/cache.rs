@@ -105,6 +105,16 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// The upstream database whose tables are replicated; other sessions are proxied only.
     fn database(&self) -> &str;
     fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>>;
+    /// The shallow (TTL) cache of this query id, if one was created.
+    fn shallow(&self, query_id: &str) -> Option<Arc<crate::shallow::ShallowCache>>;
+    /// Whether `role` may be answered from the shallow cache: as [`CacheBackend::may_read`],
+    /// for the relations the query names (SELECT on each, USAGE on its schema, no row
+    /// security policy that applies to the role).
+    fn may_read_shallow(
+        &self,
+        role: &str,
+        cache: &crate::shallow::ShallowCache,
+    ) -> Result<(), String>;
     /// A SELECT shape goes upstream (for `SHOW PROXIED QUERIES`). `context` gives the
     /// session's context, should the backend need it (to create a cache on its own). The
     /// answer, if any, is told how long the upstream took and how many rows it sent.

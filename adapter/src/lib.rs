@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod pg;
 pub mod runtime;
+pub mod shallow;
 
 pub use error::{AdapterError, ErrorClass};
 pub use pg::{

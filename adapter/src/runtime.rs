@@ -174,6 +174,16 @@ impl CacheBackend for ExecuteOn {
             })
         })
     }
+    fn shallow(&self, query_id: &str) -> Option<Arc<crate::shallow::ShallowCache>> {
+        self.inner.shallow(query_id)
+    }
+    fn may_read_shallow(
+        &self,
+        role: &str,
+        cache: &crate::shallow::ShallowCache,
+    ) -> Result<(), String> {
+        self.inner.may_read_shallow(role, cache)
+    }
     fn may_read(&self, role: &str, cache: &dyn CachedQuery) -> Result<(), String> {
         self.inner.may_read(role, cache)
     }

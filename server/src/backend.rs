@@ -86,6 +86,8 @@ impl AutoCaching {
                 always: false,
                 name: None,
                 source: CacheSource::QueryId(id.clone()),
+                kind: larder_sql::statement::CacheKind::Default,
+                policy: None,
             };
             match controller.execute(stmt, &ctx).await {
                 Ok(_) => {
@@ -170,6 +172,28 @@ impl CacheBackend for Backend {
     fn lookup(&self, query_id: &str) -> Option<Arc<dyn CachedQuery>> {
         let entry: Arc<dyn CachedQuery> = self.controller.core.caches.get(query_id)?;
         Some(entry)
+    }
+
+    fn shallow(&self, query_id: &str) -> Option<Arc<larder_adapter::shallow::ShallowCache>> {
+        self.controller.core.shallow.get(query_id)
+    }
+
+    fn may_read_shallow(
+        &self,
+        role: &str,
+        cache: &larder_adapter::shallow::ShallowCache,
+    ) -> Result<(), String> {
+        cache.relations.iter().try_for_each(|r| {
+            self.controller.privileges.may_read(
+                role,
+                &Reads {
+                    oid: r.oid,
+                    schema: &r.schema,
+                    name: &r.name,
+                    columns: &r.columns_read,
+                },
+            )
+        })
     }
 
     fn record_proxied(
@@ -275,6 +299,7 @@ impl CacheBackend for Backend {
             .core
             .caches
             .any(|c| c.relations.iter().any(|r| r.name == name))
+            || self.controller.core.shallow.reads_relation_named(name)
     }
 
     fn relations_generation(&self) -> u64 {

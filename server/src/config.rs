@@ -88,6 +88,32 @@ pub struct Config {
     #[arg(long, env = "QUERY_CACHING_CACHES_MAX", default_value_t = 100)]
     pub query_caching_caches_max: usize,
 
+    /// What a plain `CREATE CACHE` makes: `deep` (incremental dataflow, fresh with
+    /// replication), `shallow` (upstream results kept for a TTL), or `deep-then-shallow` (deep
+    /// when the dataflow supports the query, else shallow).
+    #[arg(long, env = "CACHE_MODE", value_enum, default_value_t = CacheMode::Deep)]
+    pub cache_mode: CacheMode,
+
+    /// TTL of a shallow cache created without `POLICY TTL n SECONDS` (refreshed in the
+    /// background after half of it).
+    #[arg(long, env = "SHALLOW_TTL_SECONDS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub shallow_ttl_seconds: u64,
+
+    /// What shallow caches may do that is refused by default, comma-separated:
+    /// `nondeterministic` (now(), random(), sequences: served results then keep the value of
+    /// their fetch), `catalogs` (system catalogs), `session` (functions that read the
+    /// session, such as current_setting()), `transactions` (`CREATE SHALLOW CACHE ALWAYS`:
+    /// served inside transaction blocks too, outside their snapshot).
+    #[arg(long, env = "SHALLOW_ALLOW", value_enum, value_delimiter = ',')]
+    pub shallow_allow: Vec<ShallowAllow>,
+
+    /// Memory for cached results, in bytes (units: kB, MB, GB, KiB, MiB, GiB). Shallow cache
+    /// entries are evicted to keep them within what the deep caches' accounted state leaves
+    /// of it. Default: no limit.
+    #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
@@ -194,6 +220,54 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..))]
     pub max_replication_lag_ms: u64,
     // --- end of operations ---
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    Deep,
+    Shallow,
+    DeepThenShallow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShallowAllow {
+    Nondeterministic,
+    Catalogs,
+    Session,
+    Transactions,
+}
+
+/// A byte count with an optional unit (`512MiB`, `2GB`, `1048576`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 2GB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use kB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let bytes = n * mult;
+    if !(1.0..1.0e18).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -436,6 +510,18 @@ mod tests {
 
     fn url(s: &str) -> UpstreamUrl {
         UpstreamUrl::new(s)
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("64kB"), Ok(64_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("2 parsecs").is_err());
+        assert!(parse_bytes("0").is_err());
     }
 
     #[test]

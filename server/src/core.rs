@@ -332,6 +332,79 @@ pub struct Core {
     pub failpoints: Failpoints,
     /// Operations: the staleness bound and the counters behind `/metrics`.
     pub ops: Arc<Ops>,
+    /// Shallow (TTL) caches and their entries.
+    pub shallow: ShallowRegistry,
+}
+
+/// The shallow caches by query id, and the store their entries share.
+pub struct ShallowRegistry {
+    pub store: Arc<larder_adapter::shallow::ShallowStore>,
+    by_id: RwLock<HashMap<String, Arc<larder_adapter::shallow::ShallowCache>>>,
+}
+
+impl Default for ShallowRegistry {
+    fn default() -> Self {
+        ShallowRegistry {
+            store: larder_adapter::shallow::ShallowStore::new(usize::MAX),
+            by_id: RwLock::default(),
+        }
+    }
+}
+
+impl ShallowRegistry {
+    pub fn get(&self, query_id: &str) -> Option<Arc<larder_adapter::shallow::ShallowCache>> {
+        self.by_id
+            .read()
+            .expect("shallow lock poisoned")
+            .get(query_id)
+            .cloned()
+    }
+
+    pub fn by_name_or_id(&self, name: &str) -> Option<Arc<larder_adapter::shallow::ShallowCache>> {
+        let map = self.by_id.read().expect("shallow lock poisoned");
+        map.get(name)
+            .or_else(|| map.values().find(|c| c.name == name))
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<larder_adapter::shallow::ShallowCache>> {
+        let mut all: Vec<_> = self
+            .by_id
+            .read()
+            .expect("shallow lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn insert(&self, cache: Arc<larder_adapter::shallow::ShallowCache>) {
+        self.by_id
+            .write()
+            .expect("shallow lock poisoned")
+            .insert(cache.query_id.clone(), cache);
+    }
+
+    /// Removes the cache and frees its entries.
+    pub fn remove(&self, query_id: &str) -> Option<Arc<larder_adapter::shallow::ShallowCache>> {
+        let removed = self
+            .by_id
+            .write()
+            .expect("shallow lock poisoned")
+            .remove(query_id)?;
+        self.store.purge(&removed);
+        Some(removed)
+    }
+
+    /// Whether a shallow cache reads a relation of this name.
+    pub fn reads_relation_named(&self, name: &str) -> bool {
+        self.by_id
+            .read()
+            .expect("shallow lock poisoned")
+            .values()
+            .any(|c| c.relations.iter().any(|r| r.name == name))
+    }
 }
 
 /// Most table oids waiting for a cache rebuild; beyond it the requests collapse into one
@@ -441,6 +514,7 @@ impl Core {
             rebuild: RebuildRequests::default(),
             failpoints,
             shape_epoch: AtomicU64::new(0),
+            shallow: ShallowRegistry::default(),
         };
         Arc::new(core)
     }

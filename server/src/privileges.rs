@@ -427,6 +427,9 @@ fn cached_tables(core: &Core) -> Vec<u32> {
         .iter()
         .flat_map(|c| c.relations.iter().map(|r| r.oid))
         .collect();
+    for c in core.shallow.all() {
+        oids.extend(c.relations.iter().map(|r| r.oid));
+    }
     oids.sort_unstable();
     oids.dedup();
     oids

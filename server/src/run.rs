@@ -181,7 +181,13 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         privileges,
         relations: relations.clone(),
         upstream: tokio::sync::Mutex::new(None),
+        shallow: crate::controller::ShallowSettings {
+            mode: cfg.cache_mode,
+            allow: cfg.shallow_allow.clone(),
+            default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
+        },
     });
+    tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
         controller.clone(),
@@ -488,6 +494,10 @@ async fn restore_caches(controller: &Controller) {
         }
     };
     for c in stored {
+        if c.shallow.is_some() {
+            restore_shallow(controller, &c).await;
+            continue;
+        }
         let (text, normalized) = match controller.stored_query(&c.query) {
             Ok(q) => q,
             Err(e) => {
@@ -512,6 +522,42 @@ async fn restore_caches(controller: &Controller) {
                     .push((c, e.to_string()));
             }
         }
+    }
+}
+
+/// Re-creates a stored shallow cache once Larder knows the upstream's relations.
+async fn restore_shallow(controller: &Controller, c: &crate::storage::StoredCache) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while controller.relations.current(0).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    match controller.restore_shallow(c) {
+        Ok(()) => info!(cache = %c.name, "shallow cache restored"),
+        Err(e) => warn!(cache = %c.name, error = %e,
+            "shallow cache not restored (DROP CACHE removes it; CREATE it again once its relations exist)"),
+    }
+}
+
+/// Keeps shallow cache entries within what `--memory-limit` leaves after the deep caches'
+/// accounted state, checked every second (and at every insert, per shard).
+async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
+    let Some(limit) = limit else { return };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    loop {
+        let deep = {
+            let graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            graph.state_bytes()
+        };
+        let readers: u64 = core
+            .caches
+            .all()
+            .iter()
+            .map(|c| c.reader.stats().map_or(0, |s| s.bytes))
+            .sum();
+        let deep = usize::try_from(deep + readers).unwrap_or(usize::MAX);
+        core.shallow.store.set_budget(limit.saturating_sub(deep));
+        core.shallow.store.trim();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

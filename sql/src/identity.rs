@@ -10,12 +10,15 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{visit_relations, Ident, ObjectName, ObjectNamePart, Query, Visit, Visitor};
+use sqlparser::ast::{
+    visit_relations, Ident, ObjectName, ObjectNamePart, Query, TableFactor, Visit, Visitor,
+};
 
 use crate::normalize::query_id;
 use crate::statement::{parse_select, Dialect};
 
-/// Names of the CTEs a query defines anywhere (references to them are not relations).
+/// Names in FROM that are not relations: the CTEs a query defines anywhere, and unqualified
+/// set-returning functions (`generate_series(1, 3)`), which resolve along the function path.
 fn cte_names(query: &Query) -> Vec<String> {
     struct Ctes(Vec<String>);
     impl Visitor for Ctes {
@@ -24,6 +27,19 @@ fn cte_names(query: &Query) -> Vec<String> {
             if let Some(with) = &q.with {
                 for cte in &with.cte_tables {
                     self.0.push(cte.alias.name.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } = tf
+            {
+                if let [ObjectNamePart::Identifier(i)] = name.0.as_slice() {
+                    self.0.push(i.value.clone());
                 }
             }
             ControlFlow::Continue(())
@@ -173,6 +189,13 @@ mod tests {
         .unwrap();
         assert_eq!(unqualified_relations(&n.query), vec!["a".to_string()]);
         assert!(resolved_query_id(&n.query, &|_| None).is_none());
+        // Set-returning functions in FROM are not relations.
+        let n = normalize(
+            "SELECT * FROM generate_series(1, 3) g JOIN a ON a.id = g",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        assert_eq!(unqualified_relations(&n.query), vec!["a".to_string()]);
         assert!(resolved_query_id(&n.query, &|_| Some("public".into())).is_some());
     }
 }

@@ -13,6 +13,7 @@ pub mod pgtypes;
 pub mod plan;
 pub mod rowcodec;
 pub mod search_path;
+pub mod shallow;
 pub mod statement;
 pub mod value;
 

@@ -113,26 +113,40 @@ impl Controller {
                     continue;
                 }
             }
+            let parsed = parse_select(&shape.text, Dialect::Postgres).map(normalize_query);
             let supported = if self.core.caches.get(&shape.query_id).is_some() {
                 "cached".to_string()
             } else {
-                match parse_select(&shape.text, Dialect::Postgres) {
+                match &parsed {
                     Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
-                    Ok(q) => match self.check_supported(&normalize_query(q)) {
+                    Ok(n) => match self.check_supported(n) {
                         Ok(_) => "yes".to_string(),
                         Err(ControllerError::Unavailable(r)) => format!("pending: {r}"),
                         Err(e) => format!("unsupported: {e}"),
                     },
                 }
             };
-            if supported_only && !(supported == "yes" || supported == "cached") {
+            let shallow = if self.core.shallow.get(&shape.query_id).is_some() {
+                "cached".to_string()
+            } else {
+                match &parsed {
+                    Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
+                    Ok(n) => match self.shallow_possible(n) {
+                        Ok(()) => "yes".to_string(),
+                        Err(e) => format!("unsupported: {e}"),
+                    },
+                }
+            };
+            if supported_only && !(supported == "yes" || supported == "cached" || shallow == "yes")
+            {
                 continue;
             }
-            let saving_us = if supported == "yes" || supported.starts_with("pending") {
-                estimated_saving_us(&shape)
-            } else {
-                0
-            };
+            let saving_us =
+                if supported == "yes" || supported.starts_with("pending") || shallow == "yes" {
+                    estimated_saving_us(&shape)
+                } else {
+                    0
+                };
             let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
             rows.push((
                 saving_us,
@@ -146,6 +160,7 @@ impl Controller {
                     shape.p99_us.map(|u| ms(u64::from(u))),
                     Some(shape.rows.to_string()),
                     Some(ms(saving_us)),
+                    Some(shallow),
                 ],
             ));
         }

@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 use larder_replication::PgSource;
 use larder_sql::lower::Catalog;
 use larder_sql::normalize::{normalize_query, Normalized};
-use larder_sql::statement::{columns, parse_select, CacheSource, Dialect, LarderStatement};
+use larder_sql::statement::{
+    columns, parse_select, CacheKind, CacheSource, Dialect, LarderStatement, TtlPolicy,
+};
 use larder_sql::{pgtypes, TableSchema};
 use thiserror::Error;
 use tracing::info;
 
+use crate::config::CacheMode;
 use crate::core::{CacheEntry, Core, ResultColumn};
 use crate::privileges::{Privileges, Reads, RoleAccess};
 use crate::storage::StoredCache;
@@ -23,7 +26,10 @@ use std::time::Duration;
 mod access;
 mod build;
 mod naming;
+mod shallow;
 mod show;
+
+pub use shallow::ShallowSettings;
 
 use show::{cache_row, show_version};
 
@@ -92,6 +98,8 @@ pub struct Controller {
     pub relations: Arc<crate::relations::Relations>,
     /// See [`Controller::upstream_client`].
     pub upstream: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// What `CREATE CACHE` makes by default, and what shallow caches may do.
+    pub shallow: ShallowSettings,
 }
 
 /// Tables visible to lowering: the replicated, online ones. An unqualified name resolves to
@@ -147,7 +155,12 @@ impl Controller {
                 always,
                 name,
                 source,
-            } => self.create_cache(always, name, source, role, ctx).await,
+                kind,
+                policy,
+            } => {
+                self.create_cache(always, name, source, (kind, policy), role, ctx)
+                    .await
+            }
             LarderStatement::ExplainCreateCache { source } => {
                 self.explain_create_cache(source, ctx).await
             }
@@ -155,6 +168,9 @@ impl Controller {
             LarderStatement::DropAllCaches => {
                 for c in self.core.caches.all() {
                     self.drop_cache(&c.query_id).await?;
+                }
+                for c in self.core.shallow.all() {
+                    self.drop_shallow(&c.query_id)?;
                 }
                 let unbuilt: Vec<String> = self
                     .unbuilt
@@ -221,6 +237,11 @@ impl Controller {
         match source {
             CacheSource::Select { query, text } => Ok((text, normalize_query(*query))),
             CacheSource::QueryId(id) => {
+                if let Some(c) = self.core.shallow.get(&id) {
+                    let q = parse_select(&c.query, Dialect::Postgres)
+                        .map_err(|e| ControllerError::Invalid(e.to_string()))?;
+                    return Ok((c.query.clone(), normalize_query(q)));
+                }
                 if let Some(c) = self.core.caches.get(&id) {
                     let q = parse_select(&c.query, Dialect::Postgres)
                         .map_err(|e| ControllerError::Invalid(e.to_string()))?;
@@ -259,8 +280,21 @@ impl Controller {
                 Err(e) => format!("no: {e}"),
             }
         };
+        let shallow = if self.core.shallow.get(&normalized.query_id).is_some() {
+            "cached".to_string()
+        } else {
+            match self.shallow_possible(&normalized) {
+                Ok(()) => "yes".to_string(),
+                Err(e) => format!("no: {e}"),
+            }
+        };
         let mut t = Table::new(columns::EXPLAIN_CREATE_CACHE);
-        t.push(vec![normalized.query_id, normalized.text, supported]);
+        t.push(vec![
+            normalized.query_id,
+            normalized.text,
+            supported,
+            shallow,
+        ]);
         Ok(t)
     }
 
@@ -269,11 +303,36 @@ impl Controller {
         always: bool,
         name: Option<String>,
         source: CacheSource,
+        (kind, policy): (CacheKind, Option<TtlPolicy>),
         role: &str,
         ctx: &StatementContext,
     ) -> Result<Table, ControllerError> {
         let (text, normalized) = self.source_query(source)?;
         let (text, normalized) = self.for_session(&text, normalized, ctx).await?;
+        let shallow = match kind {
+            CacheKind::Shallow => true,
+            CacheKind::Deep => false,
+            CacheKind::Default => match self.shallow.mode {
+                CacheMode::Deep => false,
+                CacheMode::Shallow => true,
+                // Tables still being copied are no reason to give up on a deep cache.
+                CacheMode::DeepThenShallow => matches!(
+                    self.check_supported(&normalized),
+                    Err(e) if !matches!(e, ControllerError::Unavailable(_))
+                ),
+            },
+        };
+        if shallow {
+            return self
+                .create_shallow(always, name, (text, normalized), policy, role)
+                .await;
+        }
+        if self.core.shallow.get(&normalized.query_id).is_some() {
+            return Err(ControllerError::Invalid(format!(
+                "query {} already has a shallow cache; drop it first",
+                normalized.query_id
+            )));
+        }
         // The creator must be able to read everything the query reads.
         if let Ok((plan, tables)) = self.check_supported(&normalized) {
             let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
@@ -311,6 +370,7 @@ impl Controller {
                 query_id: normalized.query_id.clone(),
                 query: text.clone(),
                 always,
+                shallow: None,
             })
             .map_err(|e| ControllerError::Internal(e.to_string()))?;
         info!(cache = %name, query_id = %normalized.query_id, "cache created");
@@ -374,6 +434,9 @@ impl Controller {
     }
 
     async fn drop_cache(&self, name: &str) -> Result<Table, ControllerError> {
+        if self.drop_shallow(name)? {
+            return Ok(Table::done("DROP CACHE"));
+        }
         {
             let mut unbuilt = self.unbuilt.lock().expect("unbuilt lock poisoned");
             if let Some(i) = unbuilt

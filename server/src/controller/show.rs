@@ -40,6 +40,25 @@ impl Controller {
                 (reader_bytes + state_bytes).to_string(),
             ]);
         }
+        for c in self.core.shallow.all() {
+            if query_id.is_some_and(|id| id != c.query_id) {
+                continue;
+            }
+            t.push(vec![
+                c.query_id.clone(),
+                c.name.clone(),
+                c.query.clone(),
+                super::shallow::shallow_properties(&c),
+                c.stats
+                    .hits
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+                c.stats
+                    .bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            ]);
+        }
         for (c, reason) in self.unbuilt.lock().expect("unbuilt lock poisoned").iter() {
             if query_id.is_some_and(|id| id != c.query_id) {
                 continue;

@@ -40,6 +40,11 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("larder_cache_memory_bytes", "Estimated bytes of the rows the caches' readers hold.", MetricType::GAUGE, &[]),
     ("larder_cache_rows", "Rows the caches' readers hold.", MetricType::GAUGE, &[]),
     ("larder_dataflow_state_bytes", "Estimated bytes of the state the caches' operators hold (joins, aggregates, DISTINCT, TopK), each shared operator once.", MetricType::GAUGE, &[]),
+    ("larder_shallow_reads_total", "Reads of shallow caches, by outcome: hit, miss (fetched upstream), or coalesced (a miss answered by another session's fetch).", MetricType::COUNTER, &["outcome"]),
+    ("larder_shallow_refreshes_total", "Shallow cache entries refreshed in the background while read.", MetricType::COUNTER, &[]),
+    ("larder_shallow_memory_bytes", "Bytes held by shallow cache entries (keys, results and bookkeeping).", MetricType::GAUGE, &[]),
+    ("larder_shallow_memory_budget_bytes", "What --memory-limit leaves shallow caches after the deep caches' state.", MetricType::GAUGE, &[]),
+    ("larder_shallow_evictions_total", "Shallow cache entries evicted to stay within their memory budget.", MetricType::COUNTER, &[]),
     ("larder_caches_fresh", "1 while replication is within --max-replication-lag-ms (caches may serve), else 0.", MetricType::GAUGE, &[]),
     ("larder_replication_lag_seconds", "Age of the newest upstream WAL position (polled on an ordinary connection) that replication has applied; 0 when it has applied everything polled.", MetricType::GAUGE, &[]),
     ("larder_replication_lag_bytes", "Bytes of upstream WAL between the last polled position and the applied position.", MetricType::GAUGE, &[]),
@@ -285,6 +290,45 @@ impl Collector for LarderCollector {
             "larder_dataflow_state_bytes",
             Value::Gauge(state_bytes as f64),
         );
+
+        if let Some(core) = &self.core {
+            let shallow = core.shallow.all();
+            let sum = |f: &dyn Fn(&larder_adapter::shallow::ShallowStats) -> u64| {
+                shallow.iter().map(|c| f(&c.stats)).sum::<u64>() as f64
+            };
+            let coalesced = sum(&|s| s.coalesced.load(Ordering::Relaxed));
+            f.push(
+                "larder_shallow_reads_total",
+                vec![
+                    (
+                        vec!["hit"],
+                        Value::Counter(sum(&|s| s.hits.load(Ordering::Relaxed))),
+                    ),
+                    (
+                        vec!["miss"],
+                        Value::Counter(sum(&|s| s.misses.load(Ordering::Relaxed)) - coalesced),
+                    ),
+                    (vec!["coalesced"], Value::Counter(coalesced)),
+                ],
+            );
+            f.one(
+                "larder_shallow_refreshes_total",
+                Value::Counter(sum(&|s| s.refreshes.load(Ordering::Relaxed))),
+            );
+            let store = &core.shallow.store;
+            f.one(
+                "larder_shallow_memory_bytes",
+                Value::Gauge(store.used_bytes() as f64),
+            );
+            f.one(
+                "larder_shallow_memory_budget_bytes",
+                Value::Gauge(store.budget_bytes().min(1 << 60) as f64),
+            );
+            f.one(
+                "larder_shallow_evictions_total",
+                Value::Counter(store.evictions.load(Ordering::Relaxed) as f64),
+            );
+        }
 
         // Replication and freshness.
         let fr = &ops.freshness;

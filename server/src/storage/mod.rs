@@ -71,6 +71,8 @@ pub struct StoredCache {
     /// The SELECT as the user wrote it (re-lowered at start).
     pub query: String,
     pub always: bool,
+    /// For a shallow cache: its TTL and refresh age, in milliseconds.
+    pub shallow: Option<(u64, u64)>,
 }
 
 /// Which upstream the stored data belongs to: a Postgres cluster (`system_identifier`, fixed
@@ -537,6 +539,11 @@ fn encode_cache(c: &StoredCache) -> Vec<u8> {
         Value::Text(c.query.clone()),
         Value::Bool(c.always),
     ];
+    let mut record = record;
+    if let Some((ttl_ms, refresh_ms)) = c.shallow {
+        record.push(Value::Int(ttl_ms as i64));
+        record.push(Value::Int(refresh_ms as i64));
+    }
     let mut out = Vec::new();
     encode_row(&record, &mut out);
     out
@@ -548,14 +555,27 @@ fn decode_cache(bytes: &[u8]) -> Result<StoredCache, StorageError> {
         detail: detail.into(),
     };
     let r = decode_row(bytes).map_err(|e| corrupt(&e.to_string()))?;
-    let [name, id, query, Value::Bool(always)] = r.as_slice() else {
-        return Err(corrupt("shape"));
+    let (name, id, query, always, shallow) = match r.as_slice() {
+        [name, id, query, Value::Bool(always)] => (name, id, query, *always, None),
+        [name, id, query, Value::Bool(always), Value::Int(ttl), Value::Int(refresh)]
+            if *ttl > 0 && *refresh > 0 =>
+        {
+            (
+                name,
+                id,
+                query,
+                *always,
+                Some((*ttl as u64, *refresh as u64)),
+            )
+        }
+        _ => return Err(corrupt("shape")),
     };
     Ok(StoredCache {
         name: text(name).ok_or_else(|| corrupt("name"))?,
         query_id: text(id).ok_or_else(|| corrupt("query id"))?,
         query: text(query).ok_or_else(|| corrupt("query"))?,
-        always: *always,
+        always,
+        shallow,
     })
 }
 
@@ -632,8 +652,20 @@ mod identity_tests {
                 query_id: "q_1".into(),
                 query: "SELECT * FROM t".into(),
                 always: false,
+                shallow: None,
             })
             .unwrap();
+        let shallow = StoredCache {
+            name: "s".into(),
+            query_id: "q_2".into(),
+            query: "SELECT now()".into(),
+            always: true,
+            shallow: Some((60_000, 30_000)),
+        };
+        storage.put_cache(&shallow).unwrap();
+        let stored = storage.caches().unwrap();
+        assert_eq!(stored.len(), 2);
+        assert!(stored.contains(&shallow), "{stored:?}");
         let a = id("7301", "app");
         storage.put_upstream_identity(&a).unwrap();
         assert_eq!(storage.upstream_identity().unwrap(), Some(a));

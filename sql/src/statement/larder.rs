@@ -17,15 +17,42 @@ pub enum CacheSource {
     QueryId(String),
 }
 
+/// Which kind of cache `CREATE CACHE` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    /// Plain `CREATE CACHE`: the server's `--cache-mode` decides.
+    Default,
+    /// `CREATE DEEP CACHE`: incrementally maintained dataflow, fresh with replication.
+    Deep,
+    /// `CREATE SHALLOW CACHE`: upstream results kept for a TTL and refreshed while read.
+    Shallow,
+}
+
+/// `POLICY TTL n SECONDS [REFRESH [EVERY] m SECONDS]` of a shallow cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlPolicy {
+    pub ttl_ms: u64,
+    /// How old a result may get before a read refreshes it in the background; `None`: the
+    /// server's default (a fraction of the TTL).
+    pub refresh_ms: Option<u64>,
+}
+
+/// Longest TTL accepted (a day): results older than that are not a cache any more.
+pub const TTL_MAX_MS: u64 = 86_400_000;
+
 /// One of Larder's own statements. Names and ids are as written; unquoted names are folded
 /// to lower case.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LarderStatement {
-    /// `CREATE CACHE [ALWAYS] [name] FROM ...`
+    /// `CREATE [DEEP|SHALLOW] CACHE [ALWAYS] [name] [POLICY TTL n SECONDS [REFRESH [EVERY] m
+    /// SECONDS]] FROM ...`
     CreateCache {
         always: bool,
         name: Option<String>,
         source: CacheSource,
+        kind: CacheKind,
+        /// Given only for shallow caches (a POLICY makes a plain `CREATE CACHE` shallow).
+        policy: Option<TtlPolicy>,
     },
     /// `EXPLAIN CREATE CACHE FROM ...`
     ExplainCreateCache { source: CacheSource },
@@ -60,7 +87,7 @@ pub enum LarderStatement {
 /// runs, and what the server's answer has (one definition for both).
 pub mod columns {
     pub const CREATE_CACHE: &[&str] = &["query_id", "name", "query", "cache_type"];
-    pub const EXPLAIN_CREATE_CACHE: &[&str] = &["query_id", "query", "supported"];
+    pub const EXPLAIN_CREATE_CACHE: &[&str] = &["query_id", "query", "supported", "shallow"];
     pub const SHOW_CACHES: &[&str] = &[
         "query_id",
         "name",
@@ -79,6 +106,7 @@ pub mod columns {
         "upstream_p99_ms",
         "rows",
         "estimated_saving_ms",
+        "shallow",
     ];
     pub const EXPLAIN_LAST_STATEMENT: &[&str] = &["query_destination", "reason"];
     pub const NAME_VALUE: &[&str] = &["name", "value"];
@@ -123,7 +151,10 @@ pub fn parse_larder_statement(
     let second = sc.word()?;
     let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let ours = match () {
-        _ if eq(first, "create") => eq(second, "cache"),
+        _ if eq(first, "create") => {
+            eq(second, "cache")
+                || ((eq(second, "shallow") || eq(second, "deep")) && sc.clone().keyword("cache"))
+        }
         _ if eq(first, "explain") => {
             eq(second, "last") || (eq(second, "create") && sc.clone().keyword("cache"))
         }
@@ -152,7 +183,15 @@ fn parse_ours(
 ) -> Result<LarderStatement, SqlError> {
     let second = second.to_ascii_lowercase();
     let stmt = match (first, second.as_str()) {
-        ("create", "cache") => return parse_create_cache(sc, dialect),
+        ("create", "cache") => return parse_create_cache(sc, dialect, CacheKind::Default),
+        ("create", "shallow") => {
+            sc.expect_keyword("cache")?;
+            return parse_create_cache(sc, dialect, CacheKind::Shallow);
+        }
+        ("create", "deep") => {
+            sc.expect_keyword("cache")?;
+            return parse_create_cache(sc, dialect, CacheKind::Deep);
+        }
         ("explain", "create") => {
             sc.expect_keyword("cache")?;
             sc.expect_keyword("from")?;
@@ -237,23 +276,83 @@ fn parse_ours(
     Ok(stmt)
 }
 
-fn parse_create_cache(mut sc: Scanner<'_>, dialect: Dialect) -> Result<LarderStatement, SqlError> {
+fn parse_create_cache(
+    mut sc: Scanner<'_>,
+    dialect: Dialect,
+    mut kind: CacheKind,
+) -> Result<LarderStatement, SqlError> {
     let always = sc.keyword("always");
-    let name = if sc.keyword("from") {
-        None
-    } else {
-        let name = sc
-            .name()
-            .ok_or_else(|| stmt_err("expected a cache name or FROM after CREATE CACHE"))?;
-        sc.expect_keyword("from")?;
-        Some(name)
-    };
+    let mut name = None;
+    let mut policy = None;
+    loop {
+        if sc.keyword("from") {
+            break;
+        }
+        if policy.is_none() && sc.keyword("policy") {
+            policy = Some(parse_policy(&mut sc)?);
+            continue;
+        }
+        if name.is_some() || policy.is_some() {
+            return Err(stmt_err("expected FROM"));
+        }
+        name =
+            Some(sc.name().ok_or_else(|| {
+                stmt_err("expected a cache name, POLICY or FROM after CREATE CACHE")
+            })?);
+    }
+    match (kind, policy) {
+        (CacheKind::Deep, Some(_)) => {
+            return Err(stmt_err(
+                "a deep cache has no TTL policy: it is kept fresh by replication",
+            ))
+        }
+        (CacheKind::Default, Some(_)) => kind = CacheKind::Shallow,
+        _ => {}
+    }
     let source = parse_cache_source(sc.rest(), dialect)?;
     Ok(LarderStatement::CreateCache {
         always,
         name,
         source,
+        kind,
+        policy,
     })
+}
+
+/// `TTL n SECONDS [REFRESH [EVERY] m SECONDS]` after POLICY.
+fn parse_policy(sc: &mut Scanner<'_>) -> Result<TtlPolicy, SqlError> {
+    sc.expect_keyword("ttl")?;
+    let ttl_ms = parse_seconds(sc, "TTL")?;
+    let refresh_ms = if sc.keyword("refresh") {
+        sc.keyword("every");
+        let refresh = parse_seconds(sc, "REFRESH")?;
+        if refresh >= ttl_ms {
+            return Err(stmt_err(
+                "REFRESH must be shorter than the TTL (a result is refreshed before it expires)",
+            ));
+        }
+        Some(refresh)
+    } else {
+        None
+    };
+    Ok(TtlPolicy { ttl_ms, refresh_ms })
+}
+
+fn parse_seconds(sc: &mut Scanner<'_>, what: &str) -> Result<u64, SqlError> {
+    let n = sc
+        .number()
+        .ok_or_else(|| stmt_err(format!("{what} needs a whole number of seconds")))?;
+    if !(sc.keyword("seconds") || sc.keyword("second")) {
+        return Err(stmt_err(format!("expected SECONDS after the {what} value")));
+    }
+    let ms = n.saturating_mul(1000);
+    if n == 0 || ms > TTL_MAX_MS {
+        return Err(stmt_err(format!(
+            "{what} must be between 1 and {} seconds",
+            TTL_MAX_MS / 1000
+        )));
+    }
+    Ok(ms)
 }
 
 fn parse_cache_source(rest: &str, dialect: Dialect) -> Result<CacheSource, SqlError> {
@@ -345,6 +444,7 @@ mod tests {
                 always: false,
                 name: None,
                 source: CacheSource::Select { query, text },
+                ..
             } => {
                 assert_eq!(text, "select * from t where id = 1");
                 assert_eq!(query.to_string(), "SELECT * FROM t WHERE id = 1");
@@ -356,6 +456,7 @@ mod tests {
                 always: true,
                 name: Some(name),
                 source: CacheSource::Select { .. },
+                ..
             } => assert_eq!(name, "mycache"),
             other => panic!("{other:?}"),
         }
@@ -370,7 +471,9 @@ mod tests {
             LarderStatement::CreateCache {
                 always: false,
                 name: None,
-                source: CacheSource::QueryId("q_0123456789abcdef".into())
+                source: CacheSource::QueryId("q_0123456789abcdef".into()),
+                kind: CacheKind::Default,
+                policy: None,
             }
         );
         assert_eq!(
@@ -378,9 +481,54 @@ mod tests {
             LarderStatement::CreateCache {
                 always: true,
                 name: None,
-                source: CacheSource::QueryId("q_0123456789abcdef".into())
+                source: CacheSource::QueryId("q_0123456789abcdef".into()),
+                kind: CacheKind::Default,
+                policy: None,
             }
         );
+    }
+
+    #[test]
+    fn shallow_and_deep_caches() {
+        let policy = |ttl_ms, refresh_ms| Some(TtlPolicy { ttl_ms, refresh_ms });
+        let kind_policy = |sql: &str| match ok(sql) {
+            LarderStatement::CreateCache {
+                kind, policy, name, ..
+            } => (kind, policy, name),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            kind_policy("create shallow cache from select 1"),
+            (CacheKind::Shallow, None, None)
+        );
+        assert_eq!(
+            kind_policy("CREATE DEEP CACHE d FROM select a from t"),
+            (CacheKind::Deep, None, Some("d".into()))
+        );
+        assert_eq!(
+            kind_policy("CREATE SHALLOW CACHE s POLICY TTL 60 SECONDS REFRESH EVERY 30 SECONDS FROM select 1"),
+            (CacheKind::Shallow, policy(60_000, Some(30_000)), Some("s".into()))
+        );
+        assert_eq!(
+            kind_policy("create cache policy ttl 5 seconds refresh 1 second from select 1"),
+            (CacheKind::Shallow, policy(5_000, Some(1_000)), None)
+        );
+        assert_eq!(
+            kind_policy("create shallow cache always policy ttl 2 seconds from select 1"),
+            (CacheKind::Shallow, policy(2_000, None), None)
+        );
+        for bad in [
+            "create deep cache policy ttl 5 seconds from select 1",
+            "create shallow cache policy ttl 0 seconds from select 1",
+            "create shallow cache policy ttl 5 from select 1",
+            "create shallow cache policy ttl 5 seconds refresh 5 seconds from select 1",
+            "create shallow cache policy ttl 999999999 seconds from select 1",
+            "create shallow cache a b from select 1",
+        ] {
+            assert!(matches!(pg(bad), Some(Err(_))), "{bad}");
+        }
+        assert!(pg("create shallow table t (a int)").is_none());
+        assert!(pg("create shallow from select 1").is_none());
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl Dialect {
 mod larder;
 mod scanner;
 
-pub use larder::{columns, is_query_id, parse_larder_statement, CacheSource, LarderStatement};
+pub use larder::{
+    columns, is_query_id, parse_larder_statement, CacheKind, CacheSource, LarderStatement,
+    TtlPolicy, TTL_MAX_MS,
+};
 use scanner::Scanner;
 
 /// Coarse class of a statement, for routing.

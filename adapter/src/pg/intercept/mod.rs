@@ -30,7 +30,7 @@ use crate::AdapterError;
 
 mod pipeline;
 
-pub use pipeline::{InflightGauge, InflightShare};
+pub use pipeline::{InflightGauge, InflightShare, Tee, TeeSink, WaitOutcome, WaitResponse};
 pub(crate) use pipeline::{InjectedParse, Pipeline, Slot};
 
 /// Where a client connected from.
@@ -190,6 +190,41 @@ impl Dispatch<'_> {
             if let Some(last) = self.pipe.relay_started.back_mut() {
                 last.timing = Some(timing);
             }
+        }
+    }
+
+    /// Hands the response to the last statement forwarded (the last sync point sent, if its
+    /// response is relayed) to `tee` as well as to the client: every message up to, not
+    /// including, its ReadyForQuery (asynchronous ones aside), at most `max_bytes`.
+    pub fn tee_last_relay(&mut self, max_bytes: usize, sink: TeeSink) {
+        if matches!(self.pipe.slots.back(), Some(Slot::Relay)) {
+            if let Some(last) = self.pipe.relay_started.back_mut() {
+                last.tee = Some(Tee::new(max_bytes, sink));
+            }
+        }
+    }
+
+    /// Answers the client with what `response` resolves to: local bytes, or client messages
+    /// to forward after all (see [`WaitOutcome`]). Only when nothing is in flight or queued
+    /// (returns false otherwise, and does nothing); the session reads nothing more from the
+    /// client and Larder sends nothing of its own until it resolves, so a forward keeps the
+    /// order. The caller must not forward or answer anything else in this batch.
+    pub fn wait(&mut self, response: WaitResponse) -> bool {
+        if !self.pipe.slots.is_empty() || !self.pipe.deferred.is_empty() || self.pipe.unsynced {
+            return false;
+        }
+        self.pipe.slots.push_back(Slot::Wait(response));
+        true
+    }
+
+    /// Like [`Dispatch::capture`], but only when it can go at once (the upstream is at a
+    /// boundary and nothing of Larder's waits); false, and nothing sent, otherwise.
+    pub fn capture_now(&mut self, raw: &[u8]) -> bool {
+        if self.pipe.deferred.is_empty() && self.pipe.at_boundary() {
+            self.send_upstream(raw, ResponseMode::Capture);
+            true
+        } else {
+            false
         }
     }
 

@@ -25,6 +25,72 @@ pub(crate) enum Slot {
     Local(Bytes),
     /// Bytes Larder is still computing; written when ready and everything before it is out.
     Later(LocalResponse),
+    /// A local answer, or client messages to forward after all, still being decided (see
+    /// [`super::Dispatch::wait`]); always alone in the queue.
+    Wait(WaitResponse),
+}
+
+/// What a [`Slot::Wait`] turns into.
+pub enum WaitOutcome {
+    /// Complete backend messages ending with ReadyForQuery, for the client.
+    Answer(Bytes),
+    /// Client messages (whole units ending at a sync point) to send upstream now, relaying
+    /// the response, optionally teed.
+    Forward { raw: Bytes, tee: Option<Tee> },
+}
+
+pub type WaitResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = WaitOutcome> + Send + 'static>>;
+
+/// Receives a teed response (`None` when it passed its bound or the statement never got its
+/// answer) and how long the upstream took.
+pub type TeeSink = Box<dyn FnOnce(Option<Bytes>, std::time::Duration) + Send>;
+
+/// A copy of one relayed response, for Larder (see [`super::Dispatch::tee_last_relay`]).
+pub struct Tee {
+    buf: BytesMut,
+    max_bytes: usize,
+    overflow: bool,
+    sink: Option<TeeSink>,
+}
+
+impl Tee {
+    pub fn new(max_bytes: usize, sink: TeeSink) -> Tee {
+        Tee {
+            buf: BytesMut::new(),
+            max_bytes,
+            overflow: false,
+            sink: Some(sink),
+        }
+    }
+
+    pub(crate) fn push(&mut self, msg: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.buf.len() + msg.len() > self.max_bytes {
+            self.overflow = true;
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(msg);
+        }
+    }
+
+    fn finish(mut self, took: std::time::Duration) {
+        if let Some(sink) = self.sink.take() {
+            let bytes = (!self.overflow).then(|| std::mem::take(&mut self.buf).freeze());
+            sink(bytes, took);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // The session ended before the answer: the sink learns there is none.
+        if let Some(sink) = self.sink.take() {
+            sink(None, std::time::Duration::ZERO);
+        }
+    }
 }
 
 impl Slot {
@@ -42,6 +108,7 @@ impl std::fmt::Debug for Slot {
             Slot::Capture => write!(f, "Capture"),
             Slot::Local(b) => write!(f, "Local({} bytes)", b.len()),
             Slot::Later(_) => write!(f, "Later"),
+            Slot::Wait(_) => write!(f, "Wait"),
         }
     }
 }
@@ -96,6 +163,8 @@ pub(crate) struct Pipeline {
 pub struct Relayed {
     pub started: std::time::Instant,
     pub timing: Option<std::sync::Arc<dyn crate::cache::UpstreamTiming>>,
+    /// Who gets a copy of the response.
+    pub tee: Option<Tee>,
 }
 
 impl std::fmt::Debug for Relayed {
@@ -103,6 +172,7 @@ impl std::fmt::Debug for Relayed {
         f.debug_struct("Relayed")
             .field("started", &self.started)
             .field("timed", &self.timing.is_some())
+            .field("teed", &self.tee.is_some())
             .finish()
     }
 }
@@ -236,7 +306,20 @@ impl Pipeline {
     /// message type 0x50 during COPY from stdin"), of a pipeline (its Sync would end the
     /// client's implicit transaction or error recovery early) or of a statement.
     pub fn at_boundary(&self) -> bool {
-        self.pending_sync_points() == 0 && !self.unsynced
+        self.pending_sync_points() == 0 && !self.unsynced && !self.waiting()
+    }
+
+    /// A [`Slot::Wait`] is undecided: nothing more is read from the client or sent upstream.
+    pub fn waiting(&self) -> bool {
+        matches!(self.slots.front(), Some(Slot::Wait(_)))
+    }
+
+    /// The tee of the relayed response at the front, if any.
+    pub fn front_tee(&mut self) -> Option<&mut Tee> {
+        match self.slots.front() {
+            Some(Slot::Relay) => self.relay_started.front_mut()?.tee.as_mut(),
+            _ => None,
+        }
     }
 
     /// Sends the deferred captured units once the upstream is at a boundary (called by the
@@ -263,6 +346,7 @@ impl Pipeline {
                         self.relay_started.push_back(Relayed {
                             started: std::time::Instant::now(),
                             timing: None,
+                            tee: None,
                         });
                     }
                     self.slots.push_back(match mode {
@@ -312,6 +396,9 @@ impl Pipeline {
                 if let Some(timing) = relayed.timing {
                     timing.done(relayed.started.elapsed(), rows);
                 }
+                if let Some(tee) = relayed.tee {
+                    tee.finish(relayed.started.elapsed());
+                }
             }
         }
         slot
@@ -358,6 +445,29 @@ impl Pipeline {
     /// Polls a pending local response at the front; true if one completed.
     pub fn poll_later_front(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
+        if let Some(Slot::Wait(fut)) = self.slots.front_mut() {
+            let Poll::Ready(outcome) = fut.as_mut().poll(cx) else {
+                return false;
+            };
+            self.slots.pop_front();
+            debug_assert!(self.slots.is_empty(), "a Wait slot is alone in the queue");
+            match outcome {
+                WaitOutcome::Answer(bytes) => {
+                    if self.admit_local(bytes.len()) {
+                        self.client_out.extend_from_slice(&bytes);
+                    }
+                }
+                WaitOutcome::Forward { raw, tee } => {
+                    self.send(&raw, ResponseMode::Relay);
+                    if let (Some(tee), Some(last)) = (tee, self.relay_started.back_mut()) {
+                        last.tee = Some(tee);
+                    }
+                }
+            }
+            // Larder's own units held back while it waited.
+            self.release_deferred();
+            return true;
+        }
         while let Some(Slot::Later(fut)) = self.slots.front_mut() {
             let Poll::Ready(bytes) = fut.as_mut().poll(cx) else {
                 break;

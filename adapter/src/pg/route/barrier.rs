@@ -77,6 +77,7 @@ impl RouterSession {
         self.captures
             .push_back(CaptureKind::WalPosition { ddl: after_ddl });
         self.barrier_lsn = Some(0);
+        self.wrote_at = Some(std::time::Instant::now());
     }
 
     /// The upstream's WAL position after the session's DDL or write (`None`: unknown, so

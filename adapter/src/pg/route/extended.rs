@@ -29,12 +29,15 @@ impl RouterSession {
         dispatch: &mut Dispatch<'_>,
     ) {
         if let Some(local) = self.unit_shape(msgs) {
-            if self.answer_unit(session, &local, dispatch) {
+            if self.answer_unit(session, &local, msgs, dispatch) {
                 return;
             }
         }
         let executed = self.forward_unit(msgs, dispatch);
         self.time_forwarded(dispatch);
+        if let Some(tee) = self.pending_tee.take() {
+            dispatch.tee_last_relay(shallow::ENTRY_MAX_BYTES, tee);
+        }
         if let Some(sql) = executed {
             self.barrier_after(session, &sql, dispatch);
         }
@@ -128,6 +131,7 @@ impl RouterSession {
         &mut self,
         session: &SessionState,
         unit: &LocalUnit,
+        msgs: &[RawFrame<'_>],
         dispatch: &mut Dispatch<'_>,
     ) -> bool {
         if let Some(p) = &unit.parse {
@@ -177,10 +181,53 @@ impl RouterSession {
             }
             Kind::Select(shape) => {
                 let Some(bind) = &unit.bind else { return false };
-                match self
-                    .try_cache(session, shape, Some((bind, &param_types)), dispatch)
-                    .and_then(|read| described_alike(prepared_epoch, read))
-                {
+                let route = self.try_cache(session, shape, Some((bind, &param_types)), dispatch);
+                let route = match route {
+                    Ok(Route::Shallow(cache, query_id)) => {
+                        let sql = match (&unit.parse, self.statements.get(&unit.statement)) {
+                            (Some(p), _) => p.query.clone(),
+                            (None, Some(s)) => s.sql.clone(),
+                            (None, None) => return false,
+                        };
+                        let on_upstream = unit.parse.is_some()
+                            || self
+                                .statements
+                                .get(&unit.statement)
+                                .is_some_and(|s| s.on_upstream);
+                        // Forwarded later unchanged only if that re-creates nothing upstream
+                        // that Larder would prepare again (a named Parse).
+                        let may_wait = self.batch_tail
+                            && on_upstream
+                            && unit.parse.as_ref().is_none_or(|p| p.name.is_empty());
+                        BindComplete.encode(&mut out);
+                        let raw: Vec<u8> =
+                            msgs.iter().flat_map(|m| m.raw.iter().copied()).collect();
+                        let request = shallow::ShallowRequest {
+                            request_key: shallow::extended_key(&sql, &param_types, bind),
+                            raw: raw.into(),
+                            prefix: out,
+                            needs_head: unit.describe,
+                            refresh: shallow::extended_refresh(&sql, &param_types, bind),
+                            may_wait,
+                        };
+                        match self.serve_shallow(session, &cache, &query_id, request, dispatch) {
+                            shallow::ShallowAction::Answered => {
+                                if let Some(p) = &unit.parse {
+                                    self.remember(p, false);
+                                }
+                                return true;
+                            }
+                            shallow::ShallowAction::Forward(tee) => {
+                                self.miss_recorded(session, shape);
+                                self.pending_tee = tee;
+                                return false;
+                            }
+                        }
+                    }
+                    Ok(Route::Deep(read)) => described_alike(prepared_epoch, read),
+                    Err(e) => Err(e),
+                };
+                match route {
                     Ok((cache, params)) => {
                         let formats = Formats::new(&bind.result_formats);
                         BindComplete.encode(&mut out);

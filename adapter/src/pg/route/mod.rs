@@ -29,7 +29,9 @@ use larder_sql::statement::{
 };
 use larder_sql::{SqlType, Value};
 
-use super::intercept::{ClientBatch, Dispatch, Interceptor, InterceptorFactory, SessionState};
+use super::intercept::{
+    ClientBatch, Dispatch, Interceptor, InterceptorFactory, SessionState, TeeSink,
+};
 use super::memo::ByteBoundedMap;
 use super::messages::{
     frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode,
@@ -47,6 +49,7 @@ mod encode;
 mod extended;
 mod facts;
 mod names;
+mod shallow;
 mod shape;
 
 use bind::*;
@@ -117,6 +120,9 @@ impl InterceptorFactory for CacheRouter {
                 reason: "no statement yet".into(),
             },
             upstream_timing: None,
+            wrote_at: None,
+            batch_tail: true,
+            pending_tee: None,
         })
     }
 }
@@ -132,6 +138,13 @@ enum Kind {
 
 /// A cache that can answer a statement, and the read's parameter values (one list per slot).
 type CacheRead = (Arc<dyn CachedQuery>, Vec<Vec<Value>>);
+
+/// Which cache may answer a statement.
+enum Route {
+    Deep(CacheRead),
+    /// A shallow cache, and the query id as this session means it.
+    Shallow(Arc<crate::shallow::ShallowCache>, Arc<str>),
+}
 
 struct Statement {
     sql: String,
@@ -152,6 +165,11 @@ enum CaptureKind {
     Facts,
     /// `pg_current_wal_lsn()` after this session's DDL (`ddl`) or writes.
     WalPosition { ddl: bool },
+    /// A shallow cache's result fetched again (see `shallow.rs`).
+    ShallowRefresh {
+        ticket: crate::shallow::RefreshTicket,
+        sent: std::time::Instant,
+    },
 }
 
 struct Last {
@@ -163,6 +181,8 @@ enum Reason {
     Text(String),
     /// Answered by this cache.
     Hit(Arc<dyn CachedQuery>),
+    /// Answered by this shallow cache.
+    Shallow(Arc<crate::shallow::ShallowCache>),
 }
 
 impl From<String> for Reason {
@@ -182,6 +202,11 @@ impl Reason {
         match self {
             Reason::Text(s) => s.clone(),
             Reason::Hit(c) => format!("answered by the cache of {}", c.query_id()),
+            Reason::Shallow(c) => format!(
+                "answered by the shallow cache of {} (results kept for {} s)",
+                c.query_id,
+                c.policy.ttl.as_secs_f64()
+            ),
         }
     }
 }
@@ -231,6 +256,13 @@ struct RouterSession {
     /// Who wants to know how the statement that just missed fares upstream (set by `miss`,
     /// attached to the forwarded statement by `time_forwarded`).
     upstream_timing: Option<Arc<dyn UpstreamTiming>>,
+    /// When the session last wrote (or ran DDL): shallow results fetched before are not
+    /// served to it (read-your-writes).
+    wrote_at: Option<std::time::Instant>,
+    /// The unit being routed is the last complete one of its batch.
+    batch_tail: bool,
+    /// The tee of a shallow cache's fetch, for the unit about to be forwarded.
+    pending_tee: Option<TeeSink>,
 }
 
 impl Drop for RouterSession {
@@ -252,6 +284,7 @@ impl Interceptor for RouterSession {
             let tag = msgs[i].frame.tag;
             match tag {
                 frontend_tag::QUERY => {
+                    self.batch_tail = i + 1 == msgs.len();
                     self.on_query(session, &msgs[i], dispatch);
                     i += 1;
                 }
@@ -266,6 +299,7 @@ impl Interceptor for RouterSession {
                         .position(|m| m.frame.tag == frontend_tag::SYNC)
                     {
                         Some(n) => {
+                            self.batch_tail = i + n + 1 == msgs.len();
                             self.on_unit(session, &msgs[i..=i + n], dispatch);
                             i += n + 1;
                         }
@@ -302,6 +336,9 @@ impl Interceptor for RouterSession {
                 // Role and database defaults of these settings are invisible otherwise.
                 self.custom_output = self.facts.on_answer(&row).custom;
             }
+            Some(CaptureKind::ShallowRefresh { ticket, sent }) => {
+                self.on_shallow_refresh(ticket, sent, response);
+            }
             None => {}
         }
     }
@@ -327,7 +364,28 @@ impl RouterSession {
                 self.run_larder(session, stmt, None, dispatch);
             }
             Kind::Select(shape) => match self.try_cache(session, shape, None, dispatch) {
-                Ok((cache, params)) => {
+                Ok(Route::Shallow(cache, query_id)) => {
+                    let request = shallow::ShallowRequest {
+                        request_key: shallow::simple_key(&q.sql),
+                        raw: Bytes::copy_from_slice(msg.raw),
+                        prefix: BytesMut::new(),
+                        needs_head: true,
+                        refresh: shallow::simple_refresh(msg.raw),
+                        may_wait: self.batch_tail,
+                    };
+                    match self.serve_shallow(session, &cache, &query_id, request, dispatch) {
+                        shallow::ShallowAction::Answered => {}
+                        shallow::ShallowAction::Forward(tee) => {
+                            self.miss_recorded(session, shape);
+                            dispatch.forward(msg);
+                            self.time_forwarded(dispatch);
+                            if let Some(tee) = tee {
+                                dispatch.tee_last_relay(shallow::ENTRY_MAX_BYTES, tee);
+                            }
+                        }
+                    }
+                }
+                Ok(Route::Deep((cache, params))) => {
                     let mut out = self.take_scratch();
                     let formats = Formats::all_text();
                     self.put_row_description(&cache, &[], &mut out);
@@ -394,7 +452,7 @@ impl RouterSession {
         shape: &Shape,
         bound: Option<(&Bind, &Vec<u32>)>,
         dispatch: &mut Dispatch<'_>,
-    ) -> Result<CacheRead, String> {
+    ) -> Result<Route, String> {
         if !self.backend.caching_on() {
             return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
         }
@@ -412,10 +470,12 @@ impl RouterSession {
             return Err("the transaction has failed".into());
         }
         let query_id = self.session_query_id(session, shape, dispatch)?;
-        let cache = self
-            .backend
-            .lookup(&query_id)
-            .ok_or_else(|| format!("no cache for query {query_id}"))?;
+        let Some(cache) = self.backend.lookup(&query_id) else {
+            return match self.backend.shallow(&query_id) {
+                Some(shallow) => self.shallow_allowed(session, shallow, query_id, dispatch),
+                None => Err(format!("no cache for query {query_id}")),
+            };
+        };
         if session.transaction_status() == TransactionStatus::InTransaction && !cache.always() {
             return Err("inside a transaction (the cache was not created ALWAYS)".into());
         }
@@ -479,7 +539,47 @@ impl RouterSession {
                 .map_err(|e| e.to_string())?
             }
         };
-        Ok((cache, params))
+        Ok(Route::Deep((cache, params)))
+    }
+
+    /// Whether a shallow cache may answer this session now: outside a transaction (unless it
+    /// was created ALWAYS), over the relations it was created on, for a role that may read
+    /// them, with output settings Larder can see.
+    fn shallow_allowed(
+        &mut self,
+        session: &SessionState,
+        cache: Arc<crate::shallow::ShallowCache>,
+        query_id: Arc<str>,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Result<Route, String> {
+        if session.transaction_status() != TransactionStatus::Idle && !cache.always {
+            return Err("inside a transaction (the shallow cache was not created ALWAYS)".into());
+        }
+        for r in &cache.relations {
+            if self.backend.relation_oid(&r.schema, &r.name) != Some(r.oid) {
+                return Err(format!(
+                    "{}.{} is not the relation the cache was built from (dropped or re-created)",
+                    r.schema, r.name
+                ));
+            }
+        }
+        match self.facts.role() {
+            Some(role) => self.backend.may_read_shallow(role, &cache)?,
+            None => {
+                if self.facts.ask(dispatch) {
+                    self.captures.push_back(CaptureKind::Facts);
+                }
+                return Err("asking the upstream which role this session runs as".into());
+            }
+        }
+        let custom_output = self.custom_output
+            || self
+                .backend
+                .custom_output_for(session.user(), session.database());
+        if custom_output {
+            return Err("the session changed extra_float_digits or bytea_output".into());
+        }
+        Ok(Route::Shallow(cache, query_id))
     }
 
     /// The session's `TimeZone` as Larder can apply it (parsed once per value).
@@ -559,8 +659,17 @@ impl RouterSession {
     }
 
     fn miss(&mut self, session: &SessionState, shape: &Shape, reason: String) {
-        // The id as this session means the query, when Larder can tell: what
-        // `CREATE CACHE FROM <id>` gives the cache.
+        let id = self.miss_recorded(session, shape);
+        self.backend.fell_back(&id, &reason);
+        self.last = Last {
+            destination: "upstream",
+            reason: reason.into(),
+        };
+    }
+
+    /// Records a SELECT that goes upstream (for the advisor); returns its id as this session
+    /// means it, when Larder can tell: what `CREATE CACHE FROM <id>` gives the cache.
+    fn miss_recorded(&mut self, session: &SessionState, shape: &Shape) -> Arc<str> {
         let id = self
             .resolve_id(shape)
             .unwrap_or_else(|_| shape.query_id.clone());
@@ -568,11 +677,7 @@ impl RouterSession {
         self.upstream_timing = self
             .backend
             .record_proxied(&id, &shape.text, &|| facts.context(session.user()));
-        self.backend.fell_back(&id, &reason);
-        self.last = Last {
-            destination: "upstream",
-            reason: reason.into(),
-        };
+        id
     }
 
     /// Hands the timing asked for by the latest miss to the statement just forwarded.

@@ -481,6 +481,7 @@ impl Relay {
                 && self.pipe.upstream_out.len() < OUT_HIGH_WATER_BYTES
                 && self.pipe.client_backlog_bytes() < OUT_HIGH_WATER_BYTES
                 && self.pipe.later_queued < LATER_QUEUED_MAX
+                && !self.pipe.waiting()
             {
                 let (max, _) = self.client_message_limit();
                 reserve_for_read(

@@ -173,6 +173,19 @@ impl Relay {
             };
             let mut relay = front.is_none();
             let mut replacement: Option<BytesMut> = None;
+            if relay
+                && self.state.authenticated
+                && !matches!(
+                    h.tag,
+                    backend_tag::READY_FOR_QUERY
+                        | backend_tag::PARAMETER_STATUS
+                        | backend_tag::NOTIFICATION_RESPONSE
+                )
+            {
+                if let Some(tee) = self.pipe.front_tee() {
+                    tee.push(&buf[pos..end]);
+                }
+            }
             match h.tag {
                 backend_tag::READY_FOR_QUERY => {
                     self.state.transaction_status = ReadyForQuery::decode_body(body)?.status;

@@ -1,0 +1,224 @@
+//! What keeps a query from being a shallow (TTL) cache: a result kept for a while and served to
+//! other sessions must be the result those sessions would get upstream in that while.
+//!
+//! Four things break that, each refused by default with a reason the user reads, and each
+//! allowed by a flag of the server where the user accepts the consequence:
+//! - [`Refusal::Nondeterministic`]: a function whose result changes from call to call or with
+//!   the clock (`now()`, `random()`, sequences);
+//! - [`Refusal::Catalog`]: system catalogs (`pg_catalog`, `information_schema`, `pg_*`), which
+//!   describe the session or the server as much as data;
+//! - [`Refusal::Session`]: functions that read the session (`current_setting`, `pg_backend_pid`,
+//!   `inet_client_addr`, ...): two sessions with one role may get different answers;
+//! - [`Refusal::Locking`] (never allowed): `FOR UPDATE`/`FOR SHARE` take row locks, which a
+//!   cached answer would not.
+//!
+//! Transactions are the fourth refusal, decided per read by the router (a read inside a
+//! transaction block sees its own snapshot).
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{visit_expressions, visit_relations, Expr, ObjectName, Query, SetExpr};
+
+/// Why a query cannot be a shallow cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Nondeterministic(String),
+    Catalog(String),
+    Session(String),
+    Locking,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Nondeterministic(name) => write!(
+                f,
+                "it calls {name}(), whose result changes from call to call (allow with --shallow-allow nondeterministic)"
+            ),
+            Refusal::Catalog(name) => write!(
+                f,
+                "it reads the system catalog {name} (allow with --shallow-allow catalogs)"
+            ),
+            Refusal::Session(name) => write!(
+                f,
+                "it calls {name}(), whose result depends on the session (allow with --shallow-allow session)"
+            ),
+            Refusal::Locking => f.write_str("it locks rows (FOR UPDATE/FOR SHARE)"),
+        }
+    }
+}
+
+/// Functions whose result differs between calls with the same arguments (`VOLATILE` in
+/// Postgres, or `STABLE` only within one statement because they read the clock).
+const NONDETERMINISTIC: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtime",
+    "localtimestamp",
+    "transaction_timestamp",
+    "statement_timestamp",
+    "clock_timestamp",
+    "timeofday",
+    "random",
+    "random_normal",
+    "setseed",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v4",
+    "nextval",
+    "currval",
+    "lastval",
+    "setval",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_current_wal_lsn",
+    "age",
+];
+
+/// Functions that read the session rather than data.
+const SESSION: &[&str] = &[
+    "current_setting",
+    "set_config",
+    "pg_backend_pid",
+    "inet_client_addr",
+    "inet_client_port",
+    "inet_server_addr",
+    "inet_server_port",
+    "pg_my_temp_schema",
+    "current_schema",
+    "current_schemas",
+    "session_user",
+    "pg_is_other_temp_schema",
+    "pg_trigger_depth",
+    "pg_conf_load_time",
+    "pg_postmaster_start_time",
+];
+
+/// Schemas whose relations describe the server or the session.
+const CATALOG_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
+
+/// Everything that keeps `query` from being a shallow cache, in the order found (each
+/// function or catalog once).
+pub fn refusals(query: &Query) -> Vec<Refusal> {
+    let mut out: Vec<Refusal> = Vec::new();
+    let mut push = |r: Refusal| {
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    };
+    if has_locking(query) {
+        push(Refusal::Locking);
+    }
+    let _ = visit_relations(query, |name: &ObjectName| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
+            .collect();
+        let catalog = match parts.as_slice() {
+            [schema, _] | [_, schema, _] => CATALOG_SCHEMAS.contains(&schema.as_str()),
+            // Unqualified: pg_catalog is searched first, so `pg_class` is the catalog's.
+            [one] => one.starts_with("pg_"),
+            _ => false,
+        };
+        if catalog {
+            push(Refusal::Catalog(parts.join(".")));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions(query, |e: &Expr| {
+        let name = match e {
+            Expr::Function(f) => f
+                .name
+                .0
+                .last()
+                .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()),
+            // `CURRENT_TIMESTAMP`, `CURRENT_DATE`, `LOCALTIME` without parentheses parse as
+            // identifiers in some positions.
+            Expr::Identifier(i) if i.quote_style.is_none() => Some(i.value.to_ascii_lowercase()),
+            _ => None,
+        };
+        if let Some(name) = name {
+            let is_function = matches!(e, Expr::Function(_));
+            if NONDETERMINISTIC.contains(&name.as_str())
+                && (is_function || name.starts_with("current_") || name.starts_with("local"))
+            {
+                push(Refusal::Nondeterministic(name));
+            } else if SESSION.contains(&name.as_str())
+                && (is_function || name == "session_user" || name == "current_schema")
+            {
+                push(Refusal::Session(name));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn has_locking(query: &Query) -> bool {
+    if !query.locks.is_empty() {
+        return true;
+    }
+    match query.body.as_ref() {
+        SetExpr::Select(s) => s.into.is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statement::{parse_select, Dialect};
+
+    fn of(sql: &str) -> Vec<Refusal> {
+        refusals(&parse_select(sql, Dialect::Postgres).unwrap())
+    }
+
+    #[test]
+    fn plain_queries_pass() {
+        for sql in [
+            "SELECT a, count(*) FROM t JOIN u USING (id) GROUP BY a",
+            "SELECT row_number() OVER (ORDER BY a), a FROM t",
+            "SELECT lower(name), current_user FROM public.t WHERE id = $1",
+            "SELECT * FROM pgbench_accounts",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+        ] {
+            assert_eq!(of(sql), vec![], "{sql}");
+        }
+    }
+
+    #[test]
+    fn each_kind_is_refused_with_its_name() {
+        assert_eq!(
+            of("SELECT now(), random() FROM t"),
+            vec![
+                Refusal::Nondeterministic("now".into()),
+                Refusal::Nondeterministic("random".into())
+            ]
+        );
+        assert_eq!(
+            of("SELECT * FROM t WHERE ts > CURRENT_TIMESTAMP - interval '1 day'"),
+            vec![Refusal::Nondeterministic("current_timestamp".into())]
+        );
+        assert_eq!(
+            of("SELECT relname FROM pg_class"),
+            vec![Refusal::Catalog("pg_class".into())]
+        );
+        assert_eq!(
+            of("SELECT * FROM information_schema.tables"),
+            vec![Refusal::Catalog("information_schema.tables".into())]
+        );
+        assert_eq!(
+            of("SELECT * FROM t WHERE tenant = current_setting('app.tenant')"),
+            vec![Refusal::Session("current_setting".into())]
+        );
+        assert_eq!(of("SELECT * FROM t FOR UPDATE"), vec![Refusal::Locking]);
+        let text = Refusal::Nondeterministic("now".into()).to_string();
+        assert!(
+            text.contains("now()") && text.contains("--shallow-allow"),
+            "{text}"
+        );
+    }
+}
