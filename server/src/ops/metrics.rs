@@ -291,44 +291,47 @@ impl Collector for LarderCollector {
             Value::Gauge(state_bytes as f64),
         );
 
-        if let Some(core) = &self.core {
-            let shallow = core.shallow.all();
-            let sum = |f: &dyn Fn(&larder_adapter::shallow::ShallowStats) -> u64| {
-                shallow.iter().map(|c| f(&c.stats)).sum::<u64>() as f64
-            };
-            let coalesced = sum(&|s| s.coalesced.load(Ordering::Relaxed));
-            f.push(
-                "larder_shallow_reads_total",
-                vec![
-                    (
-                        vec!["hit"],
-                        Value::Counter(sum(&|s| s.hits.load(Ordering::Relaxed))),
-                    ),
-                    (
-                        vec!["miss"],
-                        Value::Counter(sum(&|s| s.misses.load(Ordering::Relaxed)) - coalesced),
-                    ),
-                    (vec!["coalesced"], Value::Counter(coalesced)),
-                ],
-            );
-            f.one(
-                "larder_shallow_refreshes_total",
-                Value::Counter(sum(&|s| s.refreshes.load(Ordering::Relaxed))),
-            );
-            let store = &core.shallow.store;
-            f.one(
-                "larder_shallow_memory_bytes",
-                Value::Gauge(store.used_bytes() as f64),
-            );
-            f.one(
-                "larder_shallow_memory_budget_bytes",
-                Value::Gauge(store.budget_bytes().min(1 << 60) as f64),
-            );
-            f.one(
-                "larder_shallow_evictions_total",
-                Value::Counter(store.evictions.load(Ordering::Relaxed) as f64),
-            );
-        }
+        // Shallow caches (zeros in proxy-only mode, which has none).
+        let shallow = self
+            .core
+            .as_ref()
+            .map(|c| c.shallow.all())
+            .unwrap_or_default();
+        let sum = |f: &dyn Fn(&larder_adapter::shallow::ShallowStats) -> u64| {
+            shallow.iter().map(|c| f(&c.stats)).sum::<u64>() as f64
+        };
+        let coalesced = sum(&|s| s.coalesced.load(Ordering::Relaxed));
+        f.push(
+            "larder_shallow_reads_total",
+            vec![
+                (
+                    vec!["hit"],
+                    Value::Counter(sum(&|s| s.hits.load(Ordering::Relaxed))),
+                ),
+                (
+                    vec!["miss"],
+                    Value::Counter(sum(&|s| s.misses.load(Ordering::Relaxed)) - coalesced),
+                ),
+                (vec!["coalesced"], Value::Counter(coalesced)),
+            ],
+        );
+        f.one(
+            "larder_shallow_refreshes_total",
+            Value::Counter(sum(&|s| s.refreshes.load(Ordering::Relaxed))),
+        );
+        let store = self.core.as_ref().map(|c| &c.shallow.store);
+        f.one(
+            "larder_shallow_memory_bytes",
+            Value::Gauge(store.map_or(0, |s| s.used_bytes()) as f64),
+        );
+        f.one(
+            "larder_shallow_memory_budget_bytes",
+            Value::Gauge(store.map_or(0, |s| s.budget_bytes().min(1 << 60)) as f64),
+        );
+        f.one(
+            "larder_shallow_evictions_total",
+            Value::Counter(store.map_or(0, |s| s.evictions.load(Ordering::Relaxed)) as f64),
+        );
 
         // Replication and freshness.
         let fr = &ops.freshness;
