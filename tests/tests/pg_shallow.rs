@@ -302,6 +302,49 @@ async fn concurrent_misses_make_one_upstream_query() {
     assert!(props.contains("(99 waited"), "{props}");
 }
 
+/// A fetch that fails (here: the query divides by zero) is not kept, and the sessions that
+/// waited for it go upstream themselves: every one gets the upstream's error, none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_sends_its_waiters_upstream() {
+    let d = Deployment::start("shallow_fail", SETUP);
+    let lc = Conn::new(&d.larder_url()).await;
+    kit::wait_online(&lc.client).await;
+    let query = "SELECT (SELECT pg_sleep(0.3)) IS NULL AS s, 1 / (count(*) - 30) FROM items";
+    create(&lc, &format!("CREATE SHALLOW CACHE POLICY TTL 60 SECONDS FROM {query}")).await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        let s = Conn::new(&d.larder_url()).await;
+        text_rows(&s.client, "SELECT 1").await;
+        sessions.push(s);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|s| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let first = s.simple(query).await;
+                // The session still works afterwards.
+                let after = s.simple("SELECT 41 + 1").await;
+                (first, after)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (first, after) = tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a waiter hung")
+            .unwrap();
+        assert!(error_of(&first).starts_with("22012"), "{first:?}");
+        assert!(format!("{after:?}").contains("[52, 50]"), "{after:?}");
+    }
+    let (props, hits, _) = shown(&lc, "pg_sleep").await;
+    assert_eq!(hits, 0, "{props}");
+    assert!(props.contains("0 entries"), "{props}");
+    assert!(!props.contains("(0 waited"), "the race had waiters: {props}");
+}
+
 /// Results are kept per role; a role a row security policy applies to, or one without the
 /// privilege, gets what the upstream gives it. A session that wrote reads its own write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
