@@ -310,7 +310,11 @@ async fn a_failed_fetch_sends_its_waiters_upstream() {
     let lc = Conn::new(&d.larder_url()).await;
     kit::wait_online(&lc.client).await;
     let query = "SELECT (SELECT pg_sleep(0.3)) IS NULL AS s, 1 / (count(*) - 30) FROM items";
-    create(&lc, &format!("CREATE SHALLOW CACHE POLICY TTL 60 SECONDS FROM {query}")).await;
+    create(
+        &lc,
+        &format!("CREATE SHALLOW CACHE POLICY TTL 60 SECONDS FROM {query}"),
+    )
+    .await;
     let mut sessions = Vec::new();
     for _ in 0..20 {
         let s = Conn::new(&d.larder_url()).await;
@@ -342,7 +346,10 @@ async fn a_failed_fetch_sends_its_waiters_upstream() {
     let (props, hits, _) = shown(&lc, "pg_sleep").await;
     assert_eq!(hits, 0, "{props}");
     assert!(props.contains("0 entries"), "{props}");
-    assert!(!props.contains("(0 waited"), "the race had waiters: {props}");
+    assert!(
+        !props.contains("(0 waited"),
+        "the race had waiters: {props}"
+    );
 }
 
 /// Results are kept per role; a role a row security policy applies to, or one without the
