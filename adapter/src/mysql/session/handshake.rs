@@ -16,7 +16,7 @@ use crate::mysql::messages::{
     AuthMoreData, ErrPacket, HandshakeResponse41, InitialHandshake, Payload, SslRequest,
     SSL_REQUEST_LEN,
 };
-use crate::mysql::packet::Assembler;
+use crate::mysql::packet::{Logical, RawPacket};
 use crate::pg::conn::Conn;
 
 /// Bound on the handshake response (user, auth data, database, attributes).
@@ -97,11 +97,11 @@ pub(super) async fn establish(
     };
 
     // 3. The client's response (after TLS if it asks).
-    let mut asm = Assembler::new(HANDSHAKE_RESPONSE_MAX_BYTES);
-    let mut response = client
-        .read_logical(&mut asm)
-        .await?
-        .ok_or_else(|| SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()))?;
+    // Read exactly one packet: after an SSLRequest come the TLS handshake's bytes.
+    let first_response = client
+        .read_packet_exact(HANDSHAKE_RESPONSE_MAX_BYTES)
+        .await?;
+    let mut response = logical_of(&first_response)?;
     if SslRequest::matches(&response.payload) {
         let Some(tls) = shared.cfg.tls.clone() else {
             let _ = client
@@ -123,10 +123,11 @@ pub(super) async fn establish(
             Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
             Side::Client,
         );
-        response = client
-            .read_logical(&mut asm)
-            .await?
-            .ok_or_else(|| SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()))?;
+        response = logical_of(
+            &client
+                .read_packet_exact(HANDSHAKE_RESPONSE_MAX_BYTES)
+                .await?,
+        )?;
     }
     let client_seq = response.first_seq;
     let parsed = match HandshakeResponse41::decode(&response.payload) {
@@ -214,6 +215,25 @@ pub(super) async fn establish(
         capabilities: negotiated,
         larder_id,
         upstream_thread_id: server_hs.connection_id,
+    })
+}
+
+/// A handshake-phase packet as a logical payload (a response split over several packets is
+/// refused: it would be over 16 MiB).
+fn logical_of(p: &RawPacket) -> Result<Logical, SessionError> {
+    if p.is_continued() {
+        return Err(SessionError::ClientProtocol {
+            err: crate::mysql::messages::MyProtocolError::TooLarge {
+                len: p.payload().len(),
+                max: HANDSHAKE_RESPONSE_MAX_BYTES,
+            },
+            next_seq: p.seq().wrapping_add(1),
+        });
+    }
+    Ok(Logical {
+        first_seq: p.seq(),
+        packets: 1,
+        payload: BytesMut::from(p.payload()),
     })
 }
 

@@ -100,6 +100,41 @@ impl PacketConn {
         }
     }
 
+    /// The next physical packet, read without reading ahead of it (what follows an
+    /// SSLRequest is the TLS handshake, which must stay in the socket). Only with an empty
+    /// buffer; `max` bounds the payload.
+    pub(crate) async fn read_packet_exact(
+        &mut self,
+        max: usize,
+    ) -> Result<RawPacket, SessionError> {
+        if self.has_buffered() {
+            return match self.try_packet() {
+                Some(p) => Ok(p),
+                None => Err(self.protocol_err(
+                    crate::mysql::messages::MyProtocolError::Truncated("packet"),
+                    0,
+                )),
+            };
+        }
+        let mut header = [0u8; 4];
+        if let Err(e) = self.conn.read_exact(&mut header).await {
+            return Err(self.io_err(e));
+        }
+        let h = PacketHeader::peek(&header).expect("4 bytes");
+        if h.len > max {
+            return Err(self.protocol_err(
+                crate::mysql::messages::MyProtocolError::TooLarge { len: h.len, max },
+                h.seq.wrapping_add(1),
+            ));
+        }
+        let mut body = vec![0u8; h.len];
+        if let Err(e) = self.conn.read_exact(&mut body).await {
+            return Err(self.io_err(e));
+        }
+        self.next_seq = h.seq.wrapping_add(1);
+        Ok(RawPacket::new(h.seq, &body))
+    }
+
     /// The next physical packet; the peer closing is an error.
     pub(crate) async fn read_packet(&mut self) -> Result<RawPacket, SessionError> {
         match self.read_packet_or_eof().await? {
