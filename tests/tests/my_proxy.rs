@@ -413,6 +413,73 @@ fn tls_between_client_and_larder() {
 }
 
 #[test]
+fn tls_to_the_upstream() {
+    let dir = scratch("uptls");
+    let (cert, key) = self_signed_cert(&dir);
+    let maria = MariaDbServer::start_with_args(&[
+        &format!("--ssl-cert={}", cert.display()),
+        &format!("--ssl-key={}", key.display()),
+    ])
+    .expect("starting MariaDB with TLS");
+    let url = format!("{}?ssl-mode=REQUIRED", maria.url("mysql"));
+    let (user, pw) = (maria.admin_user(), maria.admin_password());
+    // Plain client -> Larder, and TLS client -> Larder: the upstream leg is TLS either way
+    // (the two legs then number their handshake packets differently).
+    let plain = LarderProcess::spawn(&["--upstream-db-url", &url], &[]).unwrap();
+    let tls = LarderProcess::spawn(
+        &[
+            "--upstream-db-url",
+            &url,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    for (larder, extra) in [
+        (&plain, vec![]),
+        (&tls, vec!["--ssl", "--ssl-verify-server-cert"]),
+    ] {
+        let ca = format!("--ssl-ca={}", cert.display());
+        let mut extra: Vec<&str> = extra;
+        if !extra.is_empty() {
+            extra.push(&ca);
+        }
+        let out = assert_ok(&cli(
+            larder.port(),
+            user,
+            pw,
+            "mysql",
+            "show status like 'Ssl_version'",
+            &extra,
+        ));
+        assert!(out.starts_with("Ssl_version\tTLSv1"), "{out}");
+        let o = cli(larder.port(), user, "wrong", "mysql", "select 1", &extra);
+        assert!(stderr(&o).contains("ERROR 1045"), "{}", stderr(&o));
+    }
+    // ssl-mode=REQUIRED against a server without TLS: a clean error, Larder keeps running.
+    let shared = MariaDbServer::shared();
+    let url = format!("{}?ssl-mode=REQUIRED", shared.url("mysql"));
+    let larder = LarderProcess::spawn(&["--upstream-db-url", &url], &[]).unwrap();
+    let o = cli(
+        larder.port(),
+        shared.admin_user(),
+        shared.admin_password(),
+        "mysql",
+        "select 1",
+        &["--skip-ssl"],
+    );
+    assert!(
+        stderr(&o).contains("the upstream does not offer TLS but ssl-mode requires it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(larder.is_running());
+}
+
+#[test]
 fn malformed_packets_end_only_their_session() {
     let s = Setup::new("my_malformed", &["--message-size-max-bytes", "1048576"]);
     let out = assert_ok(&s.python(

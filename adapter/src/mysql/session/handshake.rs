@@ -118,7 +118,7 @@ pub(super) async fn establish(
         let stream = tokio_rustls::TlsAcceptor::from(tls)
             .accept(tcp)
             .await
-            .map_err(|e| SessionError::ClientIo(e))?;
+            .map_err(SessionError::ClientIo)?;
         client = PacketConn::new(
             Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
             Side::Client,

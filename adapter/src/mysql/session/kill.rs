@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+/// Larder's connection ids start here, far above the thread ids a server hands out, so that a
+/// `KILL` naming an upstream thread id (from `SHOW PROCESSLIST`) is not mistaken for one of
+/// Larder's; they stay below `i32::MAX` for clients that keep the id in a signed int.
+const ID_BASE: u32 = 1 << 30;
+
 /// Larder's connection ids and the upstream thread id behind each.
 #[derive(Default)]
 pub(crate) struct ConnectionIds {
@@ -13,12 +18,13 @@ pub(crate) struct ConnectionIds {
 }
 
 impl ConnectionIds {
-    /// A new id (never 0, never one in use), registered with upstream thread `thread_id`.
+    /// A new id (never one in use), registered with upstream thread `thread_id`.
     pub(crate) fn register(&self, thread_id: u32) -> u32 {
         let mut map = self.upstream.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let id = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-            if id != 0 && !map.contains_key(&id) {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let id = ID_BASE + n % ID_BASE;
+            if !map.contains_key(&id) {
                 map.insert(id, thread_id);
                 return id;
             }
@@ -127,7 +133,7 @@ mod tests {
         let a = ids.register(100);
         let b = ids.register(200);
         assert_ne!(a, b);
-        assert_ne!(a, 0);
+        assert!(a >= ID_BASE && a < i32::MAX as u32);
         assert_eq!(ids.upstream_of(b), Some(200));
         ids.release(b);
         assert_eq!(ids.upstream_of(b), None);
