@@ -590,6 +590,58 @@ fn a_dead_upstream_gets_a_clean_error() {
     assert!(larder.is_running());
 }
 
+#[test]
+fn metrics_and_graceful_shutdown() {
+    let metrics_port = larder_testkit::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let s = Setup::new("my_shutdown", &["--metrics-address", &metrics]);
+    let script = format!(
+        "import urllib.request, signal\n\
+         def get(path):\n\
+         \x20   try:\n\
+         \x20       r = urllib.request.urlopen('http://{metrics}' + path, timeout=10)\n\
+         \x20       return r.status, r.read().decode()\n\
+         \x20   except urllib.error.HTTPError as e:\n\
+         \x20       return e.code, e.read().decode()\n\
+         idle = connect()\n\
+         cur = idle.cursor()\n\
+         for i in range(3): cur.execute('select %d' % i)\n\
+         deadline = time.time() + 20\n\
+         while get('/ready')[0] != 200 and time.time() < deadline: time.sleep(0.2)\n\
+         print('ready', get('/ready')[0])\n\
+         body = get('/metrics')[1]\n\
+         print('sessions', 'larder_connections{{state=\"session\"}} 1' in body)\n\
+         n = [l for l in body.splitlines() if l.startswith('larder_queries_total{{destination=\"upstream\"}}')]\n\
+         print('relayed', float(n[0].split()[-1]) >= 3)\n\
+         busy = connect(); result = []\n\
+         def run():\n\
+         \x20   c = busy.cursor(); c.execute('select sleep(2), 17'); result.append(c.fetchone()[1])\n\
+         t = threading.Thread(target=run); t.start(); time.sleep(0.5)\n\
+         os.kill(int(os.environ['LARDER_PID']), signal.SIGTERM)\n\
+         t.join(); print('busy finished', result)\n\
+         try:\n    cur.execute('select 1'); print('idle still served')\n\
+         except pymysql.err.MySQLError as e:\n    print('idle closed')\n",
+    );
+    let mut cmd = Command::new(require_binary("python3"));
+    let prelude = "import os, sys, time, threading\nimport pymysql\n\
+        def connect():\n\
+        \x20   return pymysql.connect(host='127.0.0.1', port=int(os.environ['MY_PORT']), \
+        user=os.environ['MY_USER'], password=os.environ['MY_PASSWORD'], database=os.environ['MY_DB'])\n";
+    cmd.args(["-c", &format!("{prelude}{script}")])
+        .env("MY_PORT", s.larder.port().to_string())
+        .env("MY_USER", s.maria.admin_user())
+        .env("MY_PASSWORD", s.maria.admin_password())
+        .env("MY_DB", &s.db)
+        .env("LARDER_PID", s.larder.pid().to_string());
+    let out = assert_ok(&cmd.output().unwrap());
+    assert_eq!(
+        out,
+        "ready 200\nsessions True\nrelayed True\nbusy finished [17]\nidle closed\n"
+    );
+    let status = s.larder.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
+}
+
 fn require_python_module(module: &str, package: &str) {
     let ok = Command::new(require_binary("python3"))
         .args(["-c", &format!("import {module}")])
