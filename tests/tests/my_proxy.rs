@@ -344,6 +344,79 @@ fn server_side_prepared_statements_and_session_commands() {
     );
 }
 
+/// Speaks the binary protocol by hand over a PyMySQL login (with or without
+/// CLIENT_DEPRECATE_EOF): COM_STMT_PREPARE, COM_STMT_EXECUTE with a read-only cursor,
+/// COM_STMT_FETCH until the end and past it, COM_STMT_CLOSE, a query and COM_PING; prints the
+/// kinds of the packets received.
+const CURSOR_TRANSCRIPT: &str = r#"
+import os, pymysql, struct, sys
+def run(port, deprecate):
+    flag = (1 << 24) if deprecate else 0
+    c = pymysql.connect(host='127.0.0.1', port=port, user=os.environ['MY_USER'], password=os.environ['MY_PASSWORD'], database=os.environ['MY_DB'], client_flag=flag)
+    s = c._sock
+    def send(payload):
+        s.sendall(struct.pack('<I', len(payload))[:3] + b'\x00' + payload)
+    def recv():
+        hdr = b''
+        while len(hdr) < 4: hdr += s.recv(4 - len(hdr))
+        n = hdr[0] | hdr[1] << 8 | hdr[2] << 16
+        body = b''
+        while len(body) < n: body += s.recv(n - len(body))
+        return hdr[3], body
+    def kind(b):
+        if b[0] == 0xff: return 'ERR%d' % struct.unpack('<H', b[1:3])[0]
+        if b[0] == 0xfe and len(b) < 9: 
+            st = struct.unpack('<H', b[3:5])[0] if len(b) == 5 else None
+            return 'EOF' if len(b) == 5 else 'OKEOF'
+        if b[0] == 0x00: return 'OK'
+        return 'X%d' % len(b)
+    out = []
+    send(b'\x16select seq from seq_1_to_10')
+    seq, ok = recv(); out.append(kind(ok))
+    stmt = struct.unpack('<I', ok[1:5])[0]; cols = struct.unpack('<H', ok[5:7])[0]
+    for _ in range(cols): out.append(kind(recv()[1]))
+    if not deprecate: out.append(kind(recv()[1]))
+    send(b'\x17' + struct.pack('<IBI', stmt, 1, 1))
+    # column count, defs, then EOF/OK with cursor status
+    out.append(kind(recv()[1]))
+    for _ in range(cols): out.append(kind(recv()[1]))
+    seq, b = recv(); out.append(kind(b)); out.append('cursor=%d' % (struct.unpack('<H', b[-2:] if len(b)==5 else b[3:5])[0] & 0x40 != 0))
+    for _ in range(4):
+        send(b'\x1c' + struct.pack('<II', stmt, 4))
+        while True:
+            seq, b = recv(); k = kind(b); out.append(k)
+            if k in ('EOF', 'OKEOF') or k.startswith('ERR'): break
+    send(b'\x19' + struct.pack('<I', stmt))  # close, no response
+    send(b'\x03select 42')
+    ends = 0
+    while True:
+        seq, b = recv(); k = kind(b); out.append(k)
+        if k in ('EOF', 'OKEOF'): ends += 1
+        if k.startswith('ERR') or ends == (1 if deprecate else 2): break
+    send(b'\x0e')  # COM_PING
+    out.append(kind(recv()[1]))
+    return out
+for deprecate in (False, True):
+    print(deprecate, run(int(sys.argv[1]), deprecate))"#;
+
+#[test]
+fn cursor_fetch_transcripts_match_the_server() {
+    let s = Setup::new("my_cursor", &[]);
+    let run = |port: u16| {
+        let out = Command::new(require_binary("python3"))
+            .args(["-c", CURSOR_TRANSCRIPT, &port.to_string()])
+            .env("MY_USER", s.maria.admin_user())
+            .env("MY_PASSWORD", s.maria.admin_password())
+            .env("MY_DB", &s.db)
+            .output()
+            .unwrap();
+        assert_ok(&out)
+    };
+    let direct = run(s.maria.port());
+    assert!(direct.contains("cursor=1"), "{direct}");
+    assert_eq!(run(s.larder.port()), direct);
+}
+
 #[test]
 fn kill_query_uses_larders_connection_ids() {
     let s = Setup::new("my_kill", &[]);
