@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use larder_sql::statement::{parse_larder_statement, Dialect};
 use tokio::sync::watch;
+use tracing::debug;
 
 use super::kill::rewrite_kill;
 use super::response::Relay;
@@ -13,6 +14,9 @@ use super::{Established, SessionError, Shared};
 use crate::mysql::messages::flags::{capability as cap, error_code};
 use crate::mysql::messages::{ComProcessKill, Command, ErrPacket, MyProtocolError, Payload};
 use crate::mysql::packet::Assembler;
+
+/// Most bytes an upstream may send while no command is in flight (an error packet is small).
+const UNSOLICITED_MAX_BYTES: usize = 64 << 10;
 
 /// The message of the ERR that answers Larder's statements in MySQL mode.
 pub(crate) const NOT_AVAILABLE_MESSAGE: &str =
@@ -108,6 +112,24 @@ pub(super) async fn run(
                 return Ok(());
             }
             _ = idle(idle_ms), if between_commands => return Ok(()),
+            r = est.upstream.read_more(), if between_commands => {
+                // The upstream spoke unasked (an error before it closes: KILL, shutdown,
+                // wait_timeout) or closed: the client gets the same, as if connected directly.
+                let closed = r.is_err();
+                while let Some(p) = est.upstream.try_packet() {
+                    est.client.send_packet(&p).await?;
+                }
+                if closed {
+                    debug!(larder_id = est.larder_id, "the upstream closed an idle session");
+                    return Ok(());
+                }
+                if est.upstream.buffered_len() > UNSOLICITED_MAX_BYTES {
+                    return Err(SessionError::UpstreamProtocol(MyProtocolError::Invalid(
+                        "unsolicited bytes from the upstream",
+                    )));
+                }
+                continue;
+            }
         };
         let Some(cmd) = read else {
             return Ok(());

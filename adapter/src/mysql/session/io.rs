@@ -43,6 +43,11 @@ impl PacketConn {
         }
     }
 
+    /// How many bytes are read but not consumed yet.
+    pub(crate) fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Bytes read but not consumed yet.
     pub(crate) fn has_buffered(&self) -> bool {
         !self.buf.is_empty()

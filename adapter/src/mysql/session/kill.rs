@@ -24,8 +24,8 @@ impl ConnectionIds {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let id = ID_BASE + n % ID_BASE;
-            if !map.contains_key(&id) {
-                map.insert(id, thread_id);
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(id) {
+                e.insert(thread_id);
                 return id;
             }
         }
