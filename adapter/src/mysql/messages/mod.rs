@@ -52,3 +52,43 @@ pub(crate) mod test_util {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding arbitrary bytes fails cleanly for every message (never panics).
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 80) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Start with the headers the decoders look for, often enough to get past them.
+            if let Some(first) = bytes.first_mut() {
+                *first = [0x00, 0x01, 0x03, 0x0A, 0x0C, 0xFE, 0xFF, *first][(next() % 8) as usize];
+            }
+            let _ = InitialHandshake::decode(&bytes);
+            let _ = HandshakeResponse41::decode(&bytes);
+            let _ = SslRequest::decode(&bytes);
+            let _ = SslRequest::matches(&bytes);
+            let _ = AuthSwitchRequest::decode(&bytes);
+            let _ = AuthMoreData::decode(&bytes);
+            let _ = OkPacket::decode(&bytes);
+            let _ = ErrPacket::decode(&bytes);
+            let _ = EofPacket::decode(&bytes);
+            let _ = EofPacket::status_of(&bytes);
+            let _ = ColumnCount::decode(&bytes);
+            let _ = ColumnDefinition::decode(&bytes);
+            let _ = ComQuery::decode(&bytes);
+            let _ = ComProcessKill::decode(&bytes);
+            let _ = Command::of(&bytes);
+        }
+    }
+}

@@ -258,3 +258,207 @@ impl<'a> Relay<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+    use crate::mysql::messages::{EofPacket, ErrPacket, OkPacket, Payload};
+    use crate::mysql::packet::write_packets;
+    use crate::mysql::session::io::Side;
+    use crate::pg::conn::Conn;
+
+    fn payload<M: Payload>(m: &M) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        m.encode(&mut b);
+        b.to_vec()
+    }
+
+    fn eof(status: u16) -> Vec<u8> {
+        payload(&EofPacket {
+            warnings: 0,
+            status,
+        })
+    }
+
+    fn ok_end(status: u16) -> Vec<u8> {
+        let mut ok = OkPacket::new(status);
+        ok.header = header::EOF;
+        payload(&ok)
+    }
+
+    fn column(name: &str) -> Vec<u8> {
+        payload(&crate::mysql::messages::ColumnDefinition {
+            catalog: b"def".to_vec(),
+            schema: b"s".to_vec(),
+            table: b"t".to_vec(),
+            org_table: b"t".to_vec(),
+            name: name.as_bytes().to_vec(),
+            org_name: name.as_bytes().to_vec(),
+            rest: vec![0x0c, 0x3f, 0, 11, 0, 0, 0, 3, 0, 0, 0, 0, 0],
+        })
+    }
+
+    /// Feeds `response` (payloads, numbered from 1) and a sentinel packet to the relay as the
+    /// upstream; checks the client got exactly the response and the sentinel was left unread.
+    async fn relay(cmd: Command, deprecate_eof: bool, response: &[Vec<u8>]) {
+        let (client_larder, mut client_peer) = UnixStream::pair().unwrap();
+        let (upstream_larder, mut upstream_peer) = UnixStream::pair().unwrap();
+        let mut wire = BytesMut::new();
+        let mut seq = 1u8;
+        for p in response {
+            seq = write_packets(&mut wire, seq, p);
+        }
+        let expected = wire.clone();
+        write_packets(&mut wire, 0, b"\x00sentinel");
+        let writer = tokio::spawn(async move {
+            upstream_peer.write_all(&wire).await.unwrap();
+            upstream_peer
+        });
+        let mut client = PacketConn::new(Conn::Unix(client_larder), Side::Client);
+        let mut upstream = PacketConn::new(Conn::Unix(upstream_larder), Side::Upstream);
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected.len()];
+            client_peer.read_exact(&mut got).await.unwrap();
+            assert!(got == expected[..], "the client got other bytes");
+            client_peer
+        });
+        Relay::new(&mut client, &mut upstream, deprecate_eof)
+            .response(cmd)
+            .await
+            .unwrap();
+        let _peer = writer.await.unwrap();
+        let _client_peer = reader.await.unwrap();
+        let next = upstream.read_packet().await.unwrap();
+        assert_eq!(
+            next.payload(),
+            b"\x00sentinel",
+            "the relay read past the response"
+        );
+    }
+
+    #[tokio::test]
+    async fn result_sets_end_where_they_end() {
+        // A row starting with 0xFE (an 8-byte length) is a row, not an end packet.
+        let mut fe_row = vec![0xFE];
+        fe_row.extend_from_slice(&3u64.to_le_bytes());
+        fe_row.extend_from_slice(b"abc");
+        let more = status::SERVER_MORE_RESULTS_EXISTS;
+        relay(
+            Command::Query,
+            false,
+            &[
+                vec![2],
+                column("a"),
+                column("b"),
+                eof(0),
+                fe_row.clone(),
+                vec![1, b'x', 0xFB],
+                eof(more),
+                payload(&OkPacket::new(more)),
+                vec![1],
+                column("c"),
+                eof(0),
+                eof(0),
+            ],
+        )
+        .await;
+        relay(
+            Command::Query,
+            true,
+            &[
+                vec![1],
+                column("a"),
+                vec![1, b'x'],
+                vec![1, b'y'],
+                ok_end(0),
+            ],
+        )
+        .await;
+        // An error in the middle of the rows ends the response.
+        relay(
+            Command::Query,
+            true,
+            &[
+                vec![1],
+                column("a"),
+                vec![1, b'x'],
+                payload(&ErrPacket::new(1317, "70100", "interrupted")),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn rows_split_over_packets() {
+        let mut big = vec![0xFC, 0, 0];
+        big.resize(PAYLOAD_MAX_PER_PACKET + 100, b'z');
+        relay(
+            Command::Query,
+            false,
+            &[vec![1], column("a"), eof(0), big, eof(0)],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn prepare_execute_cursor_fetch_and_others() {
+        let mut prep = vec![0x00];
+        prep.put_u32_le(1);
+        prep.put_u16_le(2); // columns
+        prep.put_u16_le(1); // params
+        prep.put_u8(0);
+        prep.put_u16_le(0);
+        relay(
+            Command::StmtPrepare,
+            false,
+            &[
+                prep.clone(),
+                column("?"),
+                eof(0),
+                column("a"),
+                column("b"),
+                eof(0),
+            ],
+        )
+        .await;
+        relay(
+            Command::StmtPrepare,
+            true,
+            &[prep, column("?"), column("a"), column("b")],
+        )
+        .await;
+        // A cursor: no rows after the column definitions; they come with COM_STMT_FETCH.
+        let cursor = status::SERVER_STATUS_CURSOR_EXISTS;
+        relay(
+            Command::StmtExecute,
+            false,
+            &[vec![1], column("a"), eof(cursor)],
+        )
+        .await;
+        relay(
+            Command::StmtFetch,
+            false,
+            &[vec![0, 0, 1], vec![0, 0, 2], eof(cursor)],
+        )
+        .await;
+        relay(Command::Ping, false, &[payload(&OkPacket::new(2))]).await;
+        relay(Command::SetOption, false, &[eof(2)]).await;
+        relay(
+            Command::Statistics,
+            false,
+            &[b"Uptime: 5  Threads: 1".to_vec()],
+        )
+        .await;
+        relay(
+            Command::FieldList,
+            false,
+            &[column("a"), column("b"), eof(0)],
+        )
+        .await;
+        relay(Command::StmtClose, false, &[]).await;
+    }
+}
