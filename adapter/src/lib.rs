@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod error;
 pub mod metrics;
+pub mod mysql;
 pub mod pg;
 pub mod runtime;
 pub mod shallow;

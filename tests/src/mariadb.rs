@@ -28,6 +28,8 @@ pub struct MariaDbServer {
     password: String,
     proc: Arc<ManagedProc>,
     registration: Option<Registration>,
+    /// More `mariadbd` options (e.g. `--ssl-cert`), from [`MariaDbServer::start_with_args`].
+    extra_args: Vec<String>,
 }
 
 impl MariaDbServer {
@@ -41,6 +43,11 @@ impl MariaDbServer {
 
     /// Starts a server owned by the caller; stopped and removed on drop.
     pub fn start() -> Result<MariaDbServer> {
+        MariaDbServer::start_with_args(&[])
+    }
+
+    /// [`MariaDbServer::start`] with more `mariadbd` options.
+    pub fn start_with_args(extra_args: &[&str]) -> Result<MariaDbServer> {
         let install_db = crate::require_binary("mariadb-install-db");
         crate::require_binary("mariadbd");
         crate::require_binary("mariadb");
@@ -54,6 +61,7 @@ impl MariaDbServer {
             password: crate::random_password(),
             proc: ManagedProc::new(libc::SIGKILL),
             registration: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         // A private tmpdir: the bootstrap's temp table names collide across parallel installs.
         let tmp_dir = server.dir.path().join("tmp");
@@ -151,6 +159,7 @@ impl MariaDbServer {
                 "--character-set-server=utf8mb4",
                 "--collation-server=utf8mb4_general_ci",
             ])
+            .args(&self.extra_args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(out)

@@ -16,12 +16,12 @@ pub mod messages;
 pub mod upstream;
 
 mod cancel;
-mod conn;
+pub(crate) mod conn;
 mod memo;
 mod proxy;
 mod route;
 mod session;
-mod tls;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

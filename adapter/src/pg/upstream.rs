@@ -92,7 +92,7 @@ impl std::fmt::Debug for UpstreamConfig {
     }
 }
 
-fn percent_decode(s: &str, what: &str) -> Result<String, AdapterError> {
+pub(crate) fn percent_decode(s: &str, what: &str) -> Result<String, AdapterError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -243,14 +243,14 @@ impl UpstreamConfig {
     }
 }
 
-fn parse_port(p: &str) -> Result<u16, AdapterError> {
+pub(crate) fn parse_port(p: &str) -> Result<u16, AdapterError> {
     p.parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| AdapterError::Config(format!("bad upstream port {p:?}")))
 }
 
-fn split_host_port(hp: &str) -> Result<(Option<String>, Option<String>), AdapterError> {
+pub(crate) fn split_host_port(hp: &str) -> Result<(Option<String>, Option<String>), AdapterError> {
     if hp.is_empty() {
         return Ok((None, None));
     }

@@ -1,0 +1,250 @@
+//! The connection phase: the upstream's handshake forwarded to the client (Larder's connection
+//! id, adjusted capabilities), TLS on either leg, and the auth exchange relayed both ways.
+//!
+//! Sequence ids: once TLS is terminated on one leg only, the client's handshake response and
+//! the upstream's differ in sequence id (an SSLRequest takes one). Every packet relayed during
+//! this phase is renumbered by the per-leg offset.
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::io::{PacketConn, Side};
+use super::{Established, SessionError, Shared};
+use crate::mysql::messages::flags::{capability as cap, error_code, header};
+use crate::mysql::messages::{
+    AuthMoreData, ErrPacket, HandshakeResponse41, InitialHandshake, Payload, SslRequest,
+    SSL_REQUEST_LEN,
+};
+use crate::mysql::packet::{Logical, RawPacket};
+use crate::pg::conn::Conn;
+
+/// Bound on the handshake response (user, auth data, database, attributes).
+const HANDSHAKE_RESPONSE_MAX_BYTES: usize = 1 << 20;
+
+fn handshake_err(message: impl Into<String>) -> ErrPacket {
+    ErrPacket::new(error_code::HANDSHAKE_ERROR, "08S01", message)
+}
+
+/// Runs the connection phase. Any ERR the client must see has been sent when this fails.
+pub(super) async fn establish(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Result<Established, SessionError> {
+    let mut client = PacketConn::new(Conn::Plain(tcp), Side::Client);
+
+    // 1. The upstream's handshake.
+    let (up_tcp, up_addr) = match shared.connector.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("Larder: cannot reach the upstream database: {e}");
+            let _ = client
+                .send_err(0, &ErrPacket::new(error_code::UNKNOWN_ERROR, "HY000", &msg))
+                .await;
+            return Err(SessionError::Reported(msg));
+        }
+    };
+    let mut upstream = PacketConn::new(Conn::Plain(up_tcp), Side::Upstream);
+    let first = upstream.read_packet().await?;
+    if first.payload().first() == Some(&header::ERR) {
+        // The server refused us (too many connections, host blocked): the client hears it.
+        client.send_packet(&first.with_seq(0)).await?;
+        return Err(SessionError::Reported(
+            "the upstream refused the connection".into(),
+        ));
+    }
+    let server_hs = match InitialHandshake::decode(first.payload()) {
+        Ok(h) if h.capabilities & cap::CLIENT_PROTOCOL_41 != 0 => h,
+        Ok(_) | Err(_) => {
+            let msg = "Larder: the upstream sent an unsupported handshake (MySQL 4.1+ needed)";
+            let _ = client
+                .send_err(0, &ErrPacket::new(error_code::UNKNOWN_ERROR, "HY000", msg))
+                .await;
+            return Err(SessionError::Reported(msg.into()));
+        }
+    };
+    let upstream_offers_tls = server_hs.capabilities & cap::CLIENT_SSL != 0;
+    if !upstream_offers_tls && shared.cfg.upstream.tls_required() {
+        let msg = "Larder: the upstream does not offer TLS but ssl-mode requires it";
+        let _ = client
+            .send_err(0, &ErrPacket::new(error_code::UNKNOWN_ERROR, "HY000", msg))
+            .await;
+        return Err(SessionError::Reported(msg.into()));
+    }
+    let upstream_tls = upstream_offers_tls && shared.connector.tls_enabled();
+
+    // 2. Forward it with Larder's connection id and the capabilities Larder relays.
+    let larder_id = shared.ids.register(server_hs.connection_id);
+    let mut to_client = server_hs.clone();
+    to_client.connection_id = larder_id;
+    let mut offered = server_hs.capabilities & !cap::UNSUPPORTED & !cap::CLIENT_SSL;
+    if shared.cfg.tls.is_some() {
+        offered |= cap::CLIENT_SSL;
+    }
+    to_client.capabilities = offered;
+    let mariadb = server_hs.capabilities & cap::CLIENT_MYSQL == 0;
+    let offered_ext = server_hs.mariadb_capabilities() & cap::MARIADB_SUPPORTED;
+    if mariadb {
+        to_client.set_mariadb_capabilities(offered_ext);
+    }
+    let mut payload = BytesMut::new();
+    to_client.encode(&mut payload);
+    let seq0 = first.seq();
+    client.send_payload(seq0, &payload).await?;
+    let ids_guard = IdGuard {
+        shared,
+        id: larder_id,
+    };
+
+    // 3. The client's response (after TLS if it asks).
+    // Read exactly one packet: after an SSLRequest come the TLS handshake's bytes.
+    let first_response = client
+        .read_packet_exact(HANDSHAKE_RESPONSE_MAX_BYTES)
+        .await?;
+    let mut response = logical_of(&first_response)?;
+    if SslRequest::matches(&response.payload) {
+        let Some(tls) = shared.cfg.tls.clone() else {
+            let _ = client
+                .send_err(
+                    response.next_seq(),
+                    &handshake_err("Larder: TLS is not configured (no --tls-cert)"),
+                )
+                .await;
+            return Err(SessionError::Reported("client asked for TLS".into()));
+        };
+        let Conn::Plain(tcp) = client.into_conn()? else {
+            return Err(SessionError::Reported("TLS requested twice".into()));
+        };
+        let stream = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(tcp)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        client = PacketConn::new(
+            Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
+            Side::Client,
+        );
+        response = logical_of(
+            &client
+                .read_packet_exact(HANDSHAKE_RESPONSE_MAX_BYTES)
+                .await?,
+        )?;
+    }
+    let client_seq = response.first_seq;
+    let parsed = match HandshakeResponse41::decode(&response.payload) {
+        Ok(r) if response.payload.len() > SSL_REQUEST_LEN => r,
+        _ => {
+            let _ = client
+                .send_err(response.next_seq(), &handshake_err("Bad handshake"))
+                .await;
+            return Err(SessionError::Reported(
+                "malformed handshake response".into(),
+            ));
+        }
+    };
+    debug!(user = %String::from_utf8_lossy(&parsed.username), larder_id,
+        upstream_thread = server_hs.connection_id, %up_addr, "mysql client authenticating");
+
+    // 4. Forward it upstream with the flags the upstream leg really has.
+    let mut caps = parsed.capabilities & !cap::UNSUPPORTED & !cap::CLIENT_SSL;
+    if upstream_tls {
+        caps |= cap::CLIENT_SSL;
+    }
+    HandshakeResponse41::set_capabilities_of(&mut response.payload, caps);
+    if mariadb {
+        let ext = &mut response.payload[28..32];
+        let client_ext = u32::from_le_bytes([ext[0], ext[1], ext[2], ext[3]]);
+        ext.copy_from_slice(&(client_ext & offered_ext).to_le_bytes());
+    }
+    let mut up_seq = seq0.wrapping_add(1);
+    if upstream_tls {
+        upstream
+            .send_payload(up_seq, &response.payload[..SSL_REQUEST_LEN])
+            .await?;
+        up_seq = up_seq.wrapping_add(1);
+        let Conn::Plain(tcp) = upstream.into_conn()? else {
+            return Err(SessionError::Reported("upstream TLS twice".into()));
+        };
+        let conn = match shared.connector.tls(tcp).await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("Larder: TLS to the upstream database failed: {e}");
+                let _ = client
+                    .send_err(
+                        response.next_seq(),
+                        &ErrPacket::new(error_code::UNKNOWN_ERROR, "HY000", &msg),
+                    )
+                    .await;
+                return Err(SessionError::Reported(msg));
+            }
+        };
+        upstream = PacketConn::new(conn, Side::Upstream);
+    }
+    upstream.send_payload(up_seq, &response.payload).await?;
+    // upstream seq = client seq + delta on every relayed packet from here on.
+    let delta = up_seq.wrapping_sub(client_seq);
+
+    // 5. The auth exchange, until OK or ERR.
+    loop {
+        let p = upstream.read_packet().await?;
+        let first_byte = p.payload().first().copied();
+        client
+            .send_packet(&p.clone().with_seq(p.seq().wrapping_sub(delta)))
+            .await?;
+        match first_byte {
+            Some(header::OK) => break,
+            Some(header::ERR) => {
+                return Err(SessionError::Reported(
+                    "authentication failed upstream".into(),
+                ))
+            }
+            Some(header::AUTH_MORE_DATA) if AuthMoreData::server_continues(p.payload()) => {}
+            _ => {
+                // Auth switch, more data, a challenge: the client speaks next.
+                let c = client.read_packet().await?;
+                upstream
+                    .send_packet(&c.clone().with_seq(c.seq().wrapping_add(delta)))
+                    .await?;
+            }
+        }
+    }
+    std::mem::forget(ids_guard);
+    let negotiated = caps & server_hs.capabilities;
+    Ok(Established {
+        client,
+        upstream,
+        capabilities: negotiated,
+        larder_id,
+        upstream_thread_id: server_hs.connection_id,
+    })
+}
+
+/// A handshake-phase packet as a logical payload (a response split over several packets is
+/// refused: it would be over 16 MiB).
+fn logical_of(p: &RawPacket) -> Result<Logical, SessionError> {
+    if p.is_continued() {
+        return Err(SessionError::ClientProtocol {
+            err: crate::mysql::messages::MyProtocolError::TooLarge {
+                len: p.payload().len(),
+                max: HANDSHAKE_RESPONSE_MAX_BYTES,
+            },
+            next_seq: p.seq().wrapping_add(1),
+        });
+    }
+    Ok(Logical {
+        first_seq: p.seq(),
+        packets: 1,
+        payload: BytesMut::from(p.payload()),
+    })
+}
+
+/// Releases the connection id if the connection phase fails.
+struct IdGuard<'a> {
+    shared: &'a Shared,
+    id: u32,
+}
+
+impl Drop for IdGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.ids.release(self.id);
+    }
+}
