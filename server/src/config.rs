@@ -110,7 +110,7 @@ pub struct Config {
 
     /// Memory for cached results, in bytes (units: kB, MB, GB, KiB, MiB, GiB). Shallow cache
     /// entries are evicted to keep them within what the deep caches' accounted state leaves
-    /// of it. Default: no limit.
+    /// of it. Default: no limit on deep caches, 1 GiB for shallow cache entries.
     #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
 

@@ -538,10 +538,18 @@ async fn restore_shallow(controller: &Controller, c: &crate::storage::StoredCach
     }
 }
 
+/// What shallow cache entries may hold when `--memory-limit` is not given.
+const SHALLOW_BUDGET_DEFAULT_BYTES: usize = 1 << 30;
+
 /// Keeps shallow cache entries within what `--memory-limit` leaves after the deep caches'
 /// accounted state, checked every second (and at every insert, per shard).
 async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
-    let Some(limit) = limit else { return };
+    let Some(limit) = limit else {
+        // Everything that grows has a bound: without --memory-limit, shallow entries get one
+        // of their own.
+        core.shallow.store.set_budget(SHALLOW_BUDGET_DEFAULT_BYTES);
+        return;
+    };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     loop {
         let deep = {
