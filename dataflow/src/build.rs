@@ -275,6 +275,7 @@ pub(crate) fn compile(
         limit: plan.limit,
         output: plan.output.clone(),
         key_combinations_max: limits.read_key_combinations_max,
+        partial: false,
     };
     Ok(BuiltPlan {
         nodes,

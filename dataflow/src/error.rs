@@ -6,6 +6,7 @@
 //! row); a read that cannot be answered from the cache ([`ReadError`]) tells the server to send
 //! the query upstream instead.
 
+use larder_sql::value::Value;
 use thiserror::Error;
 
 /// Why an expression could not be evaluated on a row. Inside the dataflow this never
@@ -33,6 +34,8 @@ pub enum EvalError {
 /// A plan that the dataflow cannot build, or misuse of the graph API.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum GraphError {
+    #[error("cache {0} is not partial")]
+    NotPartial(u64),
     #[error("table {0} is already registered")]
     TableExists(u64),
     #[error("table {0} is not registered")]
@@ -61,7 +64,7 @@ pub enum GraphError {
 }
 
 /// Why a read could not be answered from the cache. Every variant means "ask upstream".
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Debug, PartialEq, Error)]
 pub enum ReadError {
     /// A row that could affect this read failed to evaluate (overflow, unsupported, ...),
     /// or the cache saw a delete it could not match.
@@ -90,4 +93,8 @@ pub enum ReadError {
     /// The caller's row sink refused a row (say, a value it cannot encode).
     #[error("{0}")]
     Sink(String),
+    /// A partial reader does not hold these keys yet (holes): the caller asks for them to be
+    /// filled ([`crate::Graph::fill_keys`]) and answers this read otherwise.
+    #[error("{} key(s) not in the cache yet", .0.len())]
+    Holes(Vec<Vec<Value>>),
 }

@@ -42,7 +42,7 @@ mod reader;
 
 pub use error::{EvalError, GraphError, ReadError};
 pub use eval::{CompiledExpr, ExprContext};
-pub use graph::{CacheId, CacheNodes, Change, Graph, GraphLimits, TableId};
+pub use graph::{CacheId, CacheNodes, Change, Graph, GraphLimits, PartialKey, TableId};
 pub use like::like_match;
 pub use ops::{Batch, Operator, Record};
 pub use order::{full_cmp, order_by_cmp, structural_cmp, structural_cmp_row};

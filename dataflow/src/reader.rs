@@ -24,7 +24,7 @@ use std::collections::{btree_map, hash_map, BTreeMap, BTreeSet, BinaryHeap};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use larder_sql::plan::{OrderKey, OutputColumn};
@@ -144,14 +144,32 @@ pub(crate) struct ReaderState {
     /// Estimated bytes of the distinct rows held (one copy of the left-right pair).
     row_bytes: u64,
     poisoned_keys: u64,
+    /// Holds only the keys filled on demand ([`ReaderOp::Fill`]); changes to other keys are
+    /// dropped, and a read of one is a hole ([`ReadError::Holes`]).
+    partial: bool,
 }
 
 /// A change to a reader's state. Applied identically to both copies.
 #[derive(Clone, Debug)]
 pub(crate) enum ReaderOp {
-    Row { key: Key, row: SortedRow, diff: i64 },
-    Poison { key: Option<Key>, diff: i64 },
+    Row {
+        key: Key,
+        row: SortedRow,
+        diff: i64,
+    },
+    Poison {
+        key: Option<Key>,
+        diff: i64,
+    },
     Ready,
+    /// Partial readers: the key is held from now on (its rows follow as `Row`s).
+    Fill {
+        key: Key,
+    },
+    /// Partial readers: the key is a hole again.
+    Evict {
+        key: Key,
+    },
 }
 
 impl ReaderState {
@@ -163,6 +181,26 @@ impl ReaderState {
         }
     }
 
+    /// A partial state (see [`ReaderState::partial`]).
+    pub(crate) fn partial() -> ReaderState {
+        ReaderState {
+            partial: true,
+            ..ReaderState::default()
+        }
+    }
+
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The keys in map order from position `start`, wrapping around once.
+    pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = &Key> {
+        self.keys
+            .keys()
+            .skip(start)
+            .chain(self.keys.keys().take(start))
+    }
+
     fn apply(&mut self, op: ReaderOp) {
         match op {
             ReaderOp::Row { key, row, diff } => self.apply_row(key, row, diff),
@@ -170,12 +208,39 @@ impl ReaderState {
             ReaderOp::Poison {
                 key: Some(key),
                 diff,
-            } => self.update_key(key, |entry| entry.poison += diff),
+            } => {
+                if !self.partial || self.keys.contains_key(&key) {
+                    self.update_key(key, |entry| entry.poison += diff)
+                }
+            }
             ReaderOp::Ready => self.ready = true,
+            ReaderOp::Fill { key } => {
+                debug_assert!(self.partial, "only partial readers are filled by key");
+                self.keys.entry(key).or_default();
+            }
+            ReaderOp::Evict { key } => self.evict(&key),
+        }
+    }
+
+    /// Forgets a key of a partial reader, with what it counted.
+    fn evict(&mut self, key: &Key) {
+        let Some(entry) = self.keys.remove(key) else {
+            return;
+        };
+        if entry.is_poisoned() {
+            self.poisoned_keys = self.poisoned_keys.saturating_sub(1);
+        }
+        for (row, &count) in &entry.rows {
+            self.row_bytes = self.row_bytes.saturating_sub(row_bytes(row) as u64);
+            self.row_count = self.row_count.saturating_sub(count.max(0) as u64);
         }
     }
 
     fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
+        if self.partial && !self.keys.contains_key(&key) {
+            // A hole: its rows are read from storage when it is filled.
+            return;
+        }
         let mut positive_delta: i64 = 0;
         let mut bytes_delta: i64 = 0;
         let bytes = row_bytes(&row) as i64;
@@ -211,7 +276,8 @@ impl ReaderState {
                 let was = o.get().is_poisoned();
                 f(o.get_mut());
                 let is = o.get().is_poisoned();
-                if o.get().is_empty() {
+                // A partial reader keeps a filled key without rows: it is known to be empty.
+                if o.get().is_empty() && !self.partial {
                     o.remove();
                 }
                 (was, is)
@@ -266,6 +332,8 @@ pub(crate) struct ReadSpec {
     pub(crate) limit: Option<usize>,
     pub(crate) output: Vec<OutputColumn>,
     pub(crate) key_combinations_max: usize,
+    /// The reader holds only keys filled on demand (a hole must be told from an empty key).
+    pub(crate) partial: bool,
 }
 
 #[derive(Debug)]
@@ -274,6 +342,20 @@ struct Shared {
     id: u64,
     factory: ReadHandleFactory<ReaderState>,
     spec: ReadSpec,
+    /// Partial readers: per hash bucket of keys, the eviction epoch in which a key of it was
+    /// last read (a clock's reference bits, shared by the keys of a bucket).
+    touched: Box<[AtomicU32]>,
+    epoch: AtomicU32,
+}
+
+/// Buckets of [`Shared::touched`].
+const TOUCHED_BUCKETS: usize = 4096;
+
+fn bucket_of(key: &Key) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    (h.finish() as usize) % TOUCHED_BUCKETS
 }
 
 static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
@@ -310,6 +392,12 @@ impl ReaderHandle {
         ReaderHandle {
             shared: Arc::new(Shared {
                 id: NEXT_READER_ID.fetch_add(1, AtomicOrdering::Relaxed),
+                touched: if spec.partial {
+                    (0..TOUCHED_BUCKETS).map(|_| AtomicU32::new(0)).collect()
+                } else {
+                    Box::default()
+                },
+                epoch: AtomicU32::new(1),
                 factory,
                 spec,
             }),
@@ -391,7 +479,32 @@ impl ReaderHandle {
             }
         }
         let keys = lookup_keys(spec, params)?;
+        if spec.partial {
+            let epoch = self.shared.epoch.load(AtomicOrdering::Relaxed);
+            for l in &keys {
+                self.shared.touched[bucket_of(&l.key)].store(epoch, AtomicOrdering::Relaxed);
+            }
+        }
         self.with_state(|state| read_state(spec, state, &keys, params, sink))?
+    }
+
+    /// Whether a key of a partial reader was read in this eviction epoch or the one before.
+    pub fn recently_read(&self, key: &Key) -> bool {
+        let Some(t) = self.shared.touched.get(bucket_of(key)) else {
+            return false;
+        };
+        let epoch = self.shared.epoch.load(AtomicOrdering::Relaxed);
+        t.load(AtomicOrdering::Relaxed).saturating_add(1) >= epoch
+    }
+
+    /// Starts a new eviction epoch (after a pass of the hand).
+    pub fn next_epoch(&self) {
+        self.shared.epoch.fetch_add(1, AtomicOrdering::Relaxed);
+    }
+
+    /// Whether this reader holds only keys filled on demand.
+    pub fn is_partial(&self) -> bool {
+        self.shared.spec.partial
     }
 
     /// Runs `f` on the currently published copy without blocking.
@@ -420,10 +533,16 @@ impl ReaderHandle {
 /// One key combination of a read.
 struct Lookup<'p> {
     key: Key,
-    /// The key's values, when the reader computes rows of keys without rows.
+    /// The key's values, when the reader computes rows of keys without rows or is partial.
     values: Vec<&'p Value>,
     /// `false` when a value is NULL: the combination matches no row.
     matchable: bool,
+}
+
+impl Lookup<'_> {
+    fn key_values(&self) -> Vec<Value> {
+        self.values.iter().map(|v| (*v).clone()).collect()
+    }
 }
 
 /// The distinct keys a read must look up: the cartesian product of the key slots' values,
@@ -448,7 +567,7 @@ fn lookup_keys<'p>(
             max: spec.key_combinations_max,
         });
     }
-    let keep_values = spec.empty_row.is_some();
+    let keep_values = spec.empty_row.is_some() || spec.partial;
     let mut keys = Vec::with_capacity(combinations);
     let mut seen: FxHashSet<Key> = FxHashSet::default();
     let mut index = vec![0usize; slots.len()];
@@ -493,6 +612,16 @@ fn read_state(
     // Per key: its rows in the state, or (index into `computed`) its computed row.
     let mut found: Vec<Result<&KeyRows, usize>> = Vec::with_capacity(keys.len());
     let mut computed: Vec<KeyRows> = Vec::new();
+    if state.partial {
+        let holes: Vec<Vec<Value>> = keys
+            .iter()
+            .filter(|l| l.matchable && !state.keys.contains_key(&l.key))
+            .map(|l| l.key_values())
+            .collect();
+        if !holes.is_empty() {
+            return Err(ReadError::Holes(holes));
+        }
+    }
     for lookup in keys {
         let entry = match lookup.matchable {
             true => state.keys.get(&lookup.key),

@@ -149,6 +149,31 @@ impl CachedQuery for CacheEntry {
                     .observe(std::time::Duration::from_nanos(nanos));
                 Ok(n)
             }
+            Err(ReadError::Holes(keys)) => {
+                let Some(filler) = &self.filler else {
+                    return Err(Miss {
+                        reason: "the cache does not hold these keys".into(),
+                    });
+                };
+                if !filler.fill_or_queue(keys) {
+                    return Err(Miss {
+                        reason: "the key is not in the cache yet (it is being filled)".into(),
+                    });
+                }
+                // Filled: read again.
+                let again = self.reader.read_into(params, &mut |row, output| {
+                    sink(row, &mut output.iter().map(|c| c.column))
+                });
+                match again {
+                    Ok(n) => {
+                        self.hits.add(1);
+                        Ok(n)
+                    }
+                    Err(e) => Err(Miss {
+                        reason: read_error_reason(&e),
+                    }),
+                }
+            }
             Err(e) => Err(Miss {
                 reason: read_error_reason(&e),
             }),

@@ -108,9 +108,17 @@ pub struct Config {
     #[arg(long, env = "SHALLOW_ALLOW", value_enum, value_delimiter = ',')]
     pub shallow_allow: Vec<ShallowAllow>,
 
+    /// Partial caches: a cache keyed on its table's primary key through filters and
+    /// projections starts empty and holds only the keys read (each filled from storage on its
+    /// first read); under --memory-limit, keys not read lately are evicted. `off`: every cache
+    /// holds its whole result.
+    #[arg(long, env = "PARTIAL_CACHES", value_enum, default_value_t = Switch::On)]
+    pub partial_caches: Switch,
+
     /// Memory for cached results, in bytes (units: kB, MB, GB, KiB, MiB, GiB). Shallow cache
     /// entries are evicted to keep them within what the deep caches' accounted state leaves
-    /// of it. Default: no limit on deep caches, 1 GiB for shallow cache entries.
+    /// of it, and partial caches' keys are evicted to keep the deep caches within it.
+    /// Default: no limit on deep caches, 1 GiB for shallow cache entries.
     #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
 

@@ -42,6 +42,8 @@ pub struct CacheEntry {
     pub ops: Arc<Ops>,
     /// Set once the cache left the registry and its hits moved to `ops.retired_hits`.
     pub retired: AtomicBool,
+    /// For a partial cache: fills the keys reads find missing.
+    pub filler: Option<Arc<crate::partial::HoleFiller>>,
 }
 
 impl CacheEntry {
@@ -334,6 +336,8 @@ pub struct Core {
     pub ops: Arc<Ops>,
     /// Shallow (TTL) caches and their entries.
     pub shallow: ShallowRegistry,
+    /// Partial caches' holes waiting for the filler thread.
+    pub holes: crate::partial::HoleQueue,
 }
 
 /// The shallow caches by query id, and the store their entries share.
@@ -515,6 +519,7 @@ impl Core {
             failpoints,
             shape_epoch: AtomicU64::new(0),
             shallow: ShallowRegistry::default(),
+            holes: crate::partial::HoleQueue::default(),
         };
         Arc::new(core)
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod core;
 pub mod ops;
+pub mod partial;
 pub mod privileges;
 pub mod proxied;
 pub mod relations;

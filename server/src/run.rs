@@ -188,6 +188,17 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         },
     });
     tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
+    core.dataflow
+        .lock()
+        .expect("dataflow lock poisoned")
+        .set_partial(cfg.partial_caches == crate::config::Switch::On);
+    {
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("larder-filler".into())
+            .spawn(move || crate::partial::run_filler(core))
+            .context("starting the partial-cache filler thread")?;
+    }
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
         controller.clone(),
@@ -538,6 +549,9 @@ async fn restore_shallow(controller: &Controller, c: &crate::storage::StoredCach
     }
 }
 
+/// How often `--memory-limit` is checked.
+const MEMORY_CHECK_INTERVAL_MS: u64 = 200;
+
 /// What shallow cache entries may hold when `--memory-limit` is not given.
 const SHALLOW_BUDGET_DEFAULT_BYTES: usize = 1 << 30;
 
@@ -552,20 +566,22 @@ async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     loop {
-        let deep = {
-            let graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            graph.state_bytes()
-        };
-        let readers: u64 = core
-            .caches
-            .all()
-            .iter()
-            .map(|c| c.reader.stats().map_or(0, |s| s.bytes))
-            .sum();
-        let deep = usize::try_from(deep + readers).unwrap_or(usize::MAX);
+        // Partial caches' keys first (off the async workers: it takes the dataflow lock).
+        let c = core.clone();
+        let deep = tokio::task::spawn_blocking(move || {
+            crate::partial::evict_within(&c, limit as u64);
+            crate::partial::cache_bytes(&c)
+        })
+        .await
+        .unwrap_or(0);
+        let deep = usize::try_from(deep).unwrap_or(usize::MAX);
         core.shallow.store.set_budget(limit.saturating_sub(deep));
         core.shallow.store.trim();
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if core.is_shutting_down() {
+            core.holes.close();
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(MEMORY_CHECK_INTERVAL_MS)).await;
     }
 }
 

@@ -72,8 +72,26 @@ impl Graph {
             relation_types.push(schema.columns.iter().map(|c| c.ty.clone()).collect());
             relation_tables.push(table);
         }
-        let built = compile(plan, &relation_types, &self.limits)?;
-        let reuse = self.plan_sharing(plan, &relation_tables);
+        let mut built = compile(plan, &relation_types, &self.limits)?;
+        let partial = match relation_tables.as_slice() {
+            [table] if self.limits.partial => {
+                super::partial::partial_columns(plan, &self.tables[table].schema).map(|columns| {
+                    super::PartialKey {
+                        table: *table,
+                        columns,
+                    }
+                })
+            }
+            _ => None,
+        };
+        built.spec.partial = partial.is_some();
+        // A partial cache shares nothing: its filters and projections are its own, so a key
+        // fill runs through them alone.
+        let reuse = if partial.is_some() {
+            vec![None; plan.nodes.len()]
+        } else {
+            self.plan_sharing(plan, &relation_tables)
+        };
 
         let id = CacheId(self.next_cache);
         self.next_cache += 1;
@@ -110,9 +128,12 @@ impl Graph {
             };
             graph_of.push(node_id);
         }
-        let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(
-            ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind))),
-        );
+        let state = if partial.is_some() {
+            ReaderState::partial()
+        } else {
+            ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind)))
+        };
+        let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(state);
         let handle = ReaderHandle::new(read.factory(), built.spec);
         drop(read);
         let reader = ReaderOpNode::new(built.key, built.order, writer);
@@ -147,16 +168,38 @@ impl Graph {
             shared = shared.count(),
             "cache added"
         );
+        let is_partial = partial.is_some();
         self.caches.insert(
             id,
             CacheEntry {
                 tables,
-                nodes,
+                nodes: nodes.clone(),
                 reader_node,
-                phase: Phase::Filling(filling),
+                phase: if is_partial {
+                    Phase::Ready
+                } else {
+                    Phase::Filling(filling)
+                },
                 handle: handle.clone(),
+                partial,
             },
         );
+        if is_partial {
+            // Nothing to fill: it starts empty, ready and live; keys come on demand.
+            debug_assert!(initial.is_empty(), "filters and projections hold no rows");
+            for n in nodes {
+                if let Some(node) = self.nodes.get_mut(&n) {
+                    if node.creator == Some(id) {
+                        node.live = true;
+                    }
+                }
+            }
+            if let Some(reader) = self.reader_op(reader_node) {
+                reader.writer.append(ReaderOp::Ready);
+                reader.writer.publish();
+            }
+            return Ok((id, handle));
+        }
         self.propagate(initial, Scope::Bootstrap(id));
         Ok((id, handle))
     }

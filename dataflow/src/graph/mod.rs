@@ -25,7 +25,10 @@ use crate::ops::{mem, BaseOp, Batch, Operator, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, READ_KEY_COMBINATIONS_MAX};
 
 mod fill;
+mod partial;
 mod share;
+
+pub use partial::PartialKey;
 
 use share::{OutputLedger, Signature};
 
@@ -57,6 +60,9 @@ pub struct GraphLimits {
     /// from: that copy is taken under the writer's hold of the graph, so a larger node is
     /// built again for the new cache and filled from storage in chunks instead.
     pub seed_rows_max: usize,
+    /// Make caches partial where they can be (see `partial.rs`): they start empty and fill
+    /// keys on demand.
+    pub partial: bool,
 }
 
 impl Default for GraphLimits {
@@ -66,6 +72,7 @@ impl Default for GraphLimits {
             read_key_combinations_max: READ_KEY_COMBINATIONS_MAX,
             bootstrap_buffer_max_bytes: 256 << 20,
             seed_rows_max: 250_000,
+            partial: false,
         }
     }
 }
@@ -120,6 +127,8 @@ struct CacheEntry {
     reader_node: NodeId,
     phase: Phase,
     handle: ReaderHandle,
+    /// For a partial cache (see `partial.rs`): how its keys map to its table's rows.
+    partial: Option<PartialKey>,
 }
 
 /// Which nodes a propagation may run.
@@ -129,6 +138,9 @@ enum Scope {
     Live,
     /// Bootstrap of one cache: the nodes it built, not yet live.
     Bootstrap(CacheId),
+    /// A partial cache's key fill: the nodes it built (all of them private filters and
+    /// projections, and its reader).
+    KeyFill(CacheId),
 }
 
 /// Node counts of one cache.
@@ -151,6 +163,8 @@ pub struct Graph {
     limits: GraphLimits,
     /// Live and not-yet-live shareable nodes by [`Signature::bucket`].
     signatures: HashMap<u64, Vec<NodeId>>,
+    /// Eviction hands of partial caches.
+    evict_hands: partial::EvictHands,
 }
 
 impl Graph {
@@ -163,6 +177,16 @@ impl Graph {
             limits,
             ..Graph::default()
         }
+    }
+
+    /// An empty graph with the same limits.
+    pub fn emptied(&self) -> Graph {
+        Graph::with_limits(self.limits)
+    }
+
+    /// Whether caches that can be partial are made partial from now on.
+    pub fn set_partial(&mut self, on: bool) {
+        self.limits.partial = on;
     }
 
     /// Registers a base table.
@@ -208,6 +232,7 @@ impl Graph {
     ///
     /// [`ReadError::Gone`]: crate::ReadError::Gone
     pub fn remove_cache(&mut self, id: CacheId) -> Result<(), GraphError> {
+        self.evict_hands.remove(&id);
         let entry = self
             .caches
             .remove(&id)
@@ -392,6 +417,7 @@ impl Graph {
         match scope {
             Scope::Live => node.live,
             Scope::Bootstrap(cache) => !node.live && node.creator == Some(cache),
+            Scope::KeyFill(cache) => node.creator == Some(cache),
         }
     }
 

@@ -584,3 +584,104 @@ fn a_fill_hands_the_reader_its_final_output_and_poison_once() {
     );
     assert_eq!(reader.stats().map(|s| s.rows), Some(1));
 }
+
+/// A cache keyed on its table's primary key through filters and projections is partial: it
+/// starts empty and ready, holds only filled keys, drops changes to holes, and evicts keys
+/// not read lately.
+#[test]
+fn partial_caches_hold_only_filled_keys() {
+    let mut g = Graph::with_limits(GraphLimits {
+        partial: true,
+        ..GraphLimits::default()
+    });
+    let mut t = schema("t", &[SqlType::Int4, SqlType::Int4]);
+    t.key = vec![0];
+    g.add_table(T, t).unwrap();
+    let base = node(
+        NodeOp::Base { relation: 0 },
+        vec![SqlType::Int4, SqlType::Int4],
+    );
+    let filter = node(
+        NodeOp::Filter {
+            input: 0,
+            predicate: Expr::Binary {
+                op: BinaryOp::Gt,
+                left: Box::new(Expr::Column(1)),
+                right: Box::new(Expr::Literal(Value::Int(0))),
+                ty: SqlType::Bool,
+            },
+        },
+        vec![SqlType::Int4, SqlType::Int4],
+    );
+    let project = node(
+        NodeOp::Project {
+            input: 1,
+            exprs: vec![Expr::Column(1), Expr::Column(0)],
+        },
+        vec![SqlType::Int4, SqlType::Int4],
+    );
+    let mut p = plan(&["t"], vec![base, filter, project]);
+    p.key = vec![1];
+    p.key_params = vec![0];
+    p.param_types = vec![SqlType::Int4];
+    let (id, reader) = g.add_cache(&p).unwrap();
+    assert_eq!(
+        g.partial_key(id),
+        Some(PartialKey {
+            table: T,
+            columns: vec![0]
+        })
+    );
+    assert!(reader.is_ready() && reader.is_partial());
+    let read = |k: i64| reader.read(&[vec![Value::Int(k)]]);
+    // Changes to a hole are dropped.
+    g.apply(T, &[Change::Insert(int_row(&[1, 10]))]).unwrap();
+    g.publish();
+    assert!(matches!(read(1), Err(ReadError::Holes(h)) if h == vec![vec![Value::Int(1)]]));
+    // Filled from the stored row, or as known-empty.
+    g.fill_keys(
+        id,
+        vec![
+            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
+            (vec![Value::Int(2)], None),
+            (vec![Value::Int(3)], Some(int_row(&[3, -1]))),
+        ],
+    )
+    .unwrap();
+    assert_eq!(read(1).unwrap(), vec![int_row(&[10, 1])]);
+    assert_eq!(read(2).unwrap(), Vec::<Row>::new());
+    assert_eq!(
+        read(3).unwrap(),
+        Vec::<Row>::new(),
+        "filtered out, held empty"
+    );
+    // Held keys follow changes; holes still drop them.
+    g.apply(
+        T,
+        &[
+            Change::Delete(int_row(&[1, 10])),
+            Change::Insert(int_row(&[1, 11])),
+            Change::Insert(int_row(&[2, 5])),
+            Change::Insert(int_row(&[4, 5])),
+        ],
+    )
+    .unwrap();
+    g.publish();
+    assert_eq!(read(1).unwrap(), vec![int_row(&[11, 1])]);
+    assert_eq!(read(2).unwrap(), vec![int_row(&[5, 2])]);
+    assert!(matches!(read(4), Err(ReadError::Holes(_))));
+    // Keys read in this epoch or the last stay; the others go.
+    reader.next_epoch();
+    reader.next_epoch();
+    read(1).unwrap();
+    let evicted = g.evict_keys(10);
+    assert!(evicted >= 1, "{evicted}");
+    assert_eq!(read(1).unwrap(), vec![int_row(&[11, 1])]);
+    assert!(matches!(read(2), Err(ReadError::Holes(_))) || evicted < 2);
+    assert_eq!(
+        reader.stats().unwrap().keys as usize,
+        3 - evicted,
+        "{:?}",
+        reader.stats()
+    );
+}

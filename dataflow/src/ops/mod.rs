@@ -189,6 +189,37 @@ impl fmt::Debug for ReaderOpNode {
 }
 
 impl ReaderOpNode {
+    /// Up to `take` keys the published copy holds that `evictable` accepts, looking at no
+    /// more than `scan_max` keys from offset `start` (wrapping); returns them and how many
+    /// were looked at.
+    pub(crate) fn sample_keys(
+        &self,
+        start: usize,
+        scan_max: usize,
+        take: usize,
+        evictable: &dyn Fn(&larder_sql::value::Key) -> bool,
+    ) -> (Vec<larder_sql::value::Key>, usize) {
+        let Some(state) = self.writer.enter() else {
+            return (Vec::new(), 0);
+        };
+        let len = state.key_count();
+        if len == 0 {
+            return (Vec::new(), 0);
+        }
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        for key in state.keys_from(start % len).take(scan_max.min(len)) {
+            scanned += 1;
+            if evictable(key) {
+                out.push(key.clone());
+                if out.len() >= take {
+                    break;
+                }
+            }
+        }
+        (out, scanned)
+    }
+
     pub(crate) fn new(
         key: Vec<usize>,
         order: Arc<[OrderKey]>,

@@ -290,14 +290,44 @@ fn fill_cache(
     announce: bool,
 ) -> Result<Arc<CacheEntry>, ControllerError> {
     let internal = |e: String| ControllerError::Internal(e);
-    let (cache_id, reader, tables, snapshot) = {
+    let (cache_id, reader, tables, snapshot, partial) = {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
         let (id, reader) = graph
             .add_cache(&plan)
             .map_err(|e| internal(e.to_string()))?;
         let tables = graph.bootstrap_tables(id);
-        (id, reader, tables, core.storage.snapshot())
+        (
+            id,
+            reader,
+            tables,
+            core.storage.snapshot(),
+            graph.partial_key(id),
+        )
     };
+    // A partial cache starts empty and ready: its keys are filled from storage on demand.
+    let filler = match partial {
+        Some(key) => {
+            let stored = u32::try_from(key.table.0)
+                .ok()
+                .and_then(|id| {
+                    let tables = core.tables.read().expect("tables lock poisoned");
+                    tables.by_table_id(id).and_then(|t| t.stored.clone())
+                })
+                .ok_or_else(|| internal(format!("table {} has no storage", key.table.0)));
+            match stored {
+                Ok(table) => Some(Arc::new(crate::partial::HoleFiller::new(
+                    core, cache_id, key, table,
+                ))),
+                Err(e) => {
+                    let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+                    let _ = graph.remove_cache(cache_id);
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    let is_partial = filler.is_some();
     let entry = Arc::new(CacheEntry {
         name: pending.name,
         query_id: pending.query_id,
@@ -315,9 +345,14 @@ fn fill_cache(
         serving: AtomicBool::new(true),
         ops: core.ops.clone(),
         retired: AtomicBool::new(false),
+        filler,
     });
     if announce {
         core.caches.insert(Arc::clone(&entry));
+    }
+    if is_partial {
+        drop(snapshot);
+        return Ok(entry);
     }
     let filled = fill_from(core, &snapshot, cache_id, &tables);
     drop(snapshot);

@@ -25,6 +25,12 @@ impl Controller {
                     nodes.shared, nodes.total
                 ));
             }
+            if c.reader.is_partial() {
+                props.push(format!(
+                    "partial: {} keys held, the others filled when read",
+                    c.reader.key_count()
+                ));
+            }
             if !c.reader.is_ready() {
                 props.push("filling: its queries go upstream until it is ready".into());
             }

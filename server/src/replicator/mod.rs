@@ -305,7 +305,7 @@ async fn initial_snapshot(
     core.storage.wipe()?;
     {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        *graph = larder_dataflow::Graph::new();
+        *graph = graph.emptied();
         let mut registry = core.tables.write().expect("tables lock poisoned");
         *registry = Default::default();
         let mut txn = core.storage.begin();

@@ -257,6 +257,11 @@ impl Storage {
     }
 
     /// Every row of a table, each repeated by its multiplicity.
+    /// The stored row with the same identity as `probe` (its key columns).
+    pub fn get(&self, table: &StoredTable, probe: &[Value]) -> Result<Option<Row>, StorageError> {
+        self.begin().get(table, probe)
+    }
+
     pub fn scan_table(&self, id: TableId) -> Result<Vec<Row>, StorageError> {
         let prefix = id.to_be_bytes();
         let mut out = Vec::new();

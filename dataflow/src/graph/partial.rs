@@ -1,0 +1,207 @@
+//! Partial caches: readers that hold only the keys that were asked for.
+//!
+//! A cache over one table whose reader key is that table's primary key, reached through
+//! filters and projections only, needs no state but its reader, and every key's rows come
+//! from at most one stored row. Such a cache starts empty and ready ([`Graph::add_cache`]
+//! makes it so): a read of a key it does not hold is a *hole* ([`ReadError::Holes`]); the
+//! caller looks the row up in storage by primary key and hands it to [`Graph::fill_keys`],
+//! which runs it through the cache's own filter and project nodes into the reader, marking
+//! the key held even when nothing comes out (a key known to be empty). Changes to keys the
+//! reader does not hold are dropped by the reader. Under memory pressure
+//! [`Graph::evict_keys`] turns held keys back into holes.
+//!
+//! Why fills and replication cannot race: the caller reads storage and calls `fill_keys`
+//! under the same lock that covers applying a transaction to storage *and* to the graph. A
+//! fill therefore sees storage exactly as of the last transaction the graph has applied;
+//! every later transaction reaches the key through the graph, because from the fill on the
+//! reader holds it. A change before the fill is in the stored row, a change after it flows
+//! in once: none is missed or counted twice.
+//!
+//! [`ReadError::Holes`]: crate::error::ReadError::Holes
+
+use std::collections::BTreeMap;
+
+use larder_sql::plan::{CachePlan, Expr, NodeOp};
+use larder_sql::value::{Key, Row, SqlType, TableSchema, Value};
+
+use super::{CacheId, Graph, GraphError, Scope, TableId};
+use crate::ops::Record;
+use crate::reader::ReaderOp;
+
+/// How a partial cache's keys map to its table's rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialKey {
+    pub table: TableId,
+    /// For each part of the reader key (in the read's key order), the table column it is.
+    /// Together they are exactly the table's primary key.
+    pub columns: Vec<usize>,
+}
+
+impl PartialKey {
+    /// The probe row for a storage lookup of `key` (the reader key's values): the table's
+    /// width, the key columns set, the rest NULL.
+    pub fn probe(&self, width: usize, key: &[Value]) -> Row {
+        let mut row = vec![Value::Null; width];
+        for (&c, v) in self.columns.iter().zip(key) {
+            if let Some(slot) = row.get_mut(c) {
+                *slot = v.clone();
+            }
+        }
+        row
+    }
+}
+
+/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table:
+/// one table, only filters and projections (each reader key column a plain column of the
+/// table), the reader key exactly the primary key, of types whose values compare in storage
+/// as they do in a read (integers, text, booleans, uuids, dates, timestamps), no range read
+/// and no row computed for keys without rows.
+pub(crate) fn partial_columns(plan: &CachePlan, schema: &TableSchema) -> Option<Vec<usize>> {
+    if plan.relations.len() != 1
+        || plan.key.is_empty()
+        || plan.range.is_some()
+        || plan.empty_key_row.is_some()
+        || schema.key.is_empty()
+    {
+        return None;
+    }
+    // The table column each node's output column is, where it is one.
+    let mut lineage: Vec<Vec<Option<usize>>> = Vec::with_capacity(plan.nodes.len());
+    for node in &plan.nodes {
+        let cols = match &node.op {
+            NodeOp::Base { .. } => (0..schema.columns.len()).map(Some).collect(),
+            NodeOp::Filter { input, .. } => lineage.get(*input)?.clone(),
+            NodeOp::Project { input, exprs } => {
+                let from = lineage.get(*input)?;
+                exprs
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Column(c) => from.get(*c).copied().flatten(),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            _ => return None,
+        };
+        lineage.push(cols);
+    }
+    let last = lineage.last()?;
+    let columns: Vec<usize> = plan
+        .key
+        .iter()
+        .map(|k| last.get(*k).copied().flatten())
+        .collect::<Option<_>>()?;
+    let mut sorted = columns.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut pk = schema.key.clone();
+    pk.sort_unstable();
+    if sorted != pk || columns.len() != pk.len() {
+        return None;
+    }
+    let exact = |c: usize| {
+        matches!(
+            schema.columns.get(c).map(|c| &c.ty),
+            Some(
+                SqlType::Int2
+                    | SqlType::Int4
+                    | SqlType::Int8
+                    | SqlType::Text
+                    | SqlType::Bool
+                    | SqlType::Uuid
+                    | SqlType::Date
+                    | SqlType::Timestamp
+                    | SqlType::TimestampTz
+            )
+        )
+    };
+    columns.iter().all(|&c| exact(c)).then_some(columns)
+}
+
+impl Graph {
+    /// How a partial cache's keys map to its table (`None` for a cache that holds its whole
+    /// result).
+    pub fn partial_key(&self, cache: CacheId) -> Option<PartialKey> {
+        self.caches.get(&cache)?.partial.clone()
+    }
+
+    /// Fills holes of a partial cache: for each key (the reader key's values), the table's
+    /// stored row with that primary key, if any. The caller read those rows from storage
+    /// under the lock that covers applying transactions (see the module docs). Publishes.
+    pub fn fill_keys(
+        &mut self,
+        cache: CacheId,
+        fills: Vec<(Vec<Value>, Option<Row>)>,
+    ) -> Result<(), GraphError> {
+        let entry = self
+            .caches
+            .get(&cache)
+            .ok_or(GraphError::UnknownCache(cache.0))?;
+        let Some(partial) = entry.partial.clone() else {
+            return Err(GraphError::NotPartial(cache.0));
+        };
+        let reader_node = entry.reader_node;
+        let (base, width) = self.table_root(partial.table)?;
+        let mut rows = Vec::new();
+        {
+            let reader = self
+                .reader_op(reader_node)
+                .ok_or(GraphError::UnknownCache(cache.0))?;
+            for (key, row) in fills {
+                reader.writer.append(ReaderOp::Fill {
+                    key: Key::from_values(&key),
+                });
+                if let Some(row) = row {
+                    super::check_arity(partial.table, width, &row)?;
+                    rows.push(Record::Row { row, diff: 1 });
+                }
+            }
+        }
+        if !rows.is_empty() {
+            self.propagate(vec![(base, rows)], Scope::KeyFill(cache));
+        }
+        if let Some(reader) = self.reader_op(reader_node) {
+            reader.writer.publish();
+        }
+        Ok(())
+    }
+
+    /// Turns up to `keys_max` held keys of partial caches back into holes, passing over keys
+    /// read since the previous call (a clock's second chance, by
+    /// [`ReaderHandle::recently_read`](crate::ReaderHandle::recently_read)); returns how many
+    /// went. The hand moves on from call to call.
+    pub fn evict_keys(&mut self, keys_max: usize) -> usize {
+        let partial: Vec<(CacheId, super::NodeId, crate::ReaderHandle)> = self
+            .caches
+            .iter()
+            .filter(|(_, c)| c.partial.is_some())
+            .map(|(id, c)| (*id, c.reader_node, c.handle.clone()))
+            .collect();
+        if partial.is_empty() || keys_max == 0 {
+            return 0;
+        }
+        let mut evicted = 0;
+        let per_cache = keys_max.div_ceil(partial.len()).max(1);
+        for (cache, node, handle) in partial {
+            let start = self.evict_hands.get(&cache).copied().unwrap_or(0);
+            let Some(reader) = self.reader_op(node) else {
+                continue;
+            };
+            let (victims, scanned) =
+                reader.sample_keys(start, per_cache.saturating_mul(4), per_cache, &|k| {
+                    !handle.recently_read(k)
+                });
+            for key in &victims {
+                reader.writer.append(ReaderOp::Evict { key: key.clone() });
+            }
+            reader.writer.publish();
+            handle.next_epoch();
+            evicted += victims.len();
+            self.evict_hands.insert(cache, start.wrapping_add(scanned));
+        }
+        evicted
+    }
+}
+
+/// Where each partial cache's eviction hand stands (an offset into its keys).
+pub(super) type EvictHands = BTreeMap<CacheId, usize>;

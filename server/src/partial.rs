@@ -1,0 +1,207 @@
+//! Filling partial caches' holes from storage, and evicting their keys under
+//! `--memory-limit`.
+//!
+//! A read that finds a hole ([`ReadError::Holes`](larder_dataflow::ReadError::Holes)) fills
+//! it at once when the dataflow lock is free (a primary-key lookup in RocksDB per key, then
+//! the row through the cache's filters and projections), and is answered from the cache. When
+//! replication holds the lock, the read goes upstream and the keys are queued for the filler
+//! thread, which fills them as soon as it gets the lock. Either way the lookup and the fill
+//! happen under the lock that also covers applying a transaction to storage and the graph, so
+//! a fill sees storage exactly as of the graph's last applied transaction (see
+//! `dataflow/src/graph/partial.rs`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use larder_dataflow::{CacheId, Graph, PartialKey};
+use larder_sql::Value;
+use tracing::{debug, warn};
+
+use crate::core::Core;
+use crate::storage::{StorageError, StoredTable};
+
+/// Holes waiting for the filler thread, at most (more are dropped: their next read asks
+/// again).
+const QUEUE_KEYS_MAX: usize = 16_384;
+/// Keys filled per hold of the dataflow lock by the filler thread.
+const FILL_BATCH_KEYS: usize = 512;
+
+/// What a partial cache needs to fill its holes.
+pub struct HoleFiller {
+    core: Weak<Core>,
+    cache: CacheId,
+    key: PartialKey,
+    table: StoredTable,
+}
+
+impl HoleFiller {
+    pub fn new(core: &Arc<Core>, cache: CacheId, key: PartialKey, table: StoredTable) -> Self {
+        HoleFiller {
+            core: Arc::downgrade(core),
+            cache,
+            key,
+            table,
+        }
+    }
+
+    /// Fills `keys` now if the dataflow lock is free (true), else queues them (false).
+    pub fn fill_or_queue(self: &Arc<Self>, keys: Vec<Vec<Value>>) -> bool {
+        let Some(core) = self.core.upgrade() else {
+            return false;
+        };
+        let filled = match core.dataflow.try_lock() {
+            Ok(mut graph) => match self.fill_locked(&core, &mut graph, keys) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "filling a partial cache's keys");
+                    false
+                }
+            },
+            Err(_) => {
+                core.holes.push(Arc::clone(self), keys);
+                false
+            }
+        };
+        filled
+    }
+
+    /// Looks the keys' rows up and fills them; the caller holds the dataflow lock.
+    fn fill_locked(
+        &self,
+        core: &Core,
+        graph: &mut Graph,
+        keys: Vec<Vec<Value>>,
+    ) -> Result<(), StorageError> {
+        let width = self.table.schema.columns.len();
+        let mut fills = Vec::with_capacity(keys.len());
+        for key in keys {
+            let probe = self.key.probe(width, &key);
+            let row = core.storage.get(&self.table, &probe)?;
+            fills.push((key, row));
+        }
+        if let Err(e) = graph.fill_keys(self.cache, fills) {
+            // The cache was removed meanwhile: nothing to fill.
+            debug!(error = %e, "partial cache gone before its fill");
+        }
+        Ok(())
+    }
+}
+
+/// One queued hole: its cache's filler and the key.
+type Hole = (Arc<HoleFiller>, Vec<Value>);
+
+/// Holes queued for the filler thread.
+#[derive(Default)]
+pub struct HoleQueue {
+    /// The holes, and whether the queue is closed.
+    queue: Mutex<(VecDeque<Hole>, bool)>,
+    wake: Condvar,
+}
+
+impl HoleQueue {
+    fn push(&self, filler: Arc<HoleFiller>, keys: Vec<Vec<Value>>) {
+        let mut q = self.queue.lock().expect("hole queue poisoned");
+        for key in keys {
+            if q.0.len() >= QUEUE_KEYS_MAX {
+                break;
+            }
+            q.0.push_back((Arc::clone(&filler), key));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Wakes the filler thread to stop.
+    pub fn close(&self) {
+        self.queue.lock().expect("hole queue poisoned").1 = true;
+        self.wake.notify_all();
+    }
+}
+
+/// The filler thread: fills queued holes, a batch per hold of the dataflow lock, until the
+/// queue is closed.
+pub fn run_filler(core: Arc<Core>) {
+    loop {
+        let batch: Vec<Hole> = {
+            let mut q = core.holes.queue.lock().expect("hole queue poisoned");
+            while q.0.is_empty() && !q.1 {
+                q = core
+                    .holes
+                    .wake
+                    .wait_timeout(q, Duration::from_secs(1))
+                    .expect("hole queue poisoned")
+                    .0;
+            }
+            if q.1 {
+                return;
+            }
+            let n = q.0.len().min(FILL_BATCH_KEYS);
+            q.0.drain(..n).collect()
+        };
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        // Group by cache (a fill publishes its reader once).
+        let mut by_cache: Vec<(Arc<HoleFiller>, Vec<Vec<Value>>)> = Vec::new();
+        for (filler, key) in batch {
+            match by_cache.iter_mut().find(|(f, _)| Arc::ptr_eq(f, &filler)) {
+                Some((_, keys)) => keys.push(key),
+                None => by_cache.push((filler, vec![key])),
+            }
+        }
+        for (filler, keys) in by_cache {
+            if let Err(e) = filler.fill_locked(&core, &mut graph, keys) {
+                warn!(error = %e, "filling a partial cache's keys");
+            }
+        }
+    }
+}
+
+/// Evicts partial caches' keys until the caches' accounted bytes are within `limit_bytes`
+/// (or nothing more can go); returns the keys evicted.
+pub fn evict_within(core: &Core, limit_bytes: u64) -> usize {
+    let mut evicted = 0;
+    for _ in 0..64 {
+        let used = cache_bytes(core);
+        if used <= limit_bytes {
+            break;
+        }
+        // Bytes per held key of the partial caches, to size this pass.
+        let (keys, bytes) = core
+            .caches
+            .all()
+            .iter()
+            .filter(|c| c.reader.is_partial())
+            .filter_map(|c| c.reader.stats())
+            .fold((0u64, 0u64), |(k, b), s| (k + s.keys, b + s.bytes));
+        if keys == 0 {
+            break;
+        }
+        let per_key = (bytes / keys).max(1);
+        let want =
+            usize::try_from((used - limit_bytes).div_ceil(per_key) + 16).unwrap_or(usize::MAX);
+        let n = {
+            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            graph.evict_keys(want.min(1 << 20))
+        };
+        evicted += n;
+        if n == 0 {
+            break;
+        }
+    }
+    evicted
+}
+
+/// Bytes the deep caches hold: operator state and readers.
+pub fn cache_bytes(core: &Core) -> u64 {
+    let state = core
+        .dataflow
+        .lock()
+        .expect("dataflow lock poisoned")
+        .state_bytes();
+    let readers: u64 = core
+        .caches
+        .all()
+        .iter()
+        .map(|c| c.reader.stats().map_or(0, |s| s.bytes))
+        .sum();
+    state + readers
+}

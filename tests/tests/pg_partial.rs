@@ -1,0 +1,230 @@
+//! Partial caches (issue #11): a cache keyed on its table's primary key starts empty, fills
+//! each key from storage when it is first read (answering that read), stays equal to the
+//! upstream under a concurrent writer racing the fills, evicts keys under `--memory-limit`,
+//! and serves at once after a restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+mod common;
+
+use common::client::*;
+use common::lifecycle::*;
+use larder_testkit::PgServer;
+use tokio_postgres::Client;
+
+const ROWS: i64 = 20_000;
+
+fn setup(d: &Deployment<'_>) {
+    d.psql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL, s text NOT NULL);
+         INSERT INTO t SELECT g, g % 100, repeat('x', 200) || g FROM generate_series(1, {ROWS}) g;
+         CREATE TABLE other (id int PRIMARY KEY, n int);"
+    ));
+}
+
+async fn point(c: &Client, id: i64) -> Answer {
+    q(c, &format!("SELECT id, n, s FROM t WHERE id = {id}")).await
+}
+
+/// (properties, memory_bytes) of the cache on `t`.
+async fn cache_row(c: &Client) -> (String, u64) {
+    let caches = show_caches(c).await;
+    let row = caches
+        .rows
+        .iter()
+        .find(|r| {
+            r[2].as_deref()
+                .unwrap_or("")
+                .contains("FROM \"public\".t WHERE")
+        })
+        .unwrap_or_else(|| panic!("no cache on t: {caches:?}"));
+    (
+        row[3].clone().unwrap_or_default(),
+        row[5].as_deref().unwrap_or("0").parse().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
+    let pg = PgServer::shared();
+    let d = tokio::task::block_in_place(|| Deployment::new(pg, "partial", &[]));
+    setup(&d);
+    let larder = start(&d);
+    let lc = connect(&d.larder_url(&larder)).await;
+    let direct = connect(&d.direct_url()).await;
+    wait_streaming(&lc).await;
+
+    let started = Instant::now();
+    command(
+        &lc,
+        "CREATE CACHE FROM SELECT id, n, s FROM t WHERE id = $1",
+    )
+    .await;
+    let created_in = started.elapsed();
+    let (props, bytes) = cache_row(&lc).await;
+    assert!(props.contains("partial: 0 keys held"), "{props}");
+    assert_eq!(bytes, 0, "nothing held before a read");
+    // A cache keyed on another column holds its whole result.
+    command(&lc, "CREATE CACHE FROM SELECT id, s FROM t WHERE n = $1").await;
+    let caches = show_caches(&lc).await;
+    assert!(
+        caches
+            .rows
+            .iter()
+            .any(|r| r[2].as_deref().unwrap_or("").contains("WHERE n =")
+                && !r[3].as_deref().unwrap_or("").contains("partial")),
+        "{caches:?}"
+    );
+
+    // The first read of a key is answered from the cache (filled on the way).
+    for id in [1, 2, 3, ROWS, ROWS + 1] {
+        let got = point(&lc, id).await;
+        assert_eq!(got, point(&direct, id).await, "id {id}");
+        let (dest, reason) = explain_last(&lc).await;
+        assert_eq!(dest, "cache", "id {id}: {reason}");
+    }
+    let (props, _) = cache_row(&lc).await;
+    assert!(props.contains("partial: 5 keys held"), "{props}");
+
+    // A writer races the fills: updates, deletes and inserts on random keys while reads fill
+    // random keys. Once replication has caught up every key read equals the upstream's.
+    let seed: u64 = rand::random();
+    eprintln!("partial race seed: {seed}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let url = d.direct_url();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut writes = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let id = rng.gen_range(1..=ROWS + 500);
+                let sql = match rng.gen_range(0..4) {
+                    0 => format!("DELETE FROM t WHERE id = {id}"),
+                    1 => format!(
+                        "INSERT INTO t VALUES ({id}, {}, 'new {id}') ON CONFLICT (id) DO UPDATE SET s = 'upsert'",
+                        rng.gen_range(0..100)
+                    ),
+                    _ => format!("UPDATE t SET n = n + 1, s = s || '!' WHERE id = {id}"),
+                };
+                c.batch_execute(&sql).await.unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xfeed);
+    let mut read: Vec<i64> = Vec::new();
+    let race_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < race_until {
+        let id = rng.gen_range(1..=ROWS + 500);
+        point(&lc, id).await;
+        read.push(id);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    wait_caught_up(&direct, &lc).await;
+    let mut wrong = Vec::new();
+    read.sort_unstable();
+    read.dedup();
+    for &id in &read {
+        let (got, want) = (point(&lc, id).await, point(&direct, id).await);
+        if got != want {
+            wrong.push(format!("id {id}: larder {got:?}, upstream {want:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "seed {seed}: {} of {} keys differ after {writes} writes:\n{}",
+        wrong.len(),
+        read.len(),
+        wrong.join("\n")
+    );
+    let (props, _) = cache_row(&lc).await;
+    eprintln!(
+        "CREATE CACHE took {created_in:?}; {} keys read under {writes} racing writes; {props}",
+        read.len()
+    );
+    drop_quietly(larder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_evicts_keys_and_a_restart_serves_at_once() {
+    let pg = PgServer::shared();
+    let limit: u64 = 1 << 20;
+    let d = tokio::task::block_in_place(|| {
+        Deployment::new(pg, "partial_mem", &["--memory-limit", "1MiB"])
+    });
+    setup(&d);
+    let larder = start(&d);
+    let lc = connect(&d.larder_url(&larder)).await;
+    let direct = connect(&d.direct_url()).await;
+    wait_streaming(&lc).await;
+    command(
+        &lc,
+        "CREATE CACHE FROM SELECT id, n, s FROM t WHERE id = $1",
+    )
+    .await;
+
+    // A Zipf-like load: key 1..20 hot, the rest read once; ten times what the limit holds.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut max_bytes = 0;
+    let mut hot_hits = 0;
+    for i in 0..6_000 {
+        let id = if i % 3 == 0 {
+            rng.gen_range(1..=20)
+        } else {
+            rng.gen_range(21..=ROWS)
+        };
+        point(&lc, id).await;
+        if id <= 20 && explain_last(&lc).await.0 == "cache" {
+            hot_hits += 1;
+        }
+        if i % 500 == 499 {
+            let (_, bytes) = cache_row(&lc).await;
+            max_bytes = max_bytes.max(bytes);
+        }
+    }
+    // Eviction runs every 200 ms: between two passes the cache may exceed the limit by what
+    // that many reads add.
+    let (props, bytes) = cache_row(&lc).await;
+    eprintln!("memory limit {limit}: at most {max_bytes} bytes seen, now {bytes}; hot hits {hot_hits} of 2000; {props}");
+    assert!(
+        max_bytes <= 2 * limit,
+        "{max_bytes} bytes held with a limit of {limit}"
+    );
+    assert!(
+        !props.contains(&format!("partial: {} keys", 4_000)),
+        "{props}"
+    );
+    assert!(
+        hot_hits >= 1_900,
+        "hot keys kept: {hot_hits} of 2000 were hits"
+    );
+    let m = lc.simple_query("SELECT 1").await.unwrap();
+    drop(m);
+
+    // Restart: the cache is back at once, empty, and its first read of a key is a hit.
+    drop_quietly(larder);
+    let started = Instant::now();
+    let larder = start(&d);
+    let lc = connect(&d.larder_url(&larder)).await;
+    wait_streaming(&lc).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = point(&lc, 42).await;
+        if explain_last(&lc).await.0 == "cache" {
+            assert_eq!(got, point(&direct, 42).await);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no hit after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("restart to first hit: {:?}", started.elapsed());
+    drop_quietly(larder);
+}
