@@ -189,6 +189,10 @@ impl ReaderState {
         }
     }
 
+    pub(crate) fn holds(&self, key: &Key) -> bool {
+        self.keys.contains_key(key)
+    }
+
     pub(crate) fn key_count(&self) -> usize {
         self.keys.len()
     }

@@ -298,6 +298,25 @@ pub struct Status {
     /// The emergency switch: false sends every query upstream (`ALTER LARDER SET caching`,
     /// `--caching`).
     pub caching_on: AtomicBool,
+    /// The replicator holds the dataflow lock to apply a transaction (which may take a
+    /// while): a read that finds a hole does not wait for it (see `partial.rs`).
+    pub applying: AtomicBool,
+}
+
+/// Sets [`Status::applying`] while alive.
+pub struct Applying<'a>(&'a AtomicBool);
+
+impl<'a> Applying<'a> {
+    pub fn new(flag: &'a AtomicBool) -> Applying<'a> {
+        flag.store(true, Ordering::Release);
+        Applying(flag)
+    }
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Injected failures for tests (`--failpoint-apply-table`, hidden).

@@ -2,15 +2,17 @@
 //! `--memory-limit`.
 //!
 //! A read that finds a hole ([`ReadError::Holes`](larder_dataflow::ReadError::Holes)) fills
-//! it at once when the dataflow lock is free (a primary-key lookup in RocksDB per key, then
-//! the row through the cache's filters and projections), and is answered from the cache. When
-//! replication holds the lock, the read goes upstream and the keys are queued for the filler
-//! thread, which fills them as soon as it gets the lock. Either way the lookup and the fill
+//! it at once (a primary-key lookup in RocksDB per key, then the row through the cache's
+//! filters and projections), and is answered from the cache; it waits for the dataflow lock
+//! behind other fills and short holds. When replication holds the lock to apply a
+//! transaction, the read goes upstream and the keys are queued for the filler thread, which
+//! fills them as soon as it gets the lock. Either way the lookup and the fill
 //! happen under the lock that also covers applying a transaction to storage and the graph, so
 //! a fill sees storage exactly as of the graph's last applied transaction (see
 //! `dataflow/src/graph/partial.rs`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -50,15 +52,24 @@ impl HoleFiller {
         let Some(core) = self.core.upgrade() else {
             return false;
         };
-        let filled = match core.dataflow.try_lock() {
-            Ok(mut graph) => match self.fill_locked(&core, &mut graph, keys) {
+        // Other holders of the lock (fills, evictions, a cache's fill in chunks) hold it
+        // briefly: wait for them. A transaction being applied may hold it long: queue.
+        let graph = match core.dataflow.try_lock() {
+            Ok(graph) => Some(graph),
+            Err(_) if !core.status.applying.load(Ordering::Acquire) => {
+                Some(core.dataflow.lock().expect("dataflow lock poisoned"))
+            }
+            Err(_) => None,
+        };
+        let filled = match graph {
+            Some(mut graph) => match self.fill_locked(&core, &mut graph, keys) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(error = %e, "filling a partial cache's keys");
                     false
                 }
             },
-            Err(_) => {
+            None => {
                 core.holes.push(Arc::clone(self), keys);
                 false
             }

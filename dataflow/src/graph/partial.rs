@@ -21,6 +21,8 @@
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashSet;
+
 use larder_sql::plan::{CachePlan, Expr, NodeOp};
 use larder_sql::value::{Key, Row, SqlType, TableSchema, Value};
 
@@ -147,10 +149,19 @@ impl Graph {
             let reader = self
                 .reader_op(reader_node)
                 .ok_or(GraphError::UnknownCache(cache.0))?;
+            // Everything applied so far is visible (the caller holds the lock between
+            // transactions), so the held keys are known.
+            if reader.writer.has_pending_operations() {
+                reader.writer.publish();
+            }
+            let mut filled: FxHashSet<Key> = FxHashSet::default();
             for (key, row) in fills {
-                reader.writer.append(ReaderOp::Fill {
-                    key: Key::from_values(&key),
-                });
+                let key_parts = Key::from_values(&key);
+                // Another read filled it first (or it came twice): its rows are in already.
+                if reader.holds(&key_parts) || !filled.insert(key_parts.clone()) {
+                    continue;
+                }
+                reader.writer.append(ReaderOp::Fill { key: key_parts });
                 if let Some(row) = row {
                     super::check_arity(partial.table, width, &row)?;
                     rows.push(Record::Row { row, diff: 1 });

@@ -649,6 +649,16 @@ fn partial_caches_hold_only_filled_keys() {
     )
     .unwrap();
     assert_eq!(read(1).unwrap(), vec![int_row(&[10, 1])]);
+    // A second fill of a held key (two reads raced for the hole) adds nothing.
+    g.fill_keys(
+        id,
+        vec![
+            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
+            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
+        ],
+    )
+    .unwrap();
+    assert_eq!(read(1).unwrap(), vec![int_row(&[10, 1])]);
     assert_eq!(read(2).unwrap(), Vec::<Row>::new());
     assert_eq!(
         read(3).unwrap(),

@@ -189,6 +189,11 @@ impl fmt::Debug for ReaderOpNode {
 }
 
 impl ReaderOpNode {
+    /// Whether the published copy holds `key` (partial readers).
+    pub(crate) fn holds(&self, key: &larder_sql::value::Key) -> bool {
+        self.writer.enter().is_some_and(|state| state.holds(key))
+    }
+
     /// Up to `take` keys the published copy holds that `evictable` accepts, looking at no
     /// more than `scan_max` keys from offset `start` (wrapping); returns them and how many
     /// were looked at.

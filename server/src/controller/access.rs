@@ -137,8 +137,9 @@ impl Controller {
                     },
                 }
             };
-            if supported_only && !(supported == "yes" || supported == "cached" || shallow == "yes")
-            {
+            // SUPPORTED: what the dataflow supports (any query the upstream runs can be a
+            // shallow cache).
+            if supported_only && !(supported == "yes" || supported == "cached") {
                 continue;
             }
             let saving_us =

@@ -157,6 +157,7 @@ pub fn apply_batch(
     // async task may wait for it meanwhile.
     let copies = prefetch_copies(core, source, &batch.changes)?;
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+    let _applying = crate::core::Applying::new(&core.status.applying);
     let mut txn = core.storage.begin();
     let mut rebuild = Vec::new();
     let mut pending = Pending::default();
