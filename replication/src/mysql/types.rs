@@ -363,11 +363,14 @@ pub(crate) fn from_binlog(ty: &MyType, v: MyValue) -> Result<Value, String> {
     }
     Ok(match (ty, v) {
         (MyType::Int { unsigned, bits }, MyValue::Int(i)) => {
-            if *unsigned && i < 0 && *bits < 64 {
-                Value::Int(i + (1i64 << bits))
-            } else {
-                Value::Int(i)
-            }
+            // Without signedness metadata in the TABLE_MAP, mysql_common reads the stored
+            // bits as one signedness; the column's declared one decides.
+            Value::Int(match (*unsigned, *bits) {
+                (_, 64) => i,
+                (true, b) if i < 0 => i + (1i64 << b),
+                (false, b) if i >= 1i64 << (b - 1) => i - (1i64 << b),
+                _ => i,
+            })
         }
         (MyType::Int { .. }, MyValue::UInt(u)) => {
             Value::Int(i64::try_from(u).map_err(|_| format!("{u} out of range"))?)
