@@ -739,6 +739,10 @@ async fn resume_neither_loses_nor_repeats() -> Result<()> {
     let mut script = String::new();
     for i in 1..=10 {
         script.push_str(&format!("INSERT INTO r VALUES ({i});\n"));
+        if i == 2 || i == 6 {
+            // A new binlog file: positions and resumes cross files.
+            script.push_str("FLUSH BINARY LOGS;\n");
+        }
     }
     f.sql(&script)?;
     // Stop after the fourth batch.
@@ -764,6 +768,15 @@ async fn resume_neither_loses_nor_repeats() -> Result<()> {
             ..Default::default()
         });
     let rest_by_file = batches_to_end(&by_file, &stored).await?;
+    let files: std::collections::BTreeSet<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|b| b.position.file.as_str())
+        .collect();
+    assert!(
+        files.len() >= 3,
+        "expected positions in three binlog files: {files:?}"
+    );
     let mut all = inserted_ids(&first);
     all.extend(inserted_ids(&rest));
     assert_eq!(all, (1..=10).collect::<Vec<_>>());

@@ -466,6 +466,25 @@ mod tests {
     }
 
     #[test]
+    fn classify_never_panics_on_arbitrary_text() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet: Vec<char> = "`'\"/*!-#., ()ab TABLE DROP RENAME TO ALTER CREATE INDEX ON é\n"
+            .chars()
+            .collect();
+        for _ in 0..5_000 {
+            let mut s = String::new();
+            for _ in 0..(x % 40) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let _ = classify(&s);
+            x = x.wrapping_add(1);
+        }
+    }
+
+    #[test]
     fn event_names_are_readable() {
         assert_eq!(event_name(30), "WRITE_ROWS (30)");
         assert_eq!(event_name(162), "GTID (MariaDB) (162)");

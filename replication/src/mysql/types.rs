@@ -233,7 +233,10 @@ fn date_value(y: u16, m: u8, d: u8) -> Option<i64> {
     Some(days_from_2000(y as i64, m as u32, d as u32))
 }
 
-fn datetime_text(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u32) -> String {
+/// Year, month, day, hour, minute, second, microsecond.
+type DateTimeParts = (u16, u8, u8, u8, u8, u8, u32);
+
+fn datetime_text((y, mo, d, h, mi, s, us): DateTimeParts, fsp: u32) -> String {
     format!(
         "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
         fraction_text(us, fsp)
@@ -241,8 +244,7 @@ fn datetime_text(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u32)
 }
 
 /// Microseconds since 2000-01-01 of a date and time; `None` for zero dates.
-#[allow(clippy::too_many_arguments)]
-fn datetime_micros(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32) -> Option<i64> {
+fn datetime_micros((y, mo, d, h, mi, s, us): DateTimeParts) -> Option<i64> {
     let days = date_value(y, mo, d)?;
     Some(
         days * USEC_PER_DAY + ((h as i64 * 60 + mi as i64) * 60 + s as i64) * 1_000_000 + us as i64,
@@ -270,7 +272,7 @@ fn time_value(negative: bool, micros: i64, fsp: u32) -> Value {
 }
 
 /// Parses `YYYY-MM-DD[ HH:MM:SS[.ffffff]]`.
-fn parse_datetime_text(s: &str) -> Option<(u16, u8, u8, u8, u8, u8, u32)> {
+fn parse_datetime_text(s: &str) -> Option<DateTimeParts> {
     let (date, time) = s.split_once(' ').unwrap_or((s, "00:00:00"));
     let mut dp = date.splitn(3, '-');
     let y = dp.next()?.parse().ok()?;
@@ -340,8 +342,7 @@ pub(crate) fn from_text(ty: &MyType, raw: &[u8]) -> Result<Value, String> {
             }
         }
         MyType::DateTime { .. } | MyType::Timestamp { .. } => {
-            let (y, mo, d, h, mi, sec, us) = parse_datetime_text(s).ok_or_else(bad)?;
-            match datetime_micros(y, mo, d, h, mi, sec, us) {
+            match datetime_micros(parse_datetime_text(s).ok_or_else(bad)?) {
                 Some(t) if matches!(ty, MyType::DateTime { .. }) => Value::Timestamp(t),
                 Some(t) => Value::TimestampTz(t),
                 None => Value::Unrepresentable(s.to_string()),
@@ -406,9 +407,10 @@ pub(crate) fn from_binlog(ty: &MyType, v: MyValue) -> Result<Value, String> {
             None => Value::Unrepresentable(format!("{y:04}-{mo:02}-{d:02}")),
         },
         (MyType::DateTime { fsp }, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            match datetime_micros(y, mo, d, h, mi, s, us) {
+            let parts = (y, mo, d, h, mi, s, us);
+            match datetime_micros(parts) {
                 Some(t) => Value::Timestamp(t),
-                None => Value::Unrepresentable(datetime_text(y, mo, d, h, mi, s, us, *fsp)),
+                None => Value::Unrepresentable(datetime_text(parts, *fsp)),
             }
         }
         (MyType::Timestamp { fsp }, MyValue::Bytes(b)) => {
@@ -457,7 +459,7 @@ pub(crate) fn from_binlog(ty: &MyType, v: MyValue) -> Result<Value, String> {
 
 fn timestamp_from_unix(secs: i64, us: i64, fsp: u32) -> Value {
     if secs == 0 && us == 0 {
-        return Value::Unrepresentable(datetime_text(0, 0, 0, 0, 0, 0, 0, fsp));
+        return Value::Unrepresentable(datetime_text((0, 0, 0, 0, 0, 0, 0), fsp));
     }
     Value::TimestampTz((secs - UNIX_2000) * 1_000_000 + us)
 }
