@@ -18,6 +18,7 @@
 //!   starts again at the first part with the same changes.
 //! * A malformed event gives [`ReplicationError::BinlogEvent`] naming the event type and
 //!   position; a panic inside the event reader is caught and reported the same way.
+//! * XA transactions (XA PREPARE in the binlog) are refused with an error naming the event.
 //! * A second replica with the same server id makes the upstream end one of the two
 //!   streams: that is reported as [`ReplicationError::DuplicateServerId`].
 
@@ -64,6 +65,8 @@ pub struct MyTxnPart {
 }
 
 const EVENT_HEADER_LEN: u32 = 19;
+/// XA_PREPARE_LOG_EVENT.
+const XA_PREPARE_LOG: u8 = 38;
 const VALUE_OVERHEAD_BYTES: usize = 16;
 
 struct Txn {
@@ -310,6 +313,15 @@ impl MyStream {
             }
             self.begin(&event, Some(g));
             return Ok(None);
+        }
+        if raw == XA_PREPARE_LOG {
+            // The prepared transaction's rows were just read; they may still roll back
+            // (XA ROLLBACK) in a later group. Applying or dropping them could both be wrong.
+            return Err(self.event_error(
+                &event,
+                "XA PREPARE (two-phase commit) transactions are not supported by the MySQL \
+                 source",
+            ));
         }
         let data = match event.read_data() {
             Ok(Some(d)) => d,
