@@ -179,6 +179,7 @@ fn mysql_error_is_retryable(e: &mysql_async::Error) -> bool {
                 | 1053 // server shutdown
                 | 1205 // lock wait timeout
                 | 1213 // deadlock
+                | 1412 // table definition changed (DDL during a snapshot): take it again
                 | 1927 // connection killed (MariaDB)
                 | 2006 // server gone away
                 | 2013 // lost connection

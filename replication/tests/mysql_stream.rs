@@ -232,3 +232,31 @@ async fn resume_neither_loses_nor_repeats() -> Result<()> {
     assert_eq!(a[..n], b[..n]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stream_lives_on_heartbeats() -> Result<()> {
+    let options = MySourceOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let server = MariaDbServer::start()?;
+    let db = server.create_database("myidle")?;
+    server.query(&db, "CREATE TABLE h (id INT PRIMARY KEY)")?;
+    let source = MySource::new(&server.url(&db), 90)?.with_options(options);
+    let pos = source.current_position().await?;
+    let mut stream = source.stream(&pos).await?;
+    // Nothing happens for ten heartbeat periods: the stream must neither fail nor deliver.
+    let idle = tokio::time::timeout(Duration::from_secs(1), stream.next_batch()).await;
+    assert!(
+        idle.is_err(),
+        "expected no batch and no error, got {idle:?}"
+    );
+    // A stream future dropped mid-wait is fine: the next call goes on.
+    server.query(&db, "INSERT INTO h VALUES (7)")?;
+    let b = tokio::time::timeout(WAIT, stream.next_batch())
+        .await
+        .context("timed out")??
+        .context("ended")?;
+    assert_eq!(inserted_ids(&[b]), vec![7]);
+    Ok(())
+}

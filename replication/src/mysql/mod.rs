@@ -25,6 +25,8 @@ mod source;
 mod stream;
 mod types;
 
+use std::time::Duration;
+
 pub use events::{GtidState, MariaGtid};
 pub use position::Position;
 pub use schema::{relation_id, MyTable};
@@ -56,6 +58,10 @@ pub struct MySourceOptions {
     /// MariaDB: resume from the position's GTID (`@slave_connect_state`) rather than its
     /// file and offset, when the position has one.
     pub resume_by_gtid: bool,
+    /// The upstream sends a heartbeat event this often when it has nothing else
+    /// (`@master_heartbeat_period`); a stream that hears nothing for three periods fails
+    /// with a retryable error instead of waiting forever on a dead connection.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for MySourceOptions {
@@ -65,6 +71,7 @@ impl Default for MySourceOptions {
             snapshot_batch_bytes_max: 8 << 20,
             transaction_memory_max_bytes: 256 << 20,
             resume_by_gtid: true,
+            heartbeat_interval: Duration::from_secs(10),
         }
     }
 }

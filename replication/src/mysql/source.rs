@@ -80,6 +80,9 @@ impl MySource {
         options.snapshot_batch_rows_max = options.snapshot_batch_rows_max.max(1);
         options.snapshot_batch_bytes_max = options.snapshot_batch_bytes_max.max(1);
         options.transaction_memory_max_bytes = options.transaction_memory_max_bytes.max(1);
+        options.heartbeat_interval = options
+            .heartbeat_interval
+            .max(std::time::Duration::from_millis(1));
         self.options = options;
         self
     }
@@ -115,7 +118,9 @@ impl MySource {
     /// missing: `log_bin` ON, `binlog_format` ROW, `binlog_row_image` FULL, the right to read
     /// the binlog position (REPLICATION CLIENT / MariaDB BINLOG MONITOR), and the right to
     /// stream the binlog (REPLICATION SLAVE), tried by registering as a replica with this
-    /// source's server id and asking for a non-blocking dump.
+    /// source's server id and asking for a non-blocking dump. The upstream ends any other
+    /// dump with the same server id then, so call it before streaming, not while a stream of
+    /// this id runs.
     pub async fn check_prerequisites(&self) -> Result<Flavor, ReplicationError> {
         let mut conn = self.connect().await?;
         let flavor = flavor_of(&mut conn).await?;

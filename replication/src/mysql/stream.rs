@@ -117,6 +117,14 @@ impl MyStream {
         conn.query_drop("SET @master_binlog_checksum = @@global.binlog_checksum")
             .await
             .map_err(my_err("announcing checksum support"))?;
+        let period_ns = source
+            .options
+            .heartbeat_interval
+            .as_nanos()
+            .min(4_294_967_000_000_000);
+        conn.query_drop(format!("SET @master_heartbeat_period = {period_ns}"))
+            .await
+            .map_err(my_err("setting the heartbeat period"))?;
         let by_gtid = flavor == Flavor::MariaDb && source.options.resume_by_gtid;
         let gtid_text = from.gtid.clone().filter(|_| by_gtid);
         if flavor == Flavor::MariaDb {
@@ -186,7 +194,18 @@ impl MyStream {
                     "the binlog stream failed earlier; open it again".into(),
                 ));
             };
-            let next = AssertUnwindSafe(binlog.next()).catch_unwind().await;
+            let stall = self.source.options.heartbeat_interval * 3;
+            let next = tokio::time::timeout(stall, AssertUnwindSafe(binlog.next()).catch_unwind());
+            let Ok(next) = next.await else {
+                self.binlog = None;
+                return Err(ReplicationError::MySql {
+                    context: "reading the binlog stream",
+                    source: mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no event and no heartbeat from the upstream for {stall:?}"),
+                    ))),
+                });
+            };
             let event = match next {
                 Ok(Some(Ok(ev))) => ev,
                 Ok(Some(Err(e))) => {
