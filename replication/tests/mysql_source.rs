@@ -488,3 +488,46 @@ async fn binlog_off_is_named() -> Result<()> {
     assert!(err.to_string().contains("log_bin = ON"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_after_snapshot_meets_later_ddl_in_order() -> Result<()> {
+    let f = Fixture::new(
+        "myddl",
+        "CREATE TABLE g (id INT PRIMARY KEY, v INT)",
+        MySourceOptions::default(),
+    )?;
+    let mut sink = VecSink::default();
+    let snap = f.source.snapshot(&mut sink).await?;
+    // Rows in the old shape, then the ALTER, all before the stream opens.
+    f.sql("INSERT INTO g VALUES (1, 10); ALTER TABLE g ADD COLUMN w INT; INSERT INTO g VALUES (2, 20, 3)")?;
+    let mut stream = f.source.stream_after(&snap).await?;
+    let g = f.rel("g");
+    let mut changes = Vec::new();
+    while !changes
+        .iter()
+        .any(|c| matches!(c, Change::Insert { row, .. } if row[0] == Value::Int(2)))
+    {
+        let b = tokio::time::timeout(WAIT, stream.next_batch())
+            .await
+            .context("timed out")??
+            .context("ended")?;
+        changes.extend(data_changes(&b).into_iter().cloned());
+    }
+    stream.close().await;
+    let i = Value::Int;
+    assert_eq!(
+        changes,
+        vec![
+            Change::Insert {
+                rel: g,
+                row: vec![i(1), i(10)]
+            },
+            Change::SchemaChanged { rel: g },
+            Change::Insert {
+                rel: g,
+                row: vec![i(2), i(20), i(3)]
+            },
+        ]
+    );
+    Ok(())
+}

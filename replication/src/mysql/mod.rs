@@ -8,7 +8,7 @@
 //! 2. Without a stored position: [`MySource::snapshot`] copies every replicated table into
 //!    a [`SnapshotSink`] and returns the [`Position`] the copy is consistent at (see
 //!    [`snapshot`] for how each flavor gets it); store it once the copy is applied.
-//! 3. [`MySource::stream`] from the stored position: [`MyStream::next_batch`] yields one
+//! 3. [`MySource::stream_after`] the snapshot, or [`MySource::stream`] from the stored position: [`MyStream::next_batch`] yields one
 //!    [`MyChangeBatch`] per upstream transaction; apply it, then store its position. On
 //!    restart, streaming from the stored position neither loses nor repeats a transaction.
 //!
@@ -101,15 +101,23 @@ impl MySource {
         snapshot::run(self, sink).await
     }
 
-    /// Opens the binlog stream after `from` (a snapshot's or a batch's position).
+    /// Opens the binlog stream after `from` (a batch's stored position). Tables are
+    /// described as the catalog is now: a table altered after `from` by DDL the stream has
+    /// not reached yet makes its older row events fail to decode (the error says so).
     pub async fn stream(&self, from: &Position) -> Result<MyStream, ReplicationError> {
-        MyStream::open(self, from, false).await
+        MyStream::open(self, from, None, false).await
+    }
+
+    /// Opens the binlog stream right after a snapshot, with the tables as the snapshot
+    /// described them (so DDL run while the copy took place is met in order).
+    pub async fn stream_after(&self, snapshot: &MySnapshot) -> Result<MyStream, ReplicationError> {
+        MyStream::open(self, &snapshot.position, Some(&snapshot.tables), false).await
     }
 
     /// Like [`MySource::stream`], but [`MyStream::next_batch`] returns `Ok(None)` once the
     /// end of the binlog is reached (for catching up, and for tests).
     pub async fn stream_to_end(&self, from: &Position) -> Result<MyStream, ReplicationError> {
-        MyStream::open(self, from, true).await
+        MyStream::open(self, from, None, true).await
     }
 
     /// The upstream's current binlog end (`SHOW MASTER STATUS`; on MariaDB with the GTID

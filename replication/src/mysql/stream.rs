@@ -86,6 +86,9 @@ pub struct MyStream {
     binlog: Option<BinlogStream>,
     catalog: Option<Conn>,
     tables: HashMap<String, MyTable>,
+    /// Names of rows events looked up in the catalog and not found (dropped since): not
+    /// looked up again until a statement creates the name.
+    missing: HashSet<String>,
     /// Relations already sent in this session (in their current shape).
     emitted: HashSet<u32>,
     file: String,
@@ -102,9 +105,12 @@ pub struct MyStream {
 }
 
 impl MyStream {
+    /// `tables`: the catalog as of `from` when the caller has it (a snapshot's tables);
+    /// otherwise it is read now.
     pub(crate) async fn open(
         source: &MySource,
         from: &Position,
+        tables: Option<&[MyTable]>,
         non_blocking: bool,
     ) -> Result<MyStream, ReplicationError> {
         let mut conn = source.connect().await?;
@@ -151,11 +157,13 @@ impl MyStream {
             .await
             .map_err(my_err("starting the binlog dump"))?;
         let mut catalog = source.connect().await?;
-        let tables = discover(&mut catalog, &source.database, None)
-            .await?
-            .into_iter()
-            .map(|t| (t.relation.schema.name.clone(), t))
-            .collect();
+        let tables = match tables {
+            Some(t) => t.to_vec(),
+            None => discover(&mut catalog, &source.database, None).await?,
+        }
+        .into_iter()
+        .map(|t| (t.relation.schema.name.clone(), t))
+        .collect();
         let gtid = from
             .gtid
             .as_deref()
@@ -169,6 +177,7 @@ impl MyStream {
             binlog: Some(binlog),
             catalog: Some(catalog),
             tables,
+            missing: HashSet::new(),
             emitted: HashSet::new(),
             file: from.file.clone(),
             seen_fde: false,
@@ -478,6 +487,7 @@ impl MyStream {
     /// Reads the table's description from the catalog now (it may be ahead of the stream
     /// when later DDL already ran) and sends it as a `Relation` when it exists.
     async fn refresh(&mut self, event: &Event, name: &str) -> Result<(), ReplicationError> {
+        self.missing.remove(name);
         let table = self.discover_one(name).await?;
         match table {
             Some(t) => {
@@ -531,10 +541,15 @@ impl MyStream {
             return Ok(());
         }
         let name = tme.table_name().into_owned();
-        if !self.tables.contains_key(&name) {
+        if !self.tables.contains_key(&name) && !self.missing.contains(&name) {
             // Created after the stream opened without a statement we saw: look it up once.
-            if let Some(t) = self.discover_one(&name).await? {
-                self.tables.insert(name.clone(), t);
+            match self.discover_one(&name).await? {
+                Some(t) => {
+                    self.tables.insert(name.clone(), t);
+                }
+                None => {
+                    self.missing.insert(name.clone());
+                }
             }
         }
         let binlog = self
@@ -671,8 +686,8 @@ fn decode_row(table: &MyTable, mut row: BinlogRow, bytes: &mut usize) -> Result<
     let schema = &table.relation.schema;
     if row.len() != schema.columns.len() {
         return Err(format!(
-            "{}.{} has {} columns but the row image has {} (the table changed since it was \
-             described)",
+            "{}.{} has {} columns but the row image has {} (the table changed after it was \
+             described, by DDL not yet streamed: copy the table again)",
             schema.schema,
             schema.name,
             schema.columns.len(),
