@@ -531,3 +531,44 @@ async fn stream_after_snapshot_meets_later_ddl_in_order() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_event_names_type_and_position() -> Result<()> {
+    let f = Fixture::new(
+        "myundec",
+        "CREATE TABLE u (id INT PRIMARY KEY)",
+        MySourceOptions::default(),
+    )?;
+    let (pos, _, _) = f.snapshot().await?;
+    f.sql("INSERT INTO u VALUES (1); ALTER TABLE u ADD COLUMN w INT")?;
+    // Opened from the stored position with today's catalog (two columns), the older
+    // one-column row image cannot be decoded: an error, not a panic or a stall.
+    let mut stream = f.source.stream_to_end(&pos).await?;
+    let err = loop {
+        match tokio::time::timeout(WAIT, stream.next_batch())
+            .await
+            .context("timed out")?
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("the stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, ReplicationError::BinlogEvent { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("WRITE_ROWS") && text.contains("binlog."),
+        "{text}"
+    );
+    assert!(text.contains("copy the table again"), "{text}");
+    // The failed stream says so instead of hanging.
+    let again = stream
+        .next_batch()
+        .await
+        .expect_err("a failed stream stays failed");
+    assert!(again.to_string().contains("open it again"), "{again}");
+    Ok(())
+}

@@ -100,6 +100,9 @@ pub struct MyStream {
     gtid: GtidState,
     last: Position,
     txn: Option<Txn>,
+    /// Set while an event is being handled: a `next_batch` future dropped then (its caller
+    /// cancelled it during a catalog query) lost that event, so the stream must not go on.
+    handling: bool,
     /// Stream opened non-blocking (`next_batch` returns `None` at the end of the binlog).
     non_blocking: bool,
 }
@@ -185,6 +188,7 @@ impl MyStream {
             gtid,
             last: from.clone(),
             txn: None,
+            handling: false,
             non_blocking,
         })
     }
@@ -196,7 +200,14 @@ impl MyStream {
 
     /// The next committed transaction (or part of one). `Ok(None)` only on a non-blocking
     /// stream that reached the end of the binlog.
+    ///
+    /// Cancel safety: dropping the future while it waits for the next event loses nothing;
+    /// dropping it while it handles one (a DDL's catalog query) fails the stream, and the
+    /// next call says so.
     pub async fn next_batch(&mut self) -> Result<Option<MyChangeBatch>, ReplicationError> {
+        if self.handling {
+            self.binlog = None;
+        }
         loop {
             let Some(binlog) = self.binlog.as_mut() else {
                 return Err(ReplicationError::Protocol(
@@ -242,8 +253,19 @@ impl MyStream {
                     });
                 }
             };
-            if let Some(batch) = self.handle(event).await? {
-                return Ok(Some(batch));
+            self.handling = true;
+            let handled = self.handle(event).await;
+            self.handling = false;
+            match handled {
+                Ok(Some(batch)) => return Ok(Some(batch)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Never go on past an event that was not applied: the caller opens the
+                    // stream again from its stored position.
+                    self.binlog = None;
+                    self.txn = None;
+                    return Err(e);
+                }
             }
         }
     }
