@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::position::Position;
 use super::schema::{discover, MyTable};
-use super::source::{flavor_of, my_err};
+use super::source::{flavor_of, master_status_row, my_err, server_code};
 use super::types::{from_text, MyType};
 use super::{quote_ident, Flavor, MySource};
 use crate::error::ReplicationError;
@@ -103,19 +103,23 @@ async fn start_mariadb(conn: &mut Conn) -> Result<Position, ReplicationError> {
 }
 
 async fn start_mysql(conn: &mut Conn) -> Result<Position, ReplicationError> {
+    // LOCK INSTANCE FOR BACKUP is not enough: it does not stop commits, so the binlog
+    // position read under it could not be tied to the transaction's view.
     conn.query_drop("FLUSH TABLES WITH READ LOCK")
         .await
-        .map_err(|e| ReplicationError::MySqlPrivilege {
-            action: "take the snapshot's brief global read lock (FLUSH TABLES WITH READ LOCK)",
-            privilege: "RELOAD",
-            detail: e.to_string(),
+        .map_err(|e| match server_code(&e) {
+            Some(1227 | 1045) => ReplicationError::MySqlPrivilege {
+                action: "take the snapshot's brief global read lock (FLUSH TABLES WITH READ LOCK)",
+                privilege: "RELOAD",
+                detail: e.to_string(),
+            },
+            _ => my_err("taking the global read lock")(e),
         })?;
     let result = async {
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(my_err("starting the snapshot transaction"))?;
-        let row: Option<mysql_async::Row> = conn
-            .query_first("SHOW MASTER STATUS")
+        let row = master_status_row(conn)
             .await
             .map_err(my_err("reading the binlog position"))?;
         let row = row.ok_or(ReplicationError::MySqlSetting {

@@ -227,10 +227,20 @@ pub(crate) async fn flavor_of(conn: &mut Conn) -> Result<Flavor, ReplicationErro
 pub(crate) async fn master_status(
     conn: &mut Conn,
 ) -> Result<Option<(String, u64)>, mysql_async::Error> {
-    let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
+    let row = master_status_row(conn).await?;
     Ok(row.and_then(|r| {
         let file: Option<String> = r.get(0);
         let pos: Option<u64> = r.get(1);
         file.zip(pos)
     }))
+}
+
+/// `SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` where the former is gone (MySQL 8.4).
+pub(crate) async fn master_status_row(
+    conn: &mut Conn,
+) -> Result<Option<mysql_async::Row>, mysql_async::Error> {
+    match conn.query_first("SHOW MASTER STATUS").await {
+        Err(e) if server_code(&e) == Some(1064) => conn.query_first("SHOW BINARY LOG STATUS").await,
+        other => other,
+    }
 }

@@ -67,6 +67,9 @@ pub struct MyTxnPart {
 const EVENT_HEADER_LEN: u32 = 19;
 /// XA_PREPARE_LOG_EVENT.
 const XA_PREPARE_LOG: u8 = 38;
+/// TRANSACTION_PAYLOAD_EVENT (MySQL 8.0.20+ binlog compression); mysql_async yields the
+/// events inside it right after it.
+const TRANSACTION_PAYLOAD: u8 = 40;
 const VALUE_OVERHEAD_BYTES: usize = 16;
 
 struct Txn {
@@ -100,6 +103,9 @@ pub struct MyStream {
     gtid: GtidState,
     last: Position,
     txn: Option<Txn>,
+    /// End offset of the last TRANSACTION_PAYLOAD event (MySQL binlog compression): the
+    /// events inside it carry no offset of their own.
+    payload_end: u32,
     /// Set while an event is being handled: a `next_batch` future dropped then (its caller
     /// cancelled it during a catalog query) lost that event, so the stream must not go on.
     handling: bool,
@@ -188,6 +194,7 @@ impl MyStream {
             gtid,
             last: from.clone(),
             txn: None,
+            payload_end: 0,
             handling: false,
             non_blocking,
         })
@@ -228,6 +235,17 @@ impl MyStream {
             };
             let event = match next {
                 Ok(Some(Ok(ev))) => ev,
+                Ok(Some(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))))
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    // The event reader could not frame or check the next event.
+                    self.binlog = None;
+                    return Err(ReplicationError::BinlogEvent {
+                        event_type: "unknown (reading the next event)".into(),
+                        position: format!("after {}", self.last),
+                        message: e.to_string(),
+                    });
+                }
                 Ok(Some(Err(e))) => {
                     self.binlog = None;
                     return Err(self.stream_ended(Some(e)).await);
@@ -295,7 +313,10 @@ impl MyStream {
         }
         // Was another replica registered with our id? (Ours is gone with the dump thread.)
         if let Ok(mut conn) = self.source.connect().await {
-            let hosts: Result<Vec<mysql_async::Row>, _> = conn.query("SHOW SLAVE HOSTS").await;
+            let mut hosts: Result<Vec<mysql_async::Row>, _> = conn.query("SHOW SLAVE HOSTS").await;
+            if hosts.as_ref().is_err_and(|e| server_code(e) == Some(1064)) {
+                hosts = conn.query("SHOW REPLICAS").await; // MySQL 8.4
+            }
             if let Ok(hosts) = hosts {
                 if hosts
                     .iter()
@@ -337,12 +358,22 @@ impl MyStream {
             Flavor::MariaDb if !self.gtid.is_empty() => Some(self.gtid.to_string()),
             _ => None,
         };
-        Position::new(self.file.clone(), event.header().log_pos() as u64, gtid)
+        Position::new(self.file.clone(), self.end_of(event) as u64, gtid)
+    }
+
+    /// The event's end offset; inside a compressed transaction payload, the payload's.
+    fn end_of(&self, event: &Event) -> u32 {
+        match event.header().log_pos() {
+            0 => self.payload_end,
+            p => p,
+        }
     }
 
     fn begin(&mut self, event: &Event, gtid: Option<MariaGtid>) {
         let h = event.header();
-        let start = (h.log_pos()).saturating_sub(h.event_size().max(EVENT_HEADER_LEN));
+        let start = self
+            .end_of(event)
+            .saturating_sub(h.event_size().max(EVENT_HEADER_LEN));
         self.txn = Some(Txn {
             start: Position::new(self.file.clone(), start as u64, None),
             changes: Vec::new(),
@@ -355,6 +386,10 @@ impl MyStream {
 
     async fn handle(&mut self, event: Event) -> Result<Option<MyChangeBatch>, ReplicationError> {
         let raw = event.header().event_type_raw();
+        if raw == TRANSACTION_PAYLOAD {
+            self.payload_end = event.header().log_pos();
+            return Ok(None);
+        }
         if raw == MARIADB_GTID {
             let g = MariaGtid::decode(event.data(), event.header().server_id())
                 .ok_or_else(|| self.event_error(&event, "GTID event shorter than 13 bytes"))?;

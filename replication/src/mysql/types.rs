@@ -19,7 +19,7 @@
 //! | DATETIME | Timestamp | Timestamp |
 //! | TIMESTAMP | TimestampTz | TimestampTz (UTC) |
 //! | TIME | Time | Time within 00:00:00..=24:00:00; other values (negative, >24h) are kept as `Unrepresentable` text, so queries needing them go upstream |
-//! | JSON (MySQL), MariaDB JSON (LONGTEXT + `json_valid` check) | Json | Json text |
+//! | JSON (MySQL), MariaDB JSON (LONGTEXT + `json_valid` check) | Json | Json text: MariaDB's as stored; MySQL's (binary JSON in the binlog) normalized through serde_json on both paths so the snapshot and the stream agree |
 //!
 //! Zero dates (`0000-00-00`, month or day 0) become `Unrepresentable` with MySQL's text.
 
@@ -29,22 +29,38 @@ use mysql_async::Value as MyValue;
 /// How one column's values are decoded (kept beside the table's [`crate::RelationInfo`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum MyType {
-    Int { unsigned: bool, bits: u32 },
+    Int {
+        unsigned: bool,
+        bits: u32,
+    },
     BigUnsigned,
     Decimal,
     Float,
     Double,
-    Text { char: bool },
-    Binary { pad_to: Option<usize> },
+    Text {
+        char: bool,
+    },
+    Binary {
+        pad_to: Option<usize>,
+    },
     Bit,
     Date,
-    DateTime { fsp: u32 },
-    Timestamp { fsp: u32 },
-    Time { fsp: u32 },
+    DateTime {
+        fsp: u32,
+    },
+    Timestamp {
+        fsp: u32,
+    },
+    Time {
+        fsp: u32,
+    },
     Year,
     Enum(Vec<String>),
     Set(Vec<String>),
-    Json,
+    /// `normalize`: MySQL's native JSON, whose text differs between `SELECT` and the binlog.
+    Json {
+        normalize: bool,
+    },
 }
 
 /// One column as `information_schema.COLUMNS` describes it.
@@ -122,7 +138,9 @@ pub(crate) fn map_column(c: &ColumnDesc) -> Result<(SqlType, u32, MyType), Strin
         "varchar" => {
             text_ok().map(|_| (SqlType::Text, code::VARCHAR, MyType::Text { char: false }))
         }
-        "longtext" if c.json_check => Ok((SqlType::Json, code::JSON, MyType::Json)),
+        "longtext" if c.json_check => {
+            Ok((SqlType::Json, code::JSON, MyType::Json { normalize: false }))
+        }
         "tinytext" | "text" | "mediumtext" | "longtext" => {
             text_ok().map(|_| (SqlType::Text, code::BLOB, MyType::Text { char: false }))
         }
@@ -161,7 +179,7 @@ pub(crate) fn map_column(c: &ColumnDesc) -> Result<(SqlType, u32, MyType), Strin
         )),
         "time" => Ok((SqlType::Time, code::TIME, MyType::Time { fsp })),
         "year" => Ok((SqlType::Int2, code::YEAR, MyType::Year)),
-        "json" => Ok((SqlType::Json, code::JSON, MyType::Json)),
+        "json" => Ok((SqlType::Json, code::JSON, MyType::Json { normalize: true })),
         other => Err(format!(
             "column {} has type {other}, which Larder cannot represent",
             c.name
@@ -333,7 +351,7 @@ pub(crate) fn from_text(ty: &MyType, raw: &[u8]) -> Result<Value, String> {
         MyType::Float => Value::Float(s.parse::<f32>().map_err(|_| bad())? as f64),
         MyType::Double => Value::Float(s.parse::<f64>().map_err(|_| bad())?),
         MyType::Text { .. } | MyType::Enum(_) | MyType::Set(_) => Value::Text(s.to_string()),
-        MyType::Json => Value::Json(s.to_string()),
+        MyType::Json { normalize } => json_value(s.to_string(), *normalize),
         MyType::Date => {
             let (y, mo, d, ..) = parse_datetime_text(s).ok_or_else(bad)?;
             match date_value(y, mo, d) {
@@ -390,9 +408,10 @@ pub(crate) fn from_binlog(ty: &MyType, v: MyValue) -> Result<Value, String> {
             }
             Value::Text(s)
         }
-        (MyType::Json, MyValue::Bytes(b)) => {
-            Value::Json(String::from_utf8(b).map_err(|e| format!("not UTF-8: {e}"))?)
-        }
+        (MyType::Json { normalize }, MyValue::Bytes(b)) => json_value(
+            String::from_utf8(b).map_err(|e| format!("not UTF-8: {e}"))?,
+            *normalize,
+        ),
         (MyType::Binary { pad_to }, MyValue::Bytes(mut b)) => {
             if let Some(n) = pad_to {
                 if b.len() < *n {
@@ -457,6 +476,17 @@ pub(crate) fn from_binlog(ty: &MyType, v: MyValue) -> Result<Value, String> {
     })
 }
 
+/// JSON text, normalized (serde_json's compact form) when asked; text that does not parse is
+/// kept as it is.
+fn json_value(text: String, normalize: bool) -> Value {
+    if normalize {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            return Value::Json(v.to_string());
+        }
+    }
+    Value::Json(text)
+}
+
 fn timestamp_from_unix(secs: i64, us: i64, fsp: u32) -> Value {
     if secs == 0 && us == 0 {
         return Value::Unrepresentable(datetime_text((0, 0, 0, 0, 0, 0, 0), fsp));
@@ -516,6 +546,19 @@ mod tests {
         let mut latin = col("varchar", "varchar(3)");
         latin.charset = Some("latin1".into());
         assert!(map_column(&latin).unwrap_err().contains("latin1"));
+    }
+
+    #[test]
+    fn mysql_json_is_normalized_alike_from_both_paths() {
+        let ty = MyType::Json { normalize: true };
+        let select = from_text(&ty, br#"{"k": [1, 2], "a": null}"#).unwrap();
+        let binlog = from_binlog(&ty, MyValue::Bytes(br#"{"a":null,"k":[1,2]}"#.to_vec())).unwrap();
+        assert_eq!(select, binlog);
+        let maria = MyType::Json { normalize: false };
+        assert_eq!(
+            from_text(&maria, b"[1, 2]").unwrap(),
+            Value::Json("[1, 2]".into())
+        );
     }
 
     #[test]
