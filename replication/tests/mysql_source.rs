@@ -5,7 +5,7 @@
 //! through the `mariadb` client; other tests' transactions show up as empty batches.
 
 use anyhow::{Context, Result};
-use larder_replication::mysql::{MySource, MySourceOptions};
+use larder_replication::mysql::{MyChangeBatch, MySource, MySourceOptions};
 use larder_replication::{Change, NewRow, OldRow, RelationInfo, ReplicationError, TableStatus};
 use larder_sql::{Row, SqlType, Value};
 use larder_testkit::MariaDbServer;
@@ -271,12 +271,20 @@ async fn stream_batches_follow_transactions() -> Result<()> {
          UPDATE t SET v = CONCAT(v, '!');
          INSERT INTO nokey VALUES (1);",
     )?;
-    MariaDbServer::shared().query(&other_db, "INSERT INTO t VALUES (1)")?;
-    f.sql(
-        "TRUNCATE TABLE t;
-         ALTER TABLE t ADD COLUMN w INT;
-         INSERT INTO t VALUES (9, 'z', 7);",
+    // Another database's table of the same name: its rows and its DDL are not ours, whether
+    // run there or from our database with a qualified name.
+    MariaDbServer::shared().query(
+        &other_db,
+        "INSERT INTO t VALUES (1); ALTER TABLE t ADD COLUMN z INT",
     )?;
+    f.sql(&format!(
+        "ALTER TABLE `{other_db}`.t ADD COLUMN z2 INT;
+         TRUNCATE TABLE t;
+         ALTER TABLE t ADD COLUMN w INT;
+         CREATE TABLE n (id INT PRIMARY KEY);
+         INSERT INTO n VALUES (5);
+         INSERT INTO t VALUES (9, 'z', 7);"
+    ))?;
     let mut batches = Vec::new();
     // Other tests' transactions (other databases) arrive as empty batches too, so read
     // until the last expected change (the insert of id 9) arrived.
@@ -346,6 +354,11 @@ async fn stream_batches_follow_transactions() -> Result<()> {
         // (nokey, not replicated, and the other database: empty batches, skipped here)
         vec![Change::Truncate { rels: vec![t] }],
         vec![Change::SchemaChanged { rel: t }],
+        // (CREATE TABLE n: only its Relation, checked below)
+        vec![Change::Insert {
+            rel: f.rel("n"),
+            row: vec![i(5)],
+        }],
         vec![Change::Insert {
             rel: t,
             row: vec![i(9), s("z"), i(7)],
@@ -358,12 +371,21 @@ async fn stream_batches_follow_transactions() -> Result<()> {
         .collect();
     let empty = batches.iter().filter(|b| b.changes.is_empty()).count();
     assert!(
-        empty >= 2,
+        empty >= 4,
         "the nokey and other-database transactions give empty batches"
     );
     assert_eq!(got, want, "batches: {batches:#?}");
     // The first change of t announces its relation; the ALTER announces the new shape.
-    assert!(matches!(&batches[0].changes[0], Change::Relation(r) if r.oid == t));
+    let first = batches.iter().find(|b| !b.changes.is_empty()).unwrap();
+    assert!(matches!(&first.changes[0], Change::Relation(r) if r.oid == t));
+    // CREATE TABLE n announces n in a batch of its own, before n's first row.
+    let created = batches
+        .iter()
+        .position(|b| matches!(b.changes.as_slice(), [Change::Relation(r)] if r.schema.name == "n"))
+        .context("no batch announcing n")?;
+    assert!(batches[created + 1..].iter().any(|b| data_changes(b)
+        .iter()
+        .any(|c| matches!(c, Change::Insert { rel, .. } if *rel == f.rel("n")))));
     let altered = batches
         .iter()
         .flat_map(|b| b.changes.iter())
