@@ -5,7 +5,7 @@
 //! through the `mariadb` client; other tests' transactions show up as empty batches.
 
 use anyhow::{Context, Result};
-use larder_replication::mysql::{MyChangeBatch, MySource, MySourceOptions};
+use larder_replication::mysql::{MySource, MySourceOptions};
 use larder_replication::{Change, NewRow, OldRow, RelationInfo, ReplicationError, TableStatus};
 use larder_sql::{Row, SqlType, Value};
 use larder_testkit::MariaDbServer;
