@@ -594,3 +594,28 @@ async fn undecodable_event_names_type_and_position() -> Result<()> {
     assert!(again.to_string().contains("open it again"), "{again}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_logged_row_changes_are_refused() -> Result<()> {
+    let f = Fixture::new(
+        "mystmt",
+        "CREATE TABLE s (id INT PRIMARY KEY)",
+        MySourceOptions::default(),
+    )?;
+    let (pos, _, _) = f.snapshot().await?;
+    f.sql("SET SESSION binlog_format = 'STATEMENT'; INSERT INTO s VALUES (1)")?;
+    let mut stream = f.source.stream_to_end(&pos).await?;
+    let err = loop {
+        match tokio::time::timeout(WAIT, stream.next_batch())
+            .await
+            .context("timed out")?
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("the stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("binlog_format = ROW"), "{err}");
+    assert!(err.to_string().contains("QUERY"), "{err}");
+    Ok(())
+}

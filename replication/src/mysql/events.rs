@@ -135,6 +135,9 @@ pub(crate) enum Statement {
         from: Vec<TableRef>,
         to: Vec<TableRef>,
     },
+    /// A row change logged as a statement (a session with binlog_format STATEMENT or
+    /// MIXED): its rows are not in the binlog. The target table when it could be read.
+    Dml(Option<TableRef>),
     /// Anything else (other DDL, GRANT, SAVEPOINT, ...): nothing to do.
     Other,
 }
@@ -288,6 +291,25 @@ pub(crate) fn classify(sql: &str) -> Statement {
         } else {
             Statement::Rollback
         };
+    }
+    for (kw, skip) in [
+        (
+            "INSERT",
+            &["LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "INTO"][..],
+        ),
+        ("REPLACE", &["LOW_PRIORITY", "DELAYED", "INTO"][..]),
+        ("UPDATE", &["LOW_PRIORITY", "IGNORE"][..]),
+        ("DELETE", &["LOW_PRIORITY", "QUICK", "IGNORE", "FROM"][..]),
+    ] {
+        if p.keyword(kw) {
+            for s in skip {
+                p.keyword(s);
+            }
+            return Statement::Dml(p.table());
+        }
+    }
+    if p.keyword("LOAD") {
+        return Statement::Dml(None);
     }
     if p.keyword("TRUNCATE") {
         p.keyword("TABLE");
@@ -455,6 +477,22 @@ mod tests {
         assert_eq!(
             classify("DROP INDEX i ON db.t"),
             Statement::Changed(vec![t(Some("db"), "t")])
+        );
+        assert_eq!(
+            classify("INSERT IGNORE INTO db.t VALUES (1)"),
+            Statement::Dml(Some(t(Some("db"), "t")))
+        );
+        assert_eq!(
+            classify("update `t` set a = 1"),
+            Statement::Dml(Some(t(None, "t")))
+        );
+        assert_eq!(
+            classify("DELETE FROM t WHERE 1"),
+            Statement::Dml(Some(t(None, "t")))
+        );
+        assert_eq!(
+            classify("LOAD DATA INFILE 'x' INTO TABLE t"),
+            Statement::Dml(None)
         );
         assert_eq!(classify("CREATE DATABASE x"), Statement::Other);
         assert_eq!(classify("GRANT ALL ON *.* TO x"), Statement::Other);

@@ -469,6 +469,20 @@ impl MyStream {
                 return self.commit(event).map(Some);
             }
             Statement::Other => {}
+            Statement::Dml(target) => {
+                let ours = match &target {
+                    Some(t) => self.ours(t, default_db).is_some(),
+                    None => default_db == self.source.database,
+                };
+                if ours {
+                    return Err(self.event_error(
+                        event,
+                        "a row change was logged as a statement (a session with \
+                         binlog_format STATEMENT or MIXED): its rows are not in the binlog; \
+                         every session writing the replicated database needs binlog_format = ROW",
+                    ));
+                }
+            }
             Statement::Truncate(t) => {
                 if let Some(name) = self.ours(&t, default_db) {
                     let rel = super::schema::relation_id(&self.source.database, &name);
