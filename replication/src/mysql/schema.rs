@@ -10,14 +10,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use larder_sql::{Column, SqlType, TableSchema};
+use larder_sql::{Column, Row, SqlType, TableSchema, Value};
+use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use super::source::my_err;
-use super::types::{map_column, ColumnDesc, MyType};
+use super::types::{from_binlog, map_column, ColumnDesc, MyType};
 use crate::change::{RelationInfo, ReplicaIdentity, TableStatus};
 use crate::error::ReplicationError;
+
+/// Per-value overhead counted against a transaction's memory bound.
+const VALUE_OVERHEAD_BYTES: usize = 16;
 
 /// A discovered table: its description plus how each column's values are decoded
 /// (`None` for a column Larder cannot represent).
@@ -30,6 +34,48 @@ pub struct MyTable {
 impl MyTable {
     pub fn name(&self) -> &str {
         &self.relation.schema.name
+    }
+
+    /// A full binlog row image in the table's column order; `bytes` grows by its size.
+    pub(crate) fn decode_binlog_row(
+        &self,
+        mut row: BinlogRow,
+        bytes: &mut usize,
+    ) -> Result<Row, String> {
+        let schema = &self.relation.schema;
+        if row.len() != schema.columns.len() {
+            return Err(format!(
+                "{}.{} has {} columns but the row image has {} (the table changed after it \
+                 was described, by DDL not yet streamed: copy the table again)",
+                schema.schema,
+                schema.name,
+                schema.columns.len(),
+                row.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(row.len());
+        for (i, col) in schema.columns.iter().enumerate() {
+            let ty = self.types[i]
+                .as_ref()
+                .ok_or_else(|| format!("column {} is not replicable", col.name))?;
+            let Some(v) = row.take(i) else {
+                return Err(format!(
+                    "column {} is missing from the row image (binlog_row_image must be FULL)",
+                    col.name
+                ));
+            };
+            let v =
+                mysql_async::Value::try_from(v).map_err(|e| format!("column {}: {e}", col.name))?;
+            *bytes += VALUE_OVERHEAD_BYTES
+                + match &v {
+                    mysql_async::Value::Bytes(b) => b.len(),
+                    _ => 8,
+                };
+            let value: Value =
+                from_binlog(ty, v).map_err(|m| format!("column {}: {m}", col.name))?;
+            out.push(value);
+        }
+        Ok(out)
     }
 }
 

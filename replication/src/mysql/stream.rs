@@ -26,9 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
-use larder_sql::{Row, Value};
 use mysql_async::binlog::events::{Event, EventData, RowsEventData};
-use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use tracing::{debug, info};
@@ -39,7 +37,6 @@ use super::events::{
 use super::position::Position;
 use super::schema::{discover, MyTable};
 use super::source::{flavor_of, my_err, server_code};
-use super::types::from_binlog;
 use super::{Flavor, MySource};
 use crate::change::{Change, NewRow, OldRow};
 use crate::error::ReplicationError;
@@ -70,7 +67,6 @@ const XA_PREPARE_LOG: u8 = 38;
 /// TRANSACTION_PAYLOAD_EVENT (MySQL 8.0.20+ binlog compression); mysql_async yields the
 /// events inside it right after it.
 const TRANSACTION_PAYLOAD: u8 = 40;
-const VALUE_OVERHEAD_BYTES: usize = 16;
 
 struct Txn {
     start: Position,
@@ -642,11 +638,11 @@ impl MyStream {
         for item in rows.rows(tme) {
             let (before, after) = item.map_err(|e| self.event_error(event, e))?;
             let before = before
-                .map(|r| decode_row(table, r, &mut bytes))
+                .map(|r| table.decode_binlog_row(r, &mut bytes))
                 .transpose()
                 .map_err(|m| self.event_error(event, m))?;
             let after = after
-                .map(|r| decode_row(table, r, &mut bytes))
+                .map(|r| table.decode_binlog_row(r, &mut bytes))
                 .transpose()
                 .map_err(|m| self.event_error(event, m))?;
             let change = match (rows, before, after) {
@@ -750,40 +746,4 @@ impl MyStream {
 
 fn server_code_opt(e: &Option<mysql_async::Error>) -> Option<u16> {
     e.as_ref().and_then(server_code)
-}
-
-/// A full row image in the table's column order.
-fn decode_row(table: &MyTable, mut row: BinlogRow, bytes: &mut usize) -> Result<Row, String> {
-    let schema = &table.relation.schema;
-    if row.len() != schema.columns.len() {
-        return Err(format!(
-            "{}.{} has {} columns but the row image has {} (the table changed after it was \
-             described, by DDL not yet streamed: copy the table again)",
-            schema.schema,
-            schema.name,
-            schema.columns.len(),
-            row.len()
-        ));
-    }
-    let mut out = Vec::with_capacity(row.len());
-    for (i, col) in schema.columns.iter().enumerate() {
-        let ty = table.types[i]
-            .as_ref()
-            .ok_or_else(|| format!("column {} is not replicable", col.name))?;
-        let Some(v) = row.take(i) else {
-            return Err(format!(
-                "column {} is missing from the row image (binlog_row_image must be FULL)",
-                col.name
-            ));
-        };
-        let v = mysql_async::Value::try_from(v).map_err(|e| format!("column {}: {e}", col.name))?;
-        *bytes += VALUE_OVERHEAD_BYTES
-            + match &v {
-                mysql_async::Value::Bytes(b) => b.len(),
-                _ => 8,
-            };
-        let value: Value = from_binlog(ty, v).map_err(|m| format!("column {}: {m}", col.name))?;
-        out.push(value);
-    }
-    Ok(out)
 }
