@@ -488,6 +488,7 @@ async fn duplicate_server_id_is_reported() -> Result<()> {
         "unexpected error: {err}"
     );
     assert!(err.to_string().contains("--replication-server-id"), "{err}");
+    println!("duplicate server id reported as: {err}");
     // The second stream still works.
     f.sql("INSERT INTO x VALUES (1)")?;
     // Other tests' transactions (other databases) arrive as empty batches first.

@@ -62,6 +62,8 @@ pub struct MyTxnPart {
 }
 
 const EVENT_HEADER_LEN: u32 = 19;
+/// Longest wait for the upstream while finding out why a stream ended.
+const DIAGNOSIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// XA_PREPARE_LOG_EVENT.
 const XA_PREPARE_LOG: u8 = 38;
 /// TRANSACTION_PAYLOAD_EVENT (MySQL 8.0.20+ binlog compression); mysql_async yields the
@@ -105,6 +107,8 @@ pub struct MyStream {
     /// Set while an event is being handled: a `next_batch` future dropped then (its caller
     /// cancelled it during a catalog query) lost that event, so the stream must not go on.
     handling: bool,
+    /// The host name this stream registered with (`SHOW SLAVE HOSTS`' Host).
+    report_host: String,
     /// Stream opened non-blocking (`next_batch` returns `None` at the end of the binlog).
     non_blocking: bool,
 }
@@ -148,7 +152,16 @@ impl MyStream {
                     .map_err(my_err("setting the GTID start position"))?;
             }
         }
-        let mut request = BinlogStreamRequest::new(source.server_id);
+        // Registered under a host name of its own, so that after a failure this stream's
+        // stale registration is told apart from another replica with the same server id.
+        static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let report_host = format!(
+            "larder-{}-{}",
+            std::process::id(),
+            STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut request =
+            BinlogStreamRequest::new(source.server_id).with_hostname(report_host.as_bytes());
         if gtid_text.is_none() {
             request = request
                 .with_filename(from.file.as_bytes())
@@ -193,6 +206,7 @@ impl MyStream {
             payload_end: 0,
             handling: false,
             non_blocking,
+            report_host,
         })
     }
 
@@ -297,27 +311,32 @@ impl MyStream {
             .as_ref()
             .map_or_else(|| "the dump ended".to_string(), |e| e.to_string());
         let lower = detail.to_ascii_lowercase();
-        if server_code_opt(&err) == Some(1236)
-            && (lower.contains("server_id")
-                || lower.contains("server_uuid")
-                || lower.contains("same server"))
+        // MariaDB: 4052 ER_SLAVE_SAME_ID; MySQL: 1236 naming the server_id/server_uuid.
+        let code = server_code_opt(&err);
+        if code == Some(4052)
+            || code == Some(1236)
+                && (lower.contains("server_id")
+                    || lower.contains("server_uuid")
+                    || lower.contains("same server"))
         {
             return ReplicationError::DuplicateServerId {
                 server_id: self.source.server_id,
                 detail,
             };
         }
-        // Was another replica registered with our id? (Ours is gone with the dump thread.)
-        if let Ok(mut conn) = self.source.connect().await {
+        // Is another replica registered with our id?
+        let connect = tokio::time::timeout(DIAGNOSIS_TIMEOUT, self.source.connect()).await;
+        if let Ok(Ok(mut conn)) = connect {
             let mut hosts: Result<Vec<mysql_async::Row>, _> = conn.query("SHOW SLAVE HOSTS").await;
             if hosts.as_ref().is_err_and(|e| server_code(e) == Some(1064)) {
                 hosts = conn.query("SHOW REPLICAS").await; // MySQL 8.4
             }
             if let Ok(hosts) = hosts {
-                if hosts
-                    .iter()
-                    .any(|r| r.get::<u32, _>(0) == Some(self.source.server_id))
-                {
+                // Server_id, Host, ...: a registration of our id from another host name.
+                if hosts.iter().any(|r| {
+                    r.get::<u32, _>(0) == Some(self.source.server_id)
+                        && r.get::<String, _>(1).as_deref() != Some(self.report_host.as_str())
+                }) {
                     return ReplicationError::DuplicateServerId {
                         server_id: self.source.server_id,
                         detail,
