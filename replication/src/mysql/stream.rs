@@ -313,12 +313,10 @@ impl MyStream {
         let lower = detail.to_ascii_lowercase();
         // MariaDB: 4052 ER_SLAVE_SAME_ID; MySQL: 1236 naming the server_id/server_uuid.
         let code = server_code_opt(&err);
-        if code == Some(4052)
-            || code == Some(1236)
-                && (lower.contains("server_id")
-                    || lower.contains("server_uuid")
-                    || lower.contains("same server"))
-        {
+        let named = ["server_id", "server_uuid", "same server"]
+            .iter()
+            .any(|w| lower.contains(w));
+        if code == Some(4052) || (code == Some(1236) && named) {
             return ReplicationError::DuplicateServerId {
                 server_id: self.source.server_id,
                 detail,
