@@ -79,6 +79,54 @@ pub enum ReplicationError {
 
     #[error("snapshot sink failed: {0}")]
     Sink(String),
+
+    #[error("MySQL {context}: {source}")]
+    MySql {
+        context: &'static str,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    /// A MySQL/MariaDB server setting that the binlog change source needs.
+    #[error(
+        "upstream {setting} is '{current}', Larder needs '{needed}': set {setting} = {needed} \
+         in the server's configuration (my.cnf) and restart it"
+    )]
+    MySqlSetting {
+        setting: &'static str,
+        current: String,
+        needed: &'static str,
+    },
+
+    #[error(
+        "the upstream user may not {action}: GRANT {privilege} ON *.* TO the user Larder \
+         connects as ({detail})"
+    )]
+    MySqlPrivilege {
+        action: &'static str,
+        privilege: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "another replica connected to the upstream with server_id {server_id}, and the \
+         upstream ended this binlog stream ({detail}): give every Larder instance (and every \
+         other replica) its own --replication-server-id"
+    )]
+    DuplicateServerId { server_id: u32, detail: String },
+
+    #[error("cannot decode binlog event {event_type} at {position}: {message}")]
+    BinlogEvent {
+        event_type: String,
+        position: String,
+        message: String,
+    },
+
+    #[error("binlog position went backwards: {previous} then {new}")]
+    BinlogPositionRegressed { previous: String, new: String },
+
+    #[error("invalid stored MySQL position: {0}")]
+    InvalidPosition(String),
 }
 
 impl ReplicationError {
@@ -89,6 +137,7 @@ impl ReplicationError {
             ReplicationError::Stream(e) => e.is_transient(),
             ReplicationError::Tls(_) => true,
             ReplicationError::NoFreeWalSenders { .. } => true,
+            ReplicationError::MySql { source, .. } => mysql_error_is_retryable(source),
             _ => false,
         }
     }
@@ -116,5 +165,25 @@ fn pg_error_is_retryable(e: &tokio_postgres::Error) -> bool {
                 || c == "40P01" // deadlock
                 || c == "55006" // object in use (slot active in another session)
         }
+    }
+}
+
+/// I/O failures and server states that pass (shutdown, lock wait, too many connections) are
+/// retryable; SQL errors are not.
+fn mysql_error_is_retryable(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Server(s) => matches!(
+            s.code,
+            1040 // too many connections
+                | 1053 // server shutdown
+                | 1205 // lock wait timeout
+                | 1213 // deadlock
+                | 1412 // table definition changed (DDL during a snapshot): take it again
+                | 1927 // connection killed (MariaDB)
+                | 2006 // server gone away
+                | 2013 // lost connection
+        ),
+        _ => false,
     }
 }

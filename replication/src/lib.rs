@@ -7,11 +7,12 @@
 //! changes arrive one upstream transaction per [`pg::ChangeBatch`] (applied atomically), and the
 //! upstream is told to release WAL only up to what the server reports as durably applied.
 //!
-//! Only Postgres exists today ([`pg`]); MySQL/MariaDB will get a sibling module and reuse the
-//! dialect-neutral change types in [`change`].
+//! Postgres lives in [`pg`]; MySQL/MariaDB (snapshot + row-based binlog) in [`mysql`]. Both
+//! emit the dialect-neutral change types in [`change`].
 
 pub mod change;
 pub mod error;
+pub mod mysql;
 pub mod pg;
 
 pub(crate) use larder_sql::pgtypes;

@@ -1,0 +1,246 @@
+//! The upstream handle: URL, server id, SQL connections, flavor, prerequisites.
+
+use std::fmt;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder};
+
+use super::{Flavor, MySourceOptions};
+use crate::error::ReplicationError;
+
+/// A MySQL or MariaDB upstream, one database of it replicated.
+#[derive(Clone)]
+pub struct MySource {
+    pub(crate) opts: Opts,
+    pub(crate) database: String,
+    pub(crate) server_id: u32,
+    pub(crate) options: MySourceOptions,
+}
+
+impl fmt::Debug for MySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No URL: it carries the password.
+        f.debug_struct("MySource")
+            .field("host", &self.opts.ip_or_hostname())
+            .field("port", &self.opts.tcp_port())
+            .field("database", &self.database)
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn my_err(context: &'static str) -> impl FnOnce(mysql_async::Error) -> ReplicationError {
+    move |source| ReplicationError::MySql { context, source }
+}
+
+/// The server error code of `e`, if it is one.
+pub(crate) fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR.
+fn is_access_denied(e: &mysql_async::Error) -> bool {
+    matches!(server_code(e), Some(1227 | 1045 | 1044 | 1142))
+}
+
+impl MySource {
+    /// `url`: `mysql://USER:PASS@HOST:PORT/DB`; DB is the database replicated. `server_id`
+    /// is this replica's id in the upstream's replication topology (`--replication-server-id`):
+    /// unique among all replicas of the upstream, and not the upstream's own.
+    pub fn new(url: &str, server_id: u32) -> Result<MySource, ReplicationError> {
+        let opts = Opts::from_url(url)
+            .map_err(|e| ReplicationError::InvalidConfig(format!("upstream URL: {e}")))?;
+        let database = opts
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| {
+                ReplicationError::InvalidConfig(
+                    "the upstream URL names no database (mysql://USER:PASS@HOST:PORT/DB)".into(),
+                )
+            })?
+            .to_string();
+        if server_id == 0 {
+            return Err(ReplicationError::InvalidConfig(
+                "--replication-server-id must not be 0 (the upstream refuses replica id 0)".into(),
+            ));
+        }
+        Ok(MySource {
+            opts,
+            database,
+            server_id,
+            options: MySourceOptions::default(),
+        })
+    }
+
+    /// Replaces the tunables; zero sizes are raised to 1.
+    pub fn with_options(mut self, mut options: MySourceOptions) -> MySource {
+        options.snapshot_batch_rows_max = options.snapshot_batch_rows_max.max(1);
+        options.snapshot_batch_bytes_max = options.snapshot_batch_bytes_max.max(1);
+        options.transaction_memory_max_bytes = options.transaction_memory_max_bytes.max(1);
+        options.heartbeat_interval = options
+            .heartbeat_interval
+            .max(std::time::Duration::from_millis(1));
+        self.options = options;
+        self
+    }
+
+    pub fn options(&self) -> &MySourceOptions {
+        &self.options
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn server_id(&self) -> u32 {
+        self.server_id
+    }
+
+    /// An SQL session in UTC (TIMESTAMP values print in UTC) with utf8mb4 results.
+    pub async fn connect(&self) -> Result<Conn, ReplicationError> {
+        let opts = OptsBuilder::from_opts(self.opts.clone())
+            .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"]);
+        Conn::new(opts)
+            .await
+            .map_err(my_err("connecting to the upstream"))
+    }
+
+    /// MariaDB or MySQL, from `@@version`.
+    pub async fn flavor(&self) -> Result<Flavor, ReplicationError> {
+        let mut conn = self.connect().await?;
+        flavor_of(&mut conn).await
+    }
+
+    /// Checks what the binlog source needs and names the setting or privilege that is
+    /// missing: `log_bin` ON, `binlog_format` ROW, `binlog_row_image` FULL, the right to read
+    /// the binlog position (REPLICATION CLIENT / MariaDB BINLOG MONITOR), and the right to
+    /// stream the binlog (REPLICATION SLAVE), tried by registering as a replica with this
+    /// source's server id and asking for a non-blocking dump. The upstream ends any other
+    /// dump with the same server id then, so call it before streaming, not while a stream of
+    /// this id runs.
+    pub async fn check_prerequisites(&self) -> Result<Flavor, ReplicationError> {
+        let mut conn = self.connect().await?;
+        let flavor = flavor_of(&mut conn).await?;
+        let row: Option<(String, String, String)> = conn
+            .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image")
+            .await
+            .map_err(my_err("reading the binlog settings"))?;
+        let (log_bin, format, image) = row.unwrap_or_default();
+        if !matches!(log_bin.to_ascii_uppercase().as_str(), "1" | "ON") {
+            return Err(ReplicationError::MySqlSetting {
+                setting: "log_bin",
+                current: if log_bin == "0" {
+                    "OFF".into()
+                } else {
+                    log_bin
+                },
+                needed: "ON",
+            });
+        }
+        if !format.eq_ignore_ascii_case("ROW") {
+            return Err(ReplicationError::MySqlSetting {
+                setting: "binlog_format",
+                current: format,
+                needed: "ROW",
+            });
+        }
+        if !image.eq_ignore_ascii_case("FULL") {
+            return Err(ReplicationError::MySqlSetting {
+                setting: "binlog_row_image",
+                current: image,
+                needed: "FULL",
+            });
+        }
+        let (file, pos) = match master_status(&mut conn).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return Err(ReplicationError::MySqlSetting {
+                    setting: "log_bin",
+                    current: "OFF".into(),
+                    needed: "ON",
+                })
+            }
+            Err(e) if is_access_denied(&e) => {
+                return Err(ReplicationError::MySqlPrivilege {
+                    action: "read the binlog position (SHOW MASTER STATUS)",
+                    privilege: flavor.client_privilege(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(e) => return Err(my_err("reading the binlog position")(e)),
+        };
+        drop(conn);
+        // Try to stream: register and dump without blocking from the current end.
+        let probe = self.connect().await?;
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_non_blocking()
+            .with_filename(file.as_bytes())
+            .with_pos(pos);
+        let denied = |e: mysql_async::Error| ReplicationError::MySqlPrivilege {
+            action: "stream the binlog (COM_REGISTER_SLAVE / COM_BINLOG_DUMP)",
+            privilege: "REPLICATION SLAVE",
+            detail: e.to_string(),
+        };
+        let mut stream = match probe.get_binlog_stream(request).await {
+            Ok(s) => s,
+            Err(e) if is_access_denied(&e) => return Err(denied(e)),
+            Err(e) => return Err(my_err("trying a binlog dump")(e)),
+        };
+        use futures_util::StreamExt;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => {}
+                Err(e) if is_access_denied(&e) => return Err(denied(e)),
+                Err(e) => return Err(my_err("trying a binlog dump")(e)),
+            }
+        }
+        let _ = stream.close().await;
+        Ok(flavor)
+    }
+}
+
+impl Flavor {
+    fn client_privilege(self) -> &'static str {
+        match self {
+            Flavor::MariaDb => "BINLOG MONITOR (REPLICATION CLIENT before MariaDB 10.5)",
+            Flavor::MySql => "REPLICATION CLIENT",
+        }
+    }
+}
+
+pub(crate) async fn flavor_of(conn: &mut Conn) -> Result<Flavor, ReplicationError> {
+    let version: Option<String> = conn
+        .query_first("SELECT @@version")
+        .await
+        .map_err(my_err("reading the server version"))?;
+    Ok(if version.unwrap_or_default().contains("MariaDB") {
+        Flavor::MariaDb
+    } else {
+        Flavor::MySql
+    })
+}
+
+/// `SHOW MASTER STATUS`: the current binlog file and offset (`None` with the binlog off).
+pub(crate) async fn master_status(
+    conn: &mut Conn,
+) -> Result<Option<(String, u64)>, mysql_async::Error> {
+    let row = master_status_row(conn).await?;
+    Ok(row.and_then(|r| {
+        let file: Option<String> = r.get(0);
+        let pos: Option<u64> = r.get(1);
+        file.zip(pos)
+    }))
+}
+
+/// `SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` where the former is gone (MySQL 8.4).
+pub(crate) async fn master_status_row(
+    conn: &mut Conn,
+) -> Result<Option<mysql_async::Row>, mysql_async::Error> {
+    match conn.query_first("SHOW MASTER STATUS").await {
+        Err(e) if server_code(&e) == Some(1064) => conn.query_first("SHOW BINARY LOG STATUS").await,
+        other => other,
+    }
+}
