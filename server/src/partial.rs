@@ -35,6 +35,8 @@ pub struct HoleFiller {
     cache: CacheId,
     key: PartialKey,
     table: StoredTable,
+    /// Keys filled from storage so far.
+    pub filled: std::sync::atomic::AtomicU64,
 }
 
 impl HoleFiller {
@@ -44,6 +46,7 @@ impl HoleFiller {
             cache,
             key,
             table,
+            filled: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -85,6 +88,7 @@ impl HoleFiller {
         keys: Vec<Vec<Value>>,
     ) -> Result<(), StorageError> {
         let width = self.table.schema.columns.len();
+        self.filled.fetch_add(keys.len() as u64, Ordering::Relaxed);
         let mut fills = Vec::with_capacity(keys.len());
         for key in keys {
             let probe = self.key.probe(width, &key);

@@ -194,9 +194,9 @@ impl ReaderOpNode {
         self.writer.enter().is_some_and(|state| state.holds(key))
     }
 
-    /// Up to `take` keys the published copy holds that `evictable` accepts, looking at no
-    /// more than `scan_max` keys from offset `start` (wrapping); returns them and how many
-    /// were looked at.
+    /// Up to `take` keys the published copy holds, those `evictable` accepts first, looking
+    /// at no more than `scan_max` keys from offset `start` (wrapping); returns them and how
+    /// many were looked at.
     pub(crate) fn sample_keys(
         &self,
         start: usize,
@@ -212,6 +212,9 @@ impl ReaderOpNode {
             return (Vec::new(), 0);
         }
         let mut out = Vec::new();
+        // Keys passed over for being read lately: taken too when the others do not make up
+        // `take` (the bound on memory comes before the second chance).
+        let mut spared = Vec::new();
         let mut scanned = 0;
         for key in state.keys_from(start % len).take(scan_max.min(len)) {
             scanned += 1;
@@ -220,8 +223,12 @@ impl ReaderOpNode {
                 if out.len() >= take {
                     break;
                 }
+            } else if spared.len() < take {
+                spared.push(key);
             }
         }
+        let short = take.saturating_sub(out.len());
+        out.extend(spared.into_iter().take(short).cloned());
         (out, scanned)
     }
 

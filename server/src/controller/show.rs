@@ -26,8 +26,12 @@ impl Controller {
                 ));
             }
             if c.reader.is_partial() {
+                let filled = c
+                    .filler
+                    .as_ref()
+                    .map_or(0, |f| f.filled.load(std::sync::atomic::Ordering::Relaxed));
                 props.push(format!(
-                    "partial: {} keys held, the others filled when read",
+                    "partial: {} keys held, the others filled when read ({filled} filled from storage so far)",
                     c.reader.key_count()
                 ));
             }
