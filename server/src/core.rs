@@ -221,8 +221,12 @@ impl CacheRegistry {
     }
 
     pub fn insert(&self, entry: Arc<CacheEntry>) {
+        let same = Arc::clone(&entry);
         if let Some(old) = self.update(|map| map.insert(entry)) {
-            old.retire();
+            // Publishing an entry announced earlier puts the same one back: it stays.
+            if !Arc::ptr_eq(&old, &same) {
+                old.retire();
+            }
         }
     }
 
@@ -298,6 +302,8 @@ pub struct Status {
     /// The emergency switch: false sends every query upstream (`ALTER LARDER SET caching`,
     /// `--caching`).
     pub caching_on: AtomicBool,
+    /// `--memory-limit` in bytes (0: none).
+    pub memory_limit_bytes: AtomicU64,
     /// The replicator holds the dataflow lock to apply a transaction (which may take a
     /// while): a read that finds a hole does not wait for it (see `partial.rs`).
     pub applying: AtomicBool,

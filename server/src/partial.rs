@@ -23,6 +23,9 @@ use tracing::{debug, warn};
 use crate::core::Core;
 use crate::storage::{StorageError, StoredTable};
 
+/// Rows a partial cache's warm-up fills per hold of the dataflow lock.
+const WARM_CHUNK_ROWS: usize = 2048;
+
 /// Holes waiting for the filler thread, at most (more are dropped: their next read asks
 /// again).
 const QUEUE_KEYS_MAX: usize = 16_384;
@@ -32,7 +35,7 @@ const FILL_BATCH_KEYS: usize = 512;
 /// What a partial cache needs to fill its holes.
 pub struct HoleFiller {
     core: Weak<Core>,
-    cache: CacheId,
+    pub(crate) cache: CacheId,
     key: PartialKey,
     table: StoredTable,
     /// Keys filled from storage so far.
@@ -219,4 +222,70 @@ pub fn cache_bytes(core: &Core) -> u64 {
         .map(|c| c.reader.stats().map_or(0, |s| s.bytes))
         .sum();
     state + readers
+}
+
+/// Warms a new (or restored) partial cache up in the background: fills its keys from the
+/// table, a chunk per hold of the dataflow lock (read under the lock, as every fill), while
+/// the caches stay below three quarters of `--memory-limit`. Reads meanwhile fill what they
+/// need on demand; keys already held are skipped. Stops when the cache goes.
+pub fn warm_up(core: Arc<Core>, entry: Weak<crate::core::CacheEntry>) {
+    let mut after: Option<Vec<u8>> = None;
+    let mut filled = 0u64;
+    loop {
+        if core.is_shutting_down() {
+            return;
+        }
+        let Some(entry) = entry.upgrade() else { return };
+        if entry.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(filler) = entry.filler.clone() else {
+            return;
+        };
+        drop(entry);
+        let limit = core.status.memory_limit_bytes.load(Ordering::Relaxed);
+        if limit > 0 && cache_bytes(&core) >= limit / 4 * 3 {
+            debug!(filled, "partial cache warm-up stops at the memory limit");
+            return;
+        }
+        let next = {
+            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            let scanned =
+                core.storage
+                    .scan_after(filler.table.id, after.as_deref(), WARM_CHUNK_ROWS);
+            let (rows, next) = match scanned {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "warming a partial cache up");
+                    return;
+                }
+            };
+            filled += rows.len() as u64;
+            let fills = rows
+                .into_iter()
+                .map(|row| {
+                    let key: Vec<Value> = filler
+                        .key
+                        .columns
+                        .iter()
+                        .map(|&c| row.get(c).cloned().unwrap_or(Value::Null))
+                        .collect();
+                    (key, Some(row))
+                })
+                .collect();
+            if graph.fill_keys(filler.cache, fills).is_err() {
+                return;
+            }
+            next
+        };
+        match next {
+            Some(k) => after = Some(k),
+            None => {
+                debug!(filled, "partial cache warmed up");
+                return;
+            }
+        }
+        // Let reads and replication have the lock between chunks.
+        std::thread::yield_now();
+    }
 }

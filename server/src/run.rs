@@ -187,6 +187,10 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
             default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
         },
     });
+    core.status.memory_limit_bytes.store(
+        cfg.memory_limit.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
     core.dataflow
         .lock()

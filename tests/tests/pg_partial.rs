@@ -1,7 +1,8 @@
-//! Partial caches (issue #11): a cache keyed on its table's primary key starts empty, fills
-//! each key from storage when it is first read (answering that read), stays equal to the
-//! upstream under a concurrent writer racing the fills, evicts keys under `--memory-limit`,
-//! and serves at once after a restart.
+//! Partial caches (issue #11): a cache keyed on its table's primary key serves at once, fills
+//! each key from storage when it is first read (answering that read) while a background
+//! warm-up fills the rest, stays equal to the upstream under a concurrent writer racing both
+//! kinds of fill, evicts keys under `--memory-limit` (the warm-up stops short of it), and
+//! serves at once after a restart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -65,9 +66,9 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
     )
     .await;
     let created_in = started.elapsed();
-    let (props, bytes) = cache_row(&lc).await;
-    assert!(props.contains("partial: 0 keys held"), "{props}");
-    assert_eq!(bytes, 0, "nothing held before a read");
+    // It serves at once and warms up from storage in the background (no memory limit here).
+    let (props, _) = cache_row(&lc).await;
+    assert!(props.contains("partial: "), "{props}");
     // A cache keyed on another column holds its whole result.
     command(&lc, "CREATE CACHE FROM SELECT id, s FROM t WHERE n = $1").await;
     let caches = show_caches(&lc).await;
@@ -87,8 +88,6 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         let (dest, reason) = explain_last(&lc).await;
         assert_eq!(dest, "cache", "id {id}: {reason}");
     }
-    let (props, _) = cache_row(&lc).await;
-    assert!(props.contains("partial: 5 keys held"), "{props}");
 
     // A writer races the fills: updates, deletes and inserts on random keys while reads fill
     // random keys. Once replication has caught up every key read equals the upstream's.

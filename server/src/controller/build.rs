@@ -352,6 +352,8 @@ fn fill_cache(
     }
     if is_partial {
         drop(snapshot);
+        let (core, weak) = (Arc::clone(core), Arc::downgrade(&entry));
+        tokio::task::spawn_blocking(move || crate::partial::warm_up(core, weak));
         return Ok(entry);
     }
     let filled = fill_from(core, &snapshot, cache_id, &tables);

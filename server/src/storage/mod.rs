@@ -328,6 +328,41 @@ impl Storage {
         Ok(())
     }
 
+    /// Up to `max_rows` stored rows of table `id` as they are now, in key order, after the
+    /// storage key `after` (from the start when `None`); and the key of the last one, when
+    /// more may follow.
+    pub fn scan_after(
+        &self,
+        id: TableId,
+        after: Option<&[u8]>,
+        max_rows: usize,
+    ) -> Result<(Vec<Row>, Option<Vec<u8>>), StorageError> {
+        let prefix = id.to_be_bytes();
+        let from: &[u8] = after.unwrap_or(&prefix);
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ROWS),
+            IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
+        let mut rows = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                return Ok((rows, None));
+            }
+            if after.is_some_and(|a| *k == *a) {
+                continue;
+            }
+            let (count, row) = decode_stored_row(&v)?;
+            for _ in 0..count {
+                rows.push(row.clone());
+            }
+            if rows.len() >= max_rows {
+                return Ok((rows, Some(k.to_vec())));
+            }
+        }
+        Ok((rows, None))
+    }
+
     pub fn count_rows(&self, id: TableId) -> Result<u64, StorageError> {
         let prefix = id.to_be_bytes();
         let mut n = 0u64;
