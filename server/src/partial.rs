@@ -5,8 +5,8 @@
 //! it at once (a primary-key lookup in RocksDB per key, then the row through the cache's
 //! filters and projections), and is answered from the cache; it waits for the dataflow lock
 //! behind other fills and short holds. When replication holds the lock to apply a
-//! transaction, the read goes upstream and the keys are queued for the filler thread, which
-//! fills them as soon as it gets the lock. Either way the lookup and the fill
+//! transaction, the read waits up to 5 ms; past that it goes upstream and the keys are queued
+//! for the filler thread, which fills them as soon as it gets the lock. Either way the lookup and the fill
 //! happen under the lock that also covers applying a transaction to storage and the graph, so
 //! a fill sees storage exactly as of the graph's last applied transaction (see
 //! `dataflow/src/graph/partial.rs`).
@@ -22,6 +22,11 @@ use tracing::{debug, warn};
 
 use crate::core::Core;
 use crate::storage::{StorageError, StoredTable};
+
+/// How long a read that finds a hole waits for a transaction being applied, at most, before
+/// it goes upstream (its fill is then queued), and the step of that wait.
+const FILL_WAIT_MAX_US: u64 = 5_000;
+const FILL_WAIT_STEP_US: u64 = 250;
 
 /// Rows a partial cache's warm-up fills per hold of the dataflow lock.
 const WARM_CHUNK_ROWS: usize = 2048;
@@ -59,13 +64,21 @@ impl HoleFiller {
             return false;
         };
         // Other holders of the lock (fills, evictions, a cache's fill in chunks) hold it
-        // briefly: wait for them. A transaction being applied may hold it long: queue.
-        let graph = match core.dataflow.try_lock() {
-            Ok(graph) => Some(graph),
-            Err(_) if !core.status.applying.load(Ordering::Acquire) => {
-                Some(core.dataflow.lock().expect("dataflow lock poisoned"))
+        // briefly: wait for them. A transaction being applied may hold it long: wait at most
+        // FILL_WAIT_MAX_US for it, then queue.
+        let mut waited_us = 0;
+        let graph = loop {
+            match core.dataflow.try_lock() {
+                Ok(graph) => break Some(graph),
+                Err(_) if !core.status.applying.load(Ordering::Acquire) => {
+                    break Some(core.dataflow.lock().expect("dataflow lock poisoned"))
+                }
+                Err(_) if waited_us >= FILL_WAIT_MAX_US => break None,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_micros(FILL_WAIT_STEP_US));
+                    waited_us += FILL_WAIT_STEP_US;
+                }
             }
-            Err(_) => None,
         };
         let filled = match graph {
             Some(mut graph) => match self.fill_locked(&core, &mut graph, keys) {

@@ -102,5 +102,6 @@ async fn caching_off_at_start() {
         .simple_query("ALTER LARDER SET caching = on")
         .await
         .expect("switch on");
-    assert_eq!(read(&larder, 4).await.1, "cache");
+    let (_, dest, reason) = read(&larder, 4).await;
+    assert_eq!(dest, "cache", "{reason}");
 }
