@@ -33,6 +33,44 @@ impl Backend {
 
 /// Most creations `--query-caching async` keeps waiting for their turn.
 const AUTO_CACHING_PENDING_MAX: usize = 64;
+/// Shapes whose creation failed for a passing reason (a table still being copied, replication
+/// catching up) that are tried again when seen again, at most, and how long after.
+const AUTO_CACHING_RETRY_MAX: usize = 256;
+const AUTO_CACHING_RETRY_AFTER_MS: u64 = 1_000;
+
+/// Shapes to try again, each not before its time (bounded; the oldest go first).
+#[derive(Default)]
+struct RetryList {
+    due: std::sync::Mutex<std::collections::VecDeque<(String, std::time::Instant)>>,
+    /// Entries in `due`: a read of it spares the lock when there are none.
+    len: AtomicUsize,
+}
+
+impl RetryList {
+    fn add(&self, id: &str, at: std::time::Instant) {
+        let mut due = self.due.lock().expect("retry lock poisoned");
+        due.retain(|(d, _)| d != id);
+        if due.len() >= AUTO_CACHING_RETRY_MAX {
+            due.pop_front();
+        }
+        due.push_back((id.to_string(), at));
+        self.len.store(due.len(), Ordering::Relaxed);
+    }
+
+    /// Takes `id` off the list if its time has come.
+    fn take_due(&self, id: &str, now: std::time::Instant) -> bool {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let mut due = self.due.lock().expect("retry lock poisoned");
+        let Some(i) = due.iter().position(|(d, at)| d == id && *at <= now) else {
+            return false;
+        };
+        due.remove(i);
+        self.len.store(due.len(), Ordering::Relaxed);
+        true
+    }
+}
 
 /// `--query-caching async`: caches Larder makes on its own for queries it sees go upstream.
 pub struct AutoCaching {
@@ -45,6 +83,8 @@ pub struct AutoCaching {
     one_at_a_time: tokio::sync::Semaphore,
     /// Where creations run (the multi-thread runtime of Larder's own statements).
     runtime: tokio::runtime::Handle,
+    /// Shapes to try again (see [`AUTO_CACHING_RETRY_MAX`]).
+    retry: RetryList,
 }
 
 impl AutoCaching {
@@ -55,7 +95,13 @@ impl AutoCaching {
             pending: AtomicUsize::new(0),
             one_at_a_time: tokio::sync::Semaphore::new(1),
             runtime,
+            retry: RetryList::default(),
         }
+    }
+
+    /// Whether a shape seen again should be tried again now.
+    fn retry_due(&self, id: &str) -> bool {
+        self.retry.take_due(id, std::time::Instant::now())
     }
 
     /// Tries, in the background, to make a cache of a shape just seen for the first time.
@@ -94,7 +140,17 @@ impl AutoCaching {
                     let made = auto.made.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::info!(query_id = %id, made, max = auto.caches_max, "cache made on its own (--query-caching async)");
                 }
-                Err(e) => tracing::debug!(query_id = %id, error = %e, "not cached on its own"),
+                Err(e) => {
+                    tracing::debug!(query_id = %id, error = %e, "not cached on its own");
+                    // A passing reason: try again the next time the shape is seen.
+                    if matches!(e, crate::controller::ControllerError::Unavailable(_)) {
+                        auto.retry.add(
+                            &id,
+                            std::time::Instant::now()
+                                + std::time::Duration::from_millis(AUTO_CACHING_RETRY_AFTER_MS),
+                        );
+                    }
+                }
             }
         });
     }
@@ -228,8 +284,10 @@ impl CacheBackend for Backend {
         context: &dyn Fn() -> StatementContext,
     ) -> Option<Arc<dyn UpstreamTiming>> {
         let (stats, new) = self.controller.proxied.record(query_id, normalized_text)?;
-        if let (true, Some(auto)) = (new, &self.auto) {
-            auto.consider(&self.controller, query_id, context());
+        if let Some(auto) = &self.auto {
+            if new || auto.retry_due(query_id) {
+                auto.consider(&self.controller, query_id, context());
+            }
         }
         Some(stats)
     }
@@ -376,5 +434,29 @@ fn sqlstate(e: &ControllerError) -> &'static str {
         ControllerError::Unavailable(_) => "55000",
         ControllerError::Forbidden(_) => "42501",
         ControllerError::Internal(_) => "XX000",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn retries_come_due_once_and_stay_bounded() {
+        let list = RetryList::default();
+        let t0 = Instant::now();
+        assert!(!list.take_due("q_a", t0), "nothing listed");
+        list.add("q_a", t0 + Duration::from_secs(1));
+        assert!(!list.take_due("q_a", t0), "not before its time");
+        assert!(!list.take_due("q_b", t0 + Duration::from_secs(2)));
+        assert!(list.take_due("q_a", t0 + Duration::from_secs(1)));
+        assert!(!list.take_due("q_a", t0 + Duration::from_secs(3)), "once");
+        for i in 0..AUTO_CACHING_RETRY_MAX + 10 {
+            list.add(&format!("q_{i}"), t0);
+        }
+        assert_eq!(list.len.load(Ordering::Relaxed), AUTO_CACHING_RETRY_MAX);
+        assert!(!list.take_due("q_0", t0), "the oldest went first");
+        assert!(list.take_due(&format!("q_{}", AUTO_CACHING_RETRY_MAX + 9), t0));
     }
 }
