@@ -80,7 +80,8 @@ pub struct Config {
 
     /// Who makes caches: `explicit`, only `CREATE CACHE`; `async`, also Larder itself, in the
     /// background, for a query the dataflow supports once it has gone upstream (as the role
-    /// that ran it), up to --query-caching-caches-max caches made this way.
+    /// that ran it), up to --query-caching-caches-max caches made this way; a shape that
+    /// could not be cached for a passing reason is tried again when seen again.
     #[arg(long, env = "QUERY_CACHING", value_enum, default_value_t = QueryCaching::Explicit)]
     pub query_caching: QueryCaching,
 
