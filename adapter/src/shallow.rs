@@ -125,9 +125,20 @@ pub enum Lookup {
 }
 
 impl ShallowCache {
-    /// Reads `key` (built by the protocol layer; at most [`KEY_MAX_BYTES`]).
-    pub fn lookup(self: &Arc<Self>, key: &[u8]) -> Lookup {
-        let full = self.full_key(key);
+    /// The start of a key of this cache: the protocol layer appends what decides the
+    /// result's bytes (at most [`KEY_MAX_BYTES`] in all).
+    pub fn key_start(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(256);
+        key.extend_from_slice(&self.id.to_le_bytes());
+        key
+    }
+
+    /// Reads `full`, a key begun with [`ShallowCache::key_start`].
+    pub fn lookup(self: &Arc<Self>, full: Vec<u8>) -> Lookup {
+        debug_assert!(
+            full.starts_with(&self.id.to_le_bytes()),
+            "a key of this cache"
+        );
         let now = Instant::now();
         let shard_ix = self.store.shard_of(&full);
         let mut shard = self.store.shards[shard_ix]
@@ -173,13 +184,6 @@ impl ShallowCache {
         })
     }
 
-    fn full_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut full = Vec::with_capacity(8 + key.len());
-        full.extend_from_slice(&self.id.to_le_bytes());
-        full.extend_from_slice(key);
-        full
-    }
-
     /// Entries held now.
     pub fn entries(&self) -> usize {
         let prefix = self.id.to_le_bytes();
@@ -193,7 +197,7 @@ impl ShallowCache {
             .sum()
     }
 
-    fn store_entry(&self, key: &Arc<[u8]>, parts: EntryParts, cost: Duration) {
+    fn store_entry(&self, key: &Arc<[u8]>, parts: Arc<EntryParts>, cost: Duration) {
         self.store.insert(self, key, parts, cost);
     }
 }
@@ -213,7 +217,7 @@ impl FillTicket {
         self.done = true;
         let parts = Arc::new(parts);
         self.cache.stats.fills.fetch_add(1, Ordering::Relaxed);
-        self.cache.store_entry(&self.key, (*parts).clone(), cost);
+        self.cache.store_entry(&self.key, Arc::clone(&parts), cost);
         self.finish(Some(parts));
     }
 
@@ -275,7 +279,7 @@ impl RefreshTicket {
     pub fn complete(mut self, parts: EntryParts, cost: Duration) {
         self.done = true;
         self.cache.stats.refreshes.fetch_add(1, Ordering::Relaxed);
-        self.cache.store_entry(&self.key, parts, cost);
+        self.cache.store_entry(&self.key, Arc::new(parts), cost);
     }
 }
 
@@ -416,7 +420,13 @@ impl ShallowStore {
         self.budget_bytes.load(Ordering::Relaxed) / SHARDS
     }
 
-    fn insert(&self, cache: &ShallowCache, key: &Arc<[u8]>, parts: EntryParts, cost: Duration) {
+    fn insert(
+        &self,
+        cache: &ShallowCache,
+        key: &Arc<[u8]>,
+        parts: Arc<EntryParts>,
+        cost: Duration,
+    ) {
         let bytes = ENTRY_OVERHEAD_BYTES + 2 * key.len() + parts.bytes();
         let budget = self.shard_budget();
         let ix = self.shard_of(key);
@@ -447,7 +457,7 @@ impl ShallowStore {
             Arc::clone(key),
             Entry {
                 key: Arc::clone(key),
-                parts: Arc::new(parts),
+                parts,
                 filled_at: now,
                 ttl: cache.policy.ttl,
                 credit,
@@ -503,6 +513,13 @@ impl ShallowStore {
 mod tests {
     use super::*;
 
+    /// A key of `c` ending with `rest`.
+    fn key(c: &ShallowCache, rest: &[u8]) -> Vec<u8> {
+        let mut k = c.key_start();
+        k.extend_from_slice(rest);
+        k
+    }
+
     fn parts(n: usize) -> EntryParts {
         EntryParts {
             head: Some(Bytes::from_static(b"head")),
@@ -525,11 +542,11 @@ mod tests {
     async fn one_fill_many_waiters() {
         let store = ShallowStore::new(1 << 20);
         let c = cache(&store, 60_000);
-        let Lookup::Fill(ticket) = c.lookup(b"k") else {
+        let Lookup::Fill(ticket) = c.lookup(key(&c, b"k")) else {
             panic!("first read fills")
         };
         let waiters: Vec<FillWaiter> = (0..100)
-            .map(|_| match c.lookup(b"k") {
+            .map(|_| match c.lookup(key(&c, b"k")) {
                 Lookup::Wait(w) => w,
                 _ => panic!("later reads wait"),
             })
@@ -543,7 +560,7 @@ mod tests {
             assert_eq!(h.await.unwrap().unwrap().body.len(), 10);
         }
         assert!(matches!(
-            c.lookup(b"k"),
+            c.lookup(key(&c, b"k")),
             Lookup::Hit(Hit { refresh: None, .. })
         ));
         assert_eq!(c.stats.coalesced.load(Ordering::Relaxed), 100);
@@ -554,51 +571,60 @@ mod tests {
     async fn a_failed_fill_releases_its_waiters_and_the_key() {
         let store = ShallowStore::new(1 << 20);
         let c = cache(&store, 60_000);
-        let Lookup::Fill(ticket) = c.lookup(b"k") else {
+        let Lookup::Fill(ticket) = c.lookup(key(&c, b"k")) else {
             panic!()
         };
-        let Lookup::Wait(w) = c.lookup(b"k") else {
+        let Lookup::Wait(w) = c.lookup(key(&c, b"k")) else {
             panic!()
         };
         drop(ticket);
         assert!(w.wait().await.is_none());
-        assert!(matches!(c.lookup(b"k"), Lookup::Fill(_)), "tried again");
+        assert!(
+            matches!(c.lookup(key(&c, b"k")), Lookup::Fill(_)),
+            "tried again"
+        );
     }
 
     #[test]
     fn refresh_once_then_expire() {
         let store = ShallowStore::new(1 << 20);
         let c = cache(&store, 40);
-        let Lookup::Fill(t) = c.lookup(b"k") else {
+        let Lookup::Fill(t) = c.lookup(key(&c, b"k")) else {
             panic!()
         };
         t.complete(parts(1), Duration::ZERO);
         assert!(matches!(
-            c.lookup(b"k"),
+            c.lookup(key(&c, b"k")),
             Lookup::Hit(Hit { refresh: None, .. })
         ));
         std::thread::sleep(Duration::from_millis(25));
         let Lookup::Hit(Hit {
             refresh: Some(refresh),
             ..
-        }) = c.lookup(b"k")
+        }) = c.lookup(key(&c, b"k"))
         else {
             panic!("past half the TTL a read refreshes")
         };
         assert!(
-            matches!(c.lookup(b"k"), Lookup::Hit(Hit { refresh: None, .. })),
+            matches!(
+                c.lookup(key(&c, b"k")),
+                Lookup::Hit(Hit { refresh: None, .. })
+            ),
             "one refresh at a time"
         );
         drop(refresh);
         assert!(matches!(
-            c.lookup(b"k"),
+            c.lookup(key(&c, b"k")),
             Lookup::Hit(Hit {
                 refresh: Some(_),
                 ..
             })
         ));
         std::thread::sleep(Duration::from_millis(30));
-        assert!(matches!(c.lookup(b"k"), Lookup::Fill(_)), "expired");
+        assert!(
+            matches!(c.lookup(key(&c, b"k")), Lookup::Fill(_)),
+            "expired"
+        );
     }
 
     #[test]
@@ -606,7 +632,7 @@ mod tests {
         let budget = 64 << 10;
         let store = ShallowStore::new(budget);
         let c = cache(&store, 60_000);
-        let fill = |k: &[u8]| match c.lookup(k) {
+        let fill = |k: &[u8]| match c.lookup(key(&c, k)) {
             Lookup::Fill(t) => t.complete(parts(300), Duration::ZERO),
             _ => panic!(),
         };
@@ -614,19 +640,19 @@ mod tests {
         for i in 0..2_000u32 {
             fill(&i.to_le_bytes());
             // The hot key is read all the time.
-            if let Lookup::Fill(t) = c.lookup(b"hot") {
+            if let Lookup::Fill(t) = c.lookup(key(&c, b"hot")) {
                 t.complete(parts(300), Duration::ZERO);
             }
             assert!(store.used_bytes() <= budget, "{}", store.used_bytes());
         }
-        assert!(matches!(c.lookup(b"hot"), Lookup::Hit(..)));
+        assert!(matches!(c.lookup(key(&c, b"hot")), Lookup::Hit(..)));
         assert!(store.evictions.load(Ordering::Relaxed) > 1_000);
         assert_eq!(c.stats.bytes.load(Ordering::Relaxed), store.used_bytes());
         store.purge(&c);
         assert_eq!((store.used_bytes(), c.entries()), (0, 0));
         // Too large for its shard's share: not kept.
         fill(b"big");
-        let Lookup::Fill(t) = c.lookup(b"big2") else {
+        let Lookup::Fill(t) = c.lookup(key(&c, b"big2")) else {
             panic!()
         };
         t.complete(parts(budget), Duration::ZERO);

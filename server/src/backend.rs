@@ -193,9 +193,22 @@ impl CachedQuery for CacheEntry {
             });
         }
         let started = self.ops.clock.raw();
-        let read = self.reader.read_into(params, &mut |row, output| {
+        let mut read = self.reader.read_into(params, &mut |row, output| {
             sink(row, &mut output.iter().map(|c| c.column))
         });
+        if let Err(ReadError::Holes(keys)) = read {
+            // A partial cache: fill the keys (answering this read once they are in), or go
+            // upstream while they are filled in the background.
+            let filled = self.filler.as_ref().is_some_and(|f| f.fill_or_queue(keys));
+            if !filled {
+                return Err(Miss {
+                    reason: "the key is not in the cache yet (it is being filled)".into(),
+                });
+            }
+            read = self.reader.read_into(params, &mut |row, output| {
+                sink(row, &mut output.iter().map(|c| c.column))
+            });
+        }
         match read {
             Ok(n) => {
                 self.hits.add(1);
@@ -204,31 +217,6 @@ impl CachedQuery for CacheEntry {
                 ops.cache_reads
                     .observe(std::time::Duration::from_nanos(nanos));
                 Ok(n)
-            }
-            Err(ReadError::Holes(keys)) => {
-                let Some(filler) = &self.filler else {
-                    return Err(Miss {
-                        reason: "the cache does not hold these keys".into(),
-                    });
-                };
-                if !filler.fill_or_queue(keys) {
-                    return Err(Miss {
-                        reason: "the key is not in the cache yet (it is being filled)".into(),
-                    });
-                }
-                // Filled: read again.
-                let again = self.reader.read_into(params, &mut |row, output| {
-                    sink(row, &mut output.iter().map(|c| c.column))
-                });
-                match again {
-                    Ok(n) => {
-                        self.hits.add(1);
-                        Ok(n)
-                    }
-                    Err(e) => Err(Miss {
-                        reason: read_error_reason(&e),
-                    }),
-                }
             }
             Err(e) => Err(Miss {
                 reason: read_error_reason(&e),

@@ -248,6 +248,8 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         }
     }
     core.status.shutting_down.store(true, Ordering::SeqCst);
+    // The filler thread stops.
+    core.holes.close();
     if let Err(e) = core.storage.flush_wal() {
         warn!(error = %e, "flushing storage at shutdown");
     }
@@ -582,7 +584,6 @@ async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
         core.shallow.store.set_budget(limit.saturating_sub(deep));
         core.shallow.store.trim();
         if core.is_shutting_down() {
-            core.holes.close();
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(MEMORY_CHECK_INTERVAL_MS)).await;

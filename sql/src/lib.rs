@@ -5,6 +5,7 @@
 pub mod datetime_unit;
 pub mod error;
 pub mod fingerprint;
+pub mod functions;
 pub mod identity;
 pub mod lower;
 pub mod normalize;

@@ -19,6 +19,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{visit_expressions, visit_relations, Expr, ObjectName, Query, SetExpr};
 
+use crate::functions;
+
 /// Why a query cannot be a shallow cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -47,54 +49,6 @@ impl std::fmt::Display for Refusal {
         }
     }
 }
-
-/// Functions whose result differs between calls with the same arguments (`VOLATILE` in
-/// Postgres, or `STABLE` only within one statement because they read the clock).
-const NONDETERMINISTIC: &[&str] = &[
-    "now",
-    "current_timestamp",
-    "current_date",
-    "current_time",
-    "localtime",
-    "localtimestamp",
-    "transaction_timestamp",
-    "statement_timestamp",
-    "clock_timestamp",
-    "timeofday",
-    "random",
-    "random_normal",
-    "setseed",
-    "gen_random_uuid",
-    "uuid_generate_v1",
-    "uuid_generate_v4",
-    "nextval",
-    "currval",
-    "lastval",
-    "setval",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_current_wal_lsn",
-    "age",
-];
-
-/// Functions that read the session rather than data.
-const SESSION: &[&str] = &[
-    "current_setting",
-    "set_config",
-    "pg_backend_pid",
-    "inet_client_addr",
-    "inet_client_port",
-    "inet_server_addr",
-    "inet_server_port",
-    "pg_my_temp_schema",
-    "current_schema",
-    "current_schemas",
-    "session_user",
-    "pg_is_other_temp_schema",
-    "pg_trigger_depth",
-    "pg_conf_load_time",
-    "pg_postmaster_start_time",
-];
 
 /// Schemas whose relations describe the server or the session.
 const CATALOG_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
@@ -141,14 +95,15 @@ pub fn refusals(query: &Query) -> Vec<Refusal> {
             _ => None,
         };
         if let Some(name) = name {
-            let is_function = matches!(e, Expr::Function(_));
-            if NONDETERMINISTIC.contains(&name.as_str())
-                && (is_function || name.starts_with("current_") || name.starts_with("local"))
-            {
+            // Bare keywords (`CURRENT_TIMESTAMP`) are identifiers; other identifiers are
+            // columns.
+            let callable = matches!(e, Expr::Function(_))
+                || name.starts_with("current_")
+                || name.starts_with("local")
+                || name == "session_user";
+            if callable && functions::changes_per_call(&name) {
                 push(Refusal::Nondeterministic(name));
-            } else if SESSION.contains(&name.as_str())
-                && (is_function || name == "session_user" || name == "current_schema")
-            {
+            } else if callable && functions::reads_session(&name) {
                 push(Refusal::Session(name));
             }
         }

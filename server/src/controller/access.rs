@@ -23,6 +23,33 @@ impl Controller {
             })
     }
 
+    /// Whether `role` may read what a new cache reads (each relation's `columns_read`, or the
+    /// whole relation when none are listed), as the upstream would judge the same query;
+    /// 42501 naming `what` otherwise.
+    pub(super) async fn require_select(
+        &self,
+        role: &str,
+        relations: &[larder_adapter::cache::CachedRelation],
+        what: &str,
+    ) -> Result<(), ControllerError> {
+        let oids: Vec<u32> = relations.iter().map(|r| r.oid).collect();
+        let access = self.role_access(role, &oids).await?;
+        for r in relations {
+            access
+                .may_select(
+                    role,
+                    &Reads {
+                        oid: r.oid,
+                        schema: &r.schema,
+                        name: &r.name,
+                        columns: &r.columns_read,
+                    },
+                )
+                .map_err(|e| ControllerError::Forbidden(format!("{what}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Managing caches for everyone needs a superuser or a member of `--admin-role`.
     pub(super) async fn require_admin(
         &self,

@@ -335,21 +335,12 @@ impl Controller {
         }
         // The creator must be able to read everything the query reads.
         if let Ok((plan, tables)) = self.check_supported(&normalized) {
-            let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
-            let access = self.role_access(role, &oids).await?;
-            for r in Self::cached_relations(&plan, &tables) {
-                access
-                    .may_select(
-                        role,
-                        &Reads {
-                            oid: r.oid,
-                            schema: &r.schema,
-                            name: &r.name,
-                            columns: &r.columns_read,
-                        },
-                    )
-                    .map_err(|e| ControllerError::Forbidden(format!("CREATE CACHE: {e}")))?;
-            }
+            self.require_select(
+                role,
+                &Self::cached_relations(&plan, &tables),
+                "CREATE CACHE",
+            )
+            .await?;
         }
         if let Some(existing) = self.core.caches.get(&normalized.query_id) {
             return Ok(cache_row(&existing));

@@ -95,21 +95,9 @@ impl Controller {
         let relations = self.shallow_relations(&normalized)?;
         // The creator must be able to read what the query names, and the upstream must accept
         // the query as it will be sent.
+        self.require_select(role, &relations, "CREATE SHALLOW CACHE")
+            .await?;
         let oids: Vec<u32> = relations.iter().map(|r| r.oid).collect();
-        let access = self.role_access(role, &oids).await?;
-        for r in &relations {
-            access
-                .may_select(
-                    role,
-                    &Reads {
-                        oid: r.oid,
-                        schema: &r.schema,
-                        name: &r.name,
-                        columns: &[],
-                    },
-                )
-                .map_err(|e| ControllerError::Forbidden(format!("CREATE SHALLOW CACHE: {e}")))?;
-        }
         let client = self.upstream_client().await?;
         client.prepare(&normalized.text).await.map_err(|e| {
             ControllerError::Unsupported(format!(

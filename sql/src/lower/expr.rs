@@ -10,7 +10,6 @@ use super::types::{
 };
 use super::util::{
     function_args, function_name, is_untyped, strip_nested, unsupported_expr, AGGREGATES,
-    NON_DETERMINISTIC,
 };
 use super::{placeholder_slot, unsupported, Lowerer, ParamMode, Typed};
 use crate::error::Unsupported;
@@ -523,7 +522,7 @@ impl Lowerer<'_, '_> {
         if AGGREGATES.contains(&name.as_str()) || f.filter.is_some() || !f.within_group.is_empty() {
             return Err(unsupported(self.no_agg));
         }
-        if NON_DETERMINISTIC.contains(&name.as_str()) {
+        if crate::functions::nondeterministic(&name) {
             return Err(unsupported(format!(
                 "function {name}() is not deterministic"
             )));

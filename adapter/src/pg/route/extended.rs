@@ -200,14 +200,15 @@ impl RouterSession {
                             && on_upstream
                             && unit.parse.as_ref().is_none_or(|p| p.name.is_empty());
                         BindComplete.encode(&mut out);
-                        let raw: Vec<u8> =
-                            msgs.iter().flat_map(|m| m.raw.iter().copied()).collect();
                         let request = shallow::ShallowRequest {
-                            request_key: shallow::extended_key(&sql, &param_types, bind),
-                            raw: raw.into(),
+                            unit: shallow::ShallowUnit::Extended {
+                                msgs,
+                                sql: &sql,
+                                param_types: &param_types,
+                                bind,
+                            },
                             prefix: out,
                             needs_head: unit.describe,
-                            refresh: shallow::extended_refresh(&sql, &param_types, bind),
                             may_wait,
                         };
                         match self.serve_shallow(session, &cache, &query_id, request, dispatch) {

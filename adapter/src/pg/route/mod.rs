@@ -367,11 +367,12 @@ impl RouterSession {
             Kind::Select(shape) => match self.try_cache(session, shape, None, dispatch) {
                 Ok(Route::Shallow(cache, query_id)) => {
                     let request = shallow::ShallowRequest {
-                        request_key: shallow::simple_key(&q.sql),
-                        raw: Bytes::copy_from_slice(msg.raw),
+                        unit: shallow::ShallowUnit::Simple {
+                            sql: &q.sql,
+                            raw: msg.raw,
+                        },
                         prefix: BytesMut::new(),
                         needs_head: true,
-                        refresh: shallow::simple_refresh(msg.raw),
                         may_wait: self.batch_tail,
                     };
                     match self.serve_shallow(session, &cache, &query_id, request, dispatch) {

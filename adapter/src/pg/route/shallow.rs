@@ -41,20 +41,72 @@ const OUTPUT_SETTINGS: &[&str] = &[
 ];
 
 /// One request a shallow cache may answer.
-pub(super) struct ShallowRequest {
-    /// The request's part of the key (see [`simple_key`] and [`extended_key`]).
-    pub(super) request_key: Vec<u8>,
-    /// The client's messages (a whole unit ending at a sync point).
-    pub(super) raw: Bytes,
+pub(super) struct ShallowRequest<'a> {
+    pub(super) unit: ShallowUnit<'a>,
     /// What a local answer starts with (ParseComplete, BindComplete).
     pub(super) prefix: BytesMut,
     /// A local answer includes the RowDescription.
     pub(super) needs_head: bool,
-    /// Larder's own unit that fetches the same result again.
-    pub(super) refresh: BytesMut,
     /// Nothing of the client's follows in this batch and the request can be forwarded later
     /// unchanged: a miss may wait for another session's fetch.
     pub(super) may_wait: bool,
+}
+
+/// The client's request, as it was sent. Its copy (to forward after a wait) and Larder's own
+/// unit that runs it again (a refresh) are built only when needed.
+pub(super) enum ShallowUnit<'a> {
+    /// A `Query` message.
+    Simple { sql: &'a str, raw: &'a [u8] },
+    /// `[Parse] Bind [Describe] Execute Sync` (`msgs`), with the statement's text and declared
+    /// parameter types.
+    Extended {
+        msgs: &'a [RawFrame<'a>],
+        sql: &'a str,
+        param_types: &'a [u32],
+        bind: &'a Bind,
+    },
+}
+
+impl ShallowUnit<'_> {
+    /// Appends the request's part of the key.
+    fn put_key(&self, key: &mut Vec<u8>) {
+        match self {
+            ShallowUnit::Simple { sql, .. } => put_simple_key(key, sql),
+            ShallowUnit::Extended {
+                sql,
+                param_types,
+                bind,
+                ..
+            } => put_extended_key(key, sql, param_types, bind),
+        }
+    }
+
+    /// The client's messages, to forward later.
+    fn raw(&self) -> Bytes {
+        match self {
+            ShallowUnit::Simple { raw, .. } => Bytes::copy_from_slice(raw),
+            ShallowUnit::Extended { msgs, .. } => {
+                let mut out = BytesMut::new();
+                for m in *msgs {
+                    out.put_slice(m.raw);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// Larder's own unit that fetches the same result again.
+    fn refresh(&self) -> BytesMut {
+        match self {
+            ShallowUnit::Simple { raw, .. } => BytesMut::from(*raw),
+            ShallowUnit::Extended {
+                sql,
+                param_types,
+                bind,
+                ..
+            } => extended_refresh(sql, param_types, bind),
+        }
+    }
 }
 
 /// What the caller does after [`RouterSession::serve_shallow`].
@@ -72,15 +124,15 @@ impl RouterSession {
         session: &SessionState,
         cache: &Arc<ShallowCache>,
         query_id: &str,
-        req: ShallowRequest,
+        req: ShallowRequest<'_>,
         dispatch: &mut Dispatch<'_>,
     ) -> ShallowAction {
-        let Some(key) = self.shallow_key(session, query_id, &req.request_key) else {
+        let Some(key) = self.shallow_key(session, cache, query_id, &req.unit) else {
             self.shallow_miss(cache, "the request is too large to key a shallow cache");
             return ShallowAction::Forward(None);
         };
         let status = session.transaction_status();
-        match cache.lookup(&key) {
+        match cache.lookup(key) {
             Lookup::Hit(hit) => {
                 if self.wrote_at.is_some_and(|w| w >= hit.filled_at) {
                     // The session wrote after this result was fetched: it goes upstream, and
@@ -107,7 +159,9 @@ impl RouterSession {
                 };
                 if let Some(ticket) = hit.refresh {
                     // Only outside a transaction: the refresh must not run in the client's.
-                    if status == TransactionStatus::Idle && dispatch.capture_now(&req.refresh) {
+                    if status == TransactionStatus::Idle
+                        && dispatch.capture_now(&req.unit.refresh())
+                    {
                         self.captures.push_back(CaptureKind::ShallowRefresh {
                             ticket,
                             sent: Instant::now(),
@@ -125,7 +179,7 @@ impl RouterSession {
                     self.shallow_miss(cache, "another session is fetching this result");
                     return ShallowAction::Forward(None);
                 }
-                let (raw, mut prefix, needs_head) = (req.raw, req.prefix, req.needs_head);
+                let (raw, mut prefix, needs_head) = (req.unit.raw(), req.prefix, req.needs_head);
                 let response: WaitResponse = Box::pin(async move {
                     match waiter.wait().await {
                         Some(parts) if !needs_head || parts.head.is_some() => {
@@ -157,15 +211,17 @@ impl RouterSession {
         };
     }
 
-    /// The whole key: role, output settings, query id and the request (`None` when too long).
+    /// The whole key, for `cache`: role, output settings, query id and the request (`None`
+    /// when too long).
     fn shallow_key(
         &self,
         session: &SessionState,
+        cache: &ShallowCache,
         query_id: &str,
-        request_key: &[u8],
+        unit: &ShallowUnit<'_>,
     ) -> Option<Vec<u8>> {
         let role = self.facts.role()?;
-        let mut key = Vec::with_capacity(128 + request_key.len());
+        let mut key = cache.key_start();
         put_part(&mut key, role.as_bytes());
         for name in OUTPUT_SETTINGS {
             put_part(&mut key, session.parameter(name).unwrap_or("").as_bytes());
@@ -173,7 +229,7 @@ impl RouterSession {
         put_part(&mut key, query_id.as_bytes());
         // A table that changed shape may change the result's columns.
         key.extend_from_slice(&self.backend.shape_epoch().to_le_bytes());
-        key.extend_from_slice(request_key);
+        unit.put_key(&mut key);
         (key.len() <= KEY_MAX_BYTES).then_some(key)
     }
 
@@ -190,18 +246,17 @@ impl RouterSession {
     }
 }
 
-/// The request part of a simple query's key.
-pub(super) fn simple_key(sql: &str) -> Vec<u8> {
-    let mut key = vec![b'Q'];
-    put_part(&mut key, sql.as_bytes());
-    key
+/// Appends the request part of a simple query's key.
+fn put_simple_key(key: &mut Vec<u8>, sql: &str) {
+    key.push(b'Q');
+    put_part(key, sql.as_bytes());
 }
 
-/// The request part of an extended unit's key: the text, declared types, parameters with
-/// their formats, and the result formats.
-pub(super) fn extended_key(sql: &str, param_types: &[u32], bind: &Bind) -> Vec<u8> {
-    let mut key = vec![b'E'];
-    put_part(&mut key, sql.as_bytes());
+/// Appends the request part of an extended unit's key: the text, declared types, parameters
+/// with their formats, and the result formats.
+fn put_extended_key(key: &mut Vec<u8>, sql: &str, param_types: &[u32], bind: &Bind) {
+    key.push(b'E');
+    put_part(key, sql.as_bytes());
     for t in param_types {
         key.extend_from_slice(&t.to_le_bytes());
     }
@@ -214,7 +269,7 @@ pub(super) fn extended_key(sql: &str, param_types: &[u32], bind: &Bind) -> Vec<u
         };
         key.extend_from_slice(&format.to_le_bytes());
         match p {
-            Some(v) => put_part(&mut key, v),
+            Some(v) => put_part(key, v),
             None => key.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
     }
@@ -222,17 +277,11 @@ pub(super) fn extended_key(sql: &str, param_types: &[u32], bind: &Bind) -> Vec<u
     for f in &bind.result_formats {
         key.extend_from_slice(&f.to_le_bytes());
     }
-    key
-}
-
-/// Larder's unit that runs a simple query again: the same Query message.
-pub(super) fn simple_refresh(raw: &[u8]) -> BytesMut {
-    BytesMut::from(raw)
 }
 
 /// Larder's unit that runs an extended request again, on a statement and the unnamed portal
 /// of its own (closed at once), described so that the RowDescription is refreshed too.
-pub(super) fn extended_refresh(sql: &str, param_types: &[u32], bind: &Bind) -> BytesMut {
+fn extended_refresh(sql: &str, param_types: &[u32], bind: &Bind) -> BytesMut {
     let mut out = BytesMut::new();
     Parse {
         name: REFRESH_STATEMENT.into(),
@@ -283,22 +332,23 @@ fn put_entry(out: &mut BytesMut, parts: &EntryParts, head: bool, status: Transac
     ReadyForQuery { status }.encode(out);
 }
 
-/// The tee of a fetch that fills the cache: stores the response if it is a whole result.
-fn fill_sink(ticket: FillTicket) -> TeeSink {
+/// The tee of a forwarded request whose response goes into the cache (a fetch that fills
+/// it, or a read that doubles as a refresh): `store` gets the response if it is a whole
+/// result.
+fn store_sink(store: impl FnOnce(EntryParts, std::time::Duration) + Send + 'static) -> TeeSink {
     Box::new(move |bytes, took| {
         if let Some(parts) = bytes.as_deref().and_then(|b| cut_response(b, false)) {
-            ticket.complete(parts, took);
+            store(parts, took);
         }
     })
 }
 
-/// The tee of a forwarded read that doubles as a refresh.
+fn fill_sink(ticket: FillTicket) -> TeeSink {
+    store_sink(move |parts, took| ticket.complete(parts, took))
+}
+
 fn refresh_sink(ticket: RefreshTicket) -> TeeSink {
-    Box::new(move |bytes, took| {
-        if let Some(parts) = bytes.as_deref().and_then(|b| cut_response(b, false)) {
-            ticket.complete(parts, took);
-        }
-    })
+    store_sink(move |parts, took| ticket.complete(parts, took))
 }
 
 /// Cuts a relayed or captured response into what a shallow cache keeps: the RowDescription,
@@ -430,6 +480,18 @@ mod tests {
             &done,
         ]);
         assert!(cut_response(&noticed, false).is_some());
+    }
+
+    fn simple_key(sql: &str) -> Vec<u8> {
+        let mut key = Vec::new();
+        put_simple_key(&mut key, sql);
+        key
+    }
+
+    fn extended_key(sql: &str, param_types: &[u32], bind: &Bind) -> Vec<u8> {
+        let mut key = Vec::new();
+        put_extended_key(&mut key, sql, param_types, bind);
+        key
     }
 
     #[test]
