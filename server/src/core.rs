@@ -362,7 +362,7 @@ pub struct Core {
     /// Shallow (TTL) caches and their entries.
     pub shallow: ShallowRegistry,
     /// Partial caches' holes waiting for the filler thread.
-    pub holes: crate::partial::HoleQueue,
+    pub holes: Arc<crate::partial::HoleQueue>,
 }
 
 /// The shallow caches by query id, and the store their entries share.
@@ -544,7 +544,7 @@ impl Core {
             failpoints,
             shape_epoch: AtomicU64::new(0),
             shallow: ShallowRegistry::default(),
-            holes: crate::partial::HoleQueue::default(),
+            holes: Arc::default(),
         };
         Arc::new(core)
     }

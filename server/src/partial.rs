@@ -125,8 +125,7 @@ type Hole = (Arc<HoleFiller>, Vec<Value>);
 /// Holes queued for the filler thread.
 #[derive(Default)]
 pub struct HoleQueue {
-    /// The holes, and whether the queue is closed.
-    queue: Mutex<(VecDeque<Hole>, bool)>,
+    queue: Mutex<VecDeque<Hole>>,
     wake: Condvar,
 }
 
@@ -134,41 +133,39 @@ impl HoleQueue {
     fn push(&self, filler: Arc<HoleFiller>, keys: Vec<Vec<Value>>) {
         let mut q = self.queue.lock().expect("hole queue poisoned");
         for key in keys {
-            if q.0.len() >= QUEUE_KEYS_MAX {
+            if q.len() >= QUEUE_KEYS_MAX {
                 break;
             }
-            q.0.push_back((Arc::clone(&filler), key));
+            q.push_back((Arc::clone(&filler), key));
         }
         self.wake.notify_one();
     }
-
-    /// Wakes the filler thread to stop.
-    pub fn close(&self) {
-        self.queue.lock().expect("hole queue poisoned").1 = true;
-        self.wake.notify_all();
-    }
 }
 
-/// The filler thread: fills queued holes, a batch per hold of the dataflow lock, until the
-/// queue is closed.
-pub fn run_filler(core: Arc<Core>) {
+/// The filler thread: fills queued holes, a batch per hold of the dataflow lock. It holds the
+/// core only while it fills (so the core is never dropped on this thread), and ends once the
+/// core is gone or shutting down.
+pub fn run_filler(queue: Arc<HoleQueue>, core: Weak<Core>) {
     loop {
         let batch: Vec<Hole> = {
-            let mut q = core.holes.queue.lock().expect("hole queue poisoned");
-            while q.0.is_empty() && !q.1 {
-                q = core
-                    .holes
+            let mut q = queue.queue.lock().expect("hole queue poisoned");
+            while q.is_empty() {
+                if core.strong_count() == 0 {
+                    return;
+                }
+                q = queue
                     .wake
                     .wait_timeout(q, Duration::from_secs(1))
                     .expect("hole queue poisoned")
                     .0;
             }
-            if q.1 {
-                return;
-            }
-            let n = q.0.len().min(FILL_BATCH_KEYS);
-            q.0.drain(..n).collect()
+            let n = q.len().min(FILL_BATCH_KEYS);
+            q.drain(..n).collect()
         };
+        let Some(core) = core.upgrade() else { return };
+        if core.is_shutting_down() {
+            return;
+        }
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
         // Group by cache (a fill publishes its reader once).
         let mut by_cache: Vec<(Arc<HoleFiller>, Vec<Vec<Value>>)> = Vec::new();
@@ -240,11 +237,13 @@ pub fn cache_bytes(core: &Core) -> u64 {
 /// Warms a new (or restored) partial cache up in the background: fills its keys from the
 /// table, a chunk per hold of the dataflow lock (read under the lock, as every fill), while
 /// the caches stay below three quarters of `--memory-limit`. Reads meanwhile fill what they
-/// need on demand; keys already held are skipped. Stops when the cache goes.
-pub fn warm_up(core: Arc<Core>, entry: Weak<crate::core::CacheEntry>) {
+/// need on demand; keys already held are skipped. Stops when the cache goes. Holds the core
+/// only while it fills a chunk (so the core is never dropped on this thread).
+pub fn warm_up(core: Weak<Core>, entry: Weak<crate::core::CacheEntry>) {
     let mut after: Option<Vec<u8>> = None;
     let mut filled = 0u64;
     loop {
+        let Some(core) = core.upgrade() else { return };
         if core.is_shutting_down() {
             return;
         }

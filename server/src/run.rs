@@ -197,10 +197,10 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         .expect("dataflow lock poisoned")
         .set_partial(cfg.partial_caches == crate::config::Switch::On);
     {
-        let core = core.clone();
+        let (queue, core) = (Arc::clone(&core.holes), Arc::downgrade(&core));
         std::thread::Builder::new()
             .name("larder-filler".into())
-            .spawn(move || crate::partial::run_filler(core))
+            .spawn(move || crate::partial::run_filler(queue, core))
             .context("starting the partial-cache filler thread")?;
     }
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
@@ -248,8 +248,6 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         }
     }
     core.status.shutting_down.store(true, Ordering::SeqCst);
-    // The filler thread stops.
-    core.holes.close();
     if let Err(e) = core.storage.flush_wal() {
         warn!(error = %e, "flushing storage at shutdown");
     }

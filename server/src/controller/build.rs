@@ -352,7 +352,7 @@ fn fill_cache(
     }
     if is_partial {
         drop(snapshot);
-        let (core, weak) = (Arc::clone(core), Arc::downgrade(&entry));
+        let (core, weak) = (Arc::downgrade(core), Arc::downgrade(&entry));
         tokio::task::spawn_blocking(move || crate::partial::warm_up(core, weak));
         return Ok(entry);
     }
