@@ -52,6 +52,8 @@ pub enum GraphError {
     InvalidPlan(String),
     #[error("row has {got} columns, table {table} has {want}")]
     RowArity { table: u64, got: usize, want: usize },
+    #[error("reading stored rows: {0}")]
+    Stored(String),
     #[error("too many caches (max {0})")]
     TooManyCaches(usize),
     /// Changes buffered while the cache was bootstrapping exceeded

@@ -39,6 +39,7 @@ mod ops;
 mod order;
 mod range;
 mod reader;
+mod stored;
 
 pub use error::{EvalError, GraphError, ReadError};
 pub use eval::{CompiledExpr, ExprContext};
@@ -47,3 +48,4 @@ pub use like::like_match;
 pub use ops::{Batch, Operator, Record};
 pub use order::{full_cmp, order_by_cmp, structural_cmp, structural_cmp_row};
 pub use reader::{ReaderHandle, ReaderStats, RowSink, READ_KEY_COMBINATIONS_MAX};
+pub use stored::{Lookup, NoStoredRows, StoredError, StoredIndex, StoredRows};

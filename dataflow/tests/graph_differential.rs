@@ -10,7 +10,10 @@
 //!
 //! `SEED=n` replays one seed; `DATAFLOW_DIFF_ITERS=n` runs `n` seeds (default a few seconds).
 
-use larder_dataflow::{structural_cmp_row, CacheId, Change, Graph, ReaderHandle, TableId};
+use larder_dataflow::{
+    structural_cmp_row, CacheId, Change, Graph, GraphLimits, Lookup, ReaderHandle, StoredError,
+    StoredRows, TableId,
+};
 use larder_sql::plan::CachePlan;
 use larder_sql::value::{sql_eq, Column, Row, SqlType, TableSchema, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -193,10 +196,49 @@ fn bootstrap_from(graph: &mut Graph, id: CacheId, snapshot: &[Vec<Row>]) {
     graph.finish_bootstrap(id).expect("finish bootstrap");
 }
 
+/// One random transaction: changes to one table, or runs of changes to two (possibly the
+/// same table twice), applied as one transaction against storage as of before it.
 fn apply_random(rng: &mut StdRng, graph: &mut Graph, tables: &mut [Vec<Row>]) {
-    let t = rng.gen_range(0..TABLES);
-    let changes = random_changes(rng, t, &mut tables[t]);
-    graph.apply(TableId(t as u64), &changes).expect("apply");
+    let before = Storage(tables.to_vec());
+    let runs = if rng.gen_bool(0.4) { 2 } else { 1 };
+    let mut changes = Vec::new();
+    for _ in 0..runs {
+        let t = rng.gen_range(0..TABLES);
+        changes.push((TableId(t as u64), random_changes(rng, t, &mut tables[t])));
+    }
+    let errors = graph.apply_txn(changes.iter().map(|(t, c)| (*t, c.as_slice())), &before);
+    assert!(errors.is_empty(), "apply: {errors:?}");
+}
+
+/// The tables as storage holds them, for joins that read a side from there.
+struct Storage(Vec<Vec<Row>>);
+
+/// Lookups storage answered, over all seeds: stored joins must be exercised.
+static STORED_LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+impl StoredRows for Storage {
+    fn rows(
+        &self,
+        table: TableId,
+        lookup: Lookup<'_>,
+        limit: usize,
+    ) -> Result<Vec<(Row, i64)>, StoredError> {
+        let Lookup::Index { columns, values } = lookup else {
+            panic!("the test's tables have no primary key: {lookup:?}");
+        };
+        STORED_LOOKUPS.fetch_add(1, Ordering::Relaxed);
+        Ok(self.0[table.0 as usize]
+            .iter()
+            .filter(|row| {
+                columns
+                    .iter()
+                    .zip(values)
+                    .all(|(&c, v)| sql_eq(&row[c], v) == Some(true))
+            })
+            .map(|row| (row.clone(), 1))
+            .take(limit)
+            .collect())
+    }
 }
 
 /// Half the time the plan with its base tables narrowed to the columns read above them
@@ -229,10 +271,13 @@ fn next_plan(rng: &mut StdRng, caches: &[Cache]) -> (CachePlan, Option<keyed::Re
     random_plan(rng)
 }
 
-fn run_seed(seed: u64) {
+fn run_seed(seed: u64, stored_joins: bool) {
     let _guard = SeedGuard(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut graph = Graph::new();
+    let mut graph = Graph::with_limits(GraphLimits {
+        stored_joins,
+        ..GraphLimits::default()
+    });
     let mut tables: Vec<Vec<Row>> = Vec::new();
     for t in 0..TABLES {
         graph
@@ -247,8 +292,12 @@ fn run_seed(seed: u64) {
     let mut caches: Vec<Cache> = Vec::new();
     for _ in 0..3 {
         let (plan, keyed) = next_plan(&mut rng, &caches);
+        let storage = Storage(tables.clone());
         let (id, handle) = graph
-            .add_cache(&maybe_pruned(&mut rng, &plan, &keyed))
+            .add_cache_with(
+                &maybe_pruned(&mut rng, &plan, &keyed),
+                stored_joins.then_some(&storage as &dyn StoredRows),
+            )
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
         bootstrap_from(&mut graph, id, &tables);
         caches.push(Cache {
@@ -265,8 +314,12 @@ fn run_seed(seed: u64) {
             // Its shared nodes' output is fed a few records at a time, and a cache whose
             // nodes it may share is sometimes dropped while it fills.
             let (plan, keyed) = next_plan(&mut rng, &caches);
+            let storage = Storage(tables.clone());
             let (id, handle) = graph
-                .add_cache(&maybe_pruned(&mut rng, &plan, &keyed))
+                .add_cache_with(
+                    &maybe_pruned(&mut rng, &plan, &keyed),
+                    stored_joins.then_some(&storage as &dyn StoredRows),
+                )
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{plan:#?}"));
             let snapshot = tables.clone();
             apply_random(&mut rng, &mut graph, &mut tables);
@@ -315,7 +368,7 @@ fn run_seed(seed: u64) {
 #[test]
 fn random_plans_match_naive_evaluation() {
     if let Ok(seed) = std::env::var("SEED") {
-        run_seed(seed.parse().expect("SEED is a number"));
+        run_seed(seed.parse().expect("SEED is a number"), false);
         return;
     }
     let iters: u64 = std::env::var("DATAFLOW_DIFF_ITERS")
@@ -323,7 +376,7 @@ fn random_plans_match_naive_evaluation() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(150);
     for seed in 0..iters {
-        run_seed(seed);
+        run_seed(seed, false);
     }
     let shared = SHARED_NODES.load(Ordering::Relaxed);
     let pruned = PRUNED_PLANS.load(Ordering::Relaxed);
@@ -333,6 +386,26 @@ fn random_plans_match_naive_evaluation() {
     );
     assert!(iters < 20 || shared > 0, "no cache shared a node");
     assert!(iters < 20 || pruned > 0, "no plan was narrowed by pruning");
+}
+
+/// The same with joins reading a side from storage (`GraphLimits::stored_joins`): the
+/// transaction's own view (storage before it plus the join's overlay) gives the same rows.
+#[test]
+fn random_plans_match_naive_evaluation_with_stored_joins() {
+    if let Ok(seed) = std::env::var("SEED") {
+        run_seed(seed.parse().expect("SEED is a number"), true);
+        return;
+    }
+    let iters: u64 = std::env::var("DATAFLOW_DIFF_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    for seed in 0..iters {
+        run_seed(seed, true);
+    }
+    let lookups = STORED_LOOKUPS.load(Ordering::Relaxed);
+    eprintln!("graph_differential: {iters} seeds, {lookups} stored lookups");
+    assert!(iters < 20 || lookups > 0, "no join read storage");
 }
 
 /// Operators account for the bytes of their state as they store and drop it: once every row

@@ -116,6 +116,13 @@ pub struct Config {
     #[arg(long, env = "PARTIAL_CACHES", value_enum, default_value_t = Switch::On)]
     pub partial_caches: Switch,
 
+    /// Joins read a side that is a base table (through filters and projections, joined on
+    /// plain columns of integer, text, boolean, uuid, date or timestamp type) from storage,
+    /// through the primary key or a secondary index kept in the same write batch as the
+    /// rows, instead of holding it in memory. `off`: both sides of every join in memory.
+    #[arg(long, env = "STORED_JOINS", value_enum, default_value_t = Switch::On)]
+    pub stored_joins: Switch,
+
     /// Memory for cached results, in bytes (units: kB, MB, GB, KiB, MiB, GiB). Shallow cache
     /// entries are evicted to keep them within what the deep caches' accounted state leaves
     /// of it, and partial caches' keys are evicted to keep the deep caches within it.

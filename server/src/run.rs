@@ -192,10 +192,11 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         std::sync::atomic::Ordering::Relaxed,
     );
     tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
-    core.dataflow
-        .lock()
-        .expect("dataflow lock poisoned")
-        .set_partial(cfg.partial_caches == crate::config::Switch::On);
+    {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        graph.set_partial(cfg.partial_caches == crate::config::Switch::On);
+        graph.set_stored_joins(cfg.stored_joins == crate::config::Switch::On);
+    }
     {
         let (queue, core) = (Arc::clone(&core.holes), Arc::downgrade(&core));
         std::thread::Builder::new()

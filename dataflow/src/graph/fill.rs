@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use larder_sql::plan::{CachePlan, NodeOp, NodeRef};
-use larder_sql::value::Row;
+use larder_sql::value::{Row, TableSchema};
 
 use super::share::{plan_reuse, Signature};
 use super::{
@@ -28,8 +28,10 @@ use super::{
     Scope, TableId, BATCH_ROWS_MAX,
 };
 use crate::build::{compile, BuiltNode};
+use crate::ops::join::JoinOp;
 use crate::ops::{mem, Batch, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, ReaderOp, ReaderState};
+use crate::stored::{NoStoredRows, StoredRows};
 
 /// What a cache being filled still needs, and what it has been sent meanwhile.
 #[derive(Debug, Default)]
@@ -56,6 +58,18 @@ impl Graph {
     /// [`bootstrap_shared`](Self::bootstrap_shared), then
     /// [`finish_bootstrap`](Self::finish_bootstrap).
     pub fn add_cache(&mut self, plan: &CachePlan) -> Result<(CacheId, ReaderHandle), GraphError> {
+        self.add_cache_with(plan, None)
+    }
+
+    /// [`add_cache`](Self::add_cache) with storage as of now (the caller holds the writer
+    /// between transactions), so that a new node can start from the output of a shared
+    /// join that reads a side from storage. Without it such a join is built again for the
+    /// new cache instead.
+    pub fn add_cache_with(
+        &mut self,
+        plan: &CachePlan,
+        stored: Option<&dyn StoredRows>,
+    ) -> Result<(CacheId, ReaderHandle), GraphError> {
         if self.caches.len() >= self.limits.caches_max {
             return Err(GraphError::TooManyCaches(self.limits.caches_max));
         }
@@ -73,6 +87,10 @@ impl Graph {
             relation_tables.push(table);
         }
         let mut built = compile(plan, &relation_types, &self.limits)?;
+        let schemas: Vec<&TableSchema> = relation_tables
+            .iter()
+            .map(|t| &self.tables[t].schema)
+            .collect();
         let partial = match relation_tables.as_slice() {
             [table] if self.limits.partial => {
                 super::partial::partial_columns(plan, &self.tables[table].schema).map(|columns| {
@@ -90,9 +108,14 @@ impl Graph {
         let reuse = if partial.is_some() {
             vec![None; plan.nodes.len()]
         } else {
-            self.plan_sharing(plan, &relation_tables)
+            self.plan_sharing(plan, &relation_tables, stored.is_some())
         };
 
+        let mut stored_sides = if self.limits.stored_joins && partial.is_none() {
+            super::stored::stored_sides(plan, &relation_tables, &schemas, &self.limits)?
+        } else {
+            Vec::new()
+        };
         let id = CacheId(self.next_cache);
         self.next_cache += 1;
         let mut tables: Vec<TableId> = Vec::new();
@@ -117,12 +140,22 @@ impl Graph {
                     }
                     shared
                 }
-                (BuiltNode::Op { op, inputs }, None) => {
+                (BuiltNode::Op { mut op, inputs }, None) => {
+                    if let Some(side) = stored_sides.get_mut(i).and_then(Option::take) {
+                        if let Some(join) = op.as_any_mut().downcast_mut::<JoinOp>() {
+                            join.set_stored_side(side);
+                        }
+                    }
                     let parents: Vec<NodeId> = inputs.iter().map(|&p| graph_of[p]).collect();
                     let sig = Signature::new(&plan.nodes[i].op, &plan.nodes[i].types, &parents);
                     let n = self.add_node(op, parents.clone(), Some(id), Some(sig));
-                    self.note_owed(n, &parents, &mut filling);
                     nodes.push(n);
+                    if let Err(e) = self.note_owed(n, &parents, &mut filling, stored) {
+                        // Storage failed listing a shared join's output: nothing of the
+                        // cache stays.
+                        self.release_nodes(&nodes);
+                        return Err(e);
+                    }
                     n
                 }
             };
@@ -139,8 +172,11 @@ impl Graph {
         let reader = ReaderOpNode::new(built.key, built.order, writer);
         let last = *graph_of.last().expect("compile refuses empty plans");
         let reader_node = self.add_node(Box::new(reader), vec![last], Some(id), None);
-        self.note_owed(reader_node, &[last], &mut filling);
         nodes.push(reader_node);
+        if let Err(e) = self.note_owed(reader_node, &[last], &mut filling, stored) {
+            self.release_nodes(&nodes);
+            return Err(e);
+        }
         filling.defer = self.deferrable(id, reader_node);
         // Rows some operators hold before any input (a global aggregate's row): collect
         // them all first, so no operator sees input before its own initial state exists.
@@ -230,7 +266,12 @@ impl Graph {
 
     /// For each plan node, the live node that already computes it, if any (see
     /// [`plan_reuse`]).
-    fn plan_sharing(&self, plan: &CachePlan, relation_tables: &[TableId]) -> Vec<Option<NodeId>> {
+    fn plan_sharing(
+        &self,
+        plan: &CachePlan,
+        relation_tables: &[TableId],
+        with_storage: bool,
+    ) -> Vec<Option<NodeId>> {
         let mut inputs: Vec<Vec<NodeRef>> = plan.nodes.iter().map(|n| n.op.inputs()).collect();
         // The reader: never shared, but a node it reads must be able to seed it.
         let reader = inputs.len();
@@ -258,6 +299,7 @@ impl Graph {
         let seedable = |n: NodeId| {
             self.nodes
                 .get(&n)
+                .filter(|n| n.op.lists_output() && (with_storage || !n.op.reads_storage()))
                 .and_then(|n| n.ledger.as_ref())
                 .is_some_and(|l| l.rows <= max)
         };
@@ -267,7 +309,13 @@ impl Graph {
     }
 
     /// Records what new node `node` is owed as of now from each of its `parents`.
-    fn note_owed(&self, node: NodeId, parents: &[NodeId], filling: &mut Filling) {
+    fn note_owed(
+        &mut self,
+        node: NodeId,
+        parents: &[NodeId],
+        filling: &mut Filling,
+        stored: Option<&dyn StoredRows>,
+    ) -> Result<(), GraphError> {
         for (input, p) in parents.iter().enumerate() {
             let Some(parent) = self.nodes.get(p) else {
                 continue;
@@ -282,12 +330,14 @@ impl Graph {
                     filling.tables.push(table);
                 }
             } else if parent.live {
-                let output = present_output(parent);
+                let parent = self.nodes.get_mut(p).expect("looked up above");
+                let output = present_output(parent, stored.unwrap_or(&NoStoredRows))?;
                 if !output.is_empty() {
                     filling.seed.push_back((node, input, output));
                 }
             }
         }
+        Ok(())
     }
 
     /// The tables whose rows (as of the snapshot taken right after
@@ -407,8 +457,9 @@ impl Graph {
         let reader_node = entry.reader_node;
         let nodes = entry.nodes.clone();
         if let Some((from, to, input)) = defer {
-            if let Some(node) = self.nodes.get(&from) {
-                let output = present_output(node);
+            if let Some(node) = self.nodes.get_mut(&from) {
+                // The cache's own node, filled in memory: it reads no storage yet.
+                let output = present_output(node, &NoStoredRows)?;
                 self.run(
                     BTreeMap::from([(to, vec![(input, output)])]),
                     Scope::Bootstrap(cache),
@@ -427,6 +478,11 @@ impl Graph {
             if let Some(node) = self.nodes.get_mut(&n) {
                 if node.creator == Some(cache) {
                     node.live = true;
+                    // Its state now equals storage as of the last transaction applied: a
+                    // join side that storage can give is dropped from memory.
+                    mem::take();
+                    node.op.read_storage();
+                    node.state_bytes = node.state_bytes.saturating_add(mem::take());
                 }
             }
         }
@@ -461,13 +517,16 @@ impl Graph {
 
 /// A stateful node's whole present output: the rows its operator lists and the poison the
 /// graph kept for it. Only stateful nodes seed others (`plan_reuse`) or are deferred.
-fn present_output(node: &Node) -> Batch {
-    let mut output = node
-        .op
-        .current_output()
+fn present_output(node: &mut Node, stored: &dyn StoredRows) -> Result<Batch, GraphError> {
+    mem::take();
+    let listed = node.op.list_output(stored);
+    // Listing stores nothing (a stored side's rows are read into a temporary).
+    node.state_bytes = node.state_bytes.saturating_add(mem::take());
+    let mut output = listed
+        .map_err(|e| GraphError::Stored(e.to_string()))?
         .expect("only a node that lists its output hands it on");
     if let Some(ledger) = &node.ledger {
         output.extend(ledger.poison());
     }
-    output
+    Ok(output)
 }

@@ -16,17 +16,19 @@
 //! threads; readers run concurrently through [`ReaderHandle`]s and only see changes after
 //! [`Graph::publish`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use larder_sql::value::{Row, TableSchema, Value};
 
 use crate::error::GraphError;
 use crate::ops::{mem, BaseOp, Batch, Operator, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, READ_KEY_COMBINATIONS_MAX};
+use crate::stored::{NoStoredRows, StoredIndex, StoredRows};
 
 mod fill;
 mod partial;
 mod share;
+mod stored;
 
 pub use partial::PartialKey;
 
@@ -63,6 +65,10 @@ pub struct GraphLimits {
     /// Make caches partial where they can be (see `partial.rs`): they start empty and fill
     /// keys on demand.
     pub partial: bool,
+    /// Let a join read a side that is a base table (through filters and projections) from
+    /// storage instead of keeping it in memory (see [`crate::stored`]); the graph must
+    /// then be driven with [`Graph::apply_txn`] and real storage.
+    pub stored_joins: bool,
 }
 
 impl Default for GraphLimits {
@@ -73,6 +79,7 @@ impl Default for GraphLimits {
             bootstrap_buffer_max_bytes: 256 << 20,
             seed_rows_max: 250_000,
             partial: false,
+            stored_joins: false,
         }
     }
 }
@@ -132,10 +139,11 @@ struct CacheEntry {
 }
 
 /// Which nodes a propagation may run.
-#[derive(Clone, Copy, Debug)]
-enum Scope {
-    /// Live changes: live nodes.
-    Live,
+#[derive(Clone, Copy)]
+enum Scope<'s> {
+    /// Live changes: live nodes, with storage as of before the transaction for joins that
+    /// read a side from there.
+    Live(&'s dyn StoredRows),
     /// Bootstrap of one cache: the nodes it built, not yet live.
     Bootstrap(CacheId),
     /// A partial cache's key fill: the nodes it built (all of them private filters and
@@ -189,6 +197,11 @@ impl Graph {
         self.limits.partial = on;
     }
 
+    /// Sets [`GraphLimits::stored_joins`] for caches added from now on.
+    pub fn set_stored_joins(&mut self, on: bool) {
+        self.limits.stored_joins = on;
+    }
+
     /// Registers a base table.
     pub fn add_table(&mut self, id: TableId, schema: TableSchema) -> Result<(), GraphError> {
         if self.tables.contains_key(&id) {
@@ -237,8 +250,16 @@ impl Graph {
             .caches
             .remove(&id)
             .ok_or(GraphError::UnknownCache(id.0))?;
+        self.release_nodes(&entry.nodes);
+        tracing::debug!(cache = id.0, "cache removed");
+        Ok(())
+    }
+
+    /// Drops one use of each of `nodes` (a cache's, in creation order) and frees the nodes
+    /// left without users.
+    fn release_nodes(&mut self, nodes: &[NodeId]) {
         // Children before parents, so a node is unused by the time its parent is looked at.
-        for node_id in entry.nodes.iter().rev() {
+        for node_id in nodes.iter().rev() {
             let Some(node) = self.nodes.get_mut(node_id) else {
                 continue;
             };
@@ -265,8 +286,6 @@ impl Graph {
                 }
             }
         }
-        tracing::debug!(cache = id.0, "cache removed");
-        Ok(())
     }
 
     pub fn reader(&self, id: CacheId) -> Option<ReaderHandle> {
@@ -332,9 +351,46 @@ impl Graph {
     }
 
     /// Propagates changes of `table` to every ready cache, and buffers them for caches that
-    /// are being filled. Nothing becomes visible to readers before
+    /// are being filled: a transaction of one table whose joins keep both sides in memory
+    /// (see [`apply_txn`](Self::apply_txn)). Nothing becomes visible to readers before
     /// [`publish`](Self::publish). Rows are checked before anything is applied.
     pub fn apply(&mut self, table: TableId, changes: &[Change]) -> Result<(), GraphError> {
+        match self.apply_txn([(table, changes)], &NoStoredRows).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies one transaction: each `(table, changes)` run in order, every change flowing
+    /// down before the next run enters. Joins that read a side from storage see `stored`
+    /// (storage as of before the transaction) plus the changes they received in the runs
+    /// before, so `ΔA⋈ΔB` is counted once (see [`crate::stored`]). A run whose rows do not
+    /// fit its table is skipped and returned with its error; the others are applied.
+    pub fn apply_txn<'c>(
+        &mut self,
+        runs: impl IntoIterator<Item = (TableId, &'c [Change])>,
+        stored: &dyn StoredRows,
+    ) -> Vec<(TableId, GraphError)> {
+        let mut errors = Vec::new();
+        for (table, changes) in runs {
+            if let Err(e) = self.apply_run(table, changes, stored) {
+                errors.push((table, e));
+            }
+        }
+        for node in self.nodes.values_mut() {
+            mem::take();
+            node.op.end_txn();
+            node.state_bytes = node.state_bytes.saturating_add(mem::take());
+        }
+        errors
+    }
+
+    fn apply_run(
+        &mut self,
+        table: TableId,
+        changes: &[Change],
+        stored: &dyn StoredRows,
+    ) -> Result<(), GraphError> {
         let (base, width) = self.table_root(table)?;
         for change in changes {
             let (Change::Insert(row) | Change::Delete(row)) = change;
@@ -344,9 +400,18 @@ impl Graph {
             return Ok(());
         }
         for chunk in changes.chunks(BATCH_ROWS_MAX) {
-            self.propagate(vec![(base, to_batch(chunk))], Scope::Live);
+            self.propagate(vec![(base, to_batch(chunk))], Scope::Live(stored));
         }
         Ok(())
+    }
+
+    /// The secondary indexes the caches' joins read (or will, once filled): the server
+    /// keeps exactly these up to date in storage.
+    pub fn stored_indexes(&self) -> BTreeSet<StoredIndex> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.op.stored_index())
+            .collect()
     }
 
     /// Makes every change applied so far visible to readers. Waits only for readers that
@@ -413,9 +478,9 @@ impl Graph {
         id
     }
 
-    fn in_scope(node: &Node, scope: Scope) -> bool {
+    fn in_scope(node: &Node, scope: Scope<'_>) -> bool {
         match scope {
-            Scope::Live => node.live,
+            Scope::Live(_) => node.live,
             Scope::Bootstrap(cache) => !node.live && node.creator == Some(cache),
             Scope::KeyFill(cache) => node.creator == Some(cache),
         }
@@ -423,7 +488,7 @@ impl Graph {
 
     /// Delivers each `(node, batch)` as the output of `node` to its children in `scope`,
     /// and runs everything below in topological order.
-    fn propagate(&mut self, outputs: Vec<(NodeId, Batch)>, scope: Scope) {
+    fn propagate(&mut self, outputs: Vec<(NodeId, Batch)>, scope: Scope<'_>) {
         let mut pending: BTreeMap<NodeId, Vec<(usize, Batch)>> = BTreeMap::new();
         let mut held = Vec::new();
         for (node, batch) in outputs {
@@ -437,7 +502,7 @@ impl Graph {
     fn run(
         &mut self,
         mut pending: BTreeMap<NodeId, Vec<(usize, Batch)>>,
-        scope: Scope,
+        scope: Scope<'_>,
         mut held: Vec<Held>,
     ) {
         while let Some((id, inputs)) = pending.pop_first() {
@@ -447,7 +512,10 @@ impl Graph {
             let mut output = Vec::new();
             mem::take();
             for (input, batch) in inputs {
-                output.extend(node.op.process(input, batch));
+                output.extend(match scope {
+                    Scope::Live(stored) => node.op.process_stored(input, batch, stored),
+                    _ => node.op.process(input, batch),
+                });
             }
             node.state_bytes = node.state_bytes.saturating_add(mem::take());
             debug_assert!(
@@ -467,7 +535,7 @@ impl Graph {
         &self,
         from: NodeId,
         batch: Batch,
-        scope: Scope,
+        scope: Scope<'_>,
         pending: &mut BTreeMap<NodeId, Vec<(usize, Batch)>>,
         held: &mut Vec<Held>,
     ) {
@@ -489,7 +557,7 @@ impl Graph {
                     }
                 }
                 targets.push((child, input));
-            } else if matches!(scope, Scope::Live) {
+            } else if matches!(scope, Scope::Live(_)) {
                 // A live node feeding a node still being filled: that cache replays it later.
                 if let Some(cache) = c.creator.filter(|id| self.is_filling(*id)) {
                     held.push(Held {

@@ -14,7 +14,9 @@ use std::collections::hash_map;
 use larder_sql::plan::JoinKind;
 use larder_sql::value::{Key, Row, Value};
 
+use super::join_stored::{bump_quiet, StoredSide};
 use super::{bump, known, match_key, mem, Batch, Operator, Record, RowCounts};
+use crate::stored::{NoStoredRows, StoredError, StoredIndex, StoredRows};
 
 /// The rows of one side that share a key.
 #[derive(Debug, Default)]
@@ -36,6 +38,13 @@ pub struct JoinOp {
     /// LEFT join only: left rows with a NULL in their `on` columns (they match nothing and
     /// are output padded with NULLs), kept so that [`Operator::current_output`] can list them.
     left_unmatchable: RowCounts,
+    /// A side that can be read from storage (see [`super::join_stored`]); it is, once
+    /// `reading` (from when the cache is live: its fill keeps both sides in memory).
+    stored: Option<StoredSide>,
+    reading: bool,
+    /// While `reading`: the changes received on the stored side during the transaction
+    /// being applied, by key (dropped at its end, when storage has them).
+    overlay: FxHashMap<Key, KeyRows>,
 }
 
 fn concat(l: &[Value], r: &[Value]) -> Row {
@@ -74,6 +83,22 @@ fn store(side: &mut FxHashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (
     }
 }
 
+static EMPTY: RowCounts = RowCounts::new();
+
+/// Uncharges a side's state as it is dropped.
+fn free_side(side: FxHashMap<Key, KeyRows>) {
+    for (key, rows) in side {
+        mem::charge(-mem::key_bytes(&key));
+        free_rows(rows.rows);
+    }
+}
+
+fn free_rows(rows: RowCounts) {
+    for row in rows.keys() {
+        mem::charge(-mem::row_bytes(&row.0));
+    }
+}
+
 impl JoinOp {
     pub fn new(
         kind: JoinKind,
@@ -94,26 +119,121 @@ impl JoinOp {
             left: FxHashMap::default(),
             right: FxHashMap::default(),
             left_unmatchable: RowCounts::new(),
+            stored: None,
+            reading: false,
+            overlay: FxHashMap::default(),
         }
+    }
+
+    /// Lets one side be read from storage once [`Operator::read_storage`] is called.
+    pub(crate) fn set_stored_side(&mut self, side: StoredSide) {
+        self.stored = Some(side);
+    }
+
+    /// The input read from storage now, if any.
+    fn stored_input(&self) -> Option<usize> {
+        self.stored
+            .as_ref()
+            .filter(|_| self.reading)
+            .map(|s| s.side)
+    }
+
+    /// Rows of the stored side whose `on` columns equal those of `row` (a row of input
+    /// `input`, whose `key` it is), as of the changes this join has received: storage
+    /// before the transaction plus the overlay.
+    fn stored_rows(
+        &mut self,
+        input: usize,
+        row: &[Value],
+        key: &Key,
+        stored: &dyn StoredRows,
+    ) -> Result<(RowCounts, i64), StoredError> {
+        self.stored_rows_upto(input, row, key, stored, None)
+    }
+
+    /// [`stored_rows`](Self::stored_rows), but storage may stop reading once the total is
+    /// known to be at least `enough` beyond what the overlay takes away.
+    fn stored_rows_upto(
+        &mut self,
+        input: usize,
+        row: &[Value],
+        key: &Key,
+        stored: &dyn StoredRows,
+        enough: Option<i64>,
+    ) -> Result<(RowCounts, i64), StoredError> {
+        let side = self
+            .stored
+            .as_mut()
+            .expect("called only while reading storage");
+        let row_on = if input == 0 {
+            &self.left_on
+        } else {
+            &self.right_on
+        };
+        let own_on = if side.side == 0 {
+            &self.left_on
+        } else {
+            &self.right_on
+        };
+        let values: Vec<Value> = row_on.iter().map(|&c| row[c].clone()).collect();
+        let pending = self.overlay.get(key);
+        // The overlay may retract up to its own total: read that much more.
+        let enough = enough.map(|e| {
+            let taken = pending.map_or(0, |p| p.total.unsigned_abs());
+            e.saturating_add(i64::try_from(taken).unwrap_or(i64::MAX))
+        });
+        let mut rows = side.rows(stored, own_on, &values, enough)?;
+        if let Some(pending) = pending {
+            for (r, &c) in &pending.rows {
+                bump_quiet(&mut rows, r.0.clone(), c);
+            }
+        }
+        let total = rows.values().fold(0i64, |t, &c| t.saturating_add(c));
+        Ok((rows, total))
+    }
+
+    /// The output of a row of input `input` whose matches storage could not give: unknown
+    /// but for its own columns and the key, so the affected reader keys go upstream.
+    fn unreadable(&self, input: usize, row: &[Value], diff: i64, e: &StoredError, out: &mut Batch) {
+        tracing::error!(error = %e, "a join could not read its stored side; the affected keys are answered upstream");
+        let known: Vec<Option<Value>> = row.iter().cloned().map(Some).collect();
+        let mut side_out = Vec::new();
+        self.poison(input, known, diff, &mut side_out);
+        out.extend(side_out);
     }
 
     fn nulls(&self) -> Vec<Value> {
         vec![Value::Null; self.right_width]
     }
 
-    fn left_row(&mut self, row: Row, diff: i64, out: &mut Batch) {
+    fn left_row(&mut self, row: Row, diff: i64, out: &mut Batch, stored: &dyn StoredRows) {
         let Some(key) = match_key(&row, &self.left_on) else {
             if self.kind == JoinKind::Left {
                 out.push(Record::Row {
                     row: concat(&row, &self.nulls()),
                     diff,
                 });
-                bump(&mut self.left_unmatchable, row, diff);
+                if self.stored_input() != Some(0) {
+                    bump(&mut self.left_unmatchable, row, diff);
+                }
             }
             return;
         };
         let mut matched = false;
-        if let Some(entry) = self.right.get(&key) {
+        if self.stored_input() == Some(1) {
+            match self.stored_rows(0, &row, &key, stored) {
+                Ok((rows, total)) => {
+                    matched = total > 0;
+                    for (r, &c) in &rows {
+                        out.push(Record::Row {
+                            row: concat(&row, &r.0),
+                            diff: diff.saturating_mul(c),
+                        });
+                    }
+                }
+                Err(e) => return self.unreadable(0, &row, diff, &e, out),
+            }
+        } else if let Some(entry) = self.right.get(&key) {
             matched = entry.total > 0;
             for (r, &c) in &entry.rows {
                 out.push(Record::Row {
@@ -128,32 +248,66 @@ impl JoinOp {
                 diff,
             });
         }
-        store(&mut self.left, key, row, diff);
+        if self.stored_input() == Some(0) {
+            store(&mut self.overlay, key, row, diff);
+        } else {
+            store(&mut self.left, key, row, diff);
+        }
     }
 
-    fn right_row(&mut self, row: Row, diff: i64, out: &mut Batch) {
+    fn right_row(&mut self, row: Row, diff: i64, out: &mut Batch, stored: &dyn StoredRows) {
         let Some(key) = match_key(&row, &self.right_on) else {
             return;
         };
-        if let Some(entry) = self.left.get(&key) {
-            for (l, &c) in &entry.rows {
-                out.push(Record::Row {
-                    row: concat(&l.0, &row),
-                    diff: diff.saturating_mul(c),
-                });
+        let left: Option<RowCounts> = if self.stored_input() == Some(0) {
+            match self.stored_rows(1, &row, &key, stored) {
+                Ok((rows, _)) => Some(rows),
+                Err(e) => return self.unreadable(1, &row, diff, &e, out),
             }
+        } else {
+            None
+        };
+        let left_rows = || -> &RowCounts {
+            match &left {
+                Some(rows) => rows,
+                None => self.left.get(&key).map_or(&EMPTY, |e| &e.rows),
+            }
+        };
+        for (l, &c) in left_rows() {
+            out.push(Record::Row {
+                row: concat(&l.0, &row),
+                diff: diff.saturating_mul(c),
+            });
         }
-        let (old, new) = store(&mut self.right, key.clone(), row, diff);
+        let (old, new) = if self.stored_input() == Some(1) {
+            let old = if self.kind == JoinKind::Left {
+                // Only whether the key has matches before and after matters: once the total
+                // is past |diff|, both are "yes", whatever more storage holds.
+                let enough = diff.saturating_abs().saturating_add(1);
+                match self.stored_rows_upto(1, &row, &key, stored, Some(enough)) {
+                    Ok((_, total)) => total,
+                    Err(e) => return self.unreadable(1, &row, diff, &e, out),
+                }
+            } else {
+                0
+            };
+            store(&mut self.overlay, key.clone(), row, diff);
+            (old, old.saturating_add(diff))
+        } else {
+            store(&mut self.right, key.clone(), row, diff)
+        };
         if self.kind == JoinKind::Left && (old > 0) != (new > 0) {
             let sign = if new > 0 { -1 } else { 1 };
-            if let Some(entry) = self.left.get(&key) {
-                let nulls = self.nulls();
-                for (l, &c) in &entry.rows {
-                    out.push(Record::Row {
-                        row: concat(&l.0, &nulls),
-                        diff: sign * c,
-                    });
-                }
+            let nulls = self.nulls();
+            let rows = match &left {
+                Some(rows) => rows,
+                None => self.left.get(&key).map_or(&EMPTY, |e| &e.rows),
+            };
+            for (l, &c) in rows {
+                out.push(Record::Row {
+                    row: concat(&l.0, &nulls),
+                    diff: sign * c,
+                });
             }
         }
     }
@@ -198,18 +352,112 @@ impl Operator for JoinOp {
     }
 
     fn process(&mut self, input: usize, batch: Batch) -> Batch {
+        self.process_stored(input, batch, &NoStoredRows)
+    }
+
+    fn process_stored(&mut self, input: usize, batch: Batch, stored: &dyn StoredRows) -> Batch {
         let mut out = Vec::new();
         for record in batch {
             match record {
-                Record::Row { row, diff } if input == 0 => self.left_row(row, diff, &mut out),
-                Record::Row { row, diff } => self.right_row(row, diff, &mut out),
+                Record::Row { row, diff } if input == 0 => {
+                    self.left_row(row, diff, &mut out, stored)
+                }
+                Record::Row { row, diff } => self.right_row(row, diff, &mut out, stored),
                 Record::Poison { row, diff } => self.poison(input, row, diff, &mut out),
             }
         }
         out
     }
 
+    fn stored_index(&self) -> Option<StoredIndex> {
+        self.stored.as_ref().and_then(StoredSide::index)
+    }
+
+    fn read_storage(&mut self) {
+        let Some(side) = self.stored.as_ref().map(|s| s.side) else {
+            return;
+        };
+        if self.reading {
+            return;
+        }
+        self.reading = true;
+        let state = if side == 0 {
+            free_rows(std::mem::take(&mut self.left_unmatchable));
+            std::mem::take(&mut self.left)
+        } else {
+            std::mem::take(&mut self.right)
+        };
+        free_side(state);
+    }
+
+    fn end_txn(&mut self) {
+        free_side(std::mem::take(&mut self.overlay));
+    }
+
+    fn lists_output(&self) -> bool {
+        !(self.reading && self.stored_input() == Some(0) && self.kind == JoinKind::Left)
+    }
+
+    fn reads_storage(&self) -> bool {
+        self.reading
+    }
+
+    fn list_output(&mut self, stored: &dyn StoredRows) -> Result<Option<Batch>, StoredError> {
+        let Some(side) = self.stored_input() else {
+            return Ok(self.current_output());
+        };
+        debug_assert!(self.overlay.is_empty(), "listed between transactions");
+        if !self.lists_output() {
+            return Ok(None);
+        }
+        // One probe row per key of the side in memory: every row under a key has its values.
+        let kept = if side == 1 { &self.left } else { &self.right };
+        let probes: Vec<(Key, Row)> = kept
+            .iter()
+            .filter_map(|(k, e)| Some((k.clone(), e.rows.keys().next()?.0.clone())))
+            .collect();
+        let probe_input = 1 - side;
+        let nulls = self.nulls();
+        let mut out = Vec::new();
+        for (key, probe) in probes {
+            let (found, total) = self.stored_rows(probe_input, &probe, &key, stored)?;
+            let kept = if side == 1 { &self.left } else { &self.right };
+            let Some(entry) = kept.get(&key) else {
+                continue;
+            };
+            for (k, &kc) in &entry.rows {
+                for (f, &fc) in &found {
+                    let row = if side == 1 {
+                        concat(&k.0, &f.0)
+                    } else {
+                        concat(&f.0, &k.0)
+                    };
+                    out.push(Record::Row {
+                        row,
+                        diff: kc.saturating_mul(fc),
+                    });
+                }
+                if side == 1 && self.kind == JoinKind::Left && total <= 0 {
+                    out.push(Record::Row {
+                        row: concat(&k.0, &nulls),
+                        diff: kc,
+                    });
+                }
+            }
+        }
+        for (l, &c) in &self.left_unmatchable {
+            out.push(Record::Row {
+                row: concat(&l.0, &nulls),
+                diff: c,
+            });
+        }
+        Ok(Some(out))
+    }
+
     fn current_output(&self) -> Option<Batch> {
+        if self.reading {
+            return None;
+        }
         let mut out = Vec::new();
         let nulls = self.nulls();
         for (key, left) in &self.left {

@@ -24,11 +24,13 @@ use left_right::WriteHandle;
 
 use crate::order::{OrdRow, SortedRow};
 use crate::reader::{ReaderOp, ReaderState};
+use crate::stored::{StoredError, StoredIndex, StoredRows};
 
 pub(crate) mod accum;
 pub(crate) mod aggregate;
 pub(crate) mod distinct;
 pub(crate) mod join;
+pub(crate) mod join_stored;
 pub(crate) mod map;
 pub(crate) mod mem;
 pub(crate) mod semijoin;
@@ -69,6 +71,35 @@ pub trait Operator: Send + fmt::Debug + Any {
     fn current_output(&self) -> Option<Batch> {
         None
     }
+    /// Whether [`list_output`](Self::list_output) can list the output (a LEFT join reading
+    /// its left side from storage cannot).
+    fn lists_output(&self) -> bool {
+        true
+    }
+    /// Whether the operator reads part of its state from storage (so listing its output
+    /// needs storage too).
+    fn reads_storage(&self) -> bool {
+        false
+    }
+    /// [`current_output`](Self::current_output), with storage as of now for an operator
+    /// that reads part of its state from there (called between transactions).
+    fn list_output(&mut self, _stored: &dyn StoredRows) -> Result<Option<Batch>, StoredError> {
+        Ok(self.current_output())
+    }
+    /// `process` for live changes of one transaction, with storage as of before it (see
+    /// [`crate::stored`]); only a join reading a side from storage uses it.
+    fn process_stored(&mut self, input: usize, batch: Batch, _stored: &dyn StoredRows) -> Batch {
+        self.process(input, batch)
+    }
+    /// The secondary index this operator reads once it reads storage (joins only).
+    fn stored_index(&self) -> Option<StoredIndex> {
+        None
+    }
+    /// From now on, read the side that can be read from storage from there, and drop it
+    /// from memory. Called when the cache is live (its state equals storage).
+    fn read_storage(&mut self) {}
+    /// The transaction being applied has ended (storage now holds its changes).
+    fn end_txn(&mut self) {}
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

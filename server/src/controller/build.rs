@@ -290,18 +290,33 @@ fn fill_cache(
     announce: bool,
 ) -> Result<Arc<CacheEntry>, ControllerError> {
     let internal = |e: String| ControllerError::Internal(e);
-    let (cache_id, reader, tables, snapshot, partial) = {
+    let (cache_id, reader, tables, snapshot, partial, new_indexes) = {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        // Storage and the graph are at the same transaction while the lock is held: the
+        // snapshot is the view a shared join reading storage lists its output from, and
+        // what the new cache is filled from.
+        let snapshot = core.storage.snapshot();
         let (id, reader) = graph
-            .add_cache(&plan)
+            .add_cache_with(&plan, Some(&core.storage.stored_view(&snapshot)))
             .map_err(|e| internal(e.to_string()))?;
         let tables = graph.bootstrap_tables(id);
+        // Indexes the new cache's joins will read are kept by every transaction from here
+        // on (none runs before the lock is released, so none after the snapshot misses
+        // them), and filled from the snapshot (see `storage/index.rs`).
+        let new_indexes = match core.storage.set_indexes(&graph.stored_indexes()) {
+            Ok(added) => added,
+            Err(e) => {
+                let _ = graph.remove_cache(id);
+                return Err(e.into());
+            }
+        };
         (
             id,
             reader,
             tables,
-            core.storage.snapshot(),
+            snapshot,
             graph.partial_key(id),
+            new_indexes,
         )
     };
     // A partial cache starts empty and ready: its keys are filled from storage on demand.
@@ -356,7 +371,7 @@ fn fill_cache(
         tokio::task::spawn_blocking(move || crate::partial::warm_up(core, weak));
         return Ok(entry);
     }
-    let filled = fill_from(core, &snapshot, cache_id, &tables);
+    let filled = fill_from(core, &snapshot, cache_id, &tables, &new_indexes);
     drop(snapshot);
     let finished = filled.and_then(|()| {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
@@ -380,6 +395,7 @@ fn fill_from(
     snapshot: &crate::storage::Snapshot<'_>,
     cache: larder_dataflow::CacheId,
     tables: &[DfTableId],
+    new_indexes: &[(u32, Vec<usize>)],
 ) -> Result<(), ControllerError> {
     loop {
         if core.is_shutting_down() {
@@ -396,16 +412,75 @@ fn fill_from(
     for &table in tables {
         let stored = u32::try_from(table.0)
             .map_err(|_| ControllerError::Internal(format!("table id {} out of range", table.0)))?;
+        let indexes = IndexFill::new(core, stored, new_indexes)?;
         core.storage
             .scan_table_chunks(snapshot, stored, FILL_CHUNK_ROWS, |rows| {
                 if core.is_shutting_down() {
                     return Err(ControllerError::Unavailable("shutting down".into()));
                 }
+                indexes.write(core, &rows)?;
                 let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
                 graph.bootstrap_rows(cache, table, rows).map_err(fill_error)
             })?;
     }
+    // A new index on a table the cache does not read from storage (none today: a join
+    // reading storage is built over its base table's rows) is filled all the same.
+    for (table, _) in new_indexes {
+        if !tables.contains(&DfTableId(u64::from(*table))) {
+            let indexes = IndexFill::new(core, *table, new_indexes)?;
+            core.storage
+                .scan_table_chunks(snapshot, *table, FILL_CHUNK_ROWS, |rows| {
+                    indexes.write(core, &rows)
+                })?;
+        }
+    }
     Ok(())
+}
+
+/// The new secondary indexes of one table, filled as its rows are scanned.
+struct IndexFill {
+    table: Option<crate::storage::StoredTable>,
+    columns: Vec<Vec<usize>>,
+}
+
+impl IndexFill {
+    fn new(
+        core: &Core,
+        table: u32,
+        new_indexes: &[(u32, Vec<usize>)],
+    ) -> Result<IndexFill, ControllerError> {
+        let columns: Vec<Vec<usize>> = new_indexes
+            .iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, c)| c.clone())
+            .collect();
+        if columns.is_empty() {
+            return Ok(IndexFill {
+                table: None,
+                columns,
+            });
+        }
+        let stored = core
+            .tables
+            .read()
+            .expect("tables lock poisoned")
+            .by_table_id(table)
+            .and_then(|t| t.stored.clone())
+            .ok_or_else(|| ControllerError::Internal(format!("table {table} has no storage")))?;
+        Ok(IndexFill {
+            table: Some(stored),
+            columns,
+        })
+    }
+
+    fn write(&self, core: &Core, rows: &[larder_sql::Row]) -> Result<(), ControllerError> {
+        if let Some(table) = &self.table {
+            for columns in &self.columns {
+                core.storage.fill_index(table, columns, rows)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Too many changes arrived while the cache was being filled: worth trying again later.

@@ -455,6 +455,10 @@ impl Controller {
         tokio::task::spawn_blocking(move || {
             let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
             let _ = graph.remove_cache(cache_id);
+            // Indexes only this cache's joins read are dropped.
+            if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
+                tracing::warn!(error = %e, "dropping secondary indexes failed");
+            }
         })
         .await
         .map_err(|e| ControllerError::Internal(e.to_string()))?;

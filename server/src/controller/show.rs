@@ -161,6 +161,7 @@ impl Controller {
             "Caches".into(),
             self.core.caches.all().len().to_string(),
         ]);
+        t.push(vec!["Join Indexes".into(), self.join_indexes()]);
         t.push(vec![
             "Last Error".into(),
             status
@@ -171,6 +172,36 @@ impl Controller {
                 .unwrap_or_default(),
         ]);
         t
+    }
+
+    /// The secondary indexes joins read from storage, e.g. `1: public.votes (story_id)`.
+    fn join_indexes(&self) -> String {
+        let indexes = self.core.storage.indexes();
+        let tables = self.core.tables.read().expect("tables lock poisoned");
+        let mut names: Vec<String> = indexes
+            .iter()
+            .map(|(table, columns)| match tables.by_table_id(*table) {
+                Some(t) => {
+                    let cols: Vec<&str> = columns
+                        .iter()
+                        .map(|&c| t.schema.columns.get(c).map_or("?", |c| c.name.as_str()))
+                        .collect();
+                    format!(
+                        "{}.{} ({})",
+                        t.schema.schema,
+                        t.schema.name,
+                        cols.join(", ")
+                    )
+                }
+                None => format!("table {table} ({columns:?})"),
+            })
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            "0".into()
+        } else {
+            format!("{}: {}", names.len(), names.join("; "))
+        }
     }
 
     pub(super) fn show_tables(&self) -> Table {

@@ -318,13 +318,19 @@ pub fn apply_batch(
         }
         None => txn.set_position(position),
     }
+    // Joins that read a side from storage see it as of before this transaction, plus the
+    // changes they have received from it (`larder_dataflow::stored`).
+    let before = core.storage.snapshot();
     txn.commit()?;
-    for (table, changes) in pending.0 {
-        let table = DfTableId(table as u64);
-        if let Err(e) = graph.apply(table, &changes) {
-            quarantine_table(core, &mut graph, table, &e);
-        }
+    let view = core.storage.stored_view(&before);
+    let runs = pending
+        .0
+        .iter()
+        .map(|(table, changes)| (DfTableId(u64::from(*table)), changes.as_slice()));
+    for (table, e) in graph.apply_txn(runs, &view) {
+        quarantine_table(core, &mut graph, table, &e);
     }
+    drop(before);
     graph.publish();
     if position == 0 {
         drop(graph);

@@ -124,6 +124,9 @@ impl Storage {
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         self.db
             .set_options_cf(self.cf(CF_ROWS), &[("disable_auto_compactions", "true")])?;
+        // Bulk-loaded rows bypass the secondary indexes: none is kept from here on, and the
+        // caches built afterwards fill theirs again (no cache reads storage during a copy).
+        self.forget_indexes()?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 //! - `meta`: `pos` -> position (u64 BE); `table/<id>` -> table record; `cache/<name>` -> cache record;
 //!   `next_table_id` -> u32; `upstream` -> the upstream's identity (system identifier and
 //!   database name) the stored data was copied from.
+//! - `index`: secondary indexes for joins that read a side from storage (see `index.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,9 +21,12 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use thiserror::Error;
 
 mod bulk;
+mod index;
 mod txn;
 
 pub use bulk::BulkBuffer;
+pub use index::StoredView;
+use index::CF_INDEX;
 pub use txn::Txn;
 
 const CF_ROWS: &str = "rows";
@@ -130,6 +134,8 @@ pub struct Storage {
     dir: std::path::PathBuf,
     /// Names of bulk-load SST files (see [`Storage::bulk_load_begin`]).
     bulk_files: std::sync::atomic::AtomicU64,
+    /// The secondary indexes every transaction keeps (see `index.rs`).
+    indexes: std::sync::RwLock<index::Registry>,
 }
 
 impl Storage {
@@ -138,19 +144,22 @@ impl Storage {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        let cfs = [CF_ROWS, CF_META]
+        let cfs = [CF_ROWS, CF_META, CF_INDEX]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Storage {
+        let storage = Storage {
             db,
             dir: dir.to_path_buf(),
             bulk_files: Default::default(),
-        })
+            indexes: Default::default(),
+        };
+        storage.clear_indexes()?;
+        Ok(storage)
     }
 
     pub(super) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        // Both families are created at open; their absence is a programming error.
+        // Every family is created at open; their absence is a programming error.
         self.db
             .cf_handle(name)
             .expect("column family created at open")
@@ -448,6 +457,7 @@ impl Storage {
 
     fn wipe_into(&self, batch: &mut WriteBatch, prefixes: &[&[u8]]) -> Result<(), StorageError> {
         batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
+        batch.delete_range_cf(self.cf(CF_INDEX), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_cf(self.cf(CF_META), KEY_POSITION);
         batch.delete_cf(self.cf(CF_META), KEY_PARTIAL_TXN);
         for &prefix in prefixes {

@@ -3,6 +3,24 @@
 
 use super::*;
 
+/// The key of `row` in `rows`: the table id and its key columns (or, without a key, the
+/// whole row).
+pub(super) fn row_key(table: &StoredTable, row: &[Value]) -> Vec<u8> {
+    let mut key = table.id.to_be_bytes().to_vec();
+    if table.schema.key.is_empty() {
+        encode_key(row, &mut key);
+    } else {
+        let parts: Vec<Value> = table
+            .schema
+            .key
+            .iter()
+            .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
+            .collect();
+        encode_key(&parts, &mut key);
+    }
+    key
+}
+
 /// One upstream transaction's writes, applied atomically together with its position.
 /// Reads see the transaction's own earlier writes (the overlay) before the database.
 pub struct Txn<'a> {
@@ -23,22 +41,6 @@ impl<'a> Txn<'a> {
             cleared: Vec::new(),
             position: None,
         }
-    }
-
-    fn row_key(table: &StoredTable, row: &[Value]) -> Vec<u8> {
-        let mut key = table.id.to_be_bytes().to_vec();
-        if table.schema.key.is_empty() {
-            encode_key(row, &mut key);
-        } else {
-            let parts: Vec<Value> = table
-                .schema
-                .key
-                .iter()
-                .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
-                .collect();
-            encode_key(&parts, &mut key);
-        }
-        key
     }
 
     fn load(&mut self, key: &[u8]) -> Result<Option<(u32, Row)>, StorageError> {
@@ -72,13 +74,18 @@ impl<'a> Txn<'a> {
         self.overlay.insert(key, value);
     }
 
+    /// Adds (`put`) or removes the secondary index entries of `row`, stored under `key`.
+    fn index(&mut self, table: &StoredTable, row: &[Value], key: &[u8], put: bool) {
+        super::index::write_entries(self.storage, &mut self.batch, table.id, row, key, put);
+    }
+
     /// The stored row with the same identity as `probe` (key columns, or the whole row).
     pub fn get(
         &mut self,
         table: &StoredTable,
         probe: &[Value],
     ) -> Result<Option<Row>, StorageError> {
-        let key = Self::row_key(table, probe);
+        let key = row_key(table, probe);
         Ok(self.load(&key)?.map(|(_, row)| row))
     }
 
@@ -90,13 +97,20 @@ impl<'a> Txn<'a> {
             table.schema.columns.len(),
             "row shape checked before it is written"
         );
-        let key = Self::row_key(table, &row);
+        let key = row_key(table, &row);
         let existing = self.load(&key)?;
         if table.schema.key.is_empty() {
             let count = existing.map(|(c, _)| c).unwrap_or(0);
+            if count == 0 {
+                self.index(table, &row, &key, true);
+            }
             self.store(key, Some((count + 1, row)));
             Ok(None)
         } else {
+            if let Some((_, old)) = &existing {
+                self.index(table, old, &key, false);
+            }
+            self.index(table, &row, &key, true);
             self.store(key, Some((1, row)));
             Ok(existing.map(|(_, r)| r))
         }
@@ -108,13 +122,14 @@ impl<'a> Txn<'a> {
         table: &StoredTable,
         probe: &[Value],
     ) -> Result<Option<Row>, StorageError> {
-        let key = Self::row_key(table, probe);
+        let key = row_key(table, probe);
         match self.load(&key)? {
             None => Ok(None),
             Some((count, row)) => {
                 if count > 1 {
                     self.store(key, Some((count - 1, row.clone())));
                 } else {
+                    self.index(table, &row, &key, false);
                     self.store(key, None);
                 }
                 Ok(Some(row))
@@ -128,6 +143,8 @@ impl<'a> Txn<'a> {
         let start = table.to_be_bytes();
         let end = (table + 1).to_be_bytes();
         self.batch.delete_range_cf(cf, start, end);
+        self.batch
+            .delete_range_cf(self.storage.cf(super::CF_INDEX), start, end);
         self.overlay.retain(|k, _| !k.starts_with(&start));
         self.cleared.push(table);
     }
