@@ -187,13 +187,16 @@ impl Drop for SeedGuard {
 }
 
 fn bootstrap_from(graph: &mut Graph, id: CacheId, snapshot: &[Vec<Row>]) {
+    let storage = Storage(snapshot.to_vec());
     for table in graph.cache_tables(id) {
         let rows = snapshot[table.0 as usize].clone();
         graph
-            .bootstrap_rows(id, table, rows)
+            .bootstrap_rows_with(id, table, rows, &storage)
             .expect("bootstrap rows");
     }
-    graph.finish_bootstrap(id).expect("finish bootstrap");
+    graph
+        .finish_bootstrap_with(id, &storage)
+        .expect("finish bootstrap");
 }
 
 /// One random transaction: changes to one table, or runs of changes to two (possibly the
@@ -327,12 +330,14 @@ fn run_seed(seed: u64, stored_joins: bool) {
                 let rows = &snapshot[table.0 as usize];
                 let half = rows.len() / 2;
                 graph
-                    .bootstrap_rows(id, table, rows[..half].to_vec())
+                    .bootstrap_rows_with(id, table, rows[..half].to_vec(), &storage)
                     .expect("rows");
                 apply_random(&mut rng, &mut graph, &mut tables);
-                graph.bootstrap_shared(id, 2).expect("shared");
                 graph
-                    .bootstrap_rows(id, table, rows[half..].to_vec())
+                    .bootstrap_shared_with(id, 2, &storage)
+                    .expect("shared");
+                graph
+                    .bootstrap_rows_with(id, table, rows[half..].to_vec(), &storage)
                     .expect("rows");
             }
             if rng.gen_bool(0.3) && !caches.is_empty() {
@@ -340,7 +345,7 @@ fn run_seed(seed: u64, stored_joins: bool) {
                 graph.remove_cache(old.id).expect("remove");
             }
             apply_random(&mut rng, &mut graph, &mut tables);
-            graph.finish_bootstrap(id).expect("finish");
+            graph.finish_bootstrap_with(id, &storage).expect("finish");
             SHARED_NODES.fetch_add(graph.cache_nodes(id).shared, Ordering::Relaxed);
             if rng.gen_bool(0.5) && !caches.is_empty() {
                 let old: Cache = caches.swap_remove(0);

@@ -111,7 +111,9 @@ impl Graph {
             self.plan_sharing(plan, &relation_tables, stored.is_some())
         };
 
-        let mut stored_sides = if self.limits.stored_joins && partial.is_none() {
+        // Joins read storage only when the caller gives it: the fill reads it too.
+        let mut stored_sides = if self.limits.stored_joins && partial.is_none() && stored.is_some()
+        {
             super::stored::stored_sides(plan, &relation_tables, &schemas, &self.limits)?
         } else {
             Vec::new()
@@ -236,7 +238,14 @@ impl Graph {
             }
             return Ok((id, handle));
         }
-        self.propagate(initial, Scope::Bootstrap(id));
+        self.propagate(
+            initial,
+            Scope::Bootstrap {
+                cache: id,
+                stored: stored.unwrap_or(&NoStoredRows),
+                snapshot_rows: false,
+            },
+        );
         Ok((id, handle))
     }
 
@@ -362,6 +371,23 @@ impl Graph {
         table: TableId,
         rows: impl IntoIterator<Item = Row>,
     ) -> Result<(), GraphError> {
+        self.bootstrap_rows_with(cache, table, rows, &NoStoredRows)
+    }
+
+    /// [`bootstrap_rows`](Self::bootstrap_rows) with storage as of the fill's snapshot (the
+    /// one given to [`add_cache_with`](Self::add_cache_with)).
+    pub fn bootstrap_rows_with(
+        &mut self,
+        cache: CacheId,
+        table: TableId,
+        rows: impl IntoIterator<Item = Row>,
+        stored: &dyn StoredRows,
+    ) -> Result<(), GraphError> {
+        let scope = Scope::Bootstrap {
+            cache,
+            stored,
+            snapshot_rows: true,
+        };
         let entry = self
             .caches
             .get(&cache)
@@ -387,11 +413,11 @@ impl Graph {
             batch.push(Record::Row { row, diff: 1 });
             if batch.len() == BATCH_ROWS_MAX {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS_MAX));
-                self.propagate(vec![(base, full)], Scope::Bootstrap(cache));
+                self.propagate(vec![(base, full)], scope);
             }
         }
         if !batch.is_empty() {
-            self.propagate(vec![(base, batch)], Scope::Bootstrap(cache));
+            self.propagate(vec![(base, batch)], scope);
         }
         Ok(())
     }
@@ -402,6 +428,16 @@ impl Graph {
         &mut self,
         cache: CacheId,
         records_max: usize,
+    ) -> Result<bool, GraphError> {
+        self.bootstrap_shared_with(cache, records_max, &NoStoredRows)
+    }
+
+    /// [`bootstrap_shared`](Self::bootstrap_shared) with storage as of the fill's snapshot.
+    pub fn bootstrap_shared_with(
+        &mut self,
+        cache: CacheId,
+        records_max: usize,
+        stored: &dyn StoredRows,
     ) -> Result<bool, GraphError> {
         let mut budget = records_max.max(1);
         loop {
@@ -428,7 +464,11 @@ impl Graph {
             budget -= take;
             self.run(
                 BTreeMap::from([(node, vec![(input, batch)])]),
-                Scope::Bootstrap(cache),
+                Scope::Bootstrap {
+                    cache,
+                    stored,
+                    snapshot_rows: false,
+                },
                 Vec::new(),
             );
         }
@@ -439,7 +479,18 @@ impl Graph {
     /// now on live changes flow into it. After [`GraphError::BootstrapOverflow`] the caller
     /// must remove the cache.
     pub fn finish_bootstrap(&mut self, cache: CacheId) -> Result<(), GraphError> {
-        while !self.bootstrap_shared(cache, usize::MAX)? {}
+        self.finish_bootstrap_with(cache, &NoStoredRows)
+    }
+
+    /// [`finish_bootstrap`](Self::finish_bootstrap) with storage as of the fill's snapshot:
+    /// a join reading storage sees it plus the held changes replayed so far, which is
+    /// storage as it is now once all are replayed.
+    pub fn finish_bootstrap_with(
+        &mut self,
+        cache: CacheId,
+        stored: &dyn StoredRows,
+    ) -> Result<(), GraphError> {
+        while !self.bootstrap_shared_with(cache, usize::MAX, stored)? {}
         let entry = self
             .caches
             .get_mut(&cache)
@@ -458,11 +509,14 @@ impl Graph {
         let nodes = entry.nodes.clone();
         if let Some((from, to, input)) = defer {
             if let Some(node) = self.nodes.get_mut(&from) {
-                // The cache's own node, filled in memory: it reads no storage yet.
-                let output = present_output(node, &NoStoredRows)?;
+                let output = present_output(node, stored)?;
                 self.run(
                     BTreeMap::from([(to, vec![(input, output)])]),
-                    Scope::Bootstrap(cache),
+                    Scope::Bootstrap {
+                        cache,
+                        stored,
+                        snapshot_rows: false,
+                    },
                     Vec::new(),
                 );
             }
@@ -470,7 +524,11 @@ impl Graph {
         for (node, input, batch) in held {
             self.run(
                 BTreeMap::from([(node, vec![(input, batch)])]),
-                Scope::Bootstrap(cache),
+                Scope::Bootstrap {
+                    cache,
+                    stored,
+                    snapshot_rows: false,
+                },
                 Vec::new(),
             );
         }
@@ -478,10 +536,9 @@ impl Graph {
             if let Some(node) = self.nodes.get_mut(&n) {
                 if node.creator == Some(cache) {
                     node.live = true;
-                    // Its state now equals storage as of the last transaction applied: a
-                    // join side that storage can give is dropped from memory.
+                    // Storage now holds the replayed changes: a join's overlay goes.
                     mem::take();
-                    node.op.read_storage();
+                    node.op.end_txn();
                     node.state_bytes = node.state_bytes.saturating_add(mem::take());
                 }
             }

@@ -144,8 +144,13 @@ enum Scope<'s> {
     /// Live changes: live nodes, with storage as of before the transaction for joins that
     /// read a side from there.
     Live(&'s dyn StoredRows),
-    /// Bootstrap of one cache: the nodes it built, not yet live.
-    Bootstrap(CacheId),
+    /// Bootstrap of one cache: the nodes it built, not yet live, with storage as of the
+    /// fill's snapshot; `snapshot_rows` when the batches are that snapshot's table rows.
+    Bootstrap {
+        cache: CacheId,
+        stored: &'s dyn StoredRows,
+        snapshot_rows: bool,
+    },
     /// A partial cache's key fill: the nodes it built (all of them private filters and
     /// projections, and its reader).
     KeyFill(CacheId),
@@ -460,7 +465,9 @@ impl Graph {
         if let Some(sig) = &signature {
             self.signatures.entry(sig.bucket()).or_default().push(id);
         }
-        let ledger = op.current_output().map(|_| OutputLedger::default());
+        // Stateful operators can list their output (a join reading storage, from there).
+        let lists = op.reads_storage() || op.current_output().is_some();
+        let ledger = lists.then(OutputLedger::default);
         self.nodes.insert(
             id,
             Node {
@@ -481,7 +488,7 @@ impl Graph {
     fn in_scope(node: &Node, scope: Scope<'_>) -> bool {
         match scope {
             Scope::Live(_) => node.live,
-            Scope::Bootstrap(cache) => !node.live && node.creator == Some(cache),
+            Scope::Bootstrap { cache, .. } => !node.live && node.creator == Some(cache),
             Scope::KeyFill(cache) => node.creator == Some(cache),
         }
     }
@@ -513,8 +520,13 @@ impl Graph {
             mem::take();
             for (input, batch) in inputs {
                 output.extend(match scope {
-                    Scope::Live(stored) => node.op.process_stored(input, batch, stored),
-                    _ => node.op.process(input, batch),
+                    Scope::Live(stored) => node.op.process_stored(input, batch, stored, false),
+                    Scope::Bootstrap {
+                        stored,
+                        snapshot_rows,
+                        ..
+                    } => node.op.process_stored(input, batch, stored, snapshot_rows),
+                    Scope::KeyFill(_) => node.op.process(input, batch),
                 });
             }
             node.state_bytes = node.state_bytes.saturating_add(mem::take());
@@ -551,7 +563,7 @@ impl Graph {
                 continue;
             };
             if Self::in_scope(c, scope) {
-                if let Scope::Bootstrap(cache) = scope {
+                if let Scope::Bootstrap { cache, .. } = scope {
                     if self.deferred(cache) == Some((from, child, input)) {
                         continue;
                     }

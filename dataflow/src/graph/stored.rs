@@ -5,11 +5,12 @@
 //! whose stored encoding is equal exactly when the values are (integers, text, booleans,
 //! uuids, dates, timestamps) and the same as the other side's column, so that the other
 //! side's values find the stored rows through the primary key or a secondary index. The
-//! right side is preferred; at most one side of a join reads storage, the other keeps its
-//! rows in memory. A join that reads storage cannot list its output for a new cache
-//! (`Operator::lists_output`), so a new cache that needs it builds its own.
+//! right side is preferred (a LEFT join's left side never qualifies: rows without matches
+//! are output too); at most one side of a join reads storage, the other keeps its rows in
+//! memory. The side reads storage from the start: while its cache fills it sees the fill's
+//! snapshot, so its rows are never held in memory at all.
 
-use larder_sql::plan::{CachePlan, Expr, NodeOp};
+use larder_sql::plan::{CachePlan, Expr, JoinKind, NodeOp};
 use larder_sql::value::{SqlType, TableSchema};
 
 use super::TableId;
@@ -17,6 +18,7 @@ use crate::build::{compile, BuiltNode};
 use crate::error::GraphError;
 use crate::graph::GraphLimits;
 use crate::ops::join_stored::StoredSide;
+use crate::stored::StoredIndex;
 
 /// Types whose values are found in storage by their encoding: one class per family of
 /// types that share a value representation.
@@ -45,12 +47,20 @@ struct SidePlan {
 /// For the join at plan node `join`, the side that can be read from storage.
 fn side_plan(plan: &CachePlan, join: usize, schemas: &[&TableSchema]) -> Option<SidePlan> {
     let NodeOp::Join {
-        left, right, on, ..
+        left,
+        right,
+        on,
+        kind,
     } = &plan.nodes.get(join)?.op
     else {
         return None;
     };
-    for side in [1, 0] {
+    // A LEFT join's left rows are its output even without matches: they are kept.
+    let sides: &[usize] = match kind {
+        JoinKind::Left => &[1],
+        _ => &[1, 0],
+    };
+    for &side in sides {
         let (input, other) = if side == 1 {
             (*right, *left)
         } else {
@@ -106,6 +116,36 @@ fn side_plan(plan: &CachePlan, join: usize, schemas: &[&TableSchema]) -> Option<
         }
     }
     None
+}
+
+impl super::Graph {
+    /// The secondary indexes a cache of `plan` would read from storage: build them before
+    /// adding it with [`add_cache_with`](super::Graph::add_cache_with) and storage, so its
+    /// fill can read them as of its snapshot.
+    pub fn plan_stored_indexes(&self, plan: &CachePlan) -> Vec<StoredIndex> {
+        if !self.limits.stored_joins {
+            return Vec::new();
+        }
+        let mut tables = Vec::with_capacity(plan.relations.len());
+        for r in &plan.relations {
+            match self.table_by_name(&r.schema, &r.name) {
+                Some(t) => tables.push(t),
+                None => return Vec::new(),
+            }
+        }
+        let schemas: Vec<&TableSchema> = tables.iter().map(|t| &self.tables[t].schema).collect();
+        let mut out: Vec<StoredIndex> = (0..plan.nodes.len())
+            .filter_map(|i| side_plan(plan, i, &schemas))
+            .filter(|p| primary_key_order(&p.columns, &schemas[p.relation].key).is_none())
+            .map(|p| StoredIndex {
+                table: tables[p.relation],
+                columns: p.columns,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// For each plan node, the stored side of a join that has one. Compiles the sides' filters

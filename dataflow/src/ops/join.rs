@@ -38,12 +38,11 @@ pub struct JoinOp {
     /// LEFT join only: left rows with a NULL in their `on` columns (they match nothing and
     /// are output padded with NULLs), kept so that [`Operator::current_output`] can list them.
     left_unmatchable: RowCounts,
-    /// A side that can be read from storage (see [`super::join_stored`]); it is, once
-    /// `reading` (from when the cache is live: its fill keeps both sides in memory).
+    /// A side read from storage instead of kept in memory (see [`super::join_stored`]).
     stored: Option<StoredSide>,
-    reading: bool,
-    /// While `reading`: the changes received on the stored side during the transaction
-    /// being applied, by key (dropped at its end, when storage has them).
+    /// The changes received on the stored side during the transaction being applied (or,
+    /// while the cache fills, since the fill's snapshot), by key; dropped at its end, when
+    /// storage has them.
     overlay: FxHashMap<Key, KeyRows>,
 }
 
@@ -120,22 +119,22 @@ impl JoinOp {
             right: FxHashMap::default(),
             left_unmatchable: RowCounts::new(),
             stored: None,
-            reading: false,
             overlay: FxHashMap::default(),
         }
     }
 
-    /// Lets one side be read from storage once [`Operator::read_storage`] is called.
+    /// Reads one side from storage from now on (set before the join sees any input).
     pub(crate) fn set_stored_side(&mut self, side: StoredSide) {
+        debug_assert!(
+            self.left.is_empty() && self.right.is_empty(),
+            "a stored side is chosen before any input"
+        );
         self.stored = Some(side);
     }
 
-    /// The input read from storage now, if any.
+    /// The input read from storage, if any.
     fn stored_input(&self) -> Option<usize> {
-        self.stored
-            .as_ref()
-            .filter(|_| self.reading)
-            .map(|s| s.side)
+        self.stored.as_ref().map(|s| s.side)
     }
 
     /// Rows of the stored side whose `on` columns equal those of `row` (a row of input
@@ -231,7 +230,13 @@ impl JoinOp {
                         });
                     }
                 }
-                Err(e) => return self.unreadable(0, &row, diff, &e, out),
+                Err(e) => {
+                    // Its output is unknown; the row is kept all the same, so the state
+                    // stays exact for the changes that follow.
+                    self.unreadable(0, &row, diff, &e, out);
+                    store(&mut self.left, key, row, diff);
+                    return;
+                }
             }
         } else if let Some(entry) = self.right.get(&key) {
             matched = entry.total > 0;
@@ -262,7 +267,11 @@ impl JoinOp {
         let left: Option<RowCounts> = if self.stored_input() == Some(0) {
             match self.stored_rows(1, &row, &key, stored) {
                 Ok((rows, _)) => Some(rows),
-                Err(e) => return self.unreadable(1, &row, diff, &e, out),
+                Err(e) => {
+                    self.unreadable(1, &row, diff, &e, out);
+                    store(&mut self.right, key, row, diff);
+                    return;
+                }
             }
         } else {
             None
@@ -286,7 +295,11 @@ impl JoinOp {
                 let enough = diff.saturating_abs().saturating_add(1);
                 match self.stored_rows_upto(1, &row, &key, stored, Some(enough)) {
                     Ok((_, total)) => total,
-                    Err(e) => return self.unreadable(1, &row, diff, &e, out),
+                    Err(e) => {
+                        self.unreadable(1, &row, diff, &e, out);
+                        store(&mut self.overlay, key, row, diff);
+                        return;
+                    }
                 }
             } else {
                 0
@@ -352,13 +365,23 @@ impl Operator for JoinOp {
     }
 
     fn process(&mut self, input: usize, batch: Batch) -> Batch {
-        self.process_stored(input, batch, &NoStoredRows)
+        self.process_stored(input, batch, &NoStoredRows, false)
     }
 
-    fn process_stored(&mut self, input: usize, batch: Batch, stored: &dyn StoredRows) -> Batch {
+    fn process_stored(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        stored: &dyn StoredRows,
+        snapshot_rows: bool,
+    ) -> Batch {
         let mut out = Vec::new();
+        // The fill's snapshot rows of the stored side are what storage gives (the other
+        // side's rows look them up); only their poison, which storage never gives, counts.
+        let skip_rows = snapshot_rows && self.stored_input() == Some(input);
         for record in batch {
             match record {
+                Record::Row { .. } if skip_rows => {}
                 Record::Row { row, diff } if input == 0 => {
                     self.left_row(row, diff, &mut out, stored)
                 }
@@ -373,33 +396,16 @@ impl Operator for JoinOp {
         self.stored.as_ref().and_then(StoredSide::index)
     }
 
-    fn read_storage(&mut self) {
-        let Some(side) = self.stored.as_ref().map(|s| s.side) else {
-            return;
-        };
-        if self.reading {
-            return;
-        }
-        self.reading = true;
-        let state = if side == 0 {
-            free_rows(std::mem::take(&mut self.left_unmatchable));
-            std::mem::take(&mut self.left)
-        } else {
-            std::mem::take(&mut self.right)
-        };
-        free_side(state);
-    }
-
     fn end_txn(&mut self) {
         free_side(std::mem::take(&mut self.overlay));
     }
 
     fn lists_output(&self) -> bool {
-        !(self.reading && self.stored_input() == Some(0) && self.kind == JoinKind::Left)
+        !(self.stored_input() == Some(0) && self.kind == JoinKind::Left)
     }
 
     fn reads_storage(&self) -> bool {
-        self.reading
+        self.stored.is_some()
     }
 
     fn list_output(&mut self, stored: &dyn StoredRows) -> Result<Option<Batch>, StoredError> {
@@ -455,7 +461,7 @@ impl Operator for JoinOp {
     }
 
     fn current_output(&self) -> Option<Batch> {
-        if self.reading {
+        if self.stored.is_some() {
             return None;
         }
         let mut out = Vec::new();
@@ -495,7 +501,7 @@ impl Operator for JoinOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testutil::{consolidate, del, ins, int, rows};
+    use crate::ops::testutil::{consolidate, del, ins, int, ints, rows};
 
     fn op(kind: JoinKind) -> JoinOp {
         JoinOp::new(kind, &[(0, 0)], 2, 2)
@@ -615,5 +621,115 @@ mod tests {
             }
         );
         assert!(j.left.is_empty(), "poison is never stored");
+    }
+
+    /// The right table as storage holds it before the transaction.
+    struct Right(Vec<Row>);
+
+    impl StoredRows for Right {
+        fn rows(
+            &self,
+            _table: crate::graph::TableId,
+            lookup: crate::stored::Lookup<'_>,
+            limit: usize,
+        ) -> Result<Vec<(Row, i64)>, StoredError> {
+            let crate::stored::Lookup::Index { columns, values } = lookup else {
+                panic!("no primary key here");
+            };
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| columns.iter().zip(values).all(|(&c, v)| &r[c] == v))
+                .map(|r| (r.clone(), 1))
+                .take(limit)
+                .collect())
+        }
+    }
+
+    /// `l LEFT JOIN r ON l.0 = r.1`, the right side read from storage.
+    fn stored_left_join() -> JoinOp {
+        let mut j = JoinOp::new(JoinKind::Left, &[(0, 1)], 2, 2);
+        j.set_stored_side(StoredSide {
+            side: 1,
+            table: crate::graph::TableId(0),
+            columns: vec![1],
+            primary_key: None,
+            chain: Vec::new(),
+        });
+        j
+    }
+
+    /// Regression (graph_differential, stored joins, SEED=11): a right row of a LEFT join
+    /// reading its right side from storage looked its key up with the left side's `on`
+    /// columns. Matches come from storage before the transaction plus the overlay.
+    #[test]
+    fn left_join_reading_its_right_side_from_storage() {
+        let null = Value::Null;
+        let mut j = stored_left_join();
+        let mut storage = Right(Vec::new());
+        let out = j.process_stored(0, vec![ins(&[1, 10])], &storage, false);
+        assert_eq!(
+            consolidate(out),
+            vec![(vec![int(1), int(10), null.clone(), null.clone()], 1)]
+        );
+        j.end_txn();
+        // One transaction, two matches: the first retracts the padded row, the second not.
+        let out = j.process_stored(1, vec![ins(&[100, 1]), ins(&[101, 1])], &storage, false);
+        assert_eq!(
+            consolidate(out),
+            vec![
+                (vec![int(1), int(10), null.clone(), null.clone()], -1),
+                (ints(&[1, 10, 100, 1]), 1),
+                (ints(&[1, 10, 101, 1]), 1),
+            ]
+        );
+        j.end_txn();
+        assert!(j.right.is_empty() && j.overlay.is_empty(), "nothing kept");
+        storage.0 = vec![ints(&[100, 1]), ints(&[101, 1])];
+        // A left row finds both in storage; deleting one of two keeps the key matched.
+        let out = j.process_stored(0, vec![ins(&[1, 11])], &storage, false);
+        assert_eq!(
+            consolidate(out),
+            rows(&[(&[1, 11, 100, 1], 1), (&[1, 11, 101, 1], 1)])
+        );
+        j.end_txn();
+        let out = j.process_stored(1, vec![del(&[100, 1])], &storage, false);
+        assert_eq!(
+            consolidate(out),
+            rows(&[(&[1, 10, 100, 1], -1), (&[1, 11, 100, 1], -1)])
+        );
+        // Deleting the last one in the same transaction pads both left rows again.
+        let out = j.process_stored(1, vec![del(&[101, 1])], &storage, false);
+        assert_eq!(
+            consolidate(out),
+            vec![
+                (vec![int(1), int(10), null.clone(), null.clone()], 1),
+                (ints(&[1, 10, 101, 1]), -1),
+                (vec![int(1), int(11), null.clone(), null.clone()], 1),
+                (ints(&[1, 11, 101, 1]), -1),
+            ]
+        );
+        j.end_txn();
+        storage.0.clear();
+        // Listing for a new cache reads storage too.
+        let listed = j.list_output(&storage).unwrap().unwrap();
+        assert_eq!(
+            consolidate(listed),
+            vec![
+                (vec![int(1), int(10), null.clone(), null.clone()], 1),
+                (vec![int(1), int(11), null.clone(), null], 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_storage_error_poisons_instead_of_guessing() {
+        let mut j = stored_left_join();
+        let out = j.process_stored(0, vec![ins(&[1, 10])], &NoStoredRows, false);
+        assert_eq!(
+            crate::ops::testutil::poisons(&out),
+            vec![(vec![Some(int(1)), Some(int(10)), None, Some(int(1))], 1)]
+        );
+        assert_eq!(j.left.len(), 1, "the row is kept: the state stays exact");
     }
 }

@@ -86,19 +86,25 @@ pub trait Operator: Send + fmt::Debug + Any {
     fn list_output(&mut self, _stored: &dyn StoredRows) -> Result<Option<Batch>, StoredError> {
         Ok(self.current_output())
     }
-    /// `process` for live changes of one transaction, with storage as of before it (see
-    /// [`crate::stored`]); only a join reading a side from storage uses it.
-    fn process_stored(&mut self, input: usize, batch: Batch, _stored: &dyn StoredRows) -> Batch {
+    /// `process` with storage (see [`crate::stored`]): as of before the transaction for live
+    /// changes, as of the fill's snapshot while a cache fills. `snapshot_rows`: the batch is
+    /// rows of that snapshot, which a side read from storage already has. Only a join
+    /// reading a side from storage uses either.
+    fn process_stored(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        _stored: &dyn StoredRows,
+        _snapshot_rows: bool,
+    ) -> Batch {
         self.process(input, batch)
     }
     /// The secondary index this operator reads once it reads storage (joins only).
     fn stored_index(&self) -> Option<StoredIndex> {
         None
     }
-    /// From now on, read the side that can be read from storage from there, and drop it
-    /// from memory. Called when the cache is live (its state equals storage).
-    fn read_storage(&mut self) {}
-    /// The transaction being applied has ended (storage now holds its changes).
+    /// The transaction being applied (or a new cache's fill) has ended: storage now holds
+    /// its changes.
     fn end_txn(&mut self) {}
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }

@@ -290,35 +290,26 @@ fn fill_cache(
     announce: bool,
 ) -> Result<Arc<CacheEntry>, ControllerError> {
     let internal = |e: String| ControllerError::Internal(e);
-    let (cache_id, reader, tables, snapshot, partial, new_indexes) = {
+    // The indexes its joins read are built first, so that its fill reads them as of its own
+    // snapshot (see `storage/index.rs`); pinned until the graph itself asks for them.
+    let indexes = build_indexes(core, &plan)?;
+    let (cache_id, reader, tables, snapshot, partial) = {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
         // Storage and the graph are at the same transaction while the lock is held: the
-        // snapshot is the view a shared join reading storage lists its output from, and
-        // what the new cache is filled from.
+        // snapshot is what the new cache is filled from, and the storage its joins read
+        // while it fills (and a shared join lists its output from).
         let snapshot = core.storage.snapshot();
         let (id, reader) = graph
             .add_cache_with(&plan, Some(&core.storage.stored_view(&snapshot)))
             .map_err(|e| internal(e.to_string()))?;
         let tables = graph.bootstrap_tables(id);
-        // Indexes the new cache's joins will read are kept by every transaction from here
-        // on (none runs before the lock is released, so none after the snapshot misses
-        // them), and filled from the snapshot (see `storage/index.rs`).
-        let new_indexes = match core.storage.set_indexes(&graph.stored_indexes()) {
-            Ok(added) => added,
-            Err(e) => {
-                let _ = graph.remove_cache(id);
-                return Err(e.into());
-            }
-        };
-        (
-            id,
-            reader,
-            tables,
-            snapshot,
-            graph.partial_key(id),
-            new_indexes,
-        )
+        if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
+            let _ = graph.remove_cache(id);
+            return Err(e.into());
+        }
+        (id, reader, tables, snapshot, graph.partial_key(id))
     };
+    drop(indexes);
     // A partial cache starts empty and ready: its keys are filled from storage on demand.
     let filler = match partial {
         Some(key) => {
@@ -371,12 +362,14 @@ fn fill_cache(
         tokio::task::spawn_blocking(move || crate::partial::warm_up(core, weak));
         return Ok(entry);
     }
-    let filled = fill_from(core, &snapshot, cache_id, &tables, &new_indexes);
-    drop(snapshot);
+    let filled = fill_from(core, &snapshot, cache_id, &tables);
     let finished = filled.and_then(|()| {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        graph.finish_bootstrap(cache_id).map_err(fill_error)
+        graph
+            .finish_bootstrap_with(cache_id, &core.storage.stored_view(&snapshot))
+            .map_err(fill_error)
     });
+    drop(snapshot);
     if let Err(e) = finished {
         if announce {
             core.caches.remove_if_same(&entry);
@@ -395,15 +388,15 @@ fn fill_from(
     snapshot: &crate::storage::Snapshot<'_>,
     cache: larder_dataflow::CacheId,
     tables: &[DfTableId],
-    new_indexes: &[(u32, Vec<usize>)],
 ) -> Result<(), ControllerError> {
+    let view = core.storage.stored_view(snapshot);
     loop {
         if core.is_shutting_down() {
             return Err(ControllerError::Unavailable("shutting down".into()));
         }
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
         if graph
-            .bootstrap_shared(cache, FILL_CHUNK_ROWS)
+            .bootstrap_shared_with(cache, FILL_CHUNK_ROWS, &view)
             .map_err(fill_error)?
         {
             break;
@@ -412,54 +405,60 @@ fn fill_from(
     for &table in tables {
         let stored = u32::try_from(table.0)
             .map_err(|_| ControllerError::Internal(format!("table id {} out of range", table.0)))?;
-        let indexes = IndexFill::new(core, stored, new_indexes)?;
         core.storage
             .scan_table_chunks(snapshot, stored, FILL_CHUNK_ROWS, |rows| {
                 if core.is_shutting_down() {
                     return Err(ControllerError::Unavailable("shutting down".into()));
                 }
-                indexes.write(core, &rows)?;
                 let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-                graph.bootstrap_rows(cache, table, rows).map_err(fill_error)
+                graph
+                    .bootstrap_rows_with(cache, table, rows, &view)
+                    .map_err(fill_error)
             })?;
-    }
-    // A new index on a table the cache does not read from storage (none today: a join
-    // reading storage is built over its base table's rows) is filled all the same.
-    for (table, _) in new_indexes {
-        if !tables.contains(&DfTableId(u64::from(*table))) {
-            let indexes = IndexFill::new(core, *table, new_indexes)?;
-            core.storage
-                .scan_table_chunks(snapshot, *table, FILL_CHUNK_ROWS, |rows| {
-                    indexes.write(core, &rows)
-                })?;
-        }
     }
     Ok(())
 }
 
-/// The new secondary indexes of one table, filled as its rows are scanned.
-struct IndexFill {
-    table: Option<crate::storage::StoredTable>,
-    columns: Vec<Vec<usize>>,
+/// Indexes a new cache will read, kept from creation to the cache's addition to the graph.
+struct PinnedIndexes<'a> {
+    core: &'a Core,
+    indexes: Vec<larder_dataflow::StoredIndex>,
 }
 
-impl IndexFill {
-    fn new(
-        core: &Core,
-        table: u32,
-        new_indexes: &[(u32, Vec<usize>)],
-    ) -> Result<IndexFill, ControllerError> {
-        let columns: Vec<Vec<usize>> = new_indexes
-            .iter()
-            .filter(|(t, _)| *t == table)
-            .map(|(_, c)| c.clone())
-            .collect();
-        if columns.is_empty() {
-            return Ok(IndexFill {
-                table: None,
-                columns,
-            });
-        }
+impl Drop for PinnedIndexes<'_> {
+    fn drop(&mut self) {
+        self.core.storage.unpin_indexes(&self.indexes);
+    }
+}
+
+/// Registers the secondary indexes a cache of `plan` reads (under the dataflow lock, so every
+/// transaction from then on keeps them) and fills those that are new from a snapshot taken
+/// after: a row written since is in both, none is missed.
+fn build_indexes<'a>(
+    core: &'a Core,
+    plan: &CachePlan,
+) -> Result<PinnedIndexes<'a>, ControllerError> {
+    let indexes = core
+        .dataflow
+        .lock()
+        .expect("dataflow lock poisoned")
+        .plan_stored_indexes(plan);
+    if indexes.is_empty() {
+        return Ok(PinnedIndexes { core, indexes });
+    }
+    // One build at a time: a second cache reading an index another is still filling waits
+    // for it to be complete.
+    let _building = core.storage.index_builds.lock().expect("index builds poisoned");
+    let (pinned, added) = {
+        let _graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        let added = core.storage.pin_indexes(&indexes)?;
+        (PinnedIndexes { core, indexes }, added)
+    };
+    if added.is_empty() {
+        return Ok(pinned);
+    }
+    let snapshot = core.storage.snapshot();
+    for (table, columns) in added {
         let stored = core
             .tables
             .read()
@@ -467,20 +466,24 @@ impl IndexFill {
             .by_table_id(table)
             .and_then(|t| t.stored.clone())
             .ok_or_else(|| ControllerError::Internal(format!("table {table} has no storage")))?;
-        Ok(IndexFill {
-            table: Some(stored),
-            columns,
-        })
+        let started = std::time::Instant::now();
+        core.storage
+            .scan_table_chunks(&snapshot, table, FILL_CHUNK_ROWS, |rows| {
+                if core.is_shutting_down() {
+                    return Err(ControllerError::Unavailable("shutting down".into()));
+                }
+                core.storage
+                    .fill_index(&stored, &columns, &rows)
+                    .map_err(ControllerError::from)
+            })?;
+        tracing::info!(
+            table = %format!("{}.{}", stored.schema.schema, stored.schema.name),
+            ?columns,
+            seconds = started.elapsed().as_secs_f64(),
+            "join index built"
+        );
     }
-
-    fn write(&self, core: &Core, rows: &[larder_sql::Row]) -> Result<(), ControllerError> {
-        if let Some(table) = &self.table {
-            for columns in &self.columns {
-                core.storage.fill_index(table, columns, rows)?;
-            }
-        }
-        Ok(())
-    }
+    Ok(pinned)
 }
 
 /// Too many changes arrived while the cache was being filled: worth trying again later.

@@ -86,19 +86,61 @@ pub(super) fn write_entries(
 }
 
 impl Storage {
+    /// Registers `indexes` (a cache about to be added reads them) and keeps them until
+    /// [`unpin_indexes`](Self::unpin_indexes), whatever [`set_indexes`](Self::set_indexes)
+    /// is given meanwhile; returns those that are new and must be filled
+    /// ([`Storage::fill_index`]). Call it under the dataflow lock.
+    pub fn pin_indexes(
+        &self,
+        indexes: &[larder_dataflow::StoredIndex],
+    ) -> Result<Vec<(TableId, Vec<usize>)>, StorageError> {
+        let mut pins = self.index_pins.lock().expect("index pins poisoned");
+        pins.extend(indexes.iter().cloned());
+        let mut wanted: BTreeSet<larder_dataflow::StoredIndex> = pins.iter().cloned().collect();
+        drop(pins);
+        let registry = self.indexes.read().expect("index registry poisoned");
+        for (table, columns) in registry.iter() {
+            for c in columns {
+                wanted.insert(larder_dataflow::StoredIndex {
+                    table: DfTableId(u64::from(*table)),
+                    columns: c.clone(),
+                });
+            }
+        }
+        drop(registry);
+        self.set_indexes(&wanted)
+    }
+
+    /// Ends one [`pin_indexes`](Self::pin_indexes) of `indexes`.
+    pub fn unpin_indexes(&self, indexes: &[larder_dataflow::StoredIndex]) {
+        let mut pins = self.index_pins.lock().expect("index pins poisoned");
+        for index in indexes {
+            if let Some(i) = pins.iter().position(|p| p == index) {
+                pins.swap_remove(i);
+            }
+        }
+    }
+
     /// Makes the kept indexes exactly `wanted` (the dataflow's
-    /// [`stored_indexes`](larder_dataflow::Graph::stored_indexes)); returns those that are
-    /// new and must be filled ([`Storage::fill_index`]). Indexes no longer wanted are
+    /// [`stored_indexes`](larder_dataflow::Graph::stored_indexes)) and the pinned ones;
+    /// returns those that are new and must be filled ([`Storage::fill_index`]). Indexes no longer wanted are
     /// deleted. Call it under the dataflow lock (no transaction is being written), before
     /// taking the snapshot the new indexes are filled from.
     pub fn set_indexes(
         &self,
         wanted: &BTreeSet<larder_dataflow::StoredIndex>,
     ) -> Result<Vec<(TableId, Vec<usize>)>, StorageError> {
+        let pinned: Vec<larder_dataflow::StoredIndex> = self
+            .index_pins
+            .lock()
+            .expect("index pins poisoned")
+            .clone();
         let mut registry = self.indexes.write().expect("index registry poisoned");
         let mut next: Registry = HashMap::new();
         let mut added = Vec::new();
-        for index in wanted {
+        let mut all: BTreeSet<&larder_dataflow::StoredIndex> = wanted.iter().collect();
+        all.extend(pinned.iter());
+        for index in all {
             let Ok(table) = TableId::try_from(index.table.0) else {
                 continue;
             };
@@ -108,7 +150,10 @@ impl Storage {
             if !known {
                 added.push((table, index.columns.clone()));
             }
-            next.entry(table).or_default().push(index.columns.clone());
+            let columns = next.entry(table).or_default();
+            if !columns.contains(&index.columns) {
+                columns.push(index.columns.clone());
+            }
         }
         let mut batch = WriteBatch::default();
         for (table, indexes) in registry.iter() {

@@ -136,6 +136,11 @@ pub struct Storage {
     bulk_files: std::sync::atomic::AtomicU64,
     /// The secondary indexes every transaction keeps (see `index.rs`).
     indexes: std::sync::RwLock<index::Registry>,
+    /// Indexes kept for caches being created, whatever the graph asks for (see
+    /// [`Storage::pin_indexes`]).
+    index_pins: std::sync::Mutex<Vec<larder_dataflow::StoredIndex>>,
+    /// Held while new indexes are filled, so that no cache reads one before it is complete.
+    pub index_builds: std::sync::Mutex<()>,
 }
 
 impl Storage {
@@ -153,6 +158,8 @@ impl Storage {
             dir: dir.to_path_buf(),
             bulk_files: Default::default(),
             indexes: Default::default(),
+            index_pins: Default::default(),
+            index_builds: Default::default(),
         };
         storage.clear_indexes()?;
         Ok(storage)
