@@ -119,6 +119,15 @@ fn side_plan(plan: &CachePlan, join: usize, schemas: &[&TableSchema]) -> Option<
 }
 
 impl super::Graph {
+    /// Whether a join of `cache` reads a side from storage.
+    pub fn cache_reads_storage(&self, cache: super::CacheId) -> bool {
+        self.caches.get(&cache).is_some_and(|c| {
+            c.nodes
+                .iter()
+                .any(|n| self.nodes.get(n).is_some_and(|n| n.op.reads_storage()))
+        })
+    }
+
     /// The secondary indexes a cache of `plan` would read from storage: build them before
     /// adding it with [`add_cache_with`](super::Graph::add_cache_with) and storage, so its
     /// fill can read them as of its snapshot.

@@ -25,6 +25,9 @@ use crate::tables::{TableEntry, TableState};
 
 /// Rows fed to a new cache per hold of the dataflow lock.
 const FILL_CHUNK_ROWS: usize = 8192;
+/// Rows fed per hold of the dataflow lock when the cache's joins read storage (each row may
+/// look up many stored rows): a transaction waits at most that long.
+const FILL_STORED_HOLD_ROWS: usize = 512;
 
 impl Controller {
     /// Lowering plus the checks that need live state; `Err` carries the reason. The tables
@@ -390,6 +393,11 @@ fn fill_from(
     tables: &[DfTableId],
 ) -> Result<(), ControllerError> {
     let view = core.storage.stored_view(snapshot);
+    let reads_storage = core
+        .dataflow
+        .lock()
+        .expect("dataflow lock poisoned")
+        .cache_reads_storage(cache);
     loop {
         if core.is_shutting_down() {
             return Err(ControllerError::Unavailable("shutting down".into()));
@@ -410,10 +418,20 @@ fn fill_from(
                 if core.is_shutting_down() {
                     return Err(ControllerError::Unavailable("shutting down".into()));
                 }
-                let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-                graph
-                    .bootstrap_rows_with(cache, table, rows, &view)
-                    .map_err(fill_error)
+                let hold = if reads_storage {
+                    FILL_STORED_HOLD_ROWS
+                } else {
+                    FILL_CHUNK_ROWS
+                };
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    let part: Vec<larder_sql::Row> = rows.by_ref().take(hold).collect();
+                    let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+                    graph
+                        .bootstrap_rows_with(cache, table, part, &view)
+                        .map_err(fill_error)?;
+                }
+                Ok(())
             })?;
     }
     Ok(())
@@ -448,7 +466,11 @@ fn build_indexes<'a>(
     }
     // One build at a time: a second cache reading an index another is still filling waits
     // for it to be complete.
-    let _building = core.storage.index_builds.lock().expect("index builds poisoned");
+    let _building = core
+        .storage
+        .index_builds
+        .lock()
+        .expect("index builds poisoned");
     let (pinned, added) = {
         let _graph = core.dataflow.lock().expect("dataflow lock poisoned");
         let added = core.storage.pin_indexes(&indexes)?;

@@ -130,11 +130,8 @@ impl Storage {
         &self,
         wanted: &BTreeSet<larder_dataflow::StoredIndex>,
     ) -> Result<Vec<(TableId, Vec<usize>)>, StorageError> {
-        let pinned: Vec<larder_dataflow::StoredIndex> = self
-            .index_pins
-            .lock()
-            .expect("index pins poisoned")
-            .clone();
+        let pinned: Vec<larder_dataflow::StoredIndex> =
+            self.index_pins.lock().expect("index pins poisoned").clone();
         let mut registry = self.indexes.write().expect("index registry poisoned");
         let mut next: Registry = HashMap::new();
         let mut added = Vec::new();
@@ -294,10 +291,10 @@ impl StoredView<'_> {
             self.read_opts(),
             IteratorMode::From(&prefix, rocksdb::Direction::Forward),
         );
-        let mut out = Vec::new();
+        let mut row_keys: Vec<Vec<u8>> = Vec::new();
         for item in iter {
             let (k, suffix) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if !k.starts_with(&prefix) || row_keys.len() >= limit {
                 break;
             }
             if k.len() != prefix.len() + suffix.len() || !k.ends_with(&suffix) {
@@ -305,9 +302,21 @@ impl StoredView<'_> {
             }
             let mut row_key = table.to_be_bytes().to_vec();
             row_key.extend_from_slice(&suffix);
-            let Some((count, row)) = self.row(&row_key)? else {
+            row_keys.push(row_key);
+        }
+        // In index order the row keys are sorted (one prefix, then the suffixes).
+        let rows = self.storage.db.batched_multi_get_cf_opt(
+            self.storage.cf(CF_ROWS),
+            &row_keys,
+            true,
+            &self.read_opts(),
+        );
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(bytes) = row? else {
                 continue; // stale: the row is gone
             };
+            let (count, row) = decode_stored_row(&bytes)?;
             let current = columns
                 .iter()
                 .zip(values)
