@@ -177,6 +177,9 @@ impl CachedQuery for CacheEntry {
     }
     fn read_into(&self, params: &[Vec<Value>], sink: &mut RowSink<'_>) -> Result<u64, Miss> {
         if !self.serving.load(Ordering::Acquire) {
+            if self.evicted.load(Ordering::Relaxed) {
+                self.refills.request(&self.query_id);
+            }
             let reason = self
                 .invalid_reason()
                 .unwrap_or_else(|| "the cache is not serving".into());

@@ -44,6 +44,10 @@ pub struct CacheEntry {
     pub retired: AtomicBool,
     /// For a partial cache: fills the keys reads find missing.
     pub filler: Option<Arc<crate::partial::HoleFiller>>,
+    /// Evicted under `--memory-limit` (see `memory.rs`): its next read asks for it again.
+    pub evicted: AtomicBool,
+    /// Where that read asks.
+    pub refills: Arc<crate::memory::Refills>,
 }
 
 impl CacheEntry {
@@ -54,6 +58,12 @@ impl CacheEntry {
         if !self.retired.swap(true, Ordering::AcqRel) {
             self.ops.retired_hits.add(self.hits.total());
         }
+    }
+
+    /// Stops serving because the memory loop evicts it (see `memory.rs`).
+    pub fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        self.invalidate(crate::memory::EVICTED_REASON);
     }
 
     pub fn invalidate(&self, reason: &str) {
@@ -307,6 +317,9 @@ pub struct Status {
     /// The replicator holds the dataflow lock to apply a transaction (which may take a
     /// while): a read that finds a hole does not wait for it (see `partial.rs`).
     pub applying: AtomicBool,
+    /// The replicator is waiting for the dataflow lock: a cache's fill lets it go first
+    /// (see `controller/build.rs`), since the lock is not fair.
+    pub apply_waiting: AtomicBool,
 }
 
 /// Sets [`Status::applying`] while alive.
@@ -363,6 +376,8 @@ pub struct Core {
     pub shallow: ShallowRegistry,
     /// Partial caches' holes waiting for the filler thread.
     pub holes: Arc<crate::partial::HoleQueue>,
+    /// Evicted caches a read asked for again.
+    pub refills: Arc<crate::memory::Refills>,
 }
 
 /// The shallow caches by query id, and the store their entries share.
@@ -545,6 +560,7 @@ impl Core {
             shape_epoch: AtomicU64::new(0),
             shallow: ShallowRegistry::default(),
             holes: Arc::default(),
+            refills: Arc::default(),
         };
         Arc::new(core)
     }

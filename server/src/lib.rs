@@ -15,6 +15,7 @@ pub mod catalog_watch;
 pub mod config;
 pub mod controller;
 pub mod core;
+pub mod memory;
 pub mod ops;
 pub mod partial;
 pub mod privileges;

@@ -497,7 +497,41 @@ async fn start_replication(
     }
     restore_caches(&controller).await;
     tokio::spawn(crate::catalog_watch::run(core.clone(), source.clone()));
+    tokio::spawn(refill_caches_forever(controller.clone()));
     rebuild_caches_forever(controller).await;
+}
+
+/// Fill evicted caches again when a read asks for them (see `memory.rs`).
+async fn refill_caches_forever(controller: Arc<Controller>) {
+    loop {
+        let query_id = controller.core.refills.next().await;
+        let Some(cache) = controller.core.caches.get(&query_id) else {
+            continue;
+        };
+        if !cache.evicted.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let (text, normalized) = match controller.stored_query(&cache.query) {
+            Ok(q) => q,
+            Err(e) => {
+                cache.invalidate(&format!("cannot be rebuilt: {e}"));
+                continue;
+            }
+        };
+        match controller
+            .build_cache(&cache.name, &text, &normalized, cache.always)
+            .await
+        {
+            Ok(entry) => {
+                info!(cache = %cache.name, "evicted cache filled again");
+                controller.publish(entry).await;
+            }
+            // Still evicted: a later read asks again.
+            Err(e) => {
+                warn!(cache = %cache.name, error = %e, "an evicted cache could not be filled again")
+            }
+        }
+    }
 }
 
 /// Rebuild the caches stored by an earlier run.
@@ -570,11 +604,15 @@ async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
         return;
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let clock = Arc::new(std::sync::Mutex::new(crate::memory::CacheClock::default()));
     loop {
-        // Partial caches' keys first (off the async workers: it takes the dataflow lock).
-        let c = core.clone();
+        // Partial caches' keys first, then whole caches by the clock (off the async
+        // workers: both take the dataflow lock).
+        let (c, clock) = (core.clone(), clock.clone());
         let deep = tokio::task::spawn_blocking(move || {
             crate::partial::evict_within(&c, limit as u64);
+            let mut clock = clock.lock().expect("cache clock poisoned");
+            crate::memory::evict_caches_within(&c, limit as u64, &mut clock);
             crate::partial::cache_bytes(&c)
         })
         .await

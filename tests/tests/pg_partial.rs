@@ -227,3 +227,107 @@ async fn memory_limit_evicts_keys_and_a_restart_serves_at_once() {
     eprintln!("restart to first hit: {:?}", started.elapsed());
     drop_quietly(larder);
 }
+
+/// Caches that hold their whole result are evicted whole under `--memory-limit`, the least
+/// recently read first; their queries go upstream meanwhile, and the next read fills them
+/// again from storage (with every change made while they were out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_caches_are_evicted_by_a_clock_and_filled_again_on_demand() {
+    let pg = PgServer::shared();
+    let limit: u64 = 3 << 20;
+    let d = tokio::task::block_in_place(|| {
+        Deployment::new(pg, "evict_whole", &["--memory-limit", "3MiB"])
+    });
+    for t in 1..=4 {
+        d.psql(&format!(
+            "CREATE TABLE a{t} (id int PRIMARY KEY, n int NOT NULL, s text NOT NULL);
+             INSERT INTO a{t} SELECT g, g % 50, 'row ' || g || repeat('.', 20) FROM generate_series(1, 4000) g;"
+        ));
+    }
+    let larder = start(&d);
+    let lc = connect(&d.larder_url(&larder)).await;
+    let direct = connect(&d.direct_url()).await;
+    wait_streaming(&lc).await;
+    let read = |t: u32, n: u32| format!("SELECT id, s FROM a{t} WHERE n = {n}");
+    // Keyed on a column that is not the key: each holds all 4,000 rows, about a third of the
+    // limit or more.
+    for t in 1..=4 {
+        command(
+            &lc,
+            &format!("CREATE CACHE c{t} FROM SELECT id, s FROM a{t} WHERE n = $1"),
+        )
+        .await;
+        if t <= 2 {
+            continue;
+        }
+        // a1 and a2 stay in use while the others are created.
+        for _ in 0..3 {
+            for hot in 1..=2 {
+                q(&lc, &read(hot, 7)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    // Within the limit again after a few passes of the memory loop (every 200 ms), with
+    // c1 and c2, read all along, kept.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (total, evicted) = loop {
+        for hot in 1..=2 {
+            q(&lc, &read(hot, 7)).await;
+        }
+        let caches = show_caches(&lc).await;
+        let total: u64 = caches
+            .rows
+            .iter()
+            .map(|r| r[5].as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0))
+            .sum();
+        let evicted: Vec<String> = caches
+            .rows
+            .iter()
+            .filter(|r| r[3].as_deref().unwrap_or("").contains("evicted"))
+            .map(|r| r[1].clone().unwrap_or_default())
+            .collect();
+        if total <= limit && !evicted.is_empty() {
+            break (total, evicted);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {total} bytes, evicted {evicted:?}: {caches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("caches hold {total} bytes with a limit of {limit}; evicted: {evicted:?}");
+    assert!(
+        !evicted.iter().any(|c| c == "c1" || c == "c2"),
+        "the caches in use were evicted: {evicted:?}"
+    );
+    for hot in 1..=2 {
+        let got = q(&lc, &read(hot, 7)).await;
+        let (dest, reason) = explain_last(&lc).await;
+        assert_eq!(dest, "cache", "c{hot}: {reason}");
+        assert_eq!(got.sorted(), q(&direct, &read(hot, 7)).await.sorted());
+    }
+    // An evicted cache: changed while out, its first read goes upstream and says why, and a
+    // later one is answered from the cache filled again, with the change.
+    let out: u32 = evicted[0][1..].parse().expect("cache name c<N>");
+    direct
+        .batch_execute(&format!(
+            "UPDATE a{out} SET s = 'changed while evicted' WHERE id = 7"
+        ))
+        .await
+        .unwrap();
+    wait_caught_up(&direct, &lc).await;
+    q(&lc, &read(out, 7)).await;
+    let (dest, reason) = explain_last(&lc).await;
+    assert_eq!(dest, "upstream");
+    assert!(reason.contains("evicted"), "{reason}");
+    let got = eventually_via_cache(&lc, &read(out, 7)).await.sorted();
+    assert_eq!(got, q(&direct, &read(out, 7)).await.sorted());
+    assert!(
+        got.rows
+            .iter()
+            .any(|r| r[1].as_deref() == Some("changed while evicted")),
+        "{got:?}"
+    );
+    drop_quietly(larder);
+}

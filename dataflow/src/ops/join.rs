@@ -147,48 +147,65 @@ impl JoinOp {
         key: &Key,
         stored: &dyn StoredRows,
     ) -> Result<(RowCounts, i64), StoredError> {
-        self.stored_rows_upto(input, row, key, stored, None)
-    }
-
-    /// [`stored_rows`](Self::stored_rows), but storage may stop reading once the total is
-    /// known to be at least `enough` beyond what the overlay takes away.
-    fn stored_rows_upto(
-        &mut self,
-        input: usize,
-        row: &[Value],
-        key: &Key,
-        stored: &dyn StoredRows,
-        enough: Option<i64>,
-    ) -> Result<(RowCounts, i64), StoredError> {
+        let values = self.lookup_values(input, row);
         let side = self
             .stored
             .as_mut()
-            .expect("called only while reading storage");
-        let row_on = if input == 0 {
-            &self.left_on
-        } else {
-            &self.right_on
-        };
+            .expect("called only with a stored side");
         let own_on = if side.side == 0 {
             &self.left_on
         } else {
             &self.right_on
         };
-        let values: Vec<Value> = row_on.iter().map(|&c| row[c].clone()).collect();
-        let pending = self.overlay.get(key);
-        // The overlay may retract up to its own total: read that much more.
-        let enough = enough.map(|e| {
-            let taken = pending.map_or(0, |p| p.total.unsigned_abs());
-            e.saturating_add(i64::try_from(taken).unwrap_or(i64::MAX))
-        });
-        let mut rows = side.rows(stored, own_on, &values, enough)?;
-        if let Some(pending) = pending {
+        let mut rows = side.rows(stored, own_on, &values, None)?;
+        if let Some(pending) = self.overlay.get(key) {
             for (r, &c) in &pending.rows {
                 bump_quiet(&mut rows, r.0.clone(), c);
             }
         }
         let total = rows.values().fold(0i64, |t, &c| t.saturating_add(c));
         Ok((rows, total))
+    }
+
+    /// How many rows of the stored side match `key` (as [`stored_rows`](Self::stored_rows)
+    /// counts them), or a number at least `enough` when there are more: storage stops
+    /// reading there, and the overlay's rows are not copied. What a LEFT join needs to know
+    /// whether a key has matches before and after a change.
+    fn stored_total_at_least(
+        &mut self,
+        input: usize,
+        row: &[Value],
+        key: &Key,
+        stored: &dyn StoredRows,
+        enough: i64,
+    ) -> Result<i64, StoredError> {
+        let values = self.lookup_values(input, row);
+        let pending = self.overlay.get(key).map_or(0, |p| p.total);
+        let side = self
+            .stored
+            .as_mut()
+            .expect("called only with a stored side");
+        let own_on = if side.side == 0 {
+            &self.left_on
+        } else {
+            &self.right_on
+        };
+        // The overlay may take rows away: read that many more.
+        let enough = enough.saturating_add(pending.min(0).saturating_neg());
+        let rows = side.rows(stored, own_on, &values, Some(enough))?;
+        let total = rows.values().fold(0i64, |t, &c| t.saturating_add(c));
+        Ok(total.saturating_add(pending))
+    }
+
+    /// The values of `row`'s `on` columns (a row of input `input`), to look the stored side
+    /// up with.
+    fn lookup_values(&self, input: usize, row: &[Value]) -> Vec<Value> {
+        let on = if input == 0 {
+            &self.left_on
+        } else {
+            &self.right_on
+        };
+        on.iter().map(|&c| row[c].clone()).collect()
     }
 
     /// The output of a row of input `input` whose matches storage could not give: unknown
@@ -293,8 +310,8 @@ impl JoinOp {
                 // Only whether the key has matches before and after matters: once the total
                 // is past |diff|, both are "yes", whatever more storage holds.
                 let enough = diff.saturating_abs().saturating_add(1);
-                match self.stored_rows_upto(1, &row, &key, stored, Some(enough)) {
-                    Ok((_, total)) => total,
+                match self.stored_total_at_least(1, &row, &key, stored, enough) {
+                    Ok(total) => total,
                     Err(e) => {
                         self.unreadable(1, &row, diff, &e, out);
                         store(&mut self.overlay, key, row, diff);

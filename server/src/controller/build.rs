@@ -25,9 +25,11 @@ use crate::tables::{TableEntry, TableState};
 
 /// Rows fed to a new cache per hold of the dataflow lock.
 const FILL_CHUNK_ROWS: usize = 8192;
-/// Rows fed per hold of the dataflow lock when the cache's joins read storage (each row may
-/// look up many stored rows): a transaction waits at most that long.
-const FILL_STORED_HOLD_ROWS: usize = 512;
+/// Rows fed at a time when the cache's joins read storage (each row may look up many
+/// stored rows), so that a hold of the dataflow lock ends soon after a transaction asks.
+const FILL_STORED_PIECE_ROWS: usize = 16;
+/// A fill lets go of the dataflow lock after this long (or as soon as a transaction waits).
+const FILL_HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Controller {
     /// Lowering plus the checks that need live state; `Err` carries the reason. The tables
@@ -354,6 +356,8 @@ fn fill_cache(
         serving: AtomicBool::new(true),
         ops: core.ops.clone(),
         retired: AtomicBool::new(false),
+        evicted: AtomicBool::new(false),
+        refills: Arc::clone(&core.refills),
         filler,
     });
     if announce {
@@ -368,9 +372,15 @@ fn fill_cache(
     let filled = fill_from(core, &snapshot, cache_id, &tables);
     let finished = filled.and_then(|()| {
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        graph
+        let held = std::time::Instant::now();
+        let finished = graph
             .finish_bootstrap_with(cache_id, &core.storage.stored_view(&snapshot))
-            .map_err(fill_error)
+            .map_err(fill_error);
+        tracing::debug!(
+            hold_ms = held.elapsed().as_millis() as u64,
+            "changes held while the cache filled replayed"
+        );
+        finished
     });
     drop(snapshot);
     if let Err(e) = finished {
@@ -393,6 +403,8 @@ fn fill_from(
     tables: &[DfTableId],
 ) -> Result<(), ControllerError> {
     let view = core.storage.stored_view(snapshot);
+    let started = std::time::Instant::now();
+    let mut longest_hold = std::time::Duration::ZERO;
     let reads_storage = core
         .dataflow
         .lock()
@@ -402,6 +414,7 @@ fn fill_from(
         if core.is_shutting_down() {
             return Err(ControllerError::Unavailable("shutting down".into()));
         }
+        let_replication_go_first(core);
         let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
         if graph
             .bootstrap_shared_with(cache, FILL_CHUNK_ROWS, &view)
@@ -418,23 +431,57 @@ fn fill_from(
                 if core.is_shutting_down() {
                     return Err(ControllerError::Unavailable("shutting down".into()));
                 }
-                let hold = if reads_storage {
-                    FILL_STORED_HOLD_ROWS
+                let piece = if reads_storage {
+                    FILL_STORED_PIECE_ROWS
                 } else {
                     FILL_CHUNK_ROWS
                 };
                 let mut rows = rows.into_iter().peekable();
                 while rows.peek().is_some() {
-                    let part: Vec<larder_sql::Row> = rows.by_ref().take(hold).collect();
+                    let_replication_go_first(core);
                     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-                    graph
-                        .bootstrap_rows_with(cache, table, part, &view)
-                        .map_err(fill_error)?;
+                    let held = std::time::Instant::now();
+                    // Pieces while the hold is short and no transaction waits for it.
+                    while rows.peek().is_some() {
+                        let part: Vec<larder_sql::Row> = rows.by_ref().take(piece).collect();
+                        graph
+                            .bootstrap_rows_with(cache, table, part, &view)
+                            .map_err(fill_error)?;
+                        if held.elapsed() >= FILL_HOLD_MAX
+                            || core
+                                .status
+                                .apply_waiting
+                                .load(std::sync::atomic::Ordering::Acquire)
+                        {
+                            break;
+                        }
+                    }
+                    longest_hold = longest_hold.max(held.elapsed());
                 }
                 Ok(())
             })?;
     }
+    tracing::debug!(
+        longest_hold_ms = longest_hold.as_millis() as u64,
+        seconds = started.elapsed().as_secs_f64(),
+        "cache filled from its snapshot"
+    );
     Ok(())
+}
+
+/// Waits (a little) while the replicator waits for the dataflow lock: the lock is not fair,
+/// and a fill that takes it back at once could keep a transaction waiting for the whole fill.
+fn let_replication_go_first(core: &Core) {
+    for _ in 0..100 {
+        if !core
+            .status
+            .apply_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
 }
 
 /// Indexes a new cache will read, kept from creation to the cache's addition to the graph.

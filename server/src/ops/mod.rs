@@ -83,6 +83,7 @@ impl FallbackReason {
             || has("copied again")
             || has("large upstream transaction")
             || has("not the relation the cache was built from")
+            || has("evicted")
         {
             FallbackReason::NotReady
         } else if has("transaction") {
@@ -114,6 +115,8 @@ pub struct Ops {
     pub local: Counter,
     /// Rows copied by snapshots (the initial one and tables copied again).
     pub snapshot_rows: Counter,
+    /// Whole caches evicted under `--memory-limit` (see `memory.rs`).
+    pub caches_evicted: std::sync::atomic::AtomicU64,
     /// The proxy's own counters (connections, statements relayed upstream).
     pub proxy: Arc<ProxyMetrics>,
     /// Times cache hits: the processor's time-stamp counter where it is reliable (a few
@@ -131,6 +134,7 @@ impl Ops {
             fallbacks: Default::default(),
             local: Counter::default(),
             snapshot_rows: Counter::default(),
+            caches_evicted: Default::default(),
             proxy: ProxyMetrics::new(),
             clock: quanta::Clock::new(),
         }

@@ -156,7 +156,16 @@ pub fn apply_batch(
     // waits on the upstream (and on the runtime), and nothing that takes the lock from an
     // async task may wait for it meanwhile.
     let copies = prefetch_copies(core, source, &batch.changes)?;
+    core.status.apply_waiting.store(true, Ordering::Release);
+    let waited = std::time::Instant::now();
     let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+    core.status.apply_waiting.store(false, Ordering::Release);
+    if waited.elapsed() > std::time::Duration::from_millis(100) {
+        tracing::debug!(
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "a transaction waited for the dataflow lock"
+        );
+    }
     let _applying = crate::core::Applying::new(&core.status.applying);
     let mut txn = core.storage.begin();
     let mut rebuild = Vec::new();
