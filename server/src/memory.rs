@@ -9,11 +9,13 @@
 //! reader are freed, and the secondary indexes only it read) but stays in the registry, not
 //! serving: its queries go upstream, `EXPLAIN LAST STATEMENT` and `SHOW CACHES` say it was
 //! evicted, and its next read asks for it again ([`Refills`]). It is then built again from
-//! storage like a cache after a restart, and the clock starts it young.
+//! storage like a cache after a restart, and the clock starts it young (a read asked for
+//! it). A new cache starts on probation instead: older than every cache read since, so a
+//! cache nobody reads goes before one in use.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tracing::info;
 
@@ -59,30 +61,48 @@ impl Refills {
     }
 }
 
-/// The clock over whole caches: for each query id, its hits at the previous pass and how
-/// many passes it has gone unread.
+/// Where a new cache starts on the clock: older than any cache read since.
+const PROBATION_AGE: u32 = 1 << 20;
+
+/// The clock over whole caches: for each cache, its hits at the previous pass and how many
+/// passes it has gone unread.
 #[derive(Debug, Default)]
 pub struct CacheClock {
-    seen: HashMap<String, (u64, u32)>,
+    seen: HashMap<String, Seen>,
+    /// Query ids evicted and not seen back yet (bounded by the number of caches).
+    evicted: std::collections::HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    /// The entry (a cache filled again is a new one); weak, only compared.
+    entry: Weak<CacheEntry>,
+    hits: u64,
+    age: u32,
 }
 
 impl CacheClock {
-    /// One pass: caches read since the previous one are young again, the others age.
+    /// One pass: caches read since the previous one are young again, the others age; a new
+    /// cache starts on probation, one filled again after an eviction young.
     fn tick(&mut self, caches: &[Arc<CacheEntry>]) {
         let mut next = HashMap::with_capacity(caches.len());
         for c in caches {
+            let entry = Arc::downgrade(c);
             let hits = c.hits.total();
             let age = match self.seen.get(&c.query_id) {
-                Some(&(before, age)) if before == hits => age.saturating_add(1),
-                _ => 0,
+                Some(s) if s.entry.ptr_eq(&entry) && s.hits == hits => s.age.saturating_add(1),
+                Some(s) if s.entry.ptr_eq(&entry) => 0,
+                _ if self.evicted.remove(&c.query_id) => 0,
+                _ => PROBATION_AGE,
             };
-            next.insert(c.query_id.clone(), (hits, age));
+            next.insert(c.query_id.clone(), Seen { entry, hits, age });
         }
         self.seen = next;
+        self.evicted.retain(|q| self.seen.contains_key(q));
     }
 
     fn age(&self, query_id: &str) -> u32 {
-        self.seen.get(query_id).map_or(0, |&(_, age)| age)
+        self.seen.get(query_id).map_or(0, |s| s.age)
     }
 }
 
@@ -128,6 +148,7 @@ pub fn evict_caches_within(core: &Core, limit_bytes: u64, clock: &mut CacheClock
             "cache evicted under --memory-limit"
         );
         core.ops.caches_evicted.fetch_add(1, Ordering::Relaxed);
+        clock.evicted.insert(victim.query_id.clone());
         used = now;
         evicted += 1;
     }

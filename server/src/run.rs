@@ -660,8 +660,11 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
     else {
         return;
     };
+    // An evicted cache is not broken: it is filled again on its next read.
     let stale = controller.core.caches.all().into_iter().filter(|c| {
-        c.reads_named(&schema, &name) && (c.invalid_reason().is_some() || !c.reads(oid))
+        c.reads_named(&schema, &name)
+            && !c.evicted.load(std::sync::atomic::Ordering::SeqCst)
+            && (c.invalid_reason().is_some() || !c.reads(oid))
     });
     for cache in stale {
         let (text, normalized) = match controller.stored_query(&cache.query) {
