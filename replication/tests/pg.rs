@@ -596,6 +596,7 @@ async fn keyless_and_unsupported_tables_are_not_replicated() -> Result<()> {
     f.psql("INSERT INTO ok VALUES (1)")?;
     // Three transactions; gather them into one list of changes.
     let mut b = ChangeBatch {
+        resume: None,
         commit_lsn: Lsn::ZERO,
         changes: Vec::new(),
         part: None,

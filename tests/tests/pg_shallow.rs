@@ -248,9 +248,16 @@ async fn staleness_stays_within_the_ttl_under_a_writer() {
     assert!(!props.contains(" 0 refreshes"), "{props}");
 }
 
+/// Held by tests that change roles and privileges, and by those that count upstream runs:
+/// roles are cluster-wide, so a role created by another test makes every Larder re-learn
+/// privileges, and a session whose role is being re-learned is answered upstream (as it
+/// should be), which would count as an extra run.
+static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// 100 sessions miss the same key at once: the upstream runs the query once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_make_one_upstream_query() {
+    let _roles = ROLES.lock().await;
     let d = Deployment::start("shallow_coalesce", SETUP);
     let direct = Conn::new(&d.direct_url()).await;
     let lc = Conn::new(&d.larder_url()).await;
@@ -306,6 +313,7 @@ async fn concurrent_misses_make_one_upstream_query() {
 /// waited for it go upstream themselves: every one gets the upstream's error, none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fetch_sends_its_waiters_upstream() {
+    let _roles = ROLES.lock().await;
     let d = Deployment::start("shallow_fail", SETUP);
     let lc = Conn::new(&d.larder_url()).await;
     kit::wait_online(&lc.client).await;
@@ -356,6 +364,7 @@ async fn a_failed_fetch_sends_its_waiters_upstream() {
 /// privilege, gets what the upstream gives it. A session that wrote reads its own write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileges_and_read_your_writes() {
+    let _roles = ROLES.lock().await;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let p = format!(
         "shp_{}_{}",

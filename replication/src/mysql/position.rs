@@ -46,6 +46,13 @@ impl Position {
         file_sequence(&self.file)
     }
 
+    /// The position as one ordered number, for what compares positions (the applied
+    /// position, staleness, read-your-writes): the file's sequence in the high 32 bits, the
+    /// offset in the low ones (a binlog file is at most 1 GiB). Later positions are larger.
+    pub fn progress(&self) -> u64 {
+        (self.file_sequence() << 32) | (self.offset & 0xffff_ffff)
+    }
+
     /// Versioned binary form: `[1] file_len:u32le file offset:u64le has_gtid:u8 [gtid_len:u32le gtid]`.
     pub fn encode(&self) -> Vec<u8> {
         let gtid = self.gtid.as_deref().unwrap_or("");
@@ -166,6 +173,24 @@ mod tests {
             v,
             vec![p("b.9", 3), p("b.9", 7), p("b.10", 1), p("b.100", 0)]
         );
+    }
+
+    #[test]
+    fn progress_orders_as_positions_do() {
+        let p = |f: &str, o| Position::new(f, o, None);
+        let ordered = [
+            p("binlog.000002", 4),
+            p("binlog.000002", 1 << 30),
+            p("binlog.000010", 4),
+            p("binlog.000099", 900),
+            p("binlog.000100", 4),
+            p("binlog.1000000", 4),
+        ];
+        for w in ordered.windows(2) {
+            assert!(w[0] < w[1]);
+            assert!(w[0].progress() < w[1].progress(), "{:?} {:?}", w[0], w[1]);
+        }
+        assert_eq!(p("binlog.000003", 120).progress(), (3 << 32) | 120);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct ChangeBatch {
     /// `Some` when the transaction was larger than `transaction_memory_max_bytes` and is
     /// delivered in several batches.
     pub part: Option<TxnPart>,
+    /// What a source needs besides `commit_lsn` to resume after this batch (MySQL: the
+    /// encoded binlog position with its GTIDs), stored with it; `None` on Postgres.
+    pub resume: Option<Vec<u8>>,
 }
 
 /// Where a batch sits in a transaction delivered in parts.
@@ -224,6 +227,7 @@ impl<'a> Streamer<'a> {
         if let Ok(permit) = self.out.try_reserve() {
             self.last_commit = wal_end;
             permit.send(ChangeBatch {
+                resume: None,
                 commit_lsn: wal_end,
                 changes: Vec::new(),
                 part: None,
@@ -427,6 +431,7 @@ impl<'a> Streamer<'a> {
             txn.parts_sent += 1;
             let bytes = std::mem::take(&mut txn.bytes);
             let batch = ChangeBatch {
+                resume: None,
                 commit_lsn: Lsn::ZERO,
                 changes: std::mem::take(&mut txn.changes),
                 part: Some(part),
@@ -488,6 +493,7 @@ impl<'a> Streamer<'a> {
                 "large upstream transaction: last part");
         }
         self.send_batch(ChangeBatch {
+            resume: None,
             commit_lsn: end,
             changes: txn.changes,
             part,

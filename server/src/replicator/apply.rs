@@ -8,7 +8,7 @@ use super::*;
 
 pub(super) fn apply_loop(
     core: &Core,
-    source: &PgSource,
+    source: &dyn TableSource,
     mut rx: mpsc::Receiver<ChangeBatch>,
 ) -> Result<(), ApplyError> {
     let mut parts = None;
@@ -86,7 +86,7 @@ fn tables_of(change: &Change) -> &[u32] {
 /// and the dataflow. `parts` carries the progress through a transaction delivered in parts.
 pub fn apply_batch(
     core: &Core,
-    source: &PgSource,
+    source: &dyn TableSource,
     batch: ChangeBatch,
     parts: &mut Option<PartsState>,
 ) -> Result<(), ApplyError> {
@@ -326,6 +326,11 @@ pub fn apply_batch(
             txn.set_position(position);
         }
         None => txn.set_position(position),
+    }
+    if position != 0 {
+        if let Some(resume) = &batch.resume {
+            txn.set_resume(resume);
+        }
     }
     // Joins that read a side from storage see it as of before this transaction, plus the
     // changes they have received from it (`larder_dataflow::stored`).

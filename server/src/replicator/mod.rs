@@ -425,7 +425,7 @@ async fn stream_forever(core: Arc<Core>, source: Arc<PgSource>, first: OpenOutco
         let applier = {
             let core = core.clone();
             let source = source.clone();
-            tokio::task::spawn_blocking(move || apply_loop(&core, &source, rx))
+            tokio::task::spawn_blocking(move || apply_loop(&core, source.as_ref(), rx))
         };
         let result = source.stream(outcome, ack_rx.clone(), tx).await;
         let applied = applier.await;

@@ -8,7 +8,7 @@ use super::*;
 /// A relation message: a new table, or a known one whose shape may have changed.
 pub(super) fn handle_relation(
     core: &Core,
-    source: &PgSource,
+    source: &dyn TableSource,
     copies: &Copies,
     txn: &mut Txn<'_>,
     graph: &mut larder_dataflow::Graph,
@@ -95,7 +95,7 @@ pub(super) fn handle_relation(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn recopy(
     core: &Core,
-    source: &PgSource,
+    source: &dyn TableSource,
     copies: &Copies,
     txn: &mut Txn<'_>,
     graph: &mut larder_dataflow::Graph,
@@ -109,7 +109,7 @@ pub(super) fn recopy(
     let copied = match copies.get(&entry.oid) {
         Some(c) => c.clone(),
         // Not foreseen (rare): copied under the lock.
-        None => copy_now(source, entry.oid)?,
+        None => source.copy_now(entry.oid)?,
     };
     let Some((rel, rows, copy_lsn)) = copied else {
         info!(table = %name, "table dropped upstream");
@@ -318,7 +318,7 @@ type Copies = std::collections::HashMap<u32, Copied>;
 /// in the batch.
 pub(super) fn prefetch_copies(
     core: &Core,
-    source: &PgSource,
+    source: &dyn TableSource,
     changes: &[Change],
 ) -> Result<Copies, ApplyError> {
     let mut wanted: Vec<u32> = Vec::new();
@@ -360,13 +360,28 @@ pub(super) fn prefetch_copies(
     }
     let mut copies = Copies::new();
     for oid in wanted {
-        copies.insert(oid, copy_now(source, oid)?);
+        copies.insert(oid, source.copy_now(oid)?);
     }
     Ok(copies)
 }
 
+/// What applying needs of a replication source besides its change batches: copying one
+/// table again as of now, when DDL changed it (a `Relation` or `SchemaChanged` change).
+pub trait TableSource: Sync {
+    /// The table's shape, its rows and the position the copy is consistent at; `None` when
+    /// the table is gone (then its caches stop serving and it is forgotten). Runs on the
+    /// applier thread (the stream waits meanwhile).
+    fn copy_now(&self, oid: u32) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError>;
+}
+
+impl TableSource for PgSource {
+    fn copy_now(&self, oid: u32) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {
+        copy_now(self, oid)
+    }
+}
+
 /// Copy a table as of now, from the applier thread (the stream waits meanwhile).
-pub(super) fn copy_now(
+fn copy_now(
     source: &PgSource,
     oid: u32,
 ) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {

@@ -32,6 +32,8 @@ pub use txn::Txn;
 const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
 const KEY_POSITION: &[u8] = b"pos";
+/// What the source needs besides the position to resume (opaque; MySQL's binlog position).
+const KEY_RESUME: &[u8] = b"resume";
 const KEY_NEXT_TABLE_ID: &[u8] = b"next_table_id";
 const KEY_UPSTREAM: &[u8] = b"upstream";
 /// Progress of an upstream transaction applied in parts (opaque to storage; see
@@ -188,6 +190,11 @@ impl Storage {
     }
 
     /// The record of a transaction whose parts are partly applied, if any.
+    /// What the source stored with the position to resume from it (see [`Txn::set_resume`]).
+    pub fn resume(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_META), KEY_RESUME)?)
+    }
+
     pub fn partial_txn(&self) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.db.get_cf(self.cf(CF_META), KEY_PARTIAL_TXN)?)
     }
@@ -466,6 +473,7 @@ impl Storage {
         batch.delete_range_cf(self.cf(CF_ROWS), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_range_cf(self.cf(CF_INDEX), vec![0u8; 4], vec![0xffu8; 5]);
         batch.delete_cf(self.cf(CF_META), KEY_POSITION);
+        batch.delete_cf(self.cf(CF_META), KEY_RESUME);
         batch.delete_cf(self.cf(CF_META), KEY_PARTIAL_TXN);
         for &prefix in prefixes {
             for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {

@@ -204,6 +204,13 @@ impl<'a> Txn<'a> {
         self.position = Some(position);
     }
 
+    /// Store, with this transaction, what the source needs besides the position to resume
+    /// after it (opaque; see [`Storage::resume`](super::Storage::resume)).
+    pub fn set_resume(&mut self, resume: &[u8]) {
+        self.batch
+            .put_cf(self.storage.cf(super::CF_META), super::KEY_RESUME, resume);
+    }
+
     /// Write everything without the WAL (bulk loading only: see [`Storage::bulk_load_end`]).
     pub(super) fn commit_unlogged(mut self) -> Result<(), StorageError> {
         debug_assert!(
