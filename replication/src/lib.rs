@@ -21,5 +21,5 @@ pub use change::{Change, NewRow, OldRow, RelationInfo, ReplicaIdentity, TableSta
 pub use error::ReplicationError;
 pub use pg::{
     ChangeBatch, DiscoveredTable, FreshSlot, Lsn, OpenOutcome, PgSource, PgSourceOptions,
-    SnapshotBatch, SnapshotMemory, SnapshotSink, SnapshotSummary,
+    SnapshotBatch, SnapshotMemory, SnapshotSink, SnapshotSummary, TxnPart,
 };

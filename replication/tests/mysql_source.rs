@@ -681,3 +681,54 @@ async fn statement_logged_row_changes_are_refused() -> Result<()> {
     assert!(err.to_string().contains("QUERY"), "{err}");
     Ok(())
 }
+
+/// One table copied again while the others are not: its rows as of a position, after which
+/// the stream carries exactly the later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_table_is_copied_again_as_of_a_position() -> Result<()> {
+    let f = Fixture::new(
+        "mycopy1",
+        "CREATE TABLE a (id INT PRIMARY KEY, v INT); CREATE TABLE b (id INT PRIMARY KEY);
+         INSERT INTO a VALUES (1, 10), (2, 20); INSERT INTO b VALUES (7)",
+        MySourceOptions::default(),
+    )?;
+    let a = f.rel("a");
+    let mut sink = VecSink::default();
+    let (rel, position) = f
+        .source
+        .copy_table_now(a, &mut sink)
+        .await?
+        .context("table a is there")?;
+    assert_eq!(rel.schema.name, "a");
+    let rows: Vec<Row> = sink.0.iter().flat_map(|b| b.rows.clone()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec![Value::Int(1), Value::Int(10)],
+            vec![Value::Int(2), Value::Int(20)]
+        ]
+    );
+    assert!(sink.0.iter().all(|b| b.rel == a), "only table a is copied");
+    f.sql("INSERT INTO a VALUES (3, 30)")?;
+    let mut stream = f.source.stream(&position).await?;
+    let b = tokio::time::timeout(WAIT, async {
+        loop {
+            let b = stream.next_batch().await?.context("ended")?;
+            if !data_changes(&b).is_empty() {
+                return anyhow::Ok(b);
+            }
+        }
+    })
+    .await
+    .context("timed out")??;
+    stream.close().await;
+    assert_eq!(
+        data_changes(&b),
+        vec![&Change::Insert {
+            rel: a,
+            row: vec![Value::Int(3), Value::Int(30)]
+        }]
+    );
+    assert!(f.source.copy_table_now(12345, &mut sink).await?.is_none());
+    Ok(())
+}

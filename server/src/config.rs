@@ -48,6 +48,11 @@ pub struct Config {
     #[arg(long, env = "DEPLOYMENT", default_value = "larder")]
     pub deployment: String,
 
+    /// MySQL/MariaDB: the server id Larder reads the binlog as (unique among the upstream's
+    /// replicas). Default: one derived from --deployment.
+    #[arg(long, env = "REPLICATION_SERVER_ID")]
+    pub replication_server_id: Option<u32>,
+
     /// Replicate only these tables (comma-separated `schema.table` or `table`, `*` wildcards).
     #[arg(long, env = "REPLICATION_TABLES", value_delimiter = ',')]
     pub replication_tables: Vec<String>,

@@ -101,6 +101,23 @@ impl MySource {
         snapshot::run(self, sink).await
     }
 
+    /// Copies one table as of now (after DDL changed it while streaming): its description,
+    /// its rows into `sink`, and the position the copy is consistent at (stream changes to
+    /// it after that position only). `None` when the table is gone; a table that is not
+    /// replicated is described and not copied.
+    pub async fn copy_table_now<S: SnapshotSink>(
+        &self,
+        oid: u32,
+        sink: &mut S,
+    ) -> Result<Option<(RelationInfo, Position)>, ReplicationError> {
+        let snap = snapshot::run_tables(self, sink, Some(oid)).await?;
+        Ok(snap
+            .tables
+            .into_iter()
+            .find(|t| t.relation.oid == oid)
+            .map(|t| (t.relation, snap.position)))
+    }
+
     /// Opens the binlog stream after `from` (a batch's stored position). Tables are
     /// described as the catalog is now: a table altered after `from` by DDL the stream has
     /// not reached yet makes its older row events fail to decode (the error says so).

@@ -47,6 +47,16 @@ pub(crate) async fn run<S: SnapshotSink>(
     source: &MySource,
     sink: &mut S,
 ) -> Result<MySnapshot, ReplicationError> {
+    run_tables(source, sink, None).await
+}
+
+/// [`run`], copying only the table with relation id `only` when given (the others are
+/// still described in the result).
+pub(crate) async fn run_tables<S: SnapshotSink>(
+    source: &MySource,
+    sink: &mut S,
+    only: Option<u32>,
+) -> Result<MySnapshot, ReplicationError> {
     let mut conn = source.connect().await?;
     let flavor = flavor_of(&mut conn).await?;
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -59,7 +69,11 @@ pub(crate) async fn run<S: SnapshotSink>(
     info!(%position, database = %source.database, "snapshot transaction started");
     let tables = discover(&mut conn, &source.database, None).await?;
     let mut rows = 0;
-    for table in tables.iter().filter(|t| t.relation.status.is_replicated()) {
+    for table in tables
+        .iter()
+        .filter(|t| t.relation.status.is_replicated())
+        .filter(|t| only.is_none_or(|oid| t.relation.oid == oid))
+    {
         rows += copy_table(&mut conn, source, table, sink).await?;
     }
     conn.query_drop("COMMIT")

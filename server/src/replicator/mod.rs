@@ -25,6 +25,7 @@ use crate::storage::{BulkBuffer, StorageError, StoredTable, Txn};
 use crate::tables::{TableEntry, TableState};
 
 mod apply;
+mod mysql;
 mod parts;
 mod tables;
 
@@ -32,6 +33,7 @@ use tables::*;
 
 pub use apply::apply_batch;
 use apply::{apply_loop, check_row};
+pub use mysql::start_mysql;
 use parts::*;
 pub use parts::{hold_partial_tables, PartsState};
 

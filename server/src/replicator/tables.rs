@@ -376,29 +376,37 @@ pub trait TableSource: Sync {
 
 impl TableSource for PgSource {
     fn copy_now(&self, oid: u32) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {
-        copy_now(self, oid)
+        let mut sink = Collect::default();
+        let copied = own_runtime()?.block_on(self.copy_table_now(oid, &mut sink))?;
+        Ok(copied.map(|(table, lsn)| (table.relation, sink.0, lsn)))
     }
 }
 
-/// Copy a table as of now, from the applier thread (the stream waits meanwhile).
-fn copy_now(
-    source: &PgSource,
-    oid: u32,
-) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {
-    struct Collect(Vec<Row>);
-    impl SnapshotSink for Collect {
-        async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
-            self.0.extend(batch.rows);
-            Ok(())
-        }
+impl TableSource for larder_replication::mysql::MySource {
+    fn copy_now(&self, oid: u32) -> Result<Option<(RelationInfo, Vec<Row>, Lsn)>, ApplyError> {
+        let mut sink = Collect::default();
+        let copied = own_runtime()?.block_on(self.copy_table_now(oid, &mut sink))?;
+        Ok(copied.map(|(relation, position)| (relation, sink.0, Lsn(position.progress()))))
     }
-    let mut sink = Collect(Vec::new());
-    // On a runtime of its own: the copy (and its connection task) must not depend on the
-    // shared workers, one of which may be blocked on the dataflow lock this thread holds.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+}
+
+/// A table's copied rows, in memory (a table copied again is applied in one batch).
+#[derive(Default)]
+struct Collect(Vec<Row>);
+
+impl SnapshotSink for Collect {
+    async fn deliver(&mut self, batch: SnapshotBatch) -> Result<(), String> {
+        self.0.extend(batch.rows);
+        Ok(())
+    }
+}
+
+/// A runtime of its own for a copy made on the applier thread: the copy (and its connection
+/// task) must not depend on the shared workers, one of which may be blocked on the dataflow
+/// lock this thread holds.
+fn own_runtime() -> Result<tokio::runtime::Runtime, ApplyError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ApplyError::Copy(e.to_string()))?;
-    let copied = runtime.block_on(source.copy_table_now(oid, &mut sink))?;
-    Ok(copied.map(|(table, lsn)| (table.relation, sink.0, lsn)))
+        .map_err(|e| ApplyError::Copy(e.to_string()))
 }

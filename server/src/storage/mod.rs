@@ -536,6 +536,9 @@ fn encode_table(t: &StoredTable) -> Vec<u8> {
                 Value::Text(c.name.clone()),
                 Value::Int(c.type_oid as i64),
                 Value::Int(c.typmod as i64),
+                // Larder's own type, named by its Postgres OID whatever the upstream: a
+                // MySQL column's `type_oid` is MySQL's type code, which does not say it.
+                Value::Int(larder_sql::pgtypes::oid_of(&c.ty) as i64),
             ])
         })
         .collect();
@@ -567,12 +570,16 @@ fn decode_table(bytes: &[u8]) -> Result<StoredTable, StorageError> {
         let Value::Array(parts) = c else {
             return Err(corrupt("column"));
         };
-        let [n, o, m] = parts.as_slice() else {
-            return Err(corrupt("column shape"));
+        // Records written before the type was stored have three parts (Postgres only).
+        let (n, o, m, t) = match parts.as_slice() {
+            [n, o, m] => (n, o, m, o),
+            [n, o, m, t] => (n, o, m, t),
+            _ => return Err(corrupt("column shape")),
         };
         let type_oid = int(o).ok_or_else(|| corrupt("type oid"))? as u32;
-        let ty = larder_sql::pgtypes::type_from_oid(type_oid)
-            .ok_or_else(|| corrupt("unknown type oid"))?;
+        let ty = int(t)
+            .and_then(|t| larder_sql::pgtypes::type_from_oid(t as u32))
+            .ok_or_else(|| corrupt("unknown type"))?;
         columns.push(larder_sql::Column {
             name: text(n).ok_or_else(|| corrupt("column name"))?,
             ty,
