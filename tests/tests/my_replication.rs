@@ -115,6 +115,11 @@ fn snapshot_binlog_ddl_and_kill9_resume() {
         "{}",
         larder.log()
     );
+    assert_eq!(
+        metrics(http).get("larder_snapshot_rows_total").copied(),
+        Some(2.0),
+        "the two rows of a"
+    );
 
     // Transactions reach storage in order; the applied position follows the binlog.
     maria
@@ -157,6 +162,16 @@ fn snapshot_binlog_ddl_and_kill9_resume() {
         .expect("ddl");
     caught_up(maria, &db, http, "applied the DDL");
     wait_for(http, "the altered table online again", |m| online(m) == 2.0);
+    // Copied again (this process copied nothing before): ids 1, 3, 4 and perhaps 5.
+    let copied = metrics(http)
+        .get("larder_snapshot_rows_total")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        (3.0..=4.0).contains(&copied),
+        "{copied} rows copied again:\n{}",
+        larder.log()
+    );
     let restarts = metrics(http)
         .get("larder_replication_restarts_total")
         .copied()

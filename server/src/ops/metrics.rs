@@ -54,7 +54,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("larder_replication_stale_total", "Times caches stopped serving because replication fell behind the staleness bound.", MetricType::COUNTER, &[]),
     ("larder_replication_restarts_total", "Times the change stream was started again: it ended, failed, or a transaction failed to apply (the caches on its tables are rebuilt).", MetricType::COUNTER, &[]),
     ("larder_tables", "Upstream tables by replication state.", MetricType::GAUGE, &["state"]),
-    ("larder_snapshot_rows_total", "Rows copied by table snapshots.", MetricType::COUNTER, &[]),
+    ("larder_snapshot_rows_total", "Rows copied by table snapshots (the first one, and tables copied again after a shape change).", MetricType::COUNTER, &[]),
     ("larder_caches_evicted_total", "Whole caches evicted under --memory-limit (each is filled again on its next read).", MetricType::COUNTER, &[]),
     ("larder_snapshot_table_rows_copied", "Rows copied so far of each table being snapshotted.", MetricType::GAUGE, &["table"]),
     ("larder_snapshot_table_rows_estimated", "Estimated rows (pg_class.reltuples) of each table being snapshotted.", MetricType::GAUGE, &["table"]),

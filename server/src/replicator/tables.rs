@@ -148,6 +148,7 @@ pub(super) fn recopy(
                 "its shape changed and it has no primary key",
             );
         } else {
+            core.ops.snapshot_rows.add(rows.len() as u64);
             for row in rows {
                 check_row(&stored, &row)?;
                 txn.insert(&stored, row)?;

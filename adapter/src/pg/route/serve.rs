@@ -29,6 +29,11 @@ impl RouterSession {
         dispatch: &mut Dispatch<'_>,
     ) -> Result<Route, String> {
         if !self.backend.caching_on() {
+            // Still learn what the session's names resolve to, so that switching caching
+            // back on serves this session at once.
+            if self.eligible_db {
+                let _ = self.session_query_id(session, shape, dispatch);
+            }
             return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
         }
         if !self.eligible_db {
