@@ -225,7 +225,12 @@ async fn snapshot_and_binlog_decode_every_type_alike() -> Result<()> {
         "INSERT INTO types_b SELECT * FROM types_a; \
          UPDATE types_b SET id = id + 10; DELETE FROM types_b",
     )?;
-    let batches = batches_to_end(&f.source, &pos).await?;
+    // Other tests' transactions on the shared server arrive as batches without changes.
+    let batches: Vec<_> = batches_to_end(&f.source, &pos)
+        .await?
+        .into_iter()
+        .filter(|b| !data_changes(b).is_empty())
+        .collect();
     assert_eq!(batches.len(), 3, "{batches:#?}");
     let b_rel = f.rel("types_b");
     let inserted: Vec<Row> = data_changes(&batches[0])
