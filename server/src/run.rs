@@ -501,6 +501,26 @@ async fn start_replication(
     rebuild_caches_forever(controller).await;
 }
 
+/// Builds `cache` again from its stored query (after a table change, or an eviction); `None`
+/// when the query no longer reads as a cache, which stops it for good.
+async fn build_again(
+    controller: &Controller,
+    cache: &crate::core::CacheEntry,
+) -> Option<Result<Arc<crate::core::CacheEntry>, crate::controller::ControllerError>> {
+    let (text, normalized) = match controller.stored_query(&cache.query) {
+        Ok(q) => q,
+        Err(e) => {
+            cache.invalidate(&format!("cannot be rebuilt: {e}"));
+            return None;
+        }
+    };
+    Some(
+        controller
+            .build_cache(&cache.name, &text, &normalized, cache.always)
+            .await,
+    )
+}
+
 /// Fill evicted caches again when a read asks for them (see `memory.rs`).
 async fn refill_caches_forever(controller: Arc<Controller>) {
     loop {
@@ -511,17 +531,10 @@ async fn refill_caches_forever(controller: Arc<Controller>) {
         if !cache.evicted.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
-        let (text, normalized) = match controller.stored_query(&cache.query) {
-            Ok(q) => q,
-            Err(e) => {
-                cache.invalidate(&format!("cannot be rebuilt: {e}"));
-                continue;
-            }
+        let Some(built) = build_again(&controller, &cache).await else {
+            continue;
         };
-        match controller
-            .build_cache(&cache.name, &text, &normalized, cache.always)
-            .await
-        {
+        match built {
             Ok(entry) => {
                 info!(cache = %cache.name, "evicted cache filled again");
                 controller.publish(entry).await;
@@ -667,17 +680,10 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
             && (c.invalid_reason().is_some() || !c.reads(oid))
     });
     for cache in stale {
-        let (text, normalized) = match controller.stored_query(&cache.query) {
-            Ok(q) => q,
-            Err(e) => {
-                cache.invalidate(&format!("cannot be rebuilt: {e}"));
-                continue;
-            }
+        let Some(built) = build_again(controller, &cache).await else {
+            continue;
         };
-        match controller
-            .build_cache(&cache.name, &text, &normalized, cache.always)
-            .await
-        {
+        match built {
             Ok(entry) => {
                 info!(cache = %cache.name, "cache rebuilt after a table change");
                 controller.publish(entry).await;

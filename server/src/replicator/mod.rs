@@ -340,21 +340,9 @@ async fn initial_snapshot(
         buffer: Some(BulkBuffer::default()),
         buffer_max_bytes: memory.sink_buffer_max_bytes,
     };
-    let summary = match source.snapshot(fresh, tables, &mut sink).await {
-        Ok(s) => s,
-        Err(e) => {
-            if let Err(abort) = core.storage.bulk_load_abort() {
-                warn!(error = %abort, "ending the failed bulk load");
-            }
-            return Err(e.into());
-        }
-    };
+    let summary = source.snapshot(fresh, tables, &mut sink).await;
     drop(sink);
-    // Durable before the caller records the position the copy is consistent at.
-    let storage = core.clone();
-    tokio::task::spawn_blocking(move || storage.storage.bulk_load_end())
-        .await
-        .map_err(|e| ApplyError::Copy(format!("finishing the bulk load: {e}")))??;
+    let summary = end_bulk_load(core, summary).await?;
     let secs = started.elapsed().as_secs_f64();
     info!(
         tables = summary.tables,
@@ -367,6 +355,28 @@ async fn initial_snapshot(
         "snapshot copied"
     );
     Ok(())
+}
+
+/// Ends the initial copy's bulk load: aborted when the copy failed, else made durable
+/// (before the caller records the position the copy is consistent at).
+async fn end_bulk_load<T>(
+    core: &Arc<Core>,
+    copied: Result<T, ReplicationError>,
+) -> Result<T, ApplyError> {
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            if let Err(abort) = core.storage.bulk_load_abort() {
+                warn!(error = %abort, "ending the failed bulk load");
+            }
+            return Err(e.into());
+        }
+    };
+    let storage = core.clone();
+    tokio::task::spawn_blocking(move || storage.storage.bulk_load_end())
+        .await
+        .map_err(|e| ApplyError::Copy(format!("finishing the bulk load: {e}")))??;
+    Ok(copied)
 }
 
 /// A registry entry for a relation; replicated ones get a storage id and a graph table.

@@ -76,20 +76,9 @@ async fn initial_snapshot(
         buffer: Some(BulkBuffer::default()),
         buffer_max_bytes: 64 << 20,
     };
-    let snapshot = match source.snapshot(&mut sink).await {
-        Ok(s) => s,
-        Err(e) => {
-            if let Err(abort) = core.storage.bulk_load_abort() {
-                warn!(error = %abort, "ending the failed bulk load");
-            }
-            return Err(e.into());
-        }
-    };
+    let snapshot = source.snapshot(&mut sink).await;
     drop(sink);
-    let storage = core.clone();
-    tokio::task::spawn_blocking(move || storage.storage.bulk_load_end())
-        .await
-        .map_err(|e| ApplyError::Copy(format!("finishing the bulk load: {e}")))??;
+    let snapshot = end_bulk_load(core, snapshot).await?;
     {
         // Tables without rows get no batch: every table copied is online now.
         let mut registry = core.tables.write().expect("tables lock poisoned");
