@@ -308,7 +308,7 @@ impl Graph {
         let seedable = |n: NodeId| {
             self.nodes
                 .get(&n)
-                .filter(|n| n.op.lists_output() && (with_storage || !n.op.reads_storage()))
+                .filter(|n| with_storage || !n.op.reads_storage())
                 .and_then(|n| n.ledger.as_ref())
                 .is_some_and(|l| l.rows <= max)
         };

@@ -129,6 +129,12 @@ impl JoinOp {
             self.left.is_empty() && self.right.is_empty(),
             "a stored side is chosen before any input"
         );
+        // A LEFT join's left rows without matches are output too: they must be listed
+        // (`current_output`, padded) and so are kept in memory.
+        debug_assert!(
+            !(side.side == 0 && self.kind == JoinKind::Left),
+            "a LEFT join's left side is never read from storage"
+        );
         self.stored = Some(side);
     }
 
@@ -229,9 +235,7 @@ impl JoinOp {
                     row: concat(&row, &self.nulls()),
                     diff,
                 });
-                if self.stored_input() != Some(0) {
-                    bump(&mut self.left_unmatchable, row, diff);
-                }
+                bump(&mut self.left_unmatchable, row, diff);
             }
             return;
         };
@@ -417,10 +421,6 @@ impl Operator for JoinOp {
         free_side(std::mem::take(&mut self.overlay));
     }
 
-    fn lists_output(&self) -> bool {
-        !(self.stored_input() == Some(0) && self.kind == JoinKind::Left)
-    }
-
     fn reads_storage(&self) -> bool {
         self.stored.is_some()
     }
@@ -430,9 +430,6 @@ impl Operator for JoinOp {
             return Ok(self.current_output());
         };
         debug_assert!(self.overlay.is_empty(), "listed between transactions");
-        if !self.lists_output() {
-            return Ok(None);
-        }
         // One probe row per key of the side in memory: every row under a key has its values.
         let kept = if side == 1 { &self.left } else { &self.right };
         let probes: Vec<(Key, Row)> = kept

@@ -71,11 +71,6 @@ pub trait Operator: Send + fmt::Debug + Any {
     fn current_output(&self) -> Option<Batch> {
         None
     }
-    /// Whether [`list_output`](Self::list_output) can list the output (a LEFT join reading
-    /// its left side from storage cannot).
-    fn lists_output(&self) -> bool {
-        true
-    }
     /// Whether the operator reads part of its state from storage (so listing its output
     /// needs storage too).
     fn reads_storage(&self) -> bool {

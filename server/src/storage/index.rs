@@ -94,21 +94,20 @@ impl Storage {
         &self,
         indexes: &[larder_dataflow::StoredIndex],
     ) -> Result<Vec<(TableId, Vec<usize>)>, StorageError> {
-        let mut pins = self.index_pins.lock().expect("index pins poisoned");
-        pins.extend(indexes.iter().cloned());
-        let mut wanted: BTreeSet<larder_dataflow::StoredIndex> = pins.iter().cloned().collect();
-        drop(pins);
-        let registry = self.indexes.read().expect("index registry poisoned");
-        for (table, columns) in registry.iter() {
-            for c in columns {
-                wanted.insert(larder_dataflow::StoredIndex {
-                    table: DfTableId(u64::from(*table)),
-                    columns: c.clone(),
-                });
-            }
-        }
-        drop(registry);
-        self.set_indexes(&wanted)
+        self.index_pins
+            .lock()
+            .expect("index pins poisoned")
+            .extend(indexes.iter().cloned());
+        // Everything kept now stays; `set_indexes` adds the pinned ones.
+        let kept: BTreeSet<larder_dataflow::StoredIndex> = self
+            .indexes()
+            .into_iter()
+            .map(|(table, columns)| larder_dataflow::StoredIndex {
+                table: DfTableId(u64::from(table)),
+                columns,
+            })
+            .collect();
+        self.set_indexes(&kept)
     }
 
     /// Ends one [`pin_indexes`](Self::pin_indexes) of `indexes`.
