@@ -1147,7 +1147,7 @@ fn pg_shortest_digits(f: f64, single: bool) -> (String, i32) {
         (digits.to_owned(), exp.parse().unwrap_or(0))
     };
     let shortest = if single {
-        split(&format!("{:e}", f as f32))
+        half_even_f32(f as f32, split(&format!("{:e}", f as f32)))
     } else {
         split(&format!("{f:e}"))
     };
@@ -1176,6 +1176,35 @@ fn pg_shortest_digits(f: f64, single: bool) -> (String, i32) {
         }
     }
     shortest
+}
+
+/// Rust's shortest form of an `f32` rounds an exact decimal tie up (5.72265625 prints as
+/// `5.7226563`); Postgres' Ryu rounds it to even (`5.7226562`). When `digits` were rounded up
+/// from a value exactly halfway between them and the next lower ones, and those end in an even
+/// digit and read back to `f`, they are taken instead.
+fn half_even_f32(f: f32, (digits, exp): (String, i32)) -> (String, i32) {
+    let Some(last) = digits.bytes().last().filter(|d| (b'1'..=b'9').contains(d)) else {
+        return (digits, exp);
+    };
+    if (last - b'0').is_multiple_of(2) {
+        return (digits, exp);
+    }
+    let lower = format!("{}{}", &digits[..digits.len() - 1], char::from(last - 1));
+    let scale = exp - digits.len() as i32 + 1;
+    // An `f32` is exact in `f64`, and a decimal of at most ten digits that is not exactly it
+    // is far more than an `f64` step away, so this equality is exact.
+    let midpoint = format!("{lower}5e{}", scale - 1);
+    if midpoint.parse::<f64>().ok() != Some(f64::from(f)) {
+        return (digits, exp);
+    }
+    if format!("{lower}e{scale}").parse::<f32>().ok() != Some(f) {
+        return (digits, exp);
+    }
+    let trimmed = lower.trim_end_matches('0');
+    if trimmed.is_empty() {
+        return (digits, exp);
+    }
+    (trimmed.to_owned(), exp)
 }
 
 /// Whether `0.d1d2...dn × 10^(exp+1)` is exactly the midpoint between `f` (positive, finite)
@@ -1802,6 +1831,10 @@ mod tests {
             ),
             (T::Float8, V::Float(f64::NEG_INFINITY), "-Infinity"),
             (T::Float4, V::Float(1e6), "1e+06"),
+            // An exact decimal tie rounds to even, as Postgres' float4out does
+            // (pg_cache_differential seed 11163750558146981278).
+            (T::Float4, V::Float(5.72265625), "5.7226562"),
+            (T::Float4, V::Float(-5.72265625), "-5.7226562"),
             (T::Float4, V::Float(100000.0), "100000"),
             (T::Float4, V::Float(f64::from(0.1f32)), "0.1"),
             (T::Float4, V::Float(f64::from(3.4e38f32)), "3.4e+38"),
