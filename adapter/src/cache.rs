@@ -49,6 +49,19 @@ pub struct StatementContext {
     pub search_path: Option<Vec<PathEntry>>,
     /// The session's temporary schema: `Some(None)` when it has none, `None` when unknown.
     pub temp_schema: Option<Option<String>>,
+    /// A MySQL session's part (`None` on Postgres).
+    pub mysql: Option<MyStatementContext>,
+}
+
+/// What a MySQL session tells about itself with a Larder statement. The session has already
+/// checked upstream, as its own user, that it may run the SELECT of a `CREATE CACHE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MyStatementContext {
+    /// The session's current database (`USE`), if any.
+    pub database: Option<String>,
+    /// The user holds the global SUPER privilege or ALL PRIVILEGES ON *.* (its grants, as the
+    /// upstream shows them to the session).
+    pub admin: bool,
 }
 
 /// Why a cache could not answer; the query then goes upstream.
@@ -189,4 +202,14 @@ pub trait CacheBackend: Send + Sync + 'static {
     }
     /// One of Larder's own statements was answered by Larder.
     fn answered_locally(&self) {}
+    /// MySQL: moves whenever replication reads a statement that changes privileges (GRANT,
+    /// REVOKE, ...): a session then checks again, upstream, what it may read.
+    fn access_epoch(&self) -> u64 {
+        0
+    }
+    /// MySQL: the upstream's binlog position now, in [`CacheBackend::applied_position`]'s
+    /// units (read-your-writes: once applied, every write committed before the call is in).
+    fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {
+        Box::pin(async { Err("the upstream position is not available".to_string()) })
+    }
 }

@@ -50,11 +50,37 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
+/// What a session runtime awaits: a future that stays on its thread.
+pub type LocalFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AdapterError>> + 'a>>;
+
+/// A proxy whose sessions per-core runtimes serve (Postgres' or MySQL's): it accepts on the
+/// listeners it is given until `shutdown`, then drains its sessions.
+pub trait SessionServer: Send + Sync + 'static {
+    fn serve_listeners(
+        &self,
+        tcp: TcpListener,
+        unix: Option<UnixListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> LocalFuture<'_>;
+}
+
+impl SessionServer for Proxy {
+    fn serve_listeners(
+        &self,
+        tcp: TcpListener,
+        unix: Option<UnixListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> LocalFuture<'_> {
+        Box::pin(self.serve(tcp, unix, shutdown))
+    }
+}
+
 /// Serves `proxy` on one `current_thread` runtime per listener in `tcp` (threads named
 /// `larder-sessions-<i>`), the first also serving `unix`, until `shutdown` becomes true and
 /// every runtime has drained its sessions.
-pub async fn serve_per_core(
-    proxy: Arc<Proxy>,
+pub async fn serve_per_core<P: SessionServer>(
+    proxy: Arc<P>,
     tcp: Vec<std::net::TcpListener>,
     mut unix: Option<std::os::unix::net::UnixListener>,
     shutdown: watch::Receiver<bool>,
@@ -78,7 +104,7 @@ pub async fn serve_per_core(
         });
         result = result.and(outcome);
     }
-    info!("postgres proxy stopped");
+    info!("session runtimes stopped");
     result
 }
 
@@ -89,9 +115,9 @@ struct Served {
 }
 
 /// Starts session runtime `i` on its own thread; the receiver gets how its serving ended.
-fn spawn_runtime(
+fn spawn_runtime<P: SessionServer>(
     i: usize,
-    proxy: Arc<Proxy>,
+    proxy: Arc<P>,
     served: Served,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<oneshot::Receiver<Result<(), AdapterError>>> {
@@ -102,21 +128,21 @@ fn spawn_runtime(
     std::thread::Builder::new()
         .name(format!("larder-sessions-{i}"))
         .spawn(move || {
-            let outcome = runtime.block_on(serve_on(&proxy, served, shutdown));
+            let outcome = runtime.block_on(serve_on(proxy.as_ref(), served, shutdown));
             let _ = done.send(outcome);
         })?;
     Ok(stopped)
 }
 
 /// Registers the listeners with the current runtime and serves them.
-async fn serve_on(
-    proxy: &Proxy,
+async fn serve_on<P: SessionServer>(
+    proxy: &P,
     served: Served,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AdapterError> {
     let tcp = TcpListener::from_std(served.tcp)?;
     let unix = served.unix.map(UnixListener::from_std).transpose()?;
-    proxy.serve(tcp, unix, shutdown).await
+    proxy.serve_listeners(tcp, unix, shutdown).await
 }
 
 /// A [`CacheBackend`] whose `execute` (Larder's own statements: `CREATE CACHE`, `SHOW ...`)
@@ -233,5 +259,16 @@ impl CacheBackend for ExecuteOn {
     }
     fn answered_locally(&self) {
         self.inner.answered_locally()
+    }
+    fn access_epoch(&self) -> u64 {
+        self.inner.access_epoch()
+    }
+    fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {
+        let mut task = AbortOnDrop(self.runtime.spawn(self.inner.upstream_position()));
+        Box::pin(async move {
+            (&mut task.0)
+                .await
+                .unwrap_or_else(|e| Err(format!("asking the upstream's position failed: {e}")))
+        })
     }
 }

@@ -11,6 +11,10 @@ pub enum ReplicationError {
     #[error("invalid replication configuration: {0}")]
     InvalidConfig(String),
 
+    /// The upstream refused a query Larder asked about for a user (its message).
+    #[error("the upstream rejects the query: {0}")]
+    Rejected(String),
+
     #[error(
         "upstream wal_level is '{current}', logical replication needs 'logical': \
          set wal_level = logical in postgresql.conf and restart Postgres"

@@ -398,7 +398,9 @@ impl CacheBackend for Backend {
 
     fn session_opened(&self, user: &str) {
         self.controller.connections.fetch_add(1, Ordering::Relaxed);
-        self.controller.privileges.prefetch(user);
+        if self.controller.dialect == larder_sql::statement::Dialect::Postgres {
+            self.controller.privileges.prefetch(user);
+        }
     }
 
     fn session_closed(&self) {
@@ -414,6 +416,23 @@ impl CacheBackend for Backend {
 
     fn answered_locally(&self) {
         self.controller.core.ops.local.inc();
+    }
+
+    fn access_epoch(&self) -> u64 {
+        self.controller
+            .mysql
+            .as_ref()
+            .map_or(0, |s| s.access_epoch())
+    }
+
+    fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {
+        let source = self.controller.mysql.clone();
+        Box::pin(async move {
+            match source {
+                Some(s) => s.current_progress().await.map_err(|e| e.to_string()),
+                None => Err("the upstream position is not available".to_string()),
+            }
+        })
     }
 }
 

@@ -17,12 +17,8 @@ fn main() -> anyhow::Result<()> {
     // walsender commands need `block_in_place`); with `--session-runtime multi-thread` it
     // serves the sessions too, with `per-core` those get runtimes of their own (see
     // `larder_adapter::runtime`). Blocking work (RocksDB, snapshots) has its own pool.
-    // MySQL mode (a relay only, for now) serves its sessions on this runtime whatever
-    // `--session-runtime` says, so it gets the session threads.
-    let workers = match cfg.dialect() {
-        Ok(larder_server::config::Dialect::MySql) => cfg.session_threads(),
-        _ => cfg.multi_thread_workers(),
-    };
+    // MySQL mode likewise.
+    let workers = cfg.multi_thread_workers();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(workers);
     let runtime = builder.enable_all().build()?;

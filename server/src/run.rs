@@ -186,6 +186,8 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
             allow: cfg.shallow_allow.clone(),
             default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
         },
+        dialect: larder_sql::statement::Dialect::Postgres,
+        mysql: None,
     });
     core.status.memory_limit_bytes.store(
         cfg.memory_limit.unwrap_or(0),
@@ -269,7 +271,7 @@ fn start_ops(
     if core.is_some() || listener.is_some() {
         tokio::spawn(crate::ops::freshness::run(
             ops.clone(),
-            source,
+            crate::ops::freshness::PolledSource::Pg(source),
             core.clone(),
             shutdown.clone(),
         ));
@@ -522,7 +524,7 @@ async fn build_again(
 }
 
 /// Fill evicted caches again when a read asks for them (see `memory.rs`).
-async fn refill_caches_forever(controller: Arc<Controller>) {
+pub(crate) async fn refill_caches_forever(controller: Arc<Controller>) {
     loop {
         let query_id = controller.core.refills.next().await;
         let Some(cache) = controller.core.caches.get(&query_id) else {
@@ -548,7 +550,7 @@ async fn refill_caches_forever(controller: Arc<Controller>) {
 }
 
 /// Rebuild the caches stored by an earlier run.
-async fn restore_caches(controller: &Controller) {
+pub(crate) async fn restore_caches(controller: &Controller) {
     let stored = match controller.core.storage.caches() {
         Ok(s) => s,
         Err(e) => {
@@ -609,7 +611,7 @@ const SHALLOW_BUDGET_DEFAULT_BYTES: usize = 1 << 30;
 
 /// Keeps shallow cache entries within what `--memory-limit` leaves after the deep caches'
 /// accounted state, checked every second (and at every insert, per shard).
-async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
+pub(crate) async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
     let Some(limit) = limit else {
         // Everything that grows has a bound: without --memory-limit, shallow entries get one
         // of their own.
@@ -641,7 +643,7 @@ async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
 }
 
 /// Rebuild the caches of tables that came back online after a shape change.
-async fn rebuild_caches_forever(controller: Arc<Controller>) {
+pub(crate) async fn rebuild_caches_forever(controller: Arc<Controller>) {
     loop {
         let oids = match controller.core.rebuild.next().await {
             crate::core::Rebuild::Table(oid) => vec![oid],

@@ -1,6 +1,5 @@
-//! MySQL/MariaDB mode: Larder as a transparent relay that also replicates the database
-//! (snapshot, then binlog) into its storage and dataflow. No cache answers yet: the router
-//! is still to come.
+//! MySQL/MariaDB mode: Larder as a transparent relay that replicates the database (snapshot,
+//! then binlog) into its storage and dataflow, and answers cached queries from it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +9,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use std::sync::atomic::AtomicU64;
 
-/// How often `/ready` checks that the upstream accepts TCP connections.
-const UPSTREAM_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+use larder_sql::statement::Dialect;
+
+use crate::config::Config;
+use crate::controller::{Controller, ProxiedQueries};
 
 /// Serves MySQL clients as a relay until `shutdown`.
 pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -44,7 +45,21 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
     let ops = Arc::new(crate::ops::Ops::new(Duration::from_millis(
         cfg.max_replication_lag_ms,
     )));
-    let core = start_replication(&cfg, url.expose(), ops.clone())?;
+    let (core, controller) = start_replication(
+        &cfg,
+        url.expose(),
+        &upstream.address(),
+        ops.clone(),
+        shutdown.clone(),
+    )?;
+    // Larder's statements and upstream questions run on this (multi-thread) runtime, whatever
+    // runtime a session is on.
+    let backend: Option<Arc<dyn larder_adapter::cache::CacheBackend>> = controller.map(|c| {
+        Arc::new(larder_adapter::runtime::ExecuteOn::new(
+            Arc::new(crate::backend::Backend::new(c, None)),
+            tokio::runtime::Handle::current(),
+        )) as Arc<_>
+    });
     if let Some(addr) = cfg.metrics_address {
         let listener = crate::ops::http::bind(addr)
             .await
@@ -52,27 +67,15 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
         let endpoints = Arc::new(crate::ops::http::Endpoints {
             registry: crate::ops::metrics::MetricsRegistry::new(ops.clone(), Some(core.clone())),
             ops: ops.clone(),
-            // Readiness is the relay's: no cache answers on MySQL yet, so replication's
-            // freshness does not decide it.
-            core: None,
+            core: Some(core.clone()),
         });
         tokio::spawn(crate::ops::http::serve(
             listener,
             endpoints,
             shutdown.clone(),
         ));
-        tokio::spawn(probe_upstream(
-            ops.clone(),
-            upstream.address(),
-            shutdown.clone(),
-        ));
     }
-    let listener = TcpListener::bind(cfg.address)
-        .await
-        .with_context(|| format!("binding {}", cfg.address))?;
-    warn!(upstream = %upstream.address(),
-        "MySQL mode: Larder relays every statement to the upstream and caches nothing yet; \
-         CREATE CACHE and Larder's other statements are refused");
+    info!(upstream = %upstream.address(), "MySQL mode");
     let proxy_cfg = Arc::new(larder_adapter::mysql::MyProxyConfig {
         listen: cfg.address,
         upstream,
@@ -83,8 +86,24 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
         shutdown_grace_ms: cfg.shutdown_grace_ms,
         tls,
         metrics: ops.proxy.clone(),
+        backend,
     });
-    let served = larder_adapter::mysql::serve(listener, proxy_cfg, shutdown).await;
+    let proxy = larder_adapter::mysql::MyProxy::new(proxy_cfg)?;
+    let binding = || format!("binding {}", cfg.address);
+    let served = match cfg.session_runtime {
+        crate::config::SessionRuntime::MultiThread => {
+            let listener = TcpListener::bind(cfg.address).await.with_context(binding)?;
+            proxy.log_listening(listener.local_addr().ok());
+            proxy.serve(listener, shutdown).await
+        }
+        crate::config::SessionRuntime::PerCore => {
+            let listeners =
+                larder_adapter::runtime::bind_reuseport(cfg.address, cfg.session_threads())
+                    .with_context(binding)?;
+            proxy.log_listening(listeners[0].local_addr().ok());
+            larder_adapter::runtime::serve_per_core(proxy, listeners, None, shutdown).await
+        }
+    };
     // Replication stops; the storage is closed here, on this thread, once its tasks let go.
     core.status
         .shutting_down
@@ -106,12 +125,15 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
 
 /// Opens the storage and replicates the upstream database into it in the background: a
 /// replication that cannot start (binlog settings, privileges) is logged and retried, and
-/// never stops the relay.
+/// never stops the relay. Once replication runs, the stored caches are built again. The
+/// controller is `None` when the URL cannot be replicated (the relay runs alone).
 fn start_replication(
     cfg: &Config,
     url: &str,
+    address: &str,
     ops: Arc<crate::ops::Ops>,
-) -> anyhow::Result<Arc<crate::core::Core>> {
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<crate::core::Core>, Option<Arc<Controller>>)> {
     std::fs::create_dir_all(&cfg.storage_dir)
         .with_context(|| format!("creating --storage-dir {}", cfg.storage_dir.display()))?;
     let path = storage_path(cfg);
@@ -123,7 +145,7 @@ fn start_replication(
             path.display()
         );
     }
-    let core = crate::core::Core::with_ops(storage, Default::default(), ops);
+    let core = crate::core::Core::with_ops(storage, Default::default(), ops.clone());
     let server_id = cfg
         .replication_server_id
         .unwrap_or_else(|| default_server_id(&cfg.deployment));
@@ -132,15 +154,60 @@ fn start_replication(
         Err(e) => {
             warn!(error = %e, "MySQL replication cannot use this --upstream-db-url; the relay goes on without it");
             core.set_replication_status(&format!("Not started: {e}"));
-            return Ok(core);
+            return Ok((core, None));
         }
     };
+    core.status.memory_limit_bytes.store(
+        cfg.memory_limit.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        graph.set_partial(cfg.partial_caches == crate::config::Switch::On);
+        graph.set_stored_joins(cfg.stored_joins == crate::config::Switch::On);
+    }
+    tokio::spawn(crate::run::keep_memory_limit(
+        core.clone(),
+        cfg.memory_limit,
+    ));
+    let (privileges, _requests) = crate::privileges::Privileges::new(None);
+    let controller = Arc::new(Controller {
+        core: core.clone(),
+        source: None,
+        proxied: ProxiedQueries::default(),
+        database: source.database().to_string(),
+        upstream_display: format!("{address}/{}", source.database()),
+        connections: AtomicU64::new(0),
+        unbuilt: std::sync::Mutex::new(Vec::new()),
+        privileges,
+        relations: Arc::new(crate::relations::Relations::default()),
+        upstream: tokio::sync::Mutex::new(None),
+        shallow: crate::controller::ShallowSettings {
+            mode: cfg.cache_mode,
+            allow: cfg.shallow_allow.clone(),
+            default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
+        },
+        dialect: Dialect::MySql,
+        mysql: Some(source.clone()),
+    });
     let replicating = core.clone();
+    tokio::spawn(crate::ops::freshness::run(
+        ops,
+        crate::ops::freshness::PolledSource::My(source.clone()),
+        Some(core.clone()),
+        shutdown,
+    ));
+    let caches = controller.clone();
     tokio::spawn(async move {
         let mut backoff_ms = 500u64;
         loop {
             match crate::replicator::start_mysql(replicating.clone(), source.clone()).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    crate::run::restore_caches(&caches).await;
+                    tokio::spawn(crate::run::refill_caches_forever(caches.clone()));
+                    crate::run::rebuild_caches_forever(caches).await;
+                    return;
+                }
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff_ms,
                         "MySQL replication could not start; the relay goes on");
@@ -155,9 +222,8 @@ fn start_replication(
             }
         }
     });
-    Ok(core)
+    Ok((core, Some(controller)))
 }
-
 /// Where this deployment's storage lives (as on Postgres).
 fn storage_path(cfg: &Config) -> std::path::PathBuf {
     cfg.storage_dir.join(format!(
@@ -172,33 +238,4 @@ fn default_server_id(deployment: &str) -> u32 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     0x4000_0000 | (hash as u32 & 0x3fff_ffff)
-}
-
-/// Keeps `/ready` informed: the upstream is reachable when it accepts a TCP connection.
-async fn probe_upstream(
-    ops: Arc<crate::ops::Ops>,
-    address: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    use std::sync::atomic::Ordering;
-    loop {
-        let result = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(address.as_str()),
-        )
-        .await;
-        let error = match result {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("connect timed out".to_string()),
-        };
-        let fr = &ops.freshness;
-        fr.upstream_reachable
-            .store(error.is_none(), Ordering::Relaxed);
-        *fr.upstream_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
-        tokio::select! {
-            _ = tokio::time::sleep(UPSTREAM_PROBE_INTERVAL) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
 }

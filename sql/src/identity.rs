@@ -115,6 +115,15 @@ pub fn canonical_id(normalized_text: &str) -> String {
 /// Qualifies each unqualified relation `n` of `query` (CTE names aside) as `schema_of(n)`, in
 /// place; `false` when `schema_of` does not know a name.
 pub fn qualify(query: &mut Query, schema_of: &dyn Fn(&str) -> Option<String>) -> bool {
+    qualify_quoted(query, schema_of, '"')
+}
+
+/// [`qualify`], quoting the schema names with `quote` (MySQL: a backtick).
+pub fn qualify_quoted(
+    query: &mut Query,
+    schema_of: &dyn Fn(&str) -> Option<String>,
+    quote: char,
+) -> bool {
     let ctes = cte_names(query);
     let mut ok = true;
     let _ = sqlparser::ast::visit_relations_mut(query, |name: &mut ObjectName| {
@@ -123,7 +132,7 @@ pub fn qualify(query: &mut Query, schema_of: &dyn Fn(&str) -> Option<String>) ->
                 match schema_of(&i.value) {
                     Some(s) => name
                         .0
-                        .insert(0, ObjectNamePart::Identifier(Ident::with_quote('"', s))),
+                        .insert(0, ObjectNamePart::Identifier(Ident::with_quote(quote, s))),
                     None => ok = false,
                 }
             }

@@ -8,6 +8,7 @@ pub mod fingerprint;
 pub mod functions;
 pub mod identity;
 pub mod lower;
+pub mod mysql;
 pub mod normalize;
 pub mod numeric;
 pub mod pgtypes;

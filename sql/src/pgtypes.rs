@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 const USECS_PER_SEC: i64 = 1_000_000;
 const USECS_PER_DAY: i64 = 86_400_000_000;
 /// Days from 1970-01-01 (the civil-date algorithm's origin) to 2000-01-01 (Postgres' epoch).
-const UNIX_TO_PG_EPOCH_DAYS: i64 = 10_957;
+pub const UNIX_TO_PG_EPOCH_DAYS: i64 = 10_957;
 /// First valid date (4714-11-24 BC, Julian day 0), in days since 2000-01-01.
 const DATE_MIN_DAYS: i64 = -2_451_545;
 /// First date past the end of the valid range (5874898-01-01).
@@ -671,8 +671,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// Inverse of [`days_from_civil`]: (year, month, day) of a day counted from 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

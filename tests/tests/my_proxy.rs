@@ -1,10 +1,10 @@
 //! End-to-end: Larder as a transparent MySQL/MariaDB relay.
 //!
-//! Why: in MySQL mode Larder caches nothing yet, but every client must be able to use it as
-//! its database: logging in with its own credentials (Larder knows no passwords and relays the
-//! auth exchange), every command and response shape (multi-statements, prepared statements,
-//! LOAD DATA LOCAL, large results, KILL with Larder's connection ids), TLS between client and
-//! Larder, Larder's own statements refused with a clear error, and failures (a malformed
+//! Why: every client must be able to use Larder as its database: logging in with its own
+//! credentials (Larder knows no passwords and relays the auth exchange), every command and
+//! response shape (multi-statements, prepared statements, LOAD DATA LOCAL, large results,
+//! KILL with Larder's connection ids), TLS between client and Larder, Larder's own
+//! statements answered with MySQL error codes, and failures (a malformed
 //! packet, a dead upstream) ending only the session concerned. Every test runs real clients
 //! (the `mariadb` CLI, PyMySQL, mysql-connector-python) against a real MariaDB through the real
 //! `larder` binary.
@@ -14,6 +14,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use larder_testkit::{require_binary, LarderProcess, MariaDbServer};
+
+#[path = "common/my_kit.rs"]
+mod my_kit;
+use my_kit::{assert_ok, cli, python, require_python_module, stderr};
 
 /// A database on the shared MariaDB and a Larder in front of it.
 struct Setup {
@@ -27,7 +31,14 @@ impl Setup {
         let maria = MariaDbServer::shared();
         let db = maria.create_database(prefix).expect("creating a database");
         let url = maria.url(&db);
-        let mut args = vec!["--upstream-db-url", url.as_str()];
+        // Each Larder replicates as its own replica of the shared server.
+        let server_id = my_kit::server_id(prefix).to_string();
+        let mut args = vec![
+            "--upstream-db-url",
+            url.as_str(),
+            "--replication-server-id",
+            server_id.as_str(),
+        ];
         args.extend_from_slice(extra);
         let larder = LarderProcess::spawn(&args, &[]).expect("starting larder");
         Setup { maria, db, larder }
@@ -55,64 +66,6 @@ impl Setup {
             script,
         )
     }
-}
-
-fn cli(port: u16, user: &str, password: &str, db: &str, sql: &str, extra: &[&str]) -> Output {
-    Command::new(require_binary("mariadb"))
-        .arg("--no-defaults")
-        .args(["--protocol=TCP", "-h", "127.0.0.1", "-N", "-B"])
-        .arg(format!("-P{port}"))
-        .arg(format!("-u{user}"))
-        .args(extra)
-        .arg(db)
-        .args(["-e", sql])
-        .env("MYSQL_PWD", password)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running the mariadb CLI")
-}
-
-/// Runs `script` with python3; it finds `HOST`, `PORT`, `USER`, `PASSWORD`, `DB` and `connect`
-/// (a PyMySQL connect with those, taking extra keyword arguments) predefined.
-fn python(port: u16, user: &str, password: &str, db: &str, script: &str) -> Output {
-    let prelude = "import os, sys, time, threading, socket, struct\n\
-        import pymysql\n\
-        HOST = '127.0.0.1'; PORT = int(os.environ['MY_PORT'])\n\
-        USER = os.environ['MY_USER']; PASSWORD = os.environ['MY_PASSWORD']\n\
-        DB = os.environ['MY_DB']\n\
-        def connect(**kw):\n\
-        \x20   args = dict(host=HOST, port=PORT, user=USER, password=PASSWORD, database=DB)\n\
-        \x20   args.update(kw)\n\
-        \x20   return pymysql.connect(**args)\n";
-    Command::new(require_binary("python3"))
-        .args(["-c", &format!("{prelude}{script}")])
-        .env("MY_PORT", port.to_string())
-        .env("MY_USER", user)
-        .env("MY_PASSWORD", password)
-        .env("MY_DB", db)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running python3")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
 }
 
 #[test]
@@ -228,23 +181,27 @@ fn auth_plugins_and_auth_switch_are_relayed() {
 }
 
 #[test]
-fn larder_statements_are_refused_with_1235() {
+fn larder_statements_get_mysql_error_codes() {
     let s = Setup::new("my_larder_stmt", &[]);
-    for sql in [
-        "CREATE CACHE FROM SELECT 1",
-        "SHOW CACHES",
-        "ALTER LARDER SET caching = on",
+    for (sql, code) in [
+        // Nothing to cache: ER_NOT_SUPPORTED_YET, with the reason.
+        ("CREATE CACHE FROM SELECT 1", "ERROR 1235 (42000)"),
+        // A table the upstream does not have: the upstream's own error.
+        (
+            "CREATE CACHE FROM SELECT * FROM nosuch",
+            "ERROR 1146 (42S02)",
+        ),
+        ("CREATE CACHE FROM SELEC", "ERROR 1064 (42000)"),
+        ("DROP CACHE q_0000000000000000", "ERROR 1105 (HY000)"),
     ] {
         let o = s.cli(sql);
         assert!(!o.status.success(), "{sql}");
         let err = stderr(&o);
-        assert!(
-            err.contains("ERROR 1235 (42000)")
-                && err.contains("caching on MySQL upstreams is not available yet"),
-            "{sql}: {err}"
-        );
+        assert!(err.contains(code), "{sql}: {err}");
     }
-    // The session goes on after the local answer.
+    assert_ok(&s.cli("SHOW CACHES"));
+    assert_ok(&s.cli("ALTER LARDER SET caching = on"));
+    // The session goes on after a local answer.
     let out = assert_ok(&s.python(
         "c = connect(); cur = c.cursor()\n\
          try:\n    cur.execute('CREATE CACHE FROM SELECT 1')\n\
@@ -728,17 +685,6 @@ fn metrics_and_graceful_shutdown() {
     );
     let status = s.larder.wait_exit(Duration::from_secs(20));
     assert!(status.is_some_and(|st| st.success()), "{status:?}");
-}
-
-fn require_python_module(module: &str, package: &str) {
-    let ok = Command::new(require_binary("python3"))
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "python module {module} missing: pip install {package} (scripts/lib/deps.sh does)"
-    );
 }
 
 fn scratch(name: &str) -> PathBuf {

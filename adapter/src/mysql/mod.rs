@@ -26,13 +26,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use proxy::serve;
+pub use proxy::MyProxy;
 pub use upstream::MyUpstreamConfig;
 
 use crate::AdapterError;
 
 /// Configuration of the MySQL relay.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MyProxyConfig {
     /// Where clients connect (informational; `serve` takes a bound listener).
     pub listen: SocketAddr,
@@ -52,6 +52,19 @@ pub struct MyProxyConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Connection and relayed-command counters (for `/metrics`).
     pub metrics: Arc<crate::metrics::ProxyMetrics>,
+    /// The caches; `None` relays everything (Larder's statements are refused).
+    pub backend: Option<Arc<dyn crate::cache::CacheBackend>>,
+}
+
+impl std::fmt::Debug for MyProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MyProxyConfig")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("max_connections", &self.max_connections)
+            .field("caching", &self.backend.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MyProxyConfig {
@@ -67,6 +80,7 @@ impl MyProxyConfig {
             shutdown_grace_ms: crate::pg::SHUTDOWN_GRACE_MS_DEFAULT,
             tls: None,
             metrics: crate::metrics::ProxyMetrics::new(),
+            backend: None,
         }
     }
 

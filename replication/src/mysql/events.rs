@@ -138,7 +138,9 @@ pub(crate) enum Statement {
     /// A row change logged as a statement (a session with binlog_format STATEMENT or
     /// MIXED): its rows are not in the binlog. The target table when it could be read.
     Dml(Option<TableRef>),
-    /// Anything else (other DDL, GRANT, SAVEPOINT, ...): nothing to do.
+    /// Who may read what changed (GRANT, REVOKE, users and roles, FLUSH PRIVILEGES).
+    Access,
+    /// Anything else (other DDL, SAVEPOINT, ...): nothing to do.
     Other,
 }
 
@@ -292,6 +294,9 @@ pub(crate) fn classify(sql: &str) -> Statement {
             Statement::Rollback
         };
     }
+    if access_statement(&mut p) {
+        return Statement::Access;
+    }
     for (kw, skip) in [
         (
             "INSERT",
@@ -378,6 +383,29 @@ pub(crate) fn classify(sql: &str) -> Statement {
     Statement::Other
 }
 
+/// GRANT, REVOKE, `{CREATE|ALTER|DROP|RENAME} {USER|ROLE}`, `SET PASSWORD`, `SET DEFAULT
+/// ROLE`, `FLUSH PRIVILEGES`: statements after which a session may read other things.
+fn access_statement(p: &mut Parser) -> bool {
+    let save = p.at;
+    if p.keyword("GRANT") || p.keyword("REVOKE") {
+        return true;
+    }
+    if p.keywords(&["FLUSH", "PRIVILEGES"]) || p.keywords(&["SET", "PASSWORD"]) {
+        return true;
+    }
+    if p.keywords(&["SET", "DEFAULT", "ROLE"]) {
+        return true;
+    }
+    if p.keyword("CREATE") || p.keyword("ALTER") || p.keyword("DROP") || p.keyword("RENAME") {
+        p.keywords(&["OR", "REPLACE"]);
+        if p.keyword("USER") || p.keyword("ROLE") {
+            return true;
+        }
+    }
+    p.at = save;
+    false
+}
+
 /// `[UNIQUE|FULLTEXT|SPATIAL] INDEX name ON table` (after CREATE or DROP).
 fn index_statement(p: &mut Parser) -> Statement {
     p.keyword("ONLINE");
@@ -400,6 +428,28 @@ mod tests {
 
     fn t(db: Option<&str>, name: &str) -> TableRef {
         (db.map(str::to_string), name.to_string())
+    }
+
+    #[test]
+    fn privilege_statements_are_access_changes() {
+        for sql in [
+            "GRANT SELECT ON shop.* TO 'app'@'%'",
+            "revoke select on shop.items from app",
+            "CREATE USER 'x'@'%' IDENTIFIED BY 'p'",
+            "DROP ROLE r",
+            "CREATE OR REPLACE USER x",
+            "SET PASSWORD FOR x = PASSWORD('p')",
+            "SET DEFAULT ROLE r FOR x",
+            "FLUSH PRIVILEGES",
+            "RENAME USER a TO b",
+        ] {
+            assert_eq!(classify(sql), Statement::Access, "{sql}");
+        }
+        assert_eq!(
+            classify("CREATE TABLE t (a int)"),
+            Statement::Created(vec![t(None, "t")])
+        );
+        assert_eq!(classify("SET @x = 1"), Statement::Other);
     }
 
     #[test]
@@ -495,7 +545,7 @@ mod tests {
             Statement::Dml(None)
         );
         assert_eq!(classify("CREATE DATABASE x"), Statement::Other);
-        assert_eq!(classify("GRANT ALL ON *.* TO x"), Statement::Other);
+        assert_eq!(classify("GRANT ALL ON *.* TO x"), Statement::Access);
         assert_eq!(classify(""), Statement::Other);
         assert_eq!(
             classify("/*!40000 ALTER TABLE t DISABLE KEYS */"),

@@ -31,7 +31,7 @@ pub use events::{GtidState, MariaGtid};
 pub use position::Position;
 pub use schema::{relation_id, MyTable};
 pub use snapshot::MySnapshot;
-pub use source::MySource;
+pub use source::{DescribedColumn, MySource};
 pub use stream::{MyChangeBatch, MyStream, MyTxnPart};
 
 use crate::change::RelationInfo;

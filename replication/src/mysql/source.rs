@@ -15,6 +15,12 @@ pub struct MySource {
     pub(crate) database: String,
     pub(crate) server_id: u32,
     pub(crate) options: MySourceOptions,
+    /// Counts privilege statements (GRANT, REVOKE, ...) the stream has read: sessions check
+    /// again what they may read when it moves.
+    pub(crate) access_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The control session ([`MySource::describe`], [`MySource::current_progress`]): opened
+    /// on first use and again after it fails.
+    control: std::sync::Arc<tokio::sync::Mutex<Option<Conn>>>,
 }
 
 impl fmt::Debug for MySource {
@@ -72,6 +78,8 @@ impl MySource {
             database,
             server_id,
             options: MySourceOptions::default(),
+            access_epoch: Default::default(),
+            control: Default::default(),
         })
     }
 
@@ -99,6 +107,97 @@ impl MySource {
         self.server_id
     }
 
+    /// Moves whenever the stream reads a statement that changes privileges.
+    pub fn access_epoch(&self) -> u64 {
+        self.access_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `f` on the control session, opening it first if needed; a failed call closes it.
+    async fn on_control<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut Conn,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ReplicationError>> + Send + 'c>,
+        >,
+    ) -> Result<T, ReplicationError> {
+        let mut slot = self.control.lock().await;
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let result = f(&mut conn).await;
+        if result.is_ok() {
+            *slot = Some(conn);
+        }
+        result
+    }
+
+    /// The upstream's binlog position now, as [`super::Position::progress`] counts it:
+    /// once replication has applied this much, it has every transaction committed before
+    /// the call.
+    pub async fn current_progress(&self) -> Result<u64, ReplicationError> {
+        self.on_control(|conn| {
+            Box::pin(async move {
+                let (file, offset) = master_status(conn)
+                    .await
+                    .map_err(my_err("reading the binlog position"))?
+                    .ok_or_else(|| {
+                        ReplicationError::InvalidConfig("the binlog is off (log_bin)".into())
+                    })?;
+                Ok(super::Position::new(file, offset, None).progress())
+            })
+        })
+        .await
+    }
+
+    /// What the upstream says `sql` returns: each result column's name, MySQL type code,
+    /// flags and decimals, from preparing it (nothing runs). `Err` carries the server's
+    /// message when it rejects the query.
+    pub async fn describe(&self, sql: &str) -> Result<Vec<DescribedColumn>, ReplicationError> {
+        let sql = sql.to_string();
+        self.on_control(move |conn| {
+            Box::pin(async move {
+                let stmt = match conn.prep(sql).await {
+                    Ok(s) => s,
+                    Err(mysql_async::Error::Server(e)) => {
+                        return Ok(Err(e.message));
+                    }
+                    Err(e) => return Err(my_err("preparing the query")(e)),
+                };
+                let out = stmt
+                    .columns()
+                    .iter()
+                    .map(|c| DescribedColumn {
+                        name: c.name_str().into_owned(),
+                        type_code: c.column_type() as u8,
+                        flags: c.flags().bits(),
+                        decimals: c.decimals(),
+                        charset: c.character_set(),
+                    })
+                    .collect();
+                conn.close(stmt)
+                    .await
+                    .map_err(my_err("closing a statement"))?;
+                Ok(Ok(out))
+            })
+        })
+        .await?
+        .map_err(ReplicationError::Rejected)
+    }
+}
+
+/// One result column as the upstream describes a prepared statement's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedColumn {
+    pub name: String,
+    pub type_code: u8,
+    pub flags: u16,
+    pub decimals: u8,
+    pub charset: u16,
+}
+
+impl MySource {
     /// An SQL session in UTC (TIMESTAMP values print in UTC) with utf8mb4 results.
     pub async fn connect(&self) -> Result<Conn, ReplicationError> {
         let opts = OptsBuilder::from_opts(self.opts.clone())

@@ -482,6 +482,11 @@ impl MyStream {
                 return self.commit(event).map(Some);
             }
             Statement::Other => {}
+            Statement::Access => {
+                self.source
+                    .access_epoch
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             Statement::Dml(target) => {
                 let ours = match &target {
                     Some(t) => self.ours(t, default_db).is_some(),

@@ -32,6 +32,10 @@ impl Controller {
         relations: &[larder_adapter::cache::CachedRelation],
         what: &str,
     ) -> Result<(), ControllerError> {
+        if self.dialect == Dialect::MySql {
+            // The MySQL session prepared the query upstream as its own user first.
+            return Ok(());
+        }
         let oids: Vec<u32> = relations.iter().map(|r| r.oid).collect();
         let access = self.role_access(role, &oids).await?;
         for r in relations {

@@ -22,6 +22,7 @@ use larder_sql::SqlType;
 use super::{db_error_text, Controller, ControllerError, RegistryCatalog};
 use crate::core::{CacheEntry, CachedRelation, Core};
 use crate::tables::{TableEntry, TableState};
+use larder_sql::statement::Dialect;
 
 /// Rows fed to a new cache per hold of the dataflow lock.
 const FILL_CHUNK_ROWS: usize = 8192;
@@ -130,6 +131,9 @@ impl Controller {
         &self,
         tables: &[TableEntry],
     ) -> Result<Option<String>, ControllerError> {
+        if self.dialect == Dialect::MySql {
+            return Ok(None);
+        }
         let client = self.upstream_client().await?;
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
         let rows = client
@@ -201,7 +205,10 @@ impl Controller {
             .load(std::sync::atomic::Ordering::SeqCst);
         let (plan, tables) = self.check_supported(normalized)?;
         self.check_collations(&plan, &tables).await?;
-        let columns = self.describe(&normalized.text).await?;
+        let columns = match self.dialect {
+            Dialect::MySql => self.describe_mysql(text, &plan).await?,
+            Dialect::Postgres => self.describe(&normalized.text).await?,
+        };
         if columns.len() != plan.output.len() {
             return Err(ControllerError::Internal(format!(
                 "upstream describes {} result columns, the plan has {}",
@@ -237,6 +244,18 @@ impl Controller {
         plan: &CachePlan,
         tables: &[TableEntry],
     ) -> Result<(), ControllerError> {
+        if self.dialect == Dialect::MySql {
+            let json_as_stored = self
+                .my_source()?
+                .flavor()
+                .await
+                .map_err(|e| ControllerError::Unavailable(e.to_string()))?
+                == larder_replication::mysql::Flavor::MariaDb;
+            return match super::mysql::mysql_refusal(plan, json_as_stored) {
+                Some(reason) => Err(ControllerError::Unsupported(reason)),
+                None => Ok(()),
+            };
+        }
         let client = self.upstream_client().await?;
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
         let rows = client

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 mod access;
 mod build;
+mod mysql;
 mod naming;
 mod shallow;
 mod show;
@@ -100,6 +101,11 @@ pub struct Controller {
     pub upstream: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
     /// What `CREATE CACHE` makes by default, and what shallow caches may do.
     pub shallow: ShallowSettings,
+    /// The upstream's SQL dialect: how queries read, and which of the upstream-facing steps
+    /// run (see `mysql.rs` for what differs on MySQL).
+    pub dialect: Dialect,
+    /// The MySQL upstream (`dialect` MySql); `source` is then `None`.
+    pub mysql: Option<Arc<larder_replication::mysql::MySource>>,
 }
 
 /// Tables visible to lowering: the replicated, online ones. An unqualified name resolves to
@@ -139,7 +145,20 @@ impl Controller {
         // After `SET ROLE` Larder may not know the current role yet; the session user could
         // `RESET ROLE` at any time, so it is who the statement runs as.
         let role = ctx.role.as_deref().unwrap_or(&ctx.session_user);
+        if self.dialect == Dialect::MySql {
+            let what = match &stmt {
+                LarderStatement::DropCache { .. } => Some("DROP CACHE"),
+                LarderStatement::DropAllCaches => Some("DROP ALL CACHES"),
+                LarderStatement::DropAllProxiedQueries => Some("DROP ALL PROXIED QUERIES"),
+                LarderStatement::SetCaching { .. } => Some("ALTER LARDER SET caching"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                self.require_mysql_admin(ctx, what)?;
+            }
+        }
         match &stmt {
+            _ if self.dialect == Dialect::MySql => {}
             LarderStatement::DropCache { .. } => self.require_admin(role, "DROP CACHE").await?,
             LarderStatement::DropAllCaches => self.require_admin(role, "DROP ALL CACHES").await?,
             LarderStatement::DropAllProxiedQueries => {
@@ -238,19 +257,19 @@ impl Controller {
             CacheSource::Select { query, text } => Ok((text, normalize_query(*query))),
             CacheSource::QueryId(id) => {
                 if let Some(c) = self.core.shallow.get(&id) {
-                    let q = parse_select(&c.query, Dialect::Postgres)
+                    let q = parse_select(&c.query, self.dialect)
                         .map_err(|e| ControllerError::Invalid(e.to_string()))?;
                     return Ok((c.query.clone(), normalize_query(q)));
                 }
                 if let Some(c) = self.core.caches.get(&id) {
-                    let q = parse_select(&c.query, Dialect::Postgres)
+                    let q = parse_select(&c.query, self.dialect)
                         .map_err(|e| ControllerError::Invalid(e.to_string()))?;
                     return Ok((c.query.clone(), normalize_query(q)));
                 }
                 let text = self.proxied.text_of(&id).ok_or_else(|| {
                     ControllerError::NotFound(format!("no query with id {id} has been seen"))
                 })?;
-                let q = parse_select(&text, Dialect::Postgres).map_err(|_| {
+                let q = parse_select(&text, self.dialect).map_err(|_| {
                     ControllerError::Unsupported(format!("query {id} is not a SELECT"))
                 })?;
                 Ok((text, normalize_query(q)))
@@ -280,7 +299,9 @@ impl Controller {
                 Err(e) => format!("no: {e}"),
             }
         };
-        let shallow = if self.core.shallow.get(&normalized.query_id).is_some() {
+        let shallow = if self.dialect == Dialect::MySql {
+            "no: not available on MySQL upstreams yet".to_string()
+        } else if self.core.shallow.get(&normalized.query_id).is_some() {
             "cached".to_string()
         } else {
             match self.shallow_possible(&normalized) {
@@ -310,6 +331,12 @@ impl Controller {
         let (text, normalized) = self.source_query(source)?;
         let (text, normalized) = self.for_session(&text, normalized, ctx).await?;
         let shallow = match kind {
+            CacheKind::Shallow if self.dialect == Dialect::MySql => {
+                return Err(ControllerError::Unsupported(
+                    "shallow caches are not available on MySQL upstreams yet".into(),
+                ))
+            }
+            _ if self.dialect == Dialect::MySql => false,
             CacheKind::Shallow => true,
             CacheKind::Deep => false,
             CacheKind::Default => match self.shallow.mode {

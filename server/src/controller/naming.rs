@@ -19,6 +19,9 @@ impl Controller {
         normalized: Normalized,
         ctx: &StatementContext,
     ) -> Result<(String, Normalized), ControllerError> {
+        if self.dialect == Dialect::MySql {
+            return self.for_mysql_session(text, ctx).await;
+        }
         let names = larder_sql::identity::unqualified_relations(&normalized.query);
         let target = self.upstream_position().await?;
         let deadline = std::time::Instant::now() + Duration::from_millis(CATCH_UP_MAX_MS);
@@ -96,6 +99,11 @@ impl Controller {
     /// creation may hold unqualified names: they are read as they always were (`public`
     /// first, else the only replicated schema with such a table), and qualified.
     pub fn stored_query(&self, text: &str) -> Result<(String, Normalized), ControllerError> {
+        if self.dialect == Dialect::MySql {
+            // Stored qualified: the database is only a default for names that are not.
+            let database = self.my_source()?.database().to_string();
+            return mysql::mysql_normalized(text, &database);
+        }
         let mut query = parse_select(text, Dialect::Postgres)
             .map_err(|e| ControllerError::Invalid(e.to_string()))?;
         let catalog = RegistryCatalog { core: &self.core };

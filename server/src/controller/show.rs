@@ -155,7 +155,15 @@ impl Controller {
         ]);
         t.push(vec![
             "Replication Offset".into(),
-            format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
+            match self.dialect {
+                // A binlog file's sequence number and the offset in it.
+                larder_sql::statement::Dialect::MySql => {
+                    format!("binlog file {}, offset {}", lsn >> 32, lsn & 0xffff_ffff)
+                }
+                larder_sql::statement::Dialect::Postgres => {
+                    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+                }
+            },
         ]);
         t.push(vec![
             "Caches".into(),

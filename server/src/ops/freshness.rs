@@ -236,7 +236,7 @@ impl Freshness {
 /// connection opened for each poll.
 pub async fn run(
     ops: Arc<Ops>,
-    source: Arc<PgSource>,
+    source: PolledSource,
     core: Option<Arc<Core>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -309,11 +309,27 @@ async fn confirm_loop(
     }
 }
 
-/// The upstream's current WAL position (its replay position on a standby).
+/// Whose position the poller asks for: a Postgres upstream's WAL, or a MySQL upstream's
+/// binlog (in `Position::progress` units, as its replication applies them).
+pub enum PolledSource {
+    Pg(Arc<PgSource>),
+    My(Arc<larder_replication::mysql::MySource>),
+}
+
+/// The upstream's current position.
 async fn poll(
-    source: &PgSource,
+    source: &PolledSource,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<u64, String> {
+    let source = match source {
+        PolledSource::Pg(s) => s,
+        PolledSource::My(s) => {
+            return tokio::time::timeout(Duration::from_secs(5), s.current_progress())
+                .await
+                .map_err(|_| "the binlog position poll timed out".to_string())?
+                .map_err(|e| format!("polling the binlog position: {e}"))
+        }
+    };
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(source.client().await.map_err(|e| e.to_string())?);
     }

@@ -118,6 +118,15 @@ impl<'a> Reader<'a> {
         self.bytes(len, what)
     }
 
+    /// A length-encoded string, or `None` for the NULL marker (a text-protocol value).
+    pub fn lenenc_int_or_null_bytes(&mut self) -> Result<Option<&'a [u8]>, MyProtocolError> {
+        let Some(len) = self.lenenc_int_or_null("value")? else {
+            return Ok(None);
+        };
+        let len = usize::try_from(len).map_err(|_| MyProtocolError::Truncated("value"))?;
+        self.bytes(len, "value").map(Some)
+    }
+
     /// A NUL-terminated string (without the NUL).
     pub fn nul_bytes(&mut self, what: &'static str) -> Result<&'a [u8], MyProtocolError> {
         let rest = &self.buf[self.pos..];

@@ -46,6 +46,42 @@ pub struct ColumnDefinition {
     pub rest: Vec<u8>,
 }
 
+/// The fixed-length part of a column definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnType {
+    /// The collation id of the values as sent.
+    pub charset: u16,
+    pub length: u32,
+    /// `enum_field_types`.
+    pub code: u8,
+    pub flags: u16,
+    pub decimals: u8,
+}
+
+/// `UNSIGNED_FLAG` in a column definition's flags.
+pub const UNSIGNED_FLAG: u16 = 32;
+
+impl ColumnDefinition {
+    /// The fixed part; `extended_metadata`: MariaDB's extended metadata string comes first
+    /// (MARIADB_CLIENT_EXTENDED_METADATA was negotiated).
+    pub fn column_type(&self, extended_metadata: bool) -> Result<ColumnType, MyProtocolError> {
+        let mut r = Reader::new(&self.rest);
+        if extended_metadata {
+            r.lenenc_bytes("extended metadata")?;
+        }
+        if r.lenenc_int("fixed length")? != 0x0c {
+            return Err(MyProtocolError::Invalid("column definition fixed length"));
+        }
+        Ok(ColumnType {
+            charset: r.u16("character set")?,
+            length: r.u32("column length")?,
+            code: r.u8("column type")?,
+            flags: r.u16("column flags")?,
+            decimals: r.u8("decimals")?,
+        })
+    }
+}
+
 impl Payload for ColumnDefinition {
     fn encode(&self, dst: &mut BytesMut) {
         for s in [
@@ -100,5 +136,26 @@ mod tests {
             org_name: b"id".to_vec(),
             rest: vec![0x0c, 0x3f, 0, 11, 0, 0, 0, 3, 0x03, 0x42, 0, 0, 0],
         });
+        let c = ColumnDefinition::decode(&{
+            let mut b = BytesMut::new();
+            ColumnDefinition {
+                catalog: b"def".to_vec(),
+                schema: vec![],
+                table: vec![],
+                org_table: vec![],
+                name: b"id".to_vec(),
+                org_name: vec![],
+                rest: vec![
+                    2, 1, b'x', 0x0c, 0x3f, 0, 11, 0, 0, 0, 3, 0x23, 0x42, 2, 0, 0,
+                ],
+            }
+            .encode(&mut b);
+            b
+        })
+        .unwrap();
+        let t = c.column_type(true).unwrap();
+        assert_eq!((t.charset, t.length, t.code, t.decimals), (63, 11, 3, 2));
+        assert_eq!(t.flags & UNSIGNED_FLAG, UNSIGNED_FLAG);
+        assert!(c.column_type(false).is_err());
     }
 }

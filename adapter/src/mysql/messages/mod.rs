@@ -16,13 +16,15 @@ pub mod flags;
 mod handshake;
 mod handshake_response;
 mod ok;
+pub mod rows;
+pub mod stmt;
 
 pub use auth_more_data::{AuthMoreData, FAST_AUTH_SUCCESS, PERFORM_FULL_AUTH};
 pub use auth_switch::AuthSwitchRequest;
 pub use codec::{
     put_lenenc_bytes, put_lenenc_int, put_nul_bytes, MyProtocolError, Payload, Reader, LENENC_NULL,
 };
-pub use column::{ColumnCount, ColumnDefinition};
+pub use column::{ColumnCount, ColumnDefinition, ColumnType, UNSIGNED_FLAG};
 pub use command::{ComProcessKill, ComQuery, Command};
 pub use eof::{EofPacket, EOF_PAYLOAD_MAX_EXCLUSIVE};
 pub use err::ErrPacket;

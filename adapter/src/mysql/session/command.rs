@@ -10,8 +10,11 @@ use tracing::debug;
 
 use super::kill::rewrite_kill;
 use super::response::Relay;
+use super::route::Route;
+use super::serve::{try_local, Reply};
 use super::{Established, SessionError, Shared};
 use crate::mysql::messages::flags::{capability as cap, error_code};
+use crate::mysql::messages::stmt::PrepareOk;
 use crate::mysql::messages::{ComProcessKill, Command, ErrPacket, MyProtocolError, Payload};
 use crate::mysql::packet::Assembler;
 
@@ -54,7 +57,10 @@ fn decide(shared: &Shared, command: Command, mut payload: BytesMut) -> Action {
             let Ok(text) = std::str::from_utf8(&payload[1..]) else {
                 return Action::Relay(payload);
             };
-            if parse_larder_statement(text, Dialect::MySql).is_some() {
+            // With caching, Larder's statements were answered before this.
+            if shared.cfg.backend.is_none()
+                && parse_larder_statement(text, Dialect::MySql).is_some()
+            {
                 return Action::Answer(ErrPacket::new(
                     error_code::NOT_SUPPORTED_YET,
                     "42000",
@@ -97,6 +103,14 @@ pub(super) async fn run(
 ) -> Result<(), SessionError> {
     let deprecate_eof = est.capabilities & cap::CLIENT_DEPRECATE_EOF != 0;
     let idle_ms = shared.cfg.idle_timeout_ms;
+    let mut route = shared
+        .cfg
+        .backend
+        .clone()
+        .map(|b| Route::new(b, est.database.clone(), est.extended_metadata));
+    let _opened = route
+        .as_ref()
+        .map(|r| SessionCount::open(r.backend.clone(), &est.user));
     let mut asm = Assembler::new(shared.cfg.max_packet_bytes);
     loop {
         let between_commands = asm.pending_len() == 0 && !est.client.has_buffered();
@@ -150,6 +164,15 @@ pub(super) async fn run(
             });
         };
         let reply_seq = cmd.next_seq();
+        if let Some(route) = route.as_mut() {
+            let reply = Reply {
+                seq: reply_seq,
+                deprecate_eof,
+            };
+            if try_local(est, route, command, &cmd.payload, reply).await? {
+                continue;
+            }
+        }
         let payload = match decide(shared, command, cmd.payload) {
             Action::Answer(err) => {
                 est.client.send_err(reply_seq, &err).await?;
@@ -162,10 +185,65 @@ pub(super) async fn run(
             return Ok(());
         }
         let started = Instant::now();
-        Relay::new(&mut est.client, &mut est.upstream, deprecate_eof)
-            .response(command)
-            .await?;
+        let mut relay = Relay::new(&mut est.client, &mut est.upstream, deprecate_eof);
+        if route.is_some() && command == Command::StmtPrepare {
+            relay = relay.capturing_prepare();
+        }
+        relay.response(command).await?;
+        let (last_status, prepared) = (relay.last_status, relay.prepared.take());
         shared.cfg.metrics.upstream_done(started);
+        if let Some(route) = route.as_mut() {
+            after_relay(route, command, &payload, last_status, prepared);
+        }
+    }
+}
+
+/// Counts the session among the backend's open ones while it lives.
+struct SessionCount(std::sync::Arc<dyn crate::cache::CacheBackend>);
+
+impl SessionCount {
+    fn open(backend: std::sync::Arc<dyn crate::cache::CacheBackend>, user: &str) -> Self {
+        backend.session_opened(user);
+        SessionCount(backend)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.session_closed();
+    }
+}
+
+/// What a relayed command changed about the session, for its cache path.
+fn after_relay(
+    route: &mut Route,
+    command: Command,
+    payload: &[u8],
+    last_status: Option<u16>,
+    prepared: Option<(PrepareOk, Vec<Vec<u8>>)>,
+) {
+    let ok = last_status.is_some();
+    if let Some(s) = last_status {
+        route.status = s;
+    }
+    let text = || std::str::from_utf8(&payload[1..]).ok();
+    match command {
+        Command::Query => match text() {
+            Some(t) => route.after_query(t, ok),
+            None => route.after_query(";;", ok),
+        },
+        Command::InitDb if ok => {
+            if let Some(db) = text() {
+                route.init_db(db.to_string());
+            }
+        }
+        Command::StmtPrepare => {
+            if let (Some((ok, columns)), Some(t)) = (prepared, text()) {
+                route.prepared(ok.statement_id, t, ok.params, columns);
+            }
+        }
+        Command::StmtExecute if route.executes_select(payload) => {}
+        other => route.after_command(other, ok),
     }
 }
 

@@ -209,12 +209,24 @@ pub(super) async fn establish(
     }
     std::mem::forget(ids_guard);
     let negotiated = caps & server_hs.capabilities;
+    let extended_metadata = mariadb && {
+        let ext = &response.payload[28..32];
+        u32::from_le_bytes([ext[0], ext[1], ext[2], ext[3]]) & cap::MARIADB_CLIENT_EXTENDED_METADATA
+            != 0
+    };
     Ok(Established {
         client,
         upstream,
         capabilities: negotiated,
         larder_id,
         upstream_thread_id: server_hs.connection_id,
+        user: String::from_utf8_lossy(&parsed.username).into_owned(),
+        database: parsed
+            .database
+            .as_ref()
+            .filter(|d| !d.is_empty() && negotiated & cap::CLIENT_CONNECT_WITH_DB != 0)
+            .map(|d| String::from_utf8_lossy(d).into_owned()),
+        extended_metadata,
     })
 }
 

@@ -5,7 +5,10 @@ mod command;
 mod handshake;
 mod io;
 mod kill;
+mod local;
 mod response;
+mod route;
+mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +63,11 @@ pub(crate) struct Established {
     pub(crate) capabilities: u32,
     pub(crate) larder_id: u32,
     pub(crate) upstream_thread_id: u32,
+    /// Who logged in, and the database the session started in.
+    pub(crate) user: String,
+    pub(crate) database: Option<String>,
+    /// Whether MariaDB's extended metadata is in column definitions.
+    pub(crate) extended_metadata: bool,
 }
 
 /// Serves one accepted connection until it ends.

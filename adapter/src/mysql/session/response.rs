@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::io::PacketConn;
 use super::SessionError;
 use crate::mysql::messages::flags::{header, status};
+use crate::mysql::messages::stmt::PrepareOk;
 use crate::mysql::messages::{
     AuthMoreData, ColumnCount, Command, EofPacket, MyProtocolError, Payload,
     EOF_PAYLOAD_MAX_EXCLUSIVE,
@@ -27,7 +28,15 @@ pub(super) struct Relay<'a> {
     /// column definitions.
     pub(super) deprecate_eof: bool,
     out: BytesMut,
+    /// The server status flags of the last OK or EOF that ended (part of) the response.
+    pub(super) last_status: Option<u16>,
+    /// COM_STMT_PREPARE's OK and its column definitions, when `capture_prepare` is set.
+    pub(super) prepared: Option<(PrepareOk, Vec<Vec<u8>>)>,
+    capture_prepare: bool,
 }
+
+/// Most column definitions a captured prepare keeps (more: not captured).
+const CAPTURE_COLUMNS_MAX: u16 = 4096;
 
 fn upstream_malformed(what: &'static str) -> SessionError {
     SessionError::UpstreamProtocol(MyProtocolError::Invalid(what))
@@ -56,7 +65,23 @@ impl<'a> Relay<'a> {
             upstream,
             deprecate_eof,
             out: BytesMut::with_capacity(FLUSH_BYTES),
+            last_status: None,
+            prepared: None,
+            capture_prepare: false,
         }
+    }
+
+    /// Keep COM_STMT_PREPARE's OK and column definitions (see `prepared`).
+    pub(super) fn capturing_prepare(mut self) -> Self {
+        self.capture_prepare = true;
+        self
+    }
+
+    /// Records the status of an end packet; whether more results follow.
+    fn ended(&mut self, p: &RawPacket) -> bool {
+        let status = status_of(p);
+        self.last_status = Some(status);
+        status & status::SERVER_MORE_RESULTS_EXISTS != 0
     }
 
     /// Relays the whole response to `cmd`.
@@ -146,7 +171,7 @@ impl<'a> Relay<'a> {
                 return Ok(false);
             }
             if self.is_end(&p) {
-                return Ok(more_results(&p));
+                return Ok(self.ended(&p));
             }
         }
     }
@@ -158,8 +183,8 @@ impl<'a> Relay<'a> {
             let more = match p.payload().first().copied() {
                 None => return Err(upstream_malformed("empty response packet")),
                 Some(header::ERR) => false,
-                Some(header::OK) => more_results(&p),
-                Some(header::EOF) if self.is_end(&p) => more_results(&p),
+                Some(header::OK) => self.ended(&p),
+                Some(header::EOF) if self.is_end(&p) => self.ended(&p),
                 Some(header::LOCAL_INFILE) if query => self.local_infile().await?,
                 Some(_) => {
                     let n = ColumnCount::decode(p.payload())
@@ -206,7 +231,7 @@ impl<'a> Relay<'a> {
             }
         }
         let p = self.next().await?;
-        Ok(!is_err(&p) && more_results(&p))
+        Ok(!is_err(&p) && self.ended(&p))
     }
 
     /// COM_STMT_PREPARE: OK with the counts, parameter and column definitions; or ERR.
@@ -221,13 +246,29 @@ impl<'a> Relay<'a> {
         }
         let columns = u16::from_le_bytes([pl[5], pl[6]]);
         let params = u16::from_le_bytes([pl[7], pl[8]]);
-        for n in [params, columns] {
-            if n > 0 {
-                self.skip(n as u64).await?;
-                if !self.deprecate_eof {
-                    self.next().await?;
-                }
+        let ok = PrepareOk::decode(pl).map_err(SessionError::UpstreamProtocol)?;
+        if params > 0 {
+            self.skip(params as u64).await?;
+            if !self.deprecate_eof {
+                self.next().await?;
             }
+        }
+        let capture = self.capture_prepare && columns <= CAPTURE_COLUMNS_MAX;
+        let mut defs = Vec::new();
+        for _ in 0..columns {
+            let p = self.next().await?;
+            if is_err(&p) || p.is_continued() {
+                return Err(upstream_malformed("ERR among column definitions"));
+            }
+            if capture {
+                defs.push(p.payload().to_vec());
+            }
+        }
+        if columns > 0 && !self.deprecate_eof {
+            self.next().await?;
+        }
+        if capture {
+            self.prepared = Some((ok, defs));
         }
         Ok(())
     }

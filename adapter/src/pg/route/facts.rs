@@ -339,6 +339,7 @@ impl SessionFacts {
             session_user: session_user.to_string(),
             search_path: self.path.clone(),
             temp_schema: self.temp_schema.clone(),
+            mysql: None,
         }
     }
 }

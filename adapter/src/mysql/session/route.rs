@@ -1,0 +1,556 @@
+//! The cache path of a MySQL session: what it knows about itself (current database,
+//! transaction state, settings that change results, writes not yet seen by replication,
+//! prepared statements), whether a cache may answer a command, and the answer.
+//!
+//! A cache answers a SELECT (COM_QUERY) or the execution of a prepared SELECT
+//! (COM_STMT_EXECUTE) only when all of these hold, else the command goes upstream untouched:
+//! * caching is on, and a cache exists for the query's id (names read in the session's
+//!   current database);
+//! * the session is outside a transaction with autocommit on, unless the cache was created
+//!   `ALWAYS`;
+//! * the session changed no setting that changes results (`sql_mode`, `time_zone`, ...);
+//! * replication has applied the upstream's binlog position as of the session's last write
+//!   (read-your-writes; asked once per write, lazily, before the next cached read);
+//! * the upstream, asked as the session's user, prepares the query (privileges are exactly
+//!   the upstream's), and describes its columns in a character set Larder writes as is. The
+//!   answer is kept per query until replication reads a privilege statement, or the session
+//!   changes user, settings or database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder_sql::normalize::{normalize, resolve_params, ParamSource};
+use larder_sql::statement::Dialect;
+use larder_sql::Value;
+
+use crate::cache::{CacheBackend, CachedQuery};
+use crate::mysql::messages::flags::status;
+use crate::mysql::messages::stmt::{ParamType, ParamValue, StmtExecute};
+use crate::mysql::messages::{ColumnDefinition, ColumnType, Payload};
+
+/// Queries a session keeps the upstream's description of.
+const VIEWS_MAX: usize = 256;
+/// Prepared statements a session keeps track of (more are relayed only).
+const STATEMENTS_MAX: usize = 4096;
+/// Longest query text parsed for the cache path.
+const QUERY_TEXT_MAX_BYTES: usize = 64 << 10;
+/// How long a read after a write waits for replication before going upstream.
+const BARRIER_WAIT_MS: u64 = 100;
+
+/// A SELECT's shape for the cache path: its id in the session's database, and where each
+/// parameter slot gets its value.
+pub(super) struct Shape {
+    pub(super) query_id: String,
+    pub(super) params: Vec<ParamSource>,
+    /// The text as the client sent it (prepared again upstream to check privileges).
+    pub(super) text: String,
+}
+
+/// What the upstream said about a query for this session.
+pub(super) struct View {
+    access_epoch: u64,
+    pub(super) columns: Vec<Vec<u8>>,
+    pub(super) types: Vec<ColumnType>,
+}
+
+/// A cache read decided: the cache, each parameter slot's values, what the upstream said
+/// about the query for this session, and its shape.
+pub(super) struct Read {
+    pub(super) cache: Arc<dyn CachedQuery>,
+    pub(super) params: Vec<Vec<Value>>,
+    pub(super) view: Arc<View>,
+    pub(super) shape: Arc<Shape>,
+}
+
+/// A prepared statement the client made (through the relay).
+pub(super) struct Statement {
+    shape: Option<Arc<Shape>>,
+    params: usize,
+    types: Option<Vec<ParamType>>,
+    long_data: bool,
+    view: Option<Arc<View>>,
+}
+
+pub(super) struct Route {
+    pub(super) backend: Arc<dyn CacheBackend>,
+    /// The current database; `None` while unknown (after COM_CHANGE_USER, an unparsed USE).
+    database: Option<Option<String>>,
+    /// Server status flags after the last response (in-transaction, autocommit).
+    pub(super) status: u16,
+    /// Why the session's settings keep it from the cache, once it changed one.
+    settings: Option<String>,
+    /// A statement that may have written ran since replication was last seen to cover it.
+    barrier: bool,
+    views: HashMap<String, Arc<View>>,
+    statements: HashMap<u32, Statement>,
+    extended_metadata: bool,
+    /// Why the last SELECT went upstream (`EXPLAIN LAST STATEMENT`).
+    pub(super) last: Option<(String, String)>,
+}
+
+impl Route {
+    pub(super) fn new(
+        backend: Arc<dyn CacheBackend>,
+        database: Option<String>,
+        extended_metadata: bool,
+    ) -> Route {
+        Route {
+            backend,
+            database: Some(database),
+            status: status::SERVER_STATUS_AUTOCOMMIT,
+            settings: None,
+            barrier: false,
+            views: HashMap::new(),
+            statements: HashMap::new(),
+            extended_metadata,
+            last: None,
+        }
+    }
+
+    pub(super) fn database(&self) -> Option<String> {
+        self.database.clone().flatten()
+    }
+
+    /// The shape of a SELECT in the session's database; `Err` says why it has none.
+    pub(super) fn shape_of(&self, text: &str) -> Result<Shape, String> {
+        if text.len() > QUERY_TEXT_MAX_BYTES {
+            return Err("the query text is too long to consider".into());
+        }
+        let start = text.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        let starts = |w: &str| {
+            start
+                .get(..w.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(w))
+        };
+        if !starts("select") && !starts("with") {
+            return Err("not a SELECT".into());
+        }
+        let n = normalize(text, Dialect::MySql).map_err(|e| e.to_string())?;
+        let database = match &self.database {
+            Some(Some(db)) => db.clone(),
+            Some(None) if larder_sql::identity::unqualified_relations(&n.query).is_empty() => {
+                String::new()
+            }
+            Some(None) => return Err("no database selected".into()),
+            None => return Err("the session's current database is unknown".into()),
+        };
+        Ok(Shape {
+            query_id: larder_sql::mysql::query_id(&n.query, &database),
+            params: n.params,
+            text: text.to_string(),
+        })
+    }
+
+    /// The checks every cache read shares (the view aside); the cache for `shape`.
+    fn cache_for(&self, shape: &Shape) -> Result<Arc<dyn CachedQuery>, String> {
+        if !self.backend.caching_on() {
+            return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
+        }
+        if let Some(why) = &self.settings {
+            return Err(why.clone());
+        }
+        let cache = self
+            .backend
+            .lookup(&shape.query_id)
+            .ok_or_else(|| format!("no cache for query {}", shape.query_id))?;
+        let in_txn = self.status & status::SERVER_STATUS_IN_TRANS != 0;
+        let autocommit = self.status & status::SERVER_STATUS_AUTOCOMMIT != 0;
+        if (in_txn || !autocommit) && !cache.always() {
+            return Err(
+                "inside a transaction or with autocommit off (the cache was not created ALWAYS)"
+                    .into(),
+            );
+        }
+        Ok(cache)
+    }
+
+    /// Read-your-writes: after a write, waits (briefly) until replication has applied the
+    /// upstream's position as of now.
+    pub(super) async fn barrier(&mut self) -> Result<(), String> {
+        if !self.barrier {
+            return Ok(());
+        }
+        let target = self.backend.upstream_position().await?;
+        let deadline = Instant::now() + Duration::from_millis(BARRIER_WAIT_MS);
+        while self.backend.applied_position() < target {
+            if Instant::now() >= deadline {
+                return Err("replication has not yet applied this session's last write".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.barrier = false;
+        Ok(())
+    }
+
+    /// A SELECT sent as COM_QUERY: the cache and its parameter values, once the view is
+    /// known (`view_for`).
+    pub(super) fn decide_query(&self, shape: &Shape) -> Result<Arc<dyn CachedQuery>, String> {
+        self.cache_for(shape)
+    }
+
+    pub(super) fn params_of_query(
+        &self,
+        shape: &Shape,
+        cache: &dyn CachedQuery,
+    ) -> Result<Vec<Vec<Value>>, String> {
+        resolve_params(&shape.params, &|_| None, cache.param_types()).map_err(|e| e.to_string())
+    }
+
+    /// The view of `query_id` if still current.
+    pub(super) fn view(&self, query_id: &str) -> Option<Arc<View>> {
+        let epoch = self.backend.access_epoch();
+        self.views
+            .get(query_id)
+            .filter(|v| v.access_epoch == epoch)
+            .cloned()
+    }
+
+    /// Keeps what the upstream described for `query_id`; `Err` when Larder cannot write its
+    /// columns.
+    pub(super) fn keep_view(
+        &mut self,
+        query_id: &str,
+        columns: Vec<Vec<u8>>,
+    ) -> Result<Arc<View>, String> {
+        let view = Arc::new(self.make_view(columns)?);
+        if self.views.len() >= VIEWS_MAX {
+            self.views.clear();
+        }
+        self.views.insert(query_id.to_string(), view.clone());
+        Ok(view)
+    }
+
+    fn make_view(&self, columns: Vec<Vec<u8>>) -> Result<View, String> {
+        let types = columns
+            .iter()
+            .map(|c| {
+                ColumnDefinition::decode(c)
+                    .and_then(|d| d.column_type(self.extended_metadata))
+                    .map_err(|e| format!("a column definition Larder cannot read: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(View {
+            access_epoch: self.backend.access_epoch(),
+            columns,
+            types,
+        })
+    }
+
+    /// A statement the client prepared: kept for the cache path when it is a SELECT.
+    pub(super) fn prepared(&mut self, id: u32, text: &str, params: u16, columns: Vec<Vec<u8>>) {
+        if self.statements.len() >= STATEMENTS_MAX && !self.statements.contains_key(&id) {
+            return;
+        }
+        let shape = self.shape_of(text).ok().map(Arc::new);
+        let view = match &shape {
+            Some(_) => self.make_view(columns).ok().map(Arc::new),
+            None => None,
+        };
+        self.statements.insert(
+            id,
+            Statement {
+                shape,
+                params: usize::from(params),
+                types: None,
+                long_data: false,
+                view,
+            },
+        );
+    }
+
+    pub(super) fn closed(&mut self, id: u32) {
+        self.statements.remove(&id);
+    }
+
+    pub(super) fn long_data(&mut self, id: u32, sent: bool) {
+        if let Some(s) = self.statements.get_mut(&id) {
+            s.long_data = sent;
+        }
+    }
+
+    /// An execution: remembers the parameter types it declares, and decides.
+    pub(super) fn decide_execute(&mut self, payload: &[u8]) -> Result<Read, String> {
+        let id = StmtExecute::statement_id_of(payload).ok_or("a short COM_STMT_EXECUTE")?;
+        let Some(stmt) = self.statements.get_mut(&id) else {
+            return Err("a statement Larder does not track".into());
+        };
+        let exec = StmtExecute::decode(payload, stmt.params, stmt.types.as_deref())
+            .map_err(|e| format!("parameters Larder cannot read: {e}"))?;
+        if let Some(t) = &exec.types {
+            stmt.types = Some(t.clone());
+        }
+        let (Some(shape), Some(view)) = (stmt.shape.clone(), stmt.view.clone()) else {
+            return Err("not a cacheable SELECT".into());
+        };
+        if stmt.long_data {
+            return Err("parameters sent as long data".into());
+        }
+        if exec.flags != 0 {
+            return Err("a cursor was asked for".into());
+        }
+        let values: Vec<Value> = exec
+            .values
+            .iter()
+            .map(param_value)
+            .collect::<Result<_, _>>()?;
+        let cache = self.cache_for(&shape)?;
+        let params = resolve_params(
+            &shape.params,
+            &|n| values.get(n.wrapping_sub(1)).cloned(),
+            cache.param_types(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Read {
+            cache,
+            params,
+            view,
+            shape,
+        })
+    }
+
+    /// The statement's view is older than the last privilege change: `Some(text)` to prepare
+    /// again.
+    pub(super) fn stale_statement(&self, view: &View, shape: &Shape) -> Option<String> {
+        (view.access_epoch != self.backend.access_epoch()).then(|| shape.text.clone())
+    }
+
+    /// The statement's view was checked again with the upstream; the new view, unless its
+    /// columns cannot be written.
+    pub(super) fn refresh_statement(
+        &mut self,
+        payload: &[u8],
+        columns: Vec<Vec<u8>>,
+    ) -> Option<Arc<View>> {
+        let id = StmtExecute::statement_id_of(payload)?;
+        let view = self.make_view(columns).ok().map(Arc::new);
+        let s = self.statements.get_mut(&id)?;
+        s.view = view.clone();
+        view
+    }
+
+    /// The query id of a tracked prepared SELECT.
+    pub(super) fn shape_id(&self, payload: &[u8]) -> Option<String> {
+        let id = StmtExecute::statement_id_of(payload)?;
+        let s = self.statements.get(&id)?;
+        s.shape.as_ref().map(|s| s.query_id.clone())
+    }
+
+    /// After a relayed COM_QUERY: what it changed about the session.
+    pub(super) fn after_query(&mut self, text: &str, ok: bool) {
+        let effect = effect_of(text);
+        match effect {
+            Effect::Read => {}
+            Effect::Use(db) => {
+                if ok {
+                    self.database = Some(Some(db));
+                }
+            }
+            Effect::Unknown => {
+                self.database = None;
+                self.settings = Some("the session ran statements Larder does not follow".into());
+                self.views.clear();
+                self.barrier = true;
+            }
+            Effect::Set(Some(why)) => {
+                self.settings = Some(why);
+                self.views.clear();
+            }
+            Effect::Set(None) => self.views.clear(),
+            Effect::Write => self.barrier = true,
+        }
+    }
+
+    /// After a relayed command other than COM_QUERY.
+    pub(super) fn after_command(&mut self, command: crate::mysql::messages::Command, ok: bool) {
+        use crate::mysql::messages::Command;
+        match command {
+            Command::ChangeUser => {
+                self.database = None;
+                self.reset();
+            }
+            Command::ResetConnection if ok => self.reset(),
+            Command::StmtExecute | Command::StmtBulkExecute => self.barrier = true,
+            _ => {}
+        }
+    }
+
+    pub(super) fn init_db(&mut self, db: String) {
+        self.database = Some(Some(db));
+    }
+
+    fn reset(&mut self) {
+        self.settings = None;
+        self.views.clear();
+        self.statements.clear();
+        self.barrier = true;
+    }
+
+    /// Whether an execution is of a statement that only reads (a tracked SELECT).
+    pub(super) fn executes_select(&self, payload: &[u8]) -> bool {
+        StmtExecute::statement_id_of(payload)
+            .and_then(|id| self.statements.get(&id))
+            .is_some_and(|s| s.shape.is_some())
+    }
+}
+
+/// A bound parameter as a value for the slot's type: numbers and text as the literal would
+/// be read; dates and times by their text.
+fn param_value(p: &ParamValue<'_>) -> Result<Value, String> {
+    Ok(match p {
+        ParamValue::Null => Value::Null,
+        ParamValue::Int(i) => Value::Text(i.to_string()),
+        ParamValue::UInt(u) => Value::Text(u.to_string()),
+        ParamValue::Double(_) => return Err("a floating-point parameter".into()),
+        ParamValue::Bytes(b) => Value::Text(
+            std::str::from_utf8(b)
+                .map_err(|_| "a parameter that is not UTF-8")?
+                .to_string(),
+        ),
+        ParamValue::DateTime([y, mo, d, h, mi, s, us]) => Value::Text(format!(
+            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"
+        )),
+        ParamValue::Time(..) => return Err("a TIME parameter".into()),
+    })
+}
+
+/// What a statement Larder relays does to the session, as far as the cache path cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Effect {
+    /// Reads only (SELECT, SHOW, ...).
+    Read,
+    /// `USE db`.
+    Use(String),
+    /// `SET ...`: `Some(why)` when the setting changes results.
+    Set(Option<String>),
+    /// Anything else may write.
+    Write,
+    /// Several statements, or one Larder cannot follow.
+    Unknown,
+}
+
+/// Settings whose change leaves cached answers exact: how text is sent (checked against the
+/// upstream's column descriptions) and transaction behaviour (followed from status flags).
+const HARMLESS_SETTINGS: &[&str] = &[
+    "names",
+    "character",
+    "charset",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "autocommit",
+    "transaction",
+    "session_track_schema",
+    "session_track_state_change",
+    "session_track_system_variables",
+    "session_track_transaction_info",
+    "net_write_timeout",
+    "net_read_timeout",
+    "wait_timeout",
+    "interactive_timeout",
+    "max_execution_time",
+    "max_statement_time",
+];
+
+fn effect_of(text: &str) -> Effect {
+    let t = text.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+    let t = t.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
+    if t.contains(';') {
+        return Effect::Unknown;
+    }
+    let mut words = t.split(|c: char| c.is_whitespace() || c == '=');
+    let first = words.next().unwrap_or_default().to_ascii_lowercase();
+    match first.as_str() {
+        "select" | "show" | "describe" | "desc" | "explain" | "help" | "with" | "values"
+        | "table" => Effect::Read,
+        "use" => {
+            let db = words.find(|w| !w.is_empty()).unwrap_or_default();
+            let db = db.trim_matches('`');
+            if db.is_empty() || db.contains('`') {
+                Effect::Unknown
+            } else {
+                Effect::Use(db.to_string())
+            }
+        }
+        "set" => {
+            for assignment in t[3..].split(',') {
+                let mut name = assignment.trim().to_ascii_lowercase();
+                for prefix in [
+                    "session ",
+                    "local ",
+                    "global ",
+                    "@@session.",
+                    "@@local.",
+                    "@@global.",
+                    "@@",
+                ] {
+                    if let Some(rest) = name.strip_prefix(prefix) {
+                        name = rest.trim_start().to_string();
+                        break;
+                    }
+                }
+                if name.starts_with('@') {
+                    continue; // a user variable
+                }
+                let var: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !HARMLESS_SETTINGS.contains(&var.as_str()) {
+                    return Effect::Set(Some(format!("the session set {var}")));
+                }
+            }
+            Effect::Set(None)
+        }
+        _ => Effect::Write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_affect_the_session_as_expected() {
+        assert_eq!(effect_of("SELECT 1"), Effect::Read);
+        assert_eq!(effect_of("  show tables"), Effect::Read);
+        assert_eq!(effect_of("USE `shop`"), Effect::Use("shop".into()));
+        assert_eq!(effect_of("use shop;"), Effect::Use("shop".into()));
+        assert_eq!(effect_of("SET NAMES utf8mb4"), Effect::Set(None));
+        assert_eq!(effect_of("SET autocommit=1"), Effect::Set(None));
+        assert_eq!(effect_of("SET @x = 5"), Effect::Set(None));
+        assert_eq!(
+            effect_of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+            Effect::Set(None)
+        );
+        assert_eq!(
+            effect_of("set sql_mode = 'ANSI_QUOTES'"),
+            Effect::Set(Some("the session set sql_mode".into()))
+        );
+        assert_eq!(
+            effect_of("SET SESSION time_zone = '+02:00'"),
+            Effect::Set(Some("the session set time_zone".into()))
+        );
+        assert_eq!(
+            effect_of("SET @@session.time_zone = '+02:00'"),
+            Effect::Set(Some("the session set time_zone".into()))
+        );
+        assert_eq!(effect_of("INSERT INTO t VALUES (1)"), Effect::Write);
+        assert_eq!(effect_of("COMMIT"), Effect::Write);
+        assert_eq!(effect_of("SELECT 1; SET sql_mode=''"), Effect::Unknown);
+    }
+
+    #[test]
+    fn bound_values_read_as_literals() {
+        assert_eq!(
+            param_value(&ParamValue::Int(-3)).unwrap(),
+            Value::Text("-3".into())
+        );
+        assert_eq!(
+            param_value(&ParamValue::DateTime([2024, 2, 29, 1, 2, 3, 4])).unwrap(),
+            Value::Text("2024-02-29 01:02:03.000004".into())
+        );
+        assert!(param_value(&ParamValue::Bytes(&[0xff])).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! MySQL's reading of a query, where it differs from Postgres' and the difference is not the
+//! parser's: which database an unqualified name is in, and where NULLs sort.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{OrderByKind, OrderBySort, Query, VisitMut, VisitorMut};
+
+use crate::identity::qualify_quoted;
+
+/// The id of a normalized MySQL query for a session whose current database is `database`:
+/// unqualified relations are read in it, and identifiers are compared unquoted (MySQL's
+/// quoting never changes what a name means).
+pub fn query_id(query: &Query, database: &str) -> String {
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let mut q = query.clone();
+    qualify_quoted(&mut q, &|_| Some(database.to_string()), '`');
+    let text = q.to_string();
+    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, &text).tokenize() else {
+        return crate::normalize::query_id(&text);
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push_str("mysql ");
+    for t in tokens {
+        match t {
+            Token::Whitespace(_) => continue,
+            Token::Word(w) if w.quote_style == Some('`') => out.push_str(&w.value),
+            other => out.push_str(&other.to_string()),
+        }
+        out.push(' ');
+    }
+    crate::normalize::query_id(&out)
+}
+
+/// MySQL sorts NULLs first ascending and last descending; the plan follows what the query
+/// says, so every ORDER BY key without a NULLS clause gets MySQL's, in every subquery.
+pub fn order_nulls_as_mysql(query: &mut Query) {
+    struct Nulls;
+    impl VisitorMut for Nulls {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            if let Some(order_by) = &mut q.order_by {
+                if let OrderByKind::Expressions(exprs) = &mut order_by.kind {
+                    for e in exprs {
+                        if e.options.nulls_first.is_none() {
+                            e.options.nulls_first =
+                                Some(!matches!(e.options.sort, Some(OrderBySort::Desc)));
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = query.visit(&mut Nulls);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::normalize;
+    use crate::statement::Dialect;
+
+    #[test]
+    fn mysql_ids_read_names_in_the_current_database() {
+        let id = |sql: &str, db: &str| query_id(&normalize(sql, Dialect::MySql).unwrap().query, db);
+        let a = id("SELECT id, c FROM sbtest1 WHERE id = 5", "sbtest");
+        assert_eq!(
+            a,
+            id("select `id`, c from `sbtest`.`sbtest1` where id=7", "other")
+        );
+        assert_eq!(a, id("SELECT id, c FROM sbtest.sbtest1 WHERE id = ?", "x"));
+        assert_ne!(a, id("SELECT id, c FROM sbtest1 WHERE id = 5", "other"));
+    }
+
+    #[test]
+    fn nulls_sort_as_in_mysql() {
+        let mut q = normalize(
+            "SELECT a FROM t ORDER BY a, b DESC, c NULLS LAST",
+            Dialect::MySql,
+        )
+        .unwrap()
+        .query;
+        order_nulls_as_mysql(&mut q);
+        assert_eq!(
+            q.to_string(),
+            "SELECT a FROM t ORDER BY a NULLS FIRST, b DESC NULLS LAST, c NULLS LAST"
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! End-to-end: caches on a MySQL/MariaDB upstream (issue #7).
+//!
+//! Why: a MariaDB user creates a cache with `CREATE CACHE`, and from then on the query is
+//! answered by Larder, through the text and the binary protocol, with exactly the rows,
+//! column definitions and value encodings the server itself sends; writes arrive through the
+//! binlog, a session reads its own writes, only users the upstream lets run the query are
+//! served, and caches come back after `kill -9`. Everything runs real clients (PyMySQL,
+//! mysql-connector-python with `prepared=True`, the `mariadb` CLI) against a real MariaDB
+//! through the real `larder` binary.
+
+use std::time::Duration;
+
+use larder_testkit::{LarderProcess, MariaDbServer};
+
+#[path = "common/my_kit.rs"]
+mod my_kit;
+use my_kit::{assert_ok, cli, python, require_python_module};
+
+struct Setup {
+    maria: &'static MariaDbServer,
+    db: String,
+    larder: LarderProcess,
+    storage: std::path::PathBuf,
+    server_id: String,
+}
+
+impl Setup {
+    fn new(prefix: &str, schema: &str) -> Setup {
+        require_python_module("pymysql", "PyMySQL");
+        require_python_module("mysql.connector", "mysql-connector-python");
+        let maria = MariaDbServer::shared();
+        let db = maria.create_database(prefix).expect("creating a database");
+        maria.query(&db, schema).expect("schema");
+        let storage =
+            std::env::temp_dir().join(format!("larder-mycache-{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&storage);
+        let server_id = my_kit::server_id(prefix).to_string();
+        let larder = spawn(maria, &db, &storage, &server_id);
+        Setup {
+            maria,
+            db,
+            larder,
+            storage,
+            server_id,
+        }
+    }
+
+    fn restart_after_kill9(&mut self) {
+        self.larder.kill9();
+        let port = self.larder.port();
+        let url = self.maria.url(&self.db);
+        let storage = self.storage.display().to_string();
+        let args = args(&url, &storage, &self.server_id);
+        self.larder = LarderProcess::spawn_on_port(port, &args, &[]).expect("restarting larder");
+    }
+
+    /// The CLI through Larder as the admin.
+    fn cli(&self, sql: &str) -> String {
+        assert_ok(&cli(
+            self.larder.port(),
+            self.maria.admin_user(),
+            self.maria.admin_password(),
+            &self.db,
+            sql,
+            &[],
+        ))
+    }
+
+    /// A Python script (see `my_kit::python`) through Larder; `DIRECT_PORT` is the server's.
+    fn python(&self, script: &str) -> String {
+        let prelude = format!(
+            "DIRECT_PORT = {}\nimport mysql.connector, random, decimal\n\
+             def prepared(port=None, **kw):\n\
+             \x20   args = dict(host=HOST, port=port or PORT, user=USER, password=PASSWORD,\n\
+             \x20               database=DB, autocommit=True)\n\
+             \x20   args.update(kw)\n\
+             \x20   return mysql.connector.connect(**args)\n\
+             def where(cur):\n\
+             \x20   cur.execute('EXPLAIN LAST STATEMENT')\n\
+             \x20   return cur.fetchall()[0]\n",
+            self.maria.port()
+        );
+        assert_ok(&python(
+            self.larder.port(),
+            self.maria.admin_user(),
+            self.maria.admin_password(),
+            &self.db,
+            &format!("{prelude}{script}"),
+        ))
+    }
+}
+
+fn args<'a>(url: &'a str, storage: &'a str, server_id: &'a str) -> Vec<&'a str> {
+    vec![
+        "--upstream-db-url",
+        url,
+        "--storage-dir",
+        storage,
+        "--replication-server-id",
+        server_id,
+    ]
+}
+
+fn spawn(
+    maria: &MariaDbServer,
+    db: &str,
+    storage: &std::path::Path,
+    server_id: &str,
+) -> LarderProcess {
+    let url = maria.url(db);
+    let storage = storage.display().to_string();
+    LarderProcess::spawn(&args(&url, &storage, server_id), &[]).expect("starting larder")
+}
+
+/// Until the cache answers `sql` (replication caught up, the cache filled).
+fn until_served(s: &Setup, sql: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = s.cli(&format!("{sql}; EXPLAIN LAST STATEMENT"));
+        if out.lines().last().is_some_and(|l| l.starts_with("larder")) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served: {out}\n{}",
+            s.larder.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE t (id INT PRIMARY KEY, k INT, v BIGINT, d DECIMAL(10,2),
+        dt DATE, ts DATETIME(3), s VARCHAR(20), u BIGINT UNSIGNED, y YEAR, tm TIME(2),
+        e ENUM('red','green'), b VARBINARY(8), j JSON);
+    CREATE TABLE o (id INT PRIMARY KEY, t_id INT, qty SMALLINT, KEY (t_id));";
+
+/// Random data and random writes; every cached answer (text and binary protocol) equals the
+/// upstream's: rows, values as sent, and column descriptions.
+#[test]
+fn cached_answers_equal_the_upstreams_under_random_writes() {
+    let s = Setup::new("my_cache_diff", SCHEMA);
+    let seed: u64 = std::env::var("MY_CACHE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 7919 + 17);
+    eprintln!("my_cache differential seed {seed} (MY_CACHE_SEED={seed} to repeat)");
+    let out = s.python(&format!(
+        r#"
+SEED = {seed}
+rng = random.Random(SEED)
+QUERIES = [
+    ("SELECT id, k, v, d, dt, ts, s, u, tm, e, b, j FROM t WHERE id = %s", lambda: [rng.randint(0, 60)]),
+    # mysql-connector-python misreads YEAR in binary rows (from the server too): text only.
+    ("SELECT id, y FROM t WHERE id = %s", lambda: [rng.randint(0, 60)]),
+    ("SELECT id, v FROM t WHERE k = %s ORDER BY id", lambda: [rng.randint(0, 6)]),
+    ("SELECT count(*) FROM t WHERE k = %s", lambda: [rng.randint(0, 6)]),
+    ("SELECT t.id, o.id, o.qty FROM t JOIN o ON o.t_id = t.id WHERE t.k = %s ORDER BY t.id, o.id", lambda: [rng.randint(0, 6)]),
+    ("SELECT id, d FROM t WHERE v BETWEEN %s AND %s ORDER BY v, id LIMIT 5", lambda: sorted([rng.randint(-50, 50), rng.randint(-50, 50)])),
+    ("SELECT max(d), min(dt), count(v) FROM t WHERE k = %s", lambda: [rng.randint(0, 6)]),
+    ("SELECT id FROM t WHERE u IN (%s, %s) ORDER BY id", lambda: [rng.randint(0, 5), 18446744073709551615]),
+    # NULLs sort first ascending in MySQL.
+    ("SELECT id, k FROM t WHERE v > %s ORDER BY k, id LIMIT 7", lambda: [rng.randint(-50, 50)]),
+    ("SELECT id, k, ts FROM t WHERE v > %s ORDER BY ts DESC, id LIMIT 7", lambda: [rng.randint(-50, 50)]),
+]
+def maybe(x):
+    return None if rng.random() < 0.15 else x
+def row(i):
+    return (i, maybe(rng.randint(0, 6)), maybe(rng.randint(-50, 50)),
+            maybe(decimal.Decimal(rng.randint(-9999, 9999)) / 100),
+            maybe('%04d-%02d-%02d' % (rng.randint(1990, 2030), rng.randint(1, 12), rng.randint(1, 28))),
+            maybe('2024-01-%02d %02d:%02d:%02d.%03d' % (rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999))),
+            maybe(rng.choice(['a', 'Ab', 'b ', 'é', ''])),
+            maybe(rng.choice([0, 5, 18446744073709551615])),
+            maybe(rng.choice([1901, 2024, 2155])),
+            maybe('%02d:%02d:%02d.%02d' % (rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 99))),
+            maybe(rng.choice(['red', 'green'])),
+            maybe(bytes([rng.randint(0, 255) for _ in range(rng.randint(0, 8))])),
+            maybe(rng.choice(['{{"a": 1}}', '[1, 2.5, "x"]', 'null'])))
+INSERT = "REPLACE INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+w = connect(autocommit=True)
+wc = w.cursor()
+for i in range(40):
+    wc.execute(INSERT, row(i))
+for i in range(60):
+    wc.execute("INSERT INTO o VALUES (%s, %s, %s)", (i, rng.randint(0, 45), rng.randint(-5, 5)))
+for q, _ in QUERIES:
+    wc.execute("CREATE CACHE FROM " + q.replace("%s", "?"))
+# Encoders only: values come back as the server's text.
+RAW = {{k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}}
+text_larder = connect(autocommit=True, conv=RAW)
+text_direct = connect(autocommit=True, conv=RAW, port=DIRECT_PORT)
+bin_larder = prepared()
+bin_direct = prepared(port=DIRECT_PORT)
+tl, td = text_larder.cursor(), text_direct.cursor()
+bl, bd = bin_larder.cursor(prepared=True), bin_direct.cursor(prepared=True)
+served = fallbacks = 0
+reasons = {{}}
+def check(label, lc, dc, q, p, explain):
+    global served, fallbacks
+    dc.execute(q, p); drows = dc.fetchall(); ddesc = dc.description
+    try:
+        lc.execute(q, p); lrows = lc.fetchall(); ldesc = lc.description
+    except Exception as e:
+        raise SystemExit(f"seed {{SEED}} {{label}} {{q}} {{p}}: {{e!r}}\n direct {{drows}}")
+    where_ = where(explain)
+    if where_[0] == 'larder':
+        served += 1
+    else:
+        fallbacks += 1
+        reasons[where_[1]] = reasons.get(where_[1], 0) + 1
+    if lrows != drows or ldesc != ddesc:
+        raise SystemExit(f"seed {{SEED}} {{label}} {{q}} {{p}}:\n larder {{lrows}} {{ldesc}}\n direct {{drows}} {{ddesc}}")
+explain_text = text_larder.cursor()
+explain_bin = bin_larder.cursor()
+for rnd in range(25):
+    # Writes through Larder (one session): it then reads its own writes.
+    for _ in range(rng.randint(1, 4)):
+        op = rng.random()
+        if op < 0.5:
+            wc.execute(INSERT, row(rng.randint(0, 60)))
+        elif op < 0.7:
+            wc.execute("DELETE FROM t WHERE id = %s", (rng.randint(0, 60),))
+        elif op < 0.85:
+            wc.execute("UPDATE o SET t_id = %s, qty = %s WHERE id = %s", (rng.randint(0, 45), rng.randint(-5, 5), rng.randint(0, 59)))
+        else:
+            wc.execute("UPDATE t SET k = %s, v = %s WHERE id = %s", (rng.randint(0, 6), rng.randint(-50, 50), rng.randint(0, 40)))
+    # Each reading session runs a statement that may write: its next cached read waits until
+    # replication has applied the upstream's position (read-your-writes), so the writes
+    # above are in.
+    explain_text.execute("DO 0")
+    explain_bin.execute("DO 0")
+    for q, gen in QUERIES:
+        p = gen()
+        check("text", tl, td, q, p, explain_text)
+        if " y " not in q:
+            check("binary", bl, bd, q, p, explain_bin)
+print("served", served, "fallbacks", fallbacks, reasons)
+"#
+    ));
+    eprintln!("{out}");
+    let served: usize = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    // A read waits at most 100 ms for replication before it goes upstream: nearly all are
+    // answered by the caches.
+    assert!(
+        served >= 350,
+        "seed {seed}: too few answered by Larder: {out}"
+    );
+}
+
+/// Who may read: a user without SELECT gets the upstream's own error, a REVOKE stops the
+/// cache answering a user, and settings or transactions that change results go upstream.
+/// Caches come back after `kill -9`.
+#[test]
+fn privileges_sessions_and_restart() {
+    let mut s = Setup::new(
+        "my_cache_priv",
+        "CREATE TABLE items (id INT PRIMARY KEY, price DECIMAL(8,2), at DATETIME);
+         INSERT INTO items VALUES (1, 1.50, '2024-02-29 10:00:00'), (2, NULL, NULL);",
+    );
+    let q = "SELECT id, price, at FROM items WHERE id = 1";
+    s.cli(&format!("CREATE CACHE FROM {q}"));
+    until_served(&s, q);
+    let (user, other) = (format!("{}_r", s.db), format!("{}_n", s.db));
+    s.maria
+        .query(
+            &s.db,
+            &format!(
+                "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw1';
+                 GRANT SELECT ON {db}.items TO '{user}'@'%';
+                 CREATE USER '{other}'@'%' IDENTIFIED BY 'pw2';",
+                db = s.db
+            ),
+        )
+        .expect("users");
+    let as_user =
+        |u: &str, pw: &str, db: &str, sql: &str| cli(s.larder.port(), u, pw, db, sql, &[]);
+    let o = as_user(&user, "pw1", &s.db, &format!("{q}; EXPLAIN LAST STATEMENT"));
+    let out = assert_ok(&o);
+    assert!(out.starts_with("1\t1.50\t2024-02-29 10:00:00\n"), "{out}");
+    assert!(out.contains("larder"), "a reader is served: {out}");
+    // Named in full from another database: the same query, and the upstream's judgement.
+    let qualified = q.replace("FROM items", &format!("FROM {}.items", s.db));
+    let o = as_user(&other, "pw2", "information_schema", &qualified);
+    assert!(!o.status.success());
+    assert!(
+        my_kit::stderr(&o).contains("ERROR 1142 (42000)"),
+        "the upstream's own denial: {}",
+        my_kit::stderr(&o)
+    );
+    // DROP CACHE needs an admin.
+    let o = as_user(&user, "pw1", &s.db, "DROP CACHE q_0");
+    assert!(
+        my_kit::stderr(&o).contains("ERROR 1227"),
+        "{}",
+        my_kit::stderr(&o)
+    );
+
+    // A REVOKE reaches Larder through the binlog; the session checks again.
+    let out = s.python(&format!(
+        r#"
+c = connect(user='{user}', password='pw1', autocommit=True)
+cur = c.cursor()
+cur.execute("{q}"); cur.fetchall()
+print(where(cur)[0])
+admin = connect(autocommit=True)
+admin.cursor().execute("REVOKE SELECT ON {db}.items FROM '{user}'@'%'")
+import time
+deadline = time.time() + 10
+while True:
+    try:
+        cur.execute("{q}"); cur.fetchall()
+        assert time.time() < deadline, "still served after REVOKE"
+        time.sleep(0.05)
+    except pymysql.err.MySQLError as e:
+        print(e.args[0]); break
+# Settings that change results, and transactions, go upstream.
+cur = connect(autocommit=True).cursor()
+cur.execute("{q}"); cur.fetchall(); print(where(cur)[0])
+cur.execute("SET time_zone = '+02:00'")
+cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
+cur = connect(autocommit=False).cursor()
+cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
+"#,
+        db = s.db
+    ));
+    assert_eq!(
+        out,
+        "larder\n1142\nlarder\nthe session set time_zone\n\
+         inside a transaction or with autocommit off (the cache was not created ALWAYS)\n"
+    );
+
+    // kill -9 and restart: the cache is built again from storage and serves, with a write
+    // made while Larder was down.
+    s.maria
+        .query(&s.db, "UPDATE items SET price = 2.25 WHERE id = 1")
+        .expect("update");
+    s.restart_after_kill9();
+    s.maria
+        .query(
+            &s.db,
+            "UPDATE items SET at = '2025-01-01 00:00:01' WHERE id = 1",
+        )
+        .expect("update");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = s.cli(&format!("{q}; EXPLAIN LAST STATEMENT"));
+        if out.starts_with("1\t2.25\t2025-01-01 00:00:01\n") && out.contains("larder") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "after restart: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !s.larder.log().contains("snapshot complete"),
+        "resumed without a new snapshot:\n{}",
+        s.larder.log()
+    );
+}
