@@ -537,6 +537,26 @@ pub fn resolve_params(
         .collect()
 }
 
+/// The type of the slot the client's placeholder `$n` fills (its first use).
+pub fn placeholder_slot_type<'a>(
+    params: &[ParamSource],
+    slot_types: &'a [SqlType],
+    n: usize,
+) -> Option<&'a SqlType> {
+    fn uses(p: &ParamSource, n: usize) -> bool {
+        match p {
+            ParamSource::Placeholder(m) => *m == n,
+            ParamSource::List(items) => items.iter().any(|i| uses(i, n)),
+            ParamSource::Literal(_) => false,
+        }
+    }
+    params
+        .iter()
+        .zip(slot_types)
+        .find(|(p, _)| uses(p, n))
+        .map(|(_, ty)| ty)
+}
+
 fn resolve_one(
     source: &ParamSource,
     bound: &dyn Fn(usize) -> Option<Value>,

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_sql::normalize::{normalize, resolve_params, ParamSource};
+use larder_sql::normalize::{normalize, placeholder_slot_type, resolve_params, ParamSource};
 use larder_sql::statement::Dialect;
-use larder_sql::Value;
+use larder_sql::{SqlType, Value};
 
 use crate::cache::{CacheBackend, CachedQuery};
 use crate::mysql::messages::flags::status;
@@ -289,12 +289,14 @@ impl Route {
         if exec.flags != 0 {
             return Err("a cursor was asked for".into());
         }
+        let cache = self.cache_for(&shape)?;
+        let slot = |n: usize| placeholder_slot_type(&shape.params, cache.param_types(), n);
         let values: Vec<Value> = exec
             .values
             .iter()
-            .map(param_value)
+            .enumerate()
+            .map(|(i, v)| param_value(v, slot(i + 1)))
             .collect::<Result<_, _>>()?;
-        let cache = self.cache_for(&shape)?;
         let params = resolve_params(
             &shape.params,
             &|n| values.get(n.wrapping_sub(1)).cloned(),
@@ -395,13 +397,21 @@ impl Route {
 }
 
 /// A bound parameter as a value for the slot's type: numbers and text as the literal would
-/// be read; dates and times by their text.
-fn param_value(p: &ParamValue<'_>) -> Result<Value, String> {
+/// be read; dates and times by their text. A DOUBLE (JavaScript numbers are sent so) compares
+/// as a double in MySQL, which is exact only against an integer column, and only for an
+/// integral value.
+fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, String> {
     Ok(match p {
         ParamValue::Null => Value::Null,
         ParamValue::Int(i) => Value::Text(i.to_string()),
         ParamValue::UInt(u) => Value::Text(u.to_string()),
-        ParamValue::Double(_) => return Err("a floating-point parameter".into()),
+        ParamValue::Double(d) => {
+            let integer_slot = matches!(slot, Some(SqlType::Int2 | SqlType::Int4 | SqlType::Int8));
+            if !(integer_slot && d.fract() == 0.0 && d.abs() < 9.007_199_254_740_992e15) {
+                return Err("a floating-point parameter not compared with an integer".into());
+            }
+            Value::Text((*d as i64).to_string())
+        }
         ParamValue::Bytes(b) => Value::Text(
             std::str::from_utf8(b)
                 .map_err(|_| "a parameter that is not UTF-8")?
@@ -544,13 +554,20 @@ mod tests {
     #[test]
     fn bound_values_read_as_literals() {
         assert_eq!(
-            param_value(&ParamValue::Int(-3)).unwrap(),
+            param_value(&ParamValue::Int(-3), None).unwrap(),
             Value::Text("-3".into())
         );
         assert_eq!(
-            param_value(&ParamValue::DateTime([2024, 2, 29, 1, 2, 3, 4])).unwrap(),
+            param_value(&ParamValue::DateTime([2024, 2, 29, 1, 2, 3, 4]), None).unwrap(),
             Value::Text("2024-02-29 01:02:03.000004".into())
         );
-        assert!(param_value(&ParamValue::Bytes(&[0xff])).is_err());
+        assert!(param_value(&ParamValue::Bytes(&[0xff]), None).is_err());
+        let int = Some(&SqlType::Int4);
+        assert_eq!(
+            param_value(&ParamValue::Double(7.0), int).unwrap(),
+            Value::Text("7".into())
+        );
+        assert!(param_value(&ParamValue::Double(7.5), int).is_err());
+        assert!(param_value(&ParamValue::Double(7.0), Some(&SqlType::Numeric)).is_err());
     }
 }

@@ -19,26 +19,6 @@ pub(super) fn bind_statement_name(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..stmt_end]).ok()
 }
 
-/// The type of the slot the client's placeholder `$n` fills (its first use).
-pub(super) fn placeholder_slot_type<'a>(
-    params: &[ParamSource],
-    slot_types: &'a [SqlType],
-    n: usize,
-) -> Option<&'a SqlType> {
-    fn uses(p: &ParamSource, n: usize) -> bool {
-        match p {
-            ParamSource::Placeholder(m) => *m == n,
-            ParamSource::List(items) => items.iter().any(|i| uses(i, n)),
-            ParamSource::Literal(_) => false,
-        }
-    }
-    params
-        .iter()
-        .zip(slot_types)
-        .find(|(p, _)| uses(p, n))
-        .map(|(_, ty)| ty)
-}
-
 /// Decodes the bound values, each with the type of the slot its placeholder fills (or the
 /// type the client declared in Parse).
 pub(super) fn decode_bind(
@@ -55,7 +35,8 @@ pub(super) fn decode_bind(
             let Some(raw) = raw else {
                 return Ok(Some(Value::Null));
             };
-            let slot_ty = placeholder_slot_type(params, slot_types, i + 1).cloned();
+            let slot_ty =
+                larder_sql::normalize::placeholder_slot_type(params, slot_types, i + 1).cloned();
             let declared_oid = declared.get(i).copied().filter(|o| *o != 0);
             let declared_ty = match declared_oid {
                 None => None,
