@@ -11,13 +11,19 @@ use crate::identity::qualify_quoted;
 /// unqualified relations are read in it, and identifiers are compared unquoted (MySQL's
 /// quoting never changes what a name means).
 pub fn query_id(query: &Query, database: &str) -> String {
+    identity(query, database).0
+}
+
+/// [`query_id`], and the normalized text with every relation qualified (`$n` placeholders;
+/// see [`with_question_marks`]).
+pub fn identity(query: &Query, database: &str) -> (String, String) {
     use sqlparser::dialect::MySqlDialect;
     use sqlparser::tokenizer::{Token, Tokenizer};
     let mut q = query.clone();
     qualify_quoted(&mut q, &|_| Some(database.to_string()), '`');
     let text = q.to_string();
     let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, &text).tokenize() else {
-        return crate::normalize::query_id(&text);
+        return (crate::normalize::query_id(&text), text);
     };
     let mut out = String::with_capacity(text.len() + 8);
     out.push_str("mysql ");
@@ -29,7 +35,38 @@ pub fn query_id(query: &Query, database: &str) -> String {
         }
         out.push(' ');
     }
-    crate::normalize::query_id(&out)
+    (crate::normalize::query_id(&out), text)
+}
+
+/// A normalized text's `$1..$n` as MySQL's `?`, which number in order of appearance; `None`
+/// when they do not appear in that order (or the text does not tokenize).
+pub fn with_question_marks(normalized_text: &str) -> Option<String> {
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&MySqlDialect {}, normalized_text)
+        .tokenize()
+        .ok()?;
+    let mut next = 1usize;
+    let mut out = String::with_capacity(normalized_text.len());
+    for t in tokens {
+        // MySQL's tokenizer reads `$1` as a word (`$` may start an identifier).
+        let slot = match &t {
+            Token::Placeholder(p) => p.strip_prefix('$'),
+            Token::Word(w) if w.quote_style.is_none() => w.value.strip_prefix('$'),
+            _ => None,
+        };
+        match slot.map(str::parse::<usize>) {
+            Some(Ok(n)) => {
+                if n != next {
+                    return None;
+                }
+                next += 1;
+                out.push('?');
+            }
+            _ => out.push_str(&t.to_string()),
+        }
+    }
+    Some(out)
 }
 
 /// MySQL sorts NULLs first ascending and last descending; the plan follows what the query
@@ -71,6 +108,19 @@ mod tests {
         );
         assert_eq!(a, id("SELECT id, c FROM sbtest.sbtest1 WHERE id = ?", "x"));
         assert_ne!(a, id("SELECT id, c FROM sbtest1 WHERE id = 5", "other"));
+    }
+
+    #[test]
+    fn placeholders_become_question_marks() {
+        let n = normalize(
+            "SELECT a FROM `t` WHERE b = 5 AND c IN (1, 2) LIMIT 3",
+            Dialect::MySql,
+        )
+        .unwrap();
+        let (_, text) = identity(&n.query, "db");
+        let q = with_question_marks(&text).unwrap();
+        assert_eq!(q, "SELECT a FROM `db`.`t` WHERE b = ? AND c = ? LIMIT 3");
+        assert_eq!(with_question_marks("SELECT $2, $1"), None);
     }
 
     #[test]

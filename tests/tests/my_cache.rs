@@ -360,3 +360,45 @@ cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
         s.larder.log()
     );
 }
+
+/// `SHOW PROXIED QUERIES` lists the SELECT shapes that went upstream, says which can be
+/// cached (and why not), and `CREATE CACHE FROM <id>` caches one; both need an admin.
+#[test]
+fn proxied_queries_are_listed_and_cached_by_id() {
+    let s = Setup::new(
+        "my_cache_advisor",
+        "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(8,2));
+         INSERT INTO items VALUES (1, 'a', 1.50), (2, 'b', NULL);",
+    );
+    until_served_any(&s);
+    s.cli("SELECT price FROM items WHERE id = 1; SELECT id FROM items WHERE name = 'a'");
+    let listed = s.cli("SHOW PROXIED QUERIES");
+    let row = |needle: &str| -> Vec<String> {
+        listed
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not listed: {listed}"))
+            .split('\t')
+            .map(str::to_string)
+            .collect()
+    };
+    let point = row("WHERE id = $1");
+    assert_eq!(point[2], "yes", "{listed}");
+    let by_name = row("WHERE name = $1");
+    assert!(
+        by_name[2].starts_with("unsupported: comparing, grouping or ordering text"),
+        "{listed}"
+    );
+    s.cli(&format!("CREATE CACHE FROM {}", point[0]));
+    until_served(&s, "SELECT price FROM items WHERE id = 2");
+    assert_eq!(s.cli("SELECT price FROM items WHERE id = 1"), "1.50\n");
+}
+
+/// Until replication serves (any cache would).
+fn until_served_any(s: &Setup) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s.larder.log().contains("caches serve") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.larder.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -107,9 +107,20 @@ impl Controller {
         role: &str,
     ) -> Result<Table, ControllerError> {
         let shapes = self.proxied.snapshot();
-        // A plain user sees only the shapes whose every table it can read.
+        let mysql = self.dialect == Dialect::MySql;
+        // MySQL keeps `$n` placeholders in the text; its parser reads `?`.
+        let parse = |text: &str| match mysql {
+            true => larder_sql::mysql::with_question_marks(text)
+                .ok_or_else(|| {
+                    larder_sql::error::SqlError::Parse("placeholders out of order".into())
+                })
+                .and_then(|t| parse_select(&t, Dialect::MySql)),
+            false => parse_select(text, Dialect::Postgres),
+        };
+        // A plain user sees only the shapes whose every table it can read (on MySQL only
+        // admins see them: the session checked).
         let relations_of = |text: &str| -> Option<Vec<String>> {
-            let q = parse_select(text, Dialect::Postgres).ok()?;
+            let q = parse(text).ok()?;
             let rels = larder_sql::normalize::relations(&q);
             (!rels.is_empty()).then(|| {
                 rels.iter()
@@ -120,7 +131,10 @@ impl Controller {
                     .collect()
             })
         };
-        let visible = if self.role_access(role, &[]).await?.admin {
+        let json_as_stored = mysql
+            && self.my_source()?.flavor().await.ok()
+                == Some(larder_replication::mysql::Flavor::MariaDb);
+        let visible = if mysql || self.role_access(role, &[]).await?.admin {
             None
         } else {
             let mut names: Vec<String> = shapes
@@ -144,20 +158,28 @@ impl Controller {
                     continue;
                 }
             }
-            let parsed = parse_select(&shape.text, Dialect::Postgres).map(normalize_query);
+            let parsed = parse(&shape.text).map(normalize_query);
             let supported = if self.core.caches.get(&shape.query_id).is_some() {
                 "cached".to_string()
             } else {
                 match &parsed {
                     Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
                     Ok(n) => match self.check_supported(n) {
+                        Ok((plan, _)) if mysql => {
+                            match super::mysql::mysql_refusal(&plan, json_as_stored) {
+                                None => "yes".to_string(),
+                                Some(r) => format!("unsupported: {r}"),
+                            }
+                        }
                         Ok(_) => "yes".to_string(),
                         Err(ControllerError::Unavailable(r)) => format!("pending: {r}"),
                         Err(e) => format!("unsupported: {e}"),
                     },
                 }
             };
-            let shallow = if self.core.shallow.get(&shape.query_id).is_some() {
+            let shallow = if mysql {
+                "unsupported: not available on MySQL upstreams yet".to_string()
+            } else if self.core.shallow.get(&shape.query_id).is_some() {
                 "cached".to_string()
             } else {
                 match &parsed {

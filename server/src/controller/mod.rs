@@ -151,6 +151,14 @@ impl Controller {
                 LarderStatement::DropAllCaches => Some("DROP ALL CACHES"),
                 LarderStatement::DropAllProxiedQueries => Some("DROP ALL PROXIED QUERIES"),
                 LarderStatement::SetCaching { .. } => Some("ALTER LARDER SET caching"),
+                LarderStatement::ShowProxiedQueries { .. } => Some("SHOW PROXIED QUERIES"),
+                LarderStatement::CreateCache {
+                    source: CacheSource::QueryId(_),
+                    ..
+                }
+                | LarderStatement::ExplainCreateCache {
+                    source: CacheSource::QueryId(_),
+                } => Some("naming a query by its id"),
                 _ => None,
             };
             if let Some(what) = what {
@@ -266,9 +274,17 @@ impl Controller {
                         .map_err(|e| ControllerError::Invalid(e.to_string()))?;
                     return Ok((c.query.clone(), normalize_query(q)));
                 }
-                let text = self.proxied.text_of(&id).ok_or_else(|| {
+                let mut text = self.proxied.text_of(&id).ok_or_else(|| {
                     ControllerError::NotFound(format!("no query with id {id} has been seen"))
                 })?;
+                if self.dialect == Dialect::MySql {
+                    // Kept normalized with `$n`; MySQL takes `?`.
+                    text = larder_sql::mysql::with_question_marks(&text).ok_or_else(|| {
+                        ControllerError::Unsupported(format!(
+                            "query {id}'s parameters are not in order"
+                        ))
+                    })?;
+                }
                 let q = parse_select(&text, self.dialect).map_err(|_| {
                     ControllerError::Unsupported(format!("query {id} is not a SELECT"))
                 })?;

@@ -103,11 +103,14 @@ pub(super) async fn run(
 ) -> Result<(), SessionError> {
     let deprecate_eof = est.capabilities & cap::CLIENT_DEPRECATE_EOF != 0;
     let idle_ms = shared.cfg.idle_timeout_ms;
-    let mut route = shared
-        .cfg
-        .backend
-        .clone()
-        .map(|b| Route::new(b, est.database.clone(), est.extended_metadata));
+    let mut route = shared.cfg.backend.clone().map(|b| {
+        Route::new(
+            b,
+            est.user.clone(),
+            est.database.clone(),
+            est.extended_metadata,
+        )
+    });
     let _opened = route
         .as_ref()
         .map(|r| SessionCount::open(r.backend.clone(), &est.user));
@@ -190,9 +193,12 @@ pub(super) async fn run(
             relay = relay.capturing_prepare();
         }
         relay.response(command).await?;
-        let (last_status, prepared) = (relay.last_status, relay.prepared.take());
+        let (last_status, prepared, rows) = (relay.last_status, relay.prepared.take(), relay.rows);
         shared.cfg.metrics.upstream_done(started);
         if let Some(route) = route.as_mut() {
+            if let Some(timing) = route.timing.take() {
+                timing.done(started.elapsed(), rows);
+            }
             after_relay(route, command, &payload, last_status, prepared);
         }
     }

@@ -33,6 +33,8 @@ pub(super) struct Relay<'a> {
     /// COM_STMT_PREPARE's OK and its column definitions, when `capture_prepare` is set.
     pub(super) prepared: Option<(PrepareOk, Vec<Vec<u8>>)>,
     capture_prepare: bool,
+    /// Result rows relayed.
+    pub(super) rows: u64,
 }
 
 /// Most column definitions a captured prepare keeps (more: not captured).
@@ -68,6 +70,7 @@ impl<'a> Relay<'a> {
             last_status: None,
             prepared: None,
             capture_prepare: false,
+            rows: 0,
         }
     }
 
@@ -173,6 +176,7 @@ impl<'a> Relay<'a> {
             if self.is_end(&p) {
                 return Ok(self.ended(&p));
             }
+            self.rows += 1;
         }
     }
 

@@ -24,7 +24,7 @@ use larder_sql::normalize::{normalize, placeholder_slot_type, resolve_params, Pa
 use larder_sql::statement::Dialect;
 use larder_sql::{SqlType, Value};
 
-use crate::cache::{CacheBackend, CachedQuery};
+use crate::cache::{CacheBackend, CachedQuery, UpstreamTiming};
 use crate::mysql::messages::flags::status;
 use crate::mysql::messages::stmt::{ParamType, ParamValue, StmtExecute};
 use crate::mysql::messages::{ColumnDefinition, ColumnType, Payload};
@@ -42,6 +42,8 @@ const BARRIER_WAIT_MS: u64 = 100;
 /// parameter slot gets its value.
 pub(super) struct Shape {
     pub(super) query_id: String,
+    /// The normalized text, relations qualified (for `SHOW PROXIED QUERIES`).
+    pub(super) normalized: String,
     pub(super) params: Vec<ParamSource>,
     /// The text as the client sent it (prepared again upstream to check privileges).
     pub(super) text: String,
@@ -87,11 +89,16 @@ pub(super) struct Route {
     extended_metadata: bool,
     /// Why the last SELECT went upstream (`EXPLAIN LAST STATEMENT`).
     pub(super) last: Option<(String, String)>,
+    /// Told how long the upstream took for the SELECT being relayed (the advisor).
+    pub(super) timing: Option<Arc<dyn UpstreamTiming>>,
+    /// Who logged in (for the advisor's context).
+    pub(super) user: String,
 }
 
 impl Route {
     pub(super) fn new(
         backend: Arc<dyn CacheBackend>,
+        user: String,
         database: Option<String>,
         extended_metadata: bool,
     ) -> Route {
@@ -105,6 +112,8 @@ impl Route {
             statements: HashMap::new(),
             extended_metadata,
             last: None,
+            timing: None,
+            user,
         }
     }
 
@@ -135,8 +144,10 @@ impl Route {
             Some(None) => return Err("no database selected".into()),
             None => return Err("the session's current database is unknown".into()),
         };
+        let (query_id, normalized) = larder_sql::mysql::identity(&n.query, &database);
         Ok(Shape {
-            query_id: larder_sql::mysql::query_id(&n.query, &database),
+            query_id,
+            normalized,
             params: n.params,
             text: text.to_string(),
         })
@@ -331,11 +342,10 @@ impl Route {
         view
     }
 
-    /// The query id of a tracked prepared SELECT.
-    pub(super) fn shape_id(&self, payload: &[u8]) -> Option<String> {
+    /// The shape of a tracked prepared SELECT.
+    pub(super) fn shape_of_statement(&self, payload: &[u8]) -> Option<Arc<Shape>> {
         let id = StmtExecute::statement_id_of(payload)?;
-        let s = self.statements.get(&id)?;
-        s.shape.as_ref().map(|s| s.query_id.clone())
+        self.statements.get(&id)?.shape.clone()
     }
 
     /// After a relayed COM_QUERY: what it changed about the session.

@@ -52,23 +52,21 @@ pub(super) async fn try_local(
                 return Ok(false);
             };
             let served = query_hit(est, route, &shape, reply).await?;
-            Ok(settle(route, &shape.query_id, served))
+            Ok(settle(route, &shape, served))
         }
         Command::StmtExecute => {
             let read = match route.decide_execute(payload) {
                 Ok(d) => d,
                 Err(reason) => {
-                    if route.executes_select(payload) {
-                        if let Some(id) = route.shape_id(payload) {
-                            return Ok(settle(route, &id, Err(reason)));
-                        }
+                    if let Some(shape) = route.shape_of_statement(payload) {
+                        return Ok(settle(route, &shape, Err(reason)));
                     }
                     return Ok(false);
                 }
             };
-            let query_id = read.shape.query_id.clone();
+            let shape = read.shape.clone();
             let served = execute_hit(est, route, payload, read, reply).await?;
-            Ok(settle(route, &query_id, served))
+            Ok(settle(route, &shape, served))
         }
         Command::StmtSendLongData => {
             if let Some(id) = statement_id() {
@@ -92,16 +90,31 @@ pub(super) async fn try_local(
     }
 }
 
-/// Records why a SELECT went upstream, or that the cache answered it.
-fn settle(route: &mut Route, query_id: &str, served: Result<(), String>) -> bool {
+/// Records why a SELECT went upstream (and asks to be told how long the upstream takes, for
+/// `SHOW PROXIED QUERIES`), or that the cache answered it.
+fn settle(route: &mut Route, shape: &Shape, served: Result<(), String>) -> bool {
     match served {
         Ok(()) => {
             route.last = None;
             true
         }
         Err(reason) => {
-            route.backend.fell_back(query_id, &reason);
-            route.last = Some((query_id.to_string(), reason));
+            route.backend.fell_back(&shape.query_id, &reason);
+            let context = || StatementContext {
+                role: Some(route.user.clone()),
+                session_user: route.user.clone(),
+                search_path: None,
+                temp_schema: None,
+                mysql: Some(MyStatementContext {
+                    database: route.database(),
+                    admin: false,
+                }),
+            };
+            route.timing =
+                route
+                    .backend
+                    .record_proxied(&shape.query_id, &shape.normalized, &context);
+            route.last = Some((shape.query_id.clone(), reason));
             false
         }
     }
@@ -274,12 +287,22 @@ async fn larder_statement(
             return Ok(());
         }
     }
+    // What manages caches for everyone, shows every session's queries, or caches a query
+    // named by id (whose privileges the session cannot check itself) needs an admin.
     let needs_admin = matches!(
         stmt,
         LarderStatement::DropCache { .. }
             | LarderStatement::DropAllCaches
             | LarderStatement::DropAllProxiedQueries
             | LarderStatement::SetCaching { .. }
+            | LarderStatement::ShowProxiedQueries { .. }
+            | LarderStatement::CreateCache {
+                source: CacheSource::QueryId(_),
+                ..
+            }
+            | LarderStatement::ExplainCreateCache {
+                source: CacheSource::QueryId(_),
+            }
     );
     let admin = needs_admin
         && match query_upstream(&mut est.upstream, "SHOW GRANTS", reply.deprecate_eof).await? {
