@@ -69,6 +69,10 @@ const XA_PREPARE_LOG: u8 = 38;
 /// TRANSACTION_PAYLOAD_EVENT (MySQL 8.0.20+ binlog compression); mysql_async yields the
 /// events inside it right after it.
 const TRANSACTION_PAYLOAD: u8 = 40;
+/// Events a binlog file holds between transactions (format description, STOP, MySQL's
+/// PREVIOUS_GTIDS, MariaDB's BINLOG_CHECKPOINT and GTID_LIST): reading one moves the
+/// position without a transaction.
+const BETWEEN_TRANSACTIONS: [u8; 5] = [15, 3, 35, 161, 163];
 
 struct Txn {
     start: Position,
@@ -397,8 +401,30 @@ impl MyStream {
         });
     }
 
+    /// A batch without changes that moves the position to `position`, read between
+    /// transactions (a rotation, a new file's first events), unless it is not ahead: so an
+    /// upstream whose last events are such ones is caught up with, not lagged behind.
+    fn idle_advance(&mut self, position: Position) -> Option<MyChangeBatch> {
+        if self.txn.is_some() || position <= self.last {
+            return None;
+        }
+        self.last = position.clone();
+        Some(MyChangeBatch {
+            position,
+            changes: Vec::new(),
+            part: None,
+        })
+    }
+
     async fn handle(&mut self, event: Event) -> Result<Option<MyChangeBatch>, ReplicationError> {
         let raw = event.header().event_type_raw();
+        if BETWEEN_TRANSACTIONS.contains(&raw) && event.header().log_pos() > 0 {
+            if raw == 15 {
+                self.seen_fde = true;
+            }
+            let position = self.position_after(&event);
+            return Ok(self.idle_advance(position));
+        }
         if raw == TRANSACTION_PAYLOAD {
             self.payload_end = event.header().log_pos();
             return Ok(None);
@@ -436,7 +462,16 @@ impl MyStream {
                     .map_err(|e| self.event_error(&event, format!("file name: {e}")))?;
                 debug!(file = %name, pos = r.position(), "binlog rotate");
                 self.file = name;
-                Ok(None)
+                if event.header().log_pos() == 0 {
+                    // The dump's own announcement of where it starts.
+                    return Ok(None);
+                }
+                let gtid = match self.flavor {
+                    Flavor::MariaDb if !self.gtid.is_empty() => Some(self.gtid.to_string()),
+                    _ => None,
+                };
+                let position = Position::new(self.file.clone(), r.position(), gtid);
+                Ok(self.idle_advance(position))
             }
             EventData::FormatDescriptionEvent(_) => {
                 self.seen_fde = true;
