@@ -11,6 +11,11 @@ pub enum ReplicationError {
     #[error("invalid replication configuration: {0}")]
     InvalidConfig(String),
 
+    /// The upstream no longer has the binlog from the stored position (purged, reset, or
+    /// another server behind the same address): the database must be copied again.
+    #[error("the upstream no longer has the binlog from the stored position: {detail}")]
+    PositionLost { detail: String },
+
     /// The upstream refused a query Larder asked about for a user (its message).
     #[error("the upstream rejects the query: {0}")]
     Rejected(String),

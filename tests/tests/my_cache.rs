@@ -402,3 +402,89 @@ fn until_served_any(s: &Setup) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The binlog Larder stopped at is purged while it is down: it copies the database again
+/// (instead of retrying forever) and its caches serve the current rows. A server of its
+/// own: purging the shared server's binlog would pull it from under the other tests.
+#[test]
+fn a_purged_binlog_position_is_copied_again() {
+    let maria = MariaDbServer::start().expect("a MariaDB of its own");
+    let db = maria.create_database("my_purged").expect("database");
+    maria
+        .query(
+            &db,
+            "CREATE TABLE items (id INT PRIMARY KEY, price DECIMAL(8,2));
+             INSERT INTO items VALUES (1, 1.00), (2, 2.00);",
+        )
+        .expect("schema");
+    let storage = std::env::temp_dir().join(format!("larder-mypurged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let server_id = my_kit::server_id("purged").to_string();
+    let larder = spawn(&maria, &db, &storage, &server_id);
+    let run = |larder: &LarderProcess, sql: &str| {
+        assert_ok(&cli(
+            larder.port(),
+            maria.admin_user(),
+            maria.admin_password(),
+            &db,
+            sql,
+            &[],
+        ))
+    };
+    run(
+        &larder,
+        "CREATE CACHE FROM SELECT price FROM items WHERE id = ?",
+    );
+    larder.kill9();
+    drop(larder);
+    maria
+        .query(
+            &db,
+            "UPDATE items SET price = 1.50 WHERE id = 1; FLUSH BINARY LOGS;
+             UPDATE items SET price = 2.50 WHERE id = 2; FLUSH BINARY LOGS;",
+        )
+        .expect("writes");
+    // MariaDB purges a file only once InnoDB has checkpointed past it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        maria
+            .query(
+                &db,
+                "FLUSH BINARY LOGS; PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY",
+            )
+            .expect("purge");
+        let logs = maria.query(&db, "SHOW BINARY LOGS").expect("logs");
+        if logs.lines().filter(|l| l.starts_with("binlog.")).count() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never purged: {logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let url = maria.url(&db);
+    let storage_arg = storage.display().to_string();
+    let larder = LarderProcess::spawn(&args(&url, &storage_arg, &server_id), &[])
+        .expect("restarting larder");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(
+            &larder,
+            "SELECT price FROM items WHERE id = 1; SELECT price FROM items WHERE id = 2; \
+             EXPLAIN LAST STATEMENT",
+        );
+        if out.starts_with("1.50\n2.50\nlarder") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{out}\n{}",
+            larder.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = larder.log();
+    assert!(
+        log.contains("no longer has the binlog from the stored position")
+            && log.contains("snapshot complete"),
+        "{log}"
+    );
+}

@@ -326,6 +326,11 @@ impl MyStream {
                 detail,
             };
         }
+        // ER_MASTER_FATAL_ERROR_READING_BINLOG otherwise: the position (file or GTID) is not
+        // in the upstream's binlog.
+        if code == Some(1236) {
+            return ReplicationError::PositionLost { detail };
+        }
         // Is another replica registered with our id?
         let connect = tokio::time::timeout(DIAGNOSIS_TIMEOUT, self.source.connect()).await;
         if let Ok(Ok(mut conn)) = connect {

@@ -28,7 +28,12 @@ pub async fn start_mysql(core: Arc<Core>, source: Arc<MySource>) -> Result<(), A
             core.status
                 .applied_lsn
                 .store(position.progress(), Ordering::SeqCst);
-            source.stream(&position).await?
+            match source.stream(&position).await {
+                Err(ReplicationError::PositionLost { detail }) => {
+                    copy_again(&core, &source, &detail).await?
+                }
+                other => other?,
+            }
         }
         None => {
             core.set_replication_status("Snapshotting");
@@ -39,6 +44,40 @@ pub async fn start_mysql(core: Arc<Core>, source: Arc<MySource>) -> Result<(), A
     core.set_replication_status("Streaming");
     tokio::spawn(stream_forever(core, source, stream));
     Ok(())
+}
+
+/// The stored position is gone upstream (its binlog purged, or another server): every cache
+/// stops serving, the database is copied again, and the caches are built again on the copy.
+async fn copy_again(
+    core: &Arc<Core>,
+    source: &MySource,
+    detail: &str,
+) -> Result<MyStream, ApplyError> {
+    warn!(%detail, "the upstream no longer has the binlog from the stored position: copying the database again");
+    core.set_last_error(format!(
+        "replication: binlog position lost ({detail}); copied again"
+    ));
+    for cache in core.caches.all() {
+        cache.invalidate("the database is being copied again (the binlog position was lost)");
+    }
+    core.set_replication_status("Snapshotting");
+    let snapshot = initial_snapshot(core, source).await?;
+    // Caches built meanwhile (a restart restores them while the stream opens) were built on
+    // what the copy replaced.
+    for cache in core.caches.all() {
+        cache.invalidate("built before the database was copied again");
+    }
+    let oids: Vec<u32> = core
+        .tables
+        .read()
+        .expect("tables lock poisoned")
+        .all()
+        .map(|t| t.oid)
+        .collect();
+    for oid in oids {
+        core.request_rebuild(oid);
+    }
+    Ok(source.stream_after(&snapshot).await?)
 }
 
 /// Copies every replicated table into storage, then stores the position it is consistent at.
@@ -164,6 +203,18 @@ async fn stream_forever(core: Arc<Core>, source: Arc<MySource>, first: MyStream)
                 }
             }
             Err(e) => Err(e),
+        };
+        let result = match result {
+            Err(ApplyError::Replication(ReplicationError::PositionLost { detail })) => {
+                match copy_again(&core, &source, &detail).await {
+                    Ok(stream) => {
+                        next = Some(stream);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         };
         if let Err(e) = &result {
             error!(error = %e, retry_in_ms = backoff_ms, "MySQL replication stopped; it starts again at the stored position");
