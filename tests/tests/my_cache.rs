@@ -488,3 +488,70 @@ fn a_purged_binlog_position_is_copied_again() {
         "{log}"
     );
 }
+
+/// Rust's `mysql_async` (text `query` and prepared `exec`) gets from the cache what it gets
+/// from the server.
+#[test]
+fn mysql_async_reads_the_cache_as_the_server() {
+    use mysql_async::prelude::Queryable;
+    let s = Setup::new(
+        "my_cache_async",
+        "CREATE TABLE items (id BIGINT UNSIGNED PRIMARY KEY, price DECIMAL(8,2), at DATETIME(6),
+                             d DATE, note TEXT);
+         INSERT INTO items VALUES (1, 1.50, '2024-02-29 10:00:00.000001', '2024-02-29', 'é'),
+                                  (18446744073709551615, NULL, NULL, NULL, NULL);",
+    );
+    let q = "SELECT id, price, at, d, note FROM items WHERE id = ?";
+    s.cli(&format!("CREATE CACHE FROM {q}"));
+    until_served(&s, "SELECT id, price, at, d, note FROM items WHERE id = 1");
+    // prefer_socket=false: on the server's own host mysql_async otherwise asks `@@socket`
+    // and reconnects to the server's Unix socket, around Larder.
+    let url = |port: u16| {
+        format!(
+            "mysql://{}:{}@127.0.0.1:{port}/{}?prefer_socket=false",
+            s.maria.admin_user(),
+            s.maria.admin_password(),
+            s.db
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = |port: u16| {
+        rt.block_on(async {
+            let mut c = mysql_async::Conn::from_url(url(port))
+                .await
+                .expect("connect");
+            let mut out = Vec::new();
+            for id in [1u64, u64::MAX, 7] {
+                let text: Vec<mysql_async::Row> = c
+                    .query(q.replace('?', &id.to_string()))
+                    .await
+                    .expect("query");
+                let prepared: Vec<mysql_async::Row> = c.exec(q, (id,)).await.expect("exec");
+                for rows in [text, prepared] {
+                    out.push(format!(
+                        "{:?}",
+                        rows.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            let served: Vec<(String, String)> = if port == s.larder.port() {
+                c.query("EXPLAIN LAST STATEMENT").await.expect("explain")
+            } else {
+                Vec::new()
+            };
+            c.disconnect().await.expect("disconnect");
+            (out, served)
+        })
+    };
+    let (direct, _) = read(s.maria.port());
+    let (through, served) = read(s.larder.port());
+    assert_eq!(direct, through);
+    assert_eq!(
+        served.first().map(|r| r.0.as_str()),
+        Some("larder"),
+        "{served:?}"
+    );
+}
