@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use larder_dataflow::{CacheId, Graph, PartialKey};
+use larder_dataflow::{CacheId, Graph, Lookup, PartialKey, StoredRows};
 use larder_sql::Value;
 use tracing::{debug, warn};
 
@@ -106,10 +106,35 @@ impl HoleFiller {
         let width = self.table.schema.columns.len();
         self.filled.fetch_add(keys.len() as u64, Ordering::Relaxed);
         let mut fills = Vec::with_capacity(keys.len());
-        for key in keys {
-            let probe = self.key.probe(width, &key);
-            let row = core.storage.get(&self.table, &probe)?;
-            fills.push((key, row));
+        if self.key.by_index {
+            // Every row with the key, through its secondary index (complete and kept by
+            // every transaction since the cache was added).
+            let snapshot = core.storage.snapshot();
+            let view = core.storage.stored_view(&snapshot);
+            for key in keys {
+                // NULL equals nothing: such a key has no rows.
+                let rows = if key.iter().any(Value::is_null) {
+                    Vec::new()
+                } else {
+                    let lookup = Lookup::Index {
+                        columns: &self.key.columns,
+                        values: &key,
+                    };
+                    view.rows(self.key.table, lookup, usize::MAX).map_err(|e| {
+                        StorageError::Corrupt {
+                            what: "a partial cache's index lookup".into(),
+                            detail: e.to_string(),
+                        }
+                    })?
+                };
+                fills.push((key, rows));
+            }
+        } else {
+            for key in keys {
+                let probe = self.key.probe(width, &key);
+                let row = core.storage.get(&self.table, &probe)?;
+                fills.push((key, row.map(|r| (r, 1)).into_iter().collect()));
+            }
         }
         if let Err(e) = graph.fill_keys(self.cache, fills) {
             // The cache was removed meanwhile: nothing to fill.
@@ -255,6 +280,10 @@ pub fn warm_up(core: Weak<Core>, entry: Weak<crate::core::CacheEntry>) {
             return;
         };
         drop(entry);
+        if filler.key.by_index {
+            // A key's rows are spread over the table: they fill on demand only.
+            return;
+        }
         let limit = core.status.memory_limit_bytes.load(Ordering::Relaxed);
         if limit > 0 && cache_bytes(&core) >= limit / 4 * 3 {
             debug!(filled, "partial cache warm-up stops at the memory limit");
@@ -282,7 +311,7 @@ pub fn warm_up(core: Weak<Core>, entry: Weak<crate::core::CacheEntry>) {
                         .iter()
                         .map(|&c| row.get(c).cloned().unwrap_or(Value::Null))
                         .collect();
-                    (key, Some(row))
+                    (key, vec![(row, 1)])
                 })
                 .collect();
             if graph.fill_keys(filler.cache, fills).is_err() {

@@ -1,7 +1,8 @@
 //! Partial caches (issue #11): a cache keyed on its table's primary key serves at once, fills
 //! each key from storage when it is first read (answering that read) while a background
-//! warm-up fills the rest, stays equal to the upstream under a concurrent writer racing both
-//! kinds of fill, evicts keys under `--memory-limit` (the warm-up stops short of it), and
+//! warm-up fills the rest; a cache keyed on another column fills each key's rows through a
+//! secondary index; both stay equal to the upstream under a concurrent writer racing the
+//! fills, evicts keys under `--memory-limit` (the warm-up stops short of it), and
 //! serves at once after a restart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,13 @@ fn setup(d: &Deployment<'_>) {
 
 async fn point(c: &Client, id: i64) -> Answer {
     q(c, &format!("SELECT id, n, s FROM t WHERE id = {id}")).await
+}
+
+/// The rows with `n`, sorted (the query has no ORDER BY).
+async fn by_n(c: &Client, n: i64) -> Answer {
+    q(c, &format!("SELECT id, s FROM t WHERE n = {n}"))
+        .await
+        .sorted()
 }
 
 /// (properties, memory_bytes) of the cache on `t`.
@@ -69,7 +77,8 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
     // It serves at once and warms up from storage in the background (no memory limit here).
     let (props, _) = cache_row(&lc).await;
     assert!(props.contains("partial: "), "{props}");
-    // A cache keyed on another column holds its whole result.
+    // A cache keyed on another column is partial too: a key's rows come through the
+    // secondary index on n.
     command(&lc, "CREATE CACHE FROM SELECT id, s FROM t WHERE n = $1").await;
     let caches = show_caches(&lc).await;
     assert!(
@@ -77,9 +86,21 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
             .rows
             .iter()
             .any(|r| r[2].as_deref().unwrap_or("").contains("WHERE n =")
-                && !r[3].as_deref().unwrap_or("").contains("partial")),
+                && r[3]
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("partial: 0 keys held")),
         "{caches:?}"
     );
+    let status = larder_status(&lc).await;
+    let indexes = status.get("Join Indexes").cloned().unwrap_or_default();
+    assert!(indexes.contains("public.t (n)"), "{status:?}");
+    for n in [0, 7, 99, 100] {
+        let got = by_n(&lc, n).await;
+        assert_eq!(got, by_n(&direct, n).await, "n {n}");
+        let (dest, reason) = explain_last(&lc).await;
+        assert_eq!(dest, "cache", "n {n}: {reason}");
+    }
 
     // The first read of a key is answered from the cache (filled on the way).
     for id in [1, 2, 3, ROWS, ROWS + 1] {
@@ -119,11 +140,15 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xfeed);
     let mut read: Vec<i64> = Vec::new();
+    let mut read_n: Vec<i64> = Vec::new();
     let race_until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < race_until {
         let id = rng.gen_range(1..=ROWS + 500);
         point(&lc, id).await;
         read.push(id);
+        let n = rng.gen_range(0..110);
+        by_n(&lc, n).await;
+        read_n.push(n);
     }
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
@@ -135,6 +160,18 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         let (got, want) = (point(&lc, id).await, point(&direct, id).await);
         if got != want {
             wrong.push(format!("id {id}: larder {got:?}, upstream {want:?}"));
+        }
+    }
+    read_n.sort_unstable();
+    read_n.dedup();
+    for &n in &read_n {
+        let (got, want) = (by_n(&lc, n).await, by_n(&direct, n).await);
+        if got != want {
+            wrong.push(format!(
+                "n {n}: larder {} rows, upstream {}",
+                got.rows.len(),
+                want.rows.len()
+            ));
         }
     }
     assert!(

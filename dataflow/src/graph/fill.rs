@@ -92,14 +92,16 @@ impl Graph {
             .map(|t| &self.tables[t].schema)
             .collect();
         let partial = match relation_tables.as_slice() {
-            [table] if self.limits.partial => {
-                super::partial::partial_columns(plan, &self.tables[table].schema).map(|columns| {
-                    super::PartialKey {
-                        table: *table,
-                        columns,
-                    }
-                })
-            }
+            [table] if self.limits.partial => super::partial::partial_columns(
+                plan,
+                &self.tables[table].schema,
+                self.limits.stored_joins,
+            )
+            .map(|(columns, by_index)| super::PartialKey {
+                table: *table,
+                columns,
+                by_index,
+            }),
             _ => None,
         };
         built.spec.partial = partial.is_some();

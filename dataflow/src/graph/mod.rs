@@ -410,12 +410,21 @@ impl Graph {
         Ok(())
     }
 
-    /// The secondary indexes the caches' joins read (or will, once filled): the server
-    /// keeps exactly these up to date in storage.
+    /// The secondary indexes the caches' joins read (or will, once filled), and those
+    /// partial caches find their keys' rows through: the server keeps exactly these up to
+    /// date in storage.
     pub fn stored_indexes(&self) -> BTreeSet<StoredIndex> {
+        let partial = self.caches.values().filter_map(|c| {
+            let key = c.partial.as_ref().filter(|k| k.by_index)?;
+            Some(StoredIndex {
+                table: key.table,
+                columns: key.columns.clone(),
+            })
+        });
         self.nodes
             .values()
             .filter_map(|n| n.op.stored_index())
+            .chain(partial)
             .collect()
     }
 

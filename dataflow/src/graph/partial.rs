@@ -1,12 +1,15 @@
 //! Partial caches: readers that hold only the keys that were asked for.
 //!
-//! A cache over one table whose reader key is that table's primary key, reached through
-//! filters and projections only, needs no state but its reader, and every key's rows come
-//! from at most one stored row. Such a cache starts empty and ready ([`Graph::add_cache`]
-//! makes it so): a read of a key it does not hold is a *hole* ([`ReadError::Holes`]); the
-//! caller looks the row up in storage by primary key and hands it to [`Graph::fill_keys`],
-//! which runs it through the cache's own filter and project nodes into the reader, marking
-//! the key held even when nothing comes out (a key known to be empty). Changes to keys the
+//! A cache over one table whose reader key is made of that table's columns, reached through
+//! filters and projections only, needs no state but its reader. Such a cache starts empty
+//! and ready ([`Graph::add_cache`] makes it so): a read of a key it does not hold is a
+//! *hole* ([`ReadError::Holes`]); the caller looks the key's rows up in storage and hands
+//! them to [`Graph::fill_keys`], which runs them through the cache's own filter and project
+//! nodes into the reader, marking the key held even when nothing comes out (a key known to
+//! be empty). When the key is the primary key a key has at most one stored row, found by a
+//! point lookup; any other key (with `GraphLimits::stored_joins`, whose secondary indexes it
+//! uses) is found through the secondary index on exactly its columns, which
+//! [`Graph::stored_indexes`] asks the server to keep. Changes to keys the
 //! reader does not hold are dropped by the reader. Under memory pressure
 //! [`Graph::evict_keys`] turns held keys back into holes.
 //!
@@ -35,8 +38,10 @@ use crate::reader::ReaderOp;
 pub struct PartialKey {
     pub table: TableId,
     /// For each part of the reader key (in the read's key order), the table column it is.
-    /// Together they are exactly the table's primary key.
     pub columns: Vec<usize>,
+    /// The columns are not the table's primary key: a key's rows are found through the
+    /// secondary index on `columns` (in this order), and may be many.
+    pub by_index: bool,
 }
 
 impl PartialKey {
@@ -53,17 +58,21 @@ impl PartialKey {
     }
 }
 
-/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table:
-/// one table, only filters and projections (each reader key column a plain column of the
-/// table), the reader key exactly the primary key, of types whose values compare in storage
-/// as they do in a read (integers, text, booleans, uuids, dates, timestamps), no range read
-/// and no row computed for keys without rows.
-pub(crate) fn partial_columns(plan: &CachePlan, schema: &TableSchema) -> Option<Vec<usize>> {
+/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table
+/// (the columns, and whether they are not the primary key): one table, only filters and
+/// projections (each reader key column a plain column of the table, none twice), the reader
+/// key exactly the primary key or, with `index_ok`, any columns, of types whose values
+/// compare in storage as they do in a read (integers, text, booleans, uuids, dates,
+/// timestamps), no range read and no row computed for keys without rows.
+pub(crate) fn partial_columns(
+    plan: &CachePlan,
+    schema: &TableSchema,
+    index_ok: bool,
+) -> Option<(Vec<usize>, bool)> {
     if plan.relations.len() != 1
         || plan.key.is_empty()
         || plan.range.is_some()
         || plan.empty_key_row.is_some()
-        || schema.key.is_empty()
     {
         return None;
     }
@@ -96,9 +105,13 @@ pub(crate) fn partial_columns(plan: &CachePlan, schema: &TableSchema) -> Option<
     let mut sorted = columns.clone();
     sorted.sort_unstable();
     sorted.dedup();
+    if sorted.len() != columns.len() {
+        return None;
+    }
     let mut pk = schema.key.clone();
     pk.sort_unstable();
-    if sorted != pk || columns.len() != pk.len() {
+    let by_index = sorted != pk;
+    if by_index && !index_ok {
         return None;
     }
     let exact = |c: usize| {
@@ -117,7 +130,10 @@ pub(crate) fn partial_columns(plan: &CachePlan, schema: &TableSchema) -> Option<
             )
         )
     };
-    columns.iter().all(|&c| exact(c)).then_some(columns)
+    columns
+        .iter()
+        .all(|&c| exact(c))
+        .then_some((columns, by_index))
 }
 
 impl Graph {
@@ -127,13 +143,14 @@ impl Graph {
         self.caches.get(&cache)?.partial.clone()
     }
 
-    /// Fills holes of a partial cache: for each key (the reader key's values), the table's
-    /// stored row with that primary key, if any. The caller read those rows from storage
-    /// under the lock that covers applying transactions (see the module docs). Publishes.
+    /// Fills holes of a partial cache: for each key (the reader key's values), every stored
+    /// row of the table with that key, each with its number of copies. The caller read those
+    /// rows from storage under the lock that covers applying transactions (see the module
+    /// docs). Publishes.
     pub fn fill_keys(
         &mut self,
         cache: CacheId,
-        fills: Vec<(Vec<Value>, Option<Row>)>,
+        fills: Vec<(Vec<Value>, Vec<(Row, i64)>)>,
     ) -> Result<(), GraphError> {
         let entry = self
             .caches
@@ -162,9 +179,9 @@ impl Graph {
                     continue;
                 }
                 reader.writer.append(ReaderOp::Fill { key: key_parts });
-                if let Some(row) = row {
+                for (row, copies) in row {
                     super::check_arity(partial.table, width, &row)?;
-                    rows.push(Record::Row { row, diff: 1 });
+                    rows.push(Record::Row { row, diff: copies });
                 }
             }
         }

@@ -143,6 +143,18 @@ impl super::Graph {
             }
         }
         let schemas: Vec<&TableSchema> = tables.iter().map(|t| &self.tables[t].schema).collect();
+        // A partial cache keyed on other columns than the primary key reads their index.
+        let partial = match (tables.as_slice(), schemas.as_slice()) {
+            ([table], [schema]) if self.limits.partial => {
+                super::partial::partial_columns(plan, schema, true)
+                    .filter(|(_, by_index)| *by_index)
+                    .map(|(columns, _)| StoredIndex {
+                        table: *table,
+                        columns,
+                    })
+            }
+            _ => None,
+        };
         let mut out: Vec<StoredIndex> = (0..plan.nodes.len())
             .filter_map(|i| side_plan(plan, i, &schemas))
             .filter(|p| primary_key_order(&p.columns, &schemas[p.relation].key).is_none())
@@ -150,6 +162,7 @@ impl super::Graph {
                 table: tables[p.relation],
                 columns: p.columns,
             })
+            .chain(partial)
             .collect();
         out.sort();
         out.dedup();

@@ -629,7 +629,8 @@ fn partial_caches_hold_only_filled_keys() {
         g.partial_key(id),
         Some(PartialKey {
             table: T,
-            columns: vec![0]
+            columns: vec![0],
+            by_index: false,
         })
     );
     assert!(reader.is_ready() && reader.is_partial());
@@ -642,9 +643,9 @@ fn partial_caches_hold_only_filled_keys() {
     g.fill_keys(
         id,
         vec![
-            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
-            (vec![Value::Int(2)], None),
-            (vec![Value::Int(3)], Some(int_row(&[3, -1]))),
+            (vec![Value::Int(1)], vec![(int_row(&[1, 10]), 1)]),
+            (vec![Value::Int(2)], vec![]),
+            (vec![Value::Int(3)], vec![(int_row(&[3, -1]), 1)]),
         ],
     )
     .unwrap();
@@ -653,8 +654,8 @@ fn partial_caches_hold_only_filled_keys() {
     g.fill_keys(
         id,
         vec![
-            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
-            (vec![Value::Int(1)], Some(int_row(&[1, 10]))),
+            (vec![Value::Int(1)], vec![(int_row(&[1, 10]), 1)]),
+            (vec![Value::Int(1)], vec![(int_row(&[1, 10]), 1)]),
         ],
     )
     .unwrap();
@@ -691,4 +692,83 @@ fn partial_caches_hold_only_filled_keys() {
     // The memory bound comes first: past the keys not read lately, read ones go too.
     assert_eq!(g.evict_keys(5), 1);
     assert_eq!(reader.stats().unwrap().keys, 0);
+}
+
+/// A cache keyed on a column that is not the primary key is partial with stored joins on
+/// (its keys' rows come through the secondary index the graph then asks for), holds many
+/// rows per key, and is not partial without them.
+#[test]
+fn partial_caches_keyed_on_other_columns_read_an_index() {
+    let p = || {
+        let base = node(
+            NodeOp::Base { relation: 0 },
+            vec![SqlType::Int4, SqlType::Int4],
+        );
+        let mut p = plan(&["t"], vec![base]);
+        p.key = vec![1];
+        p.key_params = vec![0];
+        p.param_types = vec![SqlType::Int4];
+        p
+    };
+    let graph = |stored_joins: bool| {
+        let mut g = Graph::with_limits(GraphLimits {
+            partial: true,
+            stored_joins,
+            ..GraphLimits::default()
+        });
+        let mut t = schema("t", &[SqlType::Int4, SqlType::Int4]);
+        t.key = vec![0];
+        g.add_table(T, t).unwrap();
+        g
+    };
+    let mut off = graph(false);
+    let (id, _) = off.add_cache(&p()).unwrap();
+    assert_eq!(off.partial_key(id), None);
+    let mut g = graph(true);
+    assert_eq!(
+        g.plan_stored_indexes(&p()),
+        vec![StoredIndex {
+            table: T,
+            columns: vec![1]
+        }]
+    );
+    let (id, reader) = g.add_cache(&p()).unwrap();
+    assert_eq!(
+        g.partial_key(id),
+        Some(PartialKey {
+            table: T,
+            columns: vec![1],
+            by_index: true,
+        })
+    );
+    assert!(g.stored_indexes().contains(&StoredIndex {
+        table: T,
+        columns: vec![1]
+    }));
+    let read = |k: i64| reader.read(&[vec![Value::Int(k)]]);
+    assert!(matches!(read(7), Err(ReadError::Holes(_))));
+    g.fill_keys(
+        id,
+        vec![(
+            vec![Value::Int(7)],
+            vec![(int_row(&[1, 7]), 1), (int_row(&[2, 7]), 2)],
+        )],
+    )
+    .unwrap();
+    let rows = read(7).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.iter().filter(|r| **r == int_row(&[2, 7])).count(), 2);
+    g.apply(
+        T,
+        &[
+            Change::Insert(int_row(&[3, 7])),
+            Change::Insert(int_row(&[4, 8])),
+        ],
+    )
+    .unwrap();
+    g.publish();
+    assert_eq!(read(7).unwrap().len(), 4);
+    assert!(matches!(read(8), Err(ReadError::Holes(_))));
+    g.remove_cache(id).unwrap();
+    assert!(g.stored_indexes().is_empty());
 }
