@@ -36,8 +36,9 @@ const DEFAULT_STEPS: usize = 600;
 const SESSIONS: usize = 3;
 /// Steps per session between two quiet points (at most).
 const ROUND_STEPS_MAX: usize = 5;
-/// How long the catalog (`SHOW LARDER TABLES`) may take to show a change.
-const CATALOG_WAIT: Duration = Duration::from_secs(6);
+/// How long the catalog (`SHOW LARDER TABLES`) may take to show a change (generous: the
+/// whole suite may be running on two cores).
+const CATALOG_WAIT: Duration = Duration::from_secs(15);
 /// How long Larder may take to apply everything committed upstream.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// One statement of a session may take this long.

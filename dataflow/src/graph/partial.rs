@@ -33,6 +33,10 @@ use super::{CacheId, Graph, GraphError, Scope, TableId};
 use crate::ops::Record;
 use crate::reader::ReaderOp;
 
+/// One key's fill: the reader key's values, and every stored row with them with its number
+/// of copies.
+pub type KeyFill = (Vec<Value>, Vec<(Row, i64)>);
+
 /// How a partial cache's keys map to its table's rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialKey {
@@ -147,11 +151,7 @@ impl Graph {
     /// row of the table with that key, each with its number of copies. The caller read those
     /// rows from storage under the lock that covers applying transactions (see the module
     /// docs). Publishes.
-    pub fn fill_keys(
-        &mut self,
-        cache: CacheId,
-        fills: Vec<(Vec<Value>, Vec<(Row, i64)>)>,
-    ) -> Result<(), GraphError> {
+    pub fn fill_keys(&mut self, cache: CacheId, fills: Vec<KeyFill>) -> Result<(), GraphError> {
         let entry = self
             .caches
             .get(&cache)
