@@ -207,6 +207,11 @@ pub trait CacheBackend: Send + Sync + 'static {
     fn access_epoch(&self) -> u64 {
         0
     }
+    /// MySQL: whether a new session starts with its time zone at UTC (TIMESTAMP values are
+    /// kept in UTC, and only then written as the server would).
+    fn sessions_start_in_utc(&self) -> bool {
+        false
+    }
     /// MySQL: the upstream's binlog position now, in [`CacheBackend::applied_position`]'s
     /// units (read-your-writes: once applied, every write committed before the call is in).
     fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {

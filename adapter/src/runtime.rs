@@ -263,6 +263,9 @@ impl CacheBackend for ExecuteOn {
     fn access_epoch(&self) -> u64 {
         self.inner.access_epoch()
     }
+    fn sessions_start_in_utc(&self) -> bool {
+        self.inner.sessions_start_in_utc()
+    }
     fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {
         let mut task = AbortOnDrop(self.runtime.spawn(self.inner.upstream_position()));
         Box::pin(async move {

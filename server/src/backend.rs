@@ -425,6 +425,13 @@ impl CacheBackend for Backend {
             .map_or(0, |s| s.access_epoch())
     }
 
+    fn sessions_start_in_utc(&self) -> bool {
+        self.controller
+            .mysql
+            .as_ref()
+            .is_some_and(|s| s.sessions_start_in_utc())
+    }
+
     fn upstream_position(&self) -> BoxFuture<Result<u64, String>> {
         let source = self.controller.mysql.clone();
         Box::pin(async move {

@@ -191,6 +191,7 @@ fn start_replication(
         mysql: Some(source.clone()),
     });
     let replicating = core.clone();
+    tokio::spawn(learn_time_zone(source.clone(), shutdown.clone()));
     tokio::spawn(crate::ops::freshness::run(
         ops,
         crate::ops::freshness::PolledSource::My(source.clone()),
@@ -224,6 +225,26 @@ fn start_replication(
     });
     Ok((core, Some(controller)))
 }
+/// How often the upstream's default time zone is read again (`SET GLOBAL time_zone` is not
+/// in the binlog).
+const TIME_ZONE_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps `MySource::sessions_start_in_utc` current until shutdown.
+async fn learn_time_zone(
+    source: Arc<larder_replication::mysql::MySource>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = source.learn_time_zone().await {
+            tracing::debug!(error = %e, "reading the upstream's time zone");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TIME_ZONE_POLL_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Where this deployment's storage lives (as on Postgres).
 fn storage_path(cfg: &Config) -> std::path::PathBuf {
     cfg.storage_dir.join(format!(

@@ -69,6 +69,20 @@ pub fn with_question_marks(normalized_text: &str) -> Option<String> {
     Some(out)
 }
 
+/// Whether a `time_zone` value is UTC: an offset of zero (`+00:00`, `-0:00`), or `UTC`.
+pub fn is_utc_zone(zone: &str) -> bool {
+    let z = zone.trim();
+    if z.eq_ignore_ascii_case("UTC") || z.eq_ignore_ascii_case("Etc/UTC") {
+        return true;
+    }
+    let Some(rest) = z.strip_prefix('+').or_else(|| z.strip_prefix('-')) else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    let zero = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b == b'0'));
+    zero(parts.next()) && zero(parts.next()) && parts.next().is_none()
+}
+
 /// MySQL sorts NULLs first ascending and last descending; the plan follows what the query
 /// says, so every ORDER BY key without a NULLS clause gets MySQL's, in every subquery.
 pub fn order_nulls_as_mysql(query: &mut Query) {
@@ -121,6 +135,24 @@ mod tests {
         let q = with_question_marks(&text).unwrap();
         assert_eq!(q, "SELECT a FROM `db`.`t` WHERE b = ? AND c = ? LIMIT 3");
         assert_eq!(with_question_marks("SELECT $2, $1"), None);
+    }
+
+    #[test]
+    fn utc_zones_are_recognized() {
+        for z in ["+00:00", "-0:00", "UTC", "utc", "Etc/UTC", " +00:00 "] {
+            assert!(is_utc_zone(z), "{z}");
+        }
+        for z in [
+            "+01:00",
+            "SYSTEM",
+            "Europe/Paris",
+            "+00:30",
+            "",
+            "+",
+            "00:00",
+        ] {
+            assert!(!is_utc_zone(z), "{z}");
+        }
     }
 
     #[test]

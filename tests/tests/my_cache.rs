@@ -131,7 +131,7 @@ fn until_served(s: &Setup, sql: &str) {
 
 const SCHEMA: &str = "CREATE TABLE t (id INT PRIMARY KEY, k INT, v BIGINT, d DECIMAL(10,2),
         dt DATE, ts DATETIME(3), s VARCHAR(20), u BIGINT UNSIGNED, y YEAR, tm TIME(2),
-        e ENUM('red','green'), b VARBINARY(8), j JSON);
+        e ENUM('red','green'), b VARBINARY(8), j JSON, tz TIMESTAMP(2) NULL);
     CREATE TABLE o (id INT PRIMARY KEY, t_id INT, qty SMALLINT, KEY (t_id));";
 
 /// Random data and random writes; every cached answer (text and binary protocol) equals the
@@ -149,7 +149,8 @@ fn cached_answers_equal_the_upstreams_under_random_writes() {
 SEED = {seed}
 rng = random.Random(SEED)
 QUERIES = [
-    ("SELECT id, k, v, d, dt, ts, s, u, tm, e, b, j FROM t WHERE id = %s", lambda: [rng.randint(0, 60)]),
+    ("SELECT id, k, v, d, dt, ts, s, u, tm, e, b, j, tz FROM t WHERE id = %s", lambda: [rng.randint(0, 60)]),
+    ("SELECT id FROM t WHERE tz > %s ORDER BY tz, id LIMIT 4", lambda: ['2024-01-%02d 12:00:00' % rng.randint(1, 28)]),
     # mysql-connector-python misreads YEAR in binary rows (from the server too): text only.
     ("SELECT id, y FROM t WHERE id = %s", lambda: [rng.randint(0, 60)]),
     ("SELECT id, v FROM t WHERE k = %s ORDER BY id", lambda: [rng.randint(0, 6)]),
@@ -175,8 +176,9 @@ def row(i):
             maybe('%02d:%02d:%02d.%02d' % (rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 99))),
             maybe(rng.choice(['red', 'green'])),
             maybe(bytes([rng.randint(0, 255) for _ in range(rng.randint(0, 8))])),
-            maybe(rng.choice(['{{"a": 1}}', '[1, 2.5, "x"]', 'null'])))
-INSERT = "REPLACE INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            maybe(rng.choice(['{{"a": 1}}', '[1, 2.5, "x"]', 'null'])),
+            maybe('2024-01-%02d %02d:%02d:%02d.%02d' % (rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 99))))
+INSERT = "REPLACE INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 w = connect(autocommit=True)
 wc = w.cursor()
 for i in range(40):
@@ -208,6 +210,12 @@ def check(label, lc, dc, q, p, explain):
     else:
         fallbacks += 1
         reasons[where_[1]] = reasons.get(where_[1], 0) + 1
+    if " JOIN " in q and label == "binary":
+        # MariaDB's column flags for a join's key columns vary with the execution's plan
+        # (PRI_KEY/PART_KEY or not, from one execution to the next): Larder sends the
+        # statement's prepared ones.
+        ldesc = [d[:7] + d[8:] for d in ldesc]
+        ddesc = [d[:7] + d[8:] for d in ddesc]
     if lrows != drows or ldesc != ddesc:
         raise SystemExit(f"seed {{SEED}} {{label}} {{q}} {{p}}:\n larder {{lrows}} {{ldesc}}\n direct {{drows}} {{ddesc}}")
 explain_text = text_larder.cursor()
@@ -258,11 +266,15 @@ print("served", served, "fallbacks", fallbacks, reasons)
 fn privileges_sessions_and_restart() {
     let mut s = Setup::new(
         "my_cache_priv",
-        "CREATE TABLE items (id INT PRIMARY KEY, price DECIMAL(8,2), at DATETIME);
-         INSERT INTO items VALUES (1, 1.50, '2024-02-29 10:00:00'), (2, NULL, NULL);",
+        "CREATE TABLE items (id INT PRIMARY KEY, price DECIMAL(8,2), at DATETIME,
+                             made TIMESTAMP NULL);
+         INSERT INTO items VALUES (1, 1.50, '2024-02-29 10:00:00', '2024-02-29 23:30:00'),
+                                  (2, NULL, NULL, NULL);",
     );
     let q = "SELECT id, price, at FROM items WHERE id = 1";
+    let tq = "SELECT made FROM items WHERE id = 1";
     s.cli(&format!("CREATE CACHE FROM {q}"));
+    s.cli(&format!("CREATE CACHE FROM {tq}"));
     until_served(&s, q);
     let (user, other) = (format!("{}_r", s.db), format!("{}_n", s.db));
     s.maria
@@ -317,10 +329,16 @@ while True:
         time.sleep(0.05)
     except pymysql.err.MySQLError as e:
         print(e.args[0]); break
-# Settings that change results, and transactions, go upstream.
+# TIMESTAMP caches serve while the session's time zone is UTC, and print in it.
 cur = connect(autocommit=True).cursor()
-cur.execute("{q}"); cur.fetchall(); print(where(cur)[0])
+cur.execute("{tq}"); print(cur.fetchall()[0][0], where(cur)[0])
 cur.execute("SET time_zone = '+02:00'")
+cur.execute("{tq}"); print(cur.fetchall()[0][0], where(cur)[1])
+cur.execute("{q}"); cur.fetchall(); print(where(cur)[0])
+cur.execute("SET time_zone = '+00:00'")
+cur.execute("{tq}"); cur.fetchall(); print(where(cur)[0])
+# Settings that change results, and transactions, go upstream.
+cur.execute("SET sql_mode = 'PIPES_AS_CONCAT'")
 cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
 cur = connect(autocommit=False).cursor()
 cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
@@ -329,7 +347,9 @@ cur.execute("{q}"); cur.fetchall(); print(where(cur)[1])
     ));
     assert_eq!(
         out,
-        "larder\n1142\nlarder\nthe session set time_zone\n\
+        "larder\n1142\n2024-02-29 23:30:00 larder\n\
+         2024-03-01 01:30:00 the session's time zone is not UTC (TIMESTAMP values print and compare in it)\n\
+         larder\nlarder\nthe session set sql_mode\n\
          inside a transaction or with autocommit off (the cache was not created ALWAYS)\n"
     );
 

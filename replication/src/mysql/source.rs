@@ -21,6 +21,8 @@ pub struct MySource {
     /// The control session ([`MySource::describe`], [`MySource::current_progress`]): opened
     /// on first use and again after it fails.
     control: std::sync::Arc<tokio::sync::Mutex<Option<Conn>>>,
+    /// Whether new sessions start in UTC (`@@global.time_zone`): 0 unknown, 1 yes, 2 no.
+    sessions_utc: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl fmt::Debug for MySource {
@@ -80,6 +82,7 @@ impl MySource {
             options: MySourceOptions::default(),
             access_epoch: Default::default(),
             control: Default::default(),
+            sessions_utc: Default::default(),
         })
     }
 
@@ -105,6 +108,35 @@ impl MySource {
 
     pub fn server_id(&self) -> u32 {
         self.server_id
+    }
+
+    /// Whether a new session starts with its time zone at UTC, as last learned
+    /// ([`MySource::learn_time_zone`]); `false` while unknown.
+    pub fn sessions_start_in_utc(&self) -> bool {
+        self.sessions_utc.load(std::sync::atomic::Ordering::Relaxed) == 1
+    }
+
+    /// Learns whether new sessions start in UTC: `@@global.time_zone` is an offset of zero,
+    /// `UTC`, or `SYSTEM` on a server whose system time zone is UTC.
+    pub async fn learn_time_zone(&self) -> Result<bool, ReplicationError> {
+        let row: Option<(String, String)> = self
+            .on_control(|conn| {
+                Box::pin(async move {
+                    conn.query_first("SELECT @@global.time_zone, @@system_time_zone")
+                        .await
+                        .map_err(my_err("reading the time zone"))
+                })
+            })
+            .await?;
+        let utc = row.is_some_and(|(global, system)| {
+            let zero = |z: &str| larder_sql::mysql::is_utc_zone(z);
+            zero(&global) || (global.eq_ignore_ascii_case("SYSTEM") && zero(&system))
+        });
+        self.sessions_utc.store(
+            if utc { 1 } else { 2 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(utc)
     }
 
     /// Moves whenever the stream reads a statement that changes privileges.

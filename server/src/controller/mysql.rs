@@ -9,9 +9,10 @@
 //!
 //! MySQL's evaluation differs from the Postgres semantics the dataflow implements in places
 //! that change results: text compares by collation (`_ci`, PAD SPACE), `/` and `SUM` give
-//! DECIMAL, ascending order puts NULLs first, floats print their own way, and TIMESTAMP
-//! values print in the session's time zone. [`mysql_refusal`] keeps caches to plans where
-//! the two agree exactly, and says which construct it refused.
+//! DECIMAL, ascending order puts NULLs first, and floats print their own way.
+//! [`mysql_refusal`] keeps caches to plans where the two agree exactly, and says which
+//! construct it refused. TIMESTAMP values (kept in UTC) print and compare in the session's
+//! time zone: the session serves those caches only while its zone is UTC.
 
 use larder_replication::mysql::MySource;
 use larder_sql::identity::qualify_quoted;
@@ -146,6 +147,7 @@ fn my_type_matches(code: u8, ty: &SqlType) -> bool {
     match code {
         1 | 2 | 3 | 8 | 9 | 13 => matches!(ty, Int2 | Int4 | Int8 | Numeric),
         0 | 246 => matches!(ty, Numeric),
+        7 => matches!(ty, TimestampTz),
         10 => matches!(ty, Date),
         11 => matches!(ty, Time),
         12 => matches!(ty, Timestamp),
@@ -266,18 +268,12 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
             SqlType::Float4 | SqlType::Float8 => {
                 return Some("FLOAT and DOUBLE results print as MySQL prints them".into())
             }
-            SqlType::TimestampTz => {
-                return Some("TIMESTAMP results print in the session's time zone".into())
-            }
             SqlType::Bool => return Some("boolean results are integers in MySQL".into()),
             SqlType::Json if !json_as_stored => {
                 return Some("MySQL prints JSON in its own normalized form".into())
             }
             _ => {}
         }
-    }
-    if plan.param_types.contains(&SqlType::TimestampTz) {
-        return Some("TIMESTAMP comparisons read values in the session's time zone".into());
     }
     None
 }

@@ -105,7 +105,8 @@ fn text_of(v: &Value, ty: &ColumnType) -> Result<Option<Vec<u8>>, String> {
             let (y, m, d) = ymd(*d)?;
             format!("{y:04}-{m:02}-{d:02}").into_bytes()
         }
-        Value::Timestamp(us) => {
+        // TIMESTAMP (kept in UTC) is sent only to sessions whose time zone is UTC.
+        Value::Timestamp(us) | Value::TimestampTz(us) => {
             let ((y, m, d), tod) = split_timestamp(*us)?;
             let mut s = String::with_capacity(26);
             let _ = write!(s, "{y:04}-{m:02}-{d:02} ");
@@ -125,7 +126,6 @@ fn value_kind(v: &Value) -> &'static str {
     match v {
         Value::Bool(_) => "boolean",
         Value::Float(_) => "floating-point",
-        Value::TimestampTz(_) => "timestamp with time zone",
         Value::Uuid(_) => "uuid",
         Value::Array(_) => "array",
         Value::Unrepresentable(_) => "value Larder cannot represent",
@@ -196,7 +196,7 @@ fn put_binary_value(out: &mut BytesMut, v: &Value, ty: &ColumnType) -> Result<()
         code::DATE | code::DATETIME | code::TIMESTAMP => {
             let ((y, m, d), tod) = match v {
                 Value::Date(d) => (ymd(*d)?, 0),
-                Value::Timestamp(us) => split_timestamp(*us)?,
+                Value::Timestamp(us) | Value::TimestampTz(us) => split_timestamp(*us)?,
                 other => return Err(format!("a {} value in a date column", value_kind(other))),
             };
             let secs = tod / 1_000_000;

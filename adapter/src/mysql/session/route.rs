@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_sql::normalize::{normalize, placeholder_slot_type, resolve_params, ParamSource};
+use larder_sql::normalize::{
+    normalize, placeholder_slot_type, resolve_params, Literal, ParamSource,
+};
 use larder_sql::statement::Dialect;
 use larder_sql::{SqlType, Value};
 
@@ -93,6 +95,8 @@ pub(super) struct Route {
     pub(super) timing: Option<Arc<dyn UpstreamTiming>>,
     /// Who logged in (for the advisor's context).
     pub(super) user: String,
+    /// The session's time zone is UTC (as sessions start, or as it set it).
+    time_zone_utc: bool,
 }
 
 impl Route {
@@ -114,7 +118,15 @@ impl Route {
             last: None,
             timing: None,
             user,
+            time_zone_utc: false,
         }
+        .starting_in_utc()
+    }
+
+    /// The time zone a session starts with: the upstream's default.
+    fn starting_in_utc(mut self) -> Route {
+        self.time_zone_utc = self.backend.sessions_start_in_utc();
+        self
     }
 
     pub(super) fn database(&self) -> Option<String> {
@@ -165,6 +177,14 @@ impl Route {
             .backend
             .lookup(&shape.query_id)
             .ok_or_else(|| format!("no cache for query {}", shape.query_id))?;
+        let timestamps = cache.columns().iter().any(|c| c.ty == SqlType::TimestampTz)
+            || cache.param_types().contains(&SqlType::TimestampTz);
+        if timestamps && !self.time_zone_utc {
+            return Err(
+                "the session's time zone is not UTC (TIMESTAMP values print and compare in it)"
+                    .into(),
+            );
+        }
         let in_txn = self.status & status::SERVER_STATUS_IN_TRANS != 0;
         let autocommit = self.status & status::SERVER_STATUS_AUTOCOMMIT != 0;
         if (in_txn || !autocommit) && !cache.always() {
@@ -205,7 +225,8 @@ impl Route {
         shape: &Shape,
         cache: &dyn CachedQuery,
     ) -> Result<Vec<Vec<Value>>, String> {
-        resolve_params(&shape.params, &|_| None, cache.param_types()).map_err(|e| e.to_string())
+        let params = in_utc(&shape.params, cache.param_types());
+        resolve_params(&params, &|_| None, cache.param_types()).map_err(|e| e.to_string())
     }
 
     /// The view of `query_id` if still current.
@@ -308,8 +329,17 @@ impl Route {
             .enumerate()
             .map(|(i, v)| param_value(v, slot(i + 1)))
             .collect::<Result<_, _>>()?;
+        let utc_slot = |n: usize| slot(n) == Some(&SqlType::TimestampTz);
+        let values: Vec<Value> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Text(t) if utc_slot(i + 1) => Value::Text(format!("{t}+00")),
+                v => v,
+            })
+            .collect();
         let params = resolve_params(
-            &shape.params,
+            &in_utc(&shape.params, cache.param_types()),
             &|n| values.get(n.wrapping_sub(1)).cloned(),
             cache.param_types(),
         )
@@ -364,11 +394,17 @@ impl Route {
                 self.views.clear();
                 self.barrier = true;
             }
-            Effect::Set(Some(why)) => {
-                self.settings = Some(why);
+            Effect::Set { changed, utc } => {
+                if ok {
+                    if let Some(utc) = utc {
+                        self.time_zone_utc = utc;
+                    }
+                }
+                if let Some(why) = changed {
+                    self.settings = Some(why);
+                }
                 self.views.clear();
             }
-            Effect::Set(None) => self.views.clear(),
             Effect::Write => self.barrier = true,
         }
     }
@@ -392,6 +428,7 @@ impl Route {
     }
 
     fn reset(&mut self) {
+        self.time_zone_utc = self.backend.sessions_start_in_utc();
         self.settings = None;
         self.views.clear();
         self.statements.clear();
@@ -404,6 +441,28 @@ impl Route {
             .and_then(|id| self.statements.get(&id))
             .is_some_and(|s| s.shape.is_some())
     }
+}
+
+/// The literals compared with TIMESTAMP (kept in UTC) read in the session's time zone, which
+/// is UTC whenever such a cache answers.
+fn in_utc(params: &[ParamSource], types: &[SqlType]) -> Vec<ParamSource> {
+    fn utc(p: &ParamSource) -> ParamSource {
+        match p {
+            ParamSource::Literal(Literal::String(s)) => {
+                ParamSource::Literal(Literal::String(format!("{s}+00")))
+            }
+            ParamSource::List(items) => ParamSource::List(items.iter().map(utc).collect()),
+            other => other.clone(),
+        }
+    }
+    params
+        .iter()
+        .zip(types)
+        .map(|(p, ty)| match ty {
+            SqlType::TimestampTz => utc(p),
+            _ => p.clone(),
+        })
+        .collect()
 }
 
 /// A bound parameter as a value for the slot's type: numbers and text as the literal would
@@ -441,8 +500,12 @@ enum Effect {
     Read,
     /// `USE db`.
     Use(String),
-    /// `SET ...`: `Some(why)` when the setting changes results.
-    Set(Option<String>),
+    /// `SET ...`: `changed` says why when a setting changes results; `utc` whether the
+    /// session's time zone is now UTC, when it set it.
+    Set {
+        changed: Option<String>,
+        utc: Option<bool>,
+    },
     /// Anything else may write.
     Write,
     /// Several statements, or one Larder cannot follow.
@@ -494,8 +557,10 @@ fn effect_of(text: &str) -> Effect {
             }
         }
         "set" => {
+            let mut utc = None;
             for assignment in t[3..].split(',') {
                 let mut name = assignment.trim().to_ascii_lowercase();
+                let mut global = false;
                 for prefix in [
                     "session ",
                     "local ",
@@ -506,6 +571,7 @@ fn effect_of(text: &str) -> Effect {
                     "@@",
                 ] {
                     if let Some(rest) = name.strip_prefix(prefix) {
+                        global = prefix.contains("global");
                         name = rest.trim_start().to_string();
                         break;
                     }
@@ -517,11 +583,27 @@ fn effect_of(text: &str) -> Effect {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
+                if var == "time_zone" {
+                    if !global {
+                        // Followed: TIMESTAMP caches serve while the zone is UTC.
+                        let value = name[var.len()..]
+                            .trim_start()
+                            .trim_start_matches(':')
+                            .trim_start_matches('=')
+                            .trim()
+                            .trim_matches(|c| c == '\'' || c == '"');
+                        utc = Some(larder_sql::mysql::is_utc_zone(value));
+                    }
+                    continue;
+                }
                 if !HARMLESS_SETTINGS.contains(&var.as_str()) {
-                    return Effect::Set(Some(format!("the session set {var}")));
+                    return Effect::Set {
+                        changed: Some(format!("the session set {var}")),
+                        utc,
+                    };
                 }
             }
-            Effect::Set(None)
+            Effect::Set { changed: None, utc }
         }
         _ => Effect::Write,
     }
@@ -537,25 +619,36 @@ mod tests {
         assert_eq!(effect_of("  show tables"), Effect::Read);
         assert_eq!(effect_of("USE `shop`"), Effect::Use("shop".into()));
         assert_eq!(effect_of("use shop;"), Effect::Use("shop".into()));
-        assert_eq!(effect_of("SET NAMES utf8mb4"), Effect::Set(None));
-        assert_eq!(effect_of("SET autocommit=1"), Effect::Set(None));
-        assert_eq!(effect_of("SET @x = 5"), Effect::Set(None));
+        let harmless = Effect::Set {
+            changed: None,
+            utc: None,
+        };
+        assert_eq!(effect_of("SET NAMES utf8mb4"), harmless);
+        assert_eq!(effect_of("SET autocommit=1"), harmless);
+        assert_eq!(effect_of("SET @x = 5"), harmless);
         assert_eq!(
             effect_of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-            Effect::Set(None)
+            harmless
         );
         assert_eq!(
             effect_of("set sql_mode = 'ANSI_QUOTES'"),
-            Effect::Set(Some("the session set sql_mode".into()))
+            Effect::Set {
+                changed: Some("the session set sql_mode".into()),
+                utc: None
+            }
         );
+        let zone = |utc| Effect::Set {
+            changed: None,
+            utc: Some(utc),
+        };
+        assert_eq!(effect_of("SET SESSION time_zone = '+02:00'"), zone(false));
+        assert_eq!(effect_of("SET @@session.time_zone = '+02:00'"), zone(false));
+        assert_eq!(effect_of("SET time_zone='+00:00'"), zone(true));
         assert_eq!(
-            effect_of("SET SESSION time_zone = '+02:00'"),
-            Effect::Set(Some("the session set time_zone".into()))
+            effect_of("set time_zone = \"UTC\", names utf8mb4"),
+            zone(true)
         );
-        assert_eq!(
-            effect_of("SET @@session.time_zone = '+02:00'"),
-            Effect::Set(Some("the session set time_zone".into()))
-        );
+        assert_eq!(effect_of("SET GLOBAL time_zone = '+02:00'"), harmless);
         assert_eq!(effect_of("INSERT INTO t VALUES (1)"), Effect::Write);
         assert_eq!(effect_of("COMMIT"), Effect::Write);
         assert_eq!(effect_of("SELECT 1; SET sql_mode=''"), Effect::Unknown);
