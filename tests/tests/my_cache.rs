@@ -158,6 +158,7 @@ QUERIES = [
     ("SELECT t.id, o.id, o.qty FROM t JOIN o ON o.t_id = t.id WHERE t.k = %s ORDER BY t.id, o.id", lambda: [rng.randint(0, 6)]),
     ("SELECT id, d FROM t WHERE v BETWEEN %s AND %s ORDER BY v, id LIMIT 5", lambda: sorted([rng.randint(-50, 50), rng.randint(-50, 50)])),
     ("SELECT max(d), min(dt), count(v) FROM t WHERE k = %s", lambda: [rng.randint(0, 6)]),
+    ("SELECT sum(v), sum(d), sum(u), count(DISTINCT v) FROM t WHERE k = %s", lambda: [rng.randint(0, 6)]),
     ("SELECT id FROM t WHERE u IN (%s, %s) ORDER BY id", lambda: [rng.randint(0, 5), 18446744073709551615]),
     # NULLs sort first ascending in MySQL.
     ("SELECT id, k FROM t WHERE v > %s ORDER BY k, id LIMIT 7", lambda: [rng.randint(-50, 50)]),

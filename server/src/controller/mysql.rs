@@ -146,7 +146,8 @@ fn my_type_matches(code: u8, ty: &SqlType) -> bool {
     use SqlType::*;
     match code {
         1 | 2 | 3 | 8 | 9 | 13 => matches!(ty, Int2 | Int4 | Int8 | Numeric),
-        0 | 246 => matches!(ty, Numeric),
+        // DECIMAL (a SUM of integers too: its digits are the integer's).
+        0 | 246 => matches!(ty, Numeric | Int2 | Int4 | Int8),
         7 => matches!(ty, TimestampTz),
         10 => matches!(ty, Date),
         11 => matches!(ty, Time),
@@ -210,17 +211,22 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
                     return text_cmp();
                 }
                 for a in aggregates {
+                    let ty = a.arg.map(|c| &types(*input)[c]);
                     match a.func {
                         AggFunc::Count if !a.distinct => {}
-                        AggFunc::Min | AggFunc::Max => {
-                            let ty = a.arg.map(|c| &types(*input)[c]);
+                        // DISTINCT compares values: exact for numbers and dates, not for text.
+                        AggFunc::Count | AggFunc::Min | AggFunc::Max => {
                             if ty.is_some_and(|t| is_text(t) || is_float(t)) {
                                 return text_cmp();
                             }
                         }
+                        // MySQL sums integers and decimals exactly into a DECIMAL of the
+                        // input's scale, as Postgres' integer and numeric sums do.
+                        AggFunc::Sum if ty.is_some_and(is_exact_number) => {}
                         _ => {
                             return Some(
-                                "SUM, AVG and COUNT(DISTINCT) follow MySQL's own rules".to_string(),
+                                "AVG, and SUM of anything but integers and decimals, follow MySQL's own rules"
+                                    .to_string(),
                             )
                         }
                     }
@@ -276,6 +282,13 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
         }
     }
     None
+}
+
+fn is_exact_number(t: &SqlType) -> bool {
+    matches!(
+        t,
+        SqlType::Int2 | SqlType::Int4 | SqlType::Int8 | SqlType::Numeric
+    )
 }
 
 fn is_float(t: &SqlType) -> bool {
@@ -373,6 +386,7 @@ mod tests {
             "SELECT id, name FROM items WHERE price BETWEEN 1 AND 2 ORDER BY id LIMIT 5",
             "SELECT count(*) FROM items WHERE id IN (1, 2, 3)",
             "SELECT max(price) FROM items WHERE name IS NULL",
+            "SELECT sum(price), sum(id), count(DISTINCT id) FROM items WHERE name IS NULL",
         ] {
             assert_eq!(refusal(sql), None, "{sql}");
         }
@@ -384,7 +398,8 @@ mod tests {
             "SELECT id FROM items WHERE name = 'abc'",
             "SELECT id FROM items ORDER BY name",
             "SELECT id + 1 FROM items",
-            "SELECT sum(price) FROM items",
+            "SELECT avg(price) FROM items",
+            "SELECT count(DISTINCT name) FROM items",
             "SELECT w FROM items WHERE id = 1",
             "SELECT DISTINCT name FROM items",
             "SELECT id FROM items WHERE id / 2 = 1",
