@@ -96,6 +96,38 @@ impl HoleFiller {
         filled
     }
 
+    /// The key's values as the key columns store them: a read's key matches a row when they
+    /// are SQL-equal (`1.0` equals the integer 1), while storage finds a row by its
+    /// encoding. `None` when no stored value can equal them (NULL, `1.5` for an integer).
+    fn stored_key(&self, key: &[Value]) -> Option<Vec<Value>> {
+        use larder_sql::value::KeyPart;
+        use larder_sql::SqlType;
+        self.key
+            .columns
+            .iter()
+            .zip(key)
+            .map(|(&c, v)| {
+                let ty = &self.table.schema.columns.get(c)?.ty;
+                match (ty, v) {
+                    (_, Value::Null) => None,
+                    (SqlType::Int2 | SqlType::Int4 | SqlType::Int8, v) => {
+                        match KeyPart::from_value(v) {
+                            KeyPart::Int(i) => Some(Value::Int(i)),
+                            _ => None,
+                        }
+                    }
+                    (SqlType::Text, Value::Text(_))
+                    | (SqlType::Bool, Value::Bool(_))
+                    | (SqlType::Uuid, Value::Uuid(_))
+                    | (SqlType::Date, Value::Date(_))
+                    | (SqlType::Timestamp, Value::Timestamp(_))
+                    | (SqlType::TimestampTz, Value::TimestampTz(_)) => Some(v.clone()),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Looks the keys' rows up and fills them; the caller holds the dataflow lock.
     fn fill_locked(
         &self,
@@ -112,27 +144,33 @@ impl HoleFiller {
             let snapshot = core.storage.snapshot();
             let view = core.storage.stored_view(&snapshot);
             for key in keys {
-                // NULL equals nothing: such a key has no rows.
-                let rows = if key.iter().any(Value::is_null) {
-                    Vec::new()
-                } else {
-                    let lookup = Lookup::Index {
-                        columns: &self.key.columns,
-                        values: &key,
-                    };
-                    view.rows(self.key.table, lookup, usize::MAX).map_err(|e| {
-                        StorageError::Corrupt {
-                            what: "a partial cache's index lookup".into(),
-                            detail: e.to_string(),
-                        }
-                    })?
+                // A key no stored value equals (NULL, 1.5 for an integer) has no rows.
+                let rows = match self.stored_key(&key) {
+                    None => Vec::new(),
+                    Some(stored) => {
+                        let lookup = Lookup::Index {
+                            columns: &self.key.columns,
+                            values: &stored,
+                        };
+                        view.rows(self.key.table, lookup, usize::MAX).map_err(|e| {
+                            StorageError::Corrupt {
+                                what: "a partial cache's index lookup".into(),
+                                detail: e.to_string(),
+                            }
+                        })?
+                    }
                 };
                 fills.push((key, rows));
             }
         } else {
             for key in keys {
-                let probe = self.key.probe(width, &key);
-                let row = core.storage.get(&self.table, &probe)?;
+                let row = match self.stored_key(&key) {
+                    None => None,
+                    Some(stored) => {
+                        let probe = self.key.probe(width, &stored);
+                        core.storage.get(&self.table, &probe)?
+                    }
+                };
                 fills.push((key, row.map(|r| (r, 1)).into_iter().collect()));
             }
         }

@@ -101,6 +101,18 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         let (dest, reason) = explain_last(&lc).await;
         assert_eq!(dest, "cache", "n {n}: {reason}");
     }
+    let caches = show_caches(&lc).await;
+    if let Some(r) = caches
+        .rows
+        .iter()
+        .find(|r| r[2].as_deref().unwrap_or("").contains("WHERE n ="))
+    {
+        eprintln!(
+            "the cache keyed on n after 4 values of n were read: {} bytes; {}",
+            r[5].as_deref().unwrap_or("?"),
+            r[3].as_deref().unwrap_or("?")
+        );
+    }
 
     // The first read of a key is answered from the cache (filled on the way).
     for id in [1, 2, 3, ROWS, ROWS + 1] {
@@ -186,6 +198,19 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         "CREATE CACHE took {created_in:?}; {} keys read under {writes} racing writes; {props}",
         read.len()
     );
+    let caches = show_caches(&lc).await;
+    if let Some(r) = caches
+        .rows
+        .iter()
+        .find(|r| r[2].as_deref().unwrap_or("").contains("WHERE n ="))
+    {
+        eprintln!(
+            "the cache keyed on n after {} values of n were read: {} bytes; {}",
+            read_n.len(),
+            r[5].as_deref().unwrap_or("?"),
+            r[3].as_deref().unwrap_or("?")
+        );
+    }
     drop_quietly(larder);
 }
 
