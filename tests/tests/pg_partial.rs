@@ -32,6 +32,22 @@ async fn point(c: &Client, id: i64) -> Answer {
     q(c, &format!("SELECT id, n, s FROM t WHERE id = {id}")).await
 }
 
+/// Prints the memory and keys of the cache keyed on n (the figures of the closing note).
+async fn print_n_cache(c: &Client, when: &str) {
+    let caches = show_caches(c).await;
+    if let Some(r) = caches
+        .rows
+        .iter()
+        .find(|r| r[2].as_deref().unwrap_or("").contains("WHERE n ="))
+    {
+        eprintln!(
+            "the cache keyed on n {when}: {} bytes; {}",
+            r[5].as_deref().unwrap_or("?"),
+            r[3].as_deref().unwrap_or("?")
+        );
+    }
+}
+
 /// The rows with `n`, sorted (the query has no ORDER BY).
 async fn by_n(c: &Client, n: i64) -> Answer {
     q(c, &format!("SELECT id, s FROM t WHERE n = {n}"))
@@ -101,18 +117,7 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         let (dest, reason) = explain_last(&lc).await;
         assert_eq!(dest, "cache", "n {n}: {reason}");
     }
-    let caches = show_caches(&lc).await;
-    if let Some(r) = caches
-        .rows
-        .iter()
-        .find(|r| r[2].as_deref().unwrap_or("").contains("WHERE n ="))
-    {
-        eprintln!(
-            "the cache keyed on n after 4 values of n were read: {} bytes; {}",
-            r[5].as_deref().unwrap_or("?"),
-            r[3].as_deref().unwrap_or("?")
-        );
-    }
+    print_n_cache(&lc, "after 4 values of n were read").await;
 
     // The first read of a key is answered from the cache (filled on the way).
     for id in [1, 2, 3, ROWS, ROWS + 1] {
@@ -198,19 +203,11 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         "CREATE CACHE took {created_in:?}; {} keys read under {writes} racing writes; {props}",
         read.len()
     );
-    let caches = show_caches(&lc).await;
-    if let Some(r) = caches
-        .rows
-        .iter()
-        .find(|r| r[2].as_deref().unwrap_or("").contains("WHERE n ="))
-    {
-        eprintln!(
-            "the cache keyed on n after {} values of n were read: {} bytes; {}",
-            read_n.len(),
-            r[5].as_deref().unwrap_or("?"),
-            r[3].as_deref().unwrap_or("?")
-        );
-    }
+    print_n_cache(
+        &lc,
+        &format!("after {} values of n were read", read_n.len()),
+    )
+    .await;
     drop_quietly(larder);
 }
 

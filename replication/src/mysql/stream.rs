@@ -36,7 +36,7 @@ use super::events::{
 };
 use super::position::Position;
 use super::schema::{discover, MyTable};
-use super::source::{flavor_of, my_err, server_code};
+use super::source::{flavor_of, my_err};
 use super::{Flavor, MySource};
 use crate::change::{Change, NewRow, OldRow};
 use crate::error::ReplicationError;
@@ -62,8 +62,6 @@ pub struct MyTxnPart {
 }
 
 const EVENT_HEADER_LEN: u32 = 19;
-/// Longest wait for the upstream while finding out why a stream ended.
-const DIAGNOSIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// XA_PREPARE_LOG_EVENT.
 const XA_PREPARE_LOG: u8 = 38;
 /// TRANSACTION_PAYLOAD_EVENT (MySQL 8.0.20+ binlog compression); mysql_async yields the
@@ -262,14 +260,14 @@ impl MyStream {
                 }
                 Ok(Some(Err(e))) => {
                     self.binlog = None;
-                    return Err(self.stream_ended(Some(e)).await);
+                    return Err(super::ended::why(&self.source, &self.report_host, Some(e)).await);
                 }
                 Ok(None) => {
                     self.binlog = None;
                     if self.non_blocking {
                         return Ok(None);
                     }
-                    return Err(self.stream_ended(None).await);
+                    return Err(super::ended::why(&self.source, &self.report_host, None).await);
                 }
                 Err(panic) => {
                     self.binlog = None;
@@ -306,63 +304,6 @@ impl MyStream {
     pub async fn close(mut self) {
         if let Some(b) = self.binlog.take() {
             let _ = b.close().await;
-        }
-    }
-
-    /// Why the upstream ended the dump: a duplicate server id, or an ordinary failure.
-    async fn stream_ended(&mut self, err: Option<mysql_async::Error>) -> ReplicationError {
-        let detail = err
-            .as_ref()
-            .map_or_else(|| "the dump ended".to_string(), |e| e.to_string());
-        let lower = detail.to_ascii_lowercase();
-        // MariaDB: 4052 ER_SLAVE_SAME_ID; MySQL: 1236 naming the server_id/server_uuid.
-        let code = server_code_opt(&err);
-        let named = ["server_id", "server_uuid", "same server"]
-            .iter()
-            .any(|w| lower.contains(w));
-        if code == Some(4052) || (code == Some(1236) && named) {
-            return ReplicationError::DuplicateServerId {
-                server_id: self.source.server_id,
-                detail,
-            };
-        }
-        // ER_MASTER_FATAL_ERROR_READING_BINLOG otherwise: the position (file or GTID) is not
-        // in the upstream's binlog.
-        if code == Some(1236) {
-            return ReplicationError::PositionLost { detail };
-        }
-        // Is another replica registered with our id?
-        let connect = tokio::time::timeout(DIAGNOSIS_TIMEOUT, self.source.connect()).await;
-        if let Ok(Ok(mut conn)) = connect {
-            let mut hosts: Result<Vec<mysql_async::Row>, _> = conn.query("SHOW SLAVE HOSTS").await;
-            if hosts.as_ref().is_err_and(|e| server_code(e) == Some(1064)) {
-                hosts = conn.query("SHOW REPLICAS").await; // MySQL 8.4
-            }
-            if let Ok(hosts) = hosts {
-                // Server_id, Host, ...: a registration of our id from another host name.
-                if hosts.iter().any(|r| {
-                    r.get::<u32, _>(0) == Some(self.source.server_id)
-                        && r.get::<String, _>(1).as_deref() != Some(self.report_host.as_str())
-                }) {
-                    return ReplicationError::DuplicateServerId {
-                        server_id: self.source.server_id,
-                        detail,
-                    };
-                }
-            }
-        }
-        match err {
-            Some(source) => ReplicationError::MySql {
-                context: "reading the binlog stream",
-                source,
-            },
-            None => ReplicationError::MySql {
-                context: "reading the binlog stream",
-                source: mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the upstream ended the binlog dump",
-                ))),
-            },
         }
     }
 
@@ -804,8 +745,4 @@ impl MyStream {
             part,
         })
     }
-}
-
-fn server_code_opt(e: &Option<mysql_async::Error>) -> Option<u16> {
-    e.as_ref().and_then(server_code)
 }
