@@ -35,6 +35,7 @@ impl MyProxy {
             sessions: Arc::new(Semaphore::new(cfg.max_connections)),
             ids: ConnectionIds::default(),
             cfg: cfg.clone(),
+            views: Default::default(),
         });
         let handshakes = Arc::new(Semaphore::new(
             cfg.max_connections.saturating_add(HANDSHAKES_EXTRA_MAX),

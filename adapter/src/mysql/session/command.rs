@@ -110,6 +110,7 @@ pub(super) async fn run(
             est.database.clone(),
             est.extended_metadata,
         )
+        .sharing(shared.views.clone(), est.charset)
     });
     let _opened = route
         .as_ref()

@@ -227,6 +227,7 @@ pub(super) async fn establish(
             .filter(|d| !d.is_empty() && negotiated & cap::CLIENT_CONNECT_WITH_DB != 0)
             .map(|d| String::from_utf8_lossy(d).into_owned()),
         extended_metadata,
+        charset: parsed.charset,
     })
 }
 
@@ -359,6 +360,7 @@ mod caching_sha2 {
             sessions: Arc::new(tokio::sync::Semaphore::new(4)),
             ids: ConnectionIds::default(),
             cfg: Arc::new(cfg),
+            views: Default::default(),
         };
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(front.local_addr().unwrap())

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) connector: MyUpstreamConnector,
     pub(crate) sessions: Arc<Semaphore>,
     pub(crate) ids: ConnectionIds,
+    /// What the upstream said about queries, shared by the sessions of one user.
+    pub(crate) views: Arc<route::SharedViews>,
 }
 
 /// Why a session ended early.
@@ -68,6 +70,8 @@ pub(crate) struct Established {
     pub(crate) database: Option<String>,
     /// Whether MariaDB's extended metadata is in column definitions.
     pub(crate) extended_metadata: bool,
+    /// The character set (collation id) the client asked for in its handshake.
+    pub(crate) charset: u8,
 }
 
 /// Serves one accepted connection until it ends.

@@ -67,6 +67,33 @@ pub(super) struct Read {
     pub(super) shape: Arc<Shape>,
 }
 
+/// Most views kept for all sessions together (past it they are all forgotten).
+const SHARED_VIEWS_MAX: usize = 4096;
+
+/// What the upstream said about a query for a user whose session kept the handshake's
+/// character set: the same for every such session of the user, since the upstream sees
+/// every session come from Larder's address and so matches one account. A new session's
+/// first read of a query then needs no upstream round trip.
+#[derive(Default)]
+pub(crate) struct SharedViews {
+    map: std::sync::Mutex<HashMap<(String, u8, String), Arc<View>>>,
+}
+
+impl SharedViews {
+    fn get(&self, key: &(String, u8, String), epoch: u64) -> Option<Arc<View>> {
+        let map = self.map.lock().expect("views lock poisoned");
+        map.get(key).filter(|v| v.access_epoch == epoch).cloned()
+    }
+
+    fn put(&self, key: (String, u8, String), view: Arc<View>) {
+        let mut map = self.map.lock().expect("views lock poisoned");
+        if map.len() >= SHARED_VIEWS_MAX {
+            map.clear();
+        }
+        map.insert(key, view);
+    }
+}
+
 /// A prepared statement the client made (through the relay).
 pub(super) struct Statement {
     shape: Option<Arc<Shape>>,
@@ -97,6 +124,9 @@ pub(super) struct Route {
     pub(super) user: String,
     /// The session's time zone is UTC (as sessions start, or as it set it).
     time_zone_utc: bool,
+    /// Views shared with the user's other sessions, and the handshake's character set;
+    /// used until the session runs a SET (its character sets may differ then).
+    shared: Option<(Arc<SharedViews>, u8)>,
 }
 
 impl Route {
@@ -119,8 +149,23 @@ impl Route {
             timing: None,
             user,
             time_zone_utc: false,
+            shared: None,
         }
         .starting_in_utc()
+    }
+
+    /// Shares views with the user's other sessions that keep the handshake's `charset`.
+    pub(super) fn sharing(mut self, views: Arc<SharedViews>, charset: u8) -> Route {
+        self.shared = Some((views, charset));
+        self
+    }
+
+    fn shared_key(&self, query_id: &str) -> Option<(&SharedViews, (String, u8, String))> {
+        let (views, charset) = self.shared.as_ref()?;
+        Some((
+            views.as_ref(),
+            (self.user.clone(), *charset, query_id.to_string()),
+        ))
     }
 
     /// The time zone a session starts with: the upstream's default.
@@ -229,13 +274,14 @@ impl Route {
         resolve_params(&params, &|_| None, cache.param_types()).map_err(|e| e.to_string())
     }
 
-    /// The view of `query_id` if still current.
+    /// The view of `query_id` if still current: the session's own, or its user's.
     pub(super) fn view(&self, query_id: &str) -> Option<Arc<View>> {
         let epoch = self.backend.access_epoch();
-        self.views
-            .get(query_id)
-            .filter(|v| v.access_epoch == epoch)
-            .cloned()
+        if let Some(v) = self.views.get(query_id).filter(|v| v.access_epoch == epoch) {
+            return Some(v.clone());
+        }
+        let (shared, key) = self.shared_key(query_id)?;
+        shared.get(&key, epoch)
     }
 
     /// Keeps what the upstream described for `query_id`; `Err` when Larder cannot write its
@@ -250,6 +296,9 @@ impl Route {
             self.views.clear();
         }
         self.views.insert(query_id.to_string(), view.clone());
+        if let Some((shared, key)) = self.shared_key(query_id) {
+            shared.put(key, view.clone());
+        }
         Ok(view)
     }
 
@@ -389,12 +438,15 @@ impl Route {
                 }
             }
             Effect::Unknown => {
+                self.shared = None;
                 self.database = None;
                 self.settings = Some("the session ran statements Larder does not follow".into());
                 self.views.clear();
                 self.barrier = true;
             }
             Effect::Set { changed, utc } => {
+                // Its character sets may differ from the handshake's now.
+                self.shared = None;
                 if ok {
                     if let Some(utc) = utc {
                         self.time_zone_utc = utc;
@@ -414,6 +466,8 @@ impl Route {
         use crate::mysql::messages::Command;
         match command {
             Command::ChangeUser => {
+                // Another user, perhaps another character set: nothing shared any more.
+                self.shared = None;
                 self.database = None;
                 self.reset();
             }
