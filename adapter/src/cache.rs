@@ -62,6 +62,10 @@ pub struct MyStatementContext {
     /// The user holds the global SUPER privilege or ALL PRIVILEGES ON *.* (its grants, as the
     /// upstream shows them to the session).
     pub admin: bool,
+    /// The context of a cache Larder makes on its own (`--query-caching async`) of a query
+    /// the session sent upstream: making it needs no privilege, since every session's reads
+    /// of it are checked upstream all the same.
+    pub on_its_own: bool,
 }
 
 /// Why a cache could not answer; the query then goes upstream.

@@ -45,6 +45,12 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
     let ops = Arc::new(crate::ops::Ops::new(Duration::from_millis(
         cfg.max_replication_lag_ms,
     )));
+    let auto = (cfg.query_caching == crate::config::QueryCaching::Async).then(|| {
+        crate::backend::AutoCaching::new(
+            cfg.query_caching_caches_max,
+            tokio::runtime::Handle::current(),
+        )
+    });
     let (core, controller) = start_replication(
         &cfg,
         url.expose(),
@@ -56,7 +62,7 @@ pub async fn run_mysql(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::
     // runtime a session is on.
     let backend: Option<Arc<dyn larder_adapter::cache::CacheBackend>> = controller.map(|c| {
         Arc::new(larder_adapter::runtime::ExecuteOn::new(
-            Arc::new(crate::backend::Backend::new(c, None)),
+            Arc::new(crate::backend::Backend::new(c, auto)),
             tokio::runtime::Handle::current(),
         )) as Arc<_>
     });

@@ -26,6 +26,11 @@ struct Setup {
 
 impl Setup {
     fn new(prefix: &str, schema: &str) -> Setup {
+        Setup::with(prefix, schema, &[])
+    }
+
+    /// [`Setup::new`] with more flags for Larder.
+    fn with(prefix: &str, schema: &str, extra: &[&str]) -> Setup {
         require_python_module("pymysql", "PyMySQL");
         require_python_module("mysql.connector", "mysql-connector-python");
         let maria = MariaDbServer::shared();
@@ -35,7 +40,11 @@ impl Setup {
             std::env::temp_dir().join(format!("larder-mycache-{prefix}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&storage);
         let server_id = my_kit::server_id(prefix).to_string();
-        let larder = spawn(maria, &db, &storage, &server_id);
+        let url = maria.url(&db);
+        let storage_arg = storage.display().to_string();
+        let mut all = args(&url, &storage_arg, &server_id);
+        all.extend_from_slice(extra);
+        let larder = LarderProcess::spawn(&all, &[]).expect("starting larder");
         Setup {
             maria,
             db,
@@ -575,4 +584,31 @@ fn mysql_async_reads_the_cache_as_the_server() {
         Some("larder"),
         "{served:?}"
     );
+}
+
+/// `--query-caching async`: a SELECT seen going upstream becomes a cache on its own, which
+/// then answers it (for any user the upstream lets run it).
+#[test]
+fn query_caching_async_makes_caches_on_its_own() {
+    let s = Setup::with(
+        "my_cache_auto",
+        "CREATE TABLE items (id INT PRIMARY KEY, price DECIMAL(8,2));
+         INSERT INTO items VALUES (1, 1.50), (2, 2.50);",
+        &["--query-caching", "async"],
+    );
+    until_served_any(&s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = s.cli("SELECT price FROM items WHERE id = 2; EXPLAIN LAST STATEMENT");
+        if out.starts_with("2.50\nlarder") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{out}\n{}",
+            s.larder.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(s.cli("SHOW CACHES").contains("WHERE id = ?"));
 }

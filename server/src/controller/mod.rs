@@ -152,6 +152,11 @@ impl Controller {
                 LarderStatement::DropAllProxiedQueries => Some("DROP ALL PROXIED QUERIES"),
                 LarderStatement::SetCaching { .. } => Some("ALTER LARDER SET caching"),
                 LarderStatement::ShowProxiedQueries { .. } => Some("SHOW PROXIED QUERIES"),
+                // Larder making a cache on its own needs no privilege: reads are checked.
+                LarderStatement::CreateCache {
+                    source: CacheSource::QueryId(_),
+                    ..
+                } if ctx.mysql.as_ref().is_some_and(|m| m.on_its_own) => None,
                 LarderStatement::CreateCache {
                     source: CacheSource::QueryId(_),
                     ..

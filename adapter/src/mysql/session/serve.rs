@@ -108,6 +108,7 @@ fn settle(route: &mut Route, shape: &Shape, served: Result<(), String>) -> bool 
                 mysql: Some(MyStatementContext {
                     database: route.database(),
                     admin: false,
+                    on_its_own: true,
                 }),
             };
             route.timing =
@@ -317,6 +318,7 @@ async fn larder_statement(
         mysql: Some(MyStatementContext {
             database: route.database(),
             admin,
+            on_its_own: false,
         }),
     };
     match route.backend.execute(stmt, ctx).await {
