@@ -181,31 +181,11 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         privileges,
         relations: relations.clone(),
         upstream: tokio::sync::Mutex::new(None),
-        shallow: crate::controller::ShallowSettings {
-            mode: cfg.cache_mode,
-            allow: cfg.shallow_allow.clone(),
-            default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
-        },
+        shallow: crate::controller::ShallowSettings::from_config(&cfg),
         dialect: larder_sql::statement::Dialect::Postgres,
         mysql: None,
     });
-    core.status.memory_limit_bytes.store(
-        cfg.memory_limit.unwrap_or(0),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
-    {
-        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        graph.set_partial(cfg.partial_caches == crate::config::Switch::On);
-        graph.set_stored_joins(cfg.stored_joins == crate::config::Switch::On);
-    }
-    {
-        let (queue, core) = (Arc::clone(&core.holes), Arc::downgrade(&core));
-        std::thread::Builder::new()
-            .name("larder-filler".into())
-            .spawn(move || crate::partial::run_filler(queue, core))
-            .context("starting the partial-cache filler thread")?;
-    }
+    start_caching(&core, &cfg)?;
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tokio::spawn(start_replication(
         controller.clone(),
@@ -611,7 +591,28 @@ const SHALLOW_BUDGET_DEFAULT_BYTES: usize = 1 << 30;
 
 /// Keeps shallow cache entries within what `--memory-limit` leaves after the deep caches'
 /// accounted state, checked every second (and at every insert, per shard).
-pub(crate) async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
+/// What caching needs besides the controller, on either upstream: the memory limit and its
+/// keeper, the graph's switches, and the thread that fills partial caches' queued holes.
+pub(crate) fn start_caching(core: &Arc<Core>, cfg: &Config) -> anyhow::Result<()> {
+    core.status.memory_limit_bytes.store(
+        cfg.memory_limit.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    tokio::spawn(keep_memory_limit(core.clone(), cfg.memory_limit));
+    {
+        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+        graph.set_partial(cfg.partial_caches == crate::config::Switch::On);
+        graph.set_stored_joins(cfg.stored_joins == crate::config::Switch::On);
+    }
+    let (queue, core) = (Arc::clone(&core.holes), Arc::downgrade(core));
+    std::thread::Builder::new()
+        .name("larder-filler".into())
+        .spawn(move || crate::partial::run_filler(queue, core))
+        .context("starting the partial-cache filler thread")?;
+    Ok(())
+}
+
+async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
     let Some(limit) = limit else {
         // Everything that grows has a bound: without --memory-limit, shallow entries get one
         // of their own.

@@ -163,19 +163,7 @@ fn start_replication(
             return Ok((core, None));
         }
     };
-    core.status.memory_limit_bytes.store(
-        cfg.memory_limit.unwrap_or(0),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    {
-        let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-        graph.set_partial(cfg.partial_caches == crate::config::Switch::On);
-        graph.set_stored_joins(cfg.stored_joins == crate::config::Switch::On);
-    }
-    tokio::spawn(crate::run::keep_memory_limit(
-        core.clone(),
-        cfg.memory_limit,
-    ));
+    crate::run::start_caching(&core, cfg)?;
     let (privileges, _requests) = crate::privileges::Privileges::new(None);
     let controller = Arc::new(Controller {
         core: core.clone(),
@@ -188,11 +176,7 @@ fn start_replication(
         privileges,
         relations: Arc::new(crate::relations::Relations::default()),
         upstream: tokio::sync::Mutex::new(None),
-        shallow: crate::controller::ShallowSettings {
-            mode: cfg.cache_mode,
-            allow: cfg.shallow_allow.clone(),
-            default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
-        },
+        shallow: crate::controller::ShallowSettings::from_config(cfg),
         dialect: Dialect::MySql,
         mysql: Some(source.clone()),
     });

@@ -35,6 +35,15 @@ impl Default for ShallowSettings {
 }
 
 impl ShallowSettings {
+    /// `--cache-mode`, `--shallow-allow` and `--shallow-ttl-seconds`.
+    pub fn from_config(cfg: &crate::config::Config) -> ShallowSettings {
+        ShallowSettings {
+            mode: cfg.cache_mode,
+            allow: cfg.shallow_allow.clone(),
+            default_ttl_ms: cfg.shallow_ttl_seconds * 1000,
+        }
+    }
+
     fn allows(&self, a: ShallowAllow) -> bool {
         self.allow.contains(&a)
     }
