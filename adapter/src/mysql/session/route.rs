@@ -122,6 +122,8 @@ pub(super) struct Route {
     pub(super) timing: Option<Arc<dyn UpstreamTiming>>,
     /// Who logged in (for the advisor's context).
     pub(super) user: String,
+    /// The buffer hits are encoded into, kept from hit to hit (unless a large one grew it).
+    pub(super) scratch: bytes::BytesMut,
     /// The session's time zone is UTC (as sessions start, or as it set it).
     time_zone_utc: bool,
     /// Views shared with the user's other sessions, and the handshake's character set;
@@ -148,6 +150,7 @@ impl Route {
             last: None,
             timing: None,
             user,
+            scratch: bytes::BytesMut::new(),
             time_zone_utc: false,
             shared: None,
         }
@@ -524,12 +527,16 @@ fn in_utc(params: &[ParamSource], types: &[SqlType]) -> Vec<ParamSource> {
 /// as a double in MySQL, which is exact only against an integer column, and only for an
 /// integral value.
 fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, String> {
+    let integer_slot = matches!(slot, Some(SqlType::Int2 | SqlType::Int4 | SqlType::Int8));
     Ok(match p {
         ParamValue::Null => Value::Null,
+        // An integer compared with an integer column needs no reading (a key compares
+        // integers by value whatever their width).
+        ParamValue::Int(i) if integer_slot => Value::Int(*i),
+        ParamValue::UInt(u) if integer_slot && i64::try_from(*u).is_ok() => Value::Int(*u as i64),
         ParamValue::Int(i) => Value::Text(i.to_string()),
         ParamValue::UInt(u) => Value::Text(u.to_string()),
         ParamValue::Double(d) => {
-            let integer_slot = matches!(slot, Some(SqlType::Int2 | SqlType::Int4 | SqlType::Int8));
             if !(integer_slot && d.fract() == 0.0 && d.abs() < 9.007_199_254_740_992e15) {
                 return Err("a floating-point parameter not compared with an integer".into());
             }

@@ -15,6 +15,9 @@ use crate::mysql::messages::rows::{put_binary_row, put_text_row};
 use crate::mysql::messages::stmt::StmtExecute;
 use crate::mysql::messages::{Command, ErrPacket};
 
+/// Largest hit buffer a session keeps for the next hit.
+const SCRATCH_KEEP_MAX_BYTES: usize = 64 << 10;
+
 /// How the session speaks: where the reply's sequence ids start, and CLIENT_DEPRECATE_EOF.
 #[derive(Clone, Copy)]
 pub(super) struct Reply {
@@ -197,7 +200,7 @@ fn refused(err: &ErrPacket) -> String {
 /// keeps it from the cache.
 async fn send_hit(
     est: &mut Established,
-    route: &Route,
+    route: &mut Route,
     cache: &dyn CachedQuery,
     params: &[Vec<Value>],
     view: &View,
@@ -212,7 +215,7 @@ async fn send_hit(
         )));
     }
     let status = reply_status(route);
-    let mut r = Response::new(BytesMut::new(), reply.seq);
+    let mut r = Response::new(std::mem::take(&mut route.scratch), reply.seq);
     if let Err(reason) = r.header(&view.columns, reply.deprecate_eof, status) {
         return Ok(Err(reason));
     }
@@ -233,6 +236,9 @@ async fn send_hit(
         return Ok(Err(reason));
     }
     est.client.send_bytes(&r.wire).await?;
+    if r.wire.capacity() <= SCRATCH_KEEP_MAX_BYTES {
+        route.scratch = r.wire;
+    }
     Ok(Ok(()))
 }
 
