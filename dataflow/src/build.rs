@@ -240,6 +240,13 @@ pub(crate) fn compile(
             "single-value param slot {p} is not a key slot"
         )));
     }
+    if !plan.key_collations.is_empty() && plan.key_collations.len() != plan.key.len() {
+        return Err(invalid(format!(
+            "{} key collations for {} key columns",
+            plan.key_collations.len(),
+            plan.key.len()
+        )));
+    }
     let empty_row = plan
         .empty_key_row
         .as_ref()
@@ -276,6 +283,7 @@ pub(crate) fn compile(
         output: plan.output.clone(),
         key_combinations_max: limits.read_key_combinations_max,
         partial: false,
+        collations: crate::reader::KeyCollations::of(plan),
     };
     Ok(BuiltPlan {
         nodes,

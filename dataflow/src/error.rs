@@ -89,6 +89,10 @@ pub enum ReadError {
     /// holds several (an `IN` list) or none there.
     #[error("the cache answers one value at a time for parameter ${}", slot + 1)]
     NotOneValue { slot: usize },
+    /// A parameter of a key column with a collation is not text, or holds a character whose
+    /// weight Larder does not know: the upstream compares it.
+    #[error("a parameter cannot be compared under its column's collation")]
+    Uncollatable,
     /// The cache was removed from the graph.
     #[error("cache was removed")]
     Gone,

@@ -78,6 +78,7 @@ fn plan() -> CachePlan {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 

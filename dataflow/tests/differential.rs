@@ -180,6 +180,7 @@ fn plan(
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 

@@ -99,6 +99,7 @@ fn plan(exprs: Vec<(Expr, SqlType)>) -> CachePlan {
         single_value_params: vec![0],
         empty_key_row: Some(EmptyKeyRow { aggregate: 1 }),
         range: None,
+        key_collations: vec![],
     }
 }
 

@@ -106,6 +106,7 @@ fn story_plan() -> CachePlan {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 

@@ -129,6 +129,7 @@ fn plan(
                 inclusive: upper_incl,
             }),
         }),
+        key_collations: vec![],
     }
 }
 

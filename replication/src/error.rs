@@ -16,6 +16,10 @@ pub enum ReplicationError {
     #[error("the upstream no longer has the binlog from the stored position: {detail}")]
     PositionLost { detail: String },
 
+    /// The upstream's weights for a collation were not usable.
+    #[error(transparent)]
+    Collation(#[from] larder_sql::collation::CollationError),
+
     /// The upstream refused a query Larder asked about for a user (its message).
     #[error("the upstream rejects the query: {0}")]
     Rejected(String),

@@ -2,6 +2,7 @@
 //! normalization into a query id, the cacheability check, and lowering into a [`plan::CachePlan`].
 //! No I/O lives here.
 
+pub mod collation;
 pub mod datetime_unit;
 pub mod error;
 pub mod fingerprint;

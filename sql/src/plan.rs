@@ -328,6 +328,10 @@ pub struct CachePlan {
     /// ordered index on that column per key, so a read visits only the rows in the range
     /// instead of all the key's rows. It only narrows; the residual stays the judge.
     pub range: Option<RangeSpec>,
+    /// Per key column, the collation its text is compared by (MySQL's `_ci` and PAD SPACE
+    /// rules); empty, or `None` for a column, means SQL equality of the values. Attached by
+    /// the server after lowering, from the upstream's tables ([`crate::collation`]).
+    pub key_collations: Vec<Option<std::sync::Arc<crate::collation::Collation>>>,
 }
 
 /// `column > $a`, `column <= $b`, `column BETWEEN $a AND $b`, ... on a reader column of a
@@ -452,6 +456,39 @@ impl CachePlan {
     /// The reader's column types (the last node's output).
     pub fn reader_types(&self) -> &[SqlType] {
         self.nodes.last().map(|n| n.types.as_slice()).unwrap_or(&[])
+    }
+
+    /// The base-table column (relation, column) that column `column` of node `node` passes on
+    /// unchanged, through filters, plain projections, joins, semi-joins, DISTINCT, TopK and
+    /// aggregates' group columns; `None` for a computed column or a UNION's.
+    pub fn column_origin(&self, node: NodeRef, column: usize) -> Option<(usize, usize)> {
+        let mut at = (node, column);
+        loop {
+            let (n, c) = at;
+            at = match &self.nodes.get(n)?.op {
+                NodeOp::Base { relation } => return Some((*relation, c)),
+                NodeOp::Filter { input, .. }
+                | NodeOp::SemiJoin { left: input, .. }
+                | NodeOp::Distinct { input }
+                | NodeOp::TopK { input, .. } => (*input, c),
+                NodeOp::Project { input, exprs } => match exprs.get(c)? {
+                    Expr::Column(i) => (*input, *i),
+                    _ => return None,
+                },
+                NodeOp::Join { left, right, .. } => {
+                    let width = self.nodes.get(*left)?.types.len();
+                    if c < width {
+                        (*left, c)
+                    } else {
+                        (*right, c - width)
+                    }
+                }
+                NodeOp::Aggregate {
+                    input, group_by, ..
+                } => (*input, *group_by.get(c)?),
+                NodeOp::Union { .. } => return None,
+            };
+        }
     }
 
     /// For each relation, the base-table columns the query reads anywhere (filters, join and

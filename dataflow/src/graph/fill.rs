@@ -171,9 +171,10 @@ impl Graph {
             ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind)))
         };
         let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(state);
+        let collations = built.spec.collations.clone();
         let handle = ReaderHandle::new(read.factory(), built.spec);
         drop(read);
-        let reader = ReaderOpNode::new(built.key, built.order, writer);
+        let reader = ReaderOpNode::new(built.key, built.order, collations, writer);
         let last = *graph_of.last().expect("compile refuses empty plans");
         let reader_node = self.add_node(Box::new(reader), vec![last], Some(id), None);
         nodes.push(reader_node);

@@ -67,7 +67,8 @@ impl PartialKey {
 /// projections (each reader key column a plain column of the table, none twice), the reader
 /// key exactly the primary key or, with `index_ok`, any columns, of types whose values
 /// compare in storage as they do in a read (integers, text, booleans, uuids, dates,
-/// timestamps), no range read and no row computed for keys without rows.
+/// timestamps), no range read, no row computed for keys without rows, and no key column
+/// compared by a collation (storage indexes hold the values, not their weights).
 pub(crate) fn partial_columns(
     plan: &CachePlan,
     schema: &TableSchema,
@@ -77,6 +78,7 @@ pub(crate) fn partial_columns(
         || plan.key.is_empty()
         || plan.range.is_some()
         || plan.empty_key_row.is_some()
+        || plan.key_collations.iter().any(Option::is_some)
     {
         return None;
     }

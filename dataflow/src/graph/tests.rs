@@ -72,6 +72,7 @@ fn plan(relations: &[&str], nodes: Vec<PlanNode>) -> CachePlan {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 
@@ -771,4 +772,56 @@ fn partial_caches_keyed_on_other_columns_read_an_index() {
     assert!(matches!(read(8), Err(ReadError::Holes(_))));
     g.remove_cache(id).unwrap();
     assert!(g.stored_indexes().is_empty());
+}
+
+/// A reader keyed by a collation: rows of one weight share a key, a row whose text has no
+/// known weight poisons the reader until it is deleted, and a read of such a text (or of a
+/// number) is refused, not answered empty.
+#[test]
+fn collated_keys_group_by_weight_and_refuse_what_they_cannot_key() {
+    use larder_sql::collation::Collation;
+    let mut g = Graph::new();
+    let v = TableId(3);
+    g.add_table(v, schema("v", &[SqlType::Int4, SqlType::Text]))
+        .unwrap();
+    let mut p = plan(
+        &["v"],
+        vec![node(
+            NodeOp::Base { relation: 0 },
+            vec![SqlType::Int4, SqlType::Text],
+        )],
+    );
+    p.key = vec![1];
+    p.key_params = vec![0];
+    p.param_types = vec![SqlType::Text];
+    p.order_by = vec![larder_sql::plan::OrderKey {
+        column: 0,
+        descending: false,
+        nulls_first: false,
+    }];
+    let ci = Collation::from_weights(
+        "utf8mb4_general_ci",
+        (0u32..128).map(|c| (c, vec![0, (c as u8).to_ascii_uppercase()])),
+    )
+    .unwrap();
+    p.key_collations = vec![Some(std::sync::Arc::new(ci))];
+    let (id, reader) = g.add_cache(&p).unwrap();
+    let row = |i: i64, s: &str| vec![Value::Int(i), Value::Text(s.into())];
+    g.bootstrap_rows(id, v, vec![row(1, "ab"), row(2, "AB "), row(3, "b")])
+        .unwrap();
+    g.finish_bootstrap(id).unwrap();
+    g.publish();
+    let read = |s: Value| reader.read(&[vec![s]]);
+    assert_eq!(
+        read(Value::Text("aB".into())).unwrap(),
+        vec![row(1, "ab"), row(2, "AB ")]
+    );
+    assert_eq!(read(Value::Text("é".into())), Err(ReadError::Uncollatable));
+    assert_eq!(read(Value::Int(0)), Err(ReadError::Uncollatable));
+    g.apply(v, &[Change::Insert(row(4, "é"))]).unwrap();
+    g.publish();
+    assert_eq!(read(Value::Text("ab".into())), Err(ReadError::Poisoned));
+    g.apply(v, &[Change::Delete(row(4, "é"))]).unwrap();
+    g.publish();
+    assert_eq!(read(Value::Text("B".into())).unwrap(), vec![row(3, "b")]);
 }

@@ -208,6 +208,7 @@ const NULL: Value = Value::Null;
 pub struct ReaderOpNode {
     key: Vec<usize>,
     order: Arc<[OrderKey]>,
+    collations: crate::reader::KeyCollations,
     pub(crate) writer: WriteHandle<ReaderState, ReaderOp>,
 }
 
@@ -267,9 +268,15 @@ impl ReaderOpNode {
     pub(crate) fn new(
         key: Vec<usize>,
         order: Arc<[OrderKey]>,
+        collations: crate::reader::KeyCollations,
         writer: WriteHandle<ReaderState, ReaderOp>,
     ) -> ReaderOpNode {
-        ReaderOpNode { key, order, writer }
+        ReaderOpNode {
+            key,
+            order,
+            collations,
+            writer,
+        }
     }
 }
 
@@ -281,24 +288,31 @@ impl Operator for ReaderOpNode {
     fn process(&mut self, _input: usize, batch: Batch) -> Batch {
         for record in batch {
             let op = match record {
-                Record::Row { row, diff } => ReaderOp::Row {
-                    key: Key::from_values(self.key.iter().map(|&i| row.get(i).unwrap_or(&NULL))),
-                    row: SortedRow {
-                        order: Arc::clone(&self.order),
-                        row: row.into(),
-                    },
-                    diff,
-                },
+                Record::Row { row, diff } => {
+                    let key = self
+                        .collations
+                        .key(self.key.iter().map(|&i| row.get(i).unwrap_or(&NULL)));
+                    match key {
+                        Some(key) => ReaderOp::Row {
+                            key,
+                            row: SortedRow {
+                                order: Arc::clone(&self.order),
+                                row: row.into(),
+                            },
+                            diff,
+                        },
+                        // Text the collation cannot key: no read can tell whether it matches.
+                        None => ReaderOp::Poison { key: None, diff },
+                    }
+                }
                 Record::Poison { row, diff } => {
                     let parts: Option<Vec<&Value>> =
                         self.key.iter().map(|&i| row.get(i)?.as_ref()).collect();
-                    if parts.is_none() {
+                    let key = parts.and_then(|p| self.collations.key(p));
+                    if key.is_none() {
                         tracing::debug!("reader key not computable; poisoning whole reader");
                     }
-                    ReaderOp::Poison {
-                        key: parts.map(Key::from_values),
-                        diff,
-                    }
+                    ReaderOp::Poison { key, diff }
                 }
             };
             self.writer.append(op);

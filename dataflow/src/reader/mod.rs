@@ -338,6 +338,8 @@ pub(crate) struct ReadSpec {
     pub(crate) key_combinations_max: usize,
     /// The reader holds only keys filled on demand (a hole must be told from an empty key).
     pub(crate) partial: bool,
+    /// How a read keys its parameters (as the writer keys rows).
+    pub(crate) collations: KeyCollations,
 }
 
 #[derive(Debug)]
@@ -537,5 +539,7 @@ impl ReaderHandle {
 /// Receives the rows of a read: a reader row and the output columns to take from it.
 pub type RowSink<'s> = dyn FnMut(&[Value], &[OutputColumn]) -> Result<(), String> + 's;
 
+mod keys;
 mod read;
+pub(crate) use keys::KeyCollations;
 use read::{lookup_keys, read_state};

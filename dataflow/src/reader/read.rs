@@ -49,7 +49,10 @@ pub(super) fn lookup_keys<'p>(
         let values: Vec<&Value> = slots.iter().zip(&index).map(|(s, &i)| &s[i]).collect();
         let matchable = !values.iter().any(|v| v.is_null());
         if matchable || keep_values {
-            let key = Key::from_values(values.iter().copied());
+            let key = spec
+                .collations
+                .key(values.iter().copied())
+                .ok_or(ReadError::Uncollatable)?;
             if combinations == 1 || seen.insert(key.clone()) {
                 keys.push(Lookup {
                     key,

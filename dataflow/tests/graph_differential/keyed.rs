@@ -48,6 +48,7 @@ fn nodes_plan(nodes: Vec<PlanNode>) -> CachePlan {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 

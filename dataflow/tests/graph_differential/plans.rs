@@ -409,6 +409,7 @@ pub fn full_reader(rng: &mut StdRng, nodes: Vec<PlanNode>) -> CachePlan {
         single_value_params: vec![],
         empty_key_row: None,
         range: None,
+        key_collations: vec![],
     }
 }
 

@@ -17,6 +17,7 @@
 //! replicated (see [`types`] for the type map). Relation ids are a hash of the name (see
 //! [`schema`]).
 
+mod collations;
 mod ended;
 mod events;
 mod position;

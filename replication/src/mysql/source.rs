@@ -23,6 +23,8 @@ pub struct MySource {
     control: std::sync::Arc<tokio::sync::Mutex<Option<Conn>>>,
     /// Whether new sessions start in UTC (`@@global.time_zone`): 0 unknown, 1 yes, 2 no.
     sessions_utc: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// Weight tables fetched so far, by collation name ([`MySource::collation`]).
+    pub(crate) collations: super::collations::Fetched,
 }
 
 impl fmt::Debug for MySource {
@@ -83,6 +85,7 @@ impl MySource {
             access_epoch: Default::default(),
             control: Default::default(),
             sessions_utc: Default::default(),
+            collations: Default::default(),
         })
     }
 
@@ -145,7 +148,7 @@ impl MySource {
     }
 
     /// Runs `f` on the control session, opening it first if needed; a failed call closes it.
-    async fn on_control<T>(
+    pub(crate) async fn on_control<T>(
         &self,
         f: impl for<'c> FnOnce(
             &'c mut Conn,

@@ -131,9 +131,6 @@ impl Controller {
                     .collect()
             })
         };
-        let json_as_stored = mysql
-            && self.my_source()?.flavor().await.ok()
-                == Some(larder_replication::mysql::Flavor::MariaDb);
         let visible = if mysql || self.role_access(role, &[]).await?.admin {
             None
         } else {
@@ -165,10 +162,11 @@ impl Controller {
                 match &parsed {
                     Err(_) => "unsupported: only SELECT statements can be cached".to_string(),
                     Ok(n) => match self.check_supported(n) {
-                        Ok((plan, _)) if mysql => {
-                            match super::mysql::mysql_refusal(&plan, json_as_stored) {
-                                None => "yes".to_string(),
-                                Some(r) => format!("unsupported: {r}"),
+                        Ok((mut plan, tables)) if mysql => {
+                            match self.check_collations(&mut plan, &tables).await {
+                                Ok(()) => "yes".to_string(),
+                                Err(ControllerError::Unavailable(r)) => format!("pending: {r}"),
+                                Err(e) => format!("unsupported: {e}"),
                             }
                         }
                         Ok(_) => "yes".to_string(),

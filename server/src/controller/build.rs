@@ -203,8 +203,8 @@ impl Controller {
             .core
             .shape_epoch
             .load(std::sync::atomic::Ordering::SeqCst);
-        let (plan, tables) = self.check_supported(normalized)?;
-        self.check_collations(&plan, &tables).await?;
+        let (mut plan, tables) = self.check_supported(normalized)?;
+        self.check_collations(&mut plan, &tables).await?;
         let columns = match self.dialect {
             Dialect::MySql => self.describe_mysql(text, &plan).await?,
             Dialect::Postgres => self.describe(&normalized.text).await?,
@@ -241,10 +241,11 @@ impl Controller {
     /// database default that is bytewise); anything else is refused with the column named.
     pub(super) async fn check_collations(
         &self,
-        plan: &CachePlan,
+        plan: &mut CachePlan,
         tables: &[TableEntry],
     ) -> Result<(), ControllerError> {
         if self.dialect == Dialect::MySql {
+            let refused = self.attach_key_collations(plan, tables).await?;
             let json_as_stored = self
                 .my_source()?
                 .flavor()
@@ -252,7 +253,9 @@ impl Controller {
                 .map_err(|e| ControllerError::Unavailable(e.to_string()))?
                 == larder_replication::mysql::Flavor::MariaDb;
             return match super::mysql::mysql_refusal(plan, json_as_stored) {
-                Some(reason) => Err(ControllerError::Unsupported(reason)),
+                Some(reason) => Err(ControllerError::Unsupported(
+                    refused.map_or(reason.clone(), |r| format!("{reason} ({r})")),
+                )),
                 None => Ok(()),
             };
         }

@@ -309,7 +309,10 @@ impl Controller {
             "cached".to_string()
         } else {
             let checked = match self.check_supported(&normalized) {
-                Ok((plan, tables)) => self.check_collations(&plan, &tables).await.map(|()| tables),
+                Ok((mut plan, tables)) => self
+                    .check_collations(&mut plan, &tables)
+                    .await
+                    .map(|()| tables),
                 Err(e) => Err(e),
             };
             match checked {

@@ -11,13 +11,16 @@
 //! that change results: text compares by collation (`_ci`, PAD SPACE), `/` and `SUM` give
 //! DECIMAL, ascending order puts NULLs first, and floats print their own way.
 //! [`mysql_refusal`] keeps caches to plans where the two agree exactly, and says which
-//! construct it refused. TIMESTAMP values (kept in UTC) print and compare in the session's
+//! construct it refused. The one text comparison kept is a reader key's equality, which
+//! [`Controller::attach_key_collations`] makes the column collation's. TIMESTAMP values (kept in UTC) print and compare in the session's
 //! time zone: the session serves those caches only while its zone is UTC.
 
 use larder_replication::mysql::MySource;
 use larder_sql::identity::qualify_quoted;
 use larder_sql::plan::{AggFunc, BinaryOp, CachePlan, Expr, NodeOp, UnaryOp};
 use larder_sql::SqlType;
+
+use crate::tables::TableEntry;
 
 use super::*;
 
@@ -109,6 +112,63 @@ impl Controller {
 
     /// Managing caches for everyone needs a MySQL user with global SUPER or ALL PRIVILEGES
     /// (the session checked its own grants).
+    /// Gives each text key column of `plan` its column's collation, so the reader keys text
+    /// as the upstream compares it (`'abc'` finds `'ABC '` under `utf8mb4_general_ci`). A
+    /// column whose collation Larder cannot compare exactly keeps none, and
+    /// [`mysql_refusal`] then refuses the plan, naming the collation.
+    pub(super) async fn attach_key_collations(
+        &self,
+        plan: &mut CachePlan,
+        tables: &[TableEntry],
+    ) -> Result<Option<String>, ControllerError> {
+        let source = self.my_source()?;
+        let reader = plan.nodes.len().saturating_sub(1);
+        let types = plan.reader_types().to_vec();
+        let mut collations = Vec::with_capacity(plan.key.len());
+        let mut refused = None;
+        for &k in &plan.key {
+            let origin = plan.column_origin(reader, k);
+            let column = origin
+                .filter(|_| types.get(k).is_some_and(is_text))
+                .and_then(|(relation, column)| {
+                    let r = plan.relations.get(relation)?;
+                    let t = tables
+                        .iter()
+                        .find(|t| t.schema.schema == r.schema && t.schema.name == r.name)?;
+                    Some((r.clone(), t.schema.columns.get(column)?.name.clone()))
+                });
+            let Some((table, column)) = column else {
+                collations.push(None);
+                continue;
+            };
+            let unavailable = |e: larder_replication::ReplicationError| {
+                ControllerError::Unavailable(e.to_string())
+            };
+            let by_column = source
+                .column_collations(&table.schema, &table.name)
+                .await
+                .map_err(unavailable)?;
+            let Some(name) = by_column.get(&column) else {
+                collations.push(None);
+                continue;
+            };
+            match source.collation(name).await {
+                Ok(c) => collations.push(Some(c)),
+                Err(larder_replication::ReplicationError::Collation(e)) => {
+                    refused.get_or_insert(format!("column {column}: {e}"));
+                    collations.push(None);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        plan.key_collations = if collations.iter().any(Option::is_some) {
+            collations
+        } else {
+            Vec::new()
+        };
+        Ok(refused)
+    }
+
     pub(super) fn require_mysql_admin(
         &self,
         ctx: &StatementContext,
@@ -253,7 +313,12 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
         }
     }
     let reader = plan.reader_types();
-    if plan.key.iter().any(|c| is_text(&reader[*c]))
+    let collated = |i: usize| plan.key_collations.get(i).is_some_and(Option::is_some);
+    if plan
+        .key
+        .iter()
+        .enumerate()
+        .any(|(i, c)| is_text(&reader[*c]) && !collated(i))
         || plan.order_by.iter().any(|k| is_text(&reader[k.column]))
         || plan
             .range

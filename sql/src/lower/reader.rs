@@ -393,6 +393,7 @@ impl ReaderParts {
             single_value_params,
             empty_key_row: self.empty_key_row,
             range,
+            key_collations: Vec::new(),
         };
         let width = plan.reader_types().len();
         debug_assert_eq!(plan.key.len(), plan.key_params.len());

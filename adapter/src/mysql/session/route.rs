@@ -528,6 +528,14 @@ fn in_utc(params: &[ParamSource], types: &[SqlType]) -> Vec<ParamSource> {
 /// integral value.
 fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, String> {
     let integer_slot = matches!(slot, Some(SqlType::Int2 | SqlType::Int4 | SqlType::Int8));
+    let text_slot = matches!(
+        slot,
+        Some(SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name | SqlType::Json)
+    );
+    if text_slot && !matches!(p, ParamValue::Null | ParamValue::Bytes(_)) {
+        // MySQL compares text with a number (or a date) as numbers (or dates): `'' = 0`.
+        return Err("a number or a date compared with text".into());
+    }
     Ok(match p {
         ParamValue::Null => Value::Null,
         // An integer compared with an integer column needs no reading (a key compares
@@ -733,5 +741,10 @@ mod tests {
         );
         assert!(param_value(&ParamValue::Double(7.5), int).is_err());
         assert!(param_value(&ParamValue::Double(7.0), Some(&SqlType::Numeric)).is_err());
+        // MySQL compares text with a number as numbers ('' = 0): not by the number's text.
+        let text = Some(&SqlType::Text);
+        assert!(param_value(&ParamValue::Int(0), text).is_err());
+        assert!(param_value(&ParamValue::UInt(0), text).is_err());
+        assert!(param_value(&ParamValue::Bytes(b"0"), text).is_ok());
     }
 }
