@@ -573,7 +573,11 @@ pub(crate) async fn restore_caches(controller: &Controller) {
 /// Re-creates a stored shallow cache once Larder knows the upstream's relations.
 async fn restore_shallow(controller: &Controller, c: &crate::storage::StoredCache) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while controller.relations.current(0).is_none() && std::time::Instant::now() < deadline {
+    let mysql = controller.dialect == larder_sql::statement::Dialect::MySql;
+    while !mysql
+        && controller.relations.current(0).is_none()
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     match controller.restore_shallow(c) {

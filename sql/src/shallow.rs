@@ -20,6 +20,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{visit_expressions, visit_relations, Expr, ObjectName, Query, SetExpr};
 
 use crate::functions;
+use crate::statement::Dialect;
 
 /// Why a query cannot be a shallow cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,9 +54,17 @@ impl std::fmt::Display for Refusal {
 /// Schemas whose relations describe the server or the session.
 const CATALOG_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
 
-/// Everything that keeps `query` from being a shallow cache, in the order found (each
-/// function or catalog once).
-pub fn refusals(query: &Query) -> Vec<Refusal> {
+/// MySQL's: databases that describe the server, its users and its sessions.
+const MYSQL_CATALOG_SCHEMAS: &[&str] =
+    &["information_schema", "mysql", "performance_schema", "sys"];
+
+/// Everything that keeps `query` (in `dialect`) from being a shallow cache, in the order
+/// found (each function or catalog once).
+pub fn refusals(query: &Query, dialect: Dialect) -> Vec<Refusal> {
+    let catalogs = match dialect {
+        Dialect::Postgres => CATALOG_SCHEMAS,
+        Dialect::MySql => MYSQL_CATALOG_SCHEMAS,
+    };
     let mut out: Vec<Refusal> = Vec::new();
     let mut push = |r: Refusal| {
         if !out.contains(&r) {
@@ -72,9 +81,9 @@ pub fn refusals(query: &Query) -> Vec<Refusal> {
             .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
             .collect();
         let catalog = match parts.as_slice() {
-            [schema, _] | [_, schema, _] => CATALOG_SCHEMAS.contains(&schema.as_str()),
+            [schema, _] | [_, schema, _] => catalogs.contains(&schema.trim_matches('`')),
             // Unqualified: pg_catalog is searched first, so `pg_class` is the catalog's.
-            [one] => one.starts_with("pg_"),
+            [one] => dialect == Dialect::Postgres && one.starts_with("pg_"),
             _ => false,
         };
         if catalog {
@@ -94,6 +103,11 @@ pub fn refusals(query: &Query) -> Vec<Refusal> {
             Expr::Identifier(i) if i.quote_style.is_none() => Some(i.value.to_ascii_lowercase()),
             _ => None,
         };
+        // MySQL's `@user_variable` and `@@system_variable` belong to the session.
+        if let Some(var) = name.as_deref().filter(|n| n.starts_with('@')) {
+            push(Refusal::Session(var.to_string()));
+            return ControlFlow::<()>::Continue(());
+        }
         if let Some(name) = name {
             // Bare keywords (`CURRENT_TIMESTAMP`) are identifiers; other identifiers are
             // columns.
@@ -128,7 +142,45 @@ mod tests {
     use crate::statement::{parse_select, Dialect};
 
     fn of(sql: &str) -> Vec<Refusal> {
-        refusals(&parse_select(sql, Dialect::Postgres).unwrap())
+        refusals(
+            &parse_select(sql, Dialect::Postgres).unwrap(),
+            Dialect::Postgres,
+        )
+    }
+
+    fn of_mysql(sql: &str) -> Vec<Refusal> {
+        refusals(&parse_select(sql, Dialect::MySql).unwrap(), Dialect::MySql)
+    }
+
+    #[test]
+    fn mysql_catalogs_and_variables_are_refused() {
+        assert_eq!(
+            of_mysql("SELECT avg(price) FROM shop.items GROUP BY kind"),
+            vec![]
+        );
+        assert_eq!(
+            of_mysql("SELECT * FROM mysql.user"),
+            vec![Refusal::Catalog("mysql.user".into())]
+        );
+        assert_eq!(
+            of_mysql("SELECT * FROM performance_schema.threads"),
+            vec![Refusal::Catalog("performance_schema.threads".into())]
+        );
+        assert_eq!(
+            of_mysql("SELECT @@sql_mode, @x FROM t"),
+            vec![
+                Refusal::Session("@@sql_mode".into()),
+                Refusal::Session("@x".into())
+            ]
+        );
+        assert_eq!(
+            of_mysql("SELECT rand(), uuid() FROM t"),
+            vec![
+                Refusal::Nondeterministic("rand".into()),
+                Refusal::Nondeterministic("uuid".into())
+            ]
+        );
+        assert_eq!(of("SELECT * FROM sys.t"), vec![]);
     }
 
     #[test]

@@ -175,9 +175,7 @@ impl Controller {
                     },
                 }
             };
-            let shallow = if mysql {
-                "unsupported: not available on MySQL upstreams yet".to_string()
-            } else if self.core.shallow.get(&shape.query_id).is_some() {
+            let shallow = if self.core.shallow.get(&shape.query_id).is_some() {
                 "cached".to_string()
             } else {
                 match &parsed {

@@ -236,6 +236,17 @@ impl Controller {
             .map_err(|e| ControllerError::Internal(e.to_string()))?
     }
 
+    /// Whether a deep cache can answer `normalized`: the dataflow supports it and, on MySQL,
+    /// computes what MySQL computes. Its tables when it can.
+    pub(super) async fn deep_support(
+        &self,
+        normalized: &Normalized,
+    ) -> Result<Vec<TableEntry>, ControllerError> {
+        let (mut plan, tables) = self.check_supported(normalized)?;
+        self.check_collations(&mut plan, &tables).await?;
+        Ok(tables)
+    }
+
     /// Text compares and sorts by its collation. Larder compares bytes, which is right for
     /// every deterministic collation's equality and for ordering under "C"/"POSIX" (or a
     /// database default that is bytewise); anything else is refused with the column named.

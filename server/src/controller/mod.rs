@@ -308,13 +308,7 @@ impl Controller {
         let supported = if self.core.caches.get(&normalized.query_id).is_some() {
             "cached".to_string()
         } else {
-            let checked = match self.check_supported(&normalized) {
-                Ok((mut plan, tables)) => self
-                    .check_collations(&mut plan, &tables)
-                    .await
-                    .map(|()| tables),
-                Err(e) => Err(e),
-            };
+            let checked = self.deep_support(&normalized).await;
             match checked {
                 Ok(tables) => match self.row_security_note(&tables).await? {
                     Some(note) => format!("yes ({note})"),
@@ -323,9 +317,7 @@ impl Controller {
                 Err(e) => format!("no: {e}"),
             }
         };
-        let shallow = if self.dialect == Dialect::MySql {
-            "no: not available on MySQL upstreams yet".to_string()
-        } else if self.core.shallow.get(&normalized.query_id).is_some() {
+        let shallow = if self.core.shallow.get(&normalized.query_id).is_some() {
             "cached".to_string()
         } else {
             match self.shallow_possible(&normalized) {
@@ -355,12 +347,6 @@ impl Controller {
         let (text, normalized) = self.source_query(source)?;
         let (text, normalized) = self.for_session(&text, normalized, ctx).await?;
         let shallow = match kind {
-            CacheKind::Shallow if self.dialect == Dialect::MySql => {
-                return Err(ControllerError::Unsupported(
-                    "shallow caches are not available on MySQL upstreams yet".into(),
-                ))
-            }
-            _ if self.dialect == Dialect::MySql => false,
             CacheKind::Shallow => true,
             CacheKind::Deep => false,
             CacheKind::Default => match self.shallow.mode {
@@ -368,7 +354,7 @@ impl Controller {
                 CacheMode::Shallow => true,
                 // Tables still being copied are no reason to give up on a deep cache.
                 CacheMode::DeepThenShallow => matches!(
-                    self.check_supported(&normalized),
+                    self.deep_support(&normalized).await,
                     Err(e) if !matches!(e, ControllerError::Unavailable(_))
                 ),
             },

@@ -49,8 +49,8 @@ impl ShallowSettings {
     }
 
     /// Why `query` cannot be a shallow cache under these settings, if it cannot.
-    pub fn refusal(&self, normalized: &Normalized) -> Option<String> {
-        larder_sql::shallow::refusals(&normalized.query)
+    pub fn refusal(&self, normalized: &Normalized, dialect: Dialect) -> Option<String> {
+        larder_sql::shallow::refusals(&normalized.query, dialect)
             .into_iter()
             .find(|r| match r {
                 Refusal::Nondeterministic(_) => !self.allows(ShallowAllow::Nondeterministic),
@@ -96,24 +96,45 @@ impl Controller {
                     .into(),
             ));
         }
-        if let Some(reason) = self.shallow.refusal(&normalized) {
+        if let Some(reason) = self.shallow.refusal(&normalized, self.dialect) {
             return Err(ControllerError::Unsupported(format!(
                 "cannot make a shallow cache: {reason}"
             )));
         }
-        let relations = self.shallow_relations(&normalized)?;
-        // The creator must be able to read what the query names, and the upstream must accept
-        // the query as it will be sent.
-        self.require_select(role, &relations, "CREATE SHALLOW CACHE")
-            .await?;
+        let (relations, client) = match self.dialect {
+            // The creating session prepared the query upstream as its user before it handed
+            // the statement over; the controller's session checks it as it will be stored.
+            Dialect::MySql => {
+                self.my_source()?
+                    .describe(&text)
+                    .await
+                    .map_err(|e| match e {
+                        larder_replication::ReplicationError::Rejected(m) => {
+                            ControllerError::Unsupported(format!(
+                                "the upstream rejects the query: {m}"
+                            ))
+                        }
+                        other => ControllerError::Unavailable(other.to_string()),
+                    })?;
+                (Vec::new(), None)
+            }
+            Dialect::Postgres => {
+                let relations = self.shallow_relations(&normalized)?;
+                // The creator must be able to read what the query names, and the upstream
+                // must accept the query as it will be sent.
+                self.require_select(role, &relations, "CREATE SHALLOW CACHE")
+                    .await?;
+                let client = self.upstream_client().await?;
+                client.prepare(&normalized.text).await.map_err(|e| {
+                    ControllerError::Unsupported(format!(
+                        "the upstream rejects the query: {}",
+                        db_error_text(&e)
+                    ))
+                })?;
+                (relations, Some(client))
+            }
+        };
         let oids: Vec<u32> = relations.iter().map(|r| r.oid).collect();
-        let client = self.upstream_client().await?;
-        client.prepare(&normalized.text).await.map_err(|e| {
-            ControllerError::Unsupported(format!(
-                "the upstream rejects the query: {}",
-                db_error_text(&e)
-            ))
-        })?;
         let name = name.unwrap_or_else(|| normalized.query_id.clone());
         if self.core.caches.by_name_or_id(&name).is_some()
             || self.core.shallow.by_name_or_id(&name).is_some()
@@ -146,10 +167,12 @@ impl Controller {
         );
         // Every role's privileges on its relations, so that no first read goes upstream for
         // want of them.
-        if let Err(e) =
-            crate::privileges::learn_everyone(&self.privileges, &self.core, &client, &oids).await
-        {
-            tracing::debug!(error = %e, "learning privileges before publishing a shallow cache");
+        if let Some(client) = &client {
+            if let Err(e) =
+                crate::privileges::learn_everyone(&self.privileges, &self.core, client, &oids).await
+            {
+                tracing::debug!(error = %e, "learning privileges before publishing a shallow cache");
+            }
         }
         self.core.shallow.insert(Arc::clone(&cache));
         info!(cache = %name, query_id = %cache.query_id, ttl_ms = policy.ttl.as_millis() as u64,
@@ -185,7 +208,7 @@ impl Controller {
 
     /// Whether `query` can be a shallow cache (for `EXPLAIN CREATE CACHE` and the advisor).
     pub(super) fn shallow_possible(&self, normalized: &Normalized) -> Result<(), String> {
-        match self.shallow.refusal(normalized) {
+        match self.shallow.refusal(normalized, self.dialect) {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
@@ -196,10 +219,15 @@ impl Controller {
         let Some((ttl_ms, refresh_ms)) = stored.shallow else {
             return Err(ControllerError::Internal("not a shallow cache".into()));
         };
-        let query = parse_select(&stored.query, Dialect::Postgres)
+        let query = parse_select(&stored.query, self.dialect)
             .map_err(|e| ControllerError::Invalid(e.to_string()))?;
         let normalized = normalize_query(query);
-        let relations = self.shallow_relations(&normalized)?;
+        // On MySQL entries are keyed by user and filled by the user's own reads: no relation
+        // is checked before a hit.
+        let relations = match self.dialect {
+            Dialect::MySql => Vec::new(),
+            Dialect::Postgres => self.shallow_relations(&normalized)?,
+        };
         let cache = self.core.shallow.store.cache(
             stored.query_id.clone(),
             stored.name.clone(),

@@ -12,6 +12,7 @@ use super::kill::rewrite_kill;
 use super::response::Relay;
 use super::route::Route;
 use super::serve::{try_local, Reply};
+use super::shallow::ENTRY_MAX_BYTES;
 use super::{Established, SessionError, Shared};
 use crate::mysql::messages::flags::{capability as cap, error_code};
 use crate::mysql::messages::stmt::PrepareOk;
@@ -189,11 +190,18 @@ pub(super) async fn run(
             return Ok(());
         }
         let started = Instant::now();
+        let tee = route.as_mut().and_then(|r| r.tee.take());
         let mut relay = Relay::new(&mut est.client, &mut est.upstream, deprecate_eof);
         if route.is_some() && command == Command::StmtPrepare {
             relay = relay.capturing_prepare();
         }
+        if tee.is_some() {
+            relay = relay.teeing(ENTRY_MAX_BYTES);
+        }
         relay.response(command).await?;
+        if let (Some(tee), Some(body)) = (tee, relay.teed()) {
+            tee.complete(body, started.elapsed());
+        }
         let (last_status, prepared, rows) = (relay.last_status, relay.prepared.take(), relay.rows);
         shared.cfg.metrics.upstream_done(started);
         if let Some(route) = route.as_mut() {

@@ -2,6 +2,7 @@
 //! ([`command`]), with errors reported to the client as MySQL ERR packets.
 
 mod command;
+mod effect;
 mod handshake;
 mod io;
 mod kill;
@@ -9,6 +10,7 @@ mod local;
 mod response;
 mod route;
 mod serve;
+mod shallow;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -35,6 +35,12 @@ pub(super) struct Relay<'a> {
     capture_prepare: bool,
     /// Result rows relayed.
     pub(super) rows: u64,
+    /// The response's logical packets as `[u32 LE length][payload]`, while teed
+    /// ([`Relay::teeing`]); `None` once it outgrew `tee_max_bytes` or cannot be kept.
+    tee: Option<BytesMut>,
+    tee_max_bytes: usize,
+    /// Whether the last packet teed was an ERR.
+    tee_err: bool,
 }
 
 /// Most column definitions a captured prepare keeps (more: not captured).
@@ -71,7 +77,43 @@ impl<'a> Relay<'a> {
             prepared: None,
             capture_prepare: false,
             rows: 0,
+            tee: None,
+            tee_max_bytes: 0,
+            tee_err: false,
         }
+    }
+
+    /// Keep a copy of the response, up to `max_bytes` ([`Relay::teed`]).
+    pub(super) fn teeing(mut self, max_bytes: usize) -> Self {
+        self.tee = Some(BytesMut::new());
+        self.tee_max_bytes = max_bytes;
+        self
+    }
+
+    /// The teed response, when it is one whole result: no ERR, no further results, every
+    /// packet whole and the total within the bound.
+    pub(super) fn teed(&mut self) -> Option<BytesMut> {
+        let more = self
+            .last_status
+            .is_some_and(|s| s & status::SERVER_MORE_RESULTS_EXISTS != 0);
+        if self.tee_err || more {
+            return None;
+        }
+        self.tee.take().filter(|t| !t.is_empty())
+    }
+
+    fn tee_packet(&mut self, p: &RawPacket) {
+        let Some(tee) = self.tee.as_mut() else {
+            return;
+        };
+        let payload = p.payload();
+        if p.is_continued() || tee.len() + payload.len() + 4 > self.tee_max_bytes {
+            self.tee = None;
+            return;
+        }
+        tee.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        tee.extend_from_slice(payload);
+        self.tee_err = payload.first() == Some(&header::ERR);
     }
 
     /// Keep COM_STMT_PREPARE's OK and column definitions (see `prepared`).
@@ -121,6 +163,7 @@ impl<'a> Relay<'a> {
     async fn pull(&mut self) -> Result<RawPacket, SessionError> {
         loop {
             if let Some(p) = self.upstream.try_packet() {
+                self.tee_packet(&p);
                 self.client.next_seq = p.seq().wrapping_add(1);
                 self.out.extend_from_slice(p.as_bytes());
                 if self.out.len() >= FLUSH_BYTES {

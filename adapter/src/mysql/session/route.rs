@@ -30,6 +30,9 @@ use crate::cache::{CacheBackend, CachedQuery, UpstreamTiming};
 use crate::mysql::messages::flags::status;
 use crate::mysql::messages::stmt::{ParamType, ParamValue, StmtExecute};
 use crate::mysql::messages::{ColumnDefinition, ColumnType, Payload};
+use crate::shallow::ShallowCache;
+
+use super::effect::{effect_of, Effect};
 
 /// Queries a session keeps the upstream's description of.
 const VIEWS_MAX: usize = 256;
@@ -37,6 +40,8 @@ const VIEWS_MAX: usize = 256;
 const STATEMENTS_MAX: usize = 4096;
 /// Longest query text parsed for the cache path.
 const QUERY_TEXT_MAX_BYTES: usize = 64 << 10;
+/// Bytes of SET statements a session's shallow cache keys may carry.
+const SET_HISTORY_MAX_BYTES: usize = 4096;
 /// How long a read after a write waits for replication before going upstream.
 const BARRIER_WAIT_MS: u64 = 100;
 
@@ -129,6 +134,17 @@ pub(super) struct Route {
     /// Views shared with the user's other sessions, and the handshake's character set;
     /// used until the session runs a SET (its character sets may differ then).
     shared: Option<(Arc<SharedViews>, u8)>,
+    /// When a statement that may have written last ran (shallow caches serve the session
+    /// nothing fetched before it).
+    pub(super) wrote_at: Option<Instant>,
+    /// The handshake's character set, and the SETs the session ran since that changed no
+    /// result (`SET NAMES`, time zones, ...): with the user, they decide how the upstream
+    /// writes a result for the session. `None` once they outgrew [`SET_HISTORY_MAX_BYTES`].
+    charset: u8,
+    set_history: Option<Vec<u8>>,
+    /// Where the response of the command being relayed goes besides the client (a shallow
+    /// cache's fill or refresh).
+    pub(super) tee: Option<super::shallow::Tee>,
 }
 
 impl Route {
@@ -153,6 +169,10 @@ impl Route {
             scratch: bytes::BytesMut::new(),
             time_zone_utc: false,
             shared: None,
+            wrote_at: None,
+            charset: 0,
+            set_history: Some(Vec::new()),
+            tee: None,
         }
         .starting_in_utc()
     }
@@ -160,6 +180,7 @@ impl Route {
     /// Shares views with the user's other sessions that keep the handshake's `charset`.
     pub(super) fn sharing(mut self, views: Arc<SharedViews>, charset: u8) -> Route {
         self.shared = Some((views, charset));
+        self.charset = charset;
         self
     }
 
@@ -242,6 +263,80 @@ impl Route {
             );
         }
         Ok(cache)
+    }
+
+    /// The checks a shallow cache's read shares with a deep one's, and the start of its key:
+    /// the user, the handshake's character set (the session ran no SET), the time zone's
+    /// kind, and the privilege and table-shape epochs (a GRANT, a REVOKE or a schema change
+    /// starts new entries).
+    pub(super) fn shallow_key_start(&self, cache: &ShallowCache) -> Result<Vec<u8>, String> {
+        if !self.backend.caching_on() {
+            return Err("caching is off (ALTER LARDER SET caching = off, or --caching off)".into());
+        }
+        if let Some(why) = &self.settings {
+            return Err(why.clone());
+        }
+        let Some(sets) = &self.set_history else {
+            return Err("the session ran too many SETs to key a shallow cache".into());
+        };
+        let in_txn = self.status & status::SERVER_STATUS_IN_TRANS != 0;
+        let autocommit = self.status & status::SERVER_STATUS_AUTOCOMMIT != 0;
+        if (in_txn || !autocommit) && !cache.always {
+            return Err(
+                "inside a transaction or with autocommit off (the cache was not created ALWAYS)"
+                    .into(),
+            );
+        }
+        let mut key = cache.key_start();
+        key.extend_from_slice(&(self.user.len() as u32).to_le_bytes());
+        key.extend_from_slice(self.user.as_bytes());
+        key.push(self.charset);
+        key.extend_from_slice(&(sets.len() as u32).to_le_bytes());
+        key.extend_from_slice(sets);
+        key.push(u8::from(self.time_zone_utc));
+        key.push(u8::from(self.extended_metadata));
+        key.extend_from_slice(&self.backend.access_epoch().to_le_bytes());
+        key.extend_from_slice(&self.backend.shape_epoch().to_le_bytes());
+        Ok(key)
+    }
+
+    /// The shallow cache of a tracked prepared SELECT, if it has one.
+    pub(super) fn shallow_statement(&self, payload: &[u8]) -> Option<Arc<ShallowCache>> {
+        let shape = self.shape_of_statement(payload)?;
+        self.backend.shallow(&shape.query_id)
+    }
+
+    /// A prepared SELECT's part of a shallow key: its text, the parameter types in force and
+    /// the execution's bytes after the statement id; with its shape.
+    pub(super) fn shallow_execute(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<(Arc<Shape>, Vec<u8>), String> {
+        let id = StmtExecute::statement_id_of(payload).ok_or("a short COM_STMT_EXECUTE")?;
+        let Some(stmt) = self.statements.get_mut(&id) else {
+            return Err("a statement Larder does not track".into());
+        };
+        let exec = StmtExecute::decode(payload, stmt.params, stmt.types.as_deref())
+            .map_err(|e| format!("parameters Larder cannot read: {e}"))?;
+        if let Some(t) = &exec.types {
+            stmt.types = Some(t.clone());
+        }
+        let shape = stmt.shape.clone().ok_or("not a cacheable SELECT")?;
+        if stmt.long_data {
+            return Err("parameters sent as long data".into());
+        }
+        if exec.flags != 0 {
+            return Err("a cursor was asked for".into());
+        }
+        let mut part = Vec::with_capacity(shape.text.len() + payload.len() + 16);
+        part.extend_from_slice(&(shape.text.len() as u32).to_le_bytes());
+        part.extend_from_slice(shape.text.as_bytes());
+        for t in stmt.types.iter().flatten() {
+            part.extend_from_slice(&[t.code, u8::from(t.unsigned)]);
+        }
+        part.push(0xff);
+        part.extend_from_slice(payload.get(5..).unwrap_or_default());
+        Ok((shape, part))
     }
 
     /// Read-your-writes: after a write, waits (briefly) until replication has applied the
@@ -445,11 +540,18 @@ impl Route {
                 self.database = None;
                 self.settings = Some("the session ran statements Larder does not follow".into());
                 self.views.clear();
-                self.barrier = true;
+                self.wrote();
             }
             Effect::Set { changed, utc } => {
                 // Its character sets may differ from the handshake's now.
                 self.shared = None;
+                if let Some(h) = self.set_history.as_mut() {
+                    h.extend_from_slice(text.trim().as_bytes());
+                    h.push(0);
+                    if h.len() > SET_HISTORY_MAX_BYTES {
+                        self.set_history = None;
+                    }
+                }
                 if ok {
                     if let Some(utc) = utc {
                         self.time_zone_utc = utc;
@@ -460,7 +562,7 @@ impl Route {
                 }
                 self.views.clear();
             }
-            Effect::Write => self.barrier = true,
+            Effect::Write => self.wrote(),
         }
     }
 
@@ -473,9 +575,12 @@ impl Route {
                 self.shared = None;
                 self.database = None;
                 self.reset();
+                // Who the session is now, and in which character set, is the upstream's to
+                // know: its results are not keyed for shallow caches any more.
+                self.set_history = None;
             }
             Command::ResetConnection if ok => self.reset(),
-            Command::StmtExecute | Command::StmtBulkExecute => self.barrier = true,
+            Command::StmtExecute | Command::StmtBulkExecute => self.wrote(),
             _ => {}
         }
     }
@@ -487,9 +592,16 @@ impl Route {
     fn reset(&mut self) {
         self.time_zone_utc = self.backend.sessions_start_in_utc();
         self.settings = None;
+        self.set_history = Some(Vec::new());
         self.views.clear();
         self.statements.clear();
+        self.wrote();
+    }
+
+    /// A statement that may have written ran.
+    fn wrote(&mut self) {
         self.barrier = true;
+        self.wrote_at = Some(Instant::now());
     }
 
     /// Whether an execution is of a statement that only reads (a tracked SELECT).
@@ -562,166 +674,9 @@ fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, Stri
     })
 }
 
-/// What a statement Larder relays does to the session, as far as the cache path cares.
-#[derive(Debug, PartialEq, Eq)]
-enum Effect {
-    /// Reads only (SELECT, SHOW, ...).
-    Read,
-    /// `USE db`.
-    Use(String),
-    /// `SET ...`: `changed` says why when a setting changes results; `utc` whether the
-    /// session's time zone is now UTC, when it set it.
-    Set {
-        changed: Option<String>,
-        utc: Option<bool>,
-    },
-    /// Anything else may write.
-    Write,
-    /// Several statements, or one Larder cannot follow.
-    Unknown,
-}
-
-/// Settings whose change leaves cached answers exact: how text is sent (checked against the
-/// upstream's column descriptions) and transaction behaviour (followed from status flags).
-const HARMLESS_SETTINGS: &[&str] = &[
-    "names",
-    "character",
-    "charset",
-    "character_set_client",
-    "character_set_connection",
-    "character_set_results",
-    "collation_connection",
-    "autocommit",
-    "transaction",
-    "session_track_schema",
-    "session_track_state_change",
-    "session_track_system_variables",
-    "session_track_transaction_info",
-    "net_write_timeout",
-    "net_read_timeout",
-    "wait_timeout",
-    "interactive_timeout",
-    "max_execution_time",
-    "max_statement_time",
-];
-
-fn effect_of(text: &str) -> Effect {
-    let t = text.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-    let t = t.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
-    if t.contains(';') {
-        return Effect::Unknown;
-    }
-    let mut words = t.split(|c: char| c.is_whitespace() || c == '=');
-    let first = words.next().unwrap_or_default().to_ascii_lowercase();
-    match first.as_str() {
-        "select" | "show" | "describe" | "desc" | "explain" | "help" | "with" | "values"
-        | "table" => Effect::Read,
-        "use" => {
-            let db = words.find(|w| !w.is_empty()).unwrap_or_default();
-            let db = db.trim_matches('`');
-            if db.is_empty() || db.contains('`') {
-                Effect::Unknown
-            } else {
-                Effect::Use(db.to_string())
-            }
-        }
-        "set" => {
-            let mut utc = None;
-            for assignment in t[3..].split(',') {
-                let mut name = assignment.trim().to_ascii_lowercase();
-                let mut global = false;
-                for prefix in [
-                    "session ",
-                    "local ",
-                    "global ",
-                    "@@session.",
-                    "@@local.",
-                    "@@global.",
-                    "@@",
-                ] {
-                    if let Some(rest) = name.strip_prefix(prefix) {
-                        global = prefix.contains("global");
-                        name = rest.trim_start().to_string();
-                        break;
-                    }
-                }
-                if name.starts_with('@') {
-                    continue; // a user variable
-                }
-                let var: String = name
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if var == "time_zone" {
-                    if !global {
-                        // Followed: TIMESTAMP caches serve while the zone is UTC.
-                        let value = name[var.len()..]
-                            .trim_start()
-                            .trim_start_matches(':')
-                            .trim_start_matches('=')
-                            .trim()
-                            .trim_matches(|c| c == '\'' || c == '"');
-                        utc = Some(larder_sql::mysql::is_utc_zone(value));
-                    }
-                    continue;
-                }
-                if !HARMLESS_SETTINGS.contains(&var.as_str()) {
-                    return Effect::Set {
-                        changed: Some(format!("the session set {var}")),
-                        utc,
-                    };
-                }
-            }
-            Effect::Set { changed: None, utc }
-        }
-        _ => Effect::Write,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statements_affect_the_session_as_expected() {
-        assert_eq!(effect_of("SELECT 1"), Effect::Read);
-        assert_eq!(effect_of("  show tables"), Effect::Read);
-        assert_eq!(effect_of("USE `shop`"), Effect::Use("shop".into()));
-        assert_eq!(effect_of("use shop;"), Effect::Use("shop".into()));
-        let harmless = Effect::Set {
-            changed: None,
-            utc: None,
-        };
-        assert_eq!(effect_of("SET NAMES utf8mb4"), harmless);
-        assert_eq!(effect_of("SET autocommit=1"), harmless);
-        assert_eq!(effect_of("SET @x = 5"), harmless);
-        assert_eq!(
-            effect_of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-            harmless
-        );
-        assert_eq!(
-            effect_of("set sql_mode = 'ANSI_QUOTES'"),
-            Effect::Set {
-                changed: Some("the session set sql_mode".into()),
-                utc: None
-            }
-        );
-        let zone = |utc| Effect::Set {
-            changed: None,
-            utc: Some(utc),
-        };
-        assert_eq!(effect_of("SET SESSION time_zone = '+02:00'"), zone(false));
-        assert_eq!(effect_of("SET @@session.time_zone = '+02:00'"), zone(false));
-        assert_eq!(effect_of("SET time_zone='+00:00'"), zone(true));
-        assert_eq!(
-            effect_of("set time_zone = \"UTC\", names utf8mb4"),
-            zone(true)
-        );
-        assert_eq!(effect_of("SET GLOBAL time_zone = '+02:00'"), harmless);
-        assert_eq!(effect_of("INSERT INTO t VALUES (1)"), Effect::Write);
-        assert_eq!(effect_of("COMMIT"), Effect::Write);
-        assert_eq!(effect_of("SELECT 1; SET sql_mode=''"), Effect::Unknown);
-    }
 
     #[test]
     fn bound_values_read_as_literals() {

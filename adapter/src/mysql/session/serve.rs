@@ -54,7 +54,26 @@ pub(super) async fn try_local(
             let Ok(shape) = route.shape_of(text) else {
                 return Ok(false);
             };
-            let served = query_hit(est, route, &shape, reply).await?;
+            let served = match route.backend.shallow(&shape.query_id) {
+                Some(cache) => {
+                    shallow_hit(est, route, &cache, false, text.as_bytes(), reply).await?
+                }
+                None => query_hit(est, route, &shape, reply).await?,
+            };
+            Ok(settle(route, &shape, served))
+        }
+        Command::StmtExecute if route.shallow_statement(payload).is_some() => {
+            let cache = route.shallow_statement(payload).expect("checked");
+            let (shape, served) = match route.shallow_execute(payload) {
+                Ok((shape, part)) => {
+                    let served = shallow_hit(est, route, &cache, true, &part, reply).await?;
+                    (shape, served)
+                }
+                Err(reason) => match route.shape_of_statement(payload) {
+                    Some(shape) => (shape, Err(reason)),
+                    None => return Ok(false),
+                },
+            };
             Ok(settle(route, &shape, served))
         }
         Command::StmtExecute => {
@@ -122,6 +141,23 @@ fn settle(route: &mut Route, shape: &Shape, served: Result<(), String>) -> bool 
             false
         }
     }
+}
+
+/// A shallow cache's read: its key, then the answer or why it goes upstream.
+async fn shallow_hit(
+    est: &mut Established,
+    route: &mut Route,
+    cache: &std::sync::Arc<crate::shallow::ShallowCache>,
+    execute: bool,
+    request: &[u8],
+    reply: Reply,
+) -> Result<Result<(), String>, SessionError> {
+    let mut key = match route.shallow_key_start(cache) {
+        Ok(k) => k,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    super::shallow::put_request(&mut key, execute, reply, request);
+    super::shallow::serve(est, route, cache, key, reply).await
 }
 
 /// The status flags a local response carries (the session's transaction state).
