@@ -458,6 +458,23 @@ mod tests {
     }
 
     #[test]
+    fn a_text_key_is_kept_once_it_has_its_collation() {
+        let (_, n) = mysql_normalized("SELECT id FROM items WHERE name = ?", "shop").unwrap();
+        let mut plan = lower(&n.query, &Shop, &n.params).unwrap();
+        assert!(mysql_refusal(&plan, true).is_some());
+        let bin = larder_sql::collation::Collation::code_point("utf8mb4_bin").unwrap();
+        plan.key_collations = vec![Some(std::sync::Arc::new(bin))];
+        assert_eq!(mysql_refusal(&plan, true), None);
+        // Ordering text stays refused.
+        let (_, n) =
+            mysql_normalized("SELECT id FROM items WHERE name = ? ORDER BY name", "shop").unwrap();
+        let mut plan = lower(&n.query, &Shop, &n.params).unwrap();
+        let bin = larder_sql::collation::Collation::code_point("utf8mb4_bin").unwrap();
+        plan.key_collations = vec![Some(std::sync::Arc::new(bin))];
+        assert!(mysql_refusal(&plan, true).is_some());
+    }
+
+    #[test]
     fn plans_that_mysql_computes_otherwise_are_refused() {
         for sql in [
             "SELECT id FROM items WHERE name = 'abc'",
