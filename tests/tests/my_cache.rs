@@ -630,7 +630,10 @@ fn proxied_queries_are_listed_and_cached_by_id() {
          INSERT INTO items VALUES (1, 'a', 1.50), (2, 'b', NULL);",
     );
     until_served_any(&s);
-    s.cli("SELECT price FROM items WHERE id = 1; SELECT id FROM items WHERE name = 'a'");
+    s.cli(
+        "SELECT price FROM items WHERE id = 1; SELECT id FROM items WHERE name = 'a';
+         SELECT count(*) FROM items WHERE name = 'a'",
+    );
     let listed = s.cli("SHOW PROXIED QUERIES");
     let row = |needle: &str| -> Vec<String> {
         listed
@@ -643,11 +646,15 @@ fn proxied_queries_are_listed_and_cached_by_id() {
     };
     let point = row("WHERE id = $1");
     assert_eq!(point[2], "yes", "{listed}");
-    let by_name = row("WHERE name = $1");
+    // A text key compares by the column's collation; grouping by text does not yet.
+    let by_name = row("SELECT id FROM");
+    assert_eq!(by_name[2], "yes", "{listed}");
+    let counted = row("count(*)");
     assert!(
-        by_name[2].starts_with("unsupported: comparing, grouping or ordering text"),
+        counted[2].starts_with("unsupported: comparing, grouping or ordering text"),
         "{listed}"
     );
+    assert_eq!(counted.last().map(String::as_str), Some("yes"), "a shallow cache can: {listed}");
     s.cli(&format!("CREATE CACHE FROM {}", point[0]));
     until_served(&s, "SELECT price FROM items WHERE id = 2");
     assert_eq!(s.cli("SELECT price FROM items WHERE id = 1"), "1.50\n");
