@@ -170,3 +170,35 @@ mod tests {
         );
     }
 }
+
+/// Whether the query uses `||`, which MySQL reads as OR (unless the session's `sql_mode` has
+/// PIPES_AS_CONCAT) and the parser as concatenation, with another precedence: such a query
+/// is refused by deep caches rather than computed with the wrong meaning.
+pub fn uses_double_pipe(query: &Query) -> bool {
+    let found = sqlparser::ast::visit_expressions(query, |e: &sqlparser::ast::Expr| {
+        match e {
+            sqlparser::ast::Expr::BinaryOp {
+                op: sqlparser::ast::BinaryOperator::StringConcat,
+                ..
+            } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    });
+    found.is_break()
+}
+
+#[cfg(test)]
+mod pipe_tests {
+    use super::*;
+
+    #[test]
+    fn double_pipes_are_found() {
+        let q = |sql: &str| {
+            crate::normalize::normalize(sql, crate::statement::Dialect::MySql)
+                .unwrap()
+                .query
+        };
+        assert!(uses_double_pipe(&q("SELECT id FROM t WHERE id = 1 || id = 2")));
+        assert!(!uses_double_pipe(&q("SELECT id FROM t WHERE id = 1 OR id = 2")));
+    }
+}

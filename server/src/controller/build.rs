@@ -42,6 +42,12 @@ impl Controller {
         for (schema, name) in larder_sql::normalize::relations(&normalized.query) {
             self.refuse_not_replicated(schema.as_deref(), &name)?;
         }
+        if self.dialect == Dialect::MySql && larder_sql::mysql::uses_double_pipe(&normalized.query)
+        {
+            return Err(ControllerError::Unsupported(
+                "|| is OR in MySQL (concatenation only under PIPES_AS_CONCAT)".into(),
+            ));
+        }
         let plan = lower(
             &normalized.query,
             &RegistryCatalog { core: &self.core },
