@@ -175,14 +175,12 @@ mod tests {
 /// PIPES_AS_CONCAT) and the parser as concatenation, with another precedence: such a query
 /// is refused by deep caches rather than computed with the wrong meaning.
 pub fn uses_double_pipe(query: &Query) -> bool {
-    let found = sqlparser::ast::visit_expressions(query, |e: &sqlparser::ast::Expr| {
-        match e {
-            sqlparser::ast::Expr::BinaryOp {
-                op: sqlparser::ast::BinaryOperator::StringConcat,
-                ..
-            } => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
-        }
+    let found = sqlparser::ast::visit_expressions(query, |e: &sqlparser::ast::Expr| match e {
+        sqlparser::ast::Expr::BinaryOp {
+            op: sqlparser::ast::BinaryOperator::StringConcat,
+            ..
+        } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
     });
     found.is_break()
 }
@@ -198,7 +196,11 @@ mod pipe_tests {
                 .unwrap()
                 .query
         };
-        assert!(uses_double_pipe(&q("SELECT id FROM t WHERE id = 1 || id = 2")));
-        assert!(!uses_double_pipe(&q("SELECT id FROM t WHERE id = 1 OR id = 2")));
+        assert!(uses_double_pipe(&q(
+            "SELECT id FROM t WHERE id = 1 || id = 2"
+        )));
+        assert!(!uses_double_pipe(&q(
+            "SELECT id FROM t WHERE id = 1 OR id = 2"
+        )));
     }
 }

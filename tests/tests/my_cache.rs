@@ -140,7 +140,8 @@ fn until_served(s: &Setup, sql: &str) {
 
 const SCHEMA: &str = "CREATE TABLE t (id INT PRIMARY KEY, k INT, v BIGINT, d DECIMAL(10,2),
         dt DATE, ts DATETIME(3), s VARCHAR(20), u BIGINT UNSIGNED, y YEAR, tm TIME(2),
-        e ENUM('red','green'), b VARBINARY(8), j JSON, tz TIMESTAMP(2) NULL);
+        e ENUM('red','green'), b VARBINARY(8), j JSON, tz TIMESTAMP(2) NULL, f FLOAT, g DOUBLE,
+        g2 DOUBLE(10,2));
     CREATE TABLE o (id INT PRIMARY KEY, t_id INT, qty SMALLINT, KEY (t_id));";
 
 /// Random data and random writes; every cached answer (text and binary protocol) equals the
@@ -172,7 +173,19 @@ QUERIES = [
     # NULLs sort first ascending in MySQL.
     ("SELECT id, k FROM t WHERE v > %s ORDER BY k, id LIMIT 7", lambda: [rng.randint(-50, 50)]),
     ("SELECT id, k, ts FROM t WHERE v > %s ORDER BY ts DESC, id LIMIT 7", lambda: [rng.randint(-50, 50)]),
+    ("SELECT id, f, g, g2 FROM t WHERE k = %s ORDER BY g, id", lambda: [rng.randint(0, 6)]),
+    ("SELECT max(g), min(f), max(g2) FROM t WHERE k = %s", lambda: [rng.randint(0, 6)]),
+    ("SELECT id FROM t WHERE g > %s ORDER BY id", lambda: [rng.choice([0.0, 0.5, -1e-16, 1e15])]),
 ]
+FLOATS = [0.1, 1e20, 1 / 3, -123.25, 1e-16, 1e-15, 1234567890123456.8, 1e15, 1e14, 2.5, -0.5,
+          123456789012345678.0, 0.30000000000000004, 99999.99, 3.0e38, -1.5e-20]
+def floaty():
+    r = rng.random()
+    if r < 0.5:
+        return rng.choice(FLOATS)
+    if r < 0.8:
+        return rng.uniform(-1e6, 1e6)
+    return rng.random() * 10 ** rng.randint(-20, 20)
 def maybe(x):
     return None if rng.random() < 0.15 else x
 def row(i):
@@ -187,8 +200,9 @@ def row(i):
             maybe(rng.choice(['red', 'green'])),
             maybe(bytes([rng.randint(0, 255) for _ in range(rng.randint(0, 8))])),
             maybe(rng.choice(['{{"a": 1}}', '[1, 2.5, "x"]', 'null'])),
-            maybe('2024-01-%02d %02d:%02d:%02d.%02d' % (rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 99))))
-INSERT = "REPLACE INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            maybe('2024-01-%02d %02d:%02d:%02d.%02d' % (rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 99))),
+            maybe(floaty()), maybe(floaty()), maybe(round(rng.uniform(-1e5, 1e5), rng.randint(0, 3))))
+INSERT = "REPLACE INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 w = connect(autocommit=True)
 wc = w.cursor()
 for i in range(40):
@@ -654,7 +668,11 @@ fn proxied_queries_are_listed_and_cached_by_id() {
         counted[2].starts_with("unsupported: comparing, grouping or ordering text"),
         "{listed}"
     );
-    assert_eq!(counted.last().map(String::as_str), Some("yes"), "a shallow cache can: {listed}");
+    assert_eq!(
+        counted.last().map(String::as_str),
+        Some("yes"),
+        "a shallow cache can: {listed}"
+    );
     s.cli(&format!("CREATE CACHE FROM {}", point[0]));
     until_served(&s, "SELECT price FROM items WHERE id = 2");
     assert_eq!(s.cli("SELECT price FROM items WHERE id = 1"), "1.50\n");
@@ -751,6 +769,94 @@ fn a_purged_binlog_position_is_copied_again() {
     assert!(
         log.contains("no longer has the binlog from the stored position")
             && log.contains("snapshot complete"),
+        "{log}"
+    );
+}
+
+/// A stored position is checked against the binlog file it was read in (its creation time):
+/// the same file name on another server is not taken for it. Larder copies the new server's
+/// data instead of resuming in the middle of someone else's binlog.
+#[test]
+fn another_server_with_the_same_binlog_names_is_copied_again() {
+    let a = MariaDbServer::start().expect("a MariaDB of its own");
+    let b = MariaDbServer::start().expect("another MariaDB of its own");
+    let db = format!("my_other_{}", std::process::id());
+    for m in [&a, &b] {
+        m.query("", &format!("CREATE DATABASE `{db}`"))
+            .expect("database");
+        m.query(&db, "CREATE TABLE items (id INT PRIMARY KEY, price INT)")
+            .expect("table");
+    }
+    a.query(&db, "INSERT INTO items VALUES (1, 10), (2, 20)")
+        .expect("rows");
+    let storage = std::env::temp_dir().join(format!("larder-myother-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let server_id = my_kit::server_id("other").to_string();
+    let storage_arg = storage.display().to_string();
+    let run = |larder: &LarderProcess, m: &MariaDbServer, sql: &str| {
+        assert_ok(&cli(
+            larder.port(),
+            m.admin_user(),
+            m.admin_password(),
+            &db,
+            sql,
+            &[],
+        ))
+    };
+    let served = |larder: &LarderProcess, m: &MariaDbServer, want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = run(
+                larder,
+                m,
+                "SELECT price FROM items WHERE id = 1; EXPLAIN LAST STATEMENT",
+            );
+            if out.starts_with(&format!("{want}\nlarder")) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{out}\n{}",
+                larder.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let url_a = a.url(&db);
+    let larder = LarderProcess::spawn(&args(&url_a, &storage_arg, &server_id), &[])
+        .expect("larder on the first server");
+    run(
+        &larder,
+        &a,
+        "CREATE CACHE FROM SELECT price FROM items WHERE id = ?",
+    );
+    served(&larder, &a, "10");
+    // A new binlog file read from its start, then a transaction in it: the stored position
+    // is in binlog.000002 of the first server, with that file's creation time.
+    a.query(&db, "FLUSH BINARY LOGS").expect("rotate");
+    a.query(&db, "UPDATE items SET price = 11 WHERE id = 1")
+        .expect("write");
+    served(&larder, &a, "11");
+    larder.kill9();
+    drop(larder);
+    // The other server's binlog.000002 is created at least a second later, and holds as many
+    // transactions as the first server's GTID position names.
+    std::thread::sleep(Duration::from_millis(1100));
+    b.query(&db, "FLUSH BINARY LOGS").expect("rotate");
+    for i in 0..20 {
+        b.query(
+            &db,
+            &format!("INSERT INTO items VALUES ({}, {})", i + 1, 100 + i),
+        )
+        .expect("rows");
+    }
+    let url_b = b.url(&db);
+    let larder = LarderProcess::spawn(&args(&url_b, &storage_arg, &server_id), &[])
+        .expect("larder on the other server");
+    served(&larder, &b, "100");
+    let log = larder.log();
+    assert!(
+        log.contains("was created at") && log.contains("snapshot complete"),
         "{log}"
     );
 }

@@ -8,7 +8,12 @@
 //! transaction.
 //!
 //! Storage: [`Position::encode`] writes a versioned binary form that [`Position::decode`]
-//! reads back; anything else is rejected.
+//! reads back (version 1, without `created`, too); anything else is rejected.
+//!
+//! `created` is when the binlog file was created (its format description event's timestamp),
+//! once the stream has read it: a stream resumed at the position checks it, so that a file of
+//! the same name on another server, or after `RESET MASTER`, is not taken for this one. It is
+//! not part of the position's identity or order.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -16,7 +21,7 @@ use std::fmt;
 use crate::error::ReplicationError;
 
 /// Opaque, totally ordered position in the upstream's binlog.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct Position {
     /// Binlog file name (`binlog.000003`).
     pub file: String,
@@ -26,9 +31,25 @@ pub struct Position {
     /// transaction taken. MySQL: the executed GTID set, when known. `None` when the upstream
     /// has no GTIDs.
     pub gtid: Option<String>,
+    /// When `file` was created (its format description event's timestamp), when known.
+    pub created: Option<u32>,
 }
 
-const ENCODING_VERSION: u8 = 1;
+impl PartialEq for Position {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Position {}
+
+impl std::hash::Hash for Position {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.file, self.offset, &self.gtid).hash(state);
+    }
+}
+
+const ENCODING_VERSION: u8 = 2;
 /// Longest file name / GTID text accepted by `decode` (guards against garbage lengths).
 const TEXT_MAX: usize = 1 << 20;
 
@@ -38,7 +59,14 @@ impl Position {
             file: file.into(),
             offset,
             gtid: gtid.filter(|g| !g.is_empty()),
+            created: None,
         }
+    }
+
+    /// The position with its file's creation time.
+    pub fn created(mut self, created: Option<u32>) -> Position {
+        self.created = created;
+        self
     }
 
     /// The numeric suffix of the file name (`binlog.000012` -> 12); 0 when there is none.
@@ -53,7 +81,8 @@ impl Position {
         (self.file_sequence() << 32) | (self.offset & 0xffff_ffff)
     }
 
-    /// Versioned binary form: `[1] file_len:u32le file offset:u64le has_gtid:u8 [gtid_len:u32le gtid]`.
+    /// Versioned binary form: `[2] file_len:u32le file offset:u64le has_gtid:u8
+    /// [gtid_len:u32le gtid] has_created:u8 [created:u32le]` (version 1 ends after the GTID).
     pub fn encode(&self) -> Vec<u8> {
         let gtid = self.gtid.as_deref().unwrap_or("");
         let mut out = Vec::with_capacity(18 + self.file.len() + gtid.len());
@@ -69,6 +98,13 @@ impl Position {
                 out.extend_from_slice(g.as_bytes());
             }
         }
+        match self.created {
+            None => out.push(0),
+            Some(c) => {
+                out.push(1);
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
         out
     }
 
@@ -77,11 +113,11 @@ impl Position {
     pub fn decode(bytes: &[u8]) -> Result<Position, ReplicationError> {
         let bad = |why: &str| ReplicationError::InvalidPosition(why.to_string());
         let mut r = Reader(bytes);
-        match r.take(1).map(|b| b[0]) {
-            Some(ENCODING_VERSION) => {}
+        let version = match r.take(1).map(|b| b[0]) {
+            Some(v @ (1 | ENCODING_VERSION)) => v,
             Some(v) => return Err(bad(&format!("unknown encoding version {v}"))),
             None => return Err(bad("empty")),
-        }
+        };
         let file = r.text().ok_or_else(|| bad("bad file name"))?;
         if file.is_empty() {
             return Err(bad("empty file name"));
@@ -95,10 +131,20 @@ impl Position {
             Some(1) => Some(r.text().ok_or_else(|| bad("bad GTID text"))?),
             _ => return Err(bad("bad GTID flag")),
         };
+        let created = match (version, r.take(1).map(|b| b[0])) {
+            (1, None) => None,
+            (_, Some(0)) => None,
+            (_, Some(1)) => Some(
+                r.take(4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+                    .ok_or_else(|| bad("truncated creation time"))?,
+            ),
+            _ => return Err(bad("bad creation time flag")),
+        };
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Position::new(file, offset, gtid))
+        Ok(Position::new(file, offset, gtid).created(created))
     }
 }
 
@@ -203,10 +249,21 @@ mod tests {
                 0,
                 Some("3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5".into()),
             ),
+            Position::new("binlog.000002", 99, None).created(Some(1_733_000_000)),
         ] {
             let bytes = pos.encode();
-            assert_eq!(Position::decode(&bytes).unwrap(), pos);
+            let back = Position::decode(&bytes).unwrap();
+            assert_eq!(back, pos);
+            assert_eq!(back.created, pos.created);
         }
+        // Version 1 (stored before creation times were kept) still reads.
+        let mut v1 = Position::new("binlog.000001", 4, Some("0-1-2".into())).encode();
+        v1[0] = 1;
+        v1.pop();
+        assert_eq!(
+            Position::decode(&v1).unwrap(),
+            Position::new("binlog.000001", 4, Some("0-1-2".into()))
+        );
         // An empty GTID is no GTID.
         assert_eq!(Position::new("f.1", 4, Some(String::new())).gtid, None);
     }

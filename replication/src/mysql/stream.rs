@@ -95,6 +95,11 @@ pub struct MyStream {
     /// Relations already sent in this session (in their current shape).
     emitted: HashSet<u32>,
     file: String,
+    /// When `file` was created (its FORMAT_DESCRIPTION event's timestamp), once read.
+    created: Option<u32>,
+    /// The file and creation time the start position was read in: the first
+    /// FORMAT_DESCRIPTION of that file must match, else the position means another stream.
+    expect_created: Option<(String, u32)>,
     /// Whether the FORMAT_DESCRIPTION event of the stream has been seen.
     seen_fde: bool,
     /// Whether events carry a CRC32 (then the fake ROTATE, read before the format is
@@ -200,6 +205,8 @@ impl MyStream {
             missing: HashSet::new(),
             emitted: HashSet::new(),
             file: from.file.clone(),
+            created: None,
+            expect_created: from.created.map(|c| (from.file.clone(), c)),
             seen_fde: false,
             checksum,
             gtid,
@@ -321,7 +328,32 @@ impl MyStream {
             Flavor::MariaDb if !self.gtid.is_empty() => Some(self.gtid.to_string()),
             _ => None,
         };
-        Position::new(self.file.clone(), self.end_of(event) as u64, gtid)
+        Position::new(self.file.clone(), self.end_of(event) as u64, gtid).created(self.created)
+    }
+
+    /// A FORMAT_DESCRIPTION event: the current file's creation time, checked against the
+    /// start position's once.
+    fn format_description(&mut self, event: &Event) -> Result<(), ReplicationError> {
+        self.seen_fde = true;
+        // A server may send 0 for the file it starts a dump in the middle of: unknown.
+        let created = event.header().timestamp();
+        self.created = (created != 0).then_some(created);
+        tracing::debug!(file = %self.file, created, "binlog format description");
+        if created == 0 {
+            return Ok(());
+        }
+        if let Some((file, expected)) = self.expect_created.take() {
+            if file == self.file && expected != created {
+                return Err(ReplicationError::PositionLost {
+                    detail: format!(
+                        "binlog file {file} was created at {created} (unix time), not at \
+                         {expected} as when the stored position was read: another server, or \
+                         a reset binlog"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The event's end offset; inside a compressed transaction payload, the payload's.
@@ -338,7 +370,7 @@ impl MyStream {
             .end_of(event)
             .saturating_sub(h.event_size().max(EVENT_HEADER_LEN));
         self.txn = Some(Txn {
-            start: Position::new(self.file.clone(), start as u64, None),
+            start: Position::new(self.file.clone(), start as u64, None).created(self.created),
             changes: Vec::new(),
             bytes: 0,
             parts_sent: 0,
@@ -366,7 +398,7 @@ impl MyStream {
         let raw = event.header().event_type_raw();
         if BETWEEN_TRANSACTIONS.contains(&raw) && event.header().log_pos() > 0 {
             if raw == 15 {
-                self.seen_fde = true;
+                self.format_description(&event)?;
             }
             let position = self.position_after(&event);
             return Ok(self.idle_advance(position));
@@ -407,6 +439,9 @@ impl MyStream {
                 let name = String::from_utf8(name)
                     .map_err(|e| self.event_error(&event, format!("file name: {e}")))?;
                 debug!(file = %name, pos = r.position(), "binlog rotate");
+                if name != self.file {
+                    self.created = None;
+                }
                 self.file = name;
                 if event.header().log_pos() == 0 {
                     // The dump's own announcement of where it starts.
@@ -416,11 +451,12 @@ impl MyStream {
                     Flavor::MariaDb if !self.gtid.is_empty() => Some(self.gtid.to_string()),
                     _ => None,
                 };
-                let position = Position::new(self.file.clone(), r.position(), gtid);
+                let position =
+                    Position::new(self.file.clone(), r.position(), gtid).created(self.created);
                 Ok(self.idle_advance(position))
             }
             EventData::FormatDescriptionEvent(_) => {
-                self.seen_fde = true;
+                self.format_description(&event)?;
                 Ok(None)
             }
             EventData::XidEvent(_) => self.commit(&event).map(Some),

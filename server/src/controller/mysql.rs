@@ -9,7 +9,8 @@
 //!
 //! MySQL's evaluation differs from the Postgres semantics the dataflow implements in places
 //! that change results: text compares by collation (`_ci`, PAD SPACE), `/` and `SUM` give
-//! DECIMAL, ascending order puts NULLs first, and floats print their own way.
+//! DECIMAL, ascending order puts NULLs first (FLOAT and DOUBLE print as MySQL prints them:
+//! `larder_adapter`'s `mysql::messages::float`).
 //! [`mysql_refusal`] keeps caches to plans where the two agree exactly, and says which
 //! construct it refused. The one text comparison kept is a reader key's equality, which
 //! [`Controller::attach_key_collations`] makes the column collation's. TIMESTAMP values (kept in UTC) print and compare in the session's
@@ -208,6 +209,8 @@ fn my_type_matches(code: u8, ty: &SqlType) -> bool {
         1 | 2 | 3 | 8 | 9 | 13 => matches!(ty, Int2 | Int4 | Int8 | Numeric),
         // DECIMAL (a SUM of integers too: its digits are the integer's).
         0 | 246 => matches!(ty, Numeric | Int2 | Int4 | Int8),
+        4 => matches!(ty, Float4),
+        5 => matches!(ty, Float8),
         7 => matches!(ty, TimestampTz),
         10 => matches!(ty, Date),
         11 => matches!(ty, Time),
@@ -274,9 +277,16 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
                     let ty = a.arg.map(|c| &types(*input)[c]);
                     match a.func {
                         AggFunc::Count if !a.distinct => {}
-                        // DISTINCT compares values: exact for numbers and dates, not for text.
-                        AggFunc::Count | AggFunc::Min | AggFunc::Max => {
+                        // DISTINCT compares values: exact for numbers and dates, not for text
+                        // (collations) nor floats (MySQL's -0 and 0).
+                        AggFunc::Count => {
                             if ty.is_some_and(|t| is_text(t) || is_float(t)) {
+                                return text_cmp();
+                            }
+                        }
+                        // Floats order by value in both.
+                        AggFunc::Min | AggFunc::Max => {
+                            if ty.is_some_and(is_text) {
                                 return text_cmp();
                             }
                         }
@@ -336,9 +346,6 @@ pub(crate) fn mysql_refusal(plan: &CachePlan, json_as_stored: bool) -> Option<St
     }
     for out in &plan.output {
         match out.ty {
-            SqlType::Float4 | SqlType::Float8 => {
-                return Some("FLOAT and DOUBLE results print as MySQL prints them".into())
-            }
             SqlType::Bool => return Some("boolean results are integers in MySQL".into()),
             SqlType::Json if !json_as_stored => {
                 return Some("MySQL prints JSON in its own normalized form".into())
@@ -452,6 +459,8 @@ mod tests {
             "SELECT count(*) FROM items WHERE id IN (1, 2, 3)",
             "SELECT max(price) FROM items WHERE name IS NULL",
             "SELECT sum(price), sum(id), count(DISTINCT id) FROM items WHERE name IS NULL",
+            "SELECT w FROM items WHERE id = 1",
+            "SELECT max(w), min(w) FROM items WHERE id = 1",
         ] {
             assert_eq!(refusal(sql), None, "{sql}");
         }
@@ -482,7 +491,6 @@ mod tests {
             "SELECT id + 1 FROM items",
             "SELECT avg(price) FROM items",
             "SELECT count(DISTINCT name) FROM items",
-            "SELECT w FROM items WHERE id = 1",
             "SELECT DISTINCT name FROM items",
             "SELECT id FROM items WHERE id / 2 = 1",
         ] {

@@ -13,6 +13,7 @@ mod command;
 mod eof;
 mod err;
 pub mod flags;
+mod float;
 mod handshake;
 mod handshake_response;
 mod ok;

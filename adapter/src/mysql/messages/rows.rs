@@ -118,6 +118,9 @@ fn text_of(v: &Value, ty: &ColumnType) -> Result<Option<Vec<u8>>, String> {
             push_time_of_day(&mut s, *us, ty.decimals);
             s.into_bytes()
         }
+        Value::Float(f) if matches!(ty.code, code::FLOAT | code::DOUBLE) => {
+            super::float::float_text(*f, ty.code == code::FLOAT, ty.decimals)?.into_bytes()
+        }
         other => return Err(format!("a {} value", value_kind(other))),
     }))
 }
@@ -191,7 +194,17 @@ fn put_binary_value(out: &mut BytesMut, v: &Value, ty: &ColumnType) -> Result<()
         code::LONG | code::INT24 => out.put_u32_le(int_of(v, ty)? as u32),
         code::LONGLONG => out.put_u64_le(int_of(v, ty)? as u64),
         code::FLOAT | code::DOUBLE => {
-            return Err("a floating-point column".into());
+            let Value::Float(f) = v else {
+                return Err(format!(
+                    "a {} value in a floating-point column",
+                    value_kind(v)
+                ));
+            };
+            if ty.code == code::FLOAT {
+                out.put_f32_le(*f as f32);
+            } else {
+                out.put_f64_le(*f);
+            }
         }
         code::DATE | code::DATETIME | code::TIMESTAMP => {
             let ((y, m, d), tod) = match v {

@@ -640,6 +640,7 @@ fn in_utc(params: &[ParamSource], types: &[SqlType]) -> Vec<ParamSource> {
 /// integral value.
 fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, String> {
     let integer_slot = matches!(slot, Some(SqlType::Int2 | SqlType::Int4 | SqlType::Int8));
+    let float_slot = matches!(slot, Some(SqlType::Float4 | SqlType::Float8));
     let text_slot = matches!(
         slot,
         Some(SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name | SqlType::Json)
@@ -656,6 +657,8 @@ fn param_value(p: &ParamValue<'_>, slot: Option<&SqlType>) -> Result<Value, Stri
         ParamValue::UInt(u) if integer_slot && i64::try_from(*u).is_ok() => Value::Int(*u as i64),
         ParamValue::Int(i) => Value::Text(i.to_string()),
         ParamValue::UInt(u) => Value::Text(u.to_string()),
+        // Compared with a FLOAT or DOUBLE column as a double, as MySQL does.
+        ParamValue::Double(d) if float_slot && d.is_finite() => Value::Text(format!("{d:?}")),
         ParamValue::Double(d) => {
             if !(integer_slot && d.fract() == 0.0 && d.abs() < 9.007_199_254_740_992e15) {
                 return Err("a floating-point parameter not compared with an integer".into());
@@ -696,6 +699,15 @@ mod tests {
         );
         assert!(param_value(&ParamValue::Double(7.5), int).is_err());
         assert!(param_value(&ParamValue::Double(7.0), Some(&SqlType::Numeric)).is_err());
+        let float = Some(&SqlType::Float8);
+        assert_eq!(
+            param_value(&ParamValue::Double(0.1), float).unwrap(),
+            Value::Text("0.1".into())
+        );
+        assert_eq!(
+            param_value(&ParamValue::Double(1e15), float).unwrap(),
+            Value::Text("1000000000000000.0".into())
+        );
         // MySQL compares text with a number as numbers ('' = 0): not by the number's text.
         let text = Some(&SqlType::Text);
         assert!(param_value(&ParamValue::Int(0), text).is_err());
