@@ -135,6 +135,17 @@ pub struct Config {
     #[arg(long, env = "MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
 
+    /// RocksDB's block cache (table data, index and filter blocks, shared by all tables), in
+    /// bytes (units as --memory-limit). With --memory-limit and --storage-write-buffer-bytes it
+    /// bounds what Larder's resident size grows with.
+    #[arg(long, env = "STORAGE_BLOCK_CACHE_BYTES", value_parser = parse_bytes, default_value = "32MiB")]
+    pub storage_block_cache_bytes: u64,
+
+    /// RocksDB's write buffers (memtables) of all column families together, in bytes (units as
+    /// --memory-limit); writes past it flush to disk.
+    #[arg(long, env = "STORAGE_WRITE_BUFFER_BYTES", value_parser = parse_bytes, default_value = "32MiB")]
+    pub storage_write_buffer_bytes: u64,
+
     /// Maximum concurrent client connections; the excess gets SQLSTATE 53300.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
@@ -259,6 +270,17 @@ pub enum ShallowAllow {
 }
 
 /// A byte count with an optional unit (`512MiB`, `2GB`, `1048576`).
+impl Config {
+    /// RocksDB's memory bounds (`--storage-block-cache-bytes`, `--storage-write-buffer-bytes`).
+    pub fn storage_memory(&self) -> crate::storage::StorageMemory {
+        crate::storage::StorageMemory {
+            block_cache_bytes: usize::try_from(self.storage_block_cache_bytes).unwrap_or(usize::MAX),
+            write_buffer_bytes: usize::try_from(self.storage_write_buffer_bytes)
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t

@@ -119,7 +119,7 @@ async fn run_postgres(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyho
         "{}.db",
         larder_replication::pg::object_name(&cfg.deployment)
     ));
-    let storage = Storage::open(&storage_path)
+    let storage = Storage::open_with(&storage_path, cfg.storage_memory())
         .with_context(|| format!("opening storage at {}", storage_path.display()))?;
     // Stored tables are loaded only once the upstream is known to be the one they were copied
     // from (in `start_replication`): until then nothing stored is served or shown.

@@ -143,7 +143,7 @@ fn start_replication(
     std::fs::create_dir_all(&cfg.storage_dir)
         .with_context(|| format!("creating --storage-dir {}", cfg.storage_dir.display()))?;
     let path = storage_path(cfg);
-    let storage = crate::storage::Storage::open(&path)
+    let storage = crate::storage::Storage::open_with(&path, cfg.storage_memory())
         .with_context(|| format!("opening storage at {}", path.display()))?;
     if storage.position()?.is_some() && storage.resume()?.is_none() {
         bail!(

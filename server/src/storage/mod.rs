@@ -145,15 +145,57 @@ pub struct Storage {
     pub index_builds: std::sync::Mutex<()>,
 }
 
+/// What RocksDB may hold in memory: one block cache shared by every column family (data,
+/// index and filter blocks all in it, so open tables add no memory of their own beyond it),
+/// and the write buffers of all column families together. With `--memory-limit` bounding the
+/// caches, these bound the rest of what Larder's resident size grows with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageMemory {
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StorageMemory {
+    fn default() -> Self {
+        StorageMemory {
+            block_cache_bytes: 32 << 20,
+            write_buffer_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Smallest memtable RocksDB is given (smaller ones flush too often to be useful).
+const MEMTABLE_MIN_BYTES: usize = 1 << 20;
+
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
+        Storage::open_with(dir, StorageMemory::default())
+    }
+
+    /// [`Storage::open`] with RocksDB's memory bounded by `memory`.
+    pub fn open_with(dir: &Path, memory: StorageMemory) -> Result<Storage, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        let cfs = [CF_ROWS, CF_META, CF_INDEX]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        // Every column family's memtables together; a flush starts past it.
+        opts.set_db_write_buffer_size(memory.write_buffer_bytes);
+        let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_bytes)?;
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let families = [CF_ROWS, CF_META, CF_INDEX];
+        // Two memtables per family, within the total.
+        let memtable =
+            (memory.write_buffer_bytes / (2 * families.len())).max(MEMTABLE_MIN_BYTES);
+        let cfs = families.into_iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            cf.set_write_buffer_size(memtable);
+            cf.set_max_write_buffer_number(2);
+            ColumnFamilyDescriptor::new(name, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let storage = Storage {
             db,
