@@ -274,7 +274,8 @@ impl Config {
     /// RocksDB's memory bounds (`--storage-block-cache-bytes`, `--storage-write-buffer-bytes`).
     pub fn storage_memory(&self) -> crate::storage::StorageMemory {
         crate::storage::StorageMemory {
-            block_cache_bytes: usize::try_from(self.storage_block_cache_bytes).unwrap_or(usize::MAX),
+            block_cache_bytes: usize::try_from(self.storage_block_cache_bytes)
+                .unwrap_or(usize::MAX),
             write_buffer_bytes: usize::try_from(self.storage_write_buffer_bytes)
                 .unwrap_or(usize::MAX),
         }

@@ -589,6 +589,8 @@ async fn restore_shallow(controller: &Controller, c: &crate::storage::StoredCach
 
 /// How often `--memory-limit` is checked.
 const MEMORY_CHECK_INTERVAL_MS: u64 = 200;
+/// How often, at most, memory freed by eviction is given back to the system.
+const RELEASE_INTERVAL_MS: u64 = 1000;
 
 /// What shallow cache entries may hold when `--memory-limit` is not given.
 const SHALLOW_BUDGET_DEFAULT_BYTES: usize = 1 << 30;
@@ -625,18 +627,29 @@ async fn keep_memory_limit(core: Arc<Core>, limit: Option<u64>) {
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let clock = Arc::new(std::sync::Mutex::new(crate::memory::CacheClock::default()));
+    let mut trimmed = std::time::Instant::now();
     loop {
         // Partial caches' keys first, then whole caches by the clock (off the async
         // workers: both take the dataflow lock).
         let (c, clock) = (core.clone(), clock.clone());
-        let deep = tokio::task::spawn_blocking(move || {
-            crate::partial::evict_within(&c, limit as u64);
+        let trim = trimmed.elapsed() >= std::time::Duration::from_millis(RELEASE_INTERVAL_MS);
+        let (deep, released) = tokio::task::spawn_blocking(move || {
+            let keys = crate::partial::evict_within(&c, limit as u64);
             let mut clock = clock.lock().expect("cache clock poisoned");
-            crate::memory::evict_caches_within(&c, limit as u64, &mut clock);
-            crate::partial::cache_bytes(&c)
+            let caches = crate::memory::evict_caches_within(&c, limit as u64, &mut clock);
+            // What eviction freed goes back to the system, or the resident size would stay
+            // at its peak.
+            let release = trim && keys + caches > 0;
+            if release {
+                crate::memory::release_freed();
+            }
+            (crate::partial::cache_bytes(&c), release)
         })
         .await
-        .unwrap_or(0);
+        .unwrap_or((0, false));
+        if released {
+            trimmed = std::time::Instant::now();
+        }
         let deep = usize::try_from(deep).unwrap_or(usize::MAX);
         core.shallow.store.set_budget(limit.saturating_sub(deep));
         core.shallow.store.trim();

@@ -42,23 +42,39 @@ use larder_sql::plan::RangeFamily;
 /// Default bound on the number of key combinations one read may expand to.
 pub const READ_KEY_COMBINATIONS_MAX: usize = 10_000;
 
-/// Rows of one reader key.
+/// Rows of one reader key. Kept small: a reader holds one per key in each of its two copies,
+/// so what most keys never have (poison, a range index) lives behind one pointer.
 #[derive(Clone, Debug, Default)]
 struct KeyRows {
     /// Row -> multiplicity. Counts are never zero; negative counts mark unmatched deletes.
     rows: RowSet,
+    /// Poison counts and the range index, when the key has any.
+    extra: Option<Box<KeyExtra>>,
+}
+
+/// What few keys have. Dropped when back to its default.
+#[derive(Clone, Debug, Default)]
+struct KeyExtra {
     /// Net count of rows that failed to evaluate and map to this key.
     poison: i64,
     /// Number of rows whose count is negative.
     negative: u32,
-    /// With a range read, once the key has rows: its range index (boxed, so that keys of
-    /// readers without one do not pay for its empty maps).
-    range: Option<Box<RangeRows>>,
+    /// With a range read, once the key has rows: its range index.
+    range: Option<RangeRows>,
+}
+
+impl KeyExtra {
+    fn is_default(&self) -> bool {
+        self.poison == 0 && self.negative == 0 && self.range.is_none()
+    }
 }
 
 /// A key's range index, or `none` when it has no rows.
 fn range_of<'a>(src: &'a KeyRows, none: &'a RangeRows) -> &'a RangeRows {
-    src.range.as_deref().unwrap_or(none)
+    src.extra
+        .as_deref()
+        .and_then(|e| e.range.as_ref())
+        .unwrap_or(none)
 }
 
 /// The range index of one key's rows.
@@ -76,7 +92,8 @@ impl KeyRows {
         if was == is || matches!(place, Indexed::Null) {
             return;
         }
-        let range = self.range.get_or_insert_with(Box::default);
+        let extra = self.extra.get_or_insert_with(Box::default);
+        let range = extra.range.get_or_insert_with(RangeRows::default);
         match (place, is) {
             (Indexed::At(value), true) => {
                 range.index.entry(value).or_default().insert(row);
@@ -98,35 +115,117 @@ impl KeyRows {
             (Indexed::Null, _) => {}
         }
         if range.index.is_empty() && range.unplaced.is_empty() {
-            self.range = None;
+            extra.range = None;
+        }
+        self.tidy();
+    }
+
+    /// Changes the extra counts (created if needed, dropped when back to nothing).
+    fn with_extra(&mut self, f: impl FnOnce(&mut KeyExtra)) {
+        f(self.extra.get_or_insert_with(Box::default));
+        self.tidy();
+    }
+
+    fn tidy(&mut self) {
+        if self.extra.as_deref().is_some_and(KeyExtra::is_default) {
+            self.extra = None;
         }
     }
 
+    fn poison(&self) -> i64 {
+        self.extra.as_deref().map_or(0, |e| e.poison)
+    }
+
     fn is_poisoned(&self) -> bool {
-        self.poison != 0 || self.negative != 0
+        self.extra
+            .as_deref()
+            .is_some_and(|e| e.poison != 0 || e.negative != 0)
     }
 
     fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.poison == 0
+        self.rows.is_empty() && self.poison() == 0
     }
 
     /// One copy of `row` (the computed row of a key without rows).
     fn single(row: SortedRow) -> KeyRows {
         KeyRows {
             rows: RowSet::single(row),
-            poison: 0,
-            negative: 0,
-            range: None,
+            extra: None,
         }
     }
 }
 
-/// Estimated bytes one distinct row takes in a reader (its values, the row itself and the
-/// map entry it lives in).
+/// Bytes the allocator takes for a request of `n` bytes (glibc: 8 bytes of header, 16-byte
+/// alignment, 32 at least).
+fn alloc_bytes(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// Heap bytes of a value besides its inline size.
+fn value_heap_bytes(v: &Value) -> usize {
+    match v {
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => {
+            alloc_bytes(s.capacity())
+        }
+        Value::Bytes(b) => alloc_bytes(b.capacity()),
+        Value::Array(items) => {
+            alloc_bytes(items.capacity() * std::mem::size_of::<Value>())
+                + items.iter().map(value_heap_bytes).sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Bytes one distinct row takes in a reader: its shared allocation (counts and values) and
+/// what its values point to. Both copies of the left-right pair share it.
 fn row_bytes(row: &SortedRow) -> usize {
-    std::mem::size_of::<SortedRow>()
-        + 2 * std::mem::size_of::<usize>()
-        + row.row.iter().map(crate::graph::value_bytes).sum::<usize>()
+    alloc_bytes(2 * std::mem::size_of::<usize>() + std::mem::size_of_val(&*row.row))
+        + row.row.iter().map(value_heap_bytes).sum::<usize>()
+}
+
+/// Heap bytes of a key besides its map slot (in each copy).
+fn key_heap_bytes(key: &Key) -> usize {
+    alloc_bytes(key.0.capacity() * std::mem::size_of::<larder_sql::value::KeyPart>())
+        + key
+            .0
+            .iter()
+            .map(|p| match p {
+                larder_sql::value::KeyPart::Decimal(s)
+                | larder_sql::value::KeyPart::Text(s)
+                | larder_sql::value::KeyPart::Other(s) => alloc_bytes(s.capacity()),
+                larder_sql::value::KeyPart::Bytes(b) => alloc_bytes(b.capacity()),
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// Bytes a set of rows of one key holds besides the key's slot (in each copy): a B-tree's
+/// entries (with its nodes' slack) once it holds more than one row.
+fn set_heap_bytes(rows: &RowSet) -> usize {
+    /// A B-tree entry (row reference and count), with nodes two-thirds full on average.
+    const TREE_ENTRY_BYTES: usize = (std::mem::size_of::<SortedRow>() + 8) * 3 / 2;
+    match rows {
+        RowSet::Many(map) => map.len() * TREE_ENTRY_BYTES,
+        _ => 0,
+    }
+}
+
+/// Bytes of a hash map's table able to hold `capacity` entries of `slot` bytes (hashbrown:
+/// a power of two of buckets, at most seven eighths full, one control byte each).
+fn table_bytes(capacity: usize, slot: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    alloc_bytes(buckets * (slot + 1))
 }
 
 /// One copy of a reader's data.
@@ -136,13 +235,17 @@ pub(crate) struct ReaderState {
     /// Net count of rows whose reader key could not be computed.
     poison_all: i64,
     /// FxHash: keys come from the table's rows (not from clients), and a hit hashes one key.
-    keys: FxHashMap<Key, KeyRows>,
+    /// Boxed: a slot of the table is then a key and a pointer, and the table (about twice as
+    /// many slots as keys, in each copy) stays small.
+    keys: FxHashMap<Key, Box<KeyRows>>,
     /// The column each key's rows are indexed on, for range reads, and its type family.
     range_column: Option<(usize, RangeFamily)>,
     /// Rows with positive counts, counted with multiplicity.
     row_count: u64,
-    /// Estimated bytes of the distinct rows held (one copy of the left-right pair).
+    /// Estimated bytes of the distinct rows held (shared by both copies of the pair).
     row_bytes: u64,
+    /// Estimated heap bytes of the keys and of their row sets, in this copy.
+    key_bytes: u64,
     poisoned_keys: u64,
     /// Holds only the keys filled on demand ([`ReaderOp::Fill`]); changes to other keys are
     /// dropped, and a read of one is a hole ([`ReadError::Holes`]).
@@ -197,6 +300,15 @@ impl ReaderState {
         self.keys.len()
     }
 
+    /// Estimated bytes of the pair of copies: the rows once, and each copy's table, keys
+    /// and row sets (the copies hold the same keys).
+    fn bytes(&self) -> u64 {
+        let slot = std::mem::size_of::<(Key, Box<KeyRows>)>();
+        let entries = self.keys.len() * alloc_bytes(std::mem::size_of::<KeyRows>());
+        let per_copy = (table_bytes(self.keys.capacity(), slot) + entries) as u64 + self.key_bytes;
+        self.row_bytes.saturating_add(per_copy.saturating_mul(2))
+    }
+
     /// The keys in map order from position `start`, wrapping around once.
     pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = &Key> {
         self.keys
@@ -214,13 +326,16 @@ impl ReaderState {
                 diff,
             } => {
                 if !self.partial || self.keys.contains_key(&key) {
-                    self.update_key(key, |entry| entry.poison += diff)
+                    self.update_key(key, |entry| entry.with_extra(|e| e.poison += diff))
                 }
             }
             ReaderOp::Ready => self.ready = true,
             ReaderOp::Fill { key } => {
                 debug_assert!(self.partial, "only partial readers are filled by key");
-                self.keys.entry(key).or_default();
+                if let hash_map::Entry::Vacant(v) = self.keys.entry(key) {
+                    self.key_bytes += key_heap_bytes(v.key()) as u64;
+                    v.insert(Box::default());
+                }
             }
             ReaderOp::Evict { key } => self.evict(&key),
         }
@@ -231,6 +346,9 @@ impl ReaderState {
         let Some(entry) = self.keys.remove(key) else {
             return;
         };
+        self.key_bytes = self
+            .key_bytes
+            .saturating_sub((key_heap_bytes(key) + set_heap_bytes(&entry.rows)) as u64);
         if entry.is_poisoned() {
             self.poisoned_keys = self.poisoned_keys.saturating_sub(1);
         }
@@ -262,9 +380,9 @@ impl ReaderState {
                 entry.reindex(place, row, old != 0, new != 0);
             }
             if old < 0 && new >= 0 {
-                entry.negative = entry.negative.saturating_sub(1);
+                entry.with_extra(|e| e.negative = e.negative.saturating_sub(1));
             } else if old >= 0 && new < 0 {
-                entry.negative = entry.negative.saturating_add(1);
+                entry.with_extra(|e| e.negative = e.negative.saturating_add(1));
             }
             positive_delta = new.max(0) - old.max(0);
         });
@@ -275,27 +393,33 @@ impl ReaderState {
     /// Runs `f` on the key's entry (created if missing), keeping the poisoned-key count and
     /// dropping the entry when it becomes empty.
     fn update_key(&mut self, key: Key, f: impl FnOnce(&mut KeyRows)) {
+        let mut bytes_delta: i64 = 0;
         let (was_poisoned, is_poisoned) = match self.keys.entry(key) {
             hash_map::Entry::Occupied(mut o) => {
                 let was = o.get().is_poisoned();
+                let set_before = set_heap_bytes(&o.get().rows) as i64;
                 f(o.get_mut());
                 let is = o.get().is_poisoned();
+                bytes_delta += set_heap_bytes(&o.get().rows) as i64 - set_before;
                 // A partial reader keeps a filled key without rows: it is known to be empty.
                 if o.get().is_empty() && !self.partial {
+                    bytes_delta -= key_heap_bytes(o.key()) as i64;
                     o.remove();
                 }
                 (was, is)
             }
             hash_map::Entry::Vacant(v) => {
-                let mut entry = KeyRows::default();
+                let mut entry = Box::<KeyRows>::default();
                 f(&mut entry);
                 let is = entry.is_poisoned();
                 if !entry.is_empty() {
+                    bytes_delta += (key_heap_bytes(v.key()) + set_heap_bytes(&entry.rows)) as i64;
                     v.insert(entry);
                 }
                 (false, is)
             }
         };
+        self.key_bytes = self.key_bytes.saturating_add_signed(bytes_delta);
         match (was_poisoned, is_poisoned) {
             (false, true) => self.poisoned_keys += 1,
             (true, false) => self.poisoned_keys = self.poisoned_keys.saturating_sub(1),
@@ -426,7 +550,7 @@ impl ReaderHandle {
             ready: s.ready,
             keys: s.keys.len() as u64,
             rows: s.row_count,
-            bytes: s.row_bytes.saturating_mul(2),
+            bytes: s.bytes(),
             poisoned_keys: s.poisoned_keys,
             poisoned_all: s.poison_all != 0,
         })

@@ -187,8 +187,7 @@ impl Storage {
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let families = [CF_ROWS, CF_META, CF_INDEX];
         // Two memtables per family, within the total.
-        let memtable =
-            (memory.write_buffer_bytes / (2 * families.len())).max(MEMTABLE_MIN_BYTES);
+        let memtable = (memory.write_buffer_bytes / (2 * families.len())).max(MEMTABLE_MIN_BYTES);
         let cfs = families.into_iter().map(|name| {
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
