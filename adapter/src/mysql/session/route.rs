@@ -312,15 +312,7 @@ impl Route {
         &mut self,
         payload: &[u8],
     ) -> Result<(Arc<Shape>, Vec<u8>), String> {
-        let id = StmtExecute::statement_id_of(payload).ok_or("a short COM_STMT_EXECUTE")?;
-        let Some(stmt) = self.statements.get_mut(&id) else {
-            return Err("a statement Larder does not track".into());
-        };
-        let exec = StmtExecute::decode(payload, stmt.params, stmt.types.as_deref())
-            .map_err(|e| format!("parameters Larder cannot read: {e}"))?;
-        if let Some(t) = &exec.types {
-            stmt.types = Some(t.clone());
-        }
+        let (stmt, exec) = self.execution(payload)?;
         let shape = stmt.shape.clone().ok_or("not a cacheable SELECT")?;
         if stmt.long_data {
             return Err("parameters sent as long data".into());
@@ -448,17 +440,28 @@ impl Route {
         }
     }
 
-    /// An execution: remembers the parameter types it declares, and decides.
-    pub(super) fn decide_execute(&mut self, payload: &[u8]) -> Result<Read, String> {
+    /// The tracked statement an execution runs, and the execution decoded; the parameter
+    /// types it declares are remembered for the next executions.
+    fn execution<'p>(
+        &mut self,
+        payload: &'p [u8],
+    ) -> Result<(&mut Statement, StmtExecute<'p>), String> {
         let id = StmtExecute::statement_id_of(payload).ok_or("a short COM_STMT_EXECUTE")?;
-        let Some(stmt) = self.statements.get_mut(&id) else {
-            return Err("a statement Larder does not track".into());
-        };
+        let stmt = self
+            .statements
+            .get_mut(&id)
+            .ok_or("a statement Larder does not track")?;
         let exec = StmtExecute::decode(payload, stmt.params, stmt.types.as_deref())
             .map_err(|e| format!("parameters Larder cannot read: {e}"))?;
         if let Some(t) = &exec.types {
             stmt.types = Some(t.clone());
         }
+        Ok((stmt, exec))
+    }
+
+    /// An execution: remembers the parameter types it declares, and decides.
+    pub(super) fn decide_execute(&mut self, payload: &[u8]) -> Result<Read, String> {
+        let (stmt, exec) = self.execution(payload)?;
         let (Some(shape), Some(view)) = (stmt.shape.clone(), stmt.view.clone()) else {
             return Err("not a cacheable SELECT".into());
         };
