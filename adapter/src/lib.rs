@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod error;
+mod memo;
 pub mod metrics;
 pub mod mysql;
 pub mod pg;

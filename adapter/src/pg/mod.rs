@@ -17,7 +17,6 @@ pub mod upstream;
 
 mod cancel;
 pub(crate) mod conn;
-mod memo;
 mod proxy;
 mod route;
 mod session;

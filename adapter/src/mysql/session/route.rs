@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use larder_sql::fingerprint::{fingerprint, Template};
 use larder_sql::normalize::{
     normalize, placeholder_slot_type, resolve_params, Literal, ParamSource,
 };
@@ -27,6 +28,7 @@ use larder_sql::statement::Dialect;
 use larder_sql::{SqlType, Value};
 
 use crate::cache::{CacheBackend, CachedQuery, UpstreamTiming};
+use crate::memo::ByteBoundedMap;
 use crate::mysql::messages::flags::status;
 use crate::mysql::messages::stmt::{ParamType, ParamValue, StmtExecute};
 use crate::mysql::messages::{ColumnDefinition, ColumnType, Payload};
@@ -40,6 +42,8 @@ const VIEWS_MAX: usize = 256;
 const STATEMENTS_MAX: usize = 4096;
 /// Longest query text parsed for the cache path.
 const QUERY_TEXT_MAX_BYTES: usize = 64 << 10;
+/// Bytes of shapes a session keeps by fingerprint (texts that differ only in literals).
+const FINGERPRINTS_MAX_BYTES: usize = 1 << 20;
 /// Bytes of SET statements a session's shallow cache keys may carry.
 const SET_HISTORY_MAX_BYTES: usize = 4096;
 /// How long a read after a write waits for replication before going upstream.
@@ -54,6 +58,14 @@ pub(super) struct Shape {
     pub(super) params: Vec<ParamSource>,
     /// The text as the client sent it (prepared again upstream to check privileges).
     pub(super) text: String,
+}
+
+/// A shape learned for a fingerprint (in the session's database): a text with the same key
+/// differs only in literals, which the template maps to the shape's slots.
+struct KnownShape {
+    query_id: String,
+    normalized: String,
+    template: Template,
 }
 
 /// What the upstream said about a query for this session.
@@ -145,6 +157,8 @@ pub(super) struct Route {
     /// Where the response of the command being relayed goes besides the client (a shallow
     /// cache's fill or refresh).
     pub(super) tee: Option<super::shallow::Tee>,
+    /// Shapes by database and fingerprint key ([`Route::shape_of`]).
+    fingerprints: ByteBoundedMap<Arc<KnownShape>>,
 }
 
 impl Route {
@@ -173,6 +187,7 @@ impl Route {
             charset: 0,
             set_history: Some(Vec::new()),
             tee: None,
+            fingerprints: ByteBoundedMap::new(FINGERPRINTS_MAX_BYTES),
         }
         .starting_in_utc()
     }
@@ -202,8 +217,10 @@ impl Route {
         self.database.clone().flatten()
     }
 
-    /// The shape of a SELECT in the session's database; `Err` says why it has none.
-    pub(super) fn shape_of(&self, text: &str) -> Result<Shape, String> {
+    /// The shape of a SELECT in the session's database; `Err` says why it has none. A text
+    /// that differs from one seen before only in its literals needs no parse (the literals
+    /// are read by a lexer and mapped to the shape's slots: [`larder_sql::fingerprint`]).
+    pub(super) fn shape_of(&mut self, text: &str) -> Result<Shape, String> {
         if text.len() > QUERY_TEXT_MAX_BYTES {
             return Err("the query text is too long to consider".into());
         }
@@ -216,16 +233,47 @@ impl Route {
         if !starts("select") && !starts("with") {
             return Err("not a SELECT".into());
         }
-        let n = normalize(text, Dialect::MySql).map_err(|e| e.to_string())?;
         let database = match &self.database {
-            Some(Some(db)) => db.clone(),
-            Some(None) if larder_sql::identity::unqualified_relations(&n.query).is_empty() => {
-                String::new()
-            }
-            Some(None) => return Err("no database selected".into()),
+            Some(Some(db)) => Some(db.clone()),
+            Some(None) => None,
             None => return Err("the session's current database is unknown".into()),
         };
+        let fp = fingerprint(text);
+        let memo_key = fp
+            .as_ref()
+            .map(|fp| format!("{}\0{}", database.as_deref().unwrap_or(""), fp.key));
+        if let (Some(fp), Some(key)) = (&fp, &memo_key) {
+            if let Some(known) = self.fingerprints.get_refresh(key) {
+                if let Some(params) = known.template.params(&fp.literals) {
+                    return Ok(Shape {
+                        query_id: known.query_id.clone(),
+                        normalized: known.normalized.clone(),
+                        params,
+                        text: text.to_string(),
+                    });
+                }
+            }
+        }
+        let n = normalize(text, Dialect::MySql).map_err(|e| e.to_string())?;
+        let database = match database {
+            Some(db) => db,
+            None if larder_sql::identity::unqualified_relations(&n.query).is_empty() => {
+                String::new()
+            }
+            None => return Err("no database selected".into()),
+        };
         let (query_id, normalized) = larder_sql::mysql::identity(&n.query, &database);
+        if let (Some(fp), Some(key)) = (&fp, &memo_key) {
+            if let Some(template) = Template::learn(fp, &n, Dialect::MySql) {
+                let bytes = key.len() + query_id.len() + normalized.len() + 128;
+                let known = Arc::new(KnownShape {
+                    query_id: query_id.clone(),
+                    normalized: normalized.clone(),
+                    template,
+                });
+                let _ = self.fingerprints.insert(key, known, bytes, false);
+            }
+        }
         Ok(Shape {
             query_id,
             normalized,

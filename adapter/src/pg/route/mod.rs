@@ -32,7 +32,6 @@ use larder_sql::{SqlType, Value};
 use super::intercept::{
     ClientBatch, Dispatch, Interceptor, InterceptorFactory, SessionState, TeeSink,
 };
-use super::memo::ByteBoundedMap;
 use super::messages::{
     frontend_tag, Bind, BindComplete, Close, CommandComplete, Decode, Describe, Encode,
     ErrorResponse, Execute, FieldDescription, NoData, ParameterDescription, Parse, ParseComplete,
@@ -41,6 +40,7 @@ use super::messages::{
 use crate::cache::{
     CacheBackend, CachedQuery, StatementContext, StatementError, TextTable, UpstreamTiming,
 };
+use crate::memo::ByteBoundedMap;
 use crate::AdapterError;
 
 mod barrier;
