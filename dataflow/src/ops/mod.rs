@@ -251,8 +251,8 @@ impl ReaderOpNode {
         let mut scanned = 0;
         for key in state.keys_from(start % len).take(scan_max.min(len)) {
             scanned += 1;
-            if evictable(key) {
-                out.push(key.clone());
+            if evictable(&key) {
+                out.push(key);
                 if out.len() >= take {
                     break;
                 }
@@ -261,7 +261,7 @@ impl ReaderOpNode {
             }
         }
         let short = take.saturating_sub(out.len());
-        out.extend(spared.into_iter().take(short).cloned());
+        out.extend(spared.into_iter().take(short));
         (out, scanned)
     }
 

@@ -20,7 +20,9 @@
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{btree_map, hash_map, BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, BinaryHeap};
+
+use hashbrown::hash_map;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::rc::Rc;
@@ -188,7 +190,10 @@ fn row_bytes(row: &SortedRow) -> usize {
 }
 
 /// Heap bytes of a key besides its map slot (in each copy).
-fn key_heap_bytes(key: &Key) -> usize {
+fn key_heap_bytes(slot: &SlotKey) -> usize {
+    let SlotKey::Key(key) = slot else {
+        return 0;
+    };
     alloc_bytes(key.0.capacity() * std::mem::size_of::<larder_sql::value::KeyPart>())
         + key
             .0
@@ -237,7 +242,11 @@ pub(crate) struct ReaderState {
     /// FxHash: keys come from the table's rows (not from clients), and a hit hashes one key.
     /// Boxed: a slot of the table is then a key and a pointer, and the table (about twice as
     /// many slots as keys, in each copy) stays small.
-    keys: FxHashMap<Key, Box<KeyRows>>,
+    keys: hashbrown::HashMap<
+        SlotKey,
+        Box<KeyRows>,
+        std::hash::BuildHasherDefault<rustc_hash::FxHasher>,
+    >,
     /// The column each key's rows are indexed on, for range reads, and its type family.
     range_column: Option<(usize, RangeFamily)>,
     /// Rows with positive counts, counted with multiplicity.
@@ -303,18 +312,19 @@ impl ReaderState {
     /// Estimated bytes of the pair of copies: the rows once, and each copy's table, keys
     /// and row sets (the copies hold the same keys).
     fn bytes(&self) -> u64 {
-        let slot = std::mem::size_of::<(Key, Box<KeyRows>)>();
+        let slot = std::mem::size_of::<(SlotKey, Box<KeyRows>)>();
         let entries = self.keys.len() * alloc_bytes(std::mem::size_of::<KeyRows>());
         let per_copy = (table_bytes(self.keys.capacity(), slot) + entries) as u64 + self.key_bytes;
         self.row_bytes.saturating_add(per_copy.saturating_mul(2))
     }
 
     /// The keys in map order from position `start`, wrapping around once.
-    pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = &Key> {
+    pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = Key> + '_ {
         self.keys
             .keys()
             .skip(start)
             .chain(self.keys.keys().take(start))
+            .map(SlotKey::to_key)
     }
 
     fn apply(&mut self, op: ReaderOp) {
@@ -332,7 +342,7 @@ impl ReaderState {
             ReaderOp::Ready => self.ready = true,
             ReaderOp::Fill { key } => {
                 debug_assert!(self.partial, "only partial readers are filled by key");
-                if let hash_map::Entry::Vacant(v) = self.keys.entry(key) {
+                if let hash_map::Entry::Vacant(v) = self.keys.entry(SlotKey::new(key)) {
                     self.key_bytes += key_heap_bytes(v.key()) as u64;
                     v.insert(Box::default());
                 }
@@ -343,12 +353,12 @@ impl ReaderState {
 
     /// Forgets a key of a partial reader, with what it counted.
     fn evict(&mut self, key: &Key) {
-        let Some(entry) = self.keys.remove(key) else {
+        let Some((slot, entry)) = self.keys.remove_entry(key) else {
             return;
         };
         self.key_bytes = self
             .key_bytes
-            .saturating_sub((key_heap_bytes(key) + set_heap_bytes(&entry.rows)) as u64);
+            .saturating_sub((key_heap_bytes(&slot) + set_heap_bytes(&entry.rows)) as u64);
         if entry.is_poisoned() {
             self.poisoned_keys = self.poisoned_keys.saturating_sub(1);
         }
@@ -394,7 +404,7 @@ impl ReaderState {
     /// dropping the entry when it becomes empty.
     fn update_key(&mut self, key: Key, f: impl FnOnce(&mut KeyRows)) {
         let mut bytes_delta: i64 = 0;
-        let (was_poisoned, is_poisoned) = match self.keys.entry(key) {
+        let (was_poisoned, is_poisoned) = match self.keys.entry(SlotKey::new(key)) {
             hash_map::Entry::Occupied(mut o) => {
                 let was = o.get().is_poisoned();
                 let set_before = set_heap_bytes(&o.get().rows) as i64;
@@ -665,5 +675,7 @@ pub type RowSink<'s> = dyn FnMut(&[Value], &[OutputColumn]) -> Result<(), String
 
 mod keys;
 mod read;
+mod slot;
 pub(crate) use keys::KeyCollations;
 use read::{lookup_keys, read_state};
+use slot::SlotKey;
