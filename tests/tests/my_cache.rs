@@ -511,6 +511,66 @@ fn mysql_async_reads_the_cache_as_the_server() {
     );
 }
 
+/// node mysql2's `query()` (text) and `execute()` (binary, numbers sent as DOUBLE) get from a
+/// cache on a `_ci` text key, with a DOUBLE column, what they get from the server; the
+/// second `execute()` of a shallow cache's query is answered by Larder.
+#[test]
+fn node_mysql2_reads_the_caches_as_the_server() {
+    let modules = my_kit::require_node_module("mysql2");
+    let s = Setup::new(
+        "my_cache_node",
+        "CREATE TABLE people (id INT PRIMARY KEY, email VARCHAR(40) COLLATE utf8mb4_general_ci,
+                              score DOUBLE);
+         INSERT INTO people VALUES (1, 'Ann@X.org', 1.5), (2, 'bob@x.org ', 0.1),
+                                   (3, 'ann@x.org', 1e20), (4, 'Åsa@x.org', -2.25);",
+    );
+    let key = "SELECT id, email, score FROM people WHERE email = ?";
+    s.cli(&format!("CREATE CACHE FROM {key}"));
+    s.cli("CREATE SHALLOW CACHE FROM SELECT count(*), avg(score) FROM people WHERE email = ?");
+    until_served(&s, &key.replace('?', "'x'"));
+    let script = format!(
+        r#"
+const mysql = require('mysql2/promise');
+(async () => {{
+  const cfg = (port) => ({{host: '127.0.0.1', port, user: process.env.MY_USER,
+    password: process.env.MY_PASSWORD, database: process.env.MY_DB}});
+  const l = await mysql.createConnection(cfg(Number(process.env.MY_PORT)));
+  const d = await mysql.createConnection(cfg({direct}));
+  const where = async () => (await l.query('EXPLAIN LAST STATEMENT'))[0][0];
+  let served = 0, shallow = 0;
+  for (const p of ['ANN@x.org', 'bob@X.ORG', 'asa@x.org', 'nobody', 'ann@x.org  ']) {{
+    for (const how of ['query', 'execute']) {{
+      const [lr] = await l[how]('{key}', [p]);
+      const [dr] = await d[how]('{key}', [p]);
+      if (JSON.stringify(lr) !== JSON.stringify(dr)) throw new Error(how + ' ' + p + ': ' + JSON.stringify(lr) + ' vs ' + JSON.stringify(dr));
+      const w = await where();
+      if (Object.values(w)[0] === 'larder') served++;
+    }}
+    const agg = 'SELECT count(*), avg(score) FROM people WHERE email = ?';
+    for (let i = 0; i < 2; i++) {{
+      const [lr] = await l.execute(agg, [p]);
+      const [dr] = await d.execute(agg, [p]);
+      if (JSON.stringify(lr) !== JSON.stringify(dr)) throw new Error('shallow ' + p + ': ' + JSON.stringify(lr) + ' vs ' + JSON.stringify(dr));
+      if (i === 1 && Object.values(await where())[0] === 'larder') shallow++;
+    }}
+  }}
+  console.log('served', served, 'shallow', shallow);
+  await l.end(); await d.end();
+}})().catch(e => {{ console.error(e); process.exit(1); }});
+"#,
+        direct = s.maria.port(),
+    );
+    let out = assert_ok(&my_kit::node(
+        &modules,
+        s.larder.port(),
+        s.maria.admin_user(),
+        s.maria.admin_password(),
+        &s.db,
+        &script,
+    ));
+    assert_eq!(out.trim(), "served 10 shallow 5", "{out}");
+}
+
 /// `--query-caching async`: a SELECT seen going upstream becomes a cache on its own, which
 /// then answers it (for any user the upstream lets run it).
 #[test]

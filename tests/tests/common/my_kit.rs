@@ -82,3 +82,41 @@ pub fn server_id(what: &str) -> u32 {
     });
     0x1000_0000 | (hash & 0x0fff_ffff)
 }
+
+/// The `node_modules` directory scripts/test installs node packages into
+/// (`scripts/lib/deps.sh`, `npm_install`), holding `package`.
+pub fn require_node_module(package: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let modules = target.join("test-node/node_modules");
+    assert!(
+        modules.join(package).is_dir(),
+        "node package {package} missing in {}: npm install --prefix {} {package} \
+         (scripts/lib/deps.sh does)",
+        modules.display(),
+        target.join("test-node").display()
+    );
+    modules
+}
+
+/// Runs a node script with `modules` on its path (MY_* as for [`python`]).
+pub fn node(
+    modules: &std::path::Path,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    script: &str,
+) -> Output {
+    Command::new(require_binary("node"))
+        .args(["-e", script])
+        .env("NODE_PATH", modules)
+        .env("MY_PORT", port.to_string())
+        .env("MY_USER", user)
+        .env("MY_PASSWORD", password)
+        .env("MY_DB", db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running node")
+}
