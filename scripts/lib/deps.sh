@@ -59,8 +59,11 @@ ensure_deps() {
     if [ "$mode" = test ]; then
         # bzip2, xz-utils: unpacking the Postgres sources for scripts/pg-regress.
         pkgs+=(mariadb-server mariadb-client protobuf-compiler sysbench openssl python3-pip procps bzip2 xz-utils)
-        # nodejs, npm: node mysql2 in tests/tests/my_cache.rs.
-        pkgs+=(nodejs npm)
+        # nodejs, npm: node mysql2 in tests/tests/my_cache.rs (unless a node is there already:
+        # NodeSource's nodejs carries its own npm, which Debian's npm package conflicts with).
+        if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+            pkgs+=(nodejs npm)
+        fi
         # prometheus: a real Prometheus and promtool for tests/tests/ops.rs and deploy_files.rs.
         pkgs+=(prometheus)
     fi
