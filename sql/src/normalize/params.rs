@@ -143,3 +143,116 @@ pub fn text_value(ty: &SqlType, s: &str) -> Result<Value, SqlError> {
 fn type_name(ty: &SqlType) -> &'static str {
     crate::pgtypes::type_name(ty)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{normalize, Normalized};
+    use crate::statement::Dialect;
+
+    fn pg(sql: &str) -> Normalized {
+        normalize(sql, Dialect::Postgres).unwrap()
+    }
+
+    #[test]
+    fn resolve_literals_placeholders_and_lists() {
+        let n = pg(
+            "SELECT * FROM t WHERE a = $1 AND b IN (3, 3, 4, NULL, $2) AND c = 'hi' AND d = '7'",
+        );
+        let bound = |i: usize| match i {
+            1 => Some(Value::Int(10)),
+            2 => Some(Value::Text("5".into())),
+            _ => None,
+        };
+        let types = [SqlType::Int8, SqlType::Int4, SqlType::Text, SqlType::Int2];
+        let v = resolve_params(&n.params, &bound, &types).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                vec![Value::Int(10)],
+                vec![Value::Int(3), Value::Int(4), Value::Int(5)],
+                vec![Value::Text("hi".into())],
+                vec![Value::Int(7)],
+            ]
+        );
+        assert_eq!(
+            resolve_params(&n.params, &|_| None, &types),
+            Err(SqlError::MissingParam(1))
+        );
+        assert!(matches!(
+            resolve_params(&n.params, &bound, &types[..2]),
+            Err(SqlError::ParamCount { .. })
+        ));
+    }
+
+    #[test]
+    fn literal_conversions() {
+        use Literal as L;
+        let num = |s: &str| L::Number(s.into());
+        let str_ = |s: &str| L::String(s.into());
+        assert_eq!(
+            literal_value(&num("1.5"), &SqlType::Int4),
+            Ok(Value::Numeric("1.5".into()))
+        );
+        assert_eq!(
+            literal_value(&num("2.0"), &SqlType::Int4),
+            Ok(Value::Numeric("2".into()))
+        );
+        assert_eq!(
+            literal_value(&num("2"), &SqlType::Float8),
+            Ok(Value::Float(2.0))
+        );
+        assert!(literal_value(&num("2"), &SqlType::Text).is_err());
+        assert!(literal_value(&L::Bool(true), &SqlType::Int4).is_err());
+        assert_eq!(
+            literal_value(&L::Bool(true), &SqlType::Bool),
+            Ok(Value::Bool(true))
+        );
+        assert!(literal_value(&str_("99999"), &SqlType::Int2).is_err());
+        assert_eq!(
+            literal_value(&str_(" 12 "), &SqlType::Int2),
+            Ok(Value::Int(12))
+        );
+        assert_eq!(
+            literal_value(&str_("yes"), &SqlType::Bool),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            literal_value(&str_("f"), &SqlType::Bool),
+            Ok(Value::Bool(false))
+        );
+        assert_eq!(
+            literal_value(&str_("2000-01-02"), &SqlType::Date),
+            Ok(Value::Date(1))
+        );
+        assert_eq!(
+            literal_value(&str_("1999-12-31"), &SqlType::Date),
+            Ok(Value::Date(-1))
+        );
+        assert!(literal_value(&str_("2023-02-29"), &SqlType::Date).is_err());
+        assert_eq!(
+            literal_value(&str_("2000-01-01 00:00:01.5"), &SqlType::Timestamp),
+            Ok(Value::Timestamp(1_500_000))
+        );
+        assert_eq!(
+            literal_value(&str_("2000-01-02T01:00"), &SqlType::Timestamp),
+            Ok(Value::Timestamp((24 + 1) * 3_600_000_000))
+        );
+        assert_eq!(
+            literal_value(
+                &str_("00000000-0000-0000-0000-0000000000ff"),
+                &SqlType::Uuid
+            ),
+            Ok(Value::Uuid({
+                let mut u = [0u8; 16];
+                u[15] = 255;
+                u
+            }))
+        );
+        assert_eq!(
+            literal_value(&str_("-0.50"), &SqlType::Numeric),
+            Ok(Value::Numeric("-0.50".into()))
+        );
+        assert!(literal_value(&str_("12:00"), &SqlType::TimestampTz).is_err());
+    }
+}
