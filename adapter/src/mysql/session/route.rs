@@ -52,19 +52,20 @@ const BARRIER_WAIT_MS: u64 = 100;
 /// A SELECT's shape for the cache path: its id in the session's database, and where each
 /// parameter slot gets its value.
 pub(super) struct Shape {
-    pub(super) query_id: String,
+    pub(super) query_id: Arc<str>,
     /// The normalized text, relations qualified (for `SHOW PROXIED QUERIES`).
-    pub(super) normalized: String,
+    pub(super) normalized: Arc<str>,
     pub(super) params: Vec<ParamSource>,
     /// The text as the client sent it (prepared again upstream to check privileges).
     pub(super) text: String,
 }
 
-/// A shape learned for a fingerprint (in the session's database): a text with the same key
+/// A shape learned for a fingerprint: a text with the same key, read in the same database,
 /// differs only in literals, which the template maps to the shape's slots.
 struct KnownShape {
-    query_id: String,
-    normalized: String,
+    database: Option<String>,
+    query_id: Arc<str>,
+    normalized: Arc<str>,
     template: Template,
 }
 
@@ -157,7 +158,7 @@ pub(super) struct Route {
     /// Where the response of the command being relayed goes besides the client (a shallow
     /// cache's fill or refresh).
     pub(super) tee: Option<super::shallow::Tee>,
-    /// Shapes by database and fingerprint key ([`Route::shape_of`]).
+    /// Shapes by fingerprint key ([`Route::shape_of`]).
     fingerprints: ByteBoundedMap<Arc<KnownShape>>,
 }
 
@@ -234,20 +235,20 @@ impl Route {
             return Err("not a SELECT".into());
         }
         let database = match &self.database {
-            Some(Some(db)) => Some(db.clone()),
-            Some(None) => None,
+            Some(db) => db.as_deref(),
             None => return Err("the session's current database is unknown".into()),
         };
         let fp = fingerprint(text);
-        let memo_key = fp
-            .as_ref()
-            .map(|fp| format!("{}\0{}", database.as_deref().unwrap_or(""), fp.key));
-        if let (Some(fp), Some(key)) = (&fp, &memo_key) {
-            if let Some(known) = self.fingerprints.get_refresh(key) {
+        if let Some(fp) = &fp {
+            let known = self
+                .fingerprints
+                .get_refresh(&fp.key)
+                .filter(|k| k.database.as_deref() == database);
+            if let Some(known) = known {
                 if let Some(params) = known.template.params(&fp.literals) {
                     return Ok(Shape {
-                        query_id: known.query_id.clone(),
-                        normalized: known.normalized.clone(),
+                        query_id: Arc::clone(&known.query_id),
+                        normalized: Arc::clone(&known.normalized),
                         params,
                         text: text.to_string(),
                     });
@@ -255,23 +256,23 @@ impl Route {
             }
         }
         let n = normalize(text, Dialect::MySql).map_err(|e| e.to_string())?;
-        let database = match database {
+        let qualifier = match database {
             Some(db) => db,
-            None if larder_sql::identity::unqualified_relations(&n.query).is_empty() => {
-                String::new()
-            }
+            None if larder_sql::identity::unqualified_relations(&n.query).is_empty() => "",
             None => return Err("no database selected".into()),
         };
-        let (query_id, normalized) = larder_sql::mysql::identity(&n.query, &database);
-        if let (Some(fp), Some(key)) = (&fp, &memo_key) {
+        let (query_id, normalized) = larder_sql::mysql::identity(&n.query, qualifier);
+        let (query_id, normalized): (Arc<str>, Arc<str>) = (query_id.into(), normalized.into());
+        if let Some(fp) = &fp {
             if let Some(template) = Template::learn(fp, &n, Dialect::MySql) {
-                let bytes = key.len() + query_id.len() + normalized.len() + 128;
+                let bytes = fp.key.len() + query_id.len() + normalized.len() + 128;
                 let known = Arc::new(KnownShape {
-                    query_id: query_id.clone(),
-                    normalized: normalized.clone(),
+                    database: database.map(str::to_string),
+                    query_id: Arc::clone(&query_id),
+                    normalized: Arc::clone(&normalized),
                     template,
                 });
-                let _ = self.fingerprints.insert(key, known, bytes, false);
+                let _ = self.fingerprints.insert(&fp.key, known, bytes, false);
             }
         }
         Ok(Shape {
@@ -348,10 +349,19 @@ impl Route {
         Ok(key)
     }
 
+    /// The shallow cache of `query_id` when it has no deep one. A query has at most one of
+    /// the two; the deep registry is read without a lock, so deep hits look there first.
+    pub(super) fn shallow_only(&self, query_id: &str) -> Option<Arc<ShallowCache>> {
+        if self.backend.lookup(query_id).is_some() {
+            return None;
+        }
+        self.backend.shallow(query_id)
+    }
+
     /// The shallow cache of a tracked prepared SELECT, if it has one.
     pub(super) fn shallow_statement(&self, payload: &[u8]) -> Option<Arc<ShallowCache>> {
         let shape = self.shape_of_statement(payload)?;
-        self.backend.shallow(&shape.query_id)
+        self.shallow_only(&shape.query_id)
     }
 
     /// A prepared SELECT's part of a shallow key: its text, the parameter types in force and

@@ -54,7 +54,7 @@ pub(super) async fn try_local(
             let Ok(shape) = route.shape_of(text) else {
                 return Ok(false);
             };
-            let served = match route.backend.shallow(&shape.query_id) {
+            let served = match route.shallow_only(&shape.query_id) {
                 Some(cache) => {
                     shallow_hit(est, route, &cache, false, text.as_bytes(), reply).await?
                 }
@@ -62,21 +62,20 @@ pub(super) async fn try_local(
             };
             Ok(settle(route, &shape, served))
         }
-        Command::StmtExecute if route.shallow_statement(payload).is_some() => {
-            let cache = route.shallow_statement(payload).expect("checked");
-            let (shape, served) = match route.shallow_execute(payload) {
-                Ok((shape, part)) => {
-                    let served = shallow_hit(est, route, &cache, true, &part, reply).await?;
-                    (shape, served)
-                }
-                Err(reason) => match route.shape_of_statement(payload) {
-                    Some(shape) => (shape, Err(reason)),
-                    None => return Ok(false),
-                },
-            };
-            Ok(settle(route, &shape, served))
-        }
         Command::StmtExecute => {
+            if let Some(cache) = route.shallow_statement(payload) {
+                let (shape, served) = match route.shallow_execute(payload) {
+                    Ok((shape, part)) => {
+                        let served = shallow_hit(est, route, &cache, true, &part, reply).await?;
+                        (shape, served)
+                    }
+                    Err(reason) => match route.shape_of_statement(payload) {
+                        Some(shape) => (shape, Err(reason)),
+                        None => return Ok(false),
+                    },
+                };
+                return Ok(settle(route, &shape, served));
+            }
             let read = match route.decide_execute(payload) {
                 Ok(d) => d,
                 Err(reason) => {
@@ -137,7 +136,7 @@ fn settle(route: &mut Route, shape: &Shape, served: Result<(), String>) -> bool 
                 route
                     .backend
                     .record_proxied(&shape.query_id, &shape.normalized, &context);
-            route.last = Some((shape.query_id.clone(), reason));
+            route.last = Some((shape.query_id.to_string(), reason));
             false
         }
     }
