@@ -91,7 +91,6 @@ for i in range(60):
 for q, _ in QUERIES:
     wc.execute("CREATE CACHE FROM " + q.replace("%s", "?"))
 # Encoders only: values come back as the server's text.
-RAW = {{k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}}
 text_larder = connect(autocommit=True, conv=RAW)
 text_direct = connect(autocommit=True, conv=RAW, port=DIRECT_PORT)
 bin_larder = prepared()
@@ -215,12 +214,7 @@ for i in range(60):
     wc.execute(INSERT, row(i))
 for q, _ in QUERIES[:-1]:
     wc.execute("CREATE CACHE FROM " + q.replace("%s", "?"))
-RAW = {{k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}}
-conns = [connect(autocommit=True, conv=RAW), connect(autocommit=True, conv=RAW, port=DIRECT_PORT),
-         prepared(), prepared(port=DIRECT_PORT)]
-tl, td = conns[0].cursor(), conns[1].cursor()
-bl, bd = conns[2].cursor(prepared=True), conns[3].cursor(prepared=True)
-be = conns[2].cursor()
+conns, tl, td, bl, bd, be = side_by_side()
 served = fallbacks = matched = 0
 reasons = {{}}
 def check(label, lc, dc, q, p, explain):

@@ -46,12 +46,7 @@ explained = wc.fetchall()[0]
 assert explained[2].startswith('no') and explained[3] == 'yes', explained
 wc.execute("CREATE SHALLOW CACHE FROM " + AGG)
 wc.execute("CREATE SHALLOW CACHE FROM " + ONE.replace("%s", "?"))
-RAW = {{k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}}
-conns = [connect(autocommit=True, conv=RAW), connect(autocommit=True, conv=RAW, port=DIRECT_PORT),
-         prepared(), prepared(port=DIRECT_PORT)]
-tl, td = conns[0].cursor(), conns[1].cursor()
-bl, bd = conns[2].cursor(prepared=True), conns[3].cursor(prepared=True)
-be = conns[2].cursor()
+conns, tl, td, bl, bd, be = side_by_side()
 def run(c, q, p=None):
     c.execute(q, p)
     return c.fetchall(), c.description

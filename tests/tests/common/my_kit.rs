@@ -33,15 +33,20 @@ pub fn python(port: u16, user: &str, password: &str, db: &str, script: &str) -> 
         \x20   args = dict(host=HOST, port=PORT, user=USER, password=PASSWORD, database=DB)\n\
         \x20   args.update(kw)\n\
         \x20   return pymysql.connect(**args)\n";
-    Command::new(require_binary("python3"))
-        .args(["-c", &format!("{prelude}{script}")])
-        .env("MY_PORT", port.to_string())
+    let mut cmd = Command::new(require_binary("python3"));
+    cmd.args(["-c", &format!("{prelude}{script}")]);
+    run_with_endpoint(cmd, port, user, password, db)
+}
+
+/// Runs `cmd` with the endpoint in `MY_PORT`, `MY_USER`, `MY_PASSWORD` and `MY_DB`.
+fn run_with_endpoint(mut cmd: Command, port: u16, user: &str, password: &str, db: &str) -> Output {
+    cmd.env("MY_PORT", port.to_string())
         .env("MY_USER", user)
         .env("MY_PASSWORD", password)
         .env("MY_DB", db)
         .stdin(Stdio::null())
         .output()
-        .expect("running python3")
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()))
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -109,14 +114,7 @@ pub fn node(
     db: &str,
     script: &str,
 ) -> Output {
-    Command::new(require_binary("node"))
-        .args(["-e", script])
-        .env("NODE_PATH", modules)
-        .env("MY_PORT", port.to_string())
-        .env("MY_USER", user)
-        .env("MY_PASSWORD", password)
-        .env("MY_DB", db)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running node")
+    let mut cmd = Command::new(require_binary("node"));
+    cmd.args(["-e", script]).env("NODE_PATH", modules);
+    run_with_endpoint(cmd, port, user, password, db)
 }

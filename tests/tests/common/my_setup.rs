@@ -79,7 +79,15 @@ impl Setup {
              \x20   return mysql.connector.connect(**args)\n\
              def where(cur):\n\
              \x20   cur.execute('EXPLAIN LAST STATEMENT')\n\
-             \x20   return cur.fetchall()[0]\n",
+             \x20   return cur.fetchall()[0]\n\
+             RAW = {{k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}}\n\
+             def side_by_side():\n\
+             \x20   # Through Larder and direct: text cursors (values as the server's text), prepared\n\
+             \x20   # cursors, and a text cursor beside the prepared one (EXPLAIN LAST STATEMENT).\n\
+             \x20   conns = [connect(autocommit=True, conv=RAW), connect(autocommit=True, conv=RAW, port=DIRECT_PORT),\n\
+             \x20            prepared(), prepared(port=DIRECT_PORT)]\n\
+             \x20   return (conns, conns[0].cursor(), conns[1].cursor(), conns[2].cursor(prepared=True),\n\
+             \x20           conns[3].cursor(prepared=True), conns[2].cursor())\n",
             self.maria.port()
         );
         assert_ok(&python(
