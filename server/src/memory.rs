@@ -157,8 +157,8 @@ pub fn evict_caches_within(core: &Core, limit_bytes: u64, clock: &mut CacheClock
 
 /// Gives the allocator's free memory back to the system. glibc keeps what evicted state
 /// freed in its per-thread arenas, so without this the resident size stays at its peak
-/// however much eviction frees. Walks the free lists: called at most once a second, and
-/// only after an eviction.
+/// however much eviction frees. Walks the free lists: called at most once a second after an
+/// eviction, and once after a cache's initial fill.
 pub fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only reorganizes the allocator's own free memory.

@@ -122,7 +122,8 @@ fn encode_value(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint (7 bits a byte, low first).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -139,6 +140,14 @@ fn put_bytes(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
     out.push(tag);
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
+}
+
+/// Reads a varint [`put_varint`] wrote from the front of `bytes`, advancing it.
+pub fn take_varint(bytes: &mut &[u8]) -> Result<u64, RowCodecError> {
+    let mut r = Reader { b: bytes };
+    let v = r.varint()?;
+    *bytes = r.b;
+    Ok(v)
 }
 
 struct Reader<'a> {

@@ -166,9 +166,12 @@ impl Graph {
             graph_of.push(node_id);
         }
         let state = if partial.is_some() {
-            ReaderState::partial()
+            ReaderState::partial(std::sync::Arc::clone(&built.order))
         } else {
-            ReaderState::indexed_on(built.spec.range.map(|r| (r.column, r.kind)))
+            ReaderState::new(
+                std::sync::Arc::clone(&built.order),
+                built.spec.range.map(|r| (r.column, r.kind)),
+            )
         };
         let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(state);
         let collations = built.spec.collations.clone();
@@ -236,8 +239,7 @@ impl Graph {
                 }
             }
             if let Some(reader) = self.reader_op(reader_node) {
-                reader.writer.append(ReaderOp::Ready);
-                reader.writer.publish();
+                reader.ready();
             }
             return Ok((id, handle));
         }
@@ -547,8 +549,7 @@ impl Graph {
             }
         }
         if let Some(reader) = self.reader_op(reader_node) {
-            reader.writer.append(ReaderOp::Ready);
-            reader.writer.publish();
+            reader.ready();
         }
         tracing::debug!(cache = cache.0, "cache bootstrapped");
         Ok(())

@@ -204,12 +204,21 @@ impl Operator for BaseOp {
 
 const NULL: Value = Value::Null;
 
+/// Changes a reader that is not ready yet takes before they are published. Left-right keeps
+/// the changes of the last two publishes in a queue whose capacity it never gives back, so a
+/// cache's initial fill is published in steps (nobody reads it yet) to keep that queue small.
+const UNREADY_OPS_PER_PUBLISH: usize = 4096;
+
 /// The sink of a cache: groups rows by key into the left-right reader state.
 pub struct ReaderOpNode {
     key: Vec<usize>,
     order: Arc<[OrderKey]>,
     collations: crate::reader::KeyCollations,
     pub(crate) writer: WriteHandle<ReaderState, ReaderOp>,
+    /// Whether `ReaderOp::Ready` was appended (reads see every publish from then on).
+    ready: bool,
+    /// Changes appended since this node last published.
+    unpublished: usize,
 }
 
 impl fmt::Debug for ReaderOpNode {
@@ -276,7 +285,17 @@ impl ReaderOpNode {
             order,
             collations,
             writer,
+            ready: false,
+            unpublished: 0,
         }
+    }
+
+    /// The reader answers reads from now on: marks it ready and publishes.
+    pub(crate) fn ready(&mut self) {
+        self.writer.append(ReaderOp::Ready);
+        self.writer.publish();
+        self.ready = true;
+        self.unpublished = 0;
     }
 }
 
@@ -316,6 +335,11 @@ impl Operator for ReaderOpNode {
                 }
             };
             self.writer.append(op);
+            self.unpublished += 1;
+            if !self.ready && self.unpublished >= UNREADY_OPS_PER_PUBLISH {
+                self.writer.publish();
+                self.unpublished = 0;
+            }
         }
         Vec::new()
     }

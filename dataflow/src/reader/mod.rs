@@ -3,7 +3,9 @@
 //! State lives in a `left-right` pair: the writer (the graph) appends [`ReaderOp`]s to the
 //! hidden copy and swaps on `publish`; readers enter the visible copy without taking any
 //! lock and never wait for the writer (the writer waits for readers to leave the old copy).
-//! Rows are shared between the two copies through `Arc`, so each row is stored once.
+//! Nothing is stored twice: a key of one row is one encoded allocation both copies point at
+//! (`compact.rs`; the second copy adopts what the first built, see `state.rs`), and the rows
+//! of other keys are shared between the copies through `Arc`.
 //!
 //! A `left_right::ReadHandle` is not `Sync`, and creating one takes a mutex that `publish`
 //! also holds. [`ReaderHandle`] is therefore a cheap `Arc` around a `ReadHandleFactory`, and
@@ -21,8 +23,6 @@
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap, BTreeSet, BinaryHeap};
-
-use hashbrown::hash_map;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::rc::Rc;
@@ -157,301 +157,6 @@ impl KeyRows {
     }
 }
 
-/// Bytes the allocator takes for a request of `n` bytes (glibc: 8 bytes of header, 16-byte
-/// alignment, 32 at least).
-fn alloc_bytes(n: usize) -> usize {
-    if n == 0 {
-        0
-    } else {
-        ((n + 8 + 15) & !15).max(32)
-    }
-}
-
-/// Heap bytes of a value besides its inline size.
-fn value_heap_bytes(v: &Value) -> usize {
-    match v {
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => {
-            alloc_bytes(s.capacity())
-        }
-        Value::Bytes(b) => alloc_bytes(b.capacity()),
-        Value::Array(items) => {
-            alloc_bytes(items.capacity() * std::mem::size_of::<Value>())
-                + items.iter().map(value_heap_bytes).sum::<usize>()
-        }
-        _ => 0,
-    }
-}
-
-/// Bytes one distinct row takes in a reader: its shared allocation (counts and values) and
-/// what its values point to. Both copies of the left-right pair share it.
-fn row_bytes(row: &SortedRow) -> usize {
-    alloc_bytes(2 * std::mem::size_of::<usize>() + std::mem::size_of_val(&*row.row))
-        + row.row.iter().map(value_heap_bytes).sum::<usize>()
-}
-
-/// Heap bytes of a key besides its map slot (in each copy).
-fn key_heap_bytes(slot: &SlotKey) -> usize {
-    let SlotKey::Key(key) = slot else {
-        return 0;
-    };
-    alloc_bytes(key.0.capacity() * std::mem::size_of::<larder_sql::value::KeyPart>())
-        + key
-            .0
-            .iter()
-            .map(|p| match p {
-                larder_sql::value::KeyPart::Decimal(s)
-                | larder_sql::value::KeyPart::Text(s)
-                | larder_sql::value::KeyPart::Other(s) => alloc_bytes(s.capacity()),
-                larder_sql::value::KeyPart::Bytes(b) => alloc_bytes(b.capacity()),
-                _ => 0,
-            })
-            .sum::<usize>()
-}
-
-/// Bytes a set of rows of one key holds besides the key's slot (in each copy): a B-tree's
-/// entries (with its nodes' slack) once it holds more than one row.
-fn set_heap_bytes(rows: &RowSet) -> usize {
-    /// A B-tree entry (row reference and count), with nodes two-thirds full on average.
-    const TREE_ENTRY_BYTES: usize = (std::mem::size_of::<SortedRow>() + 8) * 3 / 2;
-    match rows {
-        RowSet::Many(map) => map.len() * TREE_ENTRY_BYTES,
-        _ => 0,
-    }
-}
-
-/// Bytes of a hash map's table able to hold `capacity` entries of `slot` bytes (hashbrown:
-/// a power of two of buckets, at most seven eighths full, one control byte each).
-fn table_bytes(capacity: usize, slot: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = if capacity < 8 {
-        (capacity + 1).next_power_of_two()
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    };
-    alloc_bytes(buckets * (slot + 1))
-}
-
-/// One copy of a reader's data.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ReaderState {
-    ready: bool,
-    /// Net count of rows whose reader key could not be computed.
-    poison_all: i64,
-    /// FxHash: keys come from the table's rows (not from clients), and a hit hashes one key.
-    /// Boxed: a slot of the table is then a key and a pointer, and the table (about twice as
-    /// many slots as keys, in each copy) stays small.
-    keys: hashbrown::HashMap<
-        SlotKey,
-        Box<KeyRows>,
-        std::hash::BuildHasherDefault<rustc_hash::FxHasher>,
-    >,
-    /// The column each key's rows are indexed on, for range reads, and its type family.
-    range_column: Option<(usize, RangeFamily)>,
-    /// Rows with positive counts, counted with multiplicity.
-    row_count: u64,
-    /// Estimated bytes of the distinct rows held (shared by both copies of the pair).
-    row_bytes: u64,
-    /// Estimated heap bytes of the keys and of their row sets, in this copy.
-    key_bytes: u64,
-    poisoned_keys: u64,
-    /// Holds only the keys filled on demand ([`ReaderOp::Fill`]); changes to other keys are
-    /// dropped, and a read of one is a hole ([`ReadError::Holes`]).
-    partial: bool,
-}
-
-/// A change to a reader's state. Applied identically to both copies.
-#[derive(Clone, Debug)]
-pub(crate) enum ReaderOp {
-    Row {
-        key: Key,
-        row: SortedRow,
-        diff: i64,
-    },
-    Poison {
-        key: Option<Key>,
-        diff: i64,
-    },
-    Ready,
-    /// Partial readers: the key is held from now on (its rows follow as `Row`s).
-    Fill {
-        key: Key,
-    },
-    /// Partial readers: the key is a hole again.
-    Evict {
-        key: Key,
-    },
-}
-
-impl ReaderState {
-    /// An empty state whose keys index their rows on `range_column`, if any.
-    pub(crate) fn indexed_on(range_column: Option<(usize, RangeFamily)>) -> ReaderState {
-        ReaderState {
-            range_column,
-            ..ReaderState::default()
-        }
-    }
-
-    /// A partial state (see [`ReaderState::partial`]).
-    pub(crate) fn partial() -> ReaderState {
-        ReaderState {
-            partial: true,
-            ..ReaderState::default()
-        }
-    }
-
-    pub(crate) fn holds(&self, key: &Key) -> bool {
-        self.keys.contains_key(key)
-    }
-
-    pub(crate) fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Estimated bytes of the pair of copies: the rows once, and each copy's table, keys
-    /// and row sets (the copies hold the same keys).
-    fn bytes(&self) -> u64 {
-        let slot = std::mem::size_of::<(SlotKey, Box<KeyRows>)>();
-        let entries = self.keys.len() * alloc_bytes(std::mem::size_of::<KeyRows>());
-        let per_copy = (table_bytes(self.keys.capacity(), slot) + entries) as u64 + self.key_bytes;
-        self.row_bytes.saturating_add(per_copy.saturating_mul(2))
-    }
-
-    /// The keys in map order from position `start`, wrapping around once.
-    pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = Key> + '_ {
-        self.keys
-            .keys()
-            .skip(start)
-            .chain(self.keys.keys().take(start))
-            .map(SlotKey::to_key)
-    }
-
-    fn apply(&mut self, op: ReaderOp) {
-        match op {
-            ReaderOp::Row { key, row, diff } => self.apply_row(key, row, diff),
-            ReaderOp::Poison { key: None, diff } => self.poison_all += diff,
-            ReaderOp::Poison {
-                key: Some(key),
-                diff,
-            } => {
-                if !self.partial || self.keys.contains_key(&key) {
-                    self.update_key(key, |entry| entry.with_extra(|e| e.poison += diff))
-                }
-            }
-            ReaderOp::Ready => self.ready = true,
-            ReaderOp::Fill { key } => {
-                debug_assert!(self.partial, "only partial readers are filled by key");
-                if let hash_map::Entry::Vacant(v) = self.keys.entry(SlotKey::new(key)) {
-                    self.key_bytes += key_heap_bytes(v.key()) as u64;
-                    v.insert(Box::default());
-                }
-            }
-            ReaderOp::Evict { key } => self.evict(&key),
-        }
-    }
-
-    /// Forgets a key of a partial reader, with what it counted.
-    fn evict(&mut self, key: &Key) {
-        let Some((slot, entry)) = self.keys.remove_entry(key) else {
-            return;
-        };
-        self.key_bytes = self
-            .key_bytes
-            .saturating_sub((key_heap_bytes(&slot) + set_heap_bytes(&entry.rows)) as u64);
-        if entry.is_poisoned() {
-            self.poisoned_keys = self.poisoned_keys.saturating_sub(1);
-        }
-        for (row, &count) in &entry.rows {
-            self.row_bytes = self.row_bytes.saturating_sub(row_bytes(row) as u64);
-            self.row_count = self.row_count.saturating_sub(count.max(0) as u64);
-        }
-    }
-
-    fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
-        if self.partial && !self.keys.contains_key(&key) {
-            // A hole: its rows are read from storage when it is filled.
-            return;
-        }
-        let mut positive_delta: i64 = 0;
-        let mut bytes_delta: i64 = 0;
-        let bytes = row_bytes(&row) as i64;
-        let indexed = self
-            .range_column
-            .map(|(c, kind)| (RangeValue::place(row.row.get(c), kind), row.clone()));
-        self.update_key(key, |entry| {
-            let (old, new) = entry.rows.update(row, diff);
-            if old == 0 && new != 0 {
-                bytes_delta = bytes;
-            } else if old != 0 && new == 0 {
-                bytes_delta = -bytes;
-            }
-            if let Some((place, row)) = indexed {
-                entry.reindex(place, row, old != 0, new != 0);
-            }
-            if old < 0 && new >= 0 {
-                entry.with_extra(|e| e.negative = e.negative.saturating_sub(1));
-            } else if old >= 0 && new < 0 {
-                entry.with_extra(|e| e.negative = e.negative.saturating_add(1));
-            }
-            positive_delta = new.max(0) - old.max(0);
-        });
-        self.row_count = self.row_count.saturating_add_signed(positive_delta);
-        self.row_bytes = self.row_bytes.saturating_add_signed(bytes_delta);
-    }
-
-    /// Runs `f` on the key's entry (created if missing), keeping the poisoned-key count and
-    /// dropping the entry when it becomes empty.
-    fn update_key(&mut self, key: Key, f: impl FnOnce(&mut KeyRows)) {
-        let mut bytes_delta: i64 = 0;
-        let (was_poisoned, is_poisoned) = match self.keys.entry(SlotKey::new(key)) {
-            hash_map::Entry::Occupied(mut o) => {
-                let was = o.get().is_poisoned();
-                let set_before = set_heap_bytes(&o.get().rows) as i64;
-                f(o.get_mut());
-                let is = o.get().is_poisoned();
-                bytes_delta += set_heap_bytes(&o.get().rows) as i64 - set_before;
-                // A partial reader keeps a filled key without rows: it is known to be empty.
-                if o.get().is_empty() && !self.partial {
-                    bytes_delta -= key_heap_bytes(o.key()) as i64;
-                    o.remove();
-                }
-                (was, is)
-            }
-            hash_map::Entry::Vacant(v) => {
-                let mut entry = Box::<KeyRows>::default();
-                f(&mut entry);
-                let is = entry.is_poisoned();
-                if !entry.is_empty() {
-                    bytes_delta += (key_heap_bytes(v.key()) + set_heap_bytes(&entry.rows)) as i64;
-                    v.insert(entry);
-                }
-                (false, is)
-            }
-        };
-        self.key_bytes = self.key_bytes.saturating_add_signed(bytes_delta);
-        match (was_poisoned, is_poisoned) {
-            (false, true) => self.poisoned_keys += 1,
-            (true, false) => self.poisoned_keys = self.poisoned_keys.saturating_sub(1),
-            _ => {}
-        }
-    }
-}
-
-impl Absorb<ReaderOp> for ReaderState {
-    fn absorb_first(&mut self, operation: &mut ReaderOp, _other: &Self) {
-        self.apply(operation.clone());
-    }
-
-    fn absorb_second(&mut self, operation: ReaderOp, _other: &Self) {
-        self.apply(operation);
-    }
-
-    fn sync_with(&mut self, first: &Self) {
-        *self = first.clone();
-    }
-}
-
 /// The read side of a plan: everything a read needs besides the data.
 #[derive(Debug)]
 pub(crate) struct ReadSpec {
@@ -558,8 +263,8 @@ impl ReaderHandle {
     pub fn stats(&self) -> Option<ReaderStats> {
         self.with_state(|s| ReaderStats {
             ready: s.ready,
-            keys: s.keys.len() as u64,
-            rows: s.row_count,
+            keys: s.key_count() as u64,
+            rows: s.row_count(),
             bytes: s.bytes(),
             poisoned_keys: s.poisoned_keys,
             poisoned_all: s.poison_all != 0,
@@ -673,9 +378,12 @@ impl ReaderHandle {
 /// Receives the rows of a read: a reader row and the output columns to take from it.
 pub type RowSink<'s> = dyn FnMut(&[Value], &[OutputColumn]) -> Result<(), String> + 's;
 
+mod compact;
 mod keys;
 mod read;
 mod slot;
+mod state;
 pub(crate) use keys::KeyCollations;
 use read::{lookup_keys, read_state};
 use slot::SlotKey;
+pub(crate) use state::{ReaderOp, ReaderState};

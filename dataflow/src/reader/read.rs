@@ -2,11 +2,15 @@
 //! rows of those keys in the read's order (merged across keys, or through a key's range
 //! index), the residual, OFFSET and LIMIT, handed to the caller's sink.
 
+use super::compact::KeyCode;
+use super::state::Found;
 use super::*;
 
 /// One key combination of a read.
 pub(super) struct Lookup<'p> {
     pub(super) key: Key,
+    /// The key's bytes, as compact keys are found by.
+    code: KeyCode,
     /// The key's values, when the reader computes rows of keys without rows or is partial.
     values: Vec<&'p Value>,
     /// `false` when a value is NULL: the combination matches no row.
@@ -55,6 +59,7 @@ pub(super) fn lookup_keys<'p>(
                 .ok_or(ReadError::Uncollatable)?;
             if combinations == 1 || seen.insert(key.clone()) {
                 keys.push(Lookup {
+                    code: KeyCode::of(&key),
                     key,
                     values: if keep_values { values } else { Vec::new() },
                     matchable,
@@ -92,7 +97,7 @@ pub(super) fn read_state(
     if state.partial {
         let holes: Vec<Vec<Value>> = keys
             .iter()
-            .filter(|l| l.matchable && !state.keys.contains_key(&l.key))
+            .filter(|l| l.matchable && !state.holds_code(&l.key, &l.code))
             .map(|l| l.key_values())
             .collect();
         if !holes.is_empty() {
@@ -101,12 +106,18 @@ pub(super) fn read_state(
     }
     for lookup in keys {
         let entry = match lookup.matchable {
-            true => state.keys.get(&lookup.key),
+            true => state.find(&lookup.key, &lookup.code),
             false => None,
         };
         match (entry, &spec.empty_row) {
-            (Some(entry), _) if entry.is_poisoned() => return Err(ReadError::Poisoned),
-            (Some(entry), _) => found.push(Ok(entry)),
+            (Some(Found::Rows(entry)), _) if entry.is_poisoned() => {
+                return Err(ReadError::Poisoned)
+            }
+            (Some(Found::Rows(entry)), _) => found.push(Ok(entry)),
+            (Some(Found::Compact(entry)), _) => {
+                found.push(Err(computed.len()));
+                computed.push(entry);
+            }
             (None, Some(empty)) => {
                 let row = SortedRow {
                     order: Arc::clone(&spec.order),

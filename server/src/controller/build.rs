@@ -237,9 +237,15 @@ impl Controller {
             columns,
             built_epoch,
         };
-        tokio::task::spawn_blocking(move || fill_cache(&core, plan, template, announce))
-            .await
-            .map_err(|e| ControllerError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let built = fill_cache(&core, plan, template, announce);
+            // A fill's batches are transient and as large as the result: give their memory
+            // back rather than keep the peak resident.
+            crate::memory::release_freed();
+            built
+        })
+        .await
+        .map_err(|e| ControllerError::Internal(e.to_string()))?
     }
 
     /// Whether a deep cache can answer `normalized`: the dataflow supports it and, on MySQL,
