@@ -28,6 +28,7 @@ use super::{
     Scope, TableId, BATCH_ROWS_MAX,
 };
 use crate::build::{compile, BuiltNode};
+use crate::ops::gate::Gate;
 use crate::ops::join::JoinOp;
 use crate::ops::{mem, Batch, ReaderOpNode, Record};
 use crate::reader::{ReaderHandle, ReaderOp, ReaderState};
@@ -91,19 +92,21 @@ impl Graph {
             .iter()
             .map(|t| &self.tables[t].schema)
             .collect();
-        let partial = match relation_tables.as_slice() {
+        let shape = match relation_tables.as_slice() {
             [table] if self.limits.partial => super::partial::partial_columns(
                 plan,
                 &self.tables[table].schema,
                 self.limits.stored_joins,
             )
-            .map(|(columns, by_index)| super::PartialKey {
-                table: *table,
-                columns,
-                by_index,
-            }),
+            .map(|shape| (*table, shape)),
             _ => None,
         };
+        let gated = shape.as_ref().and_then(|(_, s)| s.gated.clone());
+        let partial = shape.map(|(table, s)| super::PartialKey {
+            table,
+            columns: s.columns,
+            by_index: s.by_index,
+        });
         built.spec.partial = partial.is_some();
         // A partial cache shares nothing: its filters and projections are its own, so a key
         // fill runs through them alone.
@@ -151,8 +154,12 @@ impl Graph {
                         }
                     }
                     let parents: Vec<NodeId> = inputs.iter().map(|&p| graph_of[p]).collect();
-                    let sig = Signature::new(&plan.nodes[i].op, &plan.nodes[i].types, &parents);
-                    let n = self.add_node(op, parents.clone(), Some(id), Some(sig));
+                    // A gated partial cache's nodes hold only its held keys' state: no other
+                    // cache may share them.
+                    let sig = gated
+                        .is_none()
+                        .then(|| Signature::new(&plan.nodes[i].op, &plan.nodes[i].types, &parents));
+                    let n = self.add_node(op, parents.clone(), Some(id), sig);
                     nodes.push(n);
                     if let Err(e) = self.note_owed(n, &parents, &mut filling, stored) {
                         // Storage failed listing a shared join's output: nothing of the
@@ -177,6 +184,11 @@ impl Graph {
         let collations = built.spec.collations.clone();
         let handle = ReaderHandle::new(read.factory(), built.spec);
         drop(read);
+        let gated = gated.and_then(|(i, parts)| {
+            let node = self.nodes.get_mut(graph_of.get(i)?)?;
+            node.op.set_gate(Gate::new(handle.clone(), parts));
+            Some(graph_of[i])
+        });
         let reader = ReaderOpNode::new(built.key, built.order, collations, writer);
         let last = *graph_of.last().expect("compile refuses empty plans");
         let reader_node = self.add_node(Box::new(reader), vec![last], Some(id), None);
@@ -226,6 +238,7 @@ impl Graph {
                 },
                 handle: handle.clone(),
                 partial,
+                gated,
             },
         );
         if is_partial {

@@ -136,6 +136,8 @@ struct CacheEntry {
     handle: ReaderHandle,
     /// For a partial cache (see `partial.rs`): how its keys map to its table's rows.
     partial: Option<PartialKey>,
+    /// A partial cache's stateful node, which keeps state only for the held keys.
+    gated: Option<NodeId>,
 }
 
 /// Which nodes a propagation may run.

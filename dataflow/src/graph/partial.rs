@@ -30,7 +30,7 @@ use larder_sql::plan::{CachePlan, Expr, NodeOp};
 use larder_sql::value::{Key, Row, SqlType, TableSchema, Value};
 
 use super::{CacheId, Graph, GraphError, Scope, TableId};
-use crate::ops::Record;
+use crate::ops::{mem, Record};
 use crate::reader::ReaderOp;
 
 /// One key's fill: the reader key's values, and every stored row with them with its number
@@ -62,29 +62,42 @@ impl PartialKey {
     }
 }
 
-/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table
-/// (the columns, and whether they are not the primary key): one table, only filters and
-/// projections (each reader key column a plain column of the table, none twice), the reader
-/// key exactly the primary key or, with `index_ok`, any columns, of types whose values
-/// compare in storage as they do in a read (integers, text, booleans, uuids, dates,
-/// timestamps), no range read, no row computed for keys without rows, and no key column
+/// How a plan maps to a partial cache over its table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PartialShape {
+    /// For each part of the reader key, the table column it is.
+    pub(crate) columns: Vec<usize>,
+    /// The columns are not the table's primary key.
+    pub(crate) by_index: bool,
+    /// The plan's one stateful node (an aggregate or a TopK grouped by exactly the key's
+    /// columns), and for each part of the reader key its position in that node's group key.
+    pub(crate) gated: Option<(usize, Vec<usize>)>,
+}
+
+/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table:
+/// one table; filters and projections, and at most one aggregate or TopK whose groups are
+/// exactly the reader key's columns (so each group is one key's rows); each reader key column
+/// a plain column of the table, none twice; the reader key exactly the primary key or, with
+/// `index_ok`, any columns, of types whose values compare in storage as they do in a read
+/// (integers, text, booleans, uuids, dates, timestamps); no range read, and no key column
 /// compared by a collation (storage indexes hold the values, not their weights).
 pub(crate) fn partial_columns(
     plan: &CachePlan,
     schema: &TableSchema,
     index_ok: bool,
-) -> Option<(Vec<usize>, bool)> {
+) -> Option<PartialShape> {
     if plan.relations.len() != 1
         || plan.key.is_empty()
         || plan.range.is_some()
-        || plan.empty_key_row.is_some()
         || plan.key_collations.iter().any(Option::is_some)
     {
         return None;
     }
     // The table column each node's output column is, where it is one.
     let mut lineage: Vec<Vec<Option<usize>>> = Vec::with_capacity(plan.nodes.len());
-    for node in &plan.nodes {
+    // The stateful node, and the table columns of its groups.
+    let mut stateful: Option<(usize, Vec<Option<usize>>)> = None;
+    for (i, node) in plan.nodes.iter().enumerate() {
         let cols = match &node.op {
             NodeOp::Base { .. } => (0..schema.columns.len()).map(Some).collect(),
             NodeOp::Filter { input, .. } => lineage.get(*input)?.clone(),
@@ -97,6 +110,30 @@ pub(crate) fn partial_columns(
                         _ => None,
                     })
                     .collect()
+            }
+            NodeOp::Aggregate {
+                input,
+                group_by,
+                aggregates,
+            } if stateful.is_none() => {
+                let from = lineage.get(*input)?;
+                let groups: Vec<Option<usize>> = group_by
+                    .iter()
+                    .map(|&g| from.get(g).copied().flatten())
+                    .collect();
+                stateful = Some((i, groups.clone()));
+                groups
+                    .into_iter()
+                    .chain(std::iter::repeat_n(None, aggregates.len()))
+                    .collect()
+            }
+            NodeOp::TopK {
+                input, group_by, ..
+            } if stateful.is_none() => {
+                let from = lineage.get(*input)?;
+                let groups = group_by.iter().map(|&g| from.get(g).copied().flatten());
+                stateful = Some((i, groups.collect()));
+                from.clone()
             }
             _ => return None,
         };
@@ -114,6 +151,20 @@ pub(crate) fn partial_columns(
     if sorted.len() != columns.len() {
         return None;
     }
+    let gated = match stateful {
+        None => None,
+        Some((node, groups)) => {
+            // Each group is one key's rows: its columns are the key's, each once.
+            if groups.len() != columns.len() {
+                return None;
+            }
+            let parts: Vec<usize> = columns
+                .iter()
+                .map(|c| groups.iter().position(|g| *g == Some(*c)))
+                .collect::<Option<_>>()?;
+            Some((node, parts))
+        }
+    };
     let mut pk = schema.key.clone();
     pk.sort_unstable();
     let by_index = sorted != pk;
@@ -136,10 +187,11 @@ pub(crate) fn partial_columns(
             )
         )
     };
-    columns
-        .iter()
-        .all(|&c| exact(c))
-        .then_some((columns, by_index))
+    columns.iter().all(|&c| exact(c)).then_some(PartialShape {
+        columns,
+        by_index,
+        gated,
+    })
 }
 
 impl Graph {
@@ -186,6 +238,8 @@ impl Graph {
                     rows.push(Record::Row { row, diff: copies });
                 }
             }
+            // The keys are held before their rows run: a gated node lets them through.
+            reader.writer.publish();
         }
         if !rows.is_empty() {
             self.propagate(vec![(base, rows)], Scope::KeyFill(cache));
@@ -201,18 +255,23 @@ impl Graph {
     /// [`ReaderHandle::recently_read`](crate::ReaderHandle::recently_read)); returns how many
     /// went. The hand moves on from call to call.
     pub fn evict_keys(&mut self, keys_max: usize) -> usize {
-        let partial: Vec<(CacheId, super::NodeId, crate::ReaderHandle)> = self
+        let partial: Vec<(
+            CacheId,
+            super::NodeId,
+            Option<super::NodeId>,
+            crate::ReaderHandle,
+        )> = self
             .caches
             .iter()
             .filter(|(_, c)| c.partial.is_some())
-            .map(|(id, c)| (*id, c.reader_node, c.handle.clone()))
+            .map(|(id, c)| (*id, c.reader_node, c.gated, c.handle.clone()))
             .collect();
         if partial.is_empty() || keys_max == 0 {
             return 0;
         }
         let mut evicted = 0;
         let per_cache = keys_max.div_ceil(partial.len()).max(1);
-        for (cache, node, handle) in partial {
+        for (cache, node, gated, handle) in partial {
             let start = self.evict_hands.get(&cache).copied().unwrap_or(0);
             let Some(reader) = self.reader_op(node) else {
                 continue;
@@ -225,6 +284,15 @@ impl Graph {
                 reader.writer.append(ReaderOp::Evict { key: key.clone() });
             }
             reader.writer.publish();
+            // The gated node forgets the keys' groups as the reader did (no output: the
+            // reader holds nothing of them any more).
+            if let Some(state) = gated.and_then(|g| self.nodes.get_mut(&g)) {
+                mem::take();
+                for key in &victims {
+                    state.op.forget_key(key);
+                }
+                state.state_bytes = state.state_bytes.saturating_add(mem::take());
+            }
             handle.next_epoch();
             evicted += victims.len();
             self.evict_hands.insert(cache, start.wrapping_add(scanned));

@@ -147,10 +147,10 @@ impl super::Graph {
         let partial = match (tables.as_slice(), schemas.as_slice()) {
             ([table], [schema]) if self.limits.partial => {
                 super::partial::partial_columns(plan, schema, true)
-                    .filter(|(_, by_index)| *by_index)
-                    .map(|(columns, _)| StoredIndex {
+                    .filter(|shape| shape.by_index)
+                    .map(|shape| StoredIndex {
                         table: *table,
-                        columns,
+                        columns: shape.columns,
                     })
             }
             _ => None,

@@ -102,6 +102,28 @@ impl Accumulator {
         }
     }
 
+    /// The bytes charged for what it keeps now (its values, scales and distinct
+    /// representations): what forgetting it frees.
+    pub(crate) fn charged_bytes(&self) -> i64 {
+        let state = match &self.state {
+            State::Numeric(n) => n.scales.len() as i64 * SCALE_ENTRY_BYTES,
+            State::Extreme(values) => values
+                .keys()
+                .map(|v| mem::row_bytes(std::slice::from_ref(&v.0)))
+                .sum(),
+            _ => 0,
+        };
+        let distinct: i64 = self
+            .distinct
+            .iter()
+            .flatten()
+            .map(|(k, reps)| {
+                mem::key_bytes(k) + reps.keys().map(|r| mem::row_bytes(&r.0)).sum::<i64>()
+            })
+            .sum();
+        state + distinct
+    }
+
     /// Folds in `diff` copies of `value` (the argument; ignored by COUNT(*)).
     pub(crate) fn update(&mut self, value: &Value, diff: i64) {
         if matches!(self.state, State::CountStar) || value.is_null() {

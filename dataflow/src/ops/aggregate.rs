@@ -12,6 +12,7 @@ use std::any::Any;
 use larder_sql::value::{Key, Row, Value};
 
 use super::accum::{AccKind, Accumulator};
+use super::gate::Gate;
 use super::{bump, group_key, known, mem, poison_with, Batch, Operator, Record, RowCounts};
 use crate::order::structural_cmp;
 
@@ -54,6 +55,8 @@ pub struct AggregateOp {
     group_by: Vec<usize>,
     specs: Vec<AggSpec>,
     groups: FxHashMap<Key, Group>,
+    /// In a partial cache: groups are kept only for the keys its reader holds.
+    gate: Option<Gate>,
 }
 
 impl AggregateOp {
@@ -62,7 +65,24 @@ impl AggregateOp {
             group_by,
             specs,
             groups: FxHashMap::default(),
+            gate: None,
         }
+    }
+
+    /// Whether changes to the group `key` are kept: always, except in a partial cache for a
+    /// group it does not have whose key the reader does not hold (a hole).
+    fn keeps(&self, key: &Key) -> bool {
+        match &self.gate {
+            None => true,
+            Some(gate) => self.groups.contains_key(key) || gate.holds(key),
+        }
+    }
+
+    /// Every byte charged for a group (it goes without its rows being retracted).
+    fn charged(&self, key: &Key, group: &Group) -> i64 {
+        let reps: i64 = group.reps.keys().map(|r| mem::row_bytes(&r.0)).sum();
+        let accs: i64 = group.accs.iter().map(Accumulator::charged_bytes).sum();
+        mem::key_bytes(key) + self.group_bytes() + emitted_bytes(&group.emitted) + reps + accs
     }
 
     /// A group's own bytes besides its key, representatives, accumulated values and output.
@@ -140,6 +160,9 @@ impl Operator for AggregateOp {
             match record {
                 Record::Row { row, diff } => {
                     let key = group_key(&row, &self.group_by);
+                    if !self.keeps(&key) {
+                        continue;
+                    }
                     if !self.groups.contains_key(&key) {
                         let group = self.new_group();
                         mem::charge(mem::key_bytes(&key) + self.group_bytes());
@@ -178,6 +201,7 @@ impl Operator for AggregateOp {
                 Record::Poison { row, diff } => {
                     let keys: Vec<usize> = (0..self.group_by.len()).collect();
                     let row = match known(&row, &self.group_by) {
+                        Some(values) if !self.keeps(&Key::from_values(&values)) => continue,
                         Some(values) => poison_with(self.width(), &keys, &values),
                         None => vec![None; self.width()],
                     };
@@ -210,6 +234,21 @@ impl Operator for AggregateOp {
             }
         }
         out
+    }
+
+    fn set_gate(&mut self, gate: Gate) {
+        self.gate = Some(gate);
+    }
+
+    fn forget_key(&mut self, key: &Key) {
+        let Some(gate) = &self.gate else {
+            return;
+        };
+        let group_key = gate.group_of(key);
+        if let Some(group) = self.groups.get(&group_key) {
+            mem::charge(-self.charged(&group_key, group));
+            self.groups.remove(&group_key);
+        }
     }
 
     fn current_output(&self) -> Option<Batch> {

@@ -29,6 +29,7 @@ use crate::stored::{StoredError, StoredIndex, StoredRows};
 pub(crate) mod accum;
 pub(crate) mod aggregate;
 pub(crate) mod distinct;
+pub(crate) mod gate;
 pub(crate) mod join;
 pub(crate) mod join_stored;
 pub(crate) mod map;
@@ -101,6 +102,12 @@ pub trait Operator: Send + fmt::Debug + Any {
     /// The transaction being applied (or a new cache's fill) has ended: storage now holds
     /// its changes.
     fn end_txn(&mut self) {}
+    /// A partial cache's reader no longer holds `key` (a reader key): forget what is kept
+    /// for it, without output. Only an operator behind a [`gate::Gate`] keeps any.
+    fn forget_key(&mut self, _key: &larder_sql::value::Key) {}
+    /// Keep state only for the keys the partial cache's reader holds (see [`gate`]).
+    /// Operators that a partial cache cannot hold ignore it.
+    fn set_gate(&mut self, _gate: gate::Gate) {}
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

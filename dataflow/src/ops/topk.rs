@@ -13,6 +13,7 @@ use std::sync::Arc;
 use larder_sql::plan::OrderKey;
 use larder_sql::value::Key;
 
+use super::gate::Gate;
 use super::{group_key, known, mem, poison_with, Batch, Operator, Record};
 use crate::order::SortedRow;
 
@@ -25,6 +26,8 @@ pub struct TopKOp {
     limit: usize,
     width: usize,
     groups: FxHashMap<Key, Group>,
+    /// In a partial cache: groups are kept only for the keys its reader holds.
+    gate: Option<Gate>,
 }
 
 /// The first `limit` copies of a group, as (row, copies).
@@ -52,6 +55,15 @@ impl TopKOp {
             limit,
             width,
             groups: FxHashMap::default(),
+            gate: None,
+        }
+    }
+
+    /// Whether changes to the group `key` are kept (see [`Gate`]).
+    fn keeps(&self, key: &Key) -> bool {
+        match &self.gate {
+            None => true,
+            Some(gate) => self.groups.contains_key(key) || gate.holds(key),
         }
     }
 }
@@ -69,6 +81,9 @@ impl Operator for TopKOp {
             match record {
                 Record::Row { row, diff } => {
                     let key = group_key(&row, &self.group_by);
+                    if !self.keeps(&key) {
+                        continue;
+                    }
                     if !before.contains_key(&key) {
                         before.insert(key.clone(), top(self.groups.get(&key), self.limit));
                     }
@@ -88,6 +103,7 @@ impl Operator for TopKOp {
                 Record::Poison { row, diff } => {
                     // It may displace any row of its group.
                     let row = match known(&row, &self.group_by) {
+                        Some(values) if !self.keeps(&Key::from_values(&values)) => continue,
                         Some(values) => poison_with(self.width, &self.group_by, &values),
                         None => vec![None; self.width],
                     };
@@ -113,6 +129,22 @@ impl Operator for TopKOp {
             );
         }
         out
+    }
+
+    fn set_gate(&mut self, gate: Gate) {
+        self.gate = Some(gate);
+    }
+
+    fn forget_key(&mut self, key: &Key) {
+        let Some(gate) = &self.gate else {
+            return;
+        };
+        let group_key = gate.group_of(key);
+        if let Some(group) = mem::remove(&mut self.groups, &group_key) {
+            for row in group.keys() {
+                mem::charge(-mem::row_bytes(&row.row));
+            }
+        }
     }
 
     fn current_output(&self) -> Option<Batch> {

@@ -347,6 +347,12 @@ impl ReaderHandle {
         self.shared.epoch.fetch_add(1, AtomicOrdering::Relaxed);
     }
 
+    /// Whether the published copy holds `key` (a partial reader's filled key); `false` once
+    /// the cache was removed.
+    pub(crate) fn holds(&self, key: &Key) -> bool {
+        self.with_state(|s| s.holds(key)).unwrap_or(false)
+    }
+
     /// Whether this reader holds only keys filled on demand.
     pub fn is_partial(&self) -> bool {
         self.shared.spec.partial

@@ -109,6 +109,11 @@ pub(super) fn read_state(
             true => state.find(&lookup.key, &lookup.code),
             false => None,
         };
+        // A partial reader's filled key without rows reads as a key without rows.
+        let entry = entry.filter(|f| {
+            let rows = f.rows();
+            !rows.rows.is_empty() || rows.is_poisoned()
+        });
         match (entry, &spec.empty_row) {
             (Some(Found::Rows(entry)), _) if entry.is_poisoned() => {
                 return Err(ReadError::Poisoned)

@@ -165,6 +165,15 @@ pub(super) enum Found<'a> {
     Compact(KeyRows),
 }
 
+impl Found<'_> {
+    pub(super) fn rows(&self) -> &KeyRows {
+        match self {
+            Found::Rows(rows) => rows,
+            Found::Compact(rows) => rows,
+        }
+    }
+}
+
 impl ReaderState {
     /// An empty state whose rows sort by `order` and whose keys index their rows on
     /// `range_column`, if any.

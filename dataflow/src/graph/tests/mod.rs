@@ -587,3 +587,4 @@ fn a_fill_hands_the_reader_its_final_output_and_poison_once() {
 }
 
 mod keys;
+mod partial_state;

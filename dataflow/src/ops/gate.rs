@@ -1,0 +1,56 @@
+//! How the one stateful operator of a partial cache (an aggregate or a TopK grouped by the
+//! reader key) keeps state only for the keys its reader holds.
+//!
+//! The operator's groups are the reader's keys, in another column order. A change to a group
+//! the operator does not have is passed on only when the reader holds the group's key (a
+//! filled key whose group is empty now); otherwise it is a hole's change and is dropped, as
+//! the reader drops it. A fill marks the key held (published) before its rows run through
+//! the operator, and an eviction makes the operator forget the group
+//! ([`super::Operator::forget_key`]) as the reader forgets the key: so a group exists only
+//! while its key is held, and is built from all of the key's rows (the fill) and every later
+//! change (see `graph/partial.rs` for why none is missed or doubled).
+
+use larder_sql::value::Key;
+
+use crate::reader::ReaderHandle;
+
+#[derive(Clone, Debug)]
+pub struct Gate {
+    reader: ReaderHandle,
+    /// For each part of the reader key, its position in the operator's group key.
+    parts: Vec<usize>,
+}
+
+impl Gate {
+    /// `parts`: for each part of the reader key, its position in the group key (a
+    /// permutation).
+    pub(crate) fn new(reader: ReaderHandle, parts: Vec<usize>) -> Gate {
+        debug_assert!({
+            let mut sorted = parts.clone();
+            sorted.sort_unstable();
+            sorted.into_iter().eq(0..parts.len())
+        });
+        Gate { reader, parts }
+    }
+
+    /// Whether the reader holds the key of `group`.
+    pub(crate) fn holds(&self, group: &Key) -> bool {
+        let key = Key(self
+            .parts
+            .iter()
+            .filter_map(|&p| group.0.get(p).cloned())
+            .collect());
+        self.reader.holds(&key)
+    }
+
+    /// The group key of a reader key.
+    pub(crate) fn group_of(&self, key: &Key) -> Key {
+        let mut parts = vec![larder_sql::value::KeyPart::Null; self.parts.len()];
+        for (part, &p) in key.0.iter().zip(&self.parts) {
+            if let Some(slot) = parts.get_mut(p) {
+                *slot = part.clone();
+            }
+        }
+        Key(parts)
+    }
+}
