@@ -55,6 +55,19 @@ async fn by_n(c: &Client, n: i64) -> Answer {
         .sorted()
 }
 
+/// The per-n aggregates two partial caches with state answer: a group keyed on n, and a
+/// count that is 0 for an n without rows.
+async fn agg_n(c: &Client, n: i64) -> (Answer, Answer) {
+    (
+        q(
+            c,
+            &format!("SELECT n, count(*), max(id), sum(id) FROM t WHERE n = {n} GROUP BY n"),
+        )
+        .await,
+        q(c, &format!("SELECT count(*) FROM t WHERE n = {n}")).await,
+    )
+}
+
 /// (properties, memory_bytes) of the cache on `t`.
 async fn cache_row(c: &Client) -> (String, u64) {
     let caches = show_caches(c).await;
@@ -108,6 +121,35 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
                     .contains("partial: 0 keys held")),
         "{caches:?}"
     );
+    // Caches with state keyed on n are partial too: their aggregate keeps only the groups
+    // of the values of n read.
+    command(
+        &lc,
+        "CREATE CACHE FROM SELECT n, count(*), max(id), sum(id) FROM t WHERE n = $1 GROUP BY n",
+    )
+    .await;
+    command(&lc, "CREATE CACHE FROM SELECT count(*) FROM t WHERE n = $1").await;
+    let caches = show_caches(&lc).await;
+    let aggregates: Vec<_> = caches
+        .rows
+        .iter()
+        .filter(|r| r[2].as_deref().unwrap_or("").contains("count("))
+        .collect();
+    assert_eq!(aggregates.len(), 2, "{caches:?}");
+    for r in aggregates {
+        assert!(
+            r[3].as_deref()
+                .unwrap_or("")
+                .contains("partial: 0 keys held"),
+            "{r:?}"
+        );
+    }
+    for n in [0, 7, 99, 100] {
+        let got = agg_n(&lc, n).await;
+        assert_eq!(got, agg_n(&direct, n).await, "n {n}");
+        let (dest, reason) = explain_last(&lc).await;
+        assert_eq!(dest, "cache", "n {n}: {reason}");
+    }
     let status = larder_status(&lc).await;
     let indexes = status.get("Join Indexes").cloned().unwrap_or_default();
     assert!(indexes.contains("public.t (n)"), "{status:?}");
@@ -165,6 +207,7 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         read.push(id);
         let n = rng.gen_range(0..110);
         by_n(&lc, n).await;
+        agg_n(&lc, rng.gen_range(0..110)).await;
         read_n.push(n);
     }
     stop.store(true, Ordering::Relaxed);
@@ -188,6 +231,14 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
                 "n {n}: larder {} rows, upstream {}",
                 got.rows.len(),
                 want.rows.len()
+            ));
+        }
+    }
+    for n in 0..110 {
+        let (got, want) = (agg_n(&lc, n).await, agg_n(&direct, n).await);
+        if got != want {
+            wrong.push(format!(
+                "aggregates of n {n}: larder {got:?}, upstream {want:?}"
             ));
         }
     }

@@ -91,6 +91,19 @@ pub(super) fn read_state(
     if state.poison_all != 0 {
         return Err(ReadError::Poisoned);
     }
+    // The common hit: one key of one row, answered from its encoding without building rows
+    // to merge.
+    if let ([lookup], None) = (keys, &spec.range) {
+        if let Some((count, row)) = lookup
+            .matchable
+            .then(|| state.compact_row(&lookup.code))
+            .flatten()
+        {
+            let mut out = Collector::new(spec, params, sink);
+            out.offer(&row, count)?;
+            return Ok(out.rows);
+        }
+    }
     // Per key: its rows in the state, or (index into `computed`) its computed row.
     let mut found: Vec<Result<&KeyRows, usize>> = Vec::with_capacity(keys.len());
     let mut computed: Vec<KeyRows> = Vec::new();
@@ -152,7 +165,7 @@ pub(super) fn read_state(
     if spec.order.is_empty() || sources.len() <= 1 {
         'all: for src in &sources {
             for (row, &count) in &src.rows {
-                if !out.offer(row, count)? {
+                if !out.offer(&row.row, count)? {
                     break 'all;
                 }
             }
@@ -181,7 +194,7 @@ fn read_range(
             let buckets = range_of(src, &none).index.range(bounds);
             let mut offer = |set: &BTreeSet<SortedRow>| -> Result<bool, ReadError> {
                 for row in set {
-                    if !out.offer(row, count(src, row))? {
+                    if !out.offer(&row.row, count(src, row))? {
                         return Ok(false);
                     }
                 }
@@ -219,7 +232,7 @@ fn read_range(
         rows.sort_by(|a, b| a.0.cmp(b.0));
     }
     for (row, n) in rows {
-        if !out.offer(row, n)? {
+        if !out.offer(&row.row, n)? {
             break;
         }
     }
@@ -250,7 +263,7 @@ impl<'a, 's> Collector<'a, 's> {
     }
 
     /// Offers `count` copies of a row; returns `false` once the limit is reached.
-    fn offer(&mut self, row: &SortedRow, count: i64) -> Result<bool, ReadError> {
+    fn offer(&mut self, row: &[Value], count: i64) -> Result<bool, ReadError> {
         if self.remaining == 0 {
             return Ok(false);
         }
@@ -258,7 +271,7 @@ impl<'a, 's> Collector<'a, 's> {
             return Ok(true);
         }
         if let Some(residual) = &self.spec.residual {
-            if residual.eval_predicate(&row.row, self.params)? != Some(true) {
+            if residual.eval_predicate(row, self.params)? != Some(true) {
                 return Ok(true);
             }
         }
@@ -268,7 +281,7 @@ impl<'a, 's> Collector<'a, 's> {
         copies -= skipped;
         let take = copies.min(self.remaining);
         for _ in 0..take {
-            (self.sink)(&row.row, &self.spec.output).map_err(ReadError::Sink)?;
+            (self.sink)(row, &self.spec.output).map_err(ReadError::Sink)?;
             self.rows += 1;
         }
         self.remaining -= take;
@@ -316,7 +329,7 @@ fn merge_sorted(sources: &[&KeyRows], out: &mut Collector<'_, '_>) -> Result<(),
         }
     }
     while let Some(head) = heap.pop() {
-        if !out.offer(head.row, head.count)? {
+        if !out.offer(&head.row.row, head.count)? {
             break;
         }
         if let Some((row, &count)) = iters[head.source].next() {

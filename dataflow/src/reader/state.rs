@@ -213,6 +213,14 @@ impl ReaderState {
         self.row_count
     }
 
+    /// The row of a compact key with one, and its count (`None` for any other key, and for
+    /// bytes that do not decode, which [`ReaderState::find`] then reports).
+    pub(super) fn compact_row(&self, code: &KeyCode) -> Option<(i64, Row)> {
+        let c = self.compact.get(code)?;
+        let row = compact::row(c).ok()??;
+        Some((i64::from(compact::count(c)), row))
+    }
+
     /// The key's entry, if held.
     pub(super) fn find(&self, key: &Key, code: &KeyCode) -> Option<Found<'_>> {
         if let Some(c) = self.compact.get(code) {
