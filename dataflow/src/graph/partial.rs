@@ -1,7 +1,9 @@
 //! Partial caches: readers that hold only the keys that were asked for.
 //!
 //! A cache over one table whose reader key is made of that table's columns, reached through
-//! filters and projections only, needs no state but its reader. Such a cache starts empty
+//! filters and projections, needs no state but its reader; with one aggregate or TopK whose
+//! groups are exactly the key's columns, that node keeps the groups of the held keys only
+//! (`ops/gate.rs`). Such a cache starts empty
 //! and ready ([`Graph::add_cache`] makes it so): a read of a key it does not hold is a
 //! *hole* ([`ReadError::Holes`]); the caller looks the key's rows up in storage and hands
 //! them to [`Graph::fill_keys`], which runs them through the cache's own filter and project
@@ -18,7 +20,9 @@
 //! fill therefore sees storage exactly as of the last transaction the graph has applied;
 //! every later transaction reaches the key through the graph, because from the fill on the
 //! reader holds it. A change before the fill is in the stored row, a change after it flows
-//! in once: none is missed or counted twice.
+//! in once: none is missed or counted twice. A gated node sees the same: the fill publishes
+//! the key as held before the key's rows run through it, and it forgets the group when the
+//! reader evicts the key.
 //!
 //! [`ReadError::Holes`]: crate::error::ReadError::Holes
 
