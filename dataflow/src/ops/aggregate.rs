@@ -72,10 +72,7 @@ impl AggregateOp {
     /// Whether changes to the group `key` are kept: always, except in a partial cache for a
     /// group it does not have whose key the reader does not hold (a hole).
     fn keeps(&self, key: &Key) -> bool {
-        match &self.gate {
-            None => true,
-            Some(gate) => self.groups.contains_key(key) || gate.holds(key),
-        }
+        Gate::keeps(self.gate.as_ref(), key, || self.groups.contains_key(key))
     }
 
     /// Every byte charged for a group (it goes without its rows being retracted).
@@ -241,10 +238,9 @@ impl Operator for AggregateOp {
     }
 
     fn forget_key(&mut self, key: &Key) {
-        let Some(gate) = &self.gate else {
+        let Some(group_key) = Gate::forgotten(self.gate.as_ref(), key) else {
             return;
         };
-        let group_key = gate.group_of(key);
         if let Some(group) = self.groups.get(&group_key) {
             mem::charge(-self.charged(&group_key, group));
             self.groups.remove(&group_key);

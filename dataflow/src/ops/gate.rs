@@ -43,8 +43,19 @@ impl Gate {
         self.reader.holds(&key)
     }
 
+    /// Whether an operator keeps changes to the group `group`: always without a gate; with
+    /// one, when it has the group (`has`) or the reader holds its key.
+    pub(crate) fn keeps(gate: Option<&Gate>, group: &Key, has: impl FnOnce() -> bool) -> bool {
+        gate.is_none_or(|g| has() || g.holds(group))
+    }
+
+    /// The group an operator forgets when the reader forgets `key` (`None` without a gate).
+    pub(crate) fn forgotten(gate: Option<&Gate>, key: &Key) -> Option<Key> {
+        gate.map(|g| g.group_of(key))
+    }
+
     /// The group key of a reader key.
-    pub(crate) fn group_of(&self, key: &Key) -> Key {
+    fn group_of(&self, key: &Key) -> Key {
         let mut parts = vec![larder_sql::value::KeyPart::Null; self.parts.len()];
         for (part, &p) in key.0.iter().zip(&self.parts) {
             if let Some(slot) = parts.get_mut(p) {

@@ -61,10 +61,7 @@ impl TopKOp {
 
     /// Whether changes to the group `key` are kept (see [`Gate`]).
     fn keeps(&self, key: &Key) -> bool {
-        match &self.gate {
-            None => true,
-            Some(gate) => self.groups.contains_key(key) || gate.holds(key),
-        }
+        Gate::keeps(self.gate.as_ref(), key, || self.groups.contains_key(key))
     }
 }
 
@@ -136,10 +133,9 @@ impl Operator for TopKOp {
     }
 
     fn forget_key(&mut self, key: &Key) {
-        let Some(gate) = &self.gate else {
+        let Some(group_key) = Gate::forgotten(self.gate.as_ref(), key) else {
             return;
         };
-        let group_key = gate.group_of(key);
         if let Some(group) = mem::remove(&mut self.groups, &group_key) {
             for row in group.keys() {
                 mem::charge(-mem::row_bytes(&row.row));

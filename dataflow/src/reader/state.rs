@@ -240,15 +240,17 @@ impl ReaderState {
         self.shared_bytes.saturating_add(per_copy.saturating_mul(2))
     }
 
-    /// The keys from position `start`, wrapping around once.
+    /// The keys from position `start`, wrapping around once (only the keys yielded are
+    /// decoded, not those skipped).
     pub(crate) fn keys_from(&self, start: usize) -> impl Iterator<Item = Key> + '_ {
-        let all = || {
-            self.compact
-                .iter()
-                .filter_map(compact::key)
-                .chain(self.keys.keys().map(SlotKey::to_key))
-        };
-        all().skip(start).chain(all().take(start))
+        let all = || self.compact.iter().map(Ok).chain(self.keys.keys().map(Err));
+        all()
+            .skip(start)
+            .chain(all().take(start))
+            .filter_map(|k| match k {
+                Ok(c) => compact::key(c),
+                Err(slot) => Some(slot.to_key()),
+            })
     }
 
     fn apply(&mut self, op: ReaderOp) {

@@ -142,8 +142,8 @@ pub fn psql(d: &Deployment<'_>, sql: &str) -> String {
 }
 
 /// Runs `sql` through Larder until the cache answers (the first read of an unqualified table
-/// name in a session goes upstream to resolve it; after a restart, caches wait until
-/// replication is known to have caught up with the upstream). Panics if the cache does not
+/// name in a session goes upstream to resolve it; after a restart, or after the session's own
+/// write, caches wait until replication is known to have caught up). Panics if the cache does not
 /// answer within a few tries, or within 20 s of waiting for replication.
 pub async fn via_cache(c: &Client, sql: &str) -> Answer {
     let mut tries = 0;
@@ -155,7 +155,10 @@ pub async fn via_cache(c: &Client, sql: &str) -> Answer {
             return a;
         }
         tries += 1;
-        let catching_up = reason.contains("has not caught up");
+        // Replication behind the upstream, or behind this session's own last write (read
+        // your writes): both pass once it applies them.
+        let catching_up = reason.contains("has not caught up")
+            || reason.contains("waiting for replication to apply this session's own writes");
         if (!catching_up && tries >= 4) || Instant::now() > deadline {
             break reason;
         }
