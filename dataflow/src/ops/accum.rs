@@ -107,10 +107,9 @@ impl Accumulator {
     pub(crate) fn charged_bytes(&self) -> i64 {
         let state = match &self.state {
             State::Numeric(n) => n.scales.len() as i64 * SCALE_ENTRY_BYTES,
-            State::Extreme(values) => values
-                .keys()
-                .map(|v| mem::row_bytes(std::slice::from_ref(&v.0)))
-                .sum(),
+            State::Extreme(values) => {
+                mem::counts_bytes::<OrdValue>(values.keys().map(|v| std::slice::from_ref(&v.0)))
+            }
             _ => 0,
         };
         let distinct: i64 = self
@@ -118,7 +117,9 @@ impl Accumulator {
             .iter()
             .flatten()
             .map(|(k, reps)| {
-                mem::key_bytes(k) + reps.keys().map(|r| mem::row_bytes(&r.0)).sum::<i64>()
+                mem::key_bytes(k)
+                    + mem::slot_bytes::<Key, RowCounts>()
+                    + mem::counts_bytes::<crate::order::OrdRow>(reps.keys().map(|r| r.0.as_slice()))
             })
             .sum();
         state + distinct
@@ -191,6 +192,9 @@ impl Accumulator {
             }
             State::Extreme(values) => {
                 let key = OrdValue(value.clone());
+                if values.is_empty() {
+                    mem::charge(mem::leaf_bytes::<OrdValue, i64>());
+                }
                 let c = values.entry(key.clone()).or_insert_with(|| {
                     mem::charge(mem::row_bytes(std::slice::from_ref(value)));
                     0
@@ -199,6 +203,9 @@ impl Accumulator {
                 if *c == 0 {
                     values.remove(&key);
                     mem::charge(-mem::row_bytes(std::slice::from_ref(value)));
+                }
+                if values.is_empty() {
+                    mem::charge(-mem::leaf_bytes::<OrdValue, i64>());
                 }
             }
         }

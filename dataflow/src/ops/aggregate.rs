@@ -14,7 +14,7 @@ use larder_sql::value::{Key, Row, Value};
 use super::accum::{AccKind, Accumulator};
 use super::gate::Gate;
 use super::{bump, group_key, known, mem, poison_with, Batch, Operator, Record, RowCounts};
-use crate::order::structural_cmp;
+use crate::order::{structural_cmp, OrdRow};
 
 /// One aggregate of the node: how it folds, and which input column it reads.
 #[derive(Clone, Copy, Debug)]
@@ -77,15 +77,16 @@ impl AggregateOp {
 
     /// Every byte charged for a group (it goes without its rows being retracted).
     fn charged(&self, key: &Key, group: &Group) -> i64 {
-        let reps: i64 = group.reps.keys().map(|r| mem::row_bytes(&r.0)).sum();
+        let reps = mem::counts_bytes::<OrdRow>(group.reps.keys().map(|r| r.0.as_slice()));
         let accs: i64 = group.accs.iter().map(Accumulator::charged_bytes).sum();
         mem::key_bytes(key) + self.group_bytes() + emitted_bytes(&group.emitted) + reps + accs
     }
 
-    /// A group's own bytes besides its key, representatives, accumulated values and output.
+    /// A group's own bytes besides its key, representatives, accumulated values and output:
+    /// its map slots and its accumulators' allocation.
     fn group_bytes(&self) -> i64 {
-        (std::mem::size_of::<Group>() + self.specs.len() * std::mem::size_of::<Accumulator>())
-            as i64
+        mem::slot_bytes::<Key, Group>()
+            + mem::alloc_bytes(self.specs.len() * std::mem::size_of::<Accumulator>()) as i64
     }
 
     fn width(&self) -> usize {

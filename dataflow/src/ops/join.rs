@@ -16,6 +16,7 @@ use larder_sql::value::{Key, Row, Value};
 
 use super::join_stored::{bump_quiet, StoredSide};
 use super::{bump, known, match_key, mem, Batch, Operator, Record, RowCounts};
+use crate::order::OrdRow;
 use crate::stored::{NoStoredRows, StoredError, StoredIndex, StoredRows};
 
 /// The rows of one side that share a key.
@@ -64,7 +65,7 @@ fn store(side: &mut FxHashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (
             e.total = e.total.saturating_add(diff);
             let new = e.total;
             if e.rows.is_empty() && e.total == 0 {
-                mem::charge(-mem::key_bytes(o.key()));
+                mem::charge(-(mem::key_bytes(o.key()) + mem::slot_bytes::<Key, KeyRows>()));
                 o.remove();
             }
             (old, new)
@@ -74,7 +75,7 @@ fn store(side: &mut FxHashMap<Key, KeyRows>, key: Key, row: Row, diff: i64) -> (
             bump(&mut e.rows, row, diff);
             e.total = diff;
             if !e.rows.is_empty() {
-                mem::charge(mem::key_bytes(v.key()));
+                mem::charge(mem::key_bytes(v.key()) + mem::slot_bytes::<Key, KeyRows>());
                 v.insert(e);
             }
             (0, diff)
@@ -87,15 +88,15 @@ static EMPTY: RowCounts = RowCounts::new();
 /// Uncharges a side's state as it is dropped.
 fn free_side(side: FxHashMap<Key, KeyRows>) {
     for (key, rows) in side {
-        mem::charge(-mem::key_bytes(&key));
+        mem::charge(-(mem::key_bytes(&key) + mem::slot_bytes::<Key, KeyRows>()));
         free_rows(rows.rows);
     }
 }
 
 fn free_rows(rows: RowCounts) {
-    for row in rows.keys() {
-        mem::charge(-mem::row_bytes(&row.0));
-    }
+    mem::charge(-mem::counts_bytes::<OrdRow>(
+        rows.keys().map(|r| r.0.as_slice()),
+    ));
 }
 
 impl JoinOp {

@@ -137,9 +137,9 @@ impl Operator for TopKOp {
             return;
         };
         if let Some(group) = mem::remove(&mut self.groups, &group_key) {
-            for row in group.keys() {
-                mem::charge(-mem::row_bytes(&row.row));
-            }
+            mem::charge(-mem::counts_bytes::<SortedRow>(
+                group.keys().map(|r| &*r.row),
+            ));
         }
     }
 

@@ -7,32 +7,8 @@
 //! it is, applies to it as [`KeyRows`], and puts it back where it now belongs.
 
 use super::*;
+use crate::ops::mem::{alloc_bytes, value_heap_bytes};
 use compact::{Compact, CompactKeys, KeyCode};
-
-/// Bytes the allocator takes for a request of `n` bytes (glibc: 8 bytes of header, 16-byte
-/// alignment, 32 at least).
-fn alloc_bytes(n: usize) -> usize {
-    if n == 0 {
-        0
-    } else {
-        ((n + 8 + 15) & !15).max(32)
-    }
-}
-
-/// Heap bytes of a value besides its inline size.
-fn value_heap_bytes(v: &Value) -> usize {
-    match v {
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Unrepresentable(s) => {
-            alloc_bytes(s.capacity())
-        }
-        Value::Bytes(b) => alloc_bytes(b.capacity()),
-        Value::Array(items) => {
-            alloc_bytes(items.capacity() * std::mem::size_of::<Value>())
-                + items.iter().map(value_heap_bytes).sum::<usize>()
-        }
-        _ => 0,
-    }
-}
 
 /// Bytes one distinct row takes in a reader: its shared allocation (counts and values) and
 /// what its values point to. Both copies of the left-right pair share it.
@@ -68,8 +44,9 @@ fn key_heap_bytes(slot: &SlotKey) -> usize {
 /// Bytes a set of rows of one key holds besides the key's slot (in each copy): a B-tree's
 /// entries (with its nodes' slack) once it holds more than one row.
 fn set_heap_bytes(rows: &RowSet) -> usize {
-    /// A B-tree entry (row reference and count), with nodes two-thirds full on average.
-    const TREE_ENTRY_BYTES: usize = (std::mem::size_of::<SortedRow>() + 8) * 3 / 2;
+    /// A B-tree entry (row reference and count), with nodes half full: rows arrive in key
+    /// order from a table's copy, and a B-tree filled in order splits its nodes in halves.
+    const TREE_ENTRY_BYTES: usize = (std::mem::size_of::<SortedRow>() + 8) * 2;
     match rows {
         RowSet::Many(map) => map.len() * TREE_ENTRY_BYTES,
         _ => 0,
