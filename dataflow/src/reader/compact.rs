@@ -39,11 +39,18 @@ impl KeyCode {
     }
 }
 
+/// FxHash of the bytes, finished with MurmurHash3's 64-bit mix: the table takes its bucket
+/// from the low bits, which FxHash leaves poorly mixed for short keys that differ in a few
+/// bytes (integer keys clustered, and reads probed long runs).
 fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
     h.write(bytes);
-    h.write_usize(bytes.len());
-    h.finish()
+    let mut x = h.finish() ^ bytes.len() as u64;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 const KEY_NULL: u8 = 0;
