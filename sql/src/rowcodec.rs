@@ -133,7 +133,20 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 
 fn put_signed(out: &mut Vec<u8>, tag: u8, v: i64) {
     out.push(tag);
+    put_zigzag(out, v);
+}
+
+/// Appends `v` as a zigzag varint (small magnitudes of either sign take few bytes).
+pub fn put_zigzag(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Reads a zigzag varint [`put_zigzag`] wrote from the front of `bytes`, advancing it.
+pub fn take_zigzag(bytes: &mut &[u8]) -> Result<i64, RowCodecError> {
+    let mut r = Reader { b: bytes };
+    let v = r.signed()?;
+    *bytes = r.b;
+    Ok(v)
 }
 
 fn put_bytes(out: &mut Vec<u8>, tag: u8, b: &[u8]) {

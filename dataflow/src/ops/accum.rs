@@ -192,9 +192,7 @@ impl Accumulator {
             }
             State::Extreme(values) => {
                 let key = OrdValue(value.clone());
-                if values.is_empty() {
-                    mem::charge(mem::leaf_bytes::<OrdValue, i64>());
-                }
+                let was_empty = values.is_empty();
                 let c = values.entry(key.clone()).or_insert_with(|| {
                     mem::charge(mem::row_bytes(std::slice::from_ref(value)));
                     0
@@ -204,9 +202,7 @@ impl Accumulator {
                     values.remove(&key);
                     mem::charge(-mem::row_bytes(std::slice::from_ref(value)));
                 }
-                if values.is_empty() {
-                    mem::charge(-mem::leaf_bytes::<OrdValue, i64>());
-                }
+                mem::charge_first_node::<OrdValue>(was_empty, values.is_empty());
             }
         }
         if self.values == 0 {

@@ -65,6 +65,16 @@ pub(crate) fn leaf_bytes<K, V>() -> i64 {
     alloc_bytes(16 + 11 * (std::mem::size_of::<K>() + std::mem::size_of::<V>())) as i64
 }
 
+/// Charges a multiset's first B-tree node when it gets its first entry, and frees it with
+/// its last.
+pub(crate) fn charge_first_node<K>(was_empty: bool, is_empty: bool) {
+    match (was_empty, is_empty) {
+        (true, false) => charge(leaf_bytes::<K, i64>()),
+        (false, true) => charge(-leaf_bytes::<K, i64>()),
+        _ => {}
+    }
+}
+
 /// A B-tree entry of a row multiset (row and count) with nodes half full (filled in order,
 /// a B-tree splits its nodes in halves).
 const TREE_ENTRY_BYTES: usize = (std::mem::size_of::<Vec<Value>>() + 8) * 2;

@@ -137,18 +137,8 @@ pub(crate) fn bump(rows: &mut RowCounts, row: Row, diff: i64) -> (i64, i64) {
             (0, diff)
         }
     };
-    charge_first_node::<OrdRow>(was_empty, rows.is_empty());
+    mem::charge_first_node::<OrdRow>(was_empty, rows.is_empty());
     counts
-}
-
-/// Charges a multiset's first B-tree node when it gets its first row, and frees it with
-/// its last.
-fn charge_first_node<K>(was_empty: bool, is_empty: bool) {
-    match (was_empty, is_empty) {
-        (true, false) => mem::charge(mem::leaf_bytes::<K, i64>()),
-        (false, true) => mem::charge(-mem::leaf_bytes::<K, i64>()),
-        _ => {}
-    }
 }
 
 /// Adds `diff` copies of an ordered row; zero counts are removed.
@@ -171,7 +161,7 @@ pub(crate) fn bump_sorted(rows: &mut BTreeMap<SortedRow, i64>, row: SortedRow, d
             }
         }
     }
-    charge_first_node::<SortedRow>(was_empty, rows.is_empty());
+    mem::charge_first_node::<SortedRow>(was_empty, rows.is_empty());
 }
 
 /// The SQL-equality key of `cols`, or `None` when one of them is NULL (never equal).

@@ -78,7 +78,7 @@ fn encode_key(key: &Key, out: &mut Vec<u8>) {
             }
             KeyPart::Int(i) => {
                 out.push(KEY_INT);
-                rowcodec::put_varint(out, ((i << 1) ^ (i >> 63)) as u64);
+                rowcodec::put_zigzag(out, *i);
                 continue;
             }
             KeyPart::Float(bits) => {
@@ -135,10 +135,7 @@ fn decode_key(mut bytes: &[u8]) -> Option<Key> {
             KEY_NULL => KeyPart::Null,
             KEY_FALSE => KeyPart::Bool(false),
             KEY_TRUE => KeyPart::Bool(true),
-            KEY_INT => {
-                let z = rowcodec::take_varint(&mut bytes).ok()?;
-                KeyPart::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
-            }
+            KEY_INT => KeyPart::Int(rowcodec::take_zigzag(&mut bytes).ok()?),
             KEY_FLOAT => KeyPart::Float(word(&mut bytes)?),
             KEY_DECIMAL => KeyPart::Decimal(text(&mut bytes)?),
             KEY_TEXT => KeyPart::Text(text(&mut bytes)?),

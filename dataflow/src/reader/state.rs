@@ -231,14 +231,26 @@ impl ReaderState {
     }
 
     fn apply(&mut self, op: ReaderOp) {
+        let code = op.key().map(KeyCode::of);
+        self.apply_coded(op, code);
+    }
+
+    /// Applies a change whose key (if it has one) is encoded as `code`.
+    fn apply_coded(&mut self, op: ReaderOp, code: Option<KeyCode>) {
+        let Some(code) = code else {
+            match op {
+                ReaderOp::Poison { key: None, diff } => self.poison_all += diff,
+                ReaderOp::Ready => self.ready = true,
+                _ => debug_assert!(false, "a change to a key comes with its code"),
+            }
+            return;
+        };
         match op {
-            ReaderOp::Row { key, row, diff } => self.apply_row(key, row, diff),
-            ReaderOp::Poison { key: None, diff } => self.poison_all += diff,
+            ReaderOp::Row { key, row, diff } => self.apply_row(key, &code, row, diff),
             ReaderOp::Poison {
                 key: Some(key),
                 diff,
             } => {
-                let code = KeyCode::of(&key);
                 if !self.partial || self.holds_code(&key, &code) {
                     self.update_key(key, &code, |entry| {
                         entry.with_extra(|e| e.poison += diff);
@@ -246,25 +258,24 @@ impl ReaderState {
                     })
                 }
             }
-            ReaderOp::Ready => self.ready = true,
             ReaderOp::Fill { key } => {
                 debug_assert!(self.partial, "only partial readers are filled by key");
-                let code = KeyCode::of(&key);
                 if !self.holds_code(&key, &code) {
                     self.place(key, &code, Box::default());
                 }
             }
             ReaderOp::Evict { key } => {
-                let code = KeyCode::of(&key);
                 let entry = self.take(&key, &code);
                 self.forget(&entry);
+            }
+            ReaderOp::Poison { key: None, .. } | ReaderOp::Ready => {
+                debug_assert!(false, "a change without a key comes without a code")
             }
         }
     }
 
-    fn apply_row(&mut self, key: Key, row: SortedRow, diff: i64) {
-        let code = KeyCode::of(&key);
-        if self.partial && !self.holds_code(&key, &code) {
+    fn apply_row(&mut self, key: Key, code: &KeyCode, row: SortedRow, diff: i64) {
+        if self.partial && !self.holds_code(&key, code) {
             // A hole: its rows are read from storage when it is filled.
             return;
         }
@@ -272,7 +283,7 @@ impl ReaderState {
         let indexed = self
             .range_column
             .map(|(c, kind)| (RangeValue::place(row.row.get(c), kind), row.clone()));
-        self.update_key(key, &code, |entry| {
+        self.update_key(key, code, |entry| {
             let (old, new) = entry.rows.update(row, diff);
             let bytes_delta = match (old, new) {
                 (0, n) if n != 0 => bytes,
@@ -425,15 +436,14 @@ impl Absorb<ReaderOp> for ReaderState {
     /// allocation, which is the state this and any later change of the round to that key
     /// lead to; otherwise it applies the change.
     fn absorb_second(&mut self, operation: ReaderOp, other: &Self) {
-        if let Some(key) = operation.key() {
-            let code = KeyCode::of(key);
-            if let Some(c) = other.compact.get(&code) {
-                let key = key.clone();
-                self.adopt(&key, &code, c);
+        let code = operation.key().map(KeyCode::of);
+        if let (Some(key), Some(code)) = (operation.key(), &code) {
+            if let Some(c) = other.compact.get(code) {
+                self.adopt(key, code, c);
                 return;
             }
         }
-        self.apply(operation);
+        self.apply_coded(operation, code);
     }
 
     fn sync_with(&mut self, first: &Self) {
@@ -458,16 +468,12 @@ mod tests {
         let mut out = Contents::new();
         for key in state.keys_from(0) {
             let code = KeyCode::of(&key);
-            let rows = match state.find(&key, &code).expect("a listed key is found") {
-                Found::Rows(e) => (
-                    e.rows.iter().map(|(r, c)| (r.row.to_vec(), *c)).collect(),
-                    e.poison(),
-                ),
-                Found::Compact(e) => (
-                    e.rows.iter().map(|(r, c)| (r.row.to_vec(), *c)).collect(),
-                    e.poison(),
-                ),
-            };
+            let found = state.find(&key, &code).expect("a listed key is found");
+            let e = found.rows();
+            let rows = (
+                e.rows.iter().map(|(r, c)| (r.row.to_vec(), *c)).collect(),
+                e.poison(),
+            );
             assert!(out.insert(key, rows).is_none(), "a key listed twice");
         }
         out
