@@ -20,9 +20,10 @@
 //! fill therefore sees storage exactly as of the last transaction the graph has applied;
 //! every later transaction reaches the key through the graph, because from the fill on the
 //! reader holds it. A change before the fill is in the stored row, a change after it flows
-//! in once: none is missed or counted twice. A gated node sees the same: the fill publishes
-//! the key as held before the key's rows run through it, and it forgets the group when the
-//! reader evicts the key.
+//! in once: none is missed or counted twice. A gated node sees the same: the fill tells it
+//! the keys it fills before their rows run through it, and it forgets the group when the
+//! reader evicts the key. The keys and their rows are published together, so a read never
+//! finds a filled key without its rows.
 //!
 //! [`ReadError::Holes`]: crate::error::ReadError::Holes
 
@@ -208,7 +209,7 @@ impl Graph {
     /// Fills holes of a partial cache: for each key (the reader key's values), every stored
     /// row of the table with that key, each with its number of copies. The caller read those
     /// rows from storage under the lock that covers applying transactions (see the module
-    /// docs). Publishes.
+    /// docs). Publishes the keys and their rows at once.
     pub fn fill_keys(&mut self, cache: CacheId, fills: Vec<KeyFill>) -> Result<(), GraphError> {
         let entry = self
             .caches
@@ -217,9 +218,10 @@ impl Graph {
         let Some(partial) = entry.partial.clone() else {
             return Err(GraphError::NotPartial(cache.0));
         };
-        let reader_node = entry.reader_node;
+        let (reader_node, gated) = (entry.reader_node, entry.gated);
         let (base, width) = self.table_root(partial.table)?;
         let mut rows = Vec::new();
+        let mut filled: FxHashSet<Key> = FxHashSet::default();
         {
             let reader = self
                 .reader_op(reader_node)
@@ -229,24 +231,38 @@ impl Graph {
             if reader.writer.has_pending_operations() {
                 reader.writer.publish();
             }
-            let mut filled: FxHashSet<Key> = FxHashSet::default();
-            for (key, row) in fills {
+            for (key, key_rows) in fills {
                 let key_parts = Key::from_values(&key);
                 // Another read filled it first (or it came twice): its rows are in already.
-                if reader.holds(&key_parts) || !filled.insert(key_parts.clone()) {
+                if reader.holds(&key_parts) || filled.contains(&key_parts) {
                     continue;
                 }
-                reader.writer.append(ReaderOp::Fill { key: key_parts });
-                for (row, copies) in row {
+                for (row, copies) in key_rows {
                     super::check_arity(partial.table, width, &row)?;
                     rows.push(Record::Row { row, diff: copies });
                 }
+                filled.insert(key_parts);
             }
-            // The keys are held before their rows run: a gated node lets them through.
-            reader.writer.publish();
+            // Held before their rows reach the reader, but published only with them: a read
+            // never sees a filled key without its rows.
+            for key in &filled {
+                reader.writer.append(ReaderOp::Fill { key: key.clone() });
+            }
         }
+        // A gated node lets the filled keys' rows through as if the reader held them.
+        let gate = |graph: &mut Graph, keys: Option<FxHashSet<Key>>| {
+            let node = gated.and_then(|g| graph.nodes.get_mut(&g));
+            if let Some(gate) = node.and_then(|n| n.op.gate_mut()) {
+                match keys {
+                    Some(keys) => gate.filling(keys),
+                    None => gate.filled(),
+                }
+            }
+        };
         if !rows.is_empty() {
+            gate(self, Some(filled));
             self.propagate(vec![(base, rows)], Scope::KeyFill(cache));
+            gate(self, None);
         }
         if let Some(reader) = self.reader_op(reader_node) {
             reader.writer.publish();

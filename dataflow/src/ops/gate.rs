@@ -4,13 +4,15 @@
 //! The operator's groups are the reader's keys, in another column order. A change to a group
 //! the operator does not have is passed on only when the reader holds the group's key (a
 //! filled key whose group is empty now); otherwise it is a hole's change and is dropped, as
-//! the reader drops it. A fill marks the key held (published) before its rows run through
-//! the operator, and an eviction makes the operator forget the group
+//! the reader drops it. A fill tells the gate which keys it fills before their rows run
+//! through the operator (readers see those keys only once the fill publishes them with
+//! their rows), and an eviction makes the operator forget the group
 //! ([`super::Operator::forget_key`]) as the reader forgets the key: so a group exists only
 //! while its key is held, and is built from all of the key's rows (the fill) and every later
 //! change (see `graph/partial.rs` for why none is missed or doubled).
 
 use larder_sql::value::Key;
+use rustc_hash::FxHashSet;
 
 use crate::reader::ReaderHandle;
 
@@ -19,6 +21,8 @@ pub struct Gate {
     reader: ReaderHandle,
     /// For each part of the reader key, its position in the operator's group key.
     parts: Vec<usize>,
+    /// The reader keys a fill is running through the operator now (held once it publishes).
+    filling: FxHashSet<Key>,
 }
 
 impl Gate {
@@ -30,17 +34,31 @@ impl Gate {
             sorted.sort_unstable();
             sorted.into_iter().eq(0..parts.len())
         });
-        Gate { reader, parts }
+        Gate {
+            reader,
+            parts,
+            filling: FxHashSet::default(),
+        }
     }
 
-    /// Whether the reader holds the key of `group`.
+    /// Whether the reader holds the key of `group`, or a fill is filling it.
     pub(crate) fn holds(&self, group: &Key) -> bool {
         let key = Key(self
             .parts
             .iter()
             .filter_map(|&p| group.0.get(p).cloned())
             .collect());
-        self.reader.holds(&key)
+        self.filling.contains(&key) || self.reader.holds(&key)
+    }
+
+    /// A fill of `keys` (reader keys) starts: their rows pass until [`Gate::filled`].
+    pub(crate) fn filling(&mut self, keys: FxHashSet<Key>) {
+        self.filling = keys;
+    }
+
+    /// The fill ended: its keys are held by the reader as published from now on.
+    pub(crate) fn filled(&mut self) {
+        self.filling = FxHashSet::default();
     }
 
     /// Whether an operator keeps changes to the group `group`: always without a gate; with

@@ -108,6 +108,10 @@ pub trait Operator: Send + fmt::Debug + Any {
     /// Keep state only for the keys the partial cache's reader holds (see [`gate`]).
     /// Operators that a partial cache cannot hold ignore it.
     fn set_gate(&mut self, _gate: gate::Gate) {}
+    /// The gate [`set_gate`](Operator::set_gate) gave, if any.
+    fn gate_mut(&mut self) -> Option<&mut gate::Gate> {
+        None
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

@@ -132,6 +132,10 @@ impl Operator for TopKOp {
         self.gate = Some(gate);
     }
 
+    fn gate_mut(&mut self) -> Option<&mut Gate> {
+        self.gate.as_mut()
+    }
+
     fn forget_key(&mut self, key: &Key) {
         let Some(group_key) = Gate::forgotten(self.gate.as_ref(), key) else {
             return;

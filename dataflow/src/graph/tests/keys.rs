@@ -245,3 +245,58 @@ fn collated_keys_group_by_weight_and_refuse_what_they_cannot_key() {
     g.publish();
     assert_eq!(read(Value::Text("B".into())).unwrap(), vec![row(3, "b")]);
 }
+
+/// Readers never see a filled key without its rows: a fill publishes its keys together with
+/// their rows, however long the rows take to run through the cache's nodes.
+#[test]
+fn readers_never_see_a_filled_key_without_its_rows() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut g = Graph::with_limits(GraphLimits {
+        partial: true,
+        ..GraphLimits::default()
+    });
+    let cols = vec![SqlType::Int4, SqlType::Int4, SqlType::Text];
+    let mut t = schema("t", &cols);
+    t.key = vec![0];
+    g.add_table(T, t).unwrap();
+    let mut p = plan(&["t"], vec![node(NodeOp::Base { relation: 0 }, cols.clone())]);
+    p.key = vec![0];
+    p.key_params = vec![0];
+    p.param_types = vec![SqlType::Int4];
+    let (id, reader) = g.add_cache(&p).unwrap();
+    let row = |k: i64| vec![Value::Int(k), Value::Int(k % 100), Value::Text(format!("row {k}"))];
+    const KEYS: i64 = 20_000;
+    let done = Arc::new(AtomicBool::new(false));
+    let (empty, hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let readers: Vec<_> = (0..2i64)
+        .map(|i| {
+            let (reader, done, empty, hits) =
+                (reader.clone(), done.clone(), empty.clone(), hits.clone());
+            std::thread::spawn(move || {
+                let mut k = i;
+                while !done.load(Ordering::SeqCst) {
+                    k = (k + 7919) % KEYS;
+                    match reader.read(&[vec![Value::Int(k + 1)]]) {
+                        Ok(rows) if rows.is_empty() => empty.fetch_add(1, Ordering::SeqCst),
+                        Ok(_) => hits.fetch_add(1, Ordering::SeqCst),
+                        Err(_) => 0,
+                    };
+                }
+            })
+        })
+        .collect();
+    for chunk in 0..KEYS / 2000 {
+        let fills = (chunk * 2000 + 1..=(chunk + 1) * 2000)
+            .map(|k| (vec![Value::Int(k)], vec![(row(k), 1)]))
+            .collect();
+        g.fill_keys(id, fills).unwrap();
+        g.evict_keys(300);
+    }
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().unwrap();
+    }
+    eprintln!("reads of filled keys: {} hits", hits.load(Ordering::SeqCst));
+    assert_eq!(empty.load(Ordering::SeqCst), 0, "reads found a filled key without its rows");
+}
