@@ -41,7 +41,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 pub use larder::LarderProcess;
-pub use mariadb::MariaDbServer;
+pub use mariadb::{MariaDbServer, CONNECT_TIMEOUT_ARG as MARIADB_CONNECT_TIMEOUT_ARG};
 pub use pg::{pg_bin_dir, PgServer};
 
 /// Runs `sql` with `psql -X -At -v ON_ERROR_STOP=1` against any connection URL (a Larder, a

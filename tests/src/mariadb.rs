@@ -18,6 +18,9 @@ use crate::supervise::{self, ManagedProc, Registration, TempDir};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PORT_ATTEMPTS_MAX: usize = 5;
 
+/// The `mariadb` CLI's connect timeout for TCP connections the tests make.
+pub const CONNECT_TIMEOUT_ARG: &str = "--connect-timeout=30";
+
 /// A real MariaDB server in a private temp dir; same shape as [`crate::PgServer`].
 pub struct MariaDbServer {
     dir: TempDir,
@@ -264,6 +267,9 @@ impl MariaDbServer {
         let mut cmd = Command::new(crate::require_binary("mariadb"));
         cmd.arg("--no-defaults")
             .args(["--protocol=TCP", "-h", "127.0.0.1", "-uroot", "-N", "-B"])
+            // 0 (the default) fails at once when a loaded machine has not finished a loopback
+            // handshake by the time a non-blocking connect returns (error 2002, errno 115).
+            .arg(CONNECT_TIMEOUT_ARG)
             .arg(format!("-P{}", self.port))
             .env("MYSQL_PWD", &self.password);
         if !db.is_empty() {

@@ -10,6 +10,7 @@ pub fn cli(port: u16, user: &str, password: &str, db: &str, sql: &str, extra: &[
     Command::new(require_binary("mariadb"))
         .arg("--no-defaults")
         .args(["--protocol=TCP", "-h", "127.0.0.1", "-N", "-B"])
+        .arg(larder_testkit::MARIADB_CONNECT_TIMEOUT_ARG)
         .arg(format!("-P{port}"))
         .arg(format!("-u{user}"))
         .args(extra)
