@@ -44,7 +44,8 @@ pub struct CacheEntry {
     pub retired: AtomicBool,
     /// For a partial cache: fills the keys reads find missing.
     pub filler: Option<Arc<crate::partial::HoleFiller>>,
-    /// Evicted under `--memory-limit` (see `memory.rs`): its next read asks for it again.
+    /// Dormant: evicted under `--memory-limit`, or restored and not filled yet (see
+    /// `memory.rs`); its next read asks for it to be filled.
     pub evicted: AtomicBool,
     /// Where that read asks.
     pub refills: Arc<crate::memory::Refills>,
@@ -62,8 +63,14 @@ impl CacheEntry {
 
     /// Stops serving because the memory loop evicts it (see `memory.rs`).
     pub fn evict(&self) {
+        self.make_dormant(crate::memory::EVICTED_REASON);
+    }
+
+    /// Not serving, and not in the dataflow: the next read asks for the cache to be filled
+    /// again, for `reason` (an eviction, or a restart that did not fill it yet).
+    pub fn make_dormant(&self, reason: &str) {
         self.evicted.store(true, Ordering::SeqCst);
-        self.invalidate(crate::memory::EVICTED_REASON);
+        self.invalidate(reason);
     }
 
     pub fn invalidate(&self, reason: &str) {

@@ -9,9 +9,10 @@
 //! reader are freed, and the secondary indexes only it read) but stays in the registry, not
 //! serving: its queries go upstream, `EXPLAIN LAST STATEMENT` and `SHOW CACHES` say it was
 //! evicted, and its next read asks for it again ([`Refills`]). It is then built again from
-//! storage like a cache after a restart, and the clock starts it young (a read asked for
-//! it). A new cache starts on probation instead: older than every cache read since, so a
-//! cache nobody reads goes before one in use.
+//! storage like a new cache, and the clock starts it young (a read asked for it). A new
+//! cache starts on probation instead: older than every cache read since, so a cache nobody
+//! reads goes before one in use. A restart leaves such caches dormant the same way
+//! ([`DORMANT_REASON`]): each is filled on its first read, not by a scan before serving.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -24,6 +25,10 @@ use crate::core::{CacheEntry, Core};
 /// Why an evicted cache does not answer (also its mark: see [`CacheEntry::evicted`]).
 pub const EVICTED_REASON: &str =
     "the cache was evicted under --memory-limit; it is filled again after this read";
+
+/// Why a cache restored at startup does not answer yet (see [`CacheEntry::make_dormant`]).
+pub const DORMANT_REASON: &str =
+    "the cache is not filled since Larder started; it is filled after this read";
 
 /// Most evicted caches waiting to be filled again; past it a read asks again later.
 const REFILLS_PENDING_MAX: usize = 256;
@@ -79,11 +84,14 @@ struct Seen {
     entry: Weak<CacheEntry>,
     hits: u64,
     age: u32,
+    /// The entry was dormant: an entry after it was filled because a read asked.
+    dormant: bool,
 }
 
 impl CacheClock {
     /// One pass: caches read since the previous one are young again, the others age; a new
-    /// cache starts on probation, one filled again after an eviction young.
+    /// cache starts on probation, one filled again after an eviction (or after a restart
+    /// left it dormant) young.
     fn tick(&mut self, caches: &[Arc<CacheEntry>]) {
         let mut next = HashMap::with_capacity(caches.len());
         for c in caches {
@@ -92,10 +100,20 @@ impl CacheClock {
             let age = match self.seen.get(&c.query_id) {
                 Some(s) if s.entry.ptr_eq(&entry) && s.hits == hits => s.age.saturating_add(1),
                 Some(s) if s.entry.ptr_eq(&entry) => 0,
+                Some(s) if s.dormant => 0,
                 _ if self.evicted.remove(&c.query_id) => 0,
                 _ => PROBATION_AGE,
             };
-            next.insert(c.query_id.clone(), Seen { entry, hits, age });
+            let dormant = c.evicted.load(Ordering::Acquire);
+            next.insert(
+                c.query_id.clone(),
+                Seen {
+                    entry,
+                    hits,
+                    age,
+                    dormant,
+                },
+            );
         }
         self.seen = next;
         self.evicted.retain(|q| self.seen.contains_key(q));

@@ -352,7 +352,9 @@ pub fn warm_up(core: Weak<Core>, entry: Weak<crate::core::CacheEntry>) {
                     (key, vec![(row, 1)])
                 })
                 .collect();
-            if graph.fill_keys(filler.cache, fills).is_err() {
+            if let Err(e) = graph.fill_keys(filler.cache, fills) {
+                // The cache was removed meanwhile.
+                debug!(error = %e, "partial cache gone during its warm-up");
                 return;
             }
             next

@@ -503,7 +503,8 @@ async fn build_again(
     )
 }
 
-/// Fill evicted caches again when a read asks for them (see `memory.rs`).
+/// Fill dormant caches (evicted, or not filled since the restart) when a read asks for them
+/// (see `memory.rs`).
 pub(crate) async fn refill_caches_forever(controller: Arc<Controller>) {
     loop {
         let query_id = controller.core.refills.next().await;
@@ -518,18 +519,20 @@ pub(crate) async fn refill_caches_forever(controller: Arc<Controller>) {
         };
         match built {
             Ok(entry) => {
-                info!(cache = %cache.name, "evicted cache filled again");
+                info!(cache = %cache.name, "dormant cache filled");
                 controller.publish(entry).await;
             }
             // Still evicted: a later read asks again.
             Err(e) => {
-                warn!(cache = %cache.name, error = %e, "an evicted cache could not be filled again")
+                warn!(cache = %cache.name, error = %e, "a dormant cache could not be filled")
             }
         }
     }
 }
 
-/// Rebuild the caches stored by an earlier run.
+/// Brings back the caches stored by an earlier run, without scanning a table: partial
+/// caches serve at once and fill their keys on demand, the others fill on their first read
+/// (`Controller::restore_cache`).
 pub(crate) async fn restore_caches(controller: &Controller) {
     let stored = match controller.core.storage.caches() {
         Ok(s) => s,
@@ -551,11 +554,12 @@ pub(crate) async fn restore_caches(controller: &Controller) {
             }
         };
         match controller
-            .build_cache(&c.name, &text, &normalized, c.always)
+            .restore_cache(&c.name, &text, &normalized, c.always)
             .await
         {
             Ok(entry) => {
-                info!(cache = %c.name, "cache restored");
+                let dormant = entry.evicted.load(std::sync::atomic::Ordering::SeqCst);
+                info!(cache = %c.name, dormant, "cache restored");
                 controller.publish(entry).await;
             }
             Err(e) => {
@@ -693,7 +697,8 @@ async fn rebuild_caches_of(controller: &Controller, oid: u32) {
     else {
         return;
     };
-    // An evicted cache is not broken: it is filled again on its next read.
+    // A dormant cache (evicted, or not filled since the restart) is not broken: it is filled
+    // on its next read.
     let stale = controller.core.caches.all().into_iter().filter(|c| {
         c.reads_named(&schema, &name)
             && !c.evicted.load(std::sync::atomic::Ordering::SeqCst)

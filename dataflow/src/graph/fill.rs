@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use larder_sql::plan::{CachePlan, NodeOp, NodeRef};
-use larder_sql::value::{Row, TableSchema};
+use larder_sql::value::{Row, SqlType, TableSchema};
 
 use super::share::{plan_reuse, Signature};
 use super::{
@@ -62,6 +62,69 @@ impl Graph {
         self.add_cache_with(plan, None)
     }
 
+    /// Whether `plan`, added now, would be a partial cache (one that starts empty and ready,
+    /// and fills its keys on demand); `false` also when it cannot be added.
+    pub fn would_be_partial(&self, plan: &CachePlan) -> bool {
+        self.relations_of(plan)
+            .is_ok_and(|(tables, _)| self.partial_shape(plan, &tables).is_some())
+    }
+
+    /// The table of each relation of `plan`, and its column types.
+    fn relations_of(
+        &self,
+        plan: &CachePlan,
+    ) -> Result<(Vec<TableId>, Vec<Vec<SqlType>>), GraphError> {
+        let mut tables = Vec::with_capacity(plan.relations.len());
+        let mut types = Vec::with_capacity(plan.relations.len());
+        for r in &plan.relations {
+            let table = self.table_by_name(&r.schema, &r.name).ok_or_else(|| {
+                GraphError::UnknownTableRef {
+                    schema: r.schema.clone(),
+                    name: r.name.clone(),
+                }
+            })?;
+            let schema = &self.tables[&table].schema;
+            types.push(schema.columns.iter().map(|c| c.ty.clone()).collect());
+            tables.push(table);
+        }
+        Ok((tables, types))
+    }
+
+    /// How `plan` over `relation_tables` is a partial cache, if it is one.
+    fn partial_shape(
+        &self,
+        plan: &CachePlan,
+        relation_tables: &[TableId],
+    ) -> Option<(TableId, super::partial::PartialShape)> {
+        match relation_tables {
+            [table] if self.limits.partial => super::partial::partial_columns(
+                plan,
+                &self.tables.get(table)?.schema,
+                self.limits.stored_joins,
+            )
+            .map(|shape| (*table, shape)),
+            _ => None,
+        }
+    }
+
+    /// A cache of `plan` that is not in the graph yet (it is added when first read): an id
+    /// no cache in the graph has, and a reader that is never ready. Checks that `plan`
+    /// compiles over the tables as they are.
+    pub fn dormant_cache(
+        &mut self,
+        plan: &CachePlan,
+    ) -> Result<(CacheId, ReaderHandle), GraphError> {
+        let (_, relation_types) = self.relations_of(plan)?;
+        let built = compile(plan, &relation_types, &self.limits)?;
+        let id = CacheId(self.next_cache);
+        self.next_cache += 1;
+        let state = ReaderState::new(std::sync::Arc::clone(&built.order), None);
+        // The writer goes at once: reads find the reader gone, as a removed cache's.
+        let (writer, read) = left_right::new_from_empty::<ReaderState, ReaderOp>(state);
+        drop(writer);
+        Ok((id, ReaderHandle::new(read.factory(), built.spec)))
+    }
+
     /// [`add_cache`](Self::add_cache) with storage as of now (the caller holds the writer
     /// between transactions), so that a new node can start from the output of a shared
     /// join that reads a side from storage. Without it such a join is built again for the
@@ -74,33 +137,13 @@ impl Graph {
         if self.caches.len() >= self.limits.caches_max {
             return Err(GraphError::TooManyCaches(self.limits.caches_max));
         }
-        let mut relation_tables = Vec::with_capacity(plan.relations.len());
-        let mut relation_types = Vec::with_capacity(plan.relations.len());
-        for r in &plan.relations {
-            let table = self.table_by_name(&r.schema, &r.name).ok_or_else(|| {
-                GraphError::UnknownTableRef {
-                    schema: r.schema.clone(),
-                    name: r.name.clone(),
-                }
-            })?;
-            let schema = &self.tables[&table].schema;
-            relation_types.push(schema.columns.iter().map(|c| c.ty.clone()).collect());
-            relation_tables.push(table);
-        }
+        let (relation_tables, relation_types) = self.relations_of(plan)?;
         let mut built = compile(plan, &relation_types, &self.limits)?;
         let schemas: Vec<&TableSchema> = relation_tables
             .iter()
             .map(|t| &self.tables[t].schema)
             .collect();
-        let shape = match relation_tables.as_slice() {
-            [table] if self.limits.partial => super::partial::partial_columns(
-                plan,
-                &self.tables[table].schema,
-                self.limits.stored_joins,
-            )
-            .map(|shape| (*table, shape)),
-            _ => None,
-        };
+        let shape = self.partial_shape(plan, &relation_tables);
         let gated = shape.as_ref().and_then(|(_, s)| s.gated.clone());
         let partial = shape.map(|(table, s)| super::PartialKey {
             table,

@@ -203,6 +203,59 @@ impl Controller {
         always: bool,
         announce: bool,
     ) -> Result<Arc<CacheEntry>, ControllerError> {
+        let (plan, pending) = self.prepare(name, text, normalized, always).await?;
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let built = fill_cache(&core, plan, pending, announce);
+            // A fill's batches are transient and as large as the result: give their memory
+            // back rather than keep the peak resident.
+            crate::memory::release_freed();
+            built
+        })
+        .await
+        .map_err(|e| ControllerError::Internal(e.to_string()))?
+    }
+
+    /// A cache stored by an earlier run, brought back: a partial cache is built at once (it
+    /// starts empty and fills its keys on demand); any other is dormant, in the registry but
+    /// not in the dataflow, and filled from storage on its first read (see `memory.rs`), so
+    /// that a restart scans no table before the caches serve.
+    pub async fn restore_cache(
+        &self,
+        name: &str,
+        text: &str,
+        normalized: &Normalized,
+        always: bool,
+    ) -> Result<Arc<CacheEntry>, ControllerError> {
+        let (plan, pending) = self.prepare(name, text, normalized, always).await?;
+        let dormant = {
+            let mut graph = self.core.dataflow.lock().expect("dataflow lock poisoned");
+            if graph.would_be_partial(&plan) {
+                None
+            } else {
+                Some(graph.dormant_cache(&plan).map_err(fill_error)?)
+            }
+        };
+        let Some((cache_id, reader)) = dormant else {
+            let core = self.core.clone();
+            return tokio::task::spawn_blocking(move || fill_cache(&core, plan, pending, false))
+                .await
+                .map_err(|e| ControllerError::Internal(e.to_string()))?;
+        };
+        let entry = pending.into_entry(&self.core, plan, cache_id, reader, None);
+        entry.make_dormant(crate::memory::DORMANT_REASON);
+        Ok(Arc::new(entry))
+    }
+
+    /// Lowering, the checks that need live state and the upstream's description of the
+    /// result: everything of a cache but its dataflow.
+    async fn prepare(
+        &self,
+        name: &str,
+        text: &str,
+        normalized: &Normalized,
+        always: bool,
+    ) -> Result<(CachePlan, PendingEntry), ControllerError> {
         // Read before anything of the tables' shapes is: a shape change from here on makes
         // this build older than it, which prepared statements compare against.
         let built_epoch = self
@@ -226,8 +279,7 @@ impl Controller {
             return Err(ControllerError::Internal("table without storage".into()));
         }
         let relations = Self::cached_relations(&plan, &tables);
-        let core = self.core.clone();
-        let template = PendingEntry {
+        let pending = PendingEntry {
             name: name.to_string(),
             query_id: normalized.query_id.clone(),
             query: text.to_string(),
@@ -237,15 +289,7 @@ impl Controller {
             columns,
             built_epoch,
         };
-        tokio::task::spawn_blocking(move || {
-            let built = fill_cache(&core, plan, template, announce);
-            // A fill's batches are transient and as large as the result: give their memory
-            // back rather than keep the peak resident.
-            crate::memory::release_freed();
-            built
-        })
-        .await
-        .map_err(|e| ControllerError::Internal(e.to_string()))?
+        Ok((plan, pending))
     }
 
     /// Whether a deep cache can answer `normalized`: the dataflow supports it and, on MySQL,
@@ -332,6 +376,40 @@ struct PendingEntry {
     built_epoch: u64,
 }
 
+impl PendingEntry {
+    /// The entry, serving, once the dataflow gave the cache `cache_id` and `reader`.
+    fn into_entry(
+        self,
+        core: &Core,
+        plan: CachePlan,
+        cache_id: larder_dataflow::CacheId,
+        reader: larder_dataflow::ReaderHandle,
+        filler: Option<Arc<crate::partial::HoleFiller>>,
+    ) -> CacheEntry {
+        CacheEntry {
+            name: self.name,
+            query_id: self.query_id,
+            query: self.query,
+            normalized: self.normalized,
+            always: self.always,
+            relations: self.relations,
+            plan,
+            cache_id,
+            reader,
+            columns: self.columns,
+            built_epoch: self.built_epoch,
+            hits: crate::core::HitCounter::default(),
+            invalid: Mutex::new(None),
+            serving: AtomicBool::new(true),
+            ops: core.ops.clone(),
+            retired: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            refills: Arc::clone(&core.refills),
+            filler,
+        }
+    }
+}
+
 /// Adds the plan to the dataflow and fills it from a storage snapshot (see the module docs).
 fn fill_cache(
     core: &Arc<Core>,
@@ -384,27 +462,7 @@ fn fill_cache(
         None => None,
     };
     let is_partial = filler.is_some();
-    let entry = Arc::new(CacheEntry {
-        name: pending.name,
-        query_id: pending.query_id,
-        query: pending.query,
-        normalized: pending.normalized,
-        always: pending.always,
-        relations: pending.relations,
-        plan,
-        cache_id,
-        reader,
-        columns: pending.columns,
-        built_epoch: pending.built_epoch,
-        hits: crate::core::HitCounter::default(),
-        invalid: Mutex::new(None),
-        serving: AtomicBool::new(true),
-        ops: core.ops.clone(),
-        retired: AtomicBool::new(false),
-        evicted: AtomicBool::new(false),
-        refills: Arc::clone(&core.refills),
-        filler,
-    });
+    let entry = Arc::new(pending.into_entry(core, plan, cache_id, reader, filler));
     if announce {
         core.caches.insert(Arc::clone(&entry));
     }

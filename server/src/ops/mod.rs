@@ -84,6 +84,7 @@ impl FallbackReason {
             || has("large upstream transaction")
             || has("not the relation the cache was built from")
             || has("evicted")
+            || has("not filled since")
         {
             FallbackReason::NotReady
         } else if has("transaction") {

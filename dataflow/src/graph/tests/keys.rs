@@ -260,12 +260,21 @@ fn readers_never_see_a_filled_key_without_its_rows() {
     let mut t = schema("t", &cols);
     t.key = vec![0];
     g.add_table(T, t).unwrap();
-    let mut p = plan(&["t"], vec![node(NodeOp::Base { relation: 0 }, cols.clone())]);
+    let mut p = plan(
+        &["t"],
+        vec![node(NodeOp::Base { relation: 0 }, cols.clone())],
+    );
     p.key = vec![0];
     p.key_params = vec![0];
     p.param_types = vec![SqlType::Int4];
     let (id, reader) = g.add_cache(&p).unwrap();
-    let row = |k: i64| vec![Value::Int(k), Value::Int(k % 100), Value::Text(format!("row {k}"))];
+    let row = |k: i64| {
+        vec![
+            Value::Int(k),
+            Value::Int(k % 100),
+            Value::Text(format!("row {k}")),
+        ]
+    };
     const KEYS: i64 = 20_000;
     let done = Arc::new(AtomicBool::new(false));
     let (empty, hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -298,5 +307,9 @@ fn readers_never_see_a_filled_key_without_its_rows() {
         r.join().unwrap();
     }
     eprintln!("reads of filled keys: {} hits", hits.load(Ordering::SeqCst));
-    assert_eq!(empty.load(Ordering::SeqCst), 0, "reads found a filled key without its rows");
+    assert_eq!(
+        empty.load(Ordering::SeqCst),
+        0,
+        "reads found a filled key without its rows"
+    );
 }
