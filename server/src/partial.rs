@@ -138,11 +138,13 @@ impl HoleFiller {
         let width = self.table.schema.columns.len();
         self.filled.fetch_add(keys.len() as u64, Ordering::Relaxed);
         let mut fills = Vec::with_capacity(keys.len());
+        // Storage as of the graph's last applied transaction (the caller holds the lock):
+        // what the keys' rows are read from, and what a join's stored side looks up.
+        let snapshot = core.storage.snapshot();
+        let view = core.storage.stored_view(&snapshot);
         if self.key.by_index {
             // Every row with the key, through its secondary index (complete and kept by
             // every transaction since the cache was added).
-            let snapshot = core.storage.snapshot();
-            let view = core.storage.stored_view(&snapshot);
             for key in keys {
                 // A key no stored value equals (NULL, 1.5 for an integer) has no rows.
                 let rows = match self.stored_key(&key) {
@@ -174,7 +176,7 @@ impl HoleFiller {
                 fills.push((key, row.map(|r| (r, 1)).into_iter().collect()));
             }
         }
-        if let Err(e) = graph.fill_keys(self.cache, fills) {
+        if let Err(e) = graph.fill_keys(self.cache, fills, &view) {
             // The cache was removed meanwhile: nothing to fill.
             debug!(error = %e, "partial cache gone before its fill");
         }
@@ -352,7 +354,10 @@ pub fn warm_up(core: Weak<Core>, entry: Weak<crate::core::CacheEntry>) {
                     (key, vec![(row, 1)])
                 })
                 .collect();
-            if let Err(e) = graph.fill_keys(filler.cache, fills) {
+            let snapshot = core.storage.snapshot();
+            if let Err(e) =
+                graph.fill_keys(filler.cache, fills, &core.storage.stored_view(&snapshot))
+            {
                 // The cache was removed meanwhile.
                 debug!(error = %e, "partial cache gone during its warm-up");
                 return;

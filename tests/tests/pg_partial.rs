@@ -1,7 +1,8 @@
 //! Partial caches (issue #11): a cache keyed on its table's primary key serves at once, fills
 //! each key from storage when it is first read (answering that read) while a background
 //! warm-up fills the rest; a cache keyed on another column fills each key's rows through a
-//! secondary index; both stay equal to the upstream under a concurrent writer racing the
+//! secondary index; a join keyed on one table keeps only the read keys' rows of it and
+//! reads its other side from storage; all stay equal to the upstream under a concurrent writer racing the
 //! fills, evicts keys under `--memory-limit` (the warm-up stops short of it), and
 //! serves at once after a restart.
 
@@ -30,6 +31,15 @@ fn setup(d: &Deployment<'_>) {
 
 async fn point(c: &Client, id: i64) -> Answer {
     q(c, &format!("SELECT id, n, s FROM t WHERE id = {id}")).await
+}
+
+/// A row of t with its match in `other` (looked up in storage by the partial join).
+async fn joined(c: &Client, id: i64) -> Answer {
+    q(
+        c,
+        &format!("SELECT t.id, t.n, o.n FROM t LEFT JOIN other o ON o.id = t.n WHERE t.id = {id}"),
+    )
+    .await
 }
 
 /// Prints the memory and keys of the cache keyed on n (the figures of the closing note).
@@ -161,6 +171,35 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
     }
     print_n_cache(&lc, "after 4 values of n were read").await;
 
+    // A join keyed on t's primary key keeps only the read keys' rows of t, and reads its
+    // other side from storage.
+    d.psql("INSERT INTO other SELECT g, g * 10 FROM generate_series(0, 60) g");
+    command(
+        &lc,
+        "CREATE CACHE FROM SELECT t.id, t.n, o.n FROM t LEFT JOIN other o ON o.id = t.n WHERE t.id = $1",
+    )
+    .await;
+    let caches = show_caches(&lc).await;
+    assert!(
+        caches
+            .rows
+            .iter()
+            .any(|r| r[2].as_deref().unwrap_or("").contains("JOIN")
+                && r[3].as_deref().unwrap_or("").contains("partial:")),
+        "{caches:?}"
+    );
+    wait_caught_up(&direct, &lc).await;
+    for id in [1, 2, 70, ROWS + 1] {
+        let got = via_cache(
+            &lc,
+            &format!(
+                "SELECT t.id, t.n, o.n FROM t LEFT JOIN other o ON o.id = t.n WHERE t.id = {id}"
+            ),
+        )
+        .await;
+        assert_eq!(got, joined(&direct, id).await, "joined id {id}");
+    }
+
     // The first read of a key is answered from the cache (filled on the way).
     for id in [1, 2, 3, ROWS, ROWS + 1] {
         let got = point(&lc, id).await;
@@ -183,7 +222,13 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
             let mut writes = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let id = rng.gen_range(1..=ROWS + 500);
-                let sql = match rng.gen_range(0..4) {
+                let o = rng.gen_range(0..110);
+                let sql = match rng.gen_range(0..7) {
+                    4 => format!("UPDATE other SET n = n + 1 WHERE id = {o}"),
+                    5 => format!("DELETE FROM other WHERE id = {o}"),
+                    6 => format!(
+                        "INSERT INTO other VALUES ({o}, {id}) ON CONFLICT (id) DO UPDATE SET n = {id}"
+                    ),
                     0 => format!("DELETE FROM t WHERE id = {id}"),
                     1 => format!(
                         "INSERT INTO t VALUES ({id}, {}, 'new {id}') ON CONFLICT (id) DO UPDATE SET s = 'upsert'",
@@ -204,6 +249,7 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
     while Instant::now() < race_until {
         let id = rng.gen_range(1..=ROWS + 500);
         point(&lc, id).await;
+        joined(&lc, rng.gen_range(1..=ROWS + 500)).await;
         read.push(id);
         let n = rng.gen_range(0..110);
         by_n(&lc, n).await;
@@ -220,6 +266,10 @@ async fn keys_fill_on_first_read_and_follow_a_racing_writer() {
         let (got, want) = (point(&lc, id).await, point(&direct, id).await);
         if got != want {
             wrong.push(format!("id {id}: larder {got:?}, upstream {want:?}"));
+        }
+        let (got, want) = (joined(&lc, id).await, joined(&direct, id).await);
+        if got != want {
+            wrong.push(format!("joined id {id}: larder {got:?}, upstream {want:?}"));
         }
     }
     read_n.sort_unstable();

@@ -91,20 +91,29 @@ impl Graph {
     }
 
     /// How `plan` over `relation_tables` is a partial cache, if it is one.
-    fn partial_shape(
+    pub(super) fn partial_shape(
         &self,
         plan: &CachePlan,
         relation_tables: &[TableId],
     ) -> Option<(TableId, super::partial::PartialShape)> {
-        match relation_tables {
-            [table] if self.limits.partial => super::partial::partial_columns(
-                plan,
-                &self.tables.get(table)?.schema,
-                self.limits.stored_joins,
-            )
-            .map(|shape| (*table, shape)),
-            _ => None,
+        if !self.limits.partial {
+            return None;
         }
+        let schemas: Vec<&TableSchema> = relation_tables
+            .iter()
+            .map(|t| self.tables.get(t).map(|t| &t.schema))
+            .collect::<Option<_>>()?;
+        let shape = super::partial::partial_columns(plan, &schemas, self.limits.stored_joins)?;
+        if let (Some(side), Some((join, _))) = (shape.join_side, &shape.gated) {
+            // The other input is read from storage (never held: the partial cache holds no
+            // side whole), and is another table than the key's.
+            let stored = super::stored::stored_side_of(plan, *join, &schemas);
+            let [a, b] = relation_tables else { return None };
+            if !self.limits.stored_joins || stored != Some(1 - side) || a == b {
+                return None;
+            }
+        }
+        Some((*relation_tables.get(shape.relation)?, shape))
     }
 
     /// A cache of `plan` that is not in the graph yet (it is added when first read): an id
@@ -143,7 +152,11 @@ impl Graph {
             .iter()
             .map(|t| &self.tables[t].schema)
             .collect();
-        let shape = self.partial_shape(plan, &relation_tables);
+        // A partial join reads its other side from storage: without storage it is whole.
+        let shape = self
+            .partial_shape(plan, &relation_tables)
+            .filter(|(_, s)| s.join_side.is_none() || stored.is_some());
+        let joined = shape.as_ref().is_some_and(|(_, s)| s.join_side.is_some());
         let gated = shape.as_ref().and_then(|(_, s)| s.gated.clone());
         let partial = shape.map(|(table, s)| super::PartialKey {
             table,
@@ -160,12 +173,12 @@ impl Graph {
         };
 
         // Joins read storage only when the caller gives it: the fill reads it too.
-        let mut stored_sides = if self.limits.stored_joins && partial.is_none() && stored.is_some()
-        {
-            super::stored::stored_sides(plan, &relation_tables, &schemas, &self.limits)?
-        } else {
-            Vec::new()
-        };
+        let mut stored_sides =
+            if self.limits.stored_joins && (partial.is_none() || joined) && stored.is_some() {
+                super::stored::stored_sides(plan, &relation_tables, &schemas, &self.limits)?
+            } else {
+                Vec::new()
+            };
         let id = CacheId(self.next_cache);
         self.next_cache += 1;
         let mut tables: Vec<TableId> = Vec::new();
@@ -229,7 +242,10 @@ impl Graph {
         drop(read);
         let gated = gated.and_then(|(i, parts)| {
             let node = self.nodes.get_mut(graph_of.get(i)?)?;
-            node.op.set_gate(Gate::new(handle.clone(), parts));
+            node.op.set_gate(match joined {
+                true => Gate::on_rows(handle.clone(), parts),
+                false => Gate::new(handle.clone(), parts),
+            });
             Some(graph_of[i])
         });
         let reader = ReaderOpNode::new(built.key, built.order, collations, writer);

@@ -153,9 +153,9 @@ enum Scope<'s> {
         stored: &'s dyn StoredRows,
         snapshot_rows: bool,
     },
-    /// A partial cache's key fill: the nodes it built (all of them private filters and
-    /// projections, and its reader).
-    KeyFill(CacheId),
+    /// A partial cache's key fill: the nodes it built (all of them its own), with storage as
+    /// of the last applied transaction for a join's stored side.
+    KeyFill(CacheId, &'s dyn StoredRows),
 }
 
 /// Node counts of one cache.
@@ -500,7 +500,7 @@ impl Graph {
         match scope {
             Scope::Live(_) => node.live,
             Scope::Bootstrap { cache, .. } => !node.live && node.creator == Some(cache),
-            Scope::KeyFill(cache) => node.creator == Some(cache),
+            Scope::KeyFill(cache, _) => node.creator == Some(cache),
         }
     }
 
@@ -537,7 +537,9 @@ impl Graph {
                         snapshot_rows,
                         ..
                     } => node.op.process_stored(input, batch, stored, snapshot_rows),
-                    Scope::KeyFill(_) => node.op.process(input, batch),
+                    Scope::KeyFill(_, stored) => {
+                        node.op.process_stored(input, batch, stored, false)
+                    }
                 });
             }
             node.state_bytes = node.state_bytes.saturating_add(mem::take());

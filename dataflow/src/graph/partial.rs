@@ -3,7 +3,10 @@
 //! A cache over one table whose reader key is made of that table's columns, reached through
 //! filters and projections, needs no state but its reader; with one aggregate or TopK whose
 //! groups are exactly the key's columns, that node keeps the groups of the held keys only
-//! (`ops/gate.rs`). Such a cache starts empty
+//! (`ops/gate.rs`). A join of the key's table with another table it reads from storage
+//! (`stored.rs`) is partial the same way: it keeps the key's table's rows of the held keys
+//! only, and a fill's rows look the other side up in storage as of the fill. Such a cache
+//! starts empty
 //! and ready ([`Graph::add_cache`] makes it so): a read of a key it does not hold is a
 //! *hole* ([`ReadError::Holes`]); the caller looks the key's rows up in storage and hands
 //! them to [`Graph::fill_keys`], which runs them through the cache's own filter and project
@@ -37,6 +40,7 @@ use larder_sql::value::{Key, Row, SqlType, TableSchema, Value};
 use super::{CacheId, Graph, GraphError, Scope, TableId};
 use crate::ops::{mem, Record};
 use crate::reader::ReaderOp;
+use crate::stored::StoredRows;
 
 /// One key's fill: the reader key's values, and every stored row with them with its number
 /// of copies.
@@ -70,106 +74,163 @@ impl PartialKey {
 /// How a plan maps to a partial cache over its table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PartialShape {
+    /// The plan relation the reader key's columns are of (its table is the one keys are
+    /// filled from).
+    pub(crate) relation: usize,
     /// For each part of the reader key, the table column it is.
     pub(crate) columns: Vec<usize>,
     /// The columns are not the table's primary key.
     pub(crate) by_index: bool,
-    /// The plan's one stateful node (an aggregate or a TopK grouped by exactly the key's
-    /// columns), and for each part of the reader key its position in that node's group key.
+    /// The plan's one stateful node and, for each part of the reader key, its position in
+    /// what the node's gate keys on: an aggregate's or a TopK's group key (grouped by exactly
+    /// the key's columns), or a join's input row from the key's table.
     pub(crate) gated: Option<(usize, Vec<usize>)>,
+    /// The gated node is a join, keeping this input (0 left, 1 right) in memory; its other
+    /// input must be read from storage.
+    pub(crate) join_side: Option<usize>,
 }
 
-/// Whether `plan` can be a partial cache over `schema`, and how its key maps to the table:
-/// one table; filters and projections, and at most one aggregate or TopK whose groups are
-/// exactly the reader key's columns (so each group is one key's rows); each reader key column
-/// a plain column of the table, none twice; the reader key exactly the primary key or, with
-/// `index_ok`, any columns, of types whose values compare in storage as they do in a read
-/// (integers, text, booleans, uuids, dates, timestamps); no range read, and no key column
-/// compared by a collation (storage indexes hold the values, not their weights).
+/// The (plan relation, table column) a plan node's output column is, where it is one.
+type Origin = Option<(usize, usize)>;
+
+/// Whether `plan` can be a partial cache, and how its key maps to a table: filters and
+/// projections, and at most one stateful node, either an aggregate or TopK whose groups are
+/// exactly the reader key's columns (so each group is one key's rows), or a join of two
+/// relations whose other input is a base table (read from storage, checked by the caller)
+/// and whose input from the key's table is that table through filters and projections (so
+/// each of its rows belongs to one key); each reader key column a plain column of one table,
+/// none twice; the reader key exactly that table's primary key or, with `index_ok`, any
+/// columns, of types whose values compare in storage as they do in a read (integers, text,
+/// booleans, uuids, dates, timestamps); no range read, and no key column compared by a
+/// collation (storage indexes hold the values, not their weights).
 pub(crate) fn partial_columns(
     plan: &CachePlan,
-    schema: &TableSchema,
+    schemas: &[&TableSchema],
     index_ok: bool,
 ) -> Option<PartialShape> {
-    if plan.relations.len() != 1
+    if plan.relations.len() != schemas.len()
+        || !(1..=2).contains(&plan.relations.len())
         || plan.key.is_empty()
         || plan.range.is_some()
         || plan.key_collations.iter().any(Option::is_some)
     {
         return None;
     }
-    // The table column each node's output column is, where it is one.
-    let mut lineage: Vec<Vec<Option<usize>>> = Vec::with_capacity(plan.nodes.len());
-    // The stateful node, and the table columns of its groups.
-    let mut stateful: Option<(usize, Vec<Option<usize>>)> = None;
+    // The (relation, column) each node's output column is, where it is one.
+    let mut lineage: Vec<Vec<Origin>> = Vec::with_capacity(plan.nodes.len());
+    // Whether each node is a relation's base table through filters and projections only.
+    let mut plain: Vec<Option<usize>> = Vec::with_capacity(plan.nodes.len());
+    // The stateful node, and the (relation, column) of what its gate keys on.
+    let mut stateful: Option<(usize, Vec<Origin>)> = None;
+    let mut join_inputs: Option<(usize, usize)> = None;
     for (i, node) in plan.nodes.iter().enumerate() {
-        let cols = match &node.op {
-            NodeOp::Base { .. } => (0..schema.columns.len()).map(Some).collect(),
-            NodeOp::Filter { input, .. } => lineage.get(*input)?.clone(),
+        let (cols, base) = match &node.op {
+            NodeOp::Base { relation } => (
+                (0..schemas.get(*relation)?.columns.len())
+                    .map(|c| Some((*relation, c)))
+                    .collect(),
+                Some(*relation),
+            ),
+            NodeOp::Filter { input, .. } => (lineage.get(*input)?.clone(), *plain.get(*input)?),
             NodeOp::Project { input, exprs } => {
                 let from = lineage.get(*input)?;
-                exprs
+                let cols = exprs
                     .iter()
                     .map(|e| match e {
                         Expr::Column(c) => from.get(*c).copied().flatten(),
                         _ => None,
                     })
-                    .collect()
+                    .collect();
+                (cols, *plain.get(*input)?)
             }
             NodeOp::Aggregate {
                 input,
                 group_by,
                 aggregates,
-            } if stateful.is_none() => {
+            } if stateful.is_none() && plan.relations.len() == 1 => {
                 let from = lineage.get(*input)?;
-                let groups: Vec<Option<usize>> = group_by
+                let groups: Vec<Origin> = group_by
                     .iter()
                     .map(|&g| from.get(g).copied().flatten())
                     .collect();
                 stateful = Some((i, groups.clone()));
-                groups
+                let cols = groups
                     .into_iter()
                     .chain(std::iter::repeat_n(None, aggregates.len()))
-                    .collect()
+                    .collect();
+                (cols, None)
             }
             NodeOp::TopK {
                 input, group_by, ..
-            } if stateful.is_none() => {
+            } if stateful.is_none() && plan.relations.len() == 1 => {
                 let from = lineage.get(*input)?;
                 let groups = group_by.iter().map(|&g| from.get(g).copied().flatten());
                 stateful = Some((i, groups.collect()));
-                from.clone()
+                (from.clone(), None)
+            }
+            NodeOp::Join { left, right, .. } if stateful.is_none() => {
+                let cols = lineage
+                    .get(*left)?
+                    .iter()
+                    .chain(lineage.get(*right)?)
+                    .copied()
+                    .collect();
+                // Filled later, once the key's relation is known.
+                stateful = Some((i, Vec::new()));
+                join_inputs = Some((*left, *right));
+                (cols, None)
             }
             _ => return None,
         };
         lineage.push(cols);
+        plain.push(base);
     }
     let last = lineage.last()?;
-    let columns: Vec<usize> = plan
+    let key: Vec<(usize, usize)> = plan
         .key
         .iter()
         .map(|k| last.get(*k).copied().flatten())
         .collect::<Option<_>>()?;
+    let relation = key.first()?.0;
+    if key.iter().any(|(r, _)| *r != relation) {
+        return None;
+    }
+    let columns: Vec<usize> = key.iter().map(|(_, c)| *c).collect();
     let mut sorted = columns.clone();
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() != columns.len() {
         return None;
     }
-    let gated = match stateful {
-        None => None,
-        Some((node, groups)) => {
+    let (gated, join_side) = match (stateful, join_inputs) {
+        (None, _) => (None, None),
+        (Some((node, _)), Some((left, right))) => {
+            // The input from the key's relation: that relation through filters and
+            // projections, each key column passed through.
+            let side = [left, right]
+                .iter()
+                .position(|&input| plain.get(input).copied().flatten() == Some(relation))?;
+            let input = [left, right][side];
+            let row = lineage.get(input)?;
+            let parts: Vec<usize> = key
+                .iter()
+                .map(|k| row.iter().position(|c| *c == Some(*k)))
+                .collect::<Option<_>>()?;
+            (Some((node, parts)), Some(side))
+        }
+        (Some((node, groups)), None) => {
             // Each group is one key's rows: its columns are the key's, each once.
-            if groups.len() != columns.len() {
+            if groups.len() != key.len() {
                 return None;
             }
-            let parts: Vec<usize> = columns
+            let parts: Vec<usize> = key
                 .iter()
-                .map(|c| groups.iter().position(|g| *g == Some(*c)))
+                .map(|k| groups.iter().position(|g| *g == Some(*k)))
                 .collect::<Option<_>>()?;
-            Some((node, parts))
+            (Some((node, parts)), None)
         }
     };
+    let schema = schemas.get(relation)?;
     let mut pk = schema.key.clone();
     pk.sort_unstable();
     let by_index = sorted != pk;
@@ -193,9 +254,11 @@ pub(crate) fn partial_columns(
         )
     };
     columns.iter().all(|&c| exact(c)).then_some(PartialShape {
+        relation,
         columns,
         by_index,
         gated,
+        join_side,
     })
 }
 
@@ -210,7 +273,12 @@ impl Graph {
     /// row of the table with that key, each with its number of copies. The caller read those
     /// rows from storage under the lock that covers applying transactions (see the module
     /// docs). Publishes the keys and their rows at once.
-    pub fn fill_keys(&mut self, cache: CacheId, fills: Vec<KeyFill>) -> Result<(), GraphError> {
+    pub fn fill_keys(
+        &mut self,
+        cache: CacheId,
+        fills: Vec<KeyFill>,
+        stored: &dyn StoredRows,
+    ) -> Result<(), GraphError> {
         let entry = self
             .caches
             .get(&cache)
@@ -261,7 +329,7 @@ impl Graph {
         };
         if !rows.is_empty() {
             gate(self, Some(filled));
-            self.propagate(vec![(base, rows)], Scope::KeyFill(cache));
+            self.propagate(vec![(base, rows)], Scope::KeyFill(cache, stored));
             gate(self, None);
         }
         if let Some(reader) = self.reader_op(reader_node) {
@@ -308,9 +376,7 @@ impl Graph {
             // reader holds nothing of them any more).
             if let Some(state) = gated.and_then(|g| self.nodes.get_mut(&g)) {
                 mem::take();
-                for key in &victims {
-                    state.op.forget_key(key);
-                }
+                state.op.forget_keys(&victims);
                 state.state_bytes = state.state_bytes.saturating_add(mem::take());
             }
             handle.next_epoch();

@@ -118,6 +118,15 @@ fn side_plan(plan: &CachePlan, join: usize, schemas: &[&TableSchema]) -> Option<
     None
 }
 
+/// Which input (0 left, 1 right) of the join at plan node `join` is read from storage.
+pub(super) fn stored_side_of(
+    plan: &CachePlan,
+    join: usize,
+    schemas: &[&TableSchema],
+) -> Option<usize> {
+    side_plan(plan, join, schemas).map(|p| p.side)
+}
+
 impl super::Graph {
     /// Whether a join of `cache` reads a side from storage.
     pub fn cache_reads_storage(&self, cache: super::CacheId) -> bool {
@@ -144,17 +153,13 @@ impl super::Graph {
         }
         let schemas: Vec<&TableSchema> = tables.iter().map(|t| &self.tables[t].schema).collect();
         // A partial cache keyed on other columns than the primary key reads their index.
-        let partial = match (tables.as_slice(), schemas.as_slice()) {
-            ([table], [schema]) if self.limits.partial => {
-                super::partial::partial_columns(plan, schema, true)
-                    .filter(|shape| shape.by_index)
-                    .map(|shape| StoredIndex {
-                        table: *table,
-                        columns: shape.columns,
-                    })
-            }
-            _ => None,
-        };
+        let partial = self
+            .partial_shape(plan, &tables)
+            .filter(|(_, shape)| shape.by_index)
+            .map(|(table, shape)| StoredIndex {
+                table,
+                columns: shape.columns,
+            });
         let mut out: Vec<StoredIndex> = (0..plan.nodes.len())
             .filter_map(|i| side_plan(plan, i, &schemas))
             .filter(|p| primary_key_order(&p.columns, &schemas[p.relation].key).is_none())

@@ -1,7 +1,9 @@
 //! How the one stateful operator of a partial cache (an aggregate or a TopK grouped by the
-//! reader key) keeps state only for the keys its reader holds.
+//! reader key, or a join keeping its input from the key's table) keeps state only for the
+//! keys its reader holds.
 //!
-//! The operator's groups are the reader's keys, in another column order. A change to a group
+//! The operator's groups are the reader's keys, in another column order (a join's "group"
+//! is the key its input row has, [`Gate::holds_row`]). A change to a group
 //! the operator does not have is passed on only when the reader holds the group's key (a
 //! filled key whose group is empty now); otherwise it is a hole's change and is dropped, as
 //! the reader drops it. A fill tells the gate which keys it fills before their rows run
@@ -11,7 +13,7 @@
 //! while its key is held, and is built from all of the key's rows (the fill) and every later
 //! change (see `graph/partial.rs` for why none is missed or doubled).
 
-use larder_sql::value::Key;
+use larder_sql::value::{Key, KeyPart, Value};
 use rustc_hash::FxHashSet;
 
 use crate::reader::ReaderHandle;
@@ -39,6 +41,31 @@ impl Gate {
             parts,
             filling: FxHashSet::default(),
         }
+    }
+
+    /// A join's gate: `positions`, for each part of the reader key, its column in the join's
+    /// input row from the key's table.
+    pub(crate) fn on_rows(reader: ReaderHandle, positions: Vec<usize>) -> Gate {
+        Gate {
+            reader,
+            parts: positions,
+            filling: FxHashSet::default(),
+        }
+    }
+
+    /// The reader key of a join input row (see [`Gate::on_rows`]).
+    pub(crate) fn key_of_row(&self, row: &[Value]) -> Key {
+        Key(self
+            .parts
+            .iter()
+            .map(|&p| row.get(p).map_or(KeyPart::Null, KeyPart::from_value))
+            .collect())
+    }
+
+    /// Whether the reader holds the key of a join input row, or a fill is filling it.
+    pub(crate) fn holds_row(&self, row: &[Value]) -> bool {
+        let key = self.key_of_row(row);
+        self.filling.contains(&key) || self.reader.holds(&key)
     }
 
     /// Whether the reader holds the key of `group`, or a fill is filling it.

@@ -14,6 +14,7 @@ use std::collections::hash_map;
 use larder_sql::plan::JoinKind;
 use larder_sql::value::{Key, Row, Value};
 
+use super::gate::Gate;
 use super::join_stored::{bump_quiet, StoredSide};
 use super::{bump, known, match_key, mem, Batch, Operator, Record, RowCounts};
 use crate::order::OrdRow;
@@ -45,6 +46,9 @@ pub struct JoinOp {
     /// while the cache fills, since the fill's snapshot), by key; dropped at its end, when
     /// storage has them.
     overlay: FxHashMap<Key, KeyRows>,
+    /// A partial cache's join (its other side stored): the side it keeps holds only the
+    /// rows of the keys its reader holds (see [`super::gate`]).
+    gate: Option<Gate>,
 }
 
 fn concat(l: &[Value], r: &[Value]) -> Row {
@@ -121,6 +125,7 @@ impl JoinOp {
             left_unmatchable: RowCounts::new(),
             stored: None,
             overlay: FxHashMap::default(),
+            gate: None,
         }
     }
 
@@ -401,6 +406,16 @@ impl Operator for JoinOp {
         // The fill's snapshot rows of the stored side are what storage gives (the other
         // side's rows look them up); only their poison, which storage never gives, counts.
         let skip_rows = snapshot_rows && self.stored_input() == Some(input);
+        // A row of the kept side whose key the reader does not hold is a hole's: dropped.
+        let gate = self
+            .gate
+            .as_ref()
+            .filter(|_| self.stored_input().is_some_and(|s| s != input));
+        let held = |row: &Row| gate.is_none_or(|g| g.holds_row(row));
+        let batch: Batch = batch
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Row { row, .. } if !held(row)))
+            .collect();
         for record in batch {
             match record {
                 Record::Row { .. } if skip_rows => {}
@@ -412,6 +427,52 @@ impl Operator for JoinOp {
             }
         }
         out
+    }
+
+    fn set_gate(&mut self, gate: Gate) {
+        debug_assert!(
+            self.stored.is_some(),
+            "a gated join reads its other side from storage"
+        );
+        self.gate = Some(gate);
+    }
+
+    fn gate_mut(&mut self) -> Option<&mut Gate> {
+        self.gate.as_mut()
+    }
+
+    /// Forgets the kept side's rows of `keys` (reader keys), in one pass over that side.
+    fn forget_keys(&mut self, keys: &[Key]) {
+        let (Some(gate), Some(stored)) = (&self.gate, self.stored_input()) else {
+            return;
+        };
+        let keys: rustc_hash::FxHashSet<&Key> = keys.iter().collect();
+        let side = if stored == 1 { &self.left } else { &self.right };
+        let mut gone: Vec<(Key, Row, i64)> = Vec::new();
+        for (on_key, entry) in side {
+            for (row, &count) in &entry.rows {
+                if keys.contains(&gate.key_of_row(&row.0)) {
+                    gone.push((on_key.clone(), row.0.clone(), count));
+                }
+            }
+        }
+        let unmatchable: Vec<(Row, i64)> = self
+            .left_unmatchable
+            .iter()
+            .filter(|(row, _)| stored == 1 && keys.contains(&gate.key_of_row(&row.0)))
+            .map(|(row, &count)| (row.0.clone(), count))
+            .collect();
+        let side = if stored == 1 {
+            &mut self.left
+        } else {
+            &mut self.right
+        };
+        for (on_key, row, count) in gone {
+            store(side, on_key, row, -count);
+        }
+        for (row, count) in unmatchable {
+            bump(&mut self.left_unmatchable, row, -count);
+        }
     }
 
     fn stored_index(&self) -> Option<StoredIndex> {

@@ -105,6 +105,13 @@ pub trait Operator: Send + fmt::Debug + Any {
     /// A partial cache's reader no longer holds `key` (a reader key): forget what is kept
     /// for it, without output. Only an operator behind a [`gate::Gate`] keeps any.
     fn forget_key(&mut self, _key: &larder_sql::value::Key) {}
+    /// [`forget_key`](Operator::forget_key) for each of `keys` (an operator whose state is
+    /// not arranged by the reader key forgets them in one pass).
+    fn forget_keys(&mut self, keys: &[larder_sql::value::Key]) {
+        for key in keys {
+            self.forget_key(key);
+        }
+    }
     /// Keep state only for the keys the partial cache's reader holds (see [`gate`]).
     /// Operators that a partial cache cannot hold ignore it.
     fn set_gate(&mut self, _gate: gate::Gate) {}

@@ -68,6 +68,7 @@ fn partial_caches_hold_only_filled_keys() {
             (vec![Value::Int(2)], vec![]),
             (vec![Value::Int(3)], vec![(int_row(&[3, -1]), 1)]),
         ],
+        &NoStoredRows,
     )
     .unwrap();
     assert_eq!(read(1).unwrap(), vec![int_row(&[10, 1])]);
@@ -78,6 +79,7 @@ fn partial_caches_hold_only_filled_keys() {
             (vec![Value::Int(1)], vec![(int_row(&[1, 10]), 1)]),
             (vec![Value::Int(1)], vec![(int_row(&[1, 10]), 1)]),
         ],
+        &NoStoredRows,
     )
     .unwrap();
     assert_eq!(read(1).unwrap(), vec![int_row(&[10, 1])]);
@@ -174,6 +176,7 @@ fn partial_caches_keyed_on_other_columns_read_an_index() {
             vec![Value::Int(7)],
             vec![(int_row(&[1, 7]), 1), (int_row(&[2, 7]), 2)],
         )],
+        &NoStoredRows,
     )
     .unwrap();
     let rows = read(7).unwrap();
@@ -299,7 +302,7 @@ fn readers_never_see_a_filled_key_without_its_rows() {
         let fills = (chunk * 2000 + 1..=(chunk + 1) * 2000)
             .map(|k| (vec![Value::Int(k)], vec![(row(k), 1)]))
             .collect();
-        g.fill_keys(id, fills).unwrap();
+        g.fill_keys(id, fills, &NoStoredRows).unwrap();
         g.evict_keys(300);
     }
     done.store(true, Ordering::SeqCst);
