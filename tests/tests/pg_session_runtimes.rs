@@ -147,9 +147,12 @@ async fn the_unix_socket_is_served_with_per_core_runtimes() {
     );
     for id in [3, 4, 5] {
         let c = connect(&url).await;
-        let a = q(&c, &format!("SELECT name FROM items WHERE id = {id}")).await;
+        // A loaded machine may send a first read upstream while its key fills (a fill waits
+        // at most 5 ms for a transaction being applied): the cache answers a retry.
+        let a =
+            common::lifecycle::via_cache(&c, &format!("SELECT name FROM items WHERE id = {id}"))
+                .await;
         assert_eq!(a.rows, vec![vec![Some(format!("item {id}"))]]);
-        assert_eq!(explain_last(&c).await.0, "cache");
         let a = q(&c, "SELECT inet_server_addr() IS NULL").await;
         assert_eq!(a.rows.len(), 1);
     }

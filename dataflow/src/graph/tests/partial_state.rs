@@ -103,6 +103,27 @@ fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
     rows
 }
 
+/// Reads key `k`, filling it first with `rows` (t's stored rows with k) when it is a hole.
+fn read_filling(
+    part: &mut Graph,
+    cache: CacheId,
+    reader: &ReaderHandle,
+    k: i64,
+    rows: impl FnOnce() -> Vec<(Row, i64)>,
+    stored: &dyn StoredRows,
+) -> Vec<Row> {
+    let params = [vec![Value::Int(k)]];
+    match reader.read(&params) {
+        Err(ReadError::Holes(holes)) => {
+            assert_eq!(holes, vec![vec![Value::Int(k)]]);
+            part.fill_keys(cache, vec![(vec![Value::Int(k)], rows())], stored)
+                .unwrap();
+            reader.read(&params).unwrap()
+        }
+        r => r.unwrap(),
+    }
+}
+
 fn differential(p: &CachePlan, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut whole = graph(false);
@@ -146,20 +167,14 @@ fn differential(p: &CachePlan, seed: u64) {
         for _ in 0..3 {
             let k = rng.gen_range(0..7);
             let params = [vec![Value::Int(k)]];
-            let got = match reader.read(&params) {
-                Err(ReadError::Holes(holes)) => {
-                    assert_eq!(holes, vec![vec![Value::Int(k)]]);
-                    let rows = stored
-                        .iter()
-                        .filter(|(_, (sk, _))| *sk == k)
-                        .map(|(id, (sk, v))| (int_row(&[*id, *sk, *v]), 1))
-                        .collect();
-                    part.fill_keys(pid, vec![(vec![Value::Int(k)], rows)], &NoStoredRows)
-                        .unwrap();
-                    reader.read(&params).unwrap()
-                }
-                r => r.unwrap(),
+            let rows = || {
+                stored
+                    .iter()
+                    .filter(|(_, (sk, _))| *sk == k)
+                    .map(|(id, (sk, v))| (int_row(&[*id, *sk, *v]), 1))
+                    .collect()
             };
+            let got = read_filling(&mut part, pid, &reader, k, rows, &NoStoredRows);
             let want = whole_reader.read(&params).unwrap();
             assert_eq!(sorted(got), sorted(want), "seed {seed} step {step} key {k}");
         }
@@ -340,20 +355,14 @@ fn join_differential(p: &CachePlan, seed: u64) {
         for _ in 0..3 {
             let k = rng.gen_range(0..7);
             let params = [vec![Value::Int(k)]];
-            let got = match reader.read(&params) {
-                Err(ReadError::Holes(holes)) => {
-                    assert_eq!(holes, vec![vec![Value::Int(k)]]);
-                    let rows = Model::rows(&model, T)
-                        .into_iter()
-                        .filter(|r| r[1] == Value::Int(k))
-                        .map(|r| (r, 1))
-                        .collect();
-                    part.fill_keys(pid, vec![(vec![Value::Int(k)], rows)], &model)
-                        .unwrap();
-                    reader.read(&params).unwrap()
-                }
-                r => r.unwrap(),
+            let rows = || {
+                Model::rows(&model, T)
+                    .into_iter()
+                    .filter(|r| r[1] == Value::Int(k))
+                    .map(|r| (r, 1))
+                    .collect()
             };
+            let got = read_filling(&mut part, pid, &reader, k, rows, &model);
             let want = whole_reader.read(&params).unwrap();
             assert_eq!(sorted(got), sorted(want), "seed {seed} step {step} key {k}");
         }
