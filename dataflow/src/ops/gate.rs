@@ -21,7 +21,8 @@ use crate::reader::ReaderHandle;
 #[derive(Clone, Debug)]
 pub struct Gate {
     reader: ReaderHandle,
-    /// For each part of the reader key, its position in the operator's group key.
+    /// For each part of the reader key, its position in the operator's group key (a join's:
+    /// in its input row from the key's table).
     parts: Vec<usize>,
     /// The reader keys a fill is running through the operator now (held once it publishes).
     filling: FxHashSet<Key>,
@@ -36,11 +37,7 @@ impl Gate {
             sorted.sort_unstable();
             sorted.into_iter().eq(0..parts.len())
         });
-        Gate {
-            reader,
-            parts,
-            filling: FxHashSet::default(),
-        }
+        Gate::on_rows(reader, parts)
     }
 
     /// A join's gate: `positions`, for each part of the reader key, its column in the join's

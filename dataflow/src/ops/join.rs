@@ -411,11 +411,13 @@ impl Operator for JoinOp {
             .gate
             .as_ref()
             .filter(|_| self.stored_input().is_some_and(|s| s != input));
-        let held = |row: &Row| gate.is_none_or(|g| g.holds_row(row));
-        let batch: Batch = batch
-            .into_iter()
-            .filter(|r| !matches!(r, Record::Row { row, .. } if !held(row)))
-            .collect();
+        let batch: Batch = match gate {
+            Some(g) => batch
+                .into_iter()
+                .filter(|r| !matches!(r, Record::Row { row, .. } if !g.holds_row(row)))
+                .collect(),
+            None => batch,
+        };
         for record in batch {
             match record {
                 Record::Row { .. } if skip_rows => {}
