@@ -247,6 +247,29 @@ impl CacheRegistry {
         }
     }
 
+    /// Puts `new` in place of `old` if `old` is still the one registered under its query id
+    /// (it was not dropped or replaced meanwhile); returns whether it did.
+    pub fn replace_if_same(&self, old: &Arc<CacheEntry>, new: Arc<CacheEntry>) -> bool {
+        let replaced = self.update(|map| {
+            if map
+                .by_id
+                .get(&old.query_id)
+                .is_some_and(|e| Arc::ptr_eq(e, old))
+            {
+                map.insert(new)
+            } else {
+                None
+            }
+        });
+        match replaced {
+            Some(gone) => {
+                gone.retire();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes `entry` if it is still the one registered under its query id.
     pub fn remove_if_same(&self, entry: &Arc<CacheEntry>) {
         let removed = self.update(|map| {

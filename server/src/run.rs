@@ -518,9 +518,11 @@ pub(crate) async fn refill_caches_forever(controller: Arc<Controller>) {
             continue;
         };
         match built {
+            // Dropped (or replaced) while it was filled: the new one goes.
             Ok(entry) => {
-                info!(cache = %cache.name, "dormant cache filled");
-                controller.publish(entry).await;
+                if controller.publish_replacing(&cache, entry).await {
+                    info!(cache = %cache.name, "dormant cache filled");
+                }
             }
             // Still evicted: a later read asks again.
             Err(e) => {

@@ -246,7 +246,30 @@ impl Controller {
 
     /// Makes a built cache visible to the router, after learning every role's privileges on
     /// its table (so that no role's first query is sent upstream for want of them).
-    pub async fn publish(&self, entry: Arc<CacheEntry>) {
+    /// [`publish`](Self::publish) in place of `old`, if `old` is still registered (not dropped
+    /// or replaced while `entry` was built); otherwise `entry` leaves the dataflow. Returns
+    /// whether it was published.
+    pub async fn publish_replacing(&self, old: &Arc<CacheEntry>, entry: Arc<CacheEntry>) -> bool {
+        self.learn_privileges(&entry).await;
+        if self.core.caches.replace_if_same(old, Arc::clone(&entry)) {
+            return true;
+        }
+        let core = self.core.clone();
+        let cache_id = entry.cache_id;
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
+            let _ = graph.remove_cache(cache_id);
+            if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
+                tracing::warn!(error = %e, "dropping secondary indexes failed");
+            }
+        })
+        .await;
+        false
+    }
+
+    /// Learns every role's privileges on the cache's relations, so no role's first query
+    /// waits on them.
+    async fn learn_privileges(&self, entry: &CacheEntry) {
         match self.upstream_client().await {
             Ok(client) => {
                 let learned = crate::privileges::learn_everyone(
@@ -262,6 +285,10 @@ impl Controller {
             }
             Err(e) => tracing::debug!(error = %e, "learning privileges before publishing a cache"),
         }
+    }
+
+    pub async fn publish(&self, entry: Arc<CacheEntry>) {
+        self.learn_privileges(&entry).await;
         self.core.caches.insert(entry);
     }
 
