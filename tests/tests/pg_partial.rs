@@ -537,13 +537,23 @@ async fn a_restart_fills_whole_caches_on_their_first_read() {
     // The restore takes no scan; the first read is a hit once the cache is back.
     let got = eventually_via_cache(&lc, "SELECT id, n, s FROM t WHERE id = 1").await;
     assert_eq!(got, point(&direct, 1).await);
-    let caches = show_caches(&lc).await;
-    let whole_row = caches
-        .rows
-        .iter()
-        .find(|r| r[1].as_deref() == Some("whole"))
-        .unwrap_or_else(|| panic!("no cache named whole: {caches:?}"));
-    let props = whole_row[3].clone().unwrap_or_default();
+    // The caches come back one after another (each described by the upstream first).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let props = loop {
+        let caches = show_caches(&lc).await;
+        if let Some(row) = caches
+            .rows
+            .iter()
+            .find(|r| r[1].as_deref() == Some("whole"))
+        {
+            break row[3].clone().unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cache named whole: {caches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(props.contains("not filled since Larder started"), "{props}");
 
     direct
