@@ -566,6 +566,16 @@ impl RebuildRequests {
 }
 
 impl Core {
+    /// Takes a cache's nodes out of the dataflow, with the secondary indexes only its joins
+    /// read (blocks on the dataflow lock).
+    pub fn leave_dataflow(&self, cache_id: larder_dataflow::CacheId) {
+        let mut graph = self.dataflow.lock().expect("dataflow lock poisoned");
+        let _ = graph.remove_cache(cache_id);
+        if let Err(e) = self.storage.set_indexes(&graph.stored_indexes()) {
+            tracing::warn!(error = %e, "dropping secondary indexes failed");
+        }
+    }
+
     pub fn new(storage: Storage, failpoints: Failpoints) -> Arc<Core> {
         Core::with_ops(storage, failpoints, Arc::new(Ops::default()))
     }

@@ -150,13 +150,7 @@ pub fn evict_caches_within(core: &Core, limit_bytes: u64, clock: &mut CacheClock
         };
         let Some(victim) = victim else { break };
         victim.evict();
-        {
-            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            let _ = graph.remove_cache(victim.cache_id);
-            if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
-                tracing::warn!(error = %e, "dropping secondary indexes failed");
-            }
-        }
+        core.leave_dataflow(victim.cache_id);
         let now = crate::partial::cache_bytes(core);
         info!(
             cache = %victim.name,

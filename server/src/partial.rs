@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use larder_dataflow::{CacheId, Graph, Lookup, PartialKey, StoredRows};
+use larder_dataflow::{CacheId, Graph, Lookup, NoStoredRows, PartialKey, StoredRows};
 use larder_sql::Value;
 use tracing::{debug, warn};
 
@@ -139,9 +139,15 @@ impl HoleFiller {
         self.filled.fetch_add(keys.len() as u64, Ordering::Relaxed);
         let mut fills = Vec::with_capacity(keys.len());
         // Storage as of the graph's last applied transaction (the caller holds the lock):
-        // what the keys' rows are read from, and what a join's stored side looks up.
-        let snapshot = core.storage.snapshot();
-        let view = core.storage.stored_view(&snapshot);
+        // what an index lookup reads, and what a join's stored side looks up. A point lookup
+        // into a cache without a stored join needs no snapshot.
+        let snapshot = (self.key.by_index || graph.cache_reads_storage(self.cache))
+            .then(|| core.storage.snapshot());
+        let view = snapshot.as_ref().map(|s| core.storage.stored_view(s));
+        let storage: &dyn StoredRows = match &view {
+            Some(view) => view,
+            None => &NoStoredRows,
+        };
         if self.key.by_index {
             // Every row with the key, through its secondary index (complete and kept by
             // every transaction since the cache was added).
@@ -154,12 +160,12 @@ impl HoleFiller {
                             columns: &self.key.columns,
                             values: &stored,
                         };
-                        view.rows(self.key.table, lookup, usize::MAX).map_err(|e| {
-                            StorageError::Corrupt {
+                        storage
+                            .rows(self.key.table, lookup, usize::MAX)
+                            .map_err(|e| StorageError::Corrupt {
                                 what: "a partial cache's index lookup".into(),
                                 detail: e.to_string(),
-                            }
-                        })?
+                            })?
                     }
                 };
                 fills.push((key, rows));
@@ -176,7 +182,7 @@ impl HoleFiller {
                 fills.push((key, row.map(|r| (r, 1)).into_iter().collect()));
             }
         }
-        if let Err(e) = graph.fill_keys(self.cache, fills, &view) {
+        if let Err(e) = graph.fill_keys(self.cache, fills, storage) {
             // The cache was removed meanwhile: nothing to fill.
             debug!(error = %e, "partial cache gone before its fill");
         }

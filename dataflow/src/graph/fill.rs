@@ -242,10 +242,12 @@ impl Graph {
         drop(read);
         let gated = gated.and_then(|(i, parts)| {
             let node = self.nodes.get_mut(graph_of.get(i)?)?;
-            node.op.set_gate(match joined {
-                true => Gate::on_rows(handle.clone(), parts),
-                false => Gate::new(handle.clone(), parts),
-            });
+            if let Some(slot) = node.op.gate_slot() {
+                *slot = Some(match joined {
+                    true => Gate::on_rows(handle.clone(), parts),
+                    false => Gate::new(handle.clone(), parts),
+                });
+            }
             Some(graph_of[i])
         });
         let reader = ReaderOpNode::new(built.key, built.order, collations, writer);

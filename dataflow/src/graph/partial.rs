@@ -320,7 +320,7 @@ impl Graph {
         // A gated node lets the filled keys' rows through as if the reader held them.
         let gate = |graph: &mut Graph, keys: Option<FxHashSet<Key>>| {
             let node = gated.and_then(|g| graph.nodes.get_mut(&g));
-            if let Some(gate) = node.and_then(|n| n.op.gate_mut()) {
+            if let Some(gate) = node.and_then(|n| n.op.gate_slot()).and_then(Option::as_mut) {
                 match keys {
                     Some(keys) => gate.filling(keys),
                     None => gate.filled(),

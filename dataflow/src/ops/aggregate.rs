@@ -234,21 +234,16 @@ impl Operator for AggregateOp {
         out
     }
 
-    fn set_gate(&mut self, gate: Gate) {
-        self.gate = Some(gate);
-    }
-
-    fn gate_mut(&mut self) -> Option<&mut Gate> {
-        self.gate.as_mut()
+    fn gate_slot(&mut self) -> Option<&mut Option<Gate>> {
+        Some(&mut self.gate)
     }
 
     fn forget_key(&mut self, key: &Key) {
         let Some(group_key) = Gate::forgotten(self.gate.as_ref(), key) else {
             return;
         };
-        if let Some(group) = self.groups.get(&group_key) {
-            mem::charge(-self.charged(&group_key, group));
-            self.groups.remove(&group_key);
+        if let Some(group) = self.groups.remove(&group_key) {
+            mem::charge(-self.charged(&group_key, &group));
         }
     }
 

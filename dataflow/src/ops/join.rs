@@ -431,16 +431,9 @@ impl Operator for JoinOp {
         out
     }
 
-    fn set_gate(&mut self, gate: Gate) {
-        debug_assert!(
-            self.stored.is_some(),
-            "a gated join reads its other side from storage"
-        );
-        self.gate = Some(gate);
-    }
-
-    fn gate_mut(&mut self) -> Option<&mut Gate> {
-        self.gate.as_mut()
+    fn gate_slot(&mut self) -> Option<&mut Option<Gate>> {
+        // Only a join reading its other side from storage keeps one side by key.
+        self.stored.is_some().then_some(&mut self.gate)
     }
 
     /// Forgets the kept side's rows of `keys` (reader keys), in one pass over that side.

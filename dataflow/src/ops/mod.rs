@@ -112,11 +112,10 @@ pub trait Operator: Send + fmt::Debug + Any {
             self.forget_key(key);
         }
     }
-    /// Keep state only for the keys the partial cache's reader holds (see [`gate`]).
-    /// Operators that a partial cache cannot hold ignore it.
-    fn set_gate(&mut self, _gate: gate::Gate) {}
-    /// The gate [`set_gate`](Operator::set_gate) gave, if any.
-    fn gate_mut(&mut self) -> Option<&mut gate::Gate> {
+    /// Where an operator a partial cache can gate keeps its gate (see [`gate`]): it keeps
+    /// state only for the keys the cache's reader holds once one is set. `None` for
+    /// operators a partial cache cannot gate.
+    fn gate_slot(&mut self) -> Option<&mut Option<gate::Gate>> {
         None
     }
     fn as_any_mut(&mut self) -> &mut dyn Any;

@@ -128,12 +128,8 @@ impl Operator for TopKOp {
         out
     }
 
-    fn set_gate(&mut self, gate: Gate) {
-        self.gate = Some(gate);
-    }
-
-    fn gate_mut(&mut self) -> Option<&mut Gate> {
-        self.gate.as_mut()
+    fn gate_slot(&mut self) -> Option<&mut Option<Gate>> {
+        Some(&mut self.gate)
     }
 
     fn forget_key(&mut self, key: &Key) {

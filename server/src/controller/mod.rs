@@ -256,14 +256,7 @@ impl Controller {
         }
         let core = self.core.clone();
         let cache_id = entry.cache_id;
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            let _ = graph.remove_cache(cache_id);
-            if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
-                tracing::warn!(error = %e, "dropping secondary indexes failed");
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || core.leave_dataflow(cache_id)).await;
         false
     }
 
@@ -516,16 +509,9 @@ impl Controller {
         // being filled): wait for it off the async workers.
         let core = self.core.clone();
         let cache_id = entry.cache_id;
-        tokio::task::spawn_blocking(move || {
-            let mut graph = core.dataflow.lock().expect("dataflow lock poisoned");
-            let _ = graph.remove_cache(cache_id);
-            // Indexes only this cache's joins read are dropped.
-            if let Err(e) = core.storage.set_indexes(&graph.stored_indexes()) {
-                tracing::warn!(error = %e, "dropping secondary indexes failed");
-            }
-        })
-        .await
-        .map_err(|e| ControllerError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || core.leave_dataflow(cache_id))
+            .await
+            .map_err(|e| ControllerError::Internal(e.to_string()))?;
         self.core
             .storage
             .delete_cache(&entry.name)

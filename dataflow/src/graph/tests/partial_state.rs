@@ -124,6 +124,22 @@ fn read_filling(
     }
 }
 
+/// Now and then evicts a few keys, none of them spared as read lately.
+fn maybe_evict(rng: &mut rand::rngs::StdRng, part: &mut Graph, reader: &ReaderHandle) {
+    if rng.gen_bool(0.15) {
+        reader.next_epoch();
+        reader.next_epoch();
+        part.evict_keys(rng.gen_range(1..4));
+    }
+}
+
+/// Evicts every key: the stateful node's bytes are back to nothing.
+fn evict_all(part: &mut Graph, cache: CacheId, reader: &ReaderHandle, seed: u64) {
+    while part.evict_keys(100) > 0 {}
+    assert_eq!(reader.key_count(), 0);
+    assert_eq!(part.cache_state_bytes(cache), 0, "seed {seed}");
+}
+
 fn differential(p: &CachePlan, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut whole = graph(false);
@@ -178,16 +194,9 @@ fn differential(p: &CachePlan, seed: u64) {
             let want = whole_reader.read(&params).unwrap();
             assert_eq!(sorted(got), sorted(want), "seed {seed} step {step} key {k}");
         }
-        if rng.gen_bool(0.15) {
-            reader.next_epoch();
-            reader.next_epoch();
-            part.evict_keys(rng.gen_range(1..4));
-        }
+        maybe_evict(&mut rng, &mut part, &reader);
     }
-    // Everything evicted: the stateful node's bytes are back to nothing.
-    while part.evict_keys(100) > 0 {}
-    assert_eq!(reader.key_count(), 0);
-    assert_eq!(part.cache_state_bytes(pid), 0, "seed {seed}");
+    evict_all(&mut part, pid, &reader, seed);
 }
 
 #[test]
@@ -366,15 +375,9 @@ fn join_differential(p: &CachePlan, seed: u64) {
             let want = whole_reader.read(&params).unwrap();
             assert_eq!(sorted(got), sorted(want), "seed {seed} step {step} key {k}");
         }
-        if rng.gen_bool(0.15) {
-            reader.next_epoch();
-            reader.next_epoch();
-            part.evict_keys(rng.gen_range(1..4));
-        }
+        maybe_evict(&mut rng, &mut part, &reader);
     }
-    while part.evict_keys(100) > 0 {}
-    assert_eq!(reader.key_count(), 0);
-    assert_eq!(part.cache_state_bytes(pid), 0, "seed {seed}");
+    evict_all(&mut part, pid, &reader, seed);
 }
 
 #[test]
